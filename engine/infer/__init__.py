@@ -1,0 +1,1 @@
+"""Inference: model loading, resampling to the model grid, sliding-window segmentation."""

@@ -1,0 +1,84 @@
+"""NIfTI read/write (nibabel). Arrays are (I, J, K) voxel axes, affines RAS+ in mm."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from engine.volume import GeometryError, LabelMap, Volume
+
+
+class NiftiError(ValueError):
+    """A file that is not a readable 3D NIfTI image."""
+
+
+def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        img = nib.load(str(path))
+        array = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise NiftiError(f"{Path(path).name}: not a readable NIfTI file ({exc})") from exc
+    if array.ndim == 4 and array.shape[3] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise NiftiError(f"{Path(path).name}: expected a 3D image, got shape {array.shape}")
+    affine = img.affine if img.affine is not None else np.eye(4)
+    return array, np.asarray(affine, dtype=np.float64)
+
+
+def read_volume(path: str | os.PathLike) -> Volume:
+    """Read a 3D NIfTI image as a ``Volume`` (float32 array (I, J, K), RAS affine in mm).
+
+    Raises:
+        NiftiError: unreadable file, not 3D, NaN/infinite voxels or a degenerate affine.
+    """
+    array, affine = _load(Path(path))
+    array = array.astype(np.float32)
+    if not np.all(np.isfinite(array)):
+        raise NiftiError(f"{Path(path).name}: image contains NaN or infinite values")
+    try:
+        return Volume(array, affine, meta={"source": "nifti"})
+    except GeometryError as exc:
+        raise NiftiError(f"{Path(path).name}: {exc}") from exc
+
+
+def read_labels(path: str | os.PathLike) -> LabelMap:
+    """Read a 3D NIfTI label map as a ``LabelMap`` (uint8/int array (I, J, K)).
+
+    Raises:
+        NiftiError: unreadable, not 3D, or holding non-integer values.
+    """
+    array, affine = _load(Path(path))
+    if not np.issubdtype(array.dtype, np.integer):
+        rounded = np.rint(array)
+        if not np.array_equal(rounded, array):
+            raise NiftiError(f"{Path(path).name}: label map holds non-integer values")
+        array = rounded
+    array = array.astype(np.uint8 if array.max(initial=0) < 256 and array.min(initial=0) >= 0 else np.int32)
+    try:
+        return LabelMap(array, affine)
+    except GeometryError as exc:
+        raise NiftiError(f"{Path(path).name}: {exc}") from exc
+
+
+def write_nifti(image: Volume | LabelMap, path: str | os.PathLike) -> Path:
+    """Write a volume or label map as NIfTI (atomically: temporary name, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nii = nib.Nifti1Image(image.array, image.affine)
+    nii.set_qform(image.affine, code=1)
+    nii.set_sform(image.affine, code=1)
+    suffix = "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=suffix)
+    os.close(fd)
+    try:
+        nib.save(nii, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

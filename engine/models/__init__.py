@@ -1,0 +1,1 @@
+"""Network definitions, one family per module."""

@@ -1,0 +1,72 @@
+"""Domain types: an intensity volume and a label map, each carrying its affine.
+
+Axis order of ``array`` is always (I, J, K) = NIfTI voxel axes; for a DICOM series
+I runs along the columns, J along the rows and K along the slice normal.
+``affine`` maps voxel indices to RAS+ patient coordinates in mm (NIfTI convention;
+DICOM LPS is converted once, in ``engine.io``).
+
+Keeping ``Volume`` and ``LabelMap`` distinct means a label map is always resampled
+with nearest neighbour (or as one-hot probabilities), never linearly as integers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class GeometryError(ValueError):
+    """An array or affine that cannot describe a 3D image in patient space."""
+
+
+def _check_geometry(array: np.ndarray, affine: np.ndarray) -> None:
+    if array.ndim != 3:
+        raise GeometryError(f"expected a 3D array (I, J, K), got shape {array.shape}")
+    if min(array.shape) < 1:
+        raise GeometryError(f"empty image of shape {array.shape}")
+    if affine.shape != (4, 4):
+        raise GeometryError(f"expected a 4x4 affine, got shape {affine.shape}")
+    if not np.all(np.isfinite(affine)):
+        raise GeometryError("affine contains NaN or infinite values")
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-6:
+        raise GeometryError("affine is not invertible (zero spacing or degenerate axes)")
+
+
+@dataclass(frozen=True)
+class Volume:
+    """An intensity image (HU for CT) of shape (I, J, K) with its RAS affine (mm)."""
+
+    array: np.ndarray
+    affine: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_geometry(self.array, np.asarray(self.affine))
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel spacing in mm along I, J, K."""
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """An integer label map of shape (I, J, K) (0 = background) with its RAS affine (mm)."""
+
+    array: np.ndarray
+    affine: np.ndarray
+
+    def __post_init__(self) -> None:
+        _check_geometry(self.array, np.asarray(self.affine))
+        if not np.issubdtype(self.array.dtype, np.integer):
+            raise GeometryError(f"label map must hold integers, got {self.array.dtype}")
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel spacing in mm along I, J, K."""
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        return float(abs(np.linalg.det(self.affine[:3, :3])))
