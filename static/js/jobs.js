@@ -1,0 +1,67 @@
+/* Job list: renders GET /api/jobs/ and polls it while a job is queued or running. */
+"use strict";
+
+(function () {
+  const body = document.getElementById("jobs-body");
+  const highlight = new URLSearchParams(window.location.search).get("new");
+  const { el } = Delineo;
+  let timer = null;
+
+  function statusCell(job) {
+    const label = { queued: "Queued", running: "Running", succeeded: "Done", failed: "Failed" }[job.status] || job.status;
+    return el("td", {}, el("span", { class: `badge ${job.status}`, "data-status": job.status, text: label }));
+  }
+
+  function progressCell(job) {
+    if (job.status === "failed") return el("td", { class: "error-text", text: job.error || "Failed" });
+    const pct = job.status === "succeeded" ? 100 : job.progress;
+    const stage = job.status === "queued" ? "waiting for a worker" : job.status === "succeeded" ? "done" : job.stage;
+    return el("td", {},
+      el("div", { class: "progress small" },
+        el("div", { class: "bar", style: `width:${pct}%` }),
+        el("span", { class: "label", text: `${stage} ${pct}%` })));
+  }
+
+  function resultsCell(job) {
+    if (job.status !== "succeeded") return el("td");
+    const d = job.downloads || {};
+    return el("td", { class: "links" },
+      el("a", { href: job.viewer, class: "view-link", text: "View" }),
+      d.labels ? el("a", { href: d.labels, text: "Labels" }) : null,
+      d.structures_zip ? el("a", { href: d.structures_zip, text: "Masks" }) : null,
+      d.rtstruct ? el("a", { href: d.rtstruct, text: "RTSTRUCT" }) : null);
+  }
+
+  function render(jobs) {
+    body.replaceChildren();
+    if (!jobs.length) {
+      body.append(el("tr", { class: "empty" }, el("td", { colspan: 7 }, "No jobs yet. ", el("a", { href: "/upload/", text: "Upload a scan" }), " to start.")));
+      return;
+    }
+    for (const job of jobs) {
+      const created = new Date(job.created);
+      const total = job.timings && job.timings.total;
+      body.append(el("tr", { "data-job-id": job.id, class: job.id === highlight ? "highlight" : null },
+        el("td", { text: job.scan_name }),
+        el("td", { text: job.model }),
+        statusCell(job),
+        progressCell(job),
+        el("td", { text: created.toLocaleString() }),
+        el("td", { text: total ? Delineo.formatSeconds(total) : "" }),
+        resultsCell(job)));
+    }
+  }
+
+  async function refresh() {
+    try {
+      const jobs = await Delineo.api("/api/jobs/");
+      render(jobs);
+      const active = jobs.some((j) => j.status === "queued" || j.status === "running");
+      timer = setTimeout(refresh, active ? 1500 : 10000);
+    } catch (err) {
+      timer = setTimeout(refresh, 5000);
+    }
+  }
+
+  refresh();
+})();

@@ -1,0 +1,294 @@
+/* Slice viewer: CT slices with structure overlays, drawn with plotly.js (served locally).
+   Slices come from GET /api/jobs/<id>/slice/?plane=&index= already in display
+   orientation (radiological; see webapp/delineation/services.py), with pixel spacing
+   (row, column) in mm: heatmaps are drawn in mm so the aspect ratio is physical. */
+"use strict";
+
+(function () {
+  const root = document.getElementById("viewer");
+  const plot = document.getElementById("plot");
+  const sliceSlider = document.getElementById("slice-slider");
+  const sliceLabel = document.getElementById("slice-label");
+  const windowSlider = document.getElementById("window-slider");
+  const levelSlider = document.getElementById("level-slider");
+  const errorBox = document.getElementById("viewer-error");
+  const { el } = Delineo;
+  const AXIS = { sagittal: 0, coronal: 1, axial: 2 };
+
+  const state = {
+    plane: "axial",
+    index: null,
+    count: 0,
+    window: 400,
+    level: 40,
+    outlines: true,
+    structures: [], // {label, name, color, volume_cm3, visible, opacity}
+    slice: null,
+    job: null,
+  };
+  const cache = new Map();
+  const CACHE_SIZE = 256;
+  let sequence = 0;
+
+  function showError(message) {
+    errorBox.textContent = message || "";
+    errorBox.classList.toggle("hidden", !message);
+  }
+
+  // --- Slices --------------------------------------------------------------------------
+  function bytesOf(b64) {
+    const text = atob(b64);
+    const bytes = new Uint8Array(text.length);
+    for (let i = 0; i < text.length; i += 1) bytes[i] = text.charCodeAt(i);
+    return bytes;
+  }
+
+  function decode(s) {
+    const n = s.rows * s.columns;
+    const imageBytes = bytesOf(s.image.data);
+    const image = new Int16Array(imageBytes.buffer, 0, n); // little-endian, as the API sends
+    const labels = bytesOf(s.labels.data);
+    const imageRows = [];
+    for (let r = 0; r < s.rows; r += 1) imageRows.push(Array.from(image.subarray(r * s.columns, (r + 1) * s.columns)));
+    const masks = {};
+    for (const value of s.labels_present) {
+      const fill = [];
+      const line = [];
+      for (let r = 0; r < s.rows; r += 1) {
+        const f = new Array(s.columns);
+        const l = new Array(s.columns);
+        for (let c = 0; c < s.columns; c += 1) {
+          const inside = labels[r * s.columns + c] === value;
+          f[c] = inside ? 1 : null;
+          l[c] = inside ? 1 : 0;
+        }
+        fill.push(f);
+        line.push(l);
+      }
+      masks[value] = { fill, line };
+    }
+    return { ...s, imageRows, masks };
+  }
+
+  async function loadSlice(plane, index) {
+    const key = `${plane}:${index}`;
+    if (index !== null && cache.has(key)) return cache.get(key);
+    const params = new URLSearchParams({ plane });
+    if (index !== null) params.set("index", index);
+    const decoded = decode(await Delineo.api(`${root.dataset.sliceUrl}?${params}`));
+    cache.set(`${plane}:${decoded.index}`, decoded);
+    while (cache.size > CACHE_SIZE) cache.delete(cache.keys().next().value);
+    return decoded;
+  }
+
+  async function show(plane, index) {
+    const mine = ++sequence;
+    try {
+      const s = await loadSlice(plane, index);
+      if (mine !== sequence) return; // a newer request won
+      state.plane = plane;
+      state.index = s.index;
+      state.count = s.count;
+      state.slice = s;
+      sliceSlider.max = s.count - 1;
+      sliceSlider.value = s.index;
+      sliceLabel.textContent = `${s.index + 1} / ${s.count} (${s.position_mm.toFixed(1)} mm)`;
+      showError("");
+      await draw();
+      for (const near of [s.index + 1, s.index - 1]) {
+        if (near >= 0 && near < s.count && !cache.has(`${plane}:${near}`)) loadSlice(plane, near).catch(() => {});
+      }
+    } catch (err) {
+      if (mine === sequence) showError(err.message);
+    }
+  }
+
+  function step(delta) {
+    if (state.index === null) return;
+    const next = Math.max(0, Math.min(state.count - 1, state.index + delta));
+    if (next !== state.index) show(state.plane, next);
+  }
+
+  // --- Drawing -------------------------------------------------------------------------
+  const rgb = (c, a = 1) => `rgba(${c[0]},${c[1]},${c[2]},${a})`;
+
+  function traces(s) {
+    const [dy, dx] = s.pixel_spacing_mm;
+    const grid = { x0: 0, dx, y0: 0, dy };
+    const out = [{
+      type: "heatmap", name: "CT", z: s.imageRows, ...grid,
+      colorscale: [[0, "#000"], [1, "#fff"]], zmin: state.level - state.window / 2,
+      zmax: state.level + state.window / 2, showscale: false, zsmooth: false,
+      hovertemplate: "%{z} HU<extra></extra>",
+    }];
+    for (const st of state.structures) {
+      const mask = s.masks[st.label];
+      if (!mask || !st.visible) continue;
+      out.push({
+        type: "heatmap", name: st.name, meta: { label: st.label, kind: "fill" }, z: mask.fill, ...grid,
+        colorscale: [[0, rgb(st.color)], [1, rgb(st.color)]], zmin: 0, zmax: 1, showscale: false,
+        opacity: st.opacity, zsmooth: false, hovertemplate: `${st.name}<extra></extra>`,
+      });
+      if (state.outlines) {
+        out.push({
+          type: "contour", name: `${st.name} outline`, meta: { label: st.label, kind: "outline" }, z: mask.line,
+          ...grid, autocontour: false, contours: { start: 0.5, end: 0.5, size: 1, coloring: "none" },
+          line: { color: rgb(st.color), width: 1.5, smoothing: 0 }, showscale: false, hoverinfo: "skip",
+        });
+      }
+    }
+    return out;
+  }
+
+  function layout(s) {
+    const [dy, dx] = s.pixel_spacing_mm;
+    const o = s.orientation;
+    const letter = (text, x, y, xanchor, yanchor) => ({
+      text, x, y, xref: "paper", yref: "paper", xanchor, yanchor, showarrow: false,
+      font: { color: "#ffd54f", size: 14 },
+    });
+    return {
+      margin: { l: 0, r: 0, t: 0, b: 0 },
+      paper_bgcolor: "#000",
+      plot_bgcolor: "#000",
+      showlegend: false,
+      dragmode: "zoom",
+      uirevision: `${s.plane}:${s.rows}x${s.columns}`,
+      xaxis: { visible: false, range: [-dx / 2, (s.columns - 0.5) * dx], constrain: "domain" },
+      yaxis: {
+        visible: false, range: [(s.rows - 0.5) * dy, -dy / 2], scaleanchor: "x", scaleratio: 1, constrain: "domain",
+      },
+      annotations: [
+        letter(o.top, 0.5, 1, "center", "top"), letter(o.bottom, 0.5, 0, "center", "bottom"),
+        letter(o.left, 0, 0.5, "left", "middle"), letter(o.right, 1, 0.5, "right", "middle"),
+      ],
+    };
+  }
+
+  async function draw() {
+    const s = state.slice;
+    if (!s) return;
+    await Plotly.react(plot, traces(s), layout(s), { scrollZoom: false, displaylogo: false, responsive: true });
+    const drawn = state.structures.filter((st) => st.visible && s.masks[st.label]).map((st) => st.name);
+    plot.dataset.structures = drawn.join(",");
+    plot.dataset.plane = s.plane;
+    plot.dataset.index = String(s.index);
+  }
+
+  function applyWindow() {
+    state.window = Number(windowSlider.value);
+    state.level = Number(levelSlider.value);
+    document.getElementById("window-label").textContent = state.window;
+    document.getElementById("level-label").textContent = state.level;
+    if (state.slice) {
+      Plotly.restyle(plot, { zmin: [state.level - state.window / 2], zmax: [state.level + state.window / 2] }, [0]);
+    }
+  }
+
+  // --- Side panel ----------------------------------------------------------------------
+  function structureTable() {
+    const body = document.querySelector("#structures-table tbody");
+    body.replaceChildren();
+    for (const st of state.structures) {
+      const found = st.volume_cm3 > 0;
+      const toggle = el("input", { type: "checkbox", checked: st.visible, "data-label": st.label, "aria-label": `Show ${st.name}` });
+      toggle.addEventListener("change", () => { st.visible = toggle.checked; draw(); });
+      const opacity = el("input", { type: "range", min: 0, max: 100, value: Math.round(st.opacity * 100), "aria-label": `${st.name} opacity` });
+      opacity.addEventListener("input", () => { st.opacity = Number(opacity.value) / 100; draw(); });
+      const goTo = el("button", { type: "button", class: "small", disabled: !found, title: "Go to the slice through its centre", text: "Go to" });
+      goTo.addEventListener("click", () => {
+        const centre = state.slice && state.slice.centres[String(st.label)];
+        if (centre) show(state.plane, centre[AXIS[state.plane]]);
+      });
+      body.append(el("tr", { "data-structure": st.name, class: found ? null : "absent" },
+        el("td", {}, toggle),
+        el("td", {}, el("span", { class: "swatch", style: `background:${rgb(st.color)}` }), ` ${st.name}`),
+        el("td", { class: "num", text: found ? st.volume_cm3.toFixed(1) : "not found" }),
+        el("td", {}, opacity),
+        el("td", {}, goTo)));
+    }
+  }
+
+  function sidePanel(job) {
+    const links = document.getElementById("downloads");
+    links.replaceChildren();
+    const d = job.downloads || {};
+    if (d.labels) links.append(el("li", {}, el("a", { href: d.labels, id: "download-labels", text: "Label map (NIfTI)" })));
+    if (d.structures_zip) links.append(el("li", {}, el("a", { href: d.structures_zip, id: "download-structures", text: "One mask per structure (zip of NIfTI)" })));
+    if (d.rtstruct) links.append(el("li", {}, el("a", { href: d.rtstruct, id: "download-rtstruct", text: "RTSTRUCT (DICOM)" })));
+    else links.append(el("li", { class: "hint", text: "No RTSTRUCT: the scan was not uploaded as DICOM." }));
+    const info = document.getElementById("job-info");
+    info.replaceChildren();
+    const add = (k, v) => info.append(el("dt", { text: k }), el("dd", { text: v }));
+    add("Model", job.model);
+    add("Weights", job.weights_sha256 ? `sha256 ${job.weights_sha256.slice(0, 12)}…` : "–");
+    add("Input", job.input_kind || "–");
+    for (const [stage, seconds] of Object.entries(job.timings || {})) add(`Time: ${stage}`, Delineo.formatSeconds(seconds));
+  }
+
+  // --- Events --------------------------------------------------------------------------
+  document.querySelectorAll("button.plane").forEach((b) => b.addEventListener("click", () => {
+    document.querySelectorAll("button.plane").forEach((x) => x.classList.toggle("active", x === b));
+    show(b.dataset.plane, null);
+  }));
+  document.querySelectorAll("button.preset").forEach((b) => b.addEventListener("click", () => {
+    document.querySelectorAll("button.preset").forEach((x) => x.classList.toggle("active", x === b));
+    windowSlider.value = b.dataset.w;
+    levelSlider.value = b.dataset.l;
+    applyWindow();
+  }));
+  [windowSlider, levelSlider].forEach((s) => s.addEventListener("input", () => {
+    document.querySelectorAll("button.preset").forEach((x) => x.classList.remove("active"));
+    applyWindow();
+  }));
+  sliceSlider.addEventListener("input", () => show(state.plane, Number(sliceSlider.value)));
+  plot.addEventListener("wheel", (event) => {
+    event.preventDefault();
+    step(event.deltaY > 0 ? -1 : 1);
+  }, { passive: false });
+  document.addEventListener("keydown", (event) => {
+    if (event.target.closest && event.target.closest("input, select, textarea")) return;
+    if (event.key === "ArrowUp" || event.key === "PageUp") { event.preventDefault(); step(1); }
+    if (event.key === "ArrowDown" || event.key === "PageDown") { event.preventDefault(); step(-1); }
+  });
+  document.getElementById("opacity-all").addEventListener("input", (event) => {
+    for (const st of state.structures) st.opacity = Number(event.target.value) / 100;
+    structureTable();
+    draw();
+  });
+  document.getElementById("outline-toggle").addEventListener("change", (event) => {
+    state.outlines = event.target.checked;
+    draw();
+  });
+
+  async function start() {
+    let job;
+    try {
+      job = await Delineo.api(root.dataset.jobUrl);
+    } catch (err) {
+      showError(err.message);
+      return;
+    }
+    const badge = document.getElementById("job-status");
+    badge.className = `badge ${job.status}`;
+    badge.textContent = job.status;
+    if (job.status === "queued" || job.status === "running") {
+      showError(`The job is ${job.status} (${job.stage} ${job.progress}%); the slices appear when it is done.`);
+      setTimeout(start, 2000);
+      return;
+    }
+    if (job.status === "failed") {
+      showError(`The job failed: ${job.error}`);
+      return;
+    }
+    showError("");
+    state.job = job;
+    state.structures = job.structures.map((s) => ({ ...s, visible: true, opacity: 0.4 }));
+    structureTable();
+    sidePanel(job);
+    applyWindow();
+    await show("axial", null);
+  }
+
+  start();
+})();

@@ -1,0 +1,158 @@
+"""Shared fixtures. Personas: Alice owns the data; Bob is another user and must get 404."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from rest_framework.test import APIClient
+
+from tests import factories
+from webapp.celery import app as celery_app
+from webapp.delineation import services
+
+FAKE_STRUCTURES = [
+    {"label": 1, "name": "Brainstem", "color": [255, 170, 0]},
+    {"label": 2, "name": "Mandible", "color": [230, 230, 230]},
+]
+
+
+@pytest.fixture(autouse=True)
+def media_root(settings, tmp_path) -> Path:
+    root = tmp_path / "media"
+    root.mkdir()
+    settings.MEDIA_ROOT = root
+    return root
+
+
+@pytest.fixture(autouse=True)
+def eager_celery():
+    """Tasks run in-process when the transaction commits (no broker in unit tests)."""
+    previous = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    yield
+    celery_app.conf.task_always_eager = previous
+
+
+@pytest.fixture
+def alice(django_user_model):
+    return django_user_model.objects.create_user("alice", password="alice-password-123")
+
+
+@pytest.fixture
+def bob(django_user_model):
+    return django_user_model.objects.create_user("bob", password="bob-password-123")
+
+
+def _client(user) -> APIClient:
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+@pytest.fixture
+def alice_api(alice) -> APIClient:
+    return _client(alice)
+
+
+@pytest.fixture
+def bob_api(bob) -> APIClient:
+    return _client(bob)
+
+
+@pytest.fixture
+def anon_api() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def nifti_upload():
+    return SimpleUploadedFile("ct.nii.gz", factories.nifti_bytes(), content_type="application/gzip")
+
+
+@pytest.fixture
+def dicom_zip(tmp_path) -> bytes:
+    return factories.dicom_zip_bytes(tmp_path / "series")
+
+
+def fake_segmentation(input_path: Path, model_name: str, out_dir: Path, progress=None) -> services.EngineResult:
+    """Stands in for the engine: writes the documented outputs for a 20x24x10 grid."""
+    report = progress or (lambda stage, pct: None)
+    out_dir = Path(out_dir)
+    report("ingest", 0)
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    image = np.full((20, 24, 10), -1000, dtype=np.int16)
+    image[4:16, 4:20, 2:8] = 40
+    labels = np.zeros(image.shape, dtype=np.uint8)
+    labels[6:10, 6:12, 3:6] = 1
+    labels[12:15, 14:18, 4:7] = 2
+    report("preprocess", 10)
+    report("network", 20)
+    report("export", 75)
+    nib.save(nib.Nifti1Image(image, affine), out_dir / "image.nii.gz")
+    nib.save(nib.Nifti1Image(labels, affine), out_dir / "labels.nii.gz")
+    (out_dir / "structures").mkdir()
+    table = []
+    for s in FAKE_STRUCTURES:
+        mask = (labels == s["label"]).astype(np.uint8)
+        nib.save(nib.Nifti1Image(mask, affine), out_dir / "structures" / f"{s['name']}.nii.gz")
+        table.append({**s, "volume_cm3": round(float(mask.sum()) * 12.0 / 1000, 3)})
+    (out_dir / "structures.json").write_text(json.dumps(table))
+    is_dicom = not str(input_path).lower().endswith((".nii", ".nii.gz"))
+    rtstruct = None
+    if is_dicom:
+        rtstruct = out_dir / "rtstruct.dcm"
+        rtstruct.write_bytes(b"\0" * 128 + b"DICM fake")
+    report("done", 100)
+    return services.EngineResult(
+        structures=table,
+        timings_s={"ingest": 0.1, "preprocess": 0.2, "network": 0.3, "export": 0.4},
+        rtstruct=rtstruct,
+        input_kind="dicom" if is_dicom else "nifti",
+        model_name=model_name,
+        weights_sha256="ab" * 32,
+    )
+
+
+@pytest.fixture
+def fake_engine(monkeypatch):
+    """The engine replaced by ``fake_segmentation``; one shipped model, ``hn-oar``."""
+    calls: list[dict] = []
+
+    def run(input_path, model_name, out_dir, progress=None):
+        calls.append({"input_path": Path(input_path), "model_name": model_name, "out_dir": Path(out_dir)})
+        return fake_segmentation(input_path, model_name, out_dir, progress)
+
+    monkeypatch.setattr(services, "available_models", lambda: ["hn-oar"])
+    monkeypatch.setattr(services, "run_segmentation", run)
+    return calls
+
+
+@pytest.fixture
+def alice_scan(alice_api, nifti_upload):
+    response = alice_api.post("/api/scans/", {"file": nifti_upload}, format="multipart")
+    assert response.status_code == 201, response.content
+    return response.json()
+
+
+@pytest.fixture
+def alice_dicom_scan(alice_api, dicom_zip):
+    upload = SimpleUploadedFile("series.zip", dicom_zip, content_type="application/zip")
+    response = alice_api.post("/api/scans/", {"file": upload}, format="multipart")
+    assert response.status_code == 201, response.content
+    return response.json()
+
+
+@pytest.fixture
+def alice_job(alice_api, alice_dicom_scan, fake_engine, django_capture_on_commit_callbacks):
+    """A succeeded job of Alice on a DICOM scan (fake engine, run eagerly)."""
+    with django_capture_on_commit_callbacks(execute=True):
+        response = alice_api.post("/api/jobs/", {"scan": alice_dicom_scan["id"], "model": "hn-oar"}, format="json")
+    assert response.status_code == 201, response.content
+    job = alice_api.get(f"/api/jobs/{response.json()['id']}/").json()
+    assert job["status"] == "succeeded", job
+    return job

@@ -1,0 +1,258 @@
+"""REST API (mounted under /api/). Every query is filtered by owner, so another user's
+scan or job is simply not found (404), never forbidden."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from django.conf import settings
+from django.db import transaction
+from django.http import FileResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from webapp.delineation import services, tasks
+from webapp.delineation.models import Job, Scan, scan_dir
+from webapp.delineation.serializers import JobCreateSerializer, JobSerializer, ScanSerializer, ScanUploadSerializer
+from webapp.delineation.uploads import UploadError, store_upload
+
+_DETAIL = inline_serializer("Detail", {"detail": serializers.CharField()})
+
+
+def _detail(message: str, code: int) -> Response:
+    return Response({"detail": message}, status=code)
+
+
+class ScanViewSet(
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Uploaded scans. The original files are stored unchanged."""
+
+    serializer_class = ScanSerializer
+    parser_classes = [MultiPartParser, FormParser]
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return Scan.objects.none()
+        return Scan.objects.filter(owner=self.request.user).prefetch_related("jobs")
+
+    @extend_schema(
+        request={"multipart/form-data": ScanUploadSerializer},
+        responses={201: ScanSerializer, 400: _DETAIL, 413: _DETAIL},
+        description="Upload a scan: one field `file` (a .zip of one DICOM series, or a .nii/.nii.gz), "
+        "or several fields `files` (the DICOM files of a folder) with their relative `paths` in the same order.",
+    )
+    def create(self, request: Request, *args, **kwargs) -> Response:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        if declared > settings.DELINEO_MAX_UPLOAD_BYTES + (1 << 20):
+            limit = settings.DELINEO_MAX_UPLOAD_BYTES / 2**20
+            return _detail(f"The upload is too large; the limit on this server is {limit:.0f} MiB.", 413)
+        unexpected = sorted(set(request.FILES) - {"file", "files"})
+        if unexpected:
+            return _detail(
+                f"Unexpected file field(s): {', '.join(unexpected)}. Use 'file' for a zip or NIfTI file, "
+                "or 'files' for the files of a folder.",
+                400,
+            )
+        singles = request.FILES.getlist("file")
+        if len(singles) > 1:
+            return _detail("Send one file in 'file'; for the files of a folder use 'files'.", 400)
+        scan_id = uuid.uuid4()
+        directory = scan_dir(scan_id)
+        try:
+            stored = store_upload(
+                directory,
+                singles[0] if singles else None,
+                request.FILES.getlist("files"),
+                request.data.getlist("paths") if hasattr(request.data, "getlist") else [],
+                name=str(request.data.get("name", "")).strip()[:255],
+            )
+        except UploadError as exc:
+            return _detail(exc.message, exc.status)
+        preflight = None
+        try:
+            if settings.DELINEO_UPLOAD_PREFLIGHT:
+                preflight = services.preflight(stored.input_path)
+            with transaction.atomic():
+                scan = Scan.objects.create(
+                    id=scan_id,
+                    owner=request.user,
+                    name=stored.name,
+                    input_kind=stored.input_kind,
+                    input_path=str(stored.input_path.relative_to(settings.MEDIA_ROOT)),
+                    file_count=stored.file_count,
+                    size_bytes=stored.size_bytes,
+                    preflight={**(preflight or {}), "upload": stored.notes} if preflight or stored.notes else None,
+                )
+        except services.PreflightError as exc:
+            services.remove_tree(directory)
+            return _detail(f"The upload was not accepted: {exc.message}", 400)
+        except BaseException:
+            services.remove_tree(directory)
+            raise
+        return Response(ScanSerializer(scan, context={"request": request}).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses={204: None, 409: _DETAIL})
+    def destroy(self, request: Request, *args, **kwargs) -> Response:
+        """Delete a scan, its jobs and every file of it on disk."""
+        scan = self.get_object()
+        if scan.jobs.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).exists():
+            return _detail("A job is still queued or running on this scan; delete it when the job has finished.", 409)
+        directory = scan.directory
+        scan.delete()
+        transaction.on_commit(lambda: services.remove_tree(directory))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Delineation jobs: create one on a scan, poll its status, download its results."""
+
+    serializer_class = JobSerializer
+    parser_classes = [JSONParser, FormParser, MultiPartParser]
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return Job.objects.none()
+        queryset = Job.objects.filter(owner=self.request.user).select_related("scan")
+        scan = self.request.query_params.get("scan")
+        if scan and self.action == "list":
+            try:
+                queryset = queryset.filter(scan_id=uuid.UUID(scan))
+            except ValueError:
+                queryset = queryset.none()
+        return queryset
+
+    @extend_schema(request=JobCreateSerializer, responses={201: JobSerializer, 400: OpenApiTypes.OBJECT})
+    def create(self, request: Request, *args, **kwargs) -> Response:
+        data = JobCreateSerializer(data=request.data, context={"request": request})
+        data.is_valid(raise_exception=True)
+        scan = data.validated_data["scan"]
+        with transaction.atomic():
+            job = Job.objects.create(owner=request.user, scan=scan, model_name=data.validated_data["model"])
+            tasks.submit(job)
+        job.refresh_from_db()
+        return Response(JobSerializer(job, context={"request": request}).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("scan", OpenApiTypes.UUID, description="Only the jobs of this scan.")]
+    )
+    def list(self, request: Request, *args, **kwargs) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    def _result_file(self, name: str) -> tuple[Job, Response | None]:
+        job = self.get_object()
+        if job.status == Job.Status.FAILED:
+            return job, _detail(f"The job failed, so it has no results: {job.error}", 409)
+        if job.status != Job.Status.SUCCEEDED or job.result_path is None:
+            return job, _detail(f"The job has not finished yet (status: {job.status}); try again later.", 409)
+        return job, None
+
+    def _download(self, job: Job, path, filename: str, content_type: str) -> FileResponse:
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", job.scan.name).strip("._")[:80] or "scan"
+        return FileResponse(
+            open(path, "rb"), as_attachment=True, filename=f"{safe}_{filename}", content_type=content_type
+        )
+
+    @extend_schema(
+        responses={
+            (200, "application/gzip"): OpenApiResponse(OpenApiTypes.BINARY, description="uint8 label map, NIfTI"),
+            409: _DETAIL,
+        }
+    )
+    @action(detail=True, methods=["get"], url_path="labels.nii.gz", url_name="labels")
+    def labels(self, request: Request, pk: str | None = None):
+        """The label map (uint8, on the grid of the input image) as NIfTI."""
+        job, problem = self._result_file("labels.nii.gz")
+        if problem:
+            return problem
+        return self._download(job, job.result_path / "labels.nii.gz", "labels.nii.gz", "application/gzip")
+
+    @extend_schema(
+        responses={
+            (200, "application/dicom"): OpenApiResponse(OpenApiTypes.BINARY, description="RT Structure Set"),
+            404: _DETAIL,
+            409: _DETAIL,
+        }
+    )
+    @action(detail=True, methods=["get"], url_path="rtstruct.dcm", url_name="rtstruct")
+    def rtstruct(self, request: Request, pk: str | None = None):
+        """The RTSTRUCT referencing the uploaded DICOM series (DICOM input only)."""
+        job, problem = self._result_file("rtstruct.dcm")
+        if problem:
+            return problem
+        path = job.result_path / "rtstruct.dcm"
+        if not path.exists():
+            if not job.scan.is_dicom or job.input_kind == "nifti":
+                return _detail(
+                    "No RTSTRUCT for this job: the scan was uploaded as NIfTI, which carries no DICOM "
+                    "references. Upload the DICOM series to get an RTSTRUCT; the NIfTI masks are available.",
+                    404,
+                )
+            return _detail("No RTSTRUCT was written for this job.", 404)
+        return self._download(job, path, "rtstruct.dcm", "application/dicom")
+
+    @extend_schema(
+        responses={
+            (200, "application/zip"): OpenApiResponse(OpenApiTypes.BINARY, description="structures/<name>.nii.gz"),
+            409: _DETAIL,
+        }
+    )
+    @action(detail=True, methods=["get"], url_path="structures.zip", url_name="structures-zip")
+    def structures_zip(self, request: Request, pk: str | None = None):
+        """One NIfTI mask per structure (uint8 0/1, input grid) plus structures.json, zipped."""
+        job, problem = self._result_file("structures.zip")
+        if problem:
+            return problem
+        target = job.result_path / "structures.zip"
+        if not target.exists():
+            services.structures_zip(job.result_path, target)
+        return self._download(job, target, "structures.zip", "application/zip")
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("plane", str, enum=[*services.PLANES], default="axial"),
+            OpenApiParameter("index", int, description="Slice index; default: through the structures' centre."),
+        ],
+        responses={200: OpenApiTypes.OBJECT, 400: _DETAIL, 409: _DETAIL},
+    )
+    @action(detail=True, methods=["get"], url_path="slice", url_name="slice")
+    def slice_view(self, request: Request, pk: str | None = None) -> Response:
+        """One slice of the CT (int16 HU) and label map (uint8), base64, little-endian,
+        rows x columns in display orientation (radiological; see ``orientation``),
+        with the pixel spacing (row, column) in mm for the aspect ratio."""
+        job, problem = self._result_file("slice")
+        if problem:
+            return problem
+        plane = request.query_params.get("plane", "axial")
+        raw_index = request.query_params.get("index")
+        try:
+            index = int(raw_index) if raw_index not in (None, "") else None
+        except ValueError:
+            return _detail("index must be an integer", 400)
+        try:
+            return Response(services.slice_of(job.result_path, plane, index))
+        except ValueError as exc:
+            return _detail(str(exc), 400)
+
+
+class ModelsView(APIView):
+    """The delineation models shipped with this server."""
+
+    @extend_schema(
+        responses=inline_serializer(
+            "Model", {"name": serializers.CharField(), "structures": serializers.ListField(child=serializers.DictField())}, many=True
+        )
+    )
+    def get(self, request: Request) -> Response:
+        return Response(services.model_cards())

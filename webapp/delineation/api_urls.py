@@ -1,0 +1,15 @@
+from django.urls import path
+from rest_framework.authtoken.views import obtain_auth_token
+from rest_framework.routers import SimpleRouter
+
+from webapp.delineation import api
+
+router = SimpleRouter(trailing_slash="/?")  # /api/jobs/<id>/labels.nii.gz works without a slash
+router.register("scans", api.ScanViewSet, basename="api-scan")
+router.register("jobs", api.JobViewSet, basename="api-job")
+
+urlpatterns = [
+    path("models/", api.ModelsView.as_view(), name="api-models"),
+    path("auth/token/", obtain_auth_token, name="api-token"),
+    *router.urls,
+]

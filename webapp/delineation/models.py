@@ -1,0 +1,110 @@
+"""Scans (uploaded images, stored unchanged) and delineation jobs run on them.
+
+On disk, everything about one scan lives under ``MEDIA_ROOT/scans/<scan uuid>/``:
+``original/`` holds the uploaded files byte for byte, ``jobs/<job uuid>/`` the outputs
+of each job. Deleting a scan deletes that directory.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+from django.db import models
+
+
+def scan_dir(scan_id: uuid.UUID) -> Path:
+    return Path(settings.MEDIA_ROOT) / "scans" / str(scan_id)
+
+
+class Scan(models.Model):
+    class InputKind(models.TextChoices):
+        DICOM_ZIP = "dicom_zip", "DICOM series (zip)"
+        DICOM_FOLDER = "dicom_folder", "DICOM series (folder)"
+        NIFTI = "nifti", "NIfTI"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="scans")
+    name = models.CharField(max_length=255)
+    input_kind = models.CharField(max_length=16, choices=InputKind.choices)
+    # Path of the engine input relative to MEDIA_ROOT: the zip, the NIfTI file, or the
+    # ``original/`` folder of a DICOM folder upload.
+    input_path = models.CharField(max_length=1024)
+    file_count = models.PositiveIntegerField(default=0)
+    size_bytes = models.BigIntegerField(default=0)
+    # What the upload check found (shape, spacing, orientation, ...); null if not run.
+    preflight = models.JSONField(null=True, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.get_input_kind_display()})"
+
+    @property
+    def directory(self) -> Path:
+        return scan_dir(self.id)
+
+    @property
+    def original_dir(self) -> Path:
+        return self.directory / "original"
+
+    @property
+    def engine_input(self) -> Path:
+        return Path(settings.MEDIA_ROOT) / self.input_path
+
+    @property
+    def is_dicom(self) -> bool:
+        return self.input_kind in (self.InputKind.DICOM_ZIP, self.InputKind.DICOM_FOLDER)
+
+
+class Job(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
+    scan = models.ForeignKey(Scan, on_delete=models.CASCADE, related_name="jobs")
+    model_name = models.CharField(max_length=100)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    stage = models.CharField(max_length=32, blank=True, default="")
+    progress = models.PositiveSmallIntegerField(default=0)  # 0-100, overall
+    error = models.TextField(blank=True, default="")
+    # Seconds per stage ("queue", "ingest", "preprocess", "network", "export", "total").
+    timings = models.JSONField(default=dict, blank=True)
+    weights_sha256 = models.CharField(max_length=64, blank=True, default="")
+    # Output folder relative to MEDIA_ROOT (scans/<scan>/jobs/<job>); empty until run.
+    result_dir = models.CharField(max_length=1024, blank=True, default="")
+    # As structures.json: [{"label", "name", "color": [r, g, b], "volume_cm3"}].
+    structures = models.JSONField(default=list, blank=True)
+    input_kind = models.CharField(max_length=16, blank=True, default="")  # "dicom" / "nifti", from the engine
+    attempts = models.PositiveSmallIntegerField(default=0)
+    created = models.DateTimeField(auto_now_add=True)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+        indexes = [models.Index(fields=["owner", "-created"])]
+
+    def __str__(self) -> str:
+        return f"{self.model_name} on {self.scan.name} ({self.status})"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.scan.directory / "jobs" / str(self.id)
+
+    @property
+    def result_path(self) -> Path | None:
+        return Path(settings.MEDIA_ROOT) / self.result_dir if self.result_dir else None
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED

@@ -1,0 +1,120 @@
+"""API representations of scans and jobs."""
+
+from __future__ import annotations
+
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from webapp.delineation import services
+from webapp.delineation.models import Job, Scan
+
+
+class ScanSerializer(serializers.ModelSerializer):
+    jobs = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Scan
+        fields = ["id", "name", "input_kind", "file_count", "size_bytes", "preflight", "created", "jobs"]
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.ListField(child=serializers.UUIDField()))
+    def get_jobs(self, scan: Scan) -> list[str]:
+        return [str(pk) for pk in scan.jobs.values_list("id", flat=True)]
+
+
+class ScanUploadSerializer(serializers.Serializer):
+    """Multipart upload: ``file`` (a .zip or .nii/.nii.gz) or ``files`` (+ ``paths``)."""
+
+    file = serializers.FileField(required=False, help_text="A zip of one DICOM series, or a .nii/.nii.gz file.")
+    files = serializers.ListField(
+        child=serializers.FileField(), required=False, help_text="The DICOM files of one folder (one field per file)."
+    )
+    paths = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        help_text="Relative path of each file of 'files', in the same order (e.g. 'CT/IM0001.dcm').",
+    )
+    name = serializers.CharField(required=False, max_length=255, help_text="A label for the scan; default: file name.")
+
+
+@extend_schema_field(OpenApiTypes.UUID)
+class _OwnScanField(serializers.PrimaryKeyRelatedField):
+    default_error_messages = {
+        "does_not_exist": "No scan with id {pk_value} (among your scans).",
+        "incorrect_type": "A scan id (UUID) is expected.",
+    }
+
+    def get_queryset(self):  # only the requesting user's scans exist for them
+        return Scan.objects.filter(owner=self.context["request"].user)
+
+    def to_internal_value(self, data):
+        try:
+            return super().to_internal_value(data)
+        except serializers.ValidationError:
+            raise
+        except Exception:  # malformed UUID
+            self.fail("does_not_exist", pk_value=data)
+
+
+class JobCreateSerializer(serializers.Serializer):
+    scan = _OwnScanField(help_text="Id of one of your scans.")
+    model = serializers.CharField(max_length=100, help_text="A shipped model name, see GET /api/models/.")
+
+    def validate_model(self, value: str) -> str:
+        models = services.available_models()
+        if value not in models:
+            if not models:
+                raise serializers.ValidationError(
+                    f"Unknown model {value!r}: no delineation model is installed on this server."
+                )
+            raise serializers.ValidationError(f"Unknown model {value!r}. Available models: {', '.join(models)}.")
+        return value
+
+
+class JobSerializer(serializers.ModelSerializer):
+    model = serializers.CharField(source="model_name", read_only=True)
+    scan_name = serializers.CharField(source="scan.name", read_only=True)
+    downloads = serializers.SerializerMethodField()
+    viewer = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Job
+        fields = [
+            "id",
+            "scan",
+            "scan_name",
+            "model",
+            "status",
+            "stage",
+            "progress",
+            "error",
+            "timings",
+            "structures",
+            "weights_sha256",
+            "input_kind",
+            "created",
+            "started",
+            "finished",
+            "downloads",
+            "viewer",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.DictField(child=serializers.CharField(allow_null=True)))
+    def get_downloads(self, job: Job) -> dict[str, str | None]:
+        if job.status != Job.Status.SUCCEEDED:
+            return {}
+        links = {
+            "labels": reverse("api-job-labels", args=[job.id]),
+            "structures_zip": reverse("api-job-structures-zip", args=[job.id]),
+            "rtstruct": None,
+        }
+        if job.result_path and (job.result_path / "rtstruct.dcm").exists():
+            links["rtstruct"] = reverse("api-job-rtstruct", args=[job.id])
+        return links
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_viewer(self, job: Job) -> str | None:
+        return reverse("job-viewer", args=[job.id]) if job.status == Job.Status.SUCCEEDED else None

@@ -1,0 +1,318 @@
+"""The service layer: the only module of the web application that calls the engine.
+
+It also turns job outputs into what the pages need (slices for the viewer, a zip of
+the structure masks). The engine is imported lazily so the web process starts without
+PyTorch and a missing or broken engine fails one job with a message, not the server.
+
+Display convention of the viewer (``slice_of``)
+-----------------------------------------------
+``image.nii.gz`` is RAS+ with any voxel axis order, so volumes are first reoriented to
+the closest canonical orientation (nibabel ``as_closest_canonical``: array axes point
+to patient Right, Anterior, Superior; no resampling, only flips and axis swaps). Slices
+are then shown in the radiological convention:
+
+* axial: viewed from the feet; patient's right on the image left, anterior at the top;
+* coronal: viewed from the front; patient's right on the image left, superior at the top;
+* sagittal: viewed from the patient's left; anterior on the image left, superior at the top.
+
+Rows run top to bottom and columns left to right; ``pixel_spacing_mm`` is (row, column)
+spacing so the page can draw pixels with their physical aspect ratio.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+PLANES = ("axial", "coronal", "sagittal")
+_VIEWER_DIR = "viewer"
+
+
+class DelineationError(Exception):
+    """A job cannot run; ``message`` is meant for the physician."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class PreflightError(DelineationError):
+    """An upload the engine cannot read as a volume."""
+
+
+@dataclass
+class EngineResult:
+    structures: list[dict]
+    timings_s: dict[str, float]
+    rtstruct: Path | None
+    input_kind: str
+    model_name: str
+    weights_sha256: str
+
+
+# --- Engine calls ---------------------------------------------------------------------
+
+
+def available_models() -> list[str]:
+    """Names of the shipped models (``engine.models.registry.available_models``)."""
+    try:
+        from engine.models.registry import available_models as engine_models
+    except ImportError:
+        logger.exception("engine model registry unavailable")
+        return []
+    return list(engine_models())
+
+
+def model_cards() -> list[dict]:
+    """For each shipped model: its name and structures (label, name, colour) from its card."""
+    cards = []
+    for name in available_models():
+        entry: dict = {"name": name, "structures": []}
+        try:
+            from engine.models.registry import WEIGHTS_DIR
+
+            card = json.loads((Path(WEIGHTS_DIR) / f"{name}.json").read_text())
+            entry["structures"] = [
+                {"label": s["label"], "name": s["name"], "color": s.get("color")} for s in card.get("structures", [])
+            ]
+            for key in ("description", "version", "modality"):
+                if isinstance(card.get(key), str):
+                    entry[key] = card[key]
+        except (ImportError, OSError, ValueError, KeyError, TypeError):
+            logger.warning("could not read the card of model %s", name)
+        cards.append(entry)
+    return cards
+
+
+def preflight(path: Path) -> dict | None:
+    """Read an upload as a volume to refuse what cannot be delineated, before queueing.
+
+    Returns a summary (shape, spacing, orientation), or None when the engine reader is
+    not installed. Raises :class:`PreflightError` with the engine's message otherwise.
+    """
+    try:
+        from engine.io.reader import InputError, read_input
+    except ImportError:
+        logger.warning("engine.io.reader unavailable: upload accepted without pre-flight check")
+        return None
+    try:
+        read = read_input(path)
+    except InputError as exc:
+        raise PreflightError(str(exc)) from None
+    except Exception as exc:  # a reader bug must not look like a server crash to the user
+        logger.exception("pre-flight read of %s failed", path)
+        raise PreflightError(f"The upload could not be read as an image ({type(exc).__name__}: {exc}).") from None
+    volume, series = read if isinstance(read, tuple) else (read, None)
+    affine = np.asarray(volume.affine, dtype=float)
+    info: dict = {
+        "shape": [int(n) for n in volume.array.shape],
+        "spacing_mm": [round(float(s), 4) for s in volume.spacing],
+        "axcodes": "".join(nib.aff2axcodes(affine)),
+    }
+    if series is not None:
+        header = series.header
+        info["series"] = {
+            "modality": str(header.get("Modality", "")),
+            "series_instance_uid": series.series_instance_uid,
+            "series_description": str(header.get("SeriesDescription", "")),
+            "slices": len(series.slices),
+        }
+        notes = [str(n) for n in getattr(series, "notes", [])][:20]
+        if notes:
+            info["notes"] = notes
+    return info
+
+
+def run_segmentation(
+    input_path: Path, model_name: str, out_dir: Path, progress: Callable[[str, int], None] | None = None
+) -> EngineResult:
+    """Run ``engine.infer.segment.segment_file``; engine input errors become DelineationError."""
+    try:
+        from engine.infer.segment import segment_file
+        from engine.io.reader import InputError
+        from engine.models.registry import UnknownModelError
+    except ImportError as exc:
+        raise DelineationError(f"The delineation engine is not available on this worker ({exc}).") from exc
+    try:
+        result = segment_file(Path(input_path), model_name, Path(out_dir), progress=progress)
+    except InputError as exc:
+        raise DelineationError(str(exc)) from None
+    except UnknownModelError as exc:
+        raise DelineationError(f"Unknown model: {exc}") from None
+    return EngineResult(
+        structures=[dict(s) for s in result.structures],
+        timings_s={k: float(v) for k, v in dict(result.timings_s).items()},
+        rtstruct=Path(result.rtstruct) if result.rtstruct else None,
+        input_kind=str(result.input_kind),
+        model_name=str(result.model_name),
+        weights_sha256=str(result.weights_sha256),
+    )
+
+
+# --- Outputs for the pages ------------------------------------------------------------
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, np.ascontiguousarray(array))
+    os.replace(tmp, path)
+
+
+def prepare_viewer(result_dir: Path) -> dict:
+    """Write canonical (RAS) copies of image and labels as .npy for fast slicing.
+
+    Returns the viewer metadata (shape, spacing, per-structure centre slices), also
+    written to ``viewer/meta.json``. Safe to run twice (atomic writes).
+    """
+    result_dir = Path(result_dir)
+    out = result_dir / _VIEWER_DIR
+    out.mkdir(exist_ok=True)
+    image = nib.as_closest_canonical(nib.load(result_dir / "image.nii.gz"))
+    labels = nib.as_closest_canonical(nib.load(result_dir / "labels.nii.gz"))
+    if image.shape[:3] != labels.shape[:3] or not np.allclose(image.affine, labels.affine, atol=1e-3):
+        raise DelineationError("The label map does not match the image grid.")
+    image_array = np.asarray(image.dataobj)
+    if image_array.dtype != np.int16:
+        image_array = np.clip(np.rint(image_array), -32768, 32767).astype(np.int16)
+    label_array = np.asarray(labels.dataobj).astype(np.uint8)
+    centres: dict[str, list[int]] = {}
+    for value in np.unique(label_array):
+        if value == 0:
+            continue
+        idx = np.argwhere(label_array == value)
+        centres[str(int(value))] = [int(round(c)) for c in idx.mean(axis=0)]
+    spacing = [float(s) for s in image.header.get_zooms()[:3]]
+    meta = {
+        "shape": [int(n) for n in image.shape[:3]],
+        "spacing_mm": spacing,
+        "affine": np.asarray(image.affine).round(6).tolist(),
+        "centres": centres,
+        "convention": "RAS canonical; axial/coronal: patient right on image left; sagittal: anterior on image left",
+    }
+    _atomic_save_npy(out / "image.npy", image_array)
+    _atomic_save_npy(out / "labels.npy", label_array)
+    tmp = out / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, out / "meta.json")
+    return meta
+
+
+@lru_cache(maxsize=8)
+def _load_viewer(result_dir: str, mtime_ns: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    base = Path(result_dir) / _VIEWER_DIR
+    meta = json.loads((base / "meta.json").read_text())
+    return meta, np.load(base / "image.npy", mmap_mode="r"), np.load(base / "labels.npy", mmap_mode="r")
+
+
+def viewer_volume(result_dir: Path) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(meta, image, labels) in canonical RAS, memory-mapped; prepared on first use."""
+    meta_path = Path(result_dir) / _VIEWER_DIR / "meta.json"
+    if not meta_path.exists():
+        prepare_viewer(Path(result_dir))
+    return _load_viewer(str(result_dir), meta_path.stat().st_mtime_ns)
+
+
+def plane_count(meta: dict, plane: str) -> int:
+    nx, ny, nz = meta["shape"]
+    return {"axial": nz, "coronal": ny, "sagittal": nx}[plane]
+
+
+def _orient(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
+    """The displayed 2D slice (rows top to bottom, columns left to right); see module doc."""
+    if plane == "axial":  # rows A->P, columns R->L
+        return volume[::-1, ::-1, index].T
+    if plane == "coronal":  # rows S->I, columns R->L
+        return volume[::-1, index, ::-1].T
+    return volume[index, ::-1, ::-1].T  # sagittal: rows S->I, columns A->P
+
+
+_ORIENTATION_LABELS = {
+    "axial": {"top": "A", "bottom": "P", "left": "R", "right": "L"},
+    "coronal": {"top": "S", "bottom": "I", "left": "R", "right": "L"},
+    "sagittal": {"top": "S", "bottom": "I", "left": "A", "right": "P"},
+}
+
+
+def _encode(array: np.ndarray, dtype: str) -> dict:
+    data = np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<"))
+    return {"dtype": dtype, "byte_order": "little", "encoding": "base64", "data": base64.b64encode(data.tobytes()).decode()}
+
+
+def slice_of(result_dir: Path, plane: str, index: int | None) -> dict:
+    """One displayed slice of the CT (int16 HU) and the label map (uint8); see module doc.
+
+    ``index`` counts along the canonical axis of the plane's normal: axial 0 = most
+    inferior, coronal 0 = most posterior, sagittal 0 = patient's leftmost. None gives
+    the slice through the centre of all structures (or the middle slice).
+
+    Raises:
+        ValueError: unknown plane or index out of range (message for the user).
+    """
+    if plane not in PLANES:
+        raise ValueError(f"plane must be one of {', '.join(PLANES)}")
+    meta, image, labels = viewer_volume(result_dir)
+    count = plane_count(meta, plane)
+    axis = {"sagittal": 0, "coronal": 1, "axial": 2}[plane]
+    if index is None:
+        centres = list(meta["centres"].values())
+        index = int(round(np.mean([c[axis] for c in centres]))) if centres else count // 2
+    if not 0 <= index < count:
+        raise ValueError(f"index must be between 0 and {count - 1} for the {plane} plane")
+    sx, sy, sz = meta["spacing_mm"]
+    row_col = {"axial": (sy, sx), "coronal": (sz, sx), "sagittal": (sz, sy)}[plane]
+    ct = _orient(image, plane, index)
+    lab = _orient(labels, plane, index)
+    voxel = [0, 0, 0]
+    voxel[axis] = index
+    position = (np.asarray(meta["affine"]) @ np.array([*voxel, 1.0]))[axis]
+    return {
+        "plane": plane,
+        "index": index,
+        "count": count,
+        "rows": int(ct.shape[0]),
+        "columns": int(ct.shape[1]),
+        "pixel_spacing_mm": [float(row_col[0]), float(row_col[1])],
+        "slice_spacing_mm": float(meta["spacing_mm"][axis]),
+        "position_mm": round(float(position), 3),
+        "volume_shape": meta["shape"],
+        "orientation": _ORIENTATION_LABELS[plane],
+        "labels_present": sorted(int(v) for v in np.unique(lab) if v),
+        # Voxel index (canonical sagittal, coronal, axial) of each structure's centre.
+        "centres": meta["centres"],
+        "image": _encode(ct, "int16"),
+        "labels": _encode(lab, "uint8"),
+    }
+
+
+def structures_zip(result_dir: Path, destination: Path) -> Path:
+    """Zip ``structures/*.nii.gz`` and ``structures.json`` into ``destination`` (atomic)."""
+    result_dir = Path(result_dir)
+    masks = sorted((result_dir / "structures").glob("*.nii.gz"))
+    fd, tmp = tempfile.mkstemp(dir=destination.parent, suffix=".zip.tmp")
+    os.close(fd)
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+        for mask in masks:
+            archive.write(mask, f"structures/{mask.name}")
+        if (result_dir / "structures.json").exists():
+            archive.write(result_dir / "structures.json", "structures.json")
+    os.replace(tmp, destination)
+    return destination
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

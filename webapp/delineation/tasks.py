@@ -1,0 +1,163 @@
+"""Celery tasks. They take ids (never model objects), are sent only after the creating
+transaction commits, acknowledge late (a job whose worker dies is redelivered) and can
+run twice without harm: a finished job is left alone, a half-run one starts over in a
+fresh output folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from uuid import UUID
+
+from celery import Task, shared_task
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from webapp.delineation import services
+from webapp.delineation.models import Job
+
+logger = logging.getLogger(__name__)
+
+
+class ProgressRecorder:
+    """Engine progress callback: writes stage and percent to the job, times each stage."""
+
+    min_interval_s = 0.5
+
+    def __init__(self, job_id: UUID) -> None:
+        self.job_id = job_id
+        self.stage = ""
+        self.percent = 0
+        self._written: tuple[str, int] = ("", -1)
+        self._last_write = 0.0
+        self._stage_start = time.monotonic()
+        self.stage_seconds: dict[str, float] = {}
+
+    def __call__(self, stage: str, percent: int) -> None:
+        now = time.monotonic()
+        percent = max(0, min(100, int(percent)))
+        if stage != self.stage:
+            if self.stage:
+                self.stage_seconds[self.stage] = round(self.stage_seconds.get(self.stage, 0) + now - self._stage_start, 3)
+            self.stage, self._stage_start = stage, now
+        self.percent = max(self.percent, percent)
+        changed_stage = stage != self._written[0]
+        if (self.stage, self.percent) != self._written and (changed_stage or now - self._last_write >= self.min_interval_s):
+            self._write(now)
+
+    def finish_stage(self) -> None:
+        if self.stage:
+            now = time.monotonic()
+            self.stage_seconds[self.stage] = round(self.stage_seconds.get(self.stage, 0) + now - self._stage_start, 3)
+            self._stage_start = now
+            self.stage = ""
+
+    def _write(self, now: float) -> None:
+        Job.objects.filter(pk=self.job_id, status=Job.Status.RUNNING).update(stage=self.stage[:32], progress=self.percent)
+        self._written = (self.stage, self.percent)
+        self._last_write = now
+
+
+class JobTask(Task):
+    """Base task: a job whose task dies unexpectedly is marked failed, not left running."""
+
+    acks_late = True
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # noqa: ANN001 (Celery's signature)
+        job_id = args[0] if args else kwargs.get("job_id")
+        if job_id:
+            Job.objects.filter(pk=job_id).exclude(status__in=Job.FINISHED).update(
+                status=Job.Status.FAILED,
+                error=f"The job stopped unexpectedly ({type(exc).__name__}). Please try again.",
+                finished=timezone.now(),
+            )
+
+
+def _fail(job: Job, message: str, timings: dict) -> None:
+    job.status = Job.Status.FAILED
+    job.error = message
+    job.timings = timings
+    job.finished = timezone.now()
+    job.save(update_fields=["status", "error", "timings", "finished"])
+
+
+def execute_job(job_id: str | UUID) -> str:
+    """Run one job to completion; returns its final status."""
+    with transaction.atomic():
+        job = Job.objects.select_for_update().filter(pk=job_id).first()
+        if job is None:
+            logger.warning("job %s no longer exists", job_id)
+            return "missing"
+        if job.is_finished:
+            logger.info("job %s already %s; nothing to do", job_id, job.status)
+            return job.status
+        now = timezone.now()
+        timings = {"queue": round((now - job.created).total_seconds(), 3)}
+        job.status, job.stage, job.progress, job.error = Job.Status.RUNNING, "ingest", 0, ""
+        job.started, job.attempts, job.timings = now, job.attempts + 1, timings
+        job.save(update_fields=["status", "stage", "progress", "error", "started", "attempts", "timings"])
+    scan = job.scan
+    out_dir = job.output_dir
+    services.remove_tree(out_dir)  # a redelivered job starts over
+    out_dir.mkdir(parents=True)
+    recorder = ProgressRecorder(job.id)
+    started = time.monotonic()
+    try:
+        result = services.run_segmentation(scan.engine_input, job.model_name, out_dir, progress=recorder)
+        recorder.finish_stage()
+        recorder("viewer", 99)
+        services.prepare_viewer(out_dir)
+        recorder.finish_stage()
+    except services.DelineationError as exc:
+        recorder.finish_stage()
+        _fail(job, exc.message, {**timings, **recorder.stage_seconds, "total": round(time.monotonic() - started, 3)})
+        return Job.Status.FAILED
+    except Exception as exc:
+        recorder.finish_stage()
+        logger.exception("job %s failed", job.id)
+        where = recorder.stage or "start-up"
+        _fail(
+            job,
+            f"Internal error during {where}: {type(exc).__name__}: {exc}",
+            {**timings, **recorder.stage_seconds, "total": round(time.monotonic() - started, 3)},
+        )
+        raise
+    job.timings = {
+        **timings,
+        **{k: round(v, 3) for k, v in result.timings_s.items()},
+        "viewer": recorder.stage_seconds.get("viewer", 0.0),
+        "total": round(time.monotonic() - started, 3),
+    }
+    job.status, job.stage, job.progress = Job.Status.SUCCEEDED, "done", 100
+    job.structures = result.structures
+    job.weights_sha256 = result.weights_sha256
+    job.input_kind = result.input_kind
+    job.result_dir = str(out_dir.relative_to(settings.MEDIA_ROOT))
+    job.finished = timezone.now()
+    job.save()
+    return Job.Status.SUCCEEDED
+
+
+@shared_task(bind=True, base=JobTask, name="delineation.run_job", acks_late=True)
+def run_job(self: Task, job_id: str) -> str:
+    return execute_job(job_id)
+
+
+def submit(job: Job) -> None:
+    """Queue ``job`` once the current transaction commits."""
+    job_id = str(job.id)
+
+    def send() -> None:
+        try:
+            run_job.delay(job_id)
+        except Exception as exc:  # broker down: say so on the job instead of leaving it queued
+            logger.exception("could not queue job %s", job_id)
+            Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
+                status=Job.Status.FAILED,
+                error=f"The job could not be queued (task queue unavailable: {type(exc).__name__}).",
+                finished=timezone.now(),
+            )
+
+    transaction.on_commit(send)

@@ -1,0 +1,10 @@
+from django.urls import path
+
+from webapp.delineation import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("upload/", views.upload, name="upload"),
+    path("jobs/", views.job_list, name="job-list"),
+    path("jobs/<uuid:job_id>/", views.viewer, name="job-viewer"),
+]
