@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.inferers import sliding_window_inference
 from monai.losses import DiceLoss
 
 from engine.data_openkbp import case_rois, load_case, load_split, masks_to_bitfield
 from engine.infer.grid import image_to_model_grid, labels_to_model_grid
+from engine.infer.predict import predict_probabilities
 from engine.models.registry import build_network
 
 
@@ -86,16 +86,6 @@ def masked_loss(logits: torch.Tensor, target: torch.Tensor, available: torch.Ten
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(2, 3, 4))
     w = available.float()
     return ((dice + bce) * w).sum() / w.sum().clamp(min=1)
-
-
-def predict_probabilities(network: torch.nn.Module, image: torch.Tensor, roi_size, device) -> torch.Tensor:
-    """Sigmoid probabilities (B, C, X, Y, Z) for an image (B, 1, X, Y, Z) by sliding window."""
-    with torch.no_grad():
-        logits = sliding_window_inference(
-            image.to(device), roi_size=tuple(roi_size), sw_batch_size=1, predictor=network,
-            overlap=0.25, mode="gaussian",
-        )
-    return torch.sigmoid(logits).cpu()
 
 
 def _validate(network, cases, config, device) -> dict:

@@ -1,0 +1,134 @@
+"""Segmentation of one scan, input grid in and out (the engine's inference API).
+
+Pipeline (stages reported through ``progress``): ingest (read DICOM/NIfTI), preprocess
+(reorient to RAS, resample to the model spacing, window HU), network (sliding window,
+sigmoid), export (largest component, probabilities resampled back to the input grid
+and thresholded, NIfTI, structures.json, RTSTRUCT for DICOM input).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+
+from engine.infer.grid import image_to_model_grid, probabilities_to_input_grid
+from engine.infer.predict import keep_largest_component, predict_probabilities
+from engine.io.nifti import write_nifti
+from engine.io.reader import read_input
+from engine.io.rtstruct import build_rtstruct, write_rtstruct
+from engine.models.registry import LoadedModel, load_model
+from engine.volume import LabelMap, Volume
+
+Progress = Callable[[str, int], None]
+
+# Overall percent reached at the end of each stage, for progress reporting.
+STAGE_END = {"ingest": 10, "preprocess": 20, "network": 75, "export": 100}
+
+
+@dataclass(frozen=True)
+class SegmentationResult:
+    structures: list[dict]
+    timings_s: dict[str, float]
+    rtstruct: Path | None
+    input_kind: str
+    model_name: str
+    weights_sha256: str
+
+
+def segment_volume(volume: Volume, model: LoadedModel, progress: Progress | None = None) -> LabelMap:
+    """Delineate ``model``'s structures on ``volume``; the label map is on the volume's grid.
+
+    Labels follow ``model.config['structures']`` (0 = background); where structures
+    overlap, the voxel goes to the most probable one.
+    """
+    cfg = model.config
+    report = progress or (lambda stage, pct: None)
+    report("preprocess", STAGE_END["ingest"])
+    image = image_to_model_grid(volume, cfg["spacing_mm"], cfg["window_hu"], cfg["axcodes"])
+    report("network", STAGE_END["preprocess"])
+    prob = predict_probabilities(model.network, image[None], cfg["roi_size"], model.device)[0]
+    report("export", STAGE_END["network"])
+    cleaned = keep_largest_component(prob.numpy(), cfg["threshold"])
+    prob = MetaTensor(torch.as_tensor(cleaned), affine=prob.affine)
+    on_input = probabilities_to_input_grid(prob, volume).numpy()
+    best = on_input.argmax(axis=0)
+    labels = np.zeros(volume.array.shape, dtype=np.uint8)
+    fg = on_input.max(axis=0) > cfg["threshold"]
+    label_values = np.array([s["label"] for s in cfg["structures"]], dtype=np.uint8)
+    labels[fg] = label_values[best[fg]]
+    return LabelMap(labels, volume.affine)
+
+
+def structure_table(labels: LabelMap, model: LoadedModel) -> list[dict]:
+    """One entry per structure: label, name, colour [r, g, b] and volume in cm3."""
+    counts = np.bincount(labels.array.ravel(), minlength=256)
+    return [
+        {
+            "label": s.label,
+            "name": s.name,
+            "color": list(s.color),
+            "volume_cm3": round(float(counts[s.label]) * labels.voxel_volume_mm3 / 1000.0, 3),
+        }
+        for s in model.structures
+    ]
+
+
+def segment_file(
+    input_path: str | Path, model_name: str, out_dir: str | Path, progress: Progress | None = None
+) -> SegmentationResult:
+    """Segment the scan at ``input_path`` (DICOM folder or zip, or NIfTI) into ``out_dir``.
+
+    Writes ``image.nii.gz`` (input as int16 NIfTI), ``labels.nii.gz`` (uint8, input grid),
+    ``structures/<name>.nii.gz``, ``structures.json`` and, for DICOM input, ``rtstruct.dcm``.
+
+    Raises:
+        engine.io.reader.InputError: the input cannot be read as one 3D volume.
+        engine.models.registry.UnknownModelError: ``model_name`` is not shipped.
+    """
+    report = progress or (lambda stage, pct: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    stage_start = time.perf_counter()
+    current = "ingest"
+
+    def on_stage(stage: str, pct: int) -> None:
+        nonlocal stage_start, current
+        now = time.perf_counter()
+        timings[current] = round(timings.get(current, 0.0) + now - stage_start, 3)
+        stage_start, current = now, stage
+        report(stage, pct)
+
+    report("ingest", 0)
+    model = load_model(model_name)
+    volume, series = read_input(input_path)
+    labels = segment_volume(volume, model, on_stage)
+    image = np.clip(np.rint(volume.array), -32768, 32767).astype(np.int16)
+    write_nifti(Volume(image, volume.affine), out / "image.nii.gz")
+    write_nifti(labels, out / "labels.nii.gz")
+    table = structure_table(labels, model)
+    for s in table:
+        mask = (labels.array == s["label"]).astype(np.uint8)
+        write_nifti(LabelMap(mask, labels.affine), out / "structures" / f"{s['name']}.nii.gz")
+    rtstruct = None
+    if series is not None:
+        ds = build_rtstruct(labels, series, model.structures, model.name, model.weights_sha256)
+        rtstruct = write_rtstruct(ds, out / "rtstruct.dcm")
+    (out / "structures.json").write_text(json.dumps(table, indent=1))
+    on_stage("done", 100)
+    timings.pop("done", None)
+    return SegmentationResult(
+        structures=table,
+        timings_s=timings,
+        rtstruct=rtstruct,
+        input_kind="dicom" if series is not None else "nifti",
+        model_name=model.name,
+        weights_sha256=model.weights_sha256,
+    )

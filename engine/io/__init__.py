@@ -1,0 +1,1 @@
+"""Image and structure I/O: DICOM series assembly, NIfTI, RTSTRUCT."""
