@@ -31,11 +31,13 @@ def media_root(settings, tmp_path) -> Path:
 
 @pytest.fixture(autouse=True)
 def eager_celery():
-    """Tasks run in-process when the transaction commits (no broker in unit tests)."""
-    previous = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = True
+    """Tasks run in-process when the transaction commits; anything sent by mistake goes
+    to an in-memory broker, never to var/ or a real server."""
+    previous = (celery_app.conf.task_always_eager, celery_app.conf.broker_url)
+    # Settings come from Django with the CELERY_ namespace: set the namespaced keys.
+    celery_app.conf.update(CELERY_TASK_ALWAYS_EAGER=True, CELERY_BROKER_URL="memory://")
     yield
-    celery_app.conf.task_always_eager = previous
+    celery_app.conf.update(CELERY_TASK_ALWAYS_EAGER=previous[0], CELERY_BROKER_URL=previous[1])
 
 
 @pytest.fixture

@@ -4,7 +4,8 @@ from rest_framework.routers import SimpleRouter
 
 from webapp.delineation import api
 
-router = SimpleRouter(trailing_slash="/?")  # /api/jobs/<id>/labels.nii.gz works without a slash
+router = SimpleRouter()
+router.trailing_slash = "/?"  # optional slash: /api/jobs/<id>/labels.nii.gz works as written
 router.register("scans", api.ScanViewSet, basename="api-scan")
 router.register("jobs", api.JobViewSet, basename="api-job")
 

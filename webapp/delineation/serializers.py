@@ -106,13 +106,16 @@ class JobSerializer(serializers.ModelSerializer):
     def get_downloads(self, job: Job) -> dict[str, str | None]:
         if job.status != Job.Status.SUCCEEDED:
             return {}
+        def file_url(name: str) -> str:  # the router's optional slash reverses as "/"
+            return reverse(name, args=[job.id]).rstrip("/")
+
         links = {
-            "labels": reverse("api-job-labels", args=[job.id]),
-            "structures_zip": reverse("api-job-structures-zip", args=[job.id]),
+            "labels": file_url("api-job-labels"),
+            "structures_zip": file_url("api-job-structures-zip"),
             "rtstruct": None,
         }
         if job.result_path and (job.result_path / "rtstruct.dcm").exists():
-            links["rtstruct"] = reverse("api-job-rtstruct", args=[job.id])
+            links["rtstruct"] = file_url("api-job-rtstruct")
         return links
 
     @extend_schema_field(serializers.CharField(allow_null=True))

@@ -115,9 +115,9 @@ def execute_job(job_id: str | UUID) -> str:
         _fail(job, exc.message, {**timings, **recorder.stage_seconds, "total": round(time.monotonic() - started, 3)})
         return Job.Status.FAILED
     except Exception as exc:
+        where = recorder.stage or "start-up"
         recorder.finish_stage()
         logger.exception("job %s failed", job.id)
-        where = recorder.stage or "start-up"
         _fail(
             job,
             f"Internal error during {where}: {type(exc).__name__}: {exc}",

@@ -1,0 +1,41 @@
+# Delineo: one image for the web process (default CMD) and the Celery worker.
+#   web:    docker run -p 8000:8000 -v delineo-data:/data -e SECRET_KEY=... delineo
+#   worker: docker run -v delineo-data:/data -e SECRET_KEY=... delineo celery -A webapp worker -c 1 -l info
+# See docs/deployment.md for the environment variables.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MEDIA_ROOT=/data/media \
+    STATIC_ROOT=/app/var/static
+
+WORKDIR /app
+
+# libgomp1: OpenMP runtime used by PyTorch and scikit-image on the CPU.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
+
+# PyTorch from the CPU wheel index first (no CUDA libraries), then the rest; pip sees
+# torch==<pinned> already satisfied.
+COPY requirements.txt .
+RUN TORCH_VERSION="$(grep -E '^torch==' requirements.txt | cut -d= -f3)" \
+    && pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}" \
+    && pip install -r requirements.txt
+
+COPY . .
+
+RUN useradd --create-home --uid 1000 delineo \
+    && mkdir -p /data/media /app/var \
+    && DEBUG=false SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput \
+    && chown -R delineo:delineo /data /app/var
+USER delineo
+
+VOLUME ["/data"]
+EXPOSE 8000
+
+# Web. Run `python manage.py migrate` (and `ensure_local_account`) once before, e.g. as a
+# one-off container. Worker: override the command with `celery -A webapp worker -c 1 -l info`.
+CMD ["gunicorn", "webapp.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "2", "--timeout", "300", "--access-logfile", "-"]

@@ -1,0 +1,83 @@
+"""The Celery task: idempotent, records progress and per-stage timings, never leaves a job hanging."""
+
+from __future__ import annotations
+
+import pytest
+
+from webapp.delineation import tasks
+from webapp.delineation.models import Job, Scan
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def queued_job(alice, fake_engine):
+    scan = Scan.objects.create(owner=alice, name="s", input_kind="nifti", input_path="scans/x/original/ct.nii.gz")
+    return Job.objects.create(owner=alice, scan=scan, model_name="hn-oar")
+
+
+def test_task_takes_an_id_and_runs_the_job(queued_job, fake_engine):
+    assert tasks.run_job.delay(str(queued_job.id)).get() == "succeeded"
+    queued_job.refresh_from_db()
+    assert queued_job.status == "succeeded" and queued_job.attempts == 1
+    assert queued_job.timings["network"] == 0.3
+    assert (queued_job.result_path / "viewer" / "meta.json").exists()
+
+
+def test_a_finished_job_is_not_run_again(queued_job, fake_engine):
+    tasks.execute_job(queued_job.id)
+    assert tasks.execute_job(queued_job.id) == "succeeded"
+    assert len(fake_engine) == 1
+
+
+def test_a_redelivered_running_job_starts_over(queued_job, fake_engine):
+    Job.objects.filter(pk=queued_job.pk).update(status="running", attempts=1)
+    stale = queued_job.output_dir
+    stale.mkdir(parents=True)
+    (stale / "partial.tmp").write_text("left by a dead worker")
+    assert tasks.execute_job(queued_job.id) == "succeeded"
+    queued_job.refresh_from_db()
+    assert queued_job.attempts == 2
+    assert not (stale / "partial.tmp").exists()
+
+
+def test_a_deleted_job_is_ignored(fake_engine):
+    assert tasks.execute_job("00000000-0000-0000-0000-000000000000") == "missing"
+    assert not fake_engine
+
+
+def test_progress_is_written_to_the_job(queued_job):
+    Job.objects.filter(pk=queued_job.pk).update(status="running")
+    recorder = tasks.ProgressRecorder(queued_job.id)
+    recorder("preprocess", 10)
+    queued_job.refresh_from_db()
+    assert (queued_job.stage, queued_job.progress) == ("preprocess", 10)
+    recorder("network", 42)
+    recorder("network", 40)  # never goes backwards
+    recorder.finish_stage()
+    queued_job.refresh_from_db()
+    assert (queued_job.stage, queued_job.progress) == ("network", 42)
+    assert set(recorder.stage_seconds) == {"preprocess", "network"}
+
+
+def test_broker_down_fails_the_job_with_a_message(queued_job, monkeypatch, django_capture_on_commit_callbacks):
+    def no_broker(*args, **kwargs):
+        raise ConnectionRefusedError("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(tasks.run_job, "delay", no_broker)
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.submit(queued_job)
+    queued_job.refresh_from_db()
+    assert queued_job.status == "failed"
+    assert "could not be queued" in queued_job.error
+
+
+def test_worker_lost_marks_the_job_failed(queued_job):
+    tasks.run_job.on_failure(RuntimeError("worker lost"), "task-id", (str(queued_job.id),), {}, None)
+    queued_job.refresh_from_db()
+    assert queued_job.status == "failed" and "stopped unexpectedly" in queued_job.error
+
+
+def test_task_options():
+    assert tasks.run_job.acks_late is True
+    assert tasks.run_job.name == "delineation.run_job"

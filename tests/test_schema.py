@@ -1,0 +1,36 @@
+"""The OpenAPI schema at /api/schema/ documents the API (for logged-in users)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.django_db
+
+
+def test_schema(alice_api):
+    response = alice_api.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert response.status_code == 200
+    schema = response.json()
+    assert schema["openapi"].startswith("3.")
+    paths = schema["paths"]
+    for path in (
+        "/api/scans/",
+        "/api/scans/{id}/",
+        "/api/jobs/",
+        "/api/jobs/{id}/",
+        "/api/jobs/{id}/labels.nii.gz",
+        "/api/jobs/{id}/rtstruct.dcm",
+        "/api/jobs/{id}/structures.zip",
+        "/api/jobs/{id}/slice/",
+        "/api/models/",
+    ):
+        assert path in paths, sorted(paths)
+    upload = paths["/api/scans/"]["post"]["requestBody"]["content"]
+    assert "multipart/form-data" in upload
+    assert {"tokenAuth", "cookieAuth"} <= set(schema["components"]["securitySchemes"])
+
+
+def test_schema_yaml_by_default(alice_api):
+    response = alice_api.get("/api/schema/")
+    assert response.status_code == 200
+    assert b"openapi:" in response.content
