@@ -1,0 +1,182 @@
+"""In a real (headless) browser: log in, upload an openkbp DICOM folder through the upload
+page, watch the job in the job list, open the viewer and check the contours are drawn.
+
+The stack is the embedded default that ``make run`` starts: SQLite database, the SQLite
+Celery broker and one real worker subprocess, running the real engine. Screenshots go to
+``test-output/`` (git-ignored).
+
+Prerequisites: chromium + chromedriver (/usr/bin), ../shared/data, the shipped model
+``hn-oar``. Missing ones skip the test, or fail it when CI=true.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.stack import REPO, Stack, data_dir, require
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+OUTPUT = REPO / "test-output"
+JOB_TIMEOUT_S = 600
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser-stack")
+    running = Stack(
+        root,
+        database_url=f"sqlite:///{root / 'db.sqlite3'}",
+        broker_url=f"sqla+sqlite:///{root / 'celery-broker.sqlite3'}",
+    )
+    try:
+        yield running.start()
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory):
+    require(CHROMIUM.exists() and CHROMEDRIVER.exists(), "chromium and chromedriver are not installed in /usr/bin")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--disable-dev-shm-usage", "--window-size=1500,1100",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    browser.set_page_load_timeout(120)
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+def wait_for(condition, timeout_s: float, what: str, interval_s: float = 0.5):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def screenshot(driver, name: str) -> Path:
+    OUTPUT.mkdir(exist_ok=True)
+    path = OUTPUT / name
+    driver.save_screenshot(str(path))
+    return path
+
+
+def test_upload_and_view_contours(stack, driver, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    case = data_dir("openkbp_dicom", "pt_106")
+    folder = tmp_path / "pt_106"
+    shutil.copytree(case, folder)
+    username, password = stack.create_account()
+
+    # Nothing without logging in: the job list sends us to the login page.
+    driver.get(f"{stack.base_url}/jobs/")
+    assert "/accounts/login/" in driver.current_url
+    driver.find_element(By.ID, "id_username").send_keys(username)
+    driver.find_element(By.ID, "id_password").send_keys(password)
+    driver.find_element(By.CSS_SELECTOR, "#login-form button[type=submit]").click()
+    wait_for(lambda: driver.current_url.endswith("/jobs/"), 30, "the job list after login")
+
+    # Upload the DICOM folder (webkitdirectory input) with the default model.
+    driver.get(f"{stack.base_url}/upload/")
+    models = [o.get_attribute("value") for o in driver.find_elements(By.CSS_SELECTOR, "#id_model option")]
+    require("hn-oar" in models, "model hn-oar is not shipped (engine/weights)")
+    driver.find_element(By.ID, "folder-input").send_keys(str(folder))
+    selection = driver.find_element(By.ID, "selection").text
+    assert "pt_106" in selection and "129 files" in selection, selection
+    driver.find_element(By.ID, "upload-button").click()
+    wait_for(
+        lambda: "/jobs/?new=" in driver.current_url or driver.find_element(By.ID, "upload-error").text,
+        180,
+        "the upload to finish",
+    )
+    assert "/jobs/?new=" in driver.current_url, driver.find_element(By.ID, "upload-error").text
+    job_id = driver.current_url.split("new=")[1]
+
+    # The job list shows live status until the job is done.
+    row = f"tr[data-job-id='{job_id}']"
+    statuses = set()
+
+    def finished():  # read in one script: the list is re-rendered while it is polled
+        status = driver.execute_script(
+            "const b = document.querySelector(arguments[0]); return b ? b.dataset.status : null;", f"{row} .badge"
+        )
+        if status:
+            statuses.add(status)
+        return statuses & {"succeeded", "failed"}
+
+    wait_for(finished, JOB_TIMEOUT_S, "the job to finish", interval_s=1)
+    screenshot(driver, "jobs.png")
+    assert "succeeded" in statuses, driver.execute_script("return document.querySelector(arguments[0]).innerText;", row)
+    links = driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0] + ' a'), a => a.getAttribute('href'));", row
+    )
+    assert f"/api/jobs/{job_id}/rtstruct.dcm" in links, links
+
+    # The viewer draws the CT and one trace per visible structure on the slice.
+    driver.get(f"{stack.base_url}/jobs/{job_id}/")
+    plot = driver.find_element(By.ID, "plot")
+    wait_for(lambda: plot.get_attribute("data-index"), 60, "the first slice in the viewer")
+    found = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#structures-table tbody tr:not(.absent)'), r => r.dataset.structure);"
+    )
+    assert found, "the model delineated no structure on this case (all volumes are 0)"
+    if not plot.get_attribute("data-structures"):  # the opening slice misses them all: go to one
+        driver.find_element(By.CSS_SELECTOR, f"tr[data-structure='{found[0]}'] button").click()
+    drawn = wait_for(lambda: plot.get_attribute("data-structures"), 60, "contours in the viewer")
+    traces = driver.execute_script(
+        "return document.getElementById('plot').data.map(t => [t.type, t.name, t.meta ? t.meta.kind : null]);"
+    )
+    assert traces[0][:2] == ["heatmap", "CT"]
+    fills = [name for kind, name, meta in traces if meta == "fill"]
+    outlines = [name for kind, name, meta in traces if meta == "outline"]
+    assert fills and fills == drawn.split(",")
+    assert len(outlines) == len(fills)
+    screenshot(driver, "viewer_axial.png")
+
+    # Physical aspect ratio: the y axis is anchored to x at scale 1 (axes in mm).
+    yaxis = driver.execute_script("return document.getElementById('plot').layout.yaxis;")
+    assert yaxis["scaleanchor"] == "x" and yaxis["scaleratio"] == 1
+
+    # Window presets change the CT trace's display range.
+    driver.find_element(By.CSS_SELECTOR, "button.preset[data-w='1800']").click()
+    zrange = driver.execute_script("const t = document.getElementById('plot').data[0]; return [t.zmin, t.zmax];")
+    assert zrange == [400 - 900, 400 + 900]
+
+    # Hiding a structure removes its traces.
+    first = fills[0]
+    driver.find_element(By.CSS_SELECTOR, f"tr[data-structure='{first}'] input[type=checkbox]").click()
+    wait_for(lambda: first not in (plot.get_attribute("data-structures") or "").split(","), 10, f"{first} hidden")
+
+    # Other planes and scrolling.
+    driver.find_element(By.CSS_SELECTOR, "button.plane[data-plane='coronal']").click()
+    wait_for(lambda: plot.get_attribute("data-plane") == "coronal", 30, "the coronal plane")
+    index = int(plot.get_attribute("data-index"))
+    driver.execute_script(
+        "document.getElementById('plot').dispatchEvent(new WheelEvent('wheel', {deltaY: -100, bubbles: true, cancelable: true}));"
+    )
+    wait_for(lambda: int(plot.get_attribute("data-index")) == index + 1, 30, "the next slice after scrolling")
+    screenshot(driver, "viewer_coronal.png")
+    errors = driver.find_element(By.ID, "viewer-error").text
+    assert not errors, errors

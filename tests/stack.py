@@ -1,0 +1,196 @@
+"""A running Delineo stack for the slow tests: ``runserver`` and a Celery worker as
+subprocesses sharing one database, one broker and one MEDIA_ROOT, as in production.
+
+Not pytest-django's test database: the worker is another process, so both must see the
+same committed data. Each stack gets its own database (a fresh PostgreSQL database or a
+SQLite file), its own queue name and its own MEDIA_ROOT, and removes them afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import urllib3
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = (REPO / ".." / "shared" / "data").resolve()
+POSTGRES_ADMIN_URL = os.environ.get("DELINEO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("DELINEO_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def require(condition: bool, what: str) -> None:
+    """Skip when a prerequisite is missing; under CI (CI=true) fail instead."""
+    if condition:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{what} (CI=true: missing prerequisites fail instead of skipping)")
+    pytest.skip(what)
+
+
+def data_dir(*parts: str) -> Path:
+    path = DATA.joinpath(*parts)
+    require(path.exists(), f"test data not found at {path} (expected ../shared/data next to the repository)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+class PostgresDatabase:
+    """A throw-away PostgreSQL database."""
+
+    def __init__(self) -> None:
+        import psycopg
+
+        self._psycopg = psycopg
+        self.name = f"delineo_test_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.name}"')
+        self.url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{self.name}"
+
+    def drop(self) -> None:
+        with self._psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+class Stack:
+    """Web server and worker subprocesses with the given database and broker URLs."""
+
+    def __init__(self, root: Path, database_url: str, broker_url: str) -> None:
+        self.root = root
+        self.queue = f"delineo-test-{uuid.uuid4().hex[:8]}"
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DJANGO_", "DATABASE_URL"))},
+            "DJANGO_SETTINGS_MODULE": "webapp.settings",
+            "DEBUG": "true",
+            "DATABASE_URL": database_url,
+            "CELERY_BROKER_URL": broker_url,
+            "CELERY_TASK_DEFAULT_QUEUE": self.queue,
+            "MEDIA_ROOT": str(root / "media"),
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, Path] = {}
+        self.http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=5, read=300))
+
+    # --- processes -------------------------------------------------------------------
+    def manage(self, *args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=REPO, env=self.env, capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        return result.stdout
+
+    def _spawn(self, name: str, command: list[str]) -> None:
+        log = self.root / f"{name}.log"
+        self.logs[name] = log
+        self.processes[name] = subprocess.Popen(
+            command, cwd=REPO, env=self.env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def start(self) -> Stack:
+        self.manage("migrate", "--noinput")
+        self._spawn(
+            "worker",
+            [sys.executable, "-m", "celery", "-A", "webapp", "worker", "-c", "1", "-l", "info",
+             "-n", f"{self.queue}@%h", "--without-gossip", "--without-mingle"],
+        )
+        self._spawn("web", [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{self.port}"])
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            for name, process in self.processes.items():
+                assert process.poll() is None, f"{name} exited early:\n{self.log_tail(name)}"
+            try:
+                if self.http.request("GET", f"{self.base_url}/accounts/login/").status == 200:
+                    break
+            except urllib3.exceptions.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"web server did not start:\n{self.log_tail('web')}")
+        deadline = time.monotonic() + 180
+        while b"ready." not in self.logs["worker"].read_bytes():
+            assert self.processes["worker"].poll() is None, f"worker exited:\n{self.log_tail('worker')}"
+            assert time.monotonic() < deadline, f"worker not ready:\n{self.log_tail('worker')}"
+            time.sleep(0.5)
+        return self
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.logs.get(name)
+        if not path or not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    # --- accounts and API ------------------------------------------------------------
+    def create_account(self) -> tuple[str, str]:
+        output = self.manage("ensure_local_account")
+        username = re.search(r"username: (\S+)", output).group(1)
+        password = re.search(r"password: (\S+)", output).group(1)
+        return username, password
+
+    def token(self, username: str, password: str) -> str:
+        response = self.http.request(
+            "POST", f"{self.base_url}/api/auth/token/", fields={"username": username, "password": password}
+        )
+        assert response.status == 200, response.data
+        return json.loads(response.data)["token"]
+
+    def api(self, method: str, path: str, token: str, **kwargs) -> urllib3.BaseHTTPResponse:
+        headers = {"Authorization": f"Token {token}", **kwargs.pop("headers", {})}
+        return self.http.request(method, f"{self.base_url}{path}", headers=headers, **kwargs)
+
+    def wait_for_job(self, job_id: str, token: str, timeout_s: float = 600) -> dict:
+        deadline = time.monotonic() + timeout_s
+        seen = []
+        while True:
+            job = json.loads(self.api("GET", f"/api/jobs/{job_id}/", token).data)
+            seen.append((job["status"], job["stage"], job["progress"]))
+            if job["status"] in ("succeeded", "failed"):
+                job["_seen"] = seen
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"job {job_id} not finished after {timeout_s} s (last: {seen[-1]}):\n{self.log_tail('worker')}"
+                )
+            assert self.processes["worker"].poll() is None, f"worker died:\n{self.log_tail('worker')}"
+            time.sleep(1)
+
+
+def zip_folder(folder: Path, target: Path) -> Path:
+    """Zip ``folder`` (keeping its name as the top-level folder inside the zip)."""
+    return Path(shutil.make_archive(str(target.with_suffix("")), "zip", root_dir=folder.parent, base_dir=folder.name))
