@@ -19,9 +19,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from webapp.delineation import services, tasks
-from webapp.delineation.models import Job, Scan, scan_dir
+from webapp.delineation.models import Job, Scan
 from webapp.delineation.serializers import JobCreateSerializer, JobSerializer, ScanSerializer, ScanUploadSerializer
-from webapp.delineation.uploads import UploadError, store_upload
+from webapp.delineation.uploads import UploadError, accept_upload
 
 _DETAIL = inline_serializer("Detail", {"detail": serializers.CharField()})
 
@@ -68,39 +68,16 @@ class ScanViewSet(
         singles = request.FILES.getlist("file")
         if len(singles) > 1:
             return _detail("Send one file in 'file'; for the files of a folder use 'files'.", 400)
-        scan_id = uuid.uuid4()
-        directory = scan_dir(scan_id)
         try:
-            stored = store_upload(
-                directory,
+            scan = accept_upload(
+                request.user,
                 singles[0] if singles else None,
                 request.FILES.getlist("files"),
                 request.data.getlist("paths") if hasattr(request.data, "getlist") else [],
-                name=str(request.data.get("name", "")).strip()[:255],
+                name=str(request.data.get("name", "")),
             )
         except UploadError as exc:
             return _detail(exc.message, exc.status)
-        preflight = None
-        try:
-            if settings.DELINEO_UPLOAD_PREFLIGHT:
-                preflight = services.preflight(stored.input_path)
-            with transaction.atomic():
-                scan = Scan.objects.create(
-                    id=scan_id,
-                    owner=request.user,
-                    name=stored.name,
-                    input_kind=stored.input_kind,
-                    input_path=str(stored.input_path.relative_to(settings.MEDIA_ROOT)),
-                    file_count=stored.file_count,
-                    size_bytes=stored.size_bytes,
-                    preflight={**(preflight or {}), "upload": stored.notes} if preflight or stored.notes else None,
-                )
-        except services.PreflightError as exc:
-            services.remove_tree(directory)
-            return _detail(f"The upload was not accepted: {exc.message}", 400)
-        except BaseException:
-            services.remove_tree(directory)
-            raise
         return Response(ScanSerializer(scan, context={"request": request}).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(responses={204: None, 409: _DETAIL})
@@ -109,9 +86,7 @@ class ScanViewSet(
         scan = self.get_object()
         if scan.jobs.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).exists():
             return _detail("A job is still queued or running on this scan; delete it when the job has finished.", 409)
-        directory = scan.directory
-        scan.delete()
-        transaction.on_commit(lambda: services.remove_tree(directory))
+        scan.delete()  # its folder goes too (signal in models.py)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -11,15 +11,24 @@ class MultipleFileInput(forms.ClearableFileInput):
     allow_multiple_selected = True
 
 
+class MultipleFileField(forms.FileField):
+    """The files of a folder (``<input webkitdirectory>``); cleans to a list."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("widget", MultipleFileInput(attrs={"webkitdirectory": True, "directory": True}))
+        super().__init__(*args, **kwargs)
+
+    def clean(self, data, initial=None):  # noqa: ANN001 (Django's signature)
+        if isinstance(data, (list, tuple)):
+            return [super(MultipleFileField, self).clean(item, initial) for item in data]
+        return [super().clean(data, initial)] if data else []
+
+
 class UploadForm(forms.Form):
     """A scan (zip, NIfTI or the files of a DICOM folder) and the model to run on it."""
 
     file = forms.FileField(required=False, label="Zip or NIfTI file")
-    files = forms.FileField(
-        required=False,
-        label="DICOM folder",
-        widget=MultipleFileInput(attrs={"webkitdirectory": True, "directory": True, "multiple": True}),
-    )
+    files = MultipleFileField(required=False, label="DICOM folder")
     model = forms.ChoiceField(label="Model")
 
     def __init__(self, *args, **kwargs) -> None:

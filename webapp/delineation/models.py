@@ -7,11 +7,14 @@ of each job. Deleting a scan deletes that directory.
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from pathlib import Path
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
+from django.db.models.signals import post_delete
+from django.dispatch import receiver
 
 
 def scan_dir(scan_id: uuid.UUID) -> Path:
@@ -108,3 +111,10 @@ class Job(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
+
+
+@receiver(post_delete, sender=Scan)
+def _remove_scan_files(sender, instance: Scan, **kwargs) -> None:  # noqa: ANN001 (signal signature)
+    """Deleting a scan (API, admin, or its owner's account) deletes its folder once committed."""
+    directory = instance.directory
+    transaction.on_commit(lambda: shutil.rmtree(directory, ignore_errors=True))

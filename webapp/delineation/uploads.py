@@ -21,10 +21,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+import uuid
+
 import nibabel as nib
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
+from django.db import transaction
 from pydicom.misc import is_dicom
+
+from webapp.delineation import services
+from webapp.delineation.models import Scan, scan_dir
 
 ACCEPTED = "a zip of a DICOM series, a folder of DICOM files, or a NIfTI file (.nii or .nii.gz)"
 
@@ -215,3 +221,41 @@ def _store(
     default_name = tops.pop() if len(tops) == 1 and all(len(r.parts) > 1 for r in relative) else "DICOM folder"
     total = sum(original.joinpath(*rel.parts).stat().st_size for rel in relative)
     return StoredUpload(name or default_name, "dicom_folder", original, len(files), total, notes)
+
+
+def accept_upload(
+    owner,
+    single: UploadedFile | None,
+    files: Sequence[UploadedFile],
+    paths: Sequence[str] = (),
+    name: str = "",
+) -> Scan:
+    """Store an upload, check it (with the engine's reader when pre-flight is on) and
+    record the ``Scan``. Used by the API and by the upload page.
+
+    Raises:
+        UploadError: the upload is refused; nothing of it is kept.
+    """
+    scan_id = uuid.uuid4()
+    directory = scan_dir(scan_id)
+    stored = store_upload(directory, single, files, paths, name=name.strip()[:255])
+    try:
+        preflight = services.preflight(stored.input_path) if settings.DELINEO_UPLOAD_PREFLIGHT else None
+        info = {**(preflight or {}), "upload": stored.notes} if preflight or stored.notes else None
+        with transaction.atomic():
+            return Scan.objects.create(
+                id=scan_id,
+                owner=owner,
+                name=stored.name,
+                input_kind=stored.input_kind,
+                input_path=str(stored.input_path.relative_to(settings.MEDIA_ROOT)),
+                file_count=stored.file_count,
+                size_bytes=stored.size_bytes,
+                preflight=info,
+            )
+    except services.PreflightError as exc:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise UploadError(f"The upload was not accepted: {exc.message}") from None
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
