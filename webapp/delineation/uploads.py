@@ -179,8 +179,8 @@ def _store(
             _write(single, target)
             if is_dicom(target):
                 raise UploadError(
-                    f"{shown!r} is a single DICOM file, i.e. one slice. Upload the whole series: "
-                    "a zip of its folder, or the folder itself."
+                    f"{shown!r} is a single DICOM file, but a CT is a series of files (one per slice). "
+                    "Upload the whole series: a zip of its folder, or the folder itself."
                 )
             raise UploadError(f"{shown!r} is not a supported file. Upload {ACCEPTED}.")
         return StoredUpload(name or filename, kind, target, 1, target.stat().st_size, notes)
