@@ -116,8 +116,22 @@ class Stack:
         self.manage("migrate", "--noinput")
         self._spawn(
             "worker",
-            [sys.executable, "-m", "celery", "-A", "webapp", "worker", "-c", "1", "-l", "info",
-             "-n", f"{self.queue}@%h", "--without-gossip", "--without-mingle"],
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "webapp",
+                "worker",
+                "-c",
+                "1",
+                "-l",
+                "info",
+                "-n",
+                f"{self.queue}@%h",
+                "--without-gossip",
+                "--without-mingle",
+            ],
         )
         self._spawn("web", [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{self.port}"])
         deadline = time.monotonic() + 120

@@ -67,7 +67,9 @@ def test_empty_zip(alice_api):
 
 def test_single_dicom_slice(alice_api, tmp_path):
     (path,) = factories.dicom_series(tmp_path / "s", slices=1)
-    assert_refused(post(alice_api, file=SimpleUploadedFile("IM0001.dcm", path.read_bytes())), "single DICOM file", "one per slice")
+    assert_refused(
+        post(alice_api, file=SimpleUploadedFile("IM0001.dcm", path.read_bytes())), "single DICOM file", "one per slice"
+    )
 
 
 def test_broken_nifti(alice_api):

@@ -17,7 +17,9 @@ def create(client, scan_id, model="hn-oar", capture=None):
         return client.post("/api/jobs/", {"scan": scan_id, "model": model}, format="json")
 
 
-def test_job_runs_and_records_results(alice_api, alice, alice_dicom_scan, fake_engine, django_capture_on_commit_callbacks, media_root):
+def test_job_runs_and_records_results(
+    alice_api, alice, alice_dicom_scan, fake_engine, django_capture_on_commit_callbacks, media_root
+):
     response = create(alice_api, alice_dicom_scan["id"], capture=django_capture_on_commit_callbacks)
     assert response.status_code == 201, response.content
     job = alice_api.get(f"/api/jobs/{response.json()['id']}/").json()

@@ -71,7 +71,9 @@ def test_vendored_plotly_is_served(alice_browser):
     assert path and "plotly.js v" in open(path, encoding="utf-8").read(300)
 
 
-def test_form_folder_upload_without_javascript(alice_browser, tmp_path, fake_engine, django_capture_on_commit_callbacks):
+def test_form_folder_upload_without_javascript(
+    alice_browser, tmp_path, fake_engine, django_capture_on_commit_callbacks
+):
     paths = factories.dicom_series(tmp_path / "s", slices=3)
     files = [SimpleUploadedFile(p.name, p.read_bytes()) for p in paths]
     with django_capture_on_commit_callbacks(execute=True):

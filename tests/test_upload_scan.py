@@ -60,9 +60,7 @@ def test_folder_upload_keeps_relative_paths(alice_api, tmp_path, media_root):
     files = [SimpleUploadedFile(p.name, p.read_bytes()) for p in paths]
     extra = SimpleUploadedFile("DICOMDIR.txt", b"not dicom")
     relative = [f"pt_1/CT/{p.name}" for p in paths] + ["pt_1/notes.txt"]
-    response = alice_api.post(
-        "/api/scans/", {"files": [*files, extra], "paths": relative}, format="multipart"
-    )
+    response = alice_api.post("/api/scans/", {"files": [*files, extra], "paths": relative}, format="multipart")
     assert response.status_code == 201, response.content
     body = response.json()
     assert body["input_kind"] == "dicom_folder"
@@ -96,7 +94,9 @@ def test_folder_upload_with_clashing_names_is_refused(alice_api, tmp_path):
 def test_folder_upload_with_escaping_path_is_refused(alice_api, tmp_path, bad_path, media_root):
     (path,) = factories.dicom_series(tmp_path / "src", slices=1)
     response = alice_api.post(
-        "/api/scans/", {"files": [SimpleUploadedFile("x.dcm", path.read_bytes())], "paths": [bad_path]}, format="multipart"
+        "/api/scans/",
+        {"files": [SimpleUploadedFile("x.dcm", path.read_bytes())], "paths": [bad_path]},
+        format="multipart",
     )
     assert response.status_code == 400
     assert "path" in response.json()["detail"]

@@ -162,9 +162,7 @@ if CELERY_BROKER_URL.startswith("sqla+sqlite:///"):
     CELERY_BROKER_TRANSPORT_OPTIONS = {"connect_args": {"timeout": 30}}
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     # A job must finish (or be acknowledged) within this time or Redis redelivers it.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 6 * 3600, minimum=60)
-    }
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 6 * 3600, minimum=60)}
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", "") or None  # job state lives in the Job table
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_TASK_DEFAULT_QUEUE", "delineo")
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)

@@ -50,9 +50,16 @@ def driver(tmp_path_factory):
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", "--window-size=1500,1100",
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1500,1100",
         f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
     ):
         options.add_argument(flag)
@@ -139,7 +146,8 @@ def test_upload_and_view_contours(stack, driver, tmp_path):
     plot = driver.find_element(By.ID, "plot")
     wait_for(lambda: plot.get_attribute("data-index"), 60, "the first slice in the viewer")
     found = driver.execute_script(
-        "return Array.from(document.querySelectorAll('#structures-table tbody tr:not(.absent)'), r => r.dataset.structure);"
+        "const rows = document.querySelectorAll('#structures-table tbody tr:not(.absent)');"
+        "return Array.from(rows, r => r.dataset.structure);"
     )
     assert found, "the model delineated no structure on this case (all volumes are 0)"
     if not plot.get_attribute("data-structures"):  # the opening slice misses them all: go to one
@@ -174,7 +182,8 @@ def test_upload_and_view_contours(stack, driver, tmp_path):
     wait_for(lambda: plot.get_attribute("data-plane") == "coronal", 30, "the coronal plane")
     index = int(plot.get_attribute("data-index"))
     driver.execute_script(
-        "document.getElementById('plot').dispatchEvent(new WheelEvent('wheel', {deltaY: -100, bubbles: true, cancelable: true}));"
+        "const wheel = new WheelEvent('wheel', {deltaY: -100, bubbles: true, cancelable: true});"
+        "document.getElementById('plot').dispatchEvent(wheel);"
     )
     wait_for(lambda: int(plot.get_attribute("data-index")) == index + 1, 30, "the next slice after scrolling")
     screenshot(driver, "viewer_coronal.png")

@@ -80,7 +80,10 @@ def finished_job(stack, case_dir, tmp_path_factory) -> dict:
     models = json.loads(stack.api("GET", "/api/models/", token).data)
     require("hn-oar" in [m["name"] for m in models], "model hn-oar is not shipped (engine/weights)")
     response = stack.api(
-        "POST", "/api/jobs/", token, body=json.dumps({"scan": scan["id"], "model": "hn-oar"}),
+        "POST",
+        "/api/jobs/",
+        token,
+        body=json.dumps({"scan": scan["id"], "model": "hn-oar"}),
         headers={"Content-Type": "application/json"},
     )
     assert response.status == 201, response.data
@@ -160,13 +163,20 @@ def test_rtstruct_matches_the_label_map(finished_job, ct_only):
     out = finished_job["work"] / "plastimatch"
     result = subprocess.run(
         [
-            "plastimatch", "convert",
-            "--input", str(finished_job["files"]["rtstruct.dcm"]),
-            "--referenced-ct", str(ct_only),
-            "--output-prefix", str(out),
-            "--prefix-format", "nii.gz",
+            "plastimatch",
+            "convert",
+            "--input",
+            str(finished_job["files"]["rtstruct.dcm"]),
+            "--referenced-ct",
+            str(ct_only),
+            "--output-prefix",
+            str(out),
+            "--prefix-format",
+            "nii.gz",
         ],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     labels = nib.load(finished_job["files"]["labels.nii.gz"])
@@ -178,7 +188,9 @@ def test_rtstruct_matches_the_label_map(finished_job, ct_only):
         if not ours.any():
             assert not path.exists() or not np.asarray(nib.load(path).dataobj).any(), structure["name"]
             continue
-        assert path.exists(), f"{structure['name']} missing from the RTSTRUCT; plastimatch wrote {sorted(out.iterdir())}"
+        assert path.exists(), (
+            f"{structure['name']} missing from the RTSTRUCT; plastimatch wrote {sorted(out.iterdir())}"
+        )
         theirs = _on_grid(nib.load(path), labels) > 0
         scores[structure["name"]] = 2 * np.sum(ours & theirs) / (ours.sum() + theirs.sum())
     assert scores, "no structure was delineated"

@@ -119,9 +119,7 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
         job.refresh_from_db()
         return Response(JobSerializer(job, context={"request": request}).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(
-        parameters=[OpenApiParameter("scan", OpenApiTypes.UUID, description="Only the jobs of this scan.")]
-    )
+    @extend_schema(parameters=[OpenApiParameter("scan", OpenApiTypes.UUID, description="Only the jobs of this scan.")])
     def list(self, request: Request, *args, **kwargs) -> Response:
         return super().list(request, *args, **kwargs)
 
@@ -226,7 +224,9 @@ class ModelsView(APIView):
 
     @extend_schema(
         responses=inline_serializer(
-            "Model", {"name": serializers.CharField(), "structures": serializers.ListField(child=serializers.DictField())}, many=True
+            "Model",
+            {"name": serializers.CharField(), "structures": serializers.ListField(child=serializers.DictField())},
+            many=True,
         )
     )
     def get(self, request: Request) -> Response:

@@ -106,6 +106,7 @@ class JobSerializer(serializers.ModelSerializer):
     def get_downloads(self, job: Job) -> dict[str, str | None]:
         if job.status != Job.Status.SUCCEEDED:
             return {}
+
         def file_url(name: str) -> str:  # the router's optional slash reverses as "/"
             return reverse(name, args=[job.id]).rstrip("/")
 

@@ -250,7 +250,12 @@ _ORIENTATION_LABELS = {
 
 def _encode(array: np.ndarray, dtype: str) -> dict:
     data = np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<"))
-    return {"dtype": dtype, "byte_order": "little", "encoding": "base64", "data": base64.b64encode(data.tobytes()).decode()}
+    return {
+        "dtype": dtype,
+        "byte_order": "little",
+        "encoding": "base64",
+        "data": base64.b64encode(data.tobytes()).decode(),
+    }
 
 
 def slice_of(result_dir: Path, plane: str, index: int | None) -> dict:

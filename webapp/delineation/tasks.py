@@ -40,11 +40,15 @@ class ProgressRecorder:
         percent = max(0, min(100, int(percent)))
         if stage != self.stage:
             if self.stage:
-                self.stage_seconds[self.stage] = round(self.stage_seconds.get(self.stage, 0) + now - self._stage_start, 3)
+                self.stage_seconds[self.stage] = round(
+                    self.stage_seconds.get(self.stage, 0) + now - self._stage_start, 3
+                )
             self.stage, self._stage_start = stage, now
         self.percent = max(self.percent, percent)
         changed_stage = stage != self._written[0]
-        if (self.stage, self.percent) != self._written and (changed_stage or now - self._last_write >= self.min_interval_s):
+        if (self.stage, self.percent) != self._written and (
+            changed_stage or now - self._last_write >= self.min_interval_s
+        ):
             self._write(now)
 
     def finish_stage(self) -> None:
@@ -55,7 +59,9 @@ class ProgressRecorder:
             self.stage = ""
 
     def _write(self, now: float) -> None:
-        Job.objects.filter(pk=self.job_id, status=Job.Status.RUNNING).update(stage=self.stage[:32], progress=self.percent)
+        Job.objects.filter(pk=self.job_id, status=Job.Status.RUNNING).update(
+            stage=self.stage[:32], progress=self.percent
+        )
         self._written = (self.stage, self.percent)
         self._last_write = now
 

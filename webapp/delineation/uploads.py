@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import uuid
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-
-import uuid
 
 import nibabel as nib
 from django.conf import settings
@@ -98,7 +97,9 @@ def _check_zip(path: Path, shown_name: str) -> dict:
                 raise UploadError(f"The zip file {shown_name!r} is password-protected; upload it without a password.")
             unpacked = sum(m.file_size for m in members)
             if unpacked > 8 * settings.DELINEO_MAX_UPLOAD_BYTES:
-                raise UploadError(f"The zip file {shown_name!r} unpacks to {unpacked / 2**30:.1f} GiB, which is too large.")
+                raise UploadError(
+                    f"The zip file {shown_name!r} unpacks to {unpacked / 2**30:.1f} GiB, which is too large."
+                )
             damaged = archive.testzip()
             if damaged is not None:
                 raise UploadError(f"The zip file {shown_name!r} is damaged: {damaged!r} fails its checksum.")
@@ -196,7 +197,8 @@ def _store(
             status=413,
         )
     _check_size(sum(f.size or 0 for f in files))
-    relative = [safe_relative_path(p if paths else (f.name or "")) for f, p in zip(files, paths or [""] * len(files))]
+    raw_paths = list(paths) if paths else [f.name or "" for f in files]
+    relative = [safe_relative_path(p) for p in raw_paths]
     seen: set[PurePosixPath] = set()
     for rel in relative:
         if rel in seen:
@@ -205,7 +207,7 @@ def _store(
                 "or send each file's relative path in 'paths'."
             )
         seen.add(rel)
-    for upload, rel in zip(files, relative):
+    for upload, rel in zip(files, relative, strict=True):
         _write(upload, original.joinpath(*rel.parts))
     dicom = [rel for rel in relative if is_dicom(original.joinpath(*rel.parts))]
     if not dicom:

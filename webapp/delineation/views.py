@@ -30,7 +30,10 @@ def upload(request: HttpRequest) -> HttpResponse:
         try:
             with transaction.atomic():
                 scan = accept_upload(
-                    request.user, form.cleaned_data["file"], form.cleaned_data["files"], name=request.POST.get("name", "")
+                    request.user,
+                    form.cleaned_data["file"],
+                    form.cleaned_data["files"],
+                    name=request.POST.get("name", ""),
                 )
                 job = Job.objects.create(owner=request.user, scan=scan, model_name=form.cleaned_data["model"])
                 tasks.submit(job)

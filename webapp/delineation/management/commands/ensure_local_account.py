@@ -19,9 +19,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:  # noqa: ANN001 (argparse parser)
         parser.add_argument("--username", default="physician", help="Account name (default: physician).")
-        parser.add_argument(
-            "--superuser", action="store_true", help="Also give access to the admin site (/admin/)."
-        )
+        parser.add_argument("--superuser", action="store_true", help="Also give access to the admin site (/admin/).")
 
     def handle(self, *args, username: str, superuser: bool, **options) -> None:
         User = get_user_model()
