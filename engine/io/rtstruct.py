@@ -1,7 +1,7 @@
 """Write a DICOM RT Structure Set (RTSTRUCT) from a label map on a DICOM series' grid.
 
 Follows DICOM PS3.3 A.19 (RT Structure Set IOD): Patient, General Study, RT Series,
-General Equipment, Structure Set, ROI Contour, RT ROI Observations and SOP Common
+Frame of Reference, General Equipment, Structure Set, ROI Contour, RT ROI Observations and SOP Common
 modules. Contours are CLOSED_PLANAR polygons traced per slice at the 0.5 iso-line of
 each structure's mask (marching squares, scikit-image ``find_contours``), one contour
 per connected boundary: an island is its own contour, and a hole is a separate closed
@@ -101,8 +101,10 @@ def build_rtstruct(
     ds.StructureSetDate = now.strftime("%Y%m%d")
     ds.StructureSetTime = now.strftime("%H%M%S")
     ds.ApprovalStatus = "UNAPPROVED"
-    if "FrameOfReferenceUID" not in header:
+    if not series.frame_of_reference_uid:
         raise RTStructError("the referenced series has no Frame of Reference UID")
+    ds.FrameOfReferenceUID = series.frame_of_reference_uid
+    ds.PositionReferenceIndicator = header.get("PositionReferenceIndicator", "")
 
     contour_images = DicomSequence()
     for s in series.slices:

@@ -134,7 +134,11 @@ def train(config: dict, data: Path, out: Path, steps: int, patch: int = 96, batc
         state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
         network.load_state_dict(state["network"])
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        if state["scheduler"].get("total_steps") == steps:
+            sched.load_state_dict(state["scheduler"])
+        else:  # resumed with a different step budget: replay the new schedule up to ``step``
+            for _ in range(state["step"]):
+                sched.step()
         step, best = state["step"], state["best"]
         sampler.rng = np.random.default_rng(seed + step)
         print(f"resumed at step {step}, best val Dice {best:.3f}", flush=True)
