@@ -1,0 +1,44 @@
+# Delineo: `make run` (web server + one Celery worker) and `make test` set themselves up.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+APT_PACKAGES := dicom3tools plastimatch dcm2niix chromium chromium-driver
+APT_BINARIES := dciodvfy plastimatch dcm2niix chromium chromedriver
+
+.PHONY: run test install system-packages bench clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+# Debian tools the tests use: dciodvfy, plastimatch, dcm2niix, headless Chromium.
+system-packages:
+	@missing=""; for b in $(APT_BINARIES); do command -v $$b >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(APT_PACKAGES); \
+	fi
+
+run: install
+	mkdir -p var
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py ensure_local_account
+	@echo "Starting one Celery worker (log: var/worker.log) and the web server."
+	@echo "Open http://$(HOST):$(PORT)/ and log in with the account above."
+	$(VENV)/bin/celery -A webapp worker -c 1 -l info > var/worker.log 2>&1 & \
+	worker=$$!; trap "kill $$worker 2>/dev/null" EXIT INT TERM; \
+	$(PY) manage.py runserver $(HOST):$(PORT) --noreload
+
+test: install system-packages
+	$(PY) -m pytest
+
+bench: install
+	$(PY) bench/upload_to_rtstruct.py
+
+clean:
+	rm -rf $(VENV) var test-output
