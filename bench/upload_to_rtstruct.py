@@ -1,0 +1,112 @@
+"""Time from upload to RTSTRUCT, per stage, and the worker's peak memory.
+
+Starts the application as `make run` does (SQLite database, SQLite broker, one Celery
+worker, runserver) in a temporary folder, then for each case: uploads it through the
+REST API, queues an `hn-oar` job, waits for it, downloads the RTSTRUCT. The stack is
+restarted for each case so the worker's peak resident memory (VmHWM of the worker and
+its pool process) belongs to that case alone.
+
+    .venv/bin/python bench/upload_to_rtstruct.py [--json var/bench/upload_to_rtstruct.json]
+
+Prints a Markdown table for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.stack import DATA, Stack, zip_folder  # noqa: E402
+
+CASES = {
+    "openkbp pt_104 (128x128x128, 3.92x3.92x3 mm)": DATA / "openkbp_dicom" / "pt_104",
+    "totalseg example (512x512x20, 0.98x0.98x2 mm)": DATA / "totalseg_example" / "example_ct_dicom",
+}
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """Largest VmHWM (MB) among ``pid`` and its descendants (the Celery pool process)."""
+    peak, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) / 1024)
+            for task in Path(f"/proc/{p}/task").iterdir():
+                children = (task / "children").read_text().split()
+                todo.extend(int(c) for c in children)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return peak
+
+
+def run_case(name: str, folder: Path, root: Path) -> dict:
+    stack = Stack(root, f"sqlite:///{root}/db.sqlite3", f"sqla+sqlite:///{root}/broker.sqlite3").start()
+    try:
+        token = stack.token(*stack.create_account())
+        archive = zip_folder(folder, root / "upload.zip")
+        t0 = time.perf_counter()
+        response = stack.api(
+            "POST", "/api/scans/", token, fields={"file": ("upload.zip", archive.read_bytes(), "application/zip")}
+        )
+        assert response.status == 201, response.data
+        scan = json.loads(response.data)
+        t_upload = time.perf_counter() - t0
+        response = stack.api(
+            "POST", "/api/jobs/", token, body=json.dumps({"scan": scan["id"], "model": "hn-oar"}),
+            headers={"Content-Type": "application/json"},
+        )
+        assert response.status == 201, response.data
+        job = stack.wait_for_job(json.loads(response.data)["id"], token)
+        assert job["status"] == "succeeded", job
+        rtstruct = stack.api("GET", f"/api/jobs/{job['id']}/rtstruct.dcm", token)
+        assert rtstruct.status == 200
+        total = time.perf_counter() - t0
+        return {
+            "case": name,
+            "upload_s": round(t_upload, 2),
+            "job_timings_s": job["timings"],
+            "upload_to_rtstruct_s": round(total, 2),
+            "worker_peak_rss_mb": round(_peak_rss_mb(stack.processes["worker"].pid), 0),
+            "rtstruct_kb": round(len(rtstruct.data) / 1024, 1),
+        }
+    finally:
+        stack.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", type=Path, default=REPO / "var" / "bench" / "upload_to_rtstruct.json")
+    args = parser.parse_args()
+    results = []
+    for name, folder in CASES.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            results.append(run_case(name, folder, Path(tmp)))
+            print(json.dumps(results[-1]), flush=True)
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=1))
+    stages = ["queue", "ingest", "preprocess", "network", "export"]
+    print(f"\nMachine: {machine}\n")
+    print("| case | upload | " + " | ".join(stages) + " | upload to RTSTRUCT | worker peak RSS |")
+    print("|---|---|" + "---|" * len(stages) + "---|---|")
+    for r in results:
+        t = r["job_timings_s"]
+        cells = " | ".join(f"{t.get(s, 0):.1f} s" for s in stages)
+        print(f"| {r['case']} | {r['upload_s']:.1f} s | {cells} | {r['upload_to_rtstruct_s']:.1f} s | "
+              f"{r['worker_peak_rss_mb']:.0f} MB |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

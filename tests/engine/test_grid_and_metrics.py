@@ -1,0 +1,55 @@
+"""Resampling to the model grid and back, and the evaluation metrics, in physical units."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from engine.evaluate import score_case
+from engine.infer.grid import image_to_model_grid, probabilities_to_input_grid
+from engine.volume import Volume
+
+LPS_AXES_AFFINE = np.array([[-0.8, 0, 0, 40.0], [0, -0.8, 0, 30.0], [0, 0, 2.0, -20.0], [0, 0, 0, 1]])
+
+
+def _sphere(shape, affine, centre_ras, radius_mm):
+    ijk = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
+    ras = ijk @ affine[:3, :3].T + affine[:3, 3]
+    return np.linalg.norm(ras - centre_ras, axis=-1) <= radius_mm
+
+
+def test_model_grid_is_ras_at_the_model_spacing():
+    hu = np.where(_sphere((60, 50, 20), LPS_AXES_AFFINE, (20.0, 10.0, 0.0), 8), 1000.0, -1000.0)
+    img = image_to_model_grid(Volume(hu.astype(np.float32), LPS_AXES_AFFINE), (2.0, 2.0, 2.0), (-1000, 1000))
+    affine = img.affine.numpy()
+    np.testing.assert_allclose(np.diag(affine)[:3], (2.0, 2.0, 2.0), atol=1e-6)  # RAS, positive steps
+    assert float(img.min()) >= 0.0 and float(img.max()) <= 1.0
+    centre = np.argwhere(img[0].numpy() > 0.5).mean(axis=0)
+    np.testing.assert_allclose(affine[:3, :3] @ centre + affine[:3, 3], (20.0, 10.0, 0.0), atol=1.0)
+
+
+def test_probabilities_come_back_to_the_input_grid():
+    shape = (60, 50, 20)
+    truth = _sphere(shape, LPS_AXES_AFFINE, (20.0, 10.0, 0.0), 8)
+    model_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    model_affine[:3, 3] = (-10.0, -15.0, -20.0)
+    prob = _sphere((30, 30, 20), model_affine, (20.0, 10.0, 0.0), 8).astype(np.float32)
+    back = probabilities_to_input_grid(
+        MetaTensor(torch.as_tensor(prob)[None], affine=torch.as_tensor(model_affine)),
+        Volume(np.zeros(shape, np.float32), LPS_AXES_AFFINE),
+    )
+    assert back.shape == (1, *shape)
+    pred = back[0].numpy() > 0.5
+    assert 2 * (pred & truth).sum() / (pred.sum() + truth.sum()) > 0.9
+
+
+def test_dice_and_hd95_in_mm():
+    a = np.zeros((20, 20, 20), bool)
+    a[5:10, 5:10, 5:10] = True
+    b = np.roll(a, 2, axis=2)  # shifted by 2 voxels along K = 6 mm at 3 mm spacing
+    dice, hd95 = score_case(a, b, (1.0, 1.0, 3.0))
+    assert dice == pytest.approx(0.6)
+    assert hd95 == pytest.approx(6.0)
+    assert np.isnan(score_case(a, np.zeros_like(a), (1.0, 1.0, 1.0))[1])
