@@ -1,8 +1,9 @@
-"""Command line: python -m engine segment | evaluate | train.
+"""Command line: python -m engine segment | evaluate | train | publish.
 
   python -m engine segment INPUT --model hn-oar --out DIR
   python -m engine evaluate --model hn-oar --data ../shared/data/openkbp --split test [--json PATH]
-  python -m engine train --model hn-oar --data ../shared/data/openkbp --out var/train/hn-oar --steps 3000
+  python -m engine train --model hn-oar --data ../shared/data/openkbp --out var/train/hn-oar --steps 4000
+  python -m engine publish --model hn-oar --run var/train/hn-oar --training docs/training/hn-oar.json
 """
 
 from __future__ import annotations
@@ -37,6 +38,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = Path(args.json or f"var/evaluate/{args.model}-{args.split}.json")
     write_json(result, out)
     print(f"written {out}")
+    if args.card:
+        from engine.model_card import add_evaluation
+
+        command = f"python -m engine evaluate --model {args.model} --data {args.data} --split {args.split}"
+        add_evaluation(args.model, result, command)
+        print(f"recorded in engine/weights/{args.model}.json and .md")
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from engine.model_card import publish
+
+    training = json.loads(args.training.read_text())
+    print(f"published {publish(args.run, args.model, training)}")
     return 0
 
 
@@ -71,7 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=Path("../shared/data/openkbp"))
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--json", type=Path, help="where to write the results (default var/evaluate/MODEL-SPLIT.json)")
+    p.add_argument("--card", action="store_true", help="record the results in the model card")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("publish", help="copy a training run's best checkpoint into engine/weights with its card")
+    p.add_argument("--model", default="hn-oar")
+    p.add_argument("--run", type=Path, default=Path("var/train/hn-oar"))
+    p.add_argument("--training", type=Path, required=True, help="JSON: data, split, command, procedure, hardware")
+    p.set_defaults(func=_publish)
 
     p = sub.add_parser("train", help="train a model on OpenKBP (resumable)")
     p.add_argument("--model", default="hn-oar")
