@@ -25,11 +25,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.stack import DATA, Stack, zip_folder  # noqa: E402
+from tests.stack import DATA, Stack, zip_folder
 
 CASES = {
     "openkbp pt_104 (128x128x128, 3.92x3.92x3 mm)": DATA / "openkbp_dicom" / "pt_104",
-    "totalseg example (512x512x20, 0.98x0.98x2 mm)": DATA / "totalseg_example" / "example_ct_dicom",
+    "totalseg example (512x512x20, 0.98x0.98x2 mm)": DATA
+    / "totalseg_example"
+    / "example_ct_dicom",
 }
 
 
@@ -51,19 +53,27 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 def run_case(name: str, folder: Path, root: Path) -> dict:
-    stack = Stack(root, f"sqlite:///{root}/db.sqlite3", f"sqla+sqlite:///{root}/broker.sqlite3").start()
+    stack = Stack(
+        root, f"sqlite:///{root}/db.sqlite3", f"sqla+sqlite:///{root}/broker.sqlite3"
+    ).start()
     try:
         token = stack.token(*stack.create_account())
         archive = zip_folder(folder, root / "upload.zip")
         t0 = time.perf_counter()
         response = stack.api(
-            "POST", "/api/scans/", token, fields={"file": ("upload.zip", archive.read_bytes(), "application/zip")}
+            "POST",
+            "/api/scans/",
+            token,
+            fields={"file": ("upload.zip", archive.read_bytes(), "application/zip")},
         )
         assert response.status == 201, response.data
         scan = json.loads(response.data)
         t_upload = time.perf_counter() - t0
         response = stack.api(
-            "POST", "/api/jobs/", token, body=json.dumps({"scan": scan["id"], "model": "hn-oar"}),
+            "POST",
+            "/api/jobs/",
+            token,
+            body=json.dumps({"scan": scan["id"], "model": "hn-oar"}),
             headers={"Content-Type": "application/json"},
         )
         assert response.status == 201, response.data
@@ -86,7 +96,9 @@ def run_case(name: str, folder: Path, root: Path) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--json", type=Path, default=REPO / "var" / "bench" / "upload_to_rtstruct.json")
+    parser.add_argument(
+        "--json", type=Path, default=REPO / "var" / "bench" / "upload_to_rtstruct.json"
+    )
     args = parser.parse_args()
     results = []
     for name, folder in CASES.items():
@@ -98,13 +110,19 @@ def main() -> int:
     args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=1))
     stages = ["queue", "ingest", "preprocess", "network", "export"]
     print(f"\nMachine: {machine}\n")
-    print("| case | upload | " + " | ".join(stages) + " | upload to RTSTRUCT | worker peak RSS |")
+    print(
+        "| case | upload | "
+        + " | ".join(stages)
+        + " | upload to RTSTRUCT | worker peak RSS |"
+    )
     print("|---|---|" + "---|" * len(stages) + "---|---|")
     for r in results:
         t = r["job_timings_s"]
         cells = " | ".join(f"{t.get(s, 0):.1f} s" for s in stages)
-        print(f"| {r['case']} | {r['upload_s']:.1f} s | {cells} | {r['upload_to_rtstruct_s']:.1f} s | "
-              f"{r['worker_peak_rss_mb']:.0f} MB |")
+        print(
+            f"| {r['case']} | {r['upload_s']:.1f} s | {cells} | {r['upload_to_rtstruct_s']:.1f} s | "
+            f"{r['worker_peak_rss_mb']:.0f} MB |"
+        )
     return 0
 
 

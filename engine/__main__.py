@@ -1,9 +1,9 @@
 """Command line: python -m engine segment | evaluate | train | publish.
 
-  python -m engine segment INPUT --model hn-oar --out DIR
-  python -m engine evaluate --model hn-oar --data ../shared/data/openkbp --split test [--json PATH]
-  python -m engine train --model hn-oar --data ../shared/data/openkbp --out var/train/hn-oar --steps 4000
-  python -m engine publish --model hn-oar --run var/train/hn-oar --training docs/training/hn-oar.json
+python -m engine segment INPUT --model hn-oar --out DIR
+python -m engine evaluate --model hn-oar --data ../shared/data/openkbp --split test [--json PATH]
+python -m engine train --model hn-oar --data ../shared/data/openkbp --out var/train/hn-oar --steps 4000
+python -m engine publish --model hn-oar --run var/train/hn-oar --training docs/training/hn-oar.json
 """
 
 from __future__ import annotations
@@ -24,8 +24,17 @@ def _segment(args: argparse.Namespace) -> int:
         print(f"[{pct:3d}%] {stage}", file=sys.stderr, flush=True)
 
     result = segment_file(args.input, args.model, args.out, progress)
-    print(json.dumps({"out": str(args.out), "structures": result.structures, "timings_s": result.timings_s,
-                      "rtstruct": str(result.rtstruct) if result.rtstruct else None}, indent=1))
+    print(
+        json.dumps(
+            {
+                "out": str(args.out),
+                "structures": result.structures,
+                "timings_s": result.timings_s,
+                "rtstruct": str(result.rtstruct) if result.rtstruct else None,
+            },
+            indent=1,
+        )
+    )
     return 0
 
 
@@ -63,16 +72,29 @@ def _train(args: argparse.Namespace) -> int:
 
     configs = {"hn-oar": HN_OAR_CONFIG}
     if args.model not in configs:
-        raise UnknownModelError(f"no training configuration for {args.model!r}; known: {', '.join(configs)}")
-    best = train(copy.deepcopy(configs[args.model]), Path(args.data), Path(args.out), steps=args.steps,
-                 patch=args.patch, batch=args.batch, lr=args.lr, val_every=args.val_every, seed=args.seed,
-                 threads=args.threads)
+        raise UnknownModelError(
+            f"no training configuration for {args.model!r}; known: {', '.join(configs)}"
+        )
+    best = train(
+        copy.deepcopy(configs[args.model]),
+        Path(args.data),
+        Path(args.out),
+        steps=args.steps,
+        patch=args.patch,
+        batch=args.batch,
+        lr=args.lr,
+        val_every=args.val_every,
+        seed=args.seed,
+        threads=args.threads,
+    )
     print(f"best checkpoint: {best}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine", description="Delineo delineation engine")
+    parser = argparse.ArgumentParser(
+        prog="python -m engine", description="Delineo delineation engine"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("segment", help="delineate a scan (DICOM folder/zip or NIfTI)")
@@ -81,18 +103,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_segment)
 
-    p = sub.add_parser("evaluate", help="Dice and HD95 per structure on an OpenKBP split")
+    p = sub.add_parser(
+        "evaluate", help="Dice and HD95 per structure on an OpenKBP split"
+    )
     p.add_argument("--model", default="hn-oar")
     p.add_argument("--data", type=Path, default=Path("../shared/data/openkbp"))
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--json", type=Path, help="where to write the results (default var/evaluate/MODEL-SPLIT.json)")
-    p.add_argument("--card", action="store_true", help="record the results in the model card")
+    p.add_argument(
+        "--json",
+        type=Path,
+        help="where to write the results (default var/evaluate/MODEL-SPLIT.json)",
+    )
+    p.add_argument(
+        "--card", action="store_true", help="record the results in the model card"
+    )
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("publish", help="copy a training run's best checkpoint into engine/weights with its card")
+    p = sub.add_parser(
+        "publish",
+        help="copy a training run's best checkpoint into engine/weights with its card",
+    )
     p.add_argument("--model", default="hn-oar")
     p.add_argument("--run", type=Path, default=Path("var/train/hn-oar"))
-    p.add_argument("--training", type=Path, required=True, help="JSON: data, split, command, procedure, hardware")
+    p.add_argument(
+        "--training",
+        type=Path,
+        required=True,
+        help="JSON: data, split, command, procedure, hardware",
+    )
     p.set_defaults(func=_publish)
 
     p = sub.add_parser("train", help="train a model on OpenKBP (resumable)")

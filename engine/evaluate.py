@@ -22,14 +22,20 @@ from engine.infer.segment import segment_volume
 from engine.models.registry import LoadedModel
 
 
-def score_case(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float, float]) -> tuple[float, float]:
+def score_case(
+    pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float, float]
+) -> tuple[float, float]:
     """Dice and HD95 (mm) of two boolean masks (I, J, K); HD95 is NaN if either is empty."""
     p = torch.as_tensor(pred[None, None])
     t = torch.as_tensor(truth[None, None])
     dice = float(compute_dice(p, t, include_background=True, ignore_empty=False)[0, 0])
     if not pred.any() or not truth.any():
         return dice, math.nan
-    hd95 = float(compute_hausdorff_distance(p, t, include_background=True, percentile=95, spacing=spacing)[0, 0])
+    hd95 = float(
+        compute_hausdorff_distance(
+            p, t, include_background=True, percentile=95, spacing=spacing
+        )[0, 0]
+    )
     return dice, hd95
 
 
@@ -47,9 +53,16 @@ def evaluate(model: LoadedModel, data: Path, split: str) -> dict:
         for i, s in enumerate(structures):
             if available[i]:
                 dice, hd95 = score_case(labels == s["label"], masks[i], ct.spacing)
-                row[s["name"]] = {"dice": round(dice, 4), "hd95_mm": None if math.isnan(hd95) else round(hd95, 2)}
+                row[s["name"]] = {
+                    "dice": round(dice, 4),
+                    "hd95_mm": None if math.isnan(hd95) else round(hd95, 2),
+                }
         per_case.append(row)
-        print(f"{case}: " + ", ".join(f"{k} {v['dice']:.3f}" for k, v in row.items() if k != "case"), flush=True)
+        print(
+            f"{case}: "
+            + ", ".join(f"{k} {v['dice']:.3f}" for k, v in row.items() if k != "case"),
+            flush=True,
+        )
     summary = {}
     for s in structures:
         scores = [r[s["name"]] for r in per_case if s["name"] in r]
@@ -69,7 +82,9 @@ def evaluate(model: LoadedModel, data: Path, split: str) -> dict:
         "weights_sha256": model.weights_sha256,
         "split": split,
         "n_cases": len(per_case),
-        "mean_dice": round(float(np.mean([v["dice_mean"] for v in summary.values()])), 4),
+        "mean_dice": round(
+            float(np.mean([v["dice_mean"] for v in summary.values()])), 4
+        ),
         "per_structure": summary,
         "per_case": per_case,
         "seconds": round(time.perf_counter() - start, 1),
@@ -79,9 +94,17 @@ def evaluate(model: LoadedModel, data: Path, split: str) -> dict:
 def format_table(result: dict) -> str:
     lines = [f"{'structure':<12} {'n':>3} {'Dice':>14} {'HD95 mm (mean/median)':>22}"]
     for name, s in result["per_structure"].items():
-        hd = f"{s['hd95_mm_mean']}/{s['hd95_mm_median']}" if s["hd95_mm_mean"] is not None else "-"
-        lines.append(f"{name:<12} {s['n']:>3} {s['dice_mean']:>7.3f} ± {s['dice_std']:.3f} {hd:>22}")
-    lines.append(f"mean Dice over structures: {result['mean_dice']:.3f} ({result['n_cases']} cases, {result['split']} split)")
+        hd = (
+            f"{s['hd95_mm_mean']}/{s['hd95_mm_median']}"
+            if s["hd95_mm_mean"] is not None
+            else "-"
+        )
+        lines.append(
+            f"{name:<12} {s['n']:>3} {s['dice_mean']:>7.3f} ± {s['dice_std']:.3f} {hd:>22}"
+        )
+    lines.append(
+        f"mean Dice over structures: {result['mean_dice']:.3f} ({result['n_cases']} cases, {result['split']} split)"
+    )
     return "\n".join(lines)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -17,7 +16,9 @@ import torch
 from engine.models.registry import WEIGHTS_DIR, sha256_of
 
 
-def publish(run_dir: Path, name: str, training: dict, weights_dir: Path = WEIGHTS_DIR) -> Path:
+def publish(
+    run_dir: Path, name: str, training: dict, weights_dir: Path = WEIGHTS_DIR
+) -> Path:
     """Copy ``run_dir/best.pt`` (state dict, float32) and its config into ``weights_dir``."""
     config = json.loads((run_dir / "config.json").read_text())
     if config["name"] != name:
@@ -25,7 +26,11 @@ def publish(run_dir: Path, name: str, training: dict, weights_dir: Path = WEIGHT
     weights_dir.mkdir(parents=True, exist_ok=True)
     state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
     torch.save(state, weights_dir / f"{name}.pt")
-    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+    log = [
+        json.loads(line)
+        for line in (run_dir / "log.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     vals = [r for r in log if "val" in r]
     best = max(vals, key=lambda r: r["val"]["mean"]) if vals else None
     card = {
@@ -45,12 +50,16 @@ def publish(run_dir: Path, name: str, training: dict, weights_dir: Path = WEIGHT
     return weights_dir / f"{name}.pt"
 
 
-def add_evaluation(name: str, result: dict, command: str, weights_dir: Path = WEIGHTS_DIR) -> None:
+def add_evaluation(
+    name: str, result: dict, command: str, weights_dir: Path = WEIGHTS_DIR
+) -> None:
     """Record an evaluation (``engine.evaluate.evaluate`` output) in the card."""
     path = weights_dir / f"{name}.json"
     card = json.loads(path.read_text())
     if result["weights_sha256"] != card["card"]["weights_sha256"]:
-        raise ValueError("the evaluation was made with other weights than the card describes")
+        raise ValueError(
+            "the evaluation was made with other weights than the card describes"
+        )
     card["card"][f"evaluation_{result['split']}"] = {
         "command": command,
         "n_cases": result["n_cases"],
@@ -68,11 +77,15 @@ def write_markdown(card: dict, path: Path) -> None:
     lines = [
         f"# Model card: {card['name']}",
         "",
-        f"- Architecture: {card['architecture']} (3D residual U-Net with squeeze-and-excitation blocks), "
-        f"channels {'-'.join(map(str, card['channels']))}, one sigmoid output per structure.",
+        (
+            f"- Architecture: {card['architecture']} (3D residual U-Net with squeeze-and-excitation blocks), "
+            f"channels {'-'.join(map(str, card['channels']))}, one sigmoid output per structure."
+        ),
         f"- Structures (TG-263): {', '.join(s['name'] for s in card['structures'])}.",
-        f"- Input: CT reoriented to {card['axcodes']}, resampled to {' x '.join(map(str, card['spacing_mm']))} mm, "
-        f"HU window {card['window_hu'][0]:.0f} to {card['window_hu'][1]:.0f}; output resampled back to the input grid.",
+        (
+            f"- Input: CT reoriented to {card['axcodes']}, resampled to {' x '.join(map(str, card['spacing_mm']))} mm, "
+            f"HU window {card['window_hu'][0]:.0f} to {card['window_hu'][1]:.0f}; output resampled back to the input grid."
+        ),
         f"- Weights: `{card['name']}.pt`, SHA-256 `{c['weights_sha256']}`; card date {c['date']}.",
         "",
         "## Data and training",
@@ -83,30 +96,40 @@ def write_markdown(card: dict, path: Path) -> None:
         f"- Hardware and time: {t['hardware']}",
     ]
     if t.get("val_dice"):
-        per = ", ".join(f"{k} {v:.3f}" for k, v in t["val_dice"]["per_structure"].items())
-        lines.append(f"- Best validation mean Dice {t['val_dice']['mean']:.3f} at step {t['best_val_step']} "
-                     f"(model-grid Dice, used for checkpoint selection): {per}.")
+        per = ", ".join(
+            f"{k} {v:.3f}" for k, v in t["val_dice"]["per_structure"].items()
+        )
+        lines.append(
+            f"- Best validation mean Dice {t['val_dice']['mean']:.3f} at step {t['best_val_step']} "
+            f"(model-grid Dice, used for checkpoint selection): {per}."
+        )
     for key in sorted(k for k in c if k.startswith("evaluation_")):
         e = c[key]
         lines += [
             "",
             f"## Accuracy on the {key.split('_', 1)[1]} split ({e['n_cases']} cases)",
-            f"Command: `{e['command']}` ({e['seconds']:.0f} s). Dice and HD95 on each CT's own grid, "
-            "only where the structure is contoured; 'missed' = contoured but not delineated at all "
-            "(Dice 0, no HD95).",
+            (
+                f"Command: `{e['command']}` ({e['seconds']:.0f} s). Dice and HD95 on each CT's own grid, "
+                "only where the structure is contoured; 'missed' = contoured but not delineated at all "
+                "(Dice 0, no HD95)."
+            ),
             "",
             "| structure | cases | Dice mean ± sd | HD95 mean (mm) | HD95 median (mm) | missed |",
             "|---|---|---|---|---|---|",
         ]
         for name, s in e["per_structure"].items():
-            lines.append(f"| {name} | {s['n']} | {s['dice_mean']:.3f} ± {s['dice_std']:.3f} | "
-                         f"{s['hd95_mm_mean']} | {s['hd95_mm_median']} | {s['missed']} |")
+            lines.append(
+                f"| {name} | {s['n']} | {s['dice_mean']:.3f} ± {s['dice_std']:.3f} | "
+                f"{s['hd95_mm_mean']} | {s['hd95_mm_median']} | {s['missed']} |"
+            )
         lines.append(f"| **mean over structures** | | **{e['mean_dice']:.3f}** | | | |")
     lines += [
         "",
         "## Limits",
-        "- Trained on OpenKBP planning CTs only (head and neck, resampled by OpenKBP to 128^3); "
-        "other anatomies or MR give meaningless output.",
+        (
+            "- Trained on OpenKBP planning CTs only (head and neck, resampled by OpenKBP to 128^3); "
+            "other anatomies or MR give meaningless output."
+        ),
         "- Results must be reviewed and edited by a qualified clinician before clinical use.",
         "",
         "Data: OpenKBP (Babier et al., Med Phys 48:5549-5561, 2021), CTs from TCIA head-and-neck collections.",

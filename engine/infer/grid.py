@@ -19,11 +19,17 @@ from engine.volume import LabelMap, Volume
 
 
 def _meta(array: np.ndarray, affine: np.ndarray) -> MetaTensor:
-    return MetaTensor(torch.as_tensor(array)[None], affine=torch.as_tensor(affine, dtype=torch.float64))
+    return MetaTensor(
+        torch.as_tensor(array)[None],
+        affine=torch.as_tensor(affine, dtype=torch.float64),
+    )
 
 
 def image_to_model_grid(
-    volume: Volume, spacing_mm: Sequence[float], window_hu: Sequence[float], axcodes: str = "RAS"
+    volume: Volume,
+    spacing_mm: Sequence[float],
+    window_hu: Sequence[float],
+    axcodes: str = "RAS",
 ) -> MetaTensor:
     """CT volume -> normalised image on the model grid.
 
@@ -46,7 +52,9 @@ def labels_to_model_grid(
     return Spacing(pixdim=tuple(spacing_mm), mode="nearest")(lab)
 
 
-def probabilities_to_input_grid(probabilities: MetaTensor, reference: Volume) -> torch.Tensor:
+def probabilities_to_input_grid(
+    probabilities: MetaTensor, reference: Volume
+) -> torch.Tensor:
     """Resample (C, X, Y, Z) probabilities on the model grid onto ``reference``'s grid.
 
     Returns a float32 tensor of shape (C, I, J, K) on the reference grid (linear
@@ -56,5 +64,7 @@ def probabilities_to_input_grid(probabilities: MetaTensor, reference: Volume) ->
         torch.zeros((1, *reference.array.shape), dtype=torch.float32),
         affine=torch.as_tensor(reference.affine, dtype=torch.float64),
     )
-    out = ResampleToMatch(mode="bilinear", padding_mode="zeros")(probabilities, img_dst=template)
+    out = ResampleToMatch(mode="bilinear", padding_mode="zeros")(
+        probabilities, img_dst=template
+    )
     return out.as_tensor().float()

@@ -11,7 +11,10 @@ from scipy import ndimage
 
 
 def predict_probabilities(
-    network: torch.nn.Module, image: torch.Tensor, roi_size: Sequence[int], device: torch.device
+    network: torch.nn.Module,
+    image: torch.Tensor,
+    roi_size: Sequence[int],
+    device: torch.device,
 ) -> torch.Tensor:
     """Sigmoid probabilities (B, C, X, Y, Z) for a normalised image (B, 1, X, Y, Z).
 
@@ -20,8 +23,12 @@ def predict_probabilities(
     """
     with torch.no_grad():
         logits = sliding_window_inference(
-            image.to(device), roi_size=tuple(roi_size), sw_batch_size=1, predictor=network,
-            overlap=0.25, mode="gaussian",
+            image.to(device),
+            roi_size=tuple(roi_size),
+            sw_batch_size=1,
+            predictor=network,
+            overlap=0.25,
+            mode="gaussian",
         )
     return torch.sigmoid(logits).cpu()
 

@@ -42,7 +42,9 @@ class SegmentationResult:
     weights_sha256: str
 
 
-def segment_volume(volume: Volume, model: LoadedModel, progress: Progress | None = None) -> LabelMap:
+def segment_volume(
+    volume: Volume, model: LoadedModel, progress: Progress | None = None
+) -> LabelMap:
     """Delineate ``model``'s structures on ``volume``; the label map is on the volume's grid.
 
     Labels follow ``model.config['structures']`` (0 = background); where structures
@@ -51,9 +53,13 @@ def segment_volume(volume: Volume, model: LoadedModel, progress: Progress | None
     cfg = model.config
     report = progress or (lambda stage, pct: None)
     report("preprocess", STAGE_END["ingest"])
-    image = image_to_model_grid(volume, cfg["spacing_mm"], cfg["window_hu"], cfg["axcodes"])
+    image = image_to_model_grid(
+        volume, cfg["spacing_mm"], cfg["window_hu"], cfg["axcodes"]
+    )
     report("network", STAGE_END["preprocess"])
-    prob = predict_probabilities(model.network, image[None], cfg["roi_size"], model.device)[0]
+    prob = predict_probabilities(
+        model.network, image[None], cfg["roi_size"], model.device
+    )[0]
     report("export", STAGE_END["network"])
     cleaned = keep_largest_component(prob.numpy(), cfg["threshold"])
     prob = MetaTensor(torch.as_tensor(cleaned), affine=prob.affine)
@@ -74,14 +80,19 @@ def structure_table(labels: LabelMap, model: LoadedModel) -> list[dict]:
             "label": s.label,
             "name": s.name,
             "color": list(s.color),
-            "volume_cm3": round(float(counts[s.label]) * labels.voxel_volume_mm3 / 1000.0, 3),
+            "volume_cm3": round(
+                float(counts[s.label]) * labels.voxel_volume_mm3 / 1000.0, 3
+            ),
         }
         for s in model.structures
     ]
 
 
 def segment_file(
-    input_path: str | Path, model_name: str, out_dir: str | Path, progress: Progress | None = None
+    input_path: str | Path,
+    model_name: str,
+    out_dir: str | Path,
+    progress: Progress | None = None,
 ) -> SegmentationResult:
     """Segment the scan at ``input_path`` (DICOM folder or zip, or NIfTI) into ``out_dir``.
 
@@ -116,10 +127,14 @@ def segment_file(
     table = structure_table(labels, model)
     for s in table:
         mask = (labels.array == s["label"]).astype(np.uint8)
-        write_nifti(LabelMap(mask, labels.affine), out / "structures" / f"{s['name']}.nii.gz")
+        write_nifti(
+            LabelMap(mask, labels.affine), out / "structures" / f"{s['name']}.nii.gz"
+        )
     rtstruct = None
     if series is not None:
-        ds = build_rtstruct(labels, series, model.structures, model.name, model.weights_sha256)
+        ds = build_rtstruct(
+            labels, series, model.structures, model.name, model.weights_sha256
+        )
         rtstruct = write_rtstruct(ds, out / "rtstruct.dcm")
     (out / "structures.json").write_text(json.dumps(table, indent=1))
     on_stage("done", 100)

@@ -98,7 +98,14 @@ def read_datasets(path: Path) -> tuple[list[pydicom.Dataset], list[str]]:
             continue
         try:
             ds = pydicom.dcmread(source)
-        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        except (
+            InvalidDicomError,
+            EOFError,
+            OSError,
+            ValueError,
+            KeyError,
+            TypeError,
+        ) as exc:
             notes.append(f"{name}: skipped, not a DICOM file ({type(exc).__name__})")
             continue
         ds.filename = name
@@ -114,22 +121,39 @@ def _image_series(datasets: list[pydicom.Dataset]) -> dict[str, list[pydicom.Dat
     return groups
 
 
-def _geometry(ds: pydicom.Dataset, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _geometry(
+    ds: pydicom.Dataset, name: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     try:
         iop = np.array([float(v) for v in ds.ImageOrientationPatient])
         ipp = np.array([float(v) for v in ds.ImagePositionPatient])
         spacing = np.array([float(v) for v in ds.PixelSpacing])
     except (AttributeError, TypeError, ValueError) as exc:
-        raise DicomSeriesError(f"{name}: missing or invalid image geometry (orientation, position, pixel spacing)") from exc
-    if iop.shape != (6,) or ipp.shape != (3,) or spacing.shape != (2,) or np.any(spacing <= 0):
+        raise DicomSeriesError(
+            f"{name}: missing or invalid image geometry (orientation, position, pixel spacing)"
+        ) from exc
+    if (
+        iop.shape != (6,)
+        or ipp.shape != (3,)
+        or spacing.shape != (2,)
+        or np.any(spacing <= 0)
+    ):
         raise DicomSeriesError(f"{name}: invalid image geometry attributes")
     row, col = iop[:3], iop[3:]
-    if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3 or abs(row @ col) > 1e-3:
-        raise DicomSeriesError(f"{name}: Image Orientation (Patient) is not two orthogonal unit vectors")
+    if (
+        abs(np.linalg.norm(row) - 1) > 1e-3
+        or abs(np.linalg.norm(col) - 1) > 1e-3
+        or abs(row @ col) > 1e-3
+    ):
+        raise DicomSeriesError(
+            f"{name}: Image Orientation (Patient) is not two orthogonal unit vectors"
+        )
     return row, col, ipp, spacing
 
 
-def assemble_series(datasets: list[pydicom.Dataset], notes: list[str] | None = None) -> DicomSeries:
+def assemble_series(
+    datasets: list[pydicom.Dataset], notes: list[str] | None = None
+) -> DicomSeries:
     """Assemble the slices of one series into a ``DicomSeries``.
 
     Raises:
@@ -139,7 +163,9 @@ def assemble_series(datasets: list[pydicom.Dataset], notes: list[str] | None = N
     """
     notes = list(notes or [])
     if len(datasets) < 2:
-        raise DicomSeriesError(f"a 3D volume needs at least 2 slices, the series has {len(datasets)}")
+        raise DicomSeriesError(
+            f"a 3D volume needs at least 2 slices, the series has {len(datasets)}"
+        )
     row, col, _, spacing = _geometry(datasets[0], datasets[0].filename)
     normal = np.cross(row, col)
     shape = (int(datasets[0].Rows), int(datasets[0].Columns))
@@ -147,15 +173,23 @@ def assemble_series(datasets: list[pydicom.Dataset], notes: list[str] | None = N
     for ds in datasets:
         r, c, ipp, sp = _geometry(ds, ds.filename)
         if not (np.allclose(r, row, atol=1e-4) and np.allclose(c, col, atol=1e-4)):
-            raise DicomSeriesError(f"{ds.filename}: orientation differs from the rest of the series (localizer or mixed series?)")
-        if (int(ds.Rows), int(ds.Columns)) != shape or not np.allclose(sp, spacing, atol=1e-4):
-            raise DicomSeriesError(f"{ds.filename}: image size or pixel spacing differs from the rest of the series")
+            raise DicomSeriesError(
+                f"{ds.filename}: orientation differs from the rest of the series (localizer or mixed series?)"
+            )
+        if (int(ds.Rows), int(ds.Columns)) != shape or not np.allclose(
+            sp, spacing, atol=1e-4
+        ):
+            raise DicomSeriesError(
+                f"{ds.filename}: image size or pixel spacing differs from the rest of the series"
+            )
         keyed.append((float(ipp @ normal), ipp, ds))
     keyed.sort(key=lambda t: t[0])
     positions = np.array([k[0] for k in keyed])
     steps = np.diff(positions)
     if np.any(steps < 1e-3):
-        raise DicomSeriesError("two slices share the same position: duplicated slices or two series mixed")
+        raise DicomSeriesError(
+            "two slices share the same position: duplicated slices or two series mixed"
+        )
     median = float(np.median(steps))
     if np.any(steps > 1.5 * median):
         worst = float(steps.max())
@@ -166,16 +200,22 @@ def assemble_series(datasets: list[pydicom.Dataset], notes: list[str] | None = N
     slice_vector = (last - first) / (len(keyed) - 1)
     in_plane_offset = slice_vector - (slice_vector @ normal) * normal
     if np.linalg.norm(in_plane_offset) > 1e-2 * np.linalg.norm(slice_vector) + 1e-3:
-        raise DicomSeriesError("gantry tilt: slices are not stacked along their normal; tilted series are not supported yet")
+        raise DicomSeriesError(
+            "gantry tilt: slices are not stacked along their normal; tilted series are not supported yet"
+        )
 
     array = np.empty((shape[1], shape[0], len(keyed)), dtype=np.float32)
     for k, (_, _, ds) in enumerate(keyed):
         try:
             pixels = ds.pixel_array.astype(np.float32)
         except Exception as exc:  # pydicom raises many types for bad pixel data
-            raise DicomSeriesError(f"{ds.filename}: pixel data cannot be decoded ({exc})") from exc
+            raise DicomSeriesError(
+                f"{ds.filename}: pixel data cannot be decoded ({exc})"
+            ) from exc
         if pixels.shape != shape:
-            raise DicomSeriesError(f"{ds.filename}: pixel data shape {pixels.shape} differs from Rows x Columns {shape}")
+            raise DicomSeriesError(
+                f"{ds.filename}: pixel data shape {pixels.shape} differs from Rows x Columns {shape}"
+            )
         slope = float(ds.get("RescaleSlope", 1) or 1)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
         array[:, :, k] = (pixels * slope + intercept).T  # (row, col) -> (I=col, J=row)
@@ -189,11 +229,19 @@ def assemble_series(datasets: list[pydicom.Dataset], notes: list[str] | None = N
     if "PixelData" in header:
         del header.PixelData
     slices = [
-        SliceRef(str(ds.SOPClassUID), str(ds.SOPInstanceUID), tuple(float(v) for v in ipp))
+        SliceRef(
+            str(ds.SOPClassUID), str(ds.SOPInstanceUID), tuple(float(v) for v in ipp)
+        )
         for _, ipp, ds in keyed
     ]
-    meta = {"source": "dicom", "modality": str(header.get("Modality", "")), "notes": notes}
-    return DicomSeries(Volume(array, LPS_TO_RAS @ affine_lps, meta=meta), slices, header, notes)
+    meta = {
+        "source": "dicom",
+        "modality": str(header.get("Modality", "")),
+        "notes": notes,
+    }
+    return DicomSeries(
+        Volume(array, LPS_TO_RAS @ affine_lps, meta=meta), slices, header, notes
+    )
 
 
 def read_series(path: Path) -> DicomSeries:
@@ -206,9 +254,12 @@ def read_series(path: Path) -> DicomSeries:
     groups = _image_series(datasets)
     if not groups:
         raise DicomSeriesError(
-            "no DICOM CT, MR or PET image series found in the upload" + (f" ({len(notes)} files skipped)" if notes else "")
+            "no DICOM CT, MR or PET image series found in the upload"
+            + (f" ({len(notes)} files skipped)" if notes else "")
         )
-    uid, members = max(groups.items(), key=lambda kv: len(kv[1]))
+    _, members = max(groups.items(), key=lambda kv: len(kv[1]))
     if len(groups) > 1:
-        notes.append(f"{len(groups)} image series found; using the largest ({len(members)} slices)")
+        notes.append(
+            f"{len(groups)} image series found; using the largest ({len(members)} slices)"
+        )
     return assemble_series(members, notes)

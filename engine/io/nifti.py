@@ -21,11 +21,15 @@ def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
         img = nib.load(str(path))
         array = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for corrupt files
-        raise NiftiError(f"{Path(path).name}: not a readable NIfTI file ({exc})") from exc
+        raise NiftiError(
+            f"{Path(path).name}: not a readable NIfTI file ({exc})"
+        ) from exc
     if array.ndim == 4 and array.shape[3] == 1:
         array = array[..., 0]
     if array.ndim != 3:
-        raise NiftiError(f"{Path(path).name}: expected a 3D image, got shape {array.shape}")
+        raise NiftiError(
+            f"{Path(path).name}: expected a 3D image, got shape {array.shape}"
+        )
     affine = img.affine if img.affine is not None else np.eye(4)
     return array, np.asarray(affine, dtype=np.float64)
 
@@ -58,7 +62,11 @@ def read_labels(path: str | os.PathLike) -> LabelMap:
         if not np.array_equal(rounded, array):
             raise NiftiError(f"{Path(path).name}: label map holds non-integer values")
         array = rounded
-    array = array.astype(np.uint8 if array.max(initial=0) < 256 and array.min(initial=0) >= 0 else np.int32)
+    array = array.astype(
+        np.uint8
+        if array.max(initial=0) < 256 and array.min(initial=0) >= 0
+        else np.int32
+    )
     try:
         return LabelMap(array, affine)
     except GeometryError as exc:

@@ -16,7 +16,7 @@ class InputError(ValueError):
 
 def is_nifti(path: Path) -> bool:
     name = Path(path).name.lower()
-    return name.endswith(".nii") or name.endswith(".nii.gz")
+    return name.endswith((".nii", ".nii.gz"))
 
 
 def read_input(path: str | Path) -> tuple[Volume, DicomSeries | None]:
@@ -34,7 +34,11 @@ def read_input(path: str | Path) -> tuple[Volume, DicomSeries | None]:
     try:
         if is_nifti(path):
             return read_volume(path), None
-        if path.is_file() and not zipfile.is_zipfile(path) and path.suffix.lower() == ".zip":
+        if (
+            path.is_file()
+            and not zipfile.is_zipfile(path)
+            and path.suffix.lower() == ".zip"
+        ):
             raise InputError(f"{path.name}: not a valid zip archive")
         series = read_series(path)
         return series.volume, series

@@ -32,8 +32,16 @@ from engine.volume import LabelMap
 
 STUDY_COMPONENT_SOP_CLASS = "1.2.840.10008.3.1.2.3.1"
 _COPIED_PATIENT_STUDY = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
-    "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
     "StudyDescription",
 )
 
@@ -56,7 +64,11 @@ def slice_polygons(mask: np.ndarray) -> list[np.ndarray]:
     padded = np.pad(mask.astype(np.uint8), 1)
     polygons = []
     for contour in find_contours(padded, 0.5):
-        points = contour[:-1] - 1.0 if np.allclose(contour[0], contour[-1]) else contour - 1.0
+        points = (
+            contour[:-1] - 1.0
+            if np.allclose(contour[0], contour[-1])
+            else contour - 1.0
+        )
         if len(np.unique(np.round(points, 3), axis=0)) >= 3:
             polygons.append(points)
     return polygons
@@ -75,7 +87,9 @@ def build_rtstruct(
         RTStructError: the label map's shape or affine differs from the series'.
     """
     volume = series.volume
-    if labels.array.shape != volume.array.shape or not np.allclose(labels.affine, volume.affine, atol=1e-3):
+    if labels.array.shape != volume.array.shape or not np.allclose(
+        labels.affine, volume.affine, atol=1e-3
+    ):
         raise RTStructError("the label map is not on the grid of the referenced series")
     affine_lps = series.affine_lps
     header = series.header
@@ -95,7 +109,10 @@ def build_rtstruct(
     ds.InstanceNumber = 1
     ds.Manufacturer = "Delineo"
     ds.ManufacturerModelName = model_name
-    ds.SoftwareVersions = [f"delineo {engine.__version__}", f"weights sha256 {weights_sha256[:16]}"]
+    ds.SoftwareVersions = [
+        f"delineo {engine.__version__}",
+        f"weights sha256 {weights_sha256[:16]}",
+    ]
     ds.StructureSetLabel = f"Delineo {model_name}"[:16]
     ds.StructureSetName = f"Delineo {model_name}"
     ds.StructureSetDate = now.strftime("%Y%m%d")
@@ -124,7 +141,11 @@ def build_rtstruct(
     ref_for.RTReferencedStudySequence = DicomSequence([ref_study])
     ds.ReferencedFrameOfReferenceSequence = DicomSequence([ref_for])
 
-    roi_set, roi_contours, observations = DicomSequence(), DicomSequence(), DicomSequence()
+    roi_set, roi_contours, observations = (
+        DicomSequence(),
+        DicomSequence(),
+        DicomSequence(),
+    )
     for number, structure in enumerate(structures, start=1):
         mask = labels.array == structure.label
         roi = Dataset()
@@ -138,7 +159,9 @@ def build_rtstruct(
         contours = DicomSequence()
         for k in np.flatnonzero(mask.any(axis=(0, 1))):
             for polygon in slice_polygons(mask[:, :, k]):
-                voxels = np.column_stack([polygon, np.full(len(polygon), k), np.ones(len(polygon))])
+                voxels = np.column_stack(
+                    [polygon, np.full(len(polygon), k), np.ones(len(polygon))]
+                )
                 points = (affine_lps @ voxels.T)[:3].T
                 contour = Dataset()
                 image = Dataset()

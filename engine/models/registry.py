@@ -41,13 +41,55 @@ HN_OAR_CONFIG: dict = {
     "roi_size": [160, 160, 160],
     "threshold": 0.5,
     "structures": [
-        {"label": 1, "name": "Brainstem", "source": "Brainstem", "color": [255, 170, 0], "type": "ORGAN"},
-        {"label": 2, "name": "SpinalCord", "source": "SpinalCord", "color": [255, 255, 0], "type": "ORGAN"},
-        {"label": 3, "name": "Parotid_R", "source": "RightParotid", "color": [0, 170, 255], "type": "ORGAN"},
-        {"label": 4, "name": "Parotid_L", "source": "LeftParotid", "color": [0, 255, 128], "type": "ORGAN"},
-        {"label": 5, "name": "Esophagus", "source": "Esophagus", "color": [255, 85, 170], "type": "ORGAN"},
-        {"label": 6, "name": "Larynx", "source": "Larynx", "color": [170, 85, 255], "type": "ORGAN"},
-        {"label": 7, "name": "Mandible", "source": "Mandible", "color": [230, 230, 230], "type": "ORGAN"},
+        {
+            "label": 1,
+            "name": "Brainstem",
+            "source": "Brainstem",
+            "color": [255, 170, 0],
+            "type": "ORGAN",
+        },
+        {
+            "label": 2,
+            "name": "SpinalCord",
+            "source": "SpinalCord",
+            "color": [255, 255, 0],
+            "type": "ORGAN",
+        },
+        {
+            "label": 3,
+            "name": "Parotid_R",
+            "source": "RightParotid",
+            "color": [0, 170, 255],
+            "type": "ORGAN",
+        },
+        {
+            "label": 4,
+            "name": "Parotid_L",
+            "source": "LeftParotid",
+            "color": [0, 255, 128],
+            "type": "ORGAN",
+        },
+        {
+            "label": 5,
+            "name": "Esophagus",
+            "source": "Esophagus",
+            "color": [255, 85, 170],
+            "type": "ORGAN",
+        },
+        {
+            "label": 6,
+            "name": "Larynx",
+            "source": "Larynx",
+            "color": [170, 85, 255],
+            "type": "ORGAN",
+        },
+        {
+            "label": 7,
+            "name": "Mandible",
+            "source": "Mandible",
+            "color": [230, 230, 230],
+            "type": "ORGAN",
+        },
     ],
 }
 
@@ -72,7 +114,9 @@ class LoadedModel:
 
 def available_models(weights_dir: Path = WEIGHTS_DIR) -> list[str]:
     """Names of the models whose weights and card are both shipped."""
-    return sorted(p.stem for p in weights_dir.glob("*.pt") if p.with_suffix(".json").exists())
+    return sorted(
+        p.stem for p in weights_dir.glob("*.pt") if p.with_suffix(".json").exists()
+    )
 
 
 def build_network(config: dict) -> torch.nn.Module:
@@ -95,7 +139,9 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_model(name: str, weights_dir: Path = WEIGHTS_DIR, device: torch.device | None = None) -> LoadedModel:
+def load_model(
+    name: str, weights_dir: Path = WEIGHTS_DIR, device: torch.device | None = None
+) -> LoadedModel:
     """Load a shipped model by name.
 
     Raises:

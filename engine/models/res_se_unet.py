@@ -22,14 +22,18 @@ class ResSEBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, se_ratio: int = 4) -> None:
         super().__init__()
-        self.conv1 = Convolution(3, in_channels, out_channels, act="LEAKYRELU", norm="INSTANCE")
+        self.conv1 = Convolution(
+            3, in_channels, out_channels, act="LEAKYRELU", norm="INSTANCE"
+        )
         self.conv2 = Convolution(3, out_channels, out_channels, conv_only=True)
         self.norm2 = nn.InstanceNorm3d(out_channels, affine=True)
         self.se = ChannelSELayer(3, out_channels, r=se_ratio)
         self.skip = (
             nn.Identity()
             if in_channels == out_channels
-            else Convolution(3, in_channels, out_channels, kernel_size=1, conv_only=True)
+            else Convolution(
+                3, in_channels, out_channels, kernel_size=1, conv_only=True
+            )
         )
         self.act = nn.LeakyReLU(inplace=True)
 
@@ -60,13 +64,20 @@ class ResSEUNet(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, channels: Sequence[int] = (16, 32, 64, 96, 128)
+        self,
+        in_channels: int,
+        out_channels: int,
+        channels: Sequence[int] = (16, 32, 64, 96, 128),
     ) -> None:
         super().__init__()
         if len(channels) < 3 or any(c <= 0 for c in channels):
-            raise ValueError(f"channels must hold at least three positive widths, got {channels}")
+            raise ValueError(
+                f"channels must hold at least three positive widths, got {channels}"
+            )
         if in_channels <= 0 or out_channels <= 0:
-            raise ValueError(f"bad channel counts: in={in_channels}, out={out_channels}")
+            raise ValueError(
+                f"bad channel counts: in={in_channels}, out={out_channels}"
+            )
         self.divisor = 2 ** (len(channels) - 1)
         widths = list(channels)
         self.down = nn.ModuleList()
@@ -74,7 +85,15 @@ class ResSEUNet(nn.Module):
         c_prev = in_channels
         for c in widths[:-1]:
             self.down.append(
-                Convolution(3, c_prev, c, strides=2, kernel_size=3, act="LEAKYRELU", norm="INSTANCE")
+                Convolution(
+                    3,
+                    c_prev,
+                    c,
+                    strides=2,
+                    kernel_size=3,
+                    act="LEAKYRELU",
+                    norm="INSTANCE",
+                )
             )
             self.encoders.append(ResSEBlock(c, c))
             c_prev = c
@@ -89,9 +108,17 @@ class ResSEUNet(nn.Module):
             final = level == 0
             self.up.append(
                 Convolution(
-                    3, c_out, out_channels if final else c_out, strides=2, kernel_size=3,
-                    is_transposed=True, act="LEAKYRELU", norm="INSTANCE", conv_only=final,
-                    padding=1, output_padding=1,
+                    3,
+                    c_out,
+                    out_channels if final else c_out,
+                    strides=2,
+                    kernel_size=3,
+                    is_transposed=True,
+                    act="LEAKYRELU",
+                    norm="INSTANCE",
+                    conv_only=final,
+                    padding=1,
+                    output_padding=1,
                 )
             )
             c_deep = c_out

@@ -27,10 +27,16 @@ def write_phantom_series(
     row, col = np.array(orientation[:3], float), np.array(orientation[3:], float)
     normal = np.cross(row, col)
     affine = np.eye(4)
-    affine[:3, 0], affine[:3, 1], affine[:3, 2] = row * spacing[0], col * spacing[1], normal * spacing[2]
+    affine[:3, 0], affine[:3, 1], affine[:3, 2] = (
+        row * spacing[0],
+        col * spacing[1],
+        normal * spacing[2],
+    )
     affine[:3, 3] = origin
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    names = [f"{n:08x}" for n in rng.permutation(10_000_000)[: hu.shape[2]]]  # no extension, random order
+    names = [
+        f"{n:08x}" for n in rng.permutation(10_000_000)[: hu.shape[2]]
+    ]  # no extension, random order
     paths = []
     for k in range(hu.shape[2]):
         meta = FileMetaDataset()
@@ -39,20 +45,40 @@ def write_phantom_series(
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         path = directory / names[k]
         ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.SOPClassUID, ds.SOPInstanceUID = (
+            CTImageStorage,
+            meta.MediaStorageSOPInstanceUID,
+        )
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = (
+            study,
+            series,
+            frame,
+        )
         ds.Modality, ds.PatientName, ds.PatientID = "CT", "Phantom^Test", "PH001"
         ds.PatientBirthDate, ds.PatientSex = "", "O"
-        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20260101", "080000", "1", ""
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = (
+            "20260101",
+            "080000",
+            "1",
+            "",
+        )
         ds.ReferringPhysicianName = ""
-        ds.SeriesNumber, ds.InstanceNumber = 2, hu.shape[2] - k  # deliberately not slice order
+        ds.SeriesNumber, ds.InstanceNumber = (
+            2,
+            hu.shape[2] - k,
+        )  # deliberately not slice order
         ds.ImageOrientationPatient = [f"{v:.6f}" for v in orientation]
         ds.ImagePositionPatient = [f"{v:.4f}" for v in (affine @ [0, 0, k, 1])[:3]]
         ds.PixelSpacing = [spacing[1], spacing[0]]  # (between rows, between columns)
         ds.SliceThickness = spacing[2]
         ds.Rows, ds.Columns = hu.shape[1], hu.shape[0]
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (
+            16,
+            16,
+            15,
+            0,
+        )
         ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
         stored = (hu[:, :, k].T + 1024).astype(np.uint16)  # (rows, columns)
         ds.PixelData = stored.tobytes()

@@ -11,7 +11,9 @@ from engine.evaluate import score_case
 from engine.infer.grid import image_to_model_grid, probabilities_to_input_grid
 from engine.volume import Volume
 
-LPS_AXES_AFFINE = np.array([[-0.8, 0, 0, 40.0], [0, -0.8, 0, 30.0], [0, 0, 2.0, -20.0], [0, 0, 0, 1]])
+LPS_AXES_AFFINE = np.array(
+    [[-0.8, 0, 0, 40.0], [0, -0.8, 0, 30.0], [0, 0, 2.0, -20.0], [0, 0, 0, 1]]
+)
 
 
 def _sphere(shape, affine, centre_ras, radius_mm):
@@ -21,13 +23,21 @@ def _sphere(shape, affine, centre_ras, radius_mm):
 
 
 def test_model_grid_is_ras_at_the_model_spacing():
-    hu = np.where(_sphere((60, 50, 20), LPS_AXES_AFFINE, (20.0, 10.0, 0.0), 8), 1000.0, -1000.0)
-    img = image_to_model_grid(Volume(hu.astype(np.float32), LPS_AXES_AFFINE), (2.0, 2.0, 2.0), (-1000, 1000))
+    hu = np.where(
+        _sphere((60, 50, 20), LPS_AXES_AFFINE, (20.0, 10.0, 0.0), 8), 1000.0, -1000.0
+    )
+    img = image_to_model_grid(
+        Volume(hu.astype(np.float32), LPS_AXES_AFFINE), (2.0, 2.0, 2.0), (-1000, 1000)
+    )
     affine = img.affine.numpy()
-    np.testing.assert_allclose(np.diag(affine)[:3], (2.0, 2.0, 2.0), atol=1e-6)  # RAS, positive steps
+    np.testing.assert_allclose(
+        np.diag(affine)[:3], (2.0, 2.0, 2.0), atol=1e-6
+    )  # RAS, positive steps
     assert float(img.min()) >= 0.0 and float(img.max()) <= 1.0
     centre = np.argwhere(img[0].numpy() > 0.5).mean(axis=0)
-    np.testing.assert_allclose(affine[:3, :3] @ centre + affine[:3, 3], (20.0, 10.0, 0.0), atol=1.0)
+    np.testing.assert_allclose(
+        affine[:3, :3] @ centre + affine[:3, 3], (20.0, 10.0, 0.0), atol=1.0
+    )
 
 
 def test_probabilities_come_back_to_the_input_grid():

@@ -22,7 +22,9 @@ def test_input_not_divisible_raises():
         net(torch.randn(1, 1, 10, 8, 8))
 
 
-@pytest.mark.parametrize("kwargs", [{"channels": (4, 8)}, {"channels": (4, 0, 8)}, {"out_channels": 0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"channels": (4, 8)}, {"channels": (4, 0, 8)}, {"out_channels": 0}]
+)
 def test_bad_hyper_parameters_raise(kwargs):
     args = {"in_channels": 1, "out_channels": 2, "channels": (4, 8, 8)} | kwargs
     with pytest.raises(ValueError):

@@ -16,13 +16,18 @@ from engine.models.registry import Structure
 from engine.volume import LabelMap
 from tests.engine.phantom import write_phantom_series
 
-STRUCTURES = [Structure(1, "Ring", (255, 0, 0), "ORGAN"), Structure(2, "Islands", (0, 255, 0), "PTV")]
+STRUCTURES = [
+    Structure(1, "Ring", (255, 0, 0), "ORGAN"),
+    Structure(2, "Islands", (0, 255, 0), "PTV"),
+]
 
 
 @pytest.fixture
 def series_and_labels(tmp_path):
     hu = np.zeros((24, 20, 6), np.float32)
-    write_phantom_series(tmp_path / "ct", hu, spacing=(1.25, 0.75, 2.5), origin=(-11.3, 7.7, -40.0))
+    write_phantom_series(
+        tmp_path / "ct", hu, spacing=(1.25, 0.75, 2.5), origin=(-11.3, 7.7, -40.0)
+    )
     series = read_series(tmp_path / "ct")
     labels = np.zeros(hu.shape, np.uint8)
     labels[4:16, 3:15, 1:4] = 1
@@ -43,7 +48,9 @@ def _rasterise(ds, series, shape, roi_number):
         points = np.array(contour.ContourData, float).reshape(-1, 3)
         voxels = (inverse @ np.column_stack([points, np.ones(len(points))]).T)[:3].T
         k = uid_to_k[contour.ContourImageSequence[0].ReferencedSOPInstanceUID]
-        np.testing.assert_allclose(voxels[:, 2], k, atol=1e-2)  # on the referenced slice's plane
+        np.testing.assert_allclose(
+            voxels[:, 2], k, atol=1e-2
+        )  # on the referenced slice's plane
         mask[:, :, k] ^= polygon2mask(shape[:2], voxels[:, :2])
     return mask
 
@@ -52,26 +59,41 @@ def test_contours_rasterise_back_to_the_label_map(series_and_labels):
     series, labels = series_and_labels
     ds = build_rtstruct(labels, series, STRUCTURES, "test-model", "0" * 64)
     for number, s in enumerate(STRUCTURES, start=1):
-        np.testing.assert_array_equal(_rasterise(ds, series, labels.array.shape, number), labels.array == s.label)
+        np.testing.assert_array_equal(
+            _rasterise(ds, series, labels.array.shape, number), labels.array == s.label
+        )
 
 
 def test_references_names_and_decimal_strings(series_and_labels, tmp_path):
     series, labels = series_and_labels
-    path = write_rtstruct(build_rtstruct(labels, series, STRUCTURES, "test-model", "ab" * 32), tmp_path / "rs.dcm")
+    path = write_rtstruct(
+        build_rtstruct(labels, series, STRUCTURES, "test-model", "ab" * 32),
+        tmp_path / "rs.dcm",
+    )
     ds = pydicom.dcmread(path)
     assert ds.Modality == "RTSTRUCT" and ds.ApprovalStatus == "UNAPPROVED"
     ref_for = ds.ReferencedFrameOfReferenceSequence[0]
     assert ref_for.FrameOfReferenceUID == series.frame_of_reference_uid
     ref_study = ref_for.RTReferencedStudySequence[0]
-    assert ref_study.ReferencedSOPInstanceUID == series.study_instance_uid == ds.StudyInstanceUID
+    assert (
+        ref_study.ReferencedSOPInstanceUID
+        == series.study_instance_uid
+        == ds.StudyInstanceUID
+    )
     ref_series = ref_study.RTReferencedSeriesSequence[0]
     assert ref_series.SeriesInstanceUID == series.series_instance_uid
     assert {i.ReferencedSOPInstanceUID for i in ref_series.ContourImageSequence} == {
         s.sop_instance_uid for s in series.slices
     }
     assert [r.ROIName for r in ds.StructureSetROISequence] == ["Ring", "Islands"]
-    assert [o.RTROIInterpretedType for o in ds.RTROIObservationsSequence] == ["ORGAN", "PTV"]
-    assert [list(r.ROIDisplayColor) for r in ds.ROIContourSequence] == [[255, 0, 0], [0, 255, 0]]
+    assert [o.RTROIInterpretedType for o in ds.RTROIObservationsSequence] == [
+        "ORGAN",
+        "PTV",
+    ]
+    assert [list(r.ROIDisplayColor) for r in ds.ROIContourSequence] == [
+        [255, 0, 0],
+        [0, 255, 0],
+    ]
     raw = path.read_bytes()
     for roi in ds.ROIContourSequence:
         for contour in roi.ContourSequence:
@@ -82,10 +104,21 @@ def test_references_names_and_decimal_strings(series_and_labels, tmp_path):
 
 def test_dciodvfy_reports_no_errors(series_and_labels, tmp_path):
     series, labels = series_and_labels
-    path = write_rtstruct(build_rtstruct(labels, series, STRUCTURES, "test-model", "0" * 64), tmp_path / "rs.dcm")
-    assert shutil.which("dciodvfy"), "dciodvfy (Debian dicom3tools) is required; make test installs it"
-    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
-    errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+    path = write_rtstruct(
+        build_rtstruct(labels, series, STRUCTURES, "test-model", "0" * 64),
+        tmp_path / "rs.dcm",
+    )
+    assert shutil.which("dciodvfy"), (
+        "dciodvfy (Debian dicom3tools) is required; make test installs it"
+    )
+    result = subprocess.run(
+        ["dciodvfy", str(path)], capture_output=True, text=True, check=False
+    )
+    errors = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if line.startswith("Error")
+    ]
     assert not errors, "\n".join(errors)
 
 
@@ -94,4 +127,6 @@ def test_label_map_off_the_series_grid_is_refused(series_and_labels):
     shifted = labels.affine.copy()
     shifted[0, 3] += 5
     with pytest.raises(ValueError, match="not on the grid"):
-        build_rtstruct(LabelMap(labels.array, shifted), series, STRUCTURES, "m", "0" * 64)
+        build_rtstruct(
+            LabelMap(labels.array, shifted), series, STRUCTURES, "m", "0" * 64
+        )
