@@ -1,7 +1,8 @@
 # Delineo: one image for the web process (default CMD) and the Celery worker.
 #   web:    docker run -p 8000:8000 -v delineo-data:/data -e SECRET_KEY=... delineo
 #   worker: docker run -v delineo-data:/data -e SECRET_KEY=... delineo celery -A webapp worker -c 1 -l info
-# See docs/deployment.md for the environment variables.
+# Web and worker share /data (patient data, and the embedded SQLite database and broker
+# unless DATABASE_URL / CELERY_BROKER_URL point at PostgreSQL and Redis; docs/deployment.md).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -9,6 +10,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     MEDIA_ROOT=/data/media \
+    DATABASE_URL=sqlite:////data/db.sqlite3 \
+    CELERY_BROKER_URL=sqla+sqlite:////data/celery-broker.sqlite3 \
     STATIC_ROOT=/app/var/static
 
 WORKDIR /app
