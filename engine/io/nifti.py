@@ -85,6 +85,7 @@ def write_nifti(image: Volume | LabelMap, path: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         nib.save(nii, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -207,6 +207,7 @@ def write_rtstruct(ds: Dataset, path: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         ds.save_as(tmp, enforce_file_format=True)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
