@@ -105,7 +105,15 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             results.append(run_case(name, folder, Path(tmp)))
             print(json.dumps(results[-1]), flush=True)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.machine(),
+    )
+    machine = f"{cpu}, {os.cpu_count()} cores"
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=1))
     stages = ["queue", "ingest", "preprocess", "network", "export"]
