@@ -95,6 +95,8 @@ def write_markdown(card: dict, path: Path) -> None:
         f"- Procedure: {t['procedure']}",
         f"- Hardware and time: {t['hardware']}",
     ]
+    if t.get("notes"):
+        lines.append(f"- Notes: {t['notes']}")
     if t.get("val_dice"):
         per = ", ".join(
             f"{k} {v:.3f}" for k, v in t["val_dice"]["per_structure"].items()
