@@ -47,8 +47,10 @@ def segment_volume(
 ) -> LabelMap:
     """Delineate ``model``'s structures on ``volume``; the label map is on the volume's grid.
 
-    Labels follow ``model.config['structures']`` (0 = background); where structures
-    overlap, the voxel goes to the most probable one.
+    ``volume.array`` is (I, J, K) in HU with any RAS affine; the result is a uint8
+    (I, J, K) label map on the same grid. Labels follow ``model.config['structures']``
+    (0 = background); where structures overlap, the voxel goes to the most probable one.
+    Memory: about 4 bytes x structures x I x J x K for the probabilities on the input grid.
     """
     cfg = model.config
     report = progress or (lambda stage, pct: None)
