@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from engine.io.atomic import write_atomically
 from engine.volume import GeometryError, LabelMap, Volume
 
 
@@ -75,19 +75,7 @@ def read_labels(path: str | os.PathLike) -> LabelMap:
 
 def write_nifti(image: Volume | LabelMap, path: str | os.PathLike) -> Path:
     """Write a volume or label map as NIfTI (atomically: temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     nii = nib.Nifti1Image(image.array, image.affine)
     nii.set_qform(image.affine, code=1)
     nii.set_sform(image.affine, code=1)
-    suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=suffix)
-    os.close(fd)
-    try:
-        nib.save(nii, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_atomically(path, lambda tmp: nib.save(nii, tmp))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from skimage.measure import find_contours
 
 import engine
+from engine.io.atomic import write_atomically
 from engine.io.dicom_series import RTSTRUCT_SOP_CLASS, DicomSeries
 from engine.models.registry import Structure
 from engine.volume import LabelMap
@@ -201,15 +201,4 @@ def build_rtstruct(
 
 def write_rtstruct(ds: Dataset, path: str | os.PathLike) -> Path:
     """Write an RTSTRUCT dataset as a DICOM Part 10 file (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".dcm")
-    os.close(fd)
-    try:
-        ds.save_as(tmp, enforce_file_format=True)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_atomically(path, lambda tmp: ds.save_as(tmp, enforce_file_format=True))
