@@ -60,24 +60,9 @@ def run_case(name: str, folder: Path, root: Path) -> dict:
         token = stack.token(*stack.create_account())
         archive = zip_folder(folder, root / "upload.zip")
         t0 = time.perf_counter()
-        response = stack.api(
-            "POST",
-            "/api/scans/",
-            token,
-            fields={"file": ("upload.zip", archive.read_bytes(), "application/zip")},
-        )
-        assert response.status == 201, response.data
-        scan = json.loads(response.data)
+        scan = stack.upload_zip(token, archive)
         t_upload = time.perf_counter() - t0
-        response = stack.api(
-            "POST",
-            "/api/jobs/",
-            token,
-            body=json.dumps({"scan": scan["id"], "model": "hn-oar"}),
-            headers={"Content-Type": "application/json"},
-        )
-        assert response.status == 201, response.data
-        job = stack.wait_for_job(json.loads(response.data)["id"], token)
+        job = stack.wait_for_job(stack.create_job(token, scan["id"]), token)
         assert job["status"] == "succeeded", job
         rtstruct = stack.api("GET", f"/api/jobs/{job['id']}/rtstruct.dcm", token)
         assert rtstruct.status == 200

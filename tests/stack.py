@@ -25,7 +25,9 @@ import urllib3
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = (REPO / ".." / "shared" / "data").resolve()
-POSTGRES_ADMIN_URL = os.environ.get("DELINEO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "DELINEO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 REDIS_URL = os.environ.get("DELINEO_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
@@ -40,7 +42,10 @@ def require(condition: bool, what: str) -> None:
 
 def data_dir(*parts: str) -> Path:
     path = DATA.joinpath(*parts)
-    require(path.exists(), f"test data not found at {path} (expected ../shared/data next to the repository)")
+    require(
+        path.exists(),
+        f"test data not found at {path} (expected ../shared/data next to the repository)",
+    )
     return path
 
 
@@ -84,7 +89,11 @@ class Stack:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DJANGO_", "DATABASE_URL"))},
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("CELERY_", "DJANGO_", "DATABASE_URL"))
+            },
             "DJANGO_SETTINGS_MODULE": "webapp.settings",
             "DEBUG": "true",
             "DATABASE_URL": database_url,
@@ -95,21 +104,35 @@ class Stack:
         }
         self.processes: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
-        self.http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=5, read=300))
+        self.http = urllib3.PoolManager(
+            retries=False, timeout=urllib3.Timeout(connect=5, read=300)
+        )
 
     # --- processes -------------------------------------------------------------------
     def manage(self, *args: str) -> str:
         result = subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=REPO, env=self.env, capture_output=True, text=True, timeout=300
+            [sys.executable, "manage.py", *args],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
-        assert result.returncode == 0, f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        assert result.returncode == 0, (
+            f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        )
         return result.stdout
 
     def _spawn(self, name: str, command: list[str]) -> None:
         log = self.root / f"{name}.log"
         self.logs[name] = log
         self.processes[name] = subprocess.Popen(
-            command, cwd=REPO, env=self.env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            cwd=REPO,
+            env=self.env,
+            stdout=open(log, "wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def start(self) -> Stack:
@@ -133,13 +156,27 @@ class Stack:
                 "--without-mingle",
             ],
         )
-        self._spawn("web", [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{self.port}"])
+        self._spawn(
+            "web",
+            [
+                sys.executable,
+                "manage.py",
+                "runserver",
+                "--noreload",
+                f"127.0.0.1:{self.port}",
+            ],
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             for name, process in self.processes.items():
-                assert process.poll() is None, f"{name} exited early:\n{self.log_tail(name)}"
+                assert process.poll() is None, (
+                    f"{name} exited early:\n{self.log_tail(name)}"
+                )
             try:
-                if self.http.request("GET", f"{self.base_url}/accounts/login/").status == 200:
+                if (
+                    self.http.request("GET", f"{self.base_url}/accounts/login/").status
+                    == 200
+                ):
                     break
             except urllib3.exceptions.HTTPError:
                 pass
@@ -148,8 +185,12 @@ class Stack:
             raise AssertionError(f"web server did not start:\n{self.log_tail('web')}")
         deadline = time.monotonic() + 180
         while b"ready." not in self.logs["worker"].read_bytes():
-            assert self.processes["worker"].poll() is None, f"worker exited:\n{self.log_tail('worker')}"
-            assert time.monotonic() < deadline, f"worker not ready:\n{self.log_tail('worker')}"
+            assert self.processes["worker"].poll() is None, (
+                f"worker exited:\n{self.log_tail('worker')}"
+            )
+            assert time.monotonic() < deadline, (
+                f"worker not ready:\n{self.log_tail('worker')}"
+            )
             time.sleep(0.5)
         return self
 
@@ -179,14 +220,43 @@ class Stack:
 
     def token(self, username: str, password: str) -> str:
         response = self.http.request(
-            "POST", f"{self.base_url}/api/auth/token/", fields={"username": username, "password": password}
+            "POST",
+            f"{self.base_url}/api/auth/token/",
+            fields={"username": username, "password": password},
         )
         assert response.status == 200, response.data
         return json.loads(response.data)["token"]
 
-    def api(self, method: str, path: str, token: str, **kwargs) -> urllib3.BaseHTTPResponse:
+    def api(
+        self, method: str, path: str, token: str, **kwargs
+    ) -> urllib3.BaseHTTPResponse:
         headers = {"Authorization": f"Token {token}", **kwargs.pop("headers", {})}
-        return self.http.request(method, f"{self.base_url}{path}", headers=headers, **kwargs)
+        return self.http.request(
+            method, f"{self.base_url}{path}", headers=headers, **kwargs
+        )
+
+    def upload_zip(self, token: str, archive: Path) -> dict:
+        """POST a zip to /api/scans/; returns the created scan."""
+        response = self.api(
+            "POST",
+            "/api/scans/",
+            token,
+            fields={"file": (archive.name, archive.read_bytes(), "application/zip")},
+        )
+        assert response.status == 201, response.data
+        return json.loads(response.data)
+
+    def create_job(self, token: str, scan_id: str, model: str = "hn-oar") -> str:
+        """POST /api/jobs/ for ``scan_id``; returns the job id."""
+        response = self.api(
+            "POST",
+            "/api/jobs/",
+            token,
+            body=json.dumps({"scan": scan_id, "model": model}),
+            headers={"Content-Type": "application/json"},
+        )
+        assert response.status == 201, response.data
+        return json.loads(response.data)["id"]
 
     def wait_for_job(self, job_id: str, token: str, timeout_s: float = 600) -> dict:
         deadline = time.monotonic() + timeout_s
@@ -201,10 +271,19 @@ class Stack:
                 raise AssertionError(
                     f"job {job_id} not finished after {timeout_s} s (last: {seen[-1]}):\n{self.log_tail('worker')}"
                 )
-            assert self.processes["worker"].poll() is None, f"worker died:\n{self.log_tail('worker')}"
+            assert self.processes["worker"].poll() is None, (
+                f"worker died:\n{self.log_tail('worker')}"
+            )
             time.sleep(1)
 
 
 def zip_folder(folder: Path, target: Path) -> Path:
     """Zip ``folder`` (keeping its name as the top-level folder inside the zip)."""
-    return Path(shutil.make_archive(str(target.with_suffix("")), "zip", root_dir=folder.parent, base_dir=folder.name))
+    return Path(
+        shutil.make_archive(
+            str(target.with_suffix("")),
+            "zip",
+            root_dir=folder.parent,
+            base_dir=folder.name,
+        )
+    )

@@ -21,7 +21,15 @@ import pydicom
 import pytest
 from scipy.ndimage import map_coordinates
 
-from tests.stack import REDIS_URL, PostgresDatabase, Stack, data_dir, reachable, require, zip_folder
+from tests.stack import (
+    REDIS_URL,
+    PostgresDatabase,
+    Stack,
+    data_dir,
+    reachable,
+    require,
+    zip_folder,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -70,24 +78,12 @@ def finished_job(stack, case_dir, tmp_path_factory) -> dict:
     archive = zip_folder(case_dir, work / "pt_104.zip")
     token = stack.token(*stack.create_account())
 
-    response = stack.api(
-        "POST", "/api/scans/", token, fields={"file": ("pt_104.zip", archive.read_bytes(), "application/zip")}
-    )
-    assert response.status == 201, response.data
-    scan = json.loads(response.data)
+    scan = stack.upload_zip(token, archive)
     assert scan["input_kind"] == "dicom_zip" and scan["preflight"]["shape"] == [128, 128, 128]
 
     models = json.loads(stack.api("GET", "/api/models/", token).data)
     require("hn-oar" in [m["name"] for m in models], "model hn-oar is not shipped (engine/weights)")
-    response = stack.api(
-        "POST",
-        "/api/jobs/",
-        token,
-        body=json.dumps({"scan": scan["id"], "model": "hn-oar"}),
-        headers={"Content-Type": "application/json"},
-    )
-    assert response.status == 201, response.data
-    job = stack.wait_for_job(json.loads(response.data)["id"], token, timeout_s=600)
+    job = stack.wait_for_job(stack.create_job(token, scan["id"]), token, timeout_s=600)
     assert job["status"] == "succeeded", f"{job['error']}\n{stack.log_tail('worker')}"
 
     files = {}
