@@ -34,11 +34,16 @@ class DicomSeriesError(ValueError):
 
 @dataclass(frozen=True)
 class SliceRef:
-    """What an RTSTRUCT needs to reference one slice: its UIDs and its position."""
+    """What an RTSTRUCT needs to reference one slice: its UIDs and its position.
+
+    ``frame_number`` is the 1-based frame of a multi-frame (enhanced) image, None for a
+    single-frame image (PS3.3 C.8.8.5.1.1: Referenced Frame Number).
+    """
 
     sop_class_uid: str
     sop_instance_uid: str
     position_lps: tuple[float, float, float]
+    frame_number: int | None = None
 
 
 @dataclass(frozen=True)
