@@ -1,6 +1,7 @@
-"""Command line: python -m engine segment | evaluate | train | publish.
+"""Command line: python -m engine info | segment | evaluate | train | publish.
 
-python -m engine segment INPUT --model hn-oar --out DIR
+python -m engine info INPUT
+python -m engine segment INPUT --model hn-oar --out DIR [--series KEY]
 python -m engine evaluate --model hn-oar --data ../shared/data/openkbp --split test [--json PATH]
 python -m engine train --model hn-oar --data ../shared/data/openkbp --out var/train/hn-oar --steps 4000
 python -m engine publish --model hn-oar --run var/train/hn-oar --training docs/training/hn-oar.json
@@ -23,7 +24,9 @@ def _segment(args: argparse.Namespace) -> int:
     def progress(stage: str, pct: int) -> None:
         print(f"[{pct:3d}%] {stage}", file=sys.stderr, flush=True)
 
-    result = segment_file(args.input, args.model, args.out, progress)
+    result = segment_file(
+        args.input, args.model, args.out, progress, series=args.series
+    )
     print(
         json.dumps(
             {
@@ -35,6 +38,13 @@ def _segment(args: argparse.Namespace) -> int:
             indent=1,
         )
     )
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from engine.io.preflight import inspect_input
+
+    print(json.dumps(inspect_input(args.input), indent=1))
     return 0
 
 
@@ -97,10 +107,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
+    p = sub.add_parser(
+        "info",
+        help="pre-flight report of an input as JSON (series, geometry, refusals)",
+    )
+    p.add_argument("input", type=Path)
+    p.set_defaults(func=_info)
+
     p = sub.add_parser("segment", help="delineate a scan (DICOM folder/zip or NIfTI)")
     p.add_argument("input", type=Path)
     p.add_argument("--model", default="hn-oar")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--series",
+        help="the image series to use when the input holds several (a key from `info`)",
+    )
     p.set_defaults(func=_segment)
 
     p = sub.add_parser(

@@ -95,8 +95,12 @@ def segment_file(
     model_name: str,
     out_dir: str | Path,
     progress: Progress | None = None,
+    series: str | None = None,
 ) -> SegmentationResult:
     """Segment the scan at ``input_path`` (DICOM folder or zip, or NIfTI) into ``out_dir``.
+
+    ``series`` is the key of the DICOM image series to use when the input holds several
+    (``engine.io.preflight.inspect_input`` lists them).
 
     Writes ``image.nii.gz`` (input as int16 NIfTI), ``labels.nii.gz`` (uint8, input grid),
     ``structures/<name>.nii.gz``, ``structures.json`` and, for DICOM input, ``rtstruct.dcm``.
@@ -121,7 +125,7 @@ def segment_file(
 
     report("ingest", 0)
     model = load_model(model_name)
-    volume, series = read_input(input_path)
+    volume, dicom = read_input(input_path, series)
     labels = segment_volume(volume, model, on_stage)
     image = np.clip(np.rint(volume.array), -32768, 32767).astype(np.int16)
     write_nifti(Volume(image, volume.affine), out / "image.nii.gz")
@@ -133,9 +137,9 @@ def segment_file(
             LabelMap(mask, labels.affine), out / "structures" / f"{s['name']}.nii.gz"
         )
     rtstruct = None
-    if series is not None:
+    if dicom is not None:
         ds = build_rtstruct(
-            labels, series, model.structures, model.name, model.weights_sha256
+            labels, dicom, model.structures, model.name, model.weights_sha256
         )
         rtstruct = write_rtstruct(ds, out / "rtstruct.dcm")
     (out / "structures.json").write_text(json.dumps(table, indent=1))
@@ -145,7 +149,7 @@ def segment_file(
         structures=table,
         timings_s=timings,
         rtstruct=rtstruct,
-        input_kind="dicom" if series is not None else "nifti",
+        input_kind="dicom" if dicom is not None else "nifti",
         model_name=model.name,
         weights_sha256=model.weights_sha256,
     )

@@ -1,31 +1,49 @@
-"""Assemble a DICOM image series (folder or zip, any file names) into a ``Volume``.
+"""Group DICOM images into series and assemble one series into a ``Volume``.
 
-Geometry follows DICOM PS3.3 C.7.6.2 (Image Plane Module): Image Orientation
-(Patient) gives the row direction (increasing column index) then the column direction
-(increasing row index) in LPS; Pixel Spacing is (between rows, between columns) in mm.
-Slices are ordered by their Image Position (Patient) projected on the slice normal
-(row x column), never by Instance Number or file name. Pixel values become HU (or the
-modality's unit) with Rescale Slope/Intercept. The affine is converted from LPS to RAS
-once, here: voxel (i, j, k) = (column, row, slice).
+Geometry follows DICOM PS3.3 C.7.6.2 (Image Plane Module) and, for multi-frame
+(enhanced) images, C.7.6.16 (Multi-frame Functional Groups: Plane Position, Plane
+Orientation, Pixel Measures, Pixel Value Transformation): Image Orientation (Patient)
+gives the row direction (increasing column index) then the column direction (increasing
+row index) in LPS; Pixel Spacing is (between rows, between columns) in mm.
+
+* Grouping: by Series Instance UID; where that UID is empty (see
+  ``../shared/data/totalseg_example``) by geometry (modality, Frame of Reference,
+  orientation, image size, pixel spacing); where one UID holds several complete stacks
+  of different geometry (a UID shared by two series), each stack is its own series.
+* Order: slices by their Image Position (Patient) projected on the slice normal
+  (row x column), never by Instance Number or file name.
+* Values: Rescale Slope/Intercept per slice (per frame), so CT is in HU.
+* Refusals (``DicomSeriesError``, before any pixel data is decoded): localizer (scout)
+  images inside a series, mixed orientations, sizes or pixel spacings, duplicated
+  positions, missing slices (a gap over 1.5x the median spacing), irregular spacing,
+  gantry tilt (slices not stacked along their normal).
+* The affine is converted from LPS to RAS once, here: voxel (i, j, k) = (column, row,
+  slice). Sagittal, coronal and oblique stacks are represented through the affine.
 """
 
 from __future__ import annotations
 
-import io
-import zipfile
+import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
 
+from engine.io.dicom_files import read_upload
 from engine.volume import Volume
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-IMAGE_MODALITIES = {"CT", "MR", "PT"}
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
+
+_ORIENTATION_ATOL = 1e-3  # direction cosines; about 0.06 degrees
+_SPACING_ATOL_MM = 1e-3
+_GAP_FACTOR = 1.5  # a step over 1.5x the median is a missing slice (issue 3)
+_IRREGULAR_FRACTION = 0.1  # a slice 10% of a spacing off the regular grid is refused
+_INPLANE_FRACTION = (
+    0.1  # in-plane drift over a tenth of a pixel is tilt or misalignment
+)
 
 
 class DicomSeriesError(ValueError):
@@ -47,6 +65,91 @@ class SliceRef:
 
 
 @dataclass(frozen=True)
+class Frame:
+    """One 2D image: a single-frame instance, or one frame of a multi-frame instance.
+
+    ``orientation`` (6,) row then column direction cosines (LPS); ``position`` (3,) mm
+    LPS of the centre of the first transmitted pixel; ``pixel_spacing`` (between rows,
+    between columns) mm; ``index`` is the 0-based frame index, None for single-frame.
+    """
+
+    dataset: pydicom.Dataset
+    index: int | None
+    orientation: np.ndarray
+    position: np.ndarray
+    pixel_spacing: np.ndarray
+    rows: int
+    columns: int
+    slope: float
+    intercept: float
+    localizer: bool
+
+    @property
+    def name(self) -> str:
+        base = str(self.dataset.filename)
+        return base if self.index is None else f"{base} (frame {self.index + 1})"
+
+    @property
+    def normal(self) -> np.ndarray:
+        return np.cross(self.orientation[:3], self.orientation[3:])
+
+    def same_plane_geometry(self, other: Frame) -> bool:
+        return (
+            self.dataset.get("Modality") == other.dataset.get("Modality")
+            and str(self.dataset.get("FrameOfReferenceUID", ""))
+            == str(other.dataset.get("FrameOfReferenceUID", ""))
+            and (self.rows, self.columns) == (other.rows, other.columns)
+            and np.allclose(self.orientation, other.orientation, atol=_ORIENTATION_ATOL)
+            and np.allclose(
+                self.pixel_spacing, other.pixel_spacing, atol=_SPACING_ATOL_MM
+            )
+        )
+
+
+@dataclass
+class SeriesCandidate:
+    """The frames of one image series found in an upload, not yet assembled.
+
+    ``key`` identifies the series within the upload: its Series Instance UID, or, where
+    that UID is empty or shared by several stacks, the UID plus a geometry digest.
+    """
+
+    key: str
+    series_instance_uid: str
+    frames: list[Frame]
+
+    @property
+    def header(self) -> pydicom.Dataset:
+        return self.frames[0].dataset
+
+    @property
+    def modality(self) -> str:
+        return str(self.header.get("Modality", ""))
+
+    @property
+    def description(self) -> str:
+        return str(self.header.get("SeriesDescription", ""))
+
+    @property
+    def instances(self) -> int:
+        return len({id(f.dataset) for f in self.frames})
+
+
+@dataclass(frozen=True)
+class StackGeometry:
+    """Where the frames of a series sit: sorted frames and the LPS affine (4, 4), mm.
+
+    ``steps_mm`` (N-1,) distances between consecutive slices along the normal;
+    ``tilt_deg`` angle between the slice stacking direction and the slice normal.
+    """
+
+    frames: list[Frame]
+    affine_lps: np.ndarray
+    steps_mm: np.ndarray
+    tilt_deg: float
+
+
+@dataclass(frozen=True)
 class DicomSeries:
     """One image series: the volume plus what an RTSTRUCT must reference.
 
@@ -58,6 +161,7 @@ class DicomSeries:
     slices: list[SliceRef]
     header: pydicom.Dataset
     notes: list[str] = field(default_factory=list)
+    key: str = ""
 
     @property
     def study_instance_uid(self) -> str:
@@ -76,75 +180,54 @@ class DicomSeries:
         return LPS_TO_RAS @ self.volume.affine
 
 
-def _iter_sources(path: Path):
-    """Yield (name, bytes-or-path) for every file in a folder (recursive) or a zip."""
-    if path.is_dir():
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            yield str(f.relative_to(path)), f
-    elif zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                if info.is_dir():
-                    continue
-                name = info.filename
-                if name.startswith("/") or ".." in Path(name).parts:
-                    raise DicomSeriesError(f"zip entry {name!r} has an unsafe path")
-                yield name, io.BytesIO(zf.read(info))
-    else:
-        yield path.name, path
+# --- Frames ---------------------------------------------------------------------------
 
 
-def read_datasets(path: Path) -> tuple[list[pydicom.Dataset], list[str]]:
-    """Every DICOM dataset in a folder, zip or single file, and notes on skipped files."""
-    datasets, notes = [], []
-    for name, source in _iter_sources(Path(path)):
-        if Path(name).name.upper() == "DICOMDIR":
-            notes.append(f"{name}: DICOMDIR ignored")
-            continue
-        try:
-            ds = pydicom.dcmread(source)
-        except (
-            InvalidDicomError,
-            EOFError,
-            OSError,
-            ValueError,
-            KeyError,
-            TypeError,
-        ) as exc:
-            notes.append(f"{name}: skipped, not a DICOM file ({type(exc).__name__})")
-            continue
-        ds.filename = name
-        datasets.append(ds)
-    return datasets, notes
-
-
-def _image_series(datasets: list[pydicom.Dataset]) -> dict[str, list[pydicom.Dataset]]:
-    groups: dict[str, list[pydicom.Dataset]] = defaultdict(list)
-    for ds in datasets:
-        if ds.get("Modality") in IMAGE_MODALITIES and "PixelData" in ds:
-            groups[str(ds.get("SeriesInstanceUID", ""))].append(ds)
-    return groups
-
-
-def _geometry(
-    ds: pydicom.Dataset, name: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    try:
-        iop = np.array([float(v) for v in ds.ImageOrientationPatient])
-        ipp = np.array([float(v) for v in ds.ImagePositionPatient])
-        spacing = np.array([float(v) for v in ds.PixelSpacing])
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise DicomSeriesError(
-            f"{name}: missing or invalid image geometry (orientation, position, pixel spacing)"
-        ) from exc
-    if (
-        iop.shape != (6,)
-        or ipp.shape != (3,)
-        or spacing.shape != (2,)
-        or np.any(spacing <= 0)
+def _functional_item(
+    ds: pydicom.Dataset, index: int, sequence: str
+) -> pydicom.Dataset | None:
+    """The per-frame item of a functional group, else the shared one (PS3.3 C.7.6.16)."""
+    for groups, i in (
+        ("PerFrameFunctionalGroupsSequence", index),
+        ("SharedFunctionalGroupsSequence", 0),
     ):
-        raise DicomSeriesError(f"{name}: invalid image geometry attributes")
-    row, col = iop[:3], iop[3:]
+        items = ds.get(groups)
+        found = items[i].get(sequence) if items and len(items) > i else None
+        if found:
+            return found[0]
+    return None
+
+
+def _floats(values, count: int, what: str, name: str) -> np.ndarray:
+    try:
+        array = np.array([float(v) for v in values], dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise DicomSeriesError(f"{name}: {what} is not numeric") from exc
+    if array.shape != (count,) or not np.all(np.isfinite(array)):
+        raise DicomSeriesError(f"{name}: {what} must have {count} numeric values")
+    return array
+
+
+def _make_frame(
+    ds: pydicom.Dataset,
+    index: int | None,
+    source: pydicom.Dataset,
+    pos_source: pydicom.Dataset,
+    measures: pydicom.Dataset,
+    transform: pydicom.Dataset | None,
+) -> Frame:
+    name = str(ds.filename) if index is None else f"{ds.filename} (frame {index + 1})"
+    for keyword, owner in (
+        ("ImageOrientationPatient", source),
+        ("ImagePositionPatient", pos_source),
+        ("PixelSpacing", measures),
+    ):
+        if keyword not in owner:
+            raise DicomSeriesError(f"{name}: no {keyword} (the image plane is unknown)")
+    orientation = _floats(
+        source.ImageOrientationPatient, 6, "Image Orientation (Patient)", name
+    )
+    row, col = orientation[:3], orientation[3:]
     if (
         abs(np.linalg.norm(row) - 1) > 1e-3
         or abs(np.linalg.norm(col) - 1) > 1e-3
@@ -153,118 +236,370 @@ def _geometry(
         raise DicomSeriesError(
             f"{name}: Image Orientation (Patient) is not two orthogonal unit vectors"
         )
-    return row, col, ipp, spacing
-
-
-def assemble_series(
-    datasets: list[pydicom.Dataset], notes: list[str] | None = None
-) -> DicomSeries:
-    """Assemble the slices of one series into a ``DicomSeries``.
-
-    Raises:
-        DicomSeriesError: fewer than 2 slices, mixed orientation or size, duplicated
-            positions, missing slices (gap > 1.5x the median spacing), gantry tilt
-            (slice stack not along the normal) or unreadable pixel data.
-    """
-    notes = list(notes or [])
-    if len(datasets) < 2:
+    spacing = _floats(measures.PixelSpacing, 2, "Pixel Spacing", name)
+    if np.any(spacing <= 0):
         raise DicomSeriesError(
-            f"a 3D volume needs at least 2 slices, the series has {len(datasets)}"
+            f"{name}: Pixel Spacing must be positive, got {spacing.tolist()}"
         )
-    row, col, _, spacing = _geometry(datasets[0], datasets[0].filename)
-    normal = np.cross(row, col)
-    shape = (int(datasets[0].Rows), int(datasets[0].Columns))
-    keyed = []
-    for ds in datasets:
-        r, c, ipp, sp = _geometry(ds, ds.filename)
-        if not (np.allclose(r, row, atol=1e-4) and np.allclose(c, col, atol=1e-4)):
-            raise DicomSeriesError(
-                f"{ds.filename}: orientation differs from the rest of the series (localizer or mixed series?)"
-            )
-        if (int(ds.Rows), int(ds.Columns)) != shape or not np.allclose(
-            sp, spacing, atol=1e-4
-        ):
-            raise DicomSeriesError(
-                f"{ds.filename}: image size or pixel spacing differs from the rest of the series"
-            )
-        keyed.append((float(ipp @ normal), ipp, ds))
-    keyed.sort(key=lambda t: t[0])
-    positions = np.array([k[0] for k in keyed])
-    steps = np.diff(positions)
-    if np.any(steps < 1e-3):
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows < 1 or columns < 1:
         raise DicomSeriesError(
-            "two slices share the same position: duplicated slices or two series mixed"
+            f"{name}: Rows and Columns must be positive, got {rows} x {columns}"
         )
-    median = float(np.median(steps))
-    if np.any(steps > 1.5 * median):
-        worst = float(steps.max())
-        raise DicomSeriesError(
-            f"missing slices: a gap of {worst:.2f} mm between slices where the spacing is {median:.2f} mm"
-        )
-    first, last = keyed[0][1], keyed[-1][1]
-    slice_vector = (last - first) / (len(keyed) - 1)
-    in_plane_offset = slice_vector - (slice_vector @ normal) * normal
-    if np.linalg.norm(in_plane_offset) > 1e-2 * np.linalg.norm(slice_vector) + 1e-3:
-        raise DicomSeriesError(
-            "gantry tilt: slices are not stacked along their normal; tilted series are not supported yet"
-        )
-
-    array = np.empty((shape[1], shape[0], len(keyed)), dtype=np.float32)
-    for k, (_, _, ds) in enumerate(keyed):
-        try:
-            pixels = ds.pixel_array.astype(np.float32)
-        except Exception as exc:  # pydicom raises many types for bad pixel data
-            raise DicomSeriesError(
-                f"{ds.filename}: pixel data cannot be decoded ({exc})"
-            ) from exc
-        if pixels.shape != shape:
-            raise DicomSeriesError(
-                f"{ds.filename}: pixel data shape {pixels.shape} differs from Rows x Columns {shape}"
-            )
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
-        array[:, :, k] = (pixels * slope + intercept).T  # (row, col) -> (I=col, J=row)
-
-    affine_lps = np.eye(4)
-    affine_lps[:3, 0] = row * spacing[1]
-    affine_lps[:3, 1] = col * spacing[0]
-    affine_lps[:3, 2] = slice_vector
-    affine_lps[:3, 3] = first
-    header = keyed[0][2].copy()
-    if "PixelData" in header:
-        del header.PixelData
-    slices = [
-        SliceRef(
-            str(ds.SOPClassUID), str(ds.SOPInstanceUID), tuple(float(v) for v in ipp)
-        )
-        for _, ipp, ds in keyed
-    ]
-    meta = {
-        "source": "dicom",
-        "modality": str(header.get("Modality", "")),
-        "notes": notes,
-    }
-    return DicomSeries(
-        Volume(array, LPS_TO_RAS @ affine_lps, meta=meta), slices, header, notes
+    slope_owner = transform if transform is not None else ds
+    slope = float(slope_owner.get("RescaleSlope", 1) or 1)
+    intercept = float(slope_owner.get("RescaleIntercept", 0) or 0)
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    if index is not None:
+        frame_type = _functional_item(
+            ds, index, "CTImageFrameTypeSequence"
+        ) or _functional_item(ds, index, "MRImageFrameTypeSequence")
+        if frame_type is not None:
+            image_type += [str(v).upper() for v in (frame_type.get("FrameType") or [])]
+    return Frame(
+        dataset=ds,
+        index=index,
+        orientation=orientation,
+        position=_floats(
+            pos_source.ImagePositionPatient, 3, "Image Position (Patient)", name
+        ),
+        pixel_spacing=spacing,
+        rows=rows,
+        columns=columns,
+        slope=slope,
+        intercept=intercept,
+        localizer="LOCALIZER" in image_type,
     )
 
 
-def read_series(path: Path) -> DicomSeries:
-    """Read the image series in a folder or zip (the largest, when several are present).
+def frames_of(ds: pydicom.Dataset) -> list[Frame]:
+    """The 2D frames of one image instance (one for single-frame, N for enhanced CT/MR).
 
     Raises:
-        DicomSeriesError: no DICOM image series found, or it cannot be assembled.
+        DicomSeriesError: the plane geometry or image size is missing or invalid.
     """
-    datasets, notes = read_datasets(Path(path))
-    groups = _image_series(datasets)
-    if not groups:
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if (
+        "PerFrameFunctionalGroupsSequence" not in ds
+        and "SharedFunctionalGroupsSequence" not in ds
+    ):
+        if frames > 1:
+            raise DicomSeriesError(
+                f"{ds.filename}: a multi-frame image without per-frame positions cannot be placed in space"
+            )
+        return [_make_frame(ds, None, ds, ds, ds, None)]
+    result = []
+    for i in range(frames):
+        orientation = _functional_item(ds, i, "PlaneOrientationSequence")
+        position = _functional_item(ds, i, "PlanePositionSequence")
+        measures = _functional_item(ds, i, "PixelMeasuresSequence")
+        if orientation is None or position is None or measures is None:
+            raise DicomSeriesError(
+                f"{ds.filename} (frame {i + 1}): no plane position, orientation or pixel measures"
+            )
+        transform = _functional_item(ds, i, "PixelValueTransformationSequence")
+        result.append(_make_frame(ds, i, orientation, position, measures, transform))
+    return result
+
+
+# --- Grouping -------------------------------------------------------------------------
+
+
+def _geometry_digest(frame: Frame) -> str:
+    text = "|".join(
+        [
+            str(frame.dataset.get("Modality", "")),
+            str(frame.dataset.get("FrameOfReferenceUID", "")),
+            ",".join(f"{v:.3f}" for v in frame.orientation),
+            f"{frame.rows}x{frame.columns}",
+            ",".join(f"{v:.3f}" for v in frame.pixel_spacing),
+        ]
+    )
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def _split_by_geometry(frames: list[Frame]) -> list[list[Frame]]:
+    groups: list[list[Frame]] = []
+    for frame in frames:
+        for group in groups:
+            if group[0].same_plane_geometry(frame):
+                group.append(frame)
+                break
+        else:
+            groups.append([frame])
+    return groups
+
+
+def group_series(
+    images: list[pydicom.Dataset],
+) -> tuple[list[SeriesCandidate], list[str]]:
+    """Group image instances into series candidates; also returns notes on what was set aside.
+
+    A series made only of localizer (scout) images is set aside with a note; instances
+    whose geometry cannot be read are set aside with the reason.
+    """
+    notes: list[str] = []
+    by_uid: dict[str, list[Frame]] = defaultdict(list)
+    for ds in images:
+        try:
+            by_uid[str(ds.get("SeriesInstanceUID", "") or "")].extend(frames_of(ds))
+        except DicomSeriesError as exc:
+            notes.append(f"{exc}: image set aside")
+    candidates = []
+    for uid, frames in by_uid.items():
+        parts = _split_by_geometry(frames)
+        scouts = [p for p in parts if all(f.localizer for f in p)]
+        stacks = [p for p in parts if not all(f.localizer for f in p)]
+        if uid and scouts and not stacks:
+            notes.append(
+                f"series {uid}: localizer (scout) images only, not a volume; set aside"
+            )
+            continue
+        shared = (
+            uid and len(parts) > 1 and not scouts and all(len(p) >= 2 for p in parts)
+        )
+        if uid and not shared:
+            # One UID, one series: mixed geometry or a scout inside it is refused at assembly.
+            candidates.append(SeriesCandidate(uid, uid, frames))
+            continue
+        for part in parts:
+            if not uid and all(f.localizer for f in part):
+                notes.append(
+                    f"{len(part)} localizer (scout) image(s) without Series Instance UID set aside"
+                )
+                continue
+            label = uid or "no-series-uid"
+            candidates.append(
+                SeriesCandidate(f"{label}#{_geometry_digest(part[0])}", uid, part)
+            )
+    candidates.sort(key=lambda c: (-len(c.frames), c.key))
+    return candidates, notes
+
+
+# --- Geometry and assembly ------------------------------------------------------------
+
+
+def plan_geometry(candidate: SeriesCandidate) -> StackGeometry:
+    """Order the frames of a series in space and check they form one regular volume.
+
+    Raises:
+        DicomSeriesError: fewer than 2 slices, a localizer inside the series, mixed
+            orientation, size or pixel spacing, duplicated positions, missing slices
+            (gap > 1.5x the median spacing), irregular spacing, or gantry tilt.
+    """
+    frames = candidate.frames
+    if len(frames) < 2:
+        raise DicomSeriesError(
+            f"a 3D volume needs at least 2 slices, the series has {len(frames)}"
+        )
+    scouts = [f for f in frames if f.localizer]
+    if scouts:
+        raise DicomSeriesError(
+            f"{scouts[0].name}: a localizer (scout) image is inside the series "
+            f"({len(scouts)} of {len(frames)} images); remove it and upload the axial series alone"
+        )
+    first = frames[0]
+    for f in frames[1:]:
+        if not np.allclose(f.orientation, first.orientation, atol=_ORIENTATION_ATOL):
+            raise DicomSeriesError(
+                f"{f.name}: orientation differs from the rest of the series (mixed orientations)"
+            )
+        if (f.rows, f.columns) != (first.rows, first.columns):
+            raise DicomSeriesError(
+                f"{f.name}: image size {f.rows} x {f.columns} differs from the series' {first.rows} x {first.columns}"
+            )
+        if not np.allclose(f.pixel_spacing, first.pixel_spacing, atol=_SPACING_ATOL_MM):
+            raise DicomSeriesError(
+                f"{f.name}: pixel spacing differs from the rest of the series"
+            )
+    normal = first.normal
+    ordered = sorted(frames, key=lambda f: float(f.position @ normal))
+    along = np.array([float(f.position @ normal) for f in ordered])
+    steps = np.diff(along)
+    if np.any(steps < 1e-3):
+        k = int(np.argmin(steps))
+        raise DicomSeriesError(
+            f"{ordered[k].name} and {ordered[k + 1].name} share the same position: "
+            "duplicated slices or two series mixed"
+        )
+    median = float(np.median(steps))
+    if np.any(steps > _GAP_FACTOR * median):
+        k = int(np.argmax(steps))
+        raise DicomSeriesError(
+            f"missing slices: a gap of {steps[k]:.2f} mm after {ordered[k].name} "
+            f"where the spacing is {median:.2f} mm"
+        )
+    count = len(ordered)
+    slice_vector = (ordered[-1].position - ordered[0].position) / (count - 1)
+    step_along = float(slice_vector @ normal)
+    expected = along[0] + step_along * np.arange(count)
+    deviation = np.abs(along - expected)
+    if deviation.max() > _IRREGULAR_FRACTION * step_along:
+        k = int(np.argmax(deviation))
+        raise DicomSeriesError(
+            f"irregular slice spacing: {ordered[k].name} is {deviation[k]:.2f} mm off a regular "
+            f"{step_along:.2f} mm grid (spacing varies from {steps.min():.2f} to {steps.max():.2f} mm)"
+        )
+    offsets = np.array(
+        [
+            (f.position - ordered[0].position)
+            - float((f.position - ordered[0].position) @ normal) * normal
+            for f in ordered
+        ]
+    )
+    drift = float(np.linalg.norm(offsets, axis=1).max())
+    tilt = float(
+        np.degrees(np.arctan2(np.linalg.norm(offsets[-1]), along[-1] - along[0]))
+    )
+    if drift > _INPLANE_FRACTION * float(first.pixel_spacing.min()):
+        raise DicomSeriesError(
+            f"gantry tilt of {tilt:.1f} degrees (slices are shifted {drift:.2f} mm in-plane instead of "
+            "being stacked along their normal); tilted series are refused: reconstruct without tilt or "
+            "resample it before upload"
+        )
+    affine = np.eye(4)
+    affine[:3, 0] = first.orientation[:3] * first.pixel_spacing[1]
+    affine[:3, 1] = first.orientation[3:] * first.pixel_spacing[0]
+    affine[:3, 2] = slice_vector
+    affine[:3, 3] = ordered[0].position
+    return StackGeometry(ordered, affine, steps, tilt)
+
+
+def _pixels(frame: Frame, cache: dict[int, np.ndarray]) -> np.ndarray:
+    ds = frame.dataset
+    key = id(ds)
+    if key not in cache:
+        try:
+            cache[key] = ds.pixel_array
+        except (
+            Exception
+        ) as exc:  # pydicom raises many types for bad or undecodable pixel data
+            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            what = f" ({syntax.name})" if syntax is not None else ""
+            raise DicomSeriesError(
+                f"{ds.filename}: pixel data cannot be decoded{what}: {exc}"
+            ) from exc
+    pixels = cache[key] if frame.index is None else cache[key][frame.index]
+    if pixels.shape != (frame.rows, frame.columns):
+        raise DicomSeriesError(
+            f"{frame.name}: pixel data shape {pixels.shape} differs from Rows x Columns "
+            f"({frame.rows}, {frame.columns})"
+        )
+    return pixels
+
+
+def assemble_series(
+    candidate: SeriesCandidate, notes: list[str] | None = None
+) -> DicomSeries:
+    """Assemble one series candidate into a ``DicomSeries``; volume.array is float32 (I, J, K).
+
+    Raises:
+        DicomSeriesError: see ``plan_geometry``; also pixel data that cannot be decoded
+            or whose size differs from Rows x Columns.
+    """
+    geometry = plan_geometry(candidate)
+    ordered = geometry.frames
+    first = ordered[0]
+    array = np.empty((first.columns, first.rows, len(ordered)), dtype=np.float32)
+    cache: dict[int, np.ndarray] = {}
+    for k, frame in enumerate(ordered):
+        pixels = _pixels(frame, cache).astype(np.float32)
+        array[:, :, k] = (
+            pixels * frame.slope + frame.intercept
+        ).T  # (row, col) -> (I=col, J=row)
+    header = first.dataset.copy()
+    for bulky in ("PixelData", "PerFrameFunctionalGroupsSequence"):
+        if bulky in header:
+            delattr(header, bulky)
+    slices = [
+        SliceRef(
+            str(f.dataset.SOPClassUID),
+            str(f.dataset.SOPInstanceUID),
+            tuple(float(v) for v in f.position),
+            None if f.index is None else f.index + 1,
+        )
+        for f in ordered
+    ]
+    notes = list(notes or [])
+    meta = {"source": "dicom", "modality": candidate.modality, "notes": notes}
+    volume = Volume(array, LPS_TO_RAS @ geometry.affine_lps, meta=meta)
+    return DicomSeries(volume, slices, header, notes, candidate.key)
+
+
+def select_candidate(
+    candidates: list[SeriesCandidate], key: str | None
+) -> SeriesCandidate:
+    """The series ``key`` names (its key, or its Series Instance UID when unambiguous);
+    with no ``key``, the only series that can be assembled.
+
+    Raises:
+        DicomSeriesError: no image series, ``key`` not found, or several usable series
+            and no key (the message lists them so the user can choose), or none usable
+            (the message is the first refusal).
+    """
+    if not candidates:
         raise DicomSeriesError(
             "no DICOM CT, MR or PET image series found in the upload"
-            + (f" ({len(notes)} files skipped)" if notes else "")
         )
-    _, members = max(groups.items(), key=lambda kv: len(kv[1]))
-    if len(groups) > 1:
+    if key is not None:
+        matches = [c for c in candidates if c.key == key] or [
+            c for c in candidates if c.series_instance_uid == key
+        ]
+        if len(matches) == 1:
+            return matches[0]
+        raise DicomSeriesError(
+            f"the upload has no single image series {key!r}; it has: {describe(candidates)}"
+        )
+    if len(candidates) == 1:
+        return candidates[0]
+    usable = [c for c in candidates if refusal(c) is None]
+    if len(usable) == 1:
+        return usable[0]
+    if not usable:
+        raise DicomSeriesError(
+            f"none of the {len(candidates)} image series can be used: {refusal(candidates[0])}"
+        )
+    raise DicomSeriesError(
+        f"{len(usable)} image series in the upload; choose one: {describe(usable)}"
+    )
+
+
+def refusal(candidate: SeriesCandidate) -> str | None:
+    """Why ``candidate`` cannot be made one volume (geometry only), or None when it can."""
+    try:
+        plan_geometry(candidate)
+    except DicomSeriesError as exc:
+        return str(exc)
+    return None
+
+
+def describe(candidates: list[SeriesCandidate]) -> str:
+    """One line per candidate for messages: key, modality, image count, description."""
+    return "; ".join(
+        f"{c.key} ({c.modality}, {len(c.frames)} images{', ' + c.description if c.description else ''})"
+        for c in candidates
+    )
+
+
+def read_series(path: str | Path, key: str | None = None) -> DicomSeries:
+    """Read one image series from a folder, zip or file; ``key`` picks it when there are several.
+
+    Raises:
+        DicomSeriesError: no image series, several and no ``key``, or the chosen series
+            cannot be assembled (see ``assemble_series``).
+        engine.io.dicom_files.DicomFilesError, zipfile.BadZipFile: unusable container.
+    """
+    upload = read_upload(Path(path))
+    candidates, notes = group_series(upload.images)
+    candidate = select_candidate(candidates, key)
+    notes = upload.skipped + notes
+    if len(candidates) > 1:
         notes.append(
-            f"{len(groups)} image series found; using the largest ({len(members)} slices)"
+            f"{len(candidates)} image series in the upload; using {candidate.key}"
+            + (
+                " (chosen)"
+                if key is not None
+                else " (the only one that forms a volume)"
+            )
         )
-    return assemble_series(members, notes)
+    return assemble_series(candidate, notes)

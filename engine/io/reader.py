@@ -5,6 +5,7 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+from engine.io.dicom_files import DicomFilesError
 from engine.io.dicom_series import DicomSeries, DicomSeriesError, read_series
 from engine.io.nifti import NiftiError, read_volume
 from engine.volume import Volume
@@ -19,8 +20,13 @@ def is_nifti(path: Path) -> bool:
     return name.endswith((".nii", ".nii.gz"))
 
 
-def read_input(path: str | Path) -> tuple[Volume, DicomSeries | None]:
+def read_input(
+    path: str | Path, series: str | None = None
+) -> tuple[Volume, DicomSeries | None]:
     """Read ``path`` (folder or zip of DICOM files, a single DICOM file, or .nii/.nii.gz).
+
+    ``series`` picks one DICOM image series by its key (``python -m engine info`` lists
+    them); it is needed only when the upload holds several usable series.
 
     Returns (volume, series): ``series`` is the assembled DICOM series (for RTSTRUCT
     export) or None for NIfTI input. ``volume.array`` is float32 (I, J, K), HU for CT.
@@ -40,9 +46,9 @@ def read_input(path: str | Path) -> tuple[Volume, DicomSeries | None]:
             and path.suffix.lower() == ".zip"
         ):
             raise InputError(f"{path.name}: not a valid zip archive")
-        series = read_series(path)
-        return series.volume, series
-    except (DicomSeriesError, NiftiError) as exc:
+        dicom = read_series(path, series)
+        return dicom.volume, dicom
+    except (DicomSeriesError, DicomFilesError, NiftiError) as exc:
         raise InputError(str(exc)) from exc
     except zipfile.BadZipFile as exc:
         raise InputError(f"{path.name}: not a valid zip archive ({exc})") from exc

@@ -16,10 +16,15 @@ def write_phantom_series(
     origin: tuple[float, float, float] = (-20.0, -30.0, 50.0),
     orientation: tuple[float, ...] = (1, 0, 0, 0, 1, 0),
     seed: int = 0,
+    series_uid: str | None = None,
+    signed: bool = False,
+    modality: str = "CT",
 ) -> tuple[list[Path], np.ndarray]:
     """Write ``hu`` (I=columns, J=rows, K=slices) as one file per slice, names shuffled.
 
-    ``spacing`` is (column step, row step, slice step) in mm. Returns the file paths in
+    ``spacing`` is (column step, row step, slice step) in mm. ``series_uid`` None draws
+    a new Series Instance UID ("" writes an empty one); ``signed`` stores int16 pixels
+    with intercept 0 instead of uint16 with intercept -1024. Returns the file paths in
     slice order and the expected LPS affine (voxel (i, j, k) -> mm).
     """
     directory.mkdir(parents=True, exist_ok=True)
@@ -33,7 +38,8 @@ def write_phantom_series(
         normal * spacing[2],
     )
     affine[:3, 3] = origin
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    study, frame = generate_uid(), generate_uid()
+    series = generate_uid() if series_uid is None else series_uid
     names = [
         f"{n:08x}" for n in rng.permutation(10_000_000)[: hu.shape[2]]
     ]  # no extension, random order
@@ -54,7 +60,7 @@ def write_phantom_series(
             series,
             frame,
         )
-        ds.Modality, ds.PatientName, ds.PatientID = "CT", "Phantom^Test", "PH001"
+        ds.Modality, ds.PatientName, ds.PatientID = modality, "Phantom^Test", "PH001"
         ds.PatientBirthDate, ds.PatientSex = "", "O"
         ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = (
             "20260101",
@@ -73,14 +79,14 @@ def write_phantom_series(
         ds.SliceThickness = spacing[2]
         ds.Rows, ds.Columns = hu.shape[1], hu.shape[0]
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (
-            16,
-            16,
-            15,
-            0,
-        )
-        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-        stored = (hu[:, :, k].T + 1024).astype(np.uint16)  # (rows, columns)
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+        ds.PixelRepresentation = 1 if signed else 0
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        offset = 0 if signed else 1024
+        ds.RescaleSlope, ds.RescaleIntercept = 1, -offset
+        stored = (hu[:, :, k].T + offset).astype(
+            np.int16 if signed else np.uint16
+        )  # (rows, columns)
         ds.PixelData = stored.tobytes()
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
