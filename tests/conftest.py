@@ -81,7 +81,9 @@ def dicom_zip(tmp_path) -> bytes:
     return factories.dicom_zip_bytes(tmp_path / "series")
 
 
-def fake_segmentation(input_path: Path, model_name: str, out_dir: Path, progress=None) -> services.EngineResult:
+def fake_segmentation(
+    input_path: Path, model_name: str, out_dir: Path, progress=None, series=None
+) -> services.EngineResult:
     """Stands in for the engine: writes the documented outputs for a 20x24x10 grid."""
     report = progress or (lambda stage, pct: None)
     out_dir = Path(out_dir)
@@ -125,9 +127,11 @@ def fake_engine(monkeypatch):
     """The engine replaced by ``fake_segmentation``; one shipped model, ``hn-oar``."""
     calls: list[dict] = []
 
-    def run(input_path, model_name, out_dir, progress=None):
-        calls.append({"input_path": Path(input_path), "model_name": model_name, "out_dir": Path(out_dir)})
-        return fake_segmentation(input_path, model_name, out_dir, progress)
+    def run(input_path, model_name, out_dir, progress=None, series=None):
+        calls.append(
+            {"input_path": Path(input_path), "model_name": model_name, "out_dir": Path(out_dir), "series": series}
+        )
+        return fake_segmentation(input_path, model_name, out_dir, progress, series)
 
     monkeypatch.setattr(services, "available_models", lambda: ["hn-oar"])
     monkeypatch.setattr(services, "run_segmentation", run)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import zipfile
+
 import pytest
 
+from tests import factories
 from webapp.delineation import services
 from webapp.delineation.models import Job
 
@@ -84,7 +87,7 @@ def test_missing_fields(alice_api, fake_engine):
 def test_engine_input_error_fails_the_job_with_its_message(
     alice_api, alice_scan, fake_engine, monkeypatch, django_capture_on_commit_callbacks
 ):
-    def refuse(input_path, model_name, out_dir, progress=None):
+    def refuse(input_path, model_name, out_dir, progress=None, series=None):
         progress("ingest", 0)
         raise services.DelineationError("The series has a gantry tilt of 12 degrees, which is not supported.")
 
@@ -99,7 +102,7 @@ def test_engine_input_error_fails_the_job_with_its_message(
 def test_unexpected_engine_crash_fails_the_job(
     alice_api, alice_scan, fake_engine, monkeypatch, django_capture_on_commit_callbacks
 ):
-    def crash(input_path, model_name, out_dir, progress=None):
+    def crash(input_path, model_name, out_dir, progress=None, series=None):
         progress("network", 20)
         raise RuntimeError("CUDA out of memory")
 
@@ -141,3 +144,26 @@ def test_models_endpoint(alice_api, fake_engine):
     response = alice_api.get("/api/models/")
     assert response.status_code == 200
     assert [m["name"] for m in response.json()] == ["hn-oar"]
+
+
+def test_a_scan_with_several_series_needs_a_choice(alice_api, tmp_path, fake_engine, django_capture_on_commit_callbacks):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    archive = tmp_path / "two.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for folder, slices in (("a", 4), ("b", 5)):
+            for p in factories.dicom_series(tmp_path / folder, slices=slices, seed=slices):
+                zf.write(p, f"{folder}/{p.name}")
+    scan = alice_api.post(
+        "/api/scans/", {"file": SimpleUploadedFile("two.zip", archive.read_bytes())}, format="multipart"
+    ).json()
+    assert scan["preflight"]["selected"] is None
+    response = alice_api.post("/api/jobs/", {"scan": scan["id"], "model": "hn-oar"}, format="json")
+    assert response.status_code == 400 and "choose one" in str(response.json()["series"])
+    response = alice_api.post("/api/jobs/", {"scan": scan["id"], "model": "hn-oar", "series": "1.2.3"}, format="json")
+    assert response.status_code == 400 and "no image series" in str(response.json()["series"])
+    key = next(s["key"] for s in scan["preflight"]["series"] if s["images"] == 5)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = alice_api.post("/api/jobs/", {"scan": scan["id"], "model": "hn-oar", "series": key}, format="json")
+    assert response.status_code == 201 and response.json()["series"] == key
+    assert fake_engine[-1]["series"] == key

@@ -31,8 +31,9 @@ def test_zip_upload_is_stored_unchanged(alice_api, alice, dicom_zip, media_root)
     assert stored.exists() and sha(stored.read_bytes()) == sha(dicom_zip)
     assert scan.engine_input == stored
     # The engine read the series at upload time.
-    assert body["preflight"]["shape"] == [16, 16, 8]
-    assert body["preflight"]["series"]["modality"] == "CT"
+    (series,) = body["preflight"]["series"]
+    assert series["size"] == [16, 16, 8] and series["modality"] == "CT" and series["status"] == "ok"
+    assert body["preflight"]["selected"] == series["key"]
 
 
 def test_nifti_upload(alice_api, media_root):
@@ -43,7 +44,7 @@ def test_nifti_upload(alice_api, media_root):
     assert response.status_code == 201, response.content
     body = response.json()
     assert body["input_kind"] == "nifti" and body["name"] == "Patient 7"
-    assert body["preflight"]["shape"] == [10, 12, 6]
+    assert body["preflight"]["kind"] == "nifti" and body["preflight"]["series"][0]["size"] == [10, 12, 6]
     stored = media_root / "scans" / body["id"] / "original" / "pat.nii.gz"
     assert stored.read_bytes() == data
 

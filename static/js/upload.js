@@ -1,5 +1,6 @@
 /* Upload page: drag and drop (zip, NIfTI, or a DICOM folder via DataTransfer entries),
-   file or folder pickers, then POST /api/scans/ and POST /api/jobs/. */
+   file or folder pickers, then POST /api/scans/ and on to the scan page (pre-flight report,
+   series and model choice) where the job is queued. */
 "use strict";
 
 (function () {
@@ -11,7 +12,6 @@
   const button = document.getElementById("upload-button");
   const progress = document.getElementById("upload-progress");
   const errorBox = document.getElementById("upload-error");
-  const modelSelect = document.getElementById("id_model");
   const nameInput = document.getElementById("scan-name");
 
   // What will be uploaded: {kind: "single", file} or {kind: "folder", entries: [{file, path}]}
@@ -159,9 +159,7 @@
     progress.classList.remove("hidden");
     try {
       const scan = await postScan(formData);
-      progress.querySelector(".label").textContent = "Queueing the job…";
-      const job = await Delineo.api("/api/jobs/", { method: "POST", body: { scan: scan.id, model: modelSelect.value } });
-      window.location.href = `/jobs/?new=${encodeURIComponent(job.id)}`;
+      window.location.href = `/scans/${encodeURIComponent(scan.id)}/`;
     } catch (err) {
       showError(err.message);
       progress.classList.add("hidden");

@@ -91,6 +91,7 @@ def screenshot(driver, name: str) -> Path:
 
 def test_upload_and_view_contours(stack, driver, tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
 
     case = data_dir("openkbp_dicom", "pt_106")
     folder = tmp_path / "pt_106"
@@ -105,20 +106,29 @@ def test_upload_and_view_contours(stack, driver, tmp_path):
     driver.find_element(By.CSS_SELECTOR, "#login-form button[type=submit]").click()
     wait_for(lambda: driver.current_url.endswith("/jobs/"), 30, "the job list after login")
 
-    # Upload the DICOM folder (webkitdirectory input) with the default model.
+    # Upload the DICOM folder (webkitdirectory input).
     driver.get(f"{stack.base_url}/upload/")
-    models = [o.get_attribute("value") for o in driver.find_elements(By.CSS_SELECTOR, "#id_model option")]
-    require("hn-oar" in models, "model hn-oar is not shipped (engine/weights)")
     driver.find_element(By.ID, "folder-input").send_keys(str(folder))
     selection = driver.find_element(By.ID, "selection").text
     assert "pt_106" in selection and "129 files" in selection, selection
     driver.find_element(By.ID, "upload-button").click()
     wait_for(
-        lambda: "/jobs/?new=" in driver.current_url or driver.find_element(By.ID, "upload-error").text,
+        lambda: "/scans/" in driver.current_url or driver.find_element(By.ID, "upload-error").text,
         180,
         "the upload to finish",
     )
-    assert "/jobs/?new=" in driver.current_url, driver.find_element(By.ID, "upload-error").text
+    assert "/scans/" in driver.current_url, driver.find_element(By.ID, "upload-error").text
+
+    # The pre-flight report comes before anything is queued: one usable CT series, chosen.
+    rows = driver.find_elements(By.CSS_SELECTOR, "#series-table tbody tr")
+    assert len(rows) == 1 and "128 × 128 × 128" in rows[0].text and "usable" in rows[0].text, rows[0].text
+    assert rows[0].find_element(By.CSS_SELECTOR, "input[type=radio]").is_selected()
+    screenshot(driver, "preflight.png")
+    models = [o.get_attribute("value") for o in driver.find_elements(By.CSS_SELECTOR, "#id_model option")]
+    require("hn-oar" in models, "model hn-oar is not shipped (engine/weights)")
+    Select(driver.find_element(By.ID, "id_model")).select_by_value("hn-oar")
+    driver.find_element(By.ID, "delineate-button").click()
+    wait_for(lambda: "/jobs/?new=" in driver.current_url, 60, "the job list after queueing")
     job_id = driver.current_url.split("new=")[1]
 
     # The job list shows live status until the job is done.

@@ -79,7 +79,7 @@ def finished_job(stack, case_dir, tmp_path_factory) -> dict:
     token = stack.token(*stack.create_account())
 
     scan = stack.upload_zip(token, archive)
-    assert scan["input_kind"] == "dicom_zip" and scan["preflight"]["shape"] == [128, 128, 128]
+    assert scan["input_kind"] == "dicom_zip" and scan["preflight"]["series"][0]["size"] == [128, 128, 128]
 
     models = json.loads(stack.api("GET", "/api/models/", token).data)
     require("hn-oar" in [m["name"] for m in models], "model hn-oar is not shipped (engine/weights)")

@@ -114,7 +114,12 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
         data.is_valid(raise_exception=True)
         scan = data.validated_data["scan"]
         with transaction.atomic():
-            job = Job.objects.create(owner=request.user, scan=scan, model_name=data.validated_data["model"])
+            job = Job.objects.create(
+                owner=request.user,
+                scan=scan,
+                model_name=data.validated_data["model"],
+                series_key=data.validated_data["series"],
+            )
             tasks.submit(job)
         job.refresh_from_db()
         return Response(JobSerializer(job, context={"request": request}).data, status=status.HTTP_201_CREATED)

@@ -25,14 +25,12 @@ class MultipleFileField(forms.FileField):
 
 
 class UploadForm(forms.Form):
-    """A scan (zip, NIfTI or the files of a DICOM folder) and the model to run on it."""
+    """A scan: a zip, a NIfTI file or the files of a DICOM folder (the model is chosen
+    on the scan page, after the pre-flight report)."""
 
     file = forms.FileField(required=False, label="Zip or NIfTI file")
     files = MultipleFileField(required=False, label="DICOM folder")
-    model = forms.ChoiceField(label="Model")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        names = services.available_models()
-        self.fields["model"].choices = [(n, n) for n in names]
-        self.no_models = not names
+        self.no_models = not services.available_models()

@@ -76,6 +76,8 @@ class Job(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
     scan = models.ForeignKey(Scan, on_delete=models.CASCADE, related_name="jobs")
     model_name = models.CharField(max_length=100)
+    # Key of the image series to delineate (engine.io.preflight); empty for NIfTI.
+    series_key = models.CharField(max_length=200, blank=True, default="")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     stage = models.CharField(max_length=32, blank=True, default="")
     progress = models.PositiveSmallIntegerField(default=0)  # 0-100, overall

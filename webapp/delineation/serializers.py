@@ -61,6 +61,43 @@ class _OwnScanField(serializers.PrimaryKeyRelatedField):
 class JobCreateSerializer(serializers.Serializer):
     scan = _OwnScanField(help_text="Id of one of your scans.")
     model = serializers.CharField(max_length=100, help_text="A shipped model name, see GET /api/models/.")
+    series = serializers.CharField(
+        max_length=200,
+        required=False,
+        allow_blank=True,
+        help_text="The image series to delineate (a 'key' from the scan's preflight report); "
+        "needed only when the upload holds several usable series.",
+    )
+
+    def validate(self, attrs: dict) -> dict:
+        scan: Scan = attrs["scan"]
+        report = scan.preflight if isinstance(scan.preflight, dict) else None
+        requested = attrs.get("series") or ""
+        if not report or report.get("kind") != "dicom":
+            attrs["series"] = requested
+            return attrs
+        usable = services.usable_series(report)
+        by_key = {s.get("key"): s for s in report.get("series", [])}
+        if requested:
+            if requested not in by_key:
+                raise serializers.ValidationError({"series": f"The scan has no image series {requested!r}."})
+            if requested not in usable:
+                raise serializers.ValidationError(
+                    {"series": f"That series cannot be delineated: {by_key[requested].get('reason', 'refused')}"}
+                )
+        elif len(usable) == 1:
+            requested = usable[0]
+        elif len(usable) > 1:
+            described = "; ".join(
+                f"{k} ({by_key[k].get('modality')}, {by_key[k].get('images')} images"
+                f"{', ' + by_key[k]['series_description'] if by_key[k].get('series_description') else ''})"
+                for k in usable
+            )
+            raise serializers.ValidationError(
+                {"series": f"This upload holds {len(usable)} image series; choose one: {described}."}
+            )
+        attrs["series"] = requested
+        return attrs
 
     def validate_model(self, value: str) -> str:
         models = services.available_models()
@@ -75,6 +112,7 @@ class JobCreateSerializer(serializers.Serializer):
 
 class JobSerializer(serializers.ModelSerializer):
     model = serializers.CharField(source="model_name", read_only=True)
+    series = serializers.CharField(source="series_key", read_only=True)
     scan_name = serializers.CharField(source="scan.name", read_only=True)
     downloads = serializers.SerializerMethodField()
     viewer = serializers.SerializerMethodField()
@@ -86,6 +124,7 @@ class JobSerializer(serializers.ModelSerializer):
             "scan",
             "scan_name",
             "model",
+            "series",
             "status",
             "stage",
             "progress",

@@ -99,46 +99,47 @@ def model_cards() -> list[dict]:
 
 
 def preflight(path: Path) -> dict | None:
-    """Read an upload as a volume to refuse what cannot be delineated, before queueing.
+    """The engine's pre-flight report of an upload (``engine.io.preflight.inspect_input``).
 
-    Returns a summary (shape, spacing, orientation), or None when the engine reader is
-    not installed. Raises :class:`PreflightError` with the engine's message otherwise.
+    Returns the report (series with geometry and status, skipped files, other DICOM
+    objects, ``selected``), or None when the engine is not installed. Raises
+    :class:`PreflightError` when nothing in the upload can be delineated.
     """
     try:
-        from engine.io.reader import InputError, read_input
+        from engine.io.preflight import inspect_input
+        from engine.io.reader import InputError
     except ImportError:
-        logger.warning("engine.io.reader unavailable: upload accepted without pre-flight check")
+        logger.warning("engine.io.preflight unavailable: upload accepted without pre-flight check")
         return None
     try:
-        read = read_input(path)
+        report = inspect_input(path)
     except InputError as exc:
         raise PreflightError(str(exc)) from None
     except Exception as exc:  # a reader bug must not look like a server crash to the user
         logger.exception("pre-flight read of %s failed", path)
         raise PreflightError(f"The upload could not be read as an image ({type(exc).__name__}: {exc}).") from None
-    volume, series = read if isinstance(read, tuple) else (read, None)
-    affine = np.asarray(volume.affine, dtype=float)
-    info: dict = {
-        "shape": [int(n) for n in volume.array.shape],
-        "spacing_mm": [round(float(s), 4) for s in volume.spacing],
-        "axcodes": "".join(nib.aff2axcodes(affine)),
-    }
-    if series is not None:
-        header = series.header
-        info["series"] = {
-            "modality": str(header.get("Modality", "")),
-            "series_instance_uid": series.series_instance_uid,
-            "series_description": str(header.get("SeriesDescription", "")),
-            "slices": len(series.slices),
-        }
-        notes = [str(n) for n in getattr(series, "notes", [])][:20]
-        if notes:
-            info["notes"] = notes
-    return info
+    refused = [s for s in report["series"] if s["status"] != "ok"]
+    if len(refused) == len(report["series"]):
+        if len(refused) == 1:
+            raise PreflightError(refused[0]["reason"])
+        reasons = "; ".join(f"{s['key']}: {s['reason']}" for s in refused)
+        raise PreflightError(f"none of the {len(refused)} image series can be used ({reasons})")
+    return report
+
+
+def usable_series(report: dict | None) -> list[str]:
+    """Keys of the series of a pre-flight report that can be delineated."""
+    if not report:
+        return []
+    return [s["key"] for s in report.get("series", []) if s.get("status") == "ok" and s.get("key")]
 
 
 def run_segmentation(
-    input_path: Path, model_name: str, out_dir: Path, progress: Callable[[str, int], None] | None = None
+    input_path: Path,
+    model_name: str,
+    out_dir: Path,
+    progress: Callable[[str, int], None] | None = None,
+    series: str | None = None,
 ) -> EngineResult:
     """Run ``engine.infer.segment.segment_file``; engine input errors become DelineationError."""
     try:
@@ -148,7 +149,7 @@ def run_segmentation(
     except ImportError as exc:
         raise DelineationError(f"The delineation engine is not available on this worker ({exc}).") from exc
     try:
-        result = segment_file(Path(input_path), model_name, Path(out_dir), progress=progress)
+        result = segment_file(Path(input_path), model_name, Path(out_dir), progress=progress, series=series)
     except InputError as exc:
         raise DelineationError(str(exc)) from None
     except UnknownModelError as exc:

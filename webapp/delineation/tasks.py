@@ -111,7 +111,9 @@ def execute_job(job_id: str | UUID) -> str:
     recorder = ProgressRecorder(job.id)
     started = time.monotonic()
     try:
-        result = services.run_segmentation(scan.engine_input, job.model_name, out_dir, progress=recorder)
+        result = services.run_segmentation(
+            scan.engine_input, job.model_name, out_dir, progress=recorder, series=job.series_key or None
+        )
         recorder.finish_stage()
         recorder("viewer", 99)
         services.prepare_viewer(out_dir)

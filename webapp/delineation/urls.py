@@ -5,6 +5,7 @@ from webapp.delineation import views
 urlpatterns = [
     path("", views.home, name="home"),
     path("upload/", views.upload, name="upload"),
+    path("scans/<uuid:scan_id>/", views.scan_detail, name="scan-detail"),
     path("jobs/", views.job_list, name="job-list"),
     path("jobs/<uuid:job_id>/", views.viewer, name="job-viewer"),
 ]

@@ -1,5 +1,9 @@
-"""Pages: upload, job list and viewer. The pages talk to the REST API from plain JS;
-the upload form also posts here when JavaScript is off."""
+"""Pages: upload, scan (pre-flight report, series and model choice), job list and viewer.
+
+The pages talk to the REST API from plain JS; the upload and scan forms also post here
+when JavaScript is off. A job is queued only from the scan page, after the physician has
+seen the pre-flight report of the upload.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,13 @@ from django.contrib.auth.decorators import login_required
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 
 from webapp.delineation import tasks
+from webapp.delineation import services
 from webapp.delineation.forms import UploadForm
-from webapp.delineation.models import Job
+from webapp.delineation.models import Job, Scan
+from webapp.delineation.serializers import JobCreateSerializer
 from webapp.delineation.uploads import UploadError, accept_upload
 
 
@@ -28,24 +35,66 @@ def upload(request: HttpRequest) -> HttpResponse:
     form = UploadForm(request.POST or None, request.FILES or None)
     if request.method == "POST" and form.is_valid():
         try:
-            with transaction.atomic():
-                scan = accept_upload(
-                    request.user,
-                    form.cleaned_data["file"],
-                    form.cleaned_data["files"],
-                    name=request.POST.get("name", ""),
-                )
-                job = Job.objects.create(owner=request.user, scan=scan, model_name=form.cleaned_data["model"])
-                tasks.submit(job)
+            scan = accept_upload(
+                request.user,
+                form.cleaned_data["file"],
+                form.cleaned_data["files"],
+                name=request.POST.get("name", ""),
+            )
         except UploadError as exc:
             form.add_error(None, exc.message)
         else:
-            messages.success(request, f"Uploaded {scan.name}; the job is queued.")
-            return redirect("job-list")
+            return redirect("scan-detail", scan_id=scan.id)
     return render(
         request,
         "delineation/upload.html",
         {"form": form, "max_upload_mib": settings.DELINEO_MAX_UPLOAD_BYTES // 2**20},
+    )
+
+
+def _errors_text(errors) -> str:  # noqa: ANN001 (DRF's nested error structure)
+    if isinstance(errors, dict):
+        return " ".join(_errors_text(v) for v in errors.values())
+    if isinstance(errors, list):
+        return " ".join(_errors_text(v) for v in errors)
+    return str(errors)
+
+
+@login_required
+def scan_detail(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
+    """The pre-flight report of an upload, and the form that queues a job on it."""
+    scan = get_object_or_404(Scan, pk=scan_id, owner=request.user)
+    report = scan.preflight if isinstance(scan.preflight, dict) else {}
+    usable = services.usable_series(report)
+    error = ""
+    if request.method == "POST":
+        data = JobCreateSerializer(
+            data={"scan": str(scan.id), "model": request.POST.get("model", ""), "series": request.POST.get("series", "")},
+            context={"request": request},
+        )
+        if data.is_valid():
+            with transaction.atomic():
+                job = Job.objects.create(
+                    owner=request.user,
+                    scan=scan,
+                    model_name=data.validated_data["model"],
+                    series_key=data.validated_data["series"],
+                )
+                tasks.submit(job)
+            messages.success(request, f"The job on {scan.name} is queued.")
+            return redirect(f"{reverse('job-list')}?new={job.id}")
+        error = _errors_text(data.errors)
+    return render(
+        request,
+        "delineation/scan.html",
+        {
+            "scan": scan,
+            "report": report,
+            "usable": usable,
+            "selected": request.POST.get("series") or report.get("selected") or (usable[0] if len(usable) == 1 else ""),
+            "models": services.available_models(),
+            "error": error,
+        },
     )
 
 
