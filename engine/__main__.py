@@ -1,6 +1,7 @@
-"""Command line: python -m engine segment | evaluate | train | publish.
+"""Command line: python -m engine segment | contours | evaluate | train | publish.
 
 python -m engine segment INPUT --model hn-oar --out DIR
+python -m engine contours RTSTRUCT --reference SERIES --out DIR
 python -m engine evaluate --model hn-oar --data ../shared/data/openkbp --split test [--json PATH]
 python -m engine train --model hn-oar --data ../shared/data/openkbp --out var/train/hn-oar --steps 4000
 python -m engine publish --model hn-oar --run var/train/hn-oar --training docs/training/hn-oar.json
@@ -35,6 +36,26 @@ def _segment(args: argparse.Namespace) -> int:
             indent=1,
         )
     )
+    return 0
+
+
+def _contours(args: argparse.Namespace) -> int:
+    from engine.io.reader import read_input
+    from engine.io.rtstruct_import import import_rtstruct, read_rtstruct
+    from engine.io.structure_files import write_roi_masks
+
+    ds = read_rtstruct(args.rtstruct)
+    volume, series = read_input(args.reference)
+    if series is None:
+        raise InputError(
+            f"{args.reference.name}: the reference must be the DICOM image series the "
+            "structure set was drawn on, not a NIfTI file"
+        )
+    entries = write_roi_masks(import_rtstruct(ds, series), volume.affine, args.out)
+    for entry in entries:
+        for note in entry["notes"]:
+            print(f"{entry['name']}: {note}", file=sys.stderr)
+    print(json.dumps({"out": str(args.out), "structures": entries}, indent=1))
     return 0
 
 
@@ -104,6 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_segment)
 
     p = sub.add_parser(
+        "contours",
+        help="rasterise an RTSTRUCT onto its DICOM series: one NIfTI mask per ROI",
+    )
+    p.add_argument("rtstruct", type=Path)
+    p.add_argument("--reference", type=Path, required=True, help="the image series")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_contours)
+
+    p = sub.add_parser(
         "evaluate", help="Dice and HD95 per structure on an OpenKBP split"
     )
     p.add_argument("--model", default="hn-oar")
@@ -147,11 +177,17 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_train)
 
     args = parser.parse_args(argv)
+    from engine.io.rtstruct_check import RTStructExportError
+    from engine.io.rtstruct_import import RTStructImportError
+
     try:
         return args.func(args)
-    except (InputError, UnknownModelError) as exc:
+    except (InputError, UnknownModelError, RTStructImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RTStructExportError as exc:  # our output failed its check, not the user's input
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ slice spacing) or extends beyond the image in-plane (clipped).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -77,7 +78,7 @@ def read_rtstruct(path: str | os.PathLike) -> Dataset:
         ds = pydicom.dcmread(path)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
         raise RTStructImportError(
-            f"{os.fspath(path)}: not a readable DICOM file ({type(exc).__name__})"
+            f"{Path(path).name}: not a readable DICOM file ({type(exc).__name__})"
         ) from exc
     _check_is_rtstruct(ds)
     return ds
