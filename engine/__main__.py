@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, UnknownModelError, RTStructImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except RTStructExportError as exc:  # our output failed its check, not the user's input
+    # Our output failed its own check: not the user's input, so not exit code 2.
+    except RTStructExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

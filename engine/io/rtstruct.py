@@ -71,7 +71,8 @@ def _ds(value: float) -> str:
     if not np.isfinite(value):
         raise RTStructError(f"a contour coordinate is not a finite number ({value})")
     text = f"{value:.2f}"
-    if len(text) > 16:  # |value| >= 1e13 mm: pydicom keeps the most digits in 16 characters
+    # |value| >= 1e13 mm: pydicom keeps the most digits that fit in 16 characters.
+    if len(text) > 16:
         text = format_number_as_ds(float(value))
     return "0.00" if text == "-0.00" else text
 
@@ -155,9 +156,9 @@ def build_rtstruct(
 
     contour_images = DicomSequence()
     # One item per image: the frames of a multi-frame image are all referenced together.
-    for uid, sop_class in dict(
-        (s.sop_instance_uid, s.sop_class_uid) for s in series.slices
-    ).items():
+    for uid, sop_class in {
+        s.sop_instance_uid: s.sop_class_uid for s in series.slices
+    }.items():
         item = Dataset()
         item.ReferencedSOPClassUID = sop_class
         item.ReferencedSOPInstanceUID = uid
@@ -185,9 +186,7 @@ def build_rtstruct(
         roi.ROINumber = number
         roi.ReferencedFrameOfReferenceUID = series.frame_of_reference_uid
         roi.ROIName = structure.name
-        roi.ROIDescription = (
-            f"Delineo {engine.__version__}, model {model_name}, weights sha256 {weights_sha256}"
-        )
+        roi.ROIDescription = f"Delineo {engine.__version__}, model {model_name}, weights sha256 {weights_sha256}"
         roi.ROIGenerationAlgorithm = "AUTOMATIC"
         roi_set.append(roi)
 

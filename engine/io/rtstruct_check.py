@@ -41,7 +41,9 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     box = tuple(slice(int(ix.min()), int(ix.max()) + 1) for ix in np.nonzero(both))
     pred = torch.as_tensor(a[box], dtype=torch.float32)[None, None]
     ref = torch.as_tensor(b[box], dtype=torch.float32)[None, None]
-    return float(compute_dice(pred, ref, include_background=True, ignore_empty=False)[0, 0])
+    return float(
+        compute_dice(pred, ref, include_background=True, ignore_empty=False)[0, 0]
+    )
 
 
 def roundtrip_dice(
@@ -56,7 +58,9 @@ def roundtrip_dice(
     try:
         rois = {roi.name: roi for roi in import_rtstruct(ds, series)}
     except RTStructImportError as exc:
-        raise RTStructExportError(f"the RTSTRUCT written cannot be read back: {exc}") from exc
+        raise RTStructExportError(
+            f"the RTSTRUCT written cannot be read back: {exc}"
+        ) from exc
     scores = {}
     for s in structures:
         expected = labels.array == s.label

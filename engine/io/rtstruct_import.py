@@ -25,9 +25,9 @@ slice spacing) or extends beyond the image in-plane (clipped).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -76,7 +76,14 @@ def read_rtstruct(path: str | os.PathLike) -> Dataset:
     """
     try:
         ds = pydicom.dcmread(path)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+    except (
+        InvalidDicomError,
+        EOFError,
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+    ) as exc:
         raise RTStructImportError(
             f"{Path(path).name}: not a readable DICOM file ({type(exc).__name__})"
         ) from exc
@@ -175,8 +182,9 @@ class _Tally:
             "(their Referenced SOP Instance UID is not in the series)",
             "unreferenced": f"{c['unreferenced']} of {total} contours matched to slices by "
             "position (no Referenced SOP Instance UID)",
-            "moved": f"{c['moved']} contours lie {w['moved']:.2f} mm or less from another "
-            "slice than the one they reference; placed by their coordinates",
+            "moved": f"{c['moved']} contours lie off the slice they reference (up to "
+            f"{w['moved']:.1f} mm away, over half a slice spacing); placed by their "
+            "coordinates",
             "between": f"{c['between']} contours lie between slice planes (up to "
             f"{w['between']:.2f} mm from the nearest); placed on the nearest slice",
             "outside_range": f"{c['outside_range']} contours lie outside the series' slice "
@@ -192,7 +200,9 @@ class _Tally:
         return [texts[event] for event in texts if c.get(event)]
 
 
-def _place(geometry: _SliceGeometry, contour: Dataset, points: np.ndarray, tally: _Tally) -> int | None:
+def _place(
+    geometry: _SliceGeometry, contour: Dataset, points: np.ndarray, tally: _Tally
+) -> int | None:
     """Slice index for a contour's points (N, 3), or None (with the reason tallied)."""
     heights = points @ geometry.normal
     spread = float(np.ptp(heights))
@@ -236,12 +246,17 @@ def _fill(mask_k: np.ndarray, ij: np.ndarray, tally: _Tally) -> None:
     ii, jj = polygon_pixels(ij[:, 0], ij[:, 1], shape=mask_k.shape)
     if ii.size == 0:
         tally.add("empty")
-    mask_k[ii, jj] ^= True  # even-odd: a second polygon over a pixel removes it (a hole)
+    # Even-odd: a second polygon over a pixel (a hole) removes it again.
+    mask_k[ii, jj] ^= True
 
 
-def _rasterise(roi_contour: Dataset | None, name: str, geometry: _SliceGeometry) -> tuple[np.ndarray, int, list[str]]:
+def _rasterise(
+    roi_contour: Dataset | None, name: str, geometry: _SliceGeometry
+) -> tuple[np.ndarray, int, list[str]]:
     mask = np.zeros(geometry.shape, dtype=bool)
-    contours = list(roi_contour.get("ContourSequence", [])) if roi_contour is not None else []
+    contours = (
+        list(roi_contour.get("ContourSequence", [])) if roi_contour is not None else []
+    )
     if not contours:
         return mask, 0, ["no contours: empty mask"]
     tally, filled = _Tally(), 0
@@ -280,8 +295,12 @@ def _check_frame_of_reference(ds: Dataset, series: DicomSeries) -> list[str]:
     }
     declared.discard("")
     if not series_for or not declared:
-        return ["Frame of Reference UID missing on the series or the structure set: "
-                "geometry placed by coordinates without that check"]
+        return [
+            (
+                "Frame of Reference UID missing on the series or the structure set: "
+                "geometry placed by coordinates without that check"
+            )
+        ]
     if series_for not in declared:
         raise RTStructImportError(
             "the structure set is in another Frame of Reference than the image series "
@@ -291,7 +310,9 @@ def _check_frame_of_reference(ds: Dataset, series: DicomSeries) -> list[str]:
     return []
 
 
-def import_rtstruct(source: Dataset | str | os.PathLike, series: DicomSeries) -> list[ImportedROI]:
+def import_rtstruct(
+    source: Dataset | str | os.PathLike, series: DicomSeries
+) -> list[ImportedROI]:
     """Rasterise every ROI of an RTSTRUCT onto ``series``' voxel grid.
 
     ``source`` is an RTSTRUCT dataset or file path. Returns one :class:`ImportedROI`
@@ -313,7 +334,9 @@ def import_rtstruct(source: Dataset | str | os.PathLike, series: DicomSeries) ->
 
     numbers = [int(roi.ROINumber) for roi in ds.StructureSetROISequence]
     if len(set(numbers)) != len(numbers):
-        raise RTStructImportError(f"duplicated ROI Numbers in the structure set: {numbers}")
+        raise RTStructImportError(
+            f"duplicated ROI Numbers in the structure set: {numbers}"
+        )
     contours_by_roi: dict[int, Dataset] = {}
     for item in ds.get("ROIContourSequence", []):
         number = int(item.ReferencedROINumber)

@@ -133,7 +133,9 @@ def test_label_map_off_the_series_grid_is_refused(series_and_labels):
         )
 
 
-@pytest.mark.parametrize("value", [0.0, -0.001, 123.456, -98765.4321, 1.23e13, -9.87654321e15, 4e300])
+@pytest.mark.parametrize(
+    "value", [0.0, -0.001, 123.456, -98765.4321, 1.23e13, -9.87654321e15, 4e300]
+)
 def test_decimal_strings_fit_16_characters(value):
     text = _ds(value)
     assert len(text) <= 16 and text != "-0.00"
@@ -149,7 +151,12 @@ def test_provenance_is_recorded_in_full(series_and_labels):
     series, labels = series_and_labels
     ds = build_rtstruct(labels, series, STRUCTURES, "test-model", SHA)
     assert ds.Manufacturer == "Delineo" and ds.ManufacturerModelName == "test-model"
-    assert SHA in list(ds.SoftwareVersions) and all(len(v) <= 64 for v in ds.SoftwareVersions)
-    assert all(SHA in r.ROIDescription and "test-model" in r.ROIDescription for r in ds.StructureSetROISequence)
+    assert SHA in list(ds.SoftwareVersions) and all(
+        len(v) <= 64 for v in ds.SoftwareVersions
+    )
+    assert all(
+        SHA in r.ROIDescription and "test-model" in r.ROIDescription
+        for r in ds.StructureSetROISequence
+    )
     assert len(ds.StructureSetLabel) <= 16 and ds.ApprovalStatus == "UNAPPROVED"
     assert len(ds.StructureSetDate) == 8 and len(ds.StructureSetTime) == 6

@@ -9,7 +9,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from pydicom.uid import generate_uid
 
@@ -48,7 +47,10 @@ def axial_folder(tmp_path_factory):
     """A 24 x 20 x 6 axial CT series (anisotropic, off-centre), one file per slice."""
     folder = tmp_path_factory.mktemp("axial")
     write_phantom_series(
-        folder, np.zeros((24, 20, 6), np.float32), spacing=(1.25, 0.75, 2.5), origin=(-11.3, 7.7, -40.0)
+        folder,
+        np.zeros((24, 20, 6), np.float32),
+        spacing=(1.25, 0.75, 2.5),
+        origin=(-11.3, 7.7, -40.0),
     )
     return folder
 
@@ -77,7 +79,8 @@ def test_every_structure_round_trips_exactly(axial):
         assert roi.mask.shape == labels.array.shape and roi.mask.dtype == bool
         np.testing.assert_array_equal(roi.mask, labels.array == s.label, err_msg=s.name)
         assert roi.interpreted_type == s.interpreted_type and roi.color == s.color
-    assert rois["Ring"].notes == [] and rois["Ring"].contours == 2 * 3 + 1  # outer + hole, island
+    # Outer contour and hole on three slices, an island in the hole on one.
+    assert rois["Ring"].notes == [] and rois["Ring"].contours == 2 * 3 + 1
     assert rois["Islands"].contours == 3  # two islands and one hole, one slice
     assert rois["One slice"].mask[:, :, 1:].sum() == 0
     assert rois["Empty"].contours == 0 and not rois["Empty"].mask.any()
@@ -102,10 +105,15 @@ def test_dangling_references_fall_back_to_position(axial):
     for s in STRUCTURES:
         np.testing.assert_array_equal(rois[s.name].mask, labels.array == s.label)
     assert rois["Ring"].notes == [
-        "7 of 7 contours matched to slices by position "
-        "(their Referenced SOP Instance UID is not in the series)"
+        (
+            "7 of 7 contours matched to slices by position "
+            "(their Referenced SOP Instance UID is not in the series)"
+        )
     ]
-    assert any("1 of 3 contours matched" in n and "no Referenced" in n for n in rois["Islands"].notes)
+    assert any(
+        "1 of 3 contours matched" in n and "no Referenced" in n
+        for n in rois["Islands"].notes
+    )
 
 
 def _shift_along_normal(contour, series, mm):
@@ -118,17 +126,22 @@ def test_contours_off_the_slice_planes_are_reported(axial):
     series, labels = axial
     ds = _export(series, labels)
     ring = ds.ROIContourSequence[0].ContourSequence
-    _shift_along_normal(ring[0], series, 0.4 * 2.5)  # between slices 1 and 2: nearer 1
-    _shift_along_normal(ring[1], series, 3.0 * 2.5)  # onto slice 4: contradicts its reference
+    # Between slices 1 and 2, nearer 1; onto slice 4, against its reference; below the
+    # first slice, outside the image.
+    _shift_along_normal(ring[0], series, 0.4 * 2.5)
+    _shift_along_normal(ring[1], series, 3.0 * 2.5)
     one = ds.ROIContourSequence[2].ContourSequence[0]
     one.ContourImageSequence[0].ReferencedSOPInstanceUID = generate_uid()
-    _shift_along_normal(one, series, -2.0 * 2.5)  # below the first slice: outside the image
+    _shift_along_normal(one, series, -2.0 * 2.5)
     rois = _rois(ds, series)
     ring_notes = " | ".join(rois["Ring"].notes)
     assert "1 contours lie between slice planes (up to 1.00 mm" in ring_notes
-    assert "from another slice than the one they reference" in ring_notes
+    assert (
+        "1 contours lie off the slice they reference (up to 7.5 mm away" in ring_notes
+    )
     assert rois["Ring"].contours == 7
-    assert rois["Ring"].mask[:, :, 4].any()  # the moved contour went where its points are
+    # The moved contour went where its points are.
+    assert rois["Ring"].mask[:, :, 4].any()
     assert not rois["One slice"].mask.any() and rois["One slice"].contours == 0
     assert any("outside the series' slice range" in n for n in rois["One slice"].notes)
 
@@ -163,7 +176,9 @@ def test_not_an_rtstruct_is_refused(axial, tmp_path):
         import_rtstruct(ct, series)
     junk = tmp_path / "junk.dcm"
     junk.write_bytes(b"not dicom at all")
-    with pytest.raises(RTStructImportError, match="junk.dcm: not a readable DICOM file"):
+    with pytest.raises(
+        RTStructImportError, match="junk.dcm: not a readable DICOM file"
+    ):
         import_rtstruct(junk, series)
 
 
@@ -186,7 +201,10 @@ def test_point_markers_are_noted_not_filled(axial):
 def test_sagittal_series_round_trips_with_points_on_the_slice_planes(tmp_path):
     hu = np.zeros((22, 18, 7), np.float32)  # I along anterior-posterior, J along S-I
     write_phantom_series(
-        tmp_path, hu, spacing=(0.9, 1.1, 2.0), origin=(30.0, -40.0, 60.0),
+        tmp_path,
+        hu,
+        spacing=(0.9, 1.1, 2.0),
+        origin=(30.0, -40.0, 60.0),
         orientation=(0, 1, 0, 0, 0, -1),
     )
     series = read_series(tmp_path)
@@ -216,16 +234,22 @@ def test_multiframe_references_carry_frame_numbers(axial):
     ref = ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
     assert len(ref.RTReferencedSeriesSequence[0].ContourImageSequence) == 1
     ring = ds.ROIContourSequence[0].ContourSequence
-    assert [c.ContourImageSequence[0].ReferencedFrameNumber for c in ring] == [2, 2, 3, 3, 3, 4, 4]
+    frame_numbers = [c.ContourImageSequence[0].ReferencedFrameNumber for c in ring]
+    assert frame_numbers == [2, 2, 3, 3, 3, 4, 4]
     np.testing.assert_array_equal(_rois(ds, enhanced)["Ring"].mask, labels.array == 1)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(mask=arrays(np.bool_, (9, 7, 2)))
 def test_any_mask_round_trips_exactly(axial, mask):
     series, _ = axial
     grid = np.zeros(series.volume.array.shape, np.uint8)
-    grid[3:12, 5:12, 2:4] = mask  # random shapes: diagonal contacts, holes, single voxels
+    # Random shapes: diagonal contacts, holes, single voxels.
+    grid[3:12, 5:12, 2:4] = mask
     labels = LabelMap(grid, series.volume.affine)
     ds = build_rtstruct(labels, series, STRUCTURES[:1], "m", SHA)
     np.testing.assert_array_equal(import_rtstruct(ds, series)[0].mask, grid == 1)
@@ -242,29 +266,56 @@ def test_file_names_are_safe_and_unique():
     assert safe_file_stem("Structures", 4, taken) == "Structures_4"
 
 
-def test_cli_writes_one_mask_per_roi_and_an_index(axial, axial_folder, tmp_path, capsys):
+def test_cli_writes_one_mask_per_roi_and_an_index(
+    axial, axial_folder, tmp_path, capsys
+):
     series, labels = axial
     rs = write_rtstruct(_export(series, labels), tmp_path / "rs.dcm")
     out = tmp_path / "out"
-    assert main(["contours", str(rs), "--reference", str(axial_folder), "--out", str(out)]) == 0
+    assert (
+        main(["contours", str(rs), "--reference", str(axial_folder), "--out", str(out)])
+        == 0
+    )
     index = json.loads((out / "structures.json").read_text())
-    assert [e["file"] for e in index] == ["Ring.nii.gz", "Islands.nii.gz", "One_slice.nii.gz", "Empty.nii.gz"]
+    assert [e["file"] for e in index] == [
+        "Ring.nii.gz",
+        "Islands.nii.gz",
+        "One_slice.nii.gz",
+        "Empty.nii.gz",
+    ]
     assert index[1] | {"volume_cm3": None} == {
-        "roi_number": 2, "name": "Islands", "file": "Islands.nii.gz", "interpreted_type": "PTV",
-        "color": [0, 255, 0], "volume_cm3": None, "contours": 3, "notes": [],
+        "roi_number": 2,
+        "name": "Islands",
+        "file": "Islands.nii.gz",
+        "interpreted_type": "PTV",
+        "color": [0, 255, 0],
+        "volume_cm3": None,
+        "contours": 3,
+        "notes": [],
     }
     voxel_cm3 = 1.25 * 0.75 * 2.5 / 1000
-    assert index[0]["volume_cm3"] == pytest.approx((labels.array == 1).sum() * voxel_cm3, abs=1e-3)
+    assert index[0]["volume_cm3"] == pytest.approx(
+        (labels.array == 1).sum() * voxel_cm3, abs=1e-3
+    )
     for s, entry in zip(STRUCTURES, index, strict=True):
         img = nib.load(out / entry["file"])
         assert img.get_data_dtype() == np.uint8
         np.testing.assert_allclose(img.affine, series.volume.affine, atol=1e-6)
-        np.testing.assert_array_equal(np.asarray(img.dataobj), (labels.array == s.label).astype(np.uint8))
+        np.testing.assert_array_equal(
+            np.asarray(img.dataobj), (labels.array == s.label).astype(np.uint8)
+        )
     assert json.loads(capsys.readouterr().out)["structures"] == index
 
 
 def test_cli_bad_input_exits_2(axial_folder, tmp_path, capsys):
     a_ct_slice = next(axial_folder.iterdir())
-    args = ["contours", str(a_ct_slice), "--reference", str(axial_folder), "--out", str(tmp_path / "o")]
+    args = [
+        "contours",
+        str(a_ct_slice),
+        "--reference",
+        str(axial_folder),
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert main(args) == 2
     assert "error: not an RT Structure Set" in capsys.readouterr().err
