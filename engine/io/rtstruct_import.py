@@ -310,6 +310,14 @@ def _check_frame_of_reference(ds: Dataset, series: DicomSeries) -> list[str]:
     return []
 
 
+def _number(item: Dataset, keyword: str, where: str) -> int:
+    """An integer attribute (ROI Number, Referenced ROI Number) or a clear error."""
+    try:
+        return int(item[keyword].value)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RTStructImportError(f"{where} without a valid {keyword}") from exc
+
+
 def import_rtstruct(
     source: Dataset | str | os.PathLike, series: DicomSeries
 ) -> list[ImportedROI]:
@@ -324,36 +332,43 @@ def import_rtstruct(
 
     Raises:
         RTStructImportError: not an RTSTRUCT, another Frame of Reference UID than the
-            series, duplicated ROI Numbers, an ROI Contour for an undefined ROI, or
-            malformed Contour Data.
+            series, missing or duplicated ROI Numbers, an ROI Contour for an undefined
+            ROI (or two for one ROI), or malformed Contour Data.
     """
     ds = source if isinstance(source, Dataset) else read_rtstruct(source)
     _check_is_rtstruct(ds)
     common_notes = _check_frame_of_reference(ds, series)
     geometry = _SliceGeometry(series)
 
-    numbers = [int(roi.ROINumber) for roi in ds.StructureSetROISequence]
+    numbers = [
+        _number(roi, "ROINumber", "a Structure Set ROI")
+        for roi in ds.StructureSetROISequence
+    ]
     if len(set(numbers)) != len(numbers):
         raise RTStructImportError(
             f"duplicated ROI Numbers in the structure set: {numbers}"
         )
     contours_by_roi: dict[int, Dataset] = {}
     for item in ds.get("ROIContourSequence", []):
-        number = int(item.ReferencedROINumber)
+        number = _number(item, "ReferencedROINumber", "an ROI Contour")
         if number not in numbers:
             raise RTStructImportError(
                 f"an ROI Contour refers to ROI Number {number}, which the Structure Set "
                 "ROI Sequence does not define"
             )
+        if number in contours_by_roi:
+            raise RTStructImportError(f"two ROI Contours for ROI Number {number}")
         contours_by_roi[number] = item
     types = {
-        int(obs.ReferencedROINumber): str(obs.get("RTROIInterpretedType", "") or "")
+        _number(obs, "ReferencedROINumber", "an RT ROI Observation"): str(
+            obs.get("RTROIInterpretedType", "") or ""
+        )
         for obs in ds.get("RTROIObservationsSequence", [])
     }
 
     rois = []
-    for roi in ds.StructureSetROISequence:
-        number, name = int(roi.ROINumber), str(roi.get("ROIName", "") or "")
+    for number, roi in zip(numbers, ds.StructureSetROISequence, strict=True):
+        name = str(roi.get("ROIName", "") or "")
         mask, filled, notes = _rasterise(contours_by_roi.get(number), name, geometry)
         rois.append(
             ImportedROI(

@@ -319,3 +319,11 @@ def test_cli_bad_input_exits_2(axial_folder, tmp_path, capsys):
     ]
     assert main(args) == 2
     assert "error: not an RT Structure Set" in capsys.readouterr().err
+
+
+def test_contours_of_an_undefined_roi_are_refused(axial):
+    series, labels = axial
+    ds = _export(series, labels)
+    ds.ROIContourSequence[3].ReferencedROINumber = 99
+    with pytest.raises(RTStructImportError, match="ROI Number 99, which the Structure"):
+        import_rtstruct(ds, series)

@@ -19,7 +19,11 @@ import pytest
 from engine.io.dicom_series import DicomSeries
 from engine.io.nifti import read_labels
 from engine.io.reader import read_input
+from engine.io.rtstruct import build_rtstruct
+from engine.io.rtstruct_check import check_rtstruct
 from engine.io.rtstruct_import import import_rtstruct
+from engine.models.registry import HN_OAR_CONFIG, Structure
+from engine.volume import LabelMap
 from tests.stack import data_dir
 
 IBSI_PATIENTS = [f"STS_00{n}" for n in range(1, 7)]
@@ -101,3 +105,19 @@ def test_openkbp_dicom_every_roi(case):
         dice = _dice(roi.mask, reference)
         assert dice >= 0.97, f"{case} {roi.name}: Dice {dice:.4f}"
         assert roi.notes == [] and roi.contours > 0
+
+
+@pytest.mark.parametrize("case", OPENKBP_CASES)
+def test_our_export_round_trips_on_openkbp_dicom(case):
+    """The writer's contours of the OpenKBP organ label map read back exactly."""
+    series = _series("openkbp_dicom", case)
+    labels = read_labels(data_dir("openkbp", case, "oar_labelmap.nii.gz"))
+    np.testing.assert_allclose(labels.affine, series.volume.affine, atol=0.01)
+    labels = LabelMap(labels.array, series.volume.affine)
+    structures = [
+        Structure(s["label"], s["name"], tuple(s["color"]), s["type"])
+        for s in HN_OAR_CONFIG["structures"]
+    ]
+    ds = build_rtstruct(labels, series, structures, "openkbp-reference", "0" * 64)
+    scores = check_rtstruct(ds, labels, series, structures)
+    assert min(scores.values()) == 1.0, scores
