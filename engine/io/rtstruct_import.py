@@ -284,29 +284,39 @@ def _color(roi_contour: Dataset | None) -> tuple[int, int, int] | None:
 
 
 def _check_frame_of_reference(ds: Dataset, series: DicomSeries) -> list[str]:
-    """Raise when the structure set is in another Frame of Reference; notes otherwise."""
+    """Raise when an ROI is in another Frame of Reference than the series; notes otherwise.
+
+    Each ROI's Referenced Frame of Reference UID (C.8.8.5) is what its contours are in;
+    the Referenced Frame of Reference Sequence stands in for ROIs that lack one.
+    """
     series_for = series.frame_of_reference_uid
-    declared = {
+    listed = {
         str(item.get("FrameOfReferenceUID", ""))
         for item in ds.get("ReferencedFrameOfReferenceSequence", [])
-    } | {
-        str(roi.get("ReferencedFrameOfReferenceUID", ""))
-        for roi in ds.StructureSetROISequence
-    }
-    declared.discard("")
-    if not series_for or not declared:
+    } - {""}
+    for roi in ds.StructureSetROISequence:
+        roi_for = str(roi.get("ReferencedFrameOfReferenceUID", "") or "")
+        declared = {roi_for} if roi_for else listed
+        if series_for and declared and series_for not in declared:
+            raise RTStructImportError(
+                f"ROI {str(roi.get('ROIName', ''))!r} is in another Frame of Reference "
+                f"than the image series ({', '.join(sorted(declared))} vs {series_for}): "
+                "its coordinates do not describe this scan; register the images first "
+                "or pick the matching series"
+            )
+    if not series_for or not (
+        listed
+        or any(
+            roi.get("ReferencedFrameOfReferenceUID")
+            for roi in ds.StructureSetROISequence
+        )
+    ):
         return [
             (
                 "Frame of Reference UID missing on the series or the structure set: "
                 "geometry placed by coordinates without that check"
             )
         ]
-    if series_for not in declared:
-        raise RTStructImportError(
-            "the structure set is in another Frame of Reference than the image series "
-            f"({', '.join(sorted(declared))} vs {series_for}): its coordinates do not "
-            "describe this scan; register the images first or pick the matching series"
-        )
     return []
 
 

@@ -165,7 +165,15 @@ def test_other_frame_of_reference_is_refused(axial):
     ds.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID = other
     for roi in ds.StructureSetROISequence:
         roi.ReferencedFrameOfReferenceUID = other
-    with pytest.raises(RTStructImportError, match="another Frame of Reference"):
+    with pytest.raises(RTStructImportError, match="'Ring' is in another Frame of Ref"):
+        import_rtstruct(ds, series)
+
+
+def test_one_roi_in_another_frame_of_reference_is_refused(axial):
+    series, labels = axial
+    ds = _export(series, labels)
+    ds.StructureSetROISequence[1].ReferencedFrameOfReferenceUID = generate_uid()
+    with pytest.raises(RTStructImportError, match="'Islands' is in another Frame"):
         import_rtstruct(ds, series)
 
 
