@@ -1,7 +1,14 @@
+<<<<<<< HEAD
 """Command line: python -m engine info | segment | evaluate | train | publish.
 
 python -m engine info INPUT
 python -m engine segment INPUT --model hn-oar --out DIR [--series KEY]
+=======
+"""Command line: python -m engine segment | contours | evaluate | train | publish.
+
+python -m engine segment INPUT --model hn-oar --out DIR
+python -m engine contours RTSTRUCT --reference SERIES --out DIR
+>>>>>>> rtstruct-import
 python -m engine evaluate --model hn-oar --data ../shared/data/openkbp --split test [--json PATH]
 python -m engine train --model hn-oar --data ../shared/data/openkbp --out var/train/hn-oar --steps 4000
 python -m engine publish --model hn-oar --run var/train/hn-oar --training docs/training/hn-oar.json
@@ -41,10 +48,30 @@ def _segment(args: argparse.Namespace) -> int:
     return 0
 
 
+<<<<<<< HEAD
 def _info(args: argparse.Namespace) -> int:
     from engine.io.preflight import inspect_input
 
     print(json.dumps(inspect_input(args.input), indent=1))
+=======
+def _contours(args: argparse.Namespace) -> int:
+    from engine.io.reader import read_input
+    from engine.io.rtstruct_import import import_rtstruct, read_rtstruct
+    from engine.io.structure_files import write_roi_masks
+
+    ds = read_rtstruct(args.rtstruct)
+    volume, series = read_input(args.reference)
+    if series is None:
+        raise InputError(
+            f"{args.reference.name}: the reference must be the DICOM image series the "
+            "structure set was drawn on, not a NIfTI file"
+        )
+    entries = write_roi_masks(import_rtstruct(ds, series), volume.affine, args.out)
+    for entry in entries:
+        for note in entry["notes"]:
+            print(f"{entry['name']}: {note}", file=sys.stderr)
+    print(json.dumps({"out": str(args.out), "structures": entries}, indent=1))
+>>>>>>> rtstruct-import
     return 0
 
 
@@ -125,6 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_segment)
 
     p = sub.add_parser(
+        "contours",
+        help="rasterise an RTSTRUCT onto its DICOM series: one NIfTI mask per ROI",
+    )
+    p.add_argument("rtstruct", type=Path)
+    p.add_argument("--reference", type=Path, required=True, help="the image series")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_contours)
+
+    p = sub.add_parser(
         "evaluate", help="Dice and HD95 per structure on an OpenKBP split"
     )
     p.add_argument("--model", default="hn-oar")
@@ -168,11 +204,18 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_train)
 
     args = parser.parse_args(argv)
+    from engine.io.rtstruct_check import RTStructExportError
+    from engine.io.rtstruct_import import RTStructImportError
+
     try:
         return args.func(args)
-    except (InputError, UnknownModelError) as exc:
+    except (InputError, UnknownModelError, RTStructImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # Our output failed its own check: not the user's input, so not exit code 2.
+    except RTStructExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from engine.infer.predict import keep_largest_component, predict_probabilities
 from engine.io.nifti import write_nifti
 from engine.io.reader import read_input
 from engine.io.rtstruct import build_rtstruct, write_rtstruct
+from engine.io.rtstruct_check import check_rtstruct
 from engine.models.registry import LoadedModel, load_model
 from engine.volume import LabelMap, Volume
 
@@ -40,6 +41,8 @@ class SegmentationResult:
     input_kind: str
     model_name: str
     weights_sha256: str
+    # Round-trip Dice per structure of the RTSTRUCT (empty for NIfTI input).
+    rtstruct_roundtrip: dict[str, float] = field(default_factory=dict)
 
 
 def segment_volume(
@@ -103,11 +106,15 @@ def segment_file(
     (``engine.io.preflight.inspect_input`` lists them).
 
     Writes ``image.nii.gz`` (input as int16 NIfTI), ``labels.nii.gz`` (uint8, input grid),
-    ``structures/<name>.nii.gz``, ``structures.json`` and, for DICOM input, ``rtstruct.dcm``.
+    ``structures/<name>.nii.gz``, ``structures.json`` and, for DICOM input, ``rtstruct.dcm``
+    and ``rtstruct_check.json`` (its round-trip Dice per structure, see
+    ``engine.io.rtstruct_check``).
 
     Raises:
         engine.io.reader.InputError: the input cannot be read as one 3D volume.
         engine.models.registry.UnknownModelError: ``model_name`` is not shipped.
+        engine.io.rtstruct_check.RTStructExportError: the RTSTRUCT's contours do not
+            reproduce a structure (Dice < 0.98); ``rtstruct.dcm`` is then not written.
     """
     report = progress or (lambda stage, pct: None)
     out = Path(out_dir)
@@ -136,10 +143,14 @@ def segment_file(
         write_nifti(
             LabelMap(mask, labels.affine), out / "structures" / f"{s['name']}.nii.gz"
         )
-    rtstruct = None
+    rtstruct, roundtrip = None, {}
     if dicom is not None:
         ds = build_rtstruct(
             labels, dicom, model.structures, model.name, model.weights_sha256
+        )
+        # Checked before writing: a failing RTSTRUCT must never reach a planning system.
+        roundtrip = check_rtstruct(
+            ds, labels, dicom, model.structures, out / "rtstruct_check.json"
         )
         rtstruct = write_rtstruct(ds, out / "rtstruct.dcm")
     (out / "structures.json").write_text(json.dumps(table, indent=1))
@@ -152,4 +163,5 @@ def segment_file(
         input_kind="dicom" if dicom is not None else "nifti",
         model_name=model.name,
         weights_sha256=model.weights_sha256,
+        rtstruct_roundtrip=roundtrip,
     )

@@ -1,13 +1,24 @@
 """Write a DICOM RT Structure Set (RTSTRUCT) from a label map on a DICOM series' grid.
 
 Follows DICOM PS3.3 A.19 (RT Structure Set IOD): Patient, General Study, RT Series,
-Frame of Reference, General Equipment, Structure Set, ROI Contour, RT ROI Observations and SOP Common
-modules. Contours are CLOSED_PLANAR polygons traced per slice at the 0.5 iso-line of
-each structure's mask (marching squares, scikit-image ``find_contours``), one contour
-per connected boundary: an island is its own contour, and a hole is a separate closed
-contour inside its island (planning systems fill these with the even-odd rule).
-Coordinates are LPS mm written with at most 16 characters per Decimal String value.
-Each contour references its slice's SOP Instance UID.
+Frame of Reference, General Equipment, Structure Set, ROI Contour (C.8.8.6), RT ROI
+Observations and SOP Common modules.
+
+Contours: CLOSED_PLANAR polygons traced per slice at the 0.5 iso-line of each
+structure's mask (marching squares, scikit-image ``find_contours``), one contour per
+connected boundary: an island is its own contour, and a hole is its own CLOSED_PLANAR
+contour inside its island. Readers fill them with the even-odd rule (a point is inside
+when it lies inside an odd number of the slice's contours), which is how planning
+systems and ``engine.io.rtstruct_import`` rasterise them. Polygons with fewer than 3
+distinct points or zero area are not written.
+
+Geometry: each contour's points are placed on its slice's own plane, from that slice's
+Image Position (Patient) and the row/column directions, so they are exactly planar and
+on the slice also for non-axial or unevenly spaced series. Coordinates are LPS mm,
+Decimal Strings of at most 16 characters (PS3.5 6.2). Each contour references its
+slice's SOP Instance UID (and Referenced Frame Number for a multi-frame image).
+Provenance (model name, weights SHA-256, Delineo version) is recorded in Manufacturer,
+Manufacturer's Model Name, Software Versions and each ROI Description.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.valuerep import format_number_as_ds
 from skimage.measure import find_contours
 
 import engine
@@ -51,15 +63,31 @@ class RTStructError(ValueError):
 
 
 def _ds(value: float) -> str:
-    """A Decimal String of at most 16 characters (PS3.5 6.2), 0.01 mm resolution."""
+    """A Decimal String of at most 16 characters (PS3.5 6.2): 0.01 mm where that fits.
+
+    Raises:
+        RTStructError: ``value`` is NaN or infinite.
+    """
+    if not np.isfinite(value):
+        raise RTStructError(f"a contour coordinate is not a finite number ({value})")
     text = f"{value:.2f}"
+    # |value| >= 1e13 mm: pydicom keeps the most digits that fit in 16 characters.
+    if len(text) > 16:
+        text = format_number_as_ds(float(value))
     return "0.00" if text == "-0.00" else text
+
+
+def _area(polygon: np.ndarray) -> float:
+    """Unsigned area of a polygon (N, 2) in squared voxel units (shoelace formula)."""
+    x, y = polygon[:, 0], polygon[:, 1]
+    return 0.5 * abs(float(x @ np.roll(y, -1) - y @ np.roll(x, -1)))
 
 
 def slice_polygons(mask: np.ndarray) -> list[np.ndarray]:
     """Closed polygons (N, 2) in continuous (i, j) voxel indices around a 2D mask (I, J).
 
-    Each returned polygon is open (last point != first) with at least 3 distinct points.
+    Each returned polygon is open (last point != first), with at least 3 distinct
+    points and a non-zero area; holes come out as separate polygons inside their island.
     """
     padded = np.pad(mask.astype(np.uint8), 1)
     polygons = []
@@ -69,7 +97,7 @@ def slice_polygons(mask: np.ndarray) -> list[np.ndarray]:
             if np.allclose(contour[0], contour[-1])
             else contour - 1.0
         )
-        if len(np.unique(np.round(points, 3), axis=0)) >= 3:
+        if len(np.unique(np.round(points, 3), axis=0)) >= 3 and _area(points) > 1e-6:
             polygons.append(points)
     return polygons
 
@@ -83,8 +111,13 @@ def build_rtstruct(
 ) -> Dataset:
     """RTSTRUCT dataset for ``labels`` (I, J, K), which must be on ``series``' grid.
 
+    ``structures`` gives each ROI's label value, name, colour and RT ROI Interpreted
+    Type; ROI Numbers are 1, 2, ... in that order. ``weights_sha256`` is the full hex
+    digest of the model's weights (provenance).
+
     Raises:
-        RTStructError: the label map's shape or affine differs from the series'.
+        RTStructError: the label map's shape or affine differs from the series', or the
+            series has no Frame of Reference UID.
     """
     volume = series.volume
     if labels.array.shape != volume.array.shape or not np.allclose(
@@ -109,10 +142,8 @@ def build_rtstruct(
     ds.InstanceNumber = 1
     ds.Manufacturer = "Delineo"
     ds.ManufacturerModelName = model_name
-    ds.SoftwareVersions = [
-        f"delineo {engine.__version__}",
-        f"weights sha256 {weights_sha256[:16]}",
-    ]
+    # Software Versions is LO (64 characters per value): the digest is a value of its own.
+    ds.SoftwareVersions = [f"delineo {engine.__version__}", model_name, weights_sha256]
     ds.StructureSetLabel = f"Delineo {model_name}"[:16]
     ds.StructureSetName = f"Delineo {model_name}"
     ds.StructureSetDate = now.strftime("%Y%m%d")
@@ -124,10 +155,13 @@ def build_rtstruct(
     ds.PositionReferenceIndicator = header.get("PositionReferenceIndicator", "")
 
     contour_images = DicomSequence()
-    for s in series.slices:
+    # One item per image: the frames of a multi-frame image are all referenced together.
+    for uid, sop_class in {
+        s.sop_instance_uid: s.sop_class_uid for s in series.slices
+    }.items():
         item = Dataset()
-        item.ReferencedSOPClassUID = s.sop_class_uid
-        item.ReferencedSOPInstanceUID = s.sop_instance_uid
+        item.ReferencedSOPClassUID = sop_class
+        item.ReferencedSOPInstanceUID = uid
         contour_images.append(item)
     ref_series = Dataset()
     ref_series.SeriesInstanceUID = series.series_instance_uid
@@ -152,21 +186,26 @@ def build_rtstruct(
         roi.ROINumber = number
         roi.ReferencedFrameOfReferenceUID = series.frame_of_reference_uid
         roi.ROIName = structure.name
-        roi.ROIDescription = f"{model_name} (weights sha256 {weights_sha256[:16]})"
+        roi.ROIDescription = f"Delineo {engine.__version__}, model {model_name}, weights sha256 {weights_sha256}"
         roi.ROIGenerationAlgorithm = "AUTOMATIC"
         roi_set.append(roi)
 
         contours = DicomSequence()
         for k in np.flatnonzero(mask.any(axis=(0, 1))):
+            ref = series.slices[k]
             for polygon in slice_polygons(mask[:, :, k]):
-                voxels = np.column_stack(
-                    [polygon, np.full(len(polygon), k), np.ones(len(polygon))]
+                # On slice k's own plane: its position plus in-plane column/row steps.
+                points = (
+                    np.asarray(ref.position_lps, dtype=float)
+                    + polygon[:, :1] * affine_lps[:3, 0]
+                    + polygon[:, 1:] * affine_lps[:3, 1]
                 )
-                points = (affine_lps @ voxels.T)[:3].T
                 contour = Dataset()
                 image = Dataset()
-                image.ReferencedSOPClassUID = series.slices[k].sop_class_uid
-                image.ReferencedSOPInstanceUID = series.slices[k].sop_instance_uid
+                image.ReferencedSOPClassUID = ref.sop_class_uid
+                image.ReferencedSOPInstanceUID = ref.sop_instance_uid
+                if getattr(ref, "frame_number", None) is not None:
+                    image.ReferencedFrameNumber = int(ref.frame_number)
                 contour.ContourImageSequence = DicomSequence([image])
                 contour.ContourGeometricType = "CLOSED_PLANAR"
                 contour.NumberOfContourPoints = len(points)

@@ -11,11 +11,12 @@ import pytest
 from skimage.draw import polygon2mask
 
 from engine.io.dicom_series import read_series
-from engine.io.rtstruct import build_rtstruct, write_rtstruct
+from engine.io.rtstruct import _ds, build_rtstruct, write_rtstruct
 from engine.models.registry import Structure
 from engine.volume import LabelMap
 from tests.engine.phantom import write_phantom_series
 
+SHA = "0123456789abcdef" * 4
 STRUCTURES = [
     Structure(1, "Ring", (255, 0, 0), "ORGAN"),
     Structure(2, "Islands", (0, 255, 0), "PTV"),
@@ -130,3 +131,32 @@ def test_label_map_off_the_series_grid_is_refused(series_and_labels):
         build_rtstruct(
             LabelMap(labels.array, shifted), series, STRUCTURES, "m", "0" * 64
         )
+
+
+@pytest.mark.parametrize(
+    "value", [0.0, -0.001, 123.456, -98765.4321, 1.23e13, -9.87654321e15, 4e300]
+)
+def test_decimal_strings_fit_16_characters(value):
+    text = _ds(value)
+    assert len(text) <= 16 and text != "-0.00"
+    assert float(text) == pytest.approx(value, rel=1e-9, abs=0.005)
+
+
+def test_non_finite_coordinate_is_refused():
+    with pytest.raises(ValueError, match="not a finite number"):
+        _ds(float("nan"))
+
+
+def test_provenance_is_recorded_in_full(series_and_labels):
+    series, labels = series_and_labels
+    ds = build_rtstruct(labels, series, STRUCTURES, "test-model", SHA)
+    assert ds.Manufacturer == "Delineo" and ds.ManufacturerModelName == "test-model"
+    assert SHA in list(ds.SoftwareVersions) and all(
+        len(v) <= 64 for v in ds.SoftwareVersions
+    )
+    assert all(
+        SHA in r.ROIDescription and "test-model" in r.ROIDescription
+        for r in ds.StructureSetROISequence
+    )
+    assert len(ds.StructureSetLabel) <= 16 and ds.ApprovalStatus == "UNAPPROVED"
+    assert len(ds.StructureSetDate) == 8 and len(ds.StructureSetTime) == 6

@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -62,6 +62,7 @@ class EngineResult:
     input_kind: str
     model_name: str
     weights_sha256: str
+    rtstruct_roundtrip: dict[str, float] = field(default_factory=dict)
 
 
 # --- Engine calls ---------------------------------------------------------------------
@@ -145,6 +146,7 @@ def run_segmentation(
     try:
         from engine.infer.segment import segment_file
         from engine.io.reader import InputError
+        from engine.io.rtstruct_check import RTStructExportError
         from engine.models.registry import UnknownModelError
     except ImportError as exc:
         raise DelineationError(f"The delineation engine is not available on this worker ({exc}).") from exc
@@ -154,6 +156,8 @@ def run_segmentation(
         raise DelineationError(str(exc)) from None
     except UnknownModelError as exc:
         raise DelineationError(f"Unknown model: {exc}") from None
+    except RTStructExportError as exc:
+        raise DelineationError(str(exc)) from None
     return EngineResult(
         structures=[dict(s) for s in result.structures],
         timings_s={k: float(v) for k, v in dict(result.timings_s).items()},
@@ -161,6 +165,7 @@ def run_segmentation(
         input_kind=str(result.input_kind),
         model_name=str(result.model_name),
         weights_sha256=str(result.weights_sha256),
+        rtstruct_roundtrip={k: float(v) for k, v in result.rtstruct_roundtrip.items()},
     )
 
 

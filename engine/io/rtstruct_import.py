@@ -1,0 +1,394 @@
+"""Read a DICOM RT Structure Set (RTSTRUCT) and rasterise its ROIs onto an image series.
+
+Follows DICOM PS3.3 A.19 (RT Structure Set IOD) and C.8.8.6 (ROI Contour module):
+each ROI's CLOSED_PLANAR contours are polygons in patient coordinates (LPS, mm). A
+contour is placed on a slice of the reference series, then filled with the even-odd
+rule at pixel centres: a voxel is inside when its centre lies inside an odd number of
+that ROI's polygons on its slice, so a hole (a contour inside an island) and several
+islands per slice come out right, as planning systems draw them.
+
+Slice matching: by the contour's Referenced SOP Instance UID (Contour Image Sequence,
+with Referenced Frame Number for multi-frame images) when that UID is in the series;
+otherwise (a dangling or absent reference) by position, to the slice whose plane is
+nearest the contour's plane, within half a slice spacing.
+
+Errors and notes. File-level problems raise :class:`RTStructImportError` (not an
+RTSTRUCT, another Frame of Reference than the series, malformed Contour Data, an ROI
+Contour that names no ROI): the result would be wrong as a whole. Contour-level problems
+are notes on the ROI, never silent: the contour is skipped when it cannot be placed
+(outside the series' slice range, not parallel to the slices, fewer than 3 points, or
+not CLOSED_PLANAR, e.g. POINT markers) and placed on the nearest slice with a note when
+it lies between slice planes (more than ``PLANE_TOLERANCE_MM`` off, less than half a
+slice spacing) or extends beyond the image in-plane (clipped).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from skimage.draw import polygon as polygon_pixels
+
+from engine.io.dicom_series import RTSTRUCT_SOP_CLASS, DicomSeries
+
+# Exporters round Contour Data to 0.01-0.1 mm; a contour this close to a slice plane lies on it.
+PLANE_TOLERANCE_MM = 0.1
+
+
+class RTStructImportError(ValueError):
+    """An RTSTRUCT that cannot be imported onto the series; the message says why."""
+
+
+@dataclass(frozen=True)
+class ImportedROI:
+    """One ROI of a structure set, rasterised on the reference series' grid.
+
+    ``mask`` is bool (I, J, K) = (column, row, slice) on the series' voxel grid (the
+    grid of ``series.volume``, RAS affine ``series.volume.affine``); ``contours`` counts
+    the contours filled into it; ``notes`` say what was matched by position, skipped
+    or clipped. ``color`` is ROI Display Color (r, g, b), None when absent;
+    ``interpreted_type`` is RT ROI Interpreted Type, "" when absent.
+    """
+
+    roi_number: int
+    name: str
+    interpreted_type: str
+    color: tuple[int, int, int] | None
+    mask: np.ndarray
+    contours: int
+    notes: list[str] = field(default_factory=list)
+
+    def volume_cm3(self, voxel_volume_mm3: float) -> float:
+        return float(self.mask.sum()) * voxel_volume_mm3 / 1000.0
+
+
+def read_rtstruct(path: str | os.PathLike) -> Dataset:
+    """Read an RTSTRUCT file.
+
+    Raises:
+        RTStructImportError: not a readable DICOM file, or not an RT Structure Set.
+    """
+    try:
+        ds = pydicom.dcmread(path)
+    except (
+        InvalidDicomError,
+        EOFError,
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+    ) as exc:
+        raise RTStructImportError(
+            f"{Path(path).name}: not a readable DICOM file ({type(exc).__name__})"
+        ) from exc
+    _check_is_rtstruct(ds)
+    return ds
+
+
+def _check_is_rtstruct(ds: Dataset) -> None:
+    if ds.get("SOPClassUID") != RTSTRUCT_SOP_CLASS and ds.get("Modality") != "RTSTRUCT":
+        raise RTStructImportError(
+            f"not an RT Structure Set (Modality {ds.get('Modality', 'missing')!s}, "
+            f"SOP Class {ds.get('SOPClassUID', 'missing')!s})"
+        )
+    if "StructureSetROISequence" not in ds:
+        raise RTStructImportError(
+            "the RT Structure Set has no Structure Set ROI Sequence: it defines no ROI"
+        )
+
+
+class _SliceGeometry:
+    """The series' slice planes: unit row/column/normal directions (LPS) and positions."""
+
+    def __init__(self, series: DicomSeries) -> None:
+        affine = series.affine_lps
+        self.shape = series.volume.array.shape
+        self.step_i = float(np.linalg.norm(affine[:3, 0]))  # column spacing, mm
+        self.step_j = float(np.linalg.norm(affine[:3, 1]))  # row spacing, mm
+        self.row = affine[:3, 0] / self.step_i
+        self.col = affine[:3, 1] / self.step_j
+        self.normal = np.cross(self.row, self.col)
+        self.origins = np.array([s.position_lps for s in series.slices], dtype=float)
+        # Per-slice positions, not origin + k * mean step: slices may be unevenly spaced.
+        self.heights = self.origins @ self.normal
+        self.half_spacing = 0.5 * float(np.median(np.abs(np.diff(self.heights))))
+        self.by_uid: dict[str, list[int]] = defaultdict(list)
+        for k, s in enumerate(series.slices):
+            self.by_uid[s.sop_instance_uid].append(k)
+        self.frames = {
+            (s.sop_instance_uid, getattr(s, "frame_number", None)): k
+            for k, s in enumerate(series.slices)
+        }
+
+    def referenced_slice(self, contour: Dataset, height: float) -> int | None:
+        """The slice index the contour references, None when dangling or absent."""
+        for image in contour.get("ContourImageSequence", []):
+            uid = str(image.get("ReferencedSOPInstanceUID", ""))
+            frame = image.get("ReferencedFrameNumber")
+            if frame is not None:
+                frame = int(np.atleast_1d(frame)[0])
+                if (uid, frame) in self.frames:
+                    return self.frames[(uid, frame)]
+            candidates = self.by_uid.get(uid)
+            if candidates:  # a multi-frame image without frame number: nearest frame
+                return min(candidates, key=lambda k: abs(self.heights[k] - height))
+        return None
+
+    def in_plane(self, points: np.ndarray, k: int) -> np.ndarray:
+        """Continuous (i, j) voxel coordinates (N, 2) of LPS points (N, 3) on slice k."""
+        offset = points - self.origins[k]
+        return np.column_stack(
+            [offset @ self.row / self.step_i, offset @ self.col / self.step_j]
+        )
+
+
+def _contour_points(contour: Dataset, roi_name: str, index: int) -> np.ndarray:
+    """Contour Data as (N, 3) LPS mm; raises on a malformed value list."""
+    try:
+        values = np.atleast_1d(np.asarray(contour.get("ContourData", []), dtype=float))
+    except (TypeError, ValueError) as exc:
+        raise RTStructImportError(
+            f"ROI {roi_name!r}, contour {index}: Contour Data is not a list of numbers"
+        ) from exc
+    if values.size % 3 or not np.all(np.isfinite(values)):
+        raise RTStructImportError(
+            f"ROI {roi_name!r}, contour {index}: Contour Data must hold finite (x, y, z) "
+            f"triplets, got {values.size} values"
+        )
+    return values.reshape(-1, 3)
+
+
+class _Tally:
+    """Counts of contour-level events of one ROI, turned into notes at the end."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = defaultdict(int)
+        self.worst_mm: dict[str, float] = defaultdict(float)
+
+    def add(self, event: str, mm: float = 0.0) -> None:
+        self.counts[event] += 1
+        self.worst_mm[event] = max(self.worst_mm[event], mm)
+
+    def notes(self, total: int) -> list[str]:
+        c, w = self.counts, self.worst_mm
+        texts = {
+            "dangling": f"{c['dangling']} of {total} contours matched to slices by position "
+            "(their Referenced SOP Instance UID is not in the series)",
+            "unreferenced": f"{c['unreferenced']} of {total} contours matched to slices by "
+            "position (no Referenced SOP Instance UID)",
+            "moved": f"{c['moved']} contours lie off the slice they reference (up to "
+            f"{w['moved']:.1f} mm away, over half a slice spacing); placed by their "
+            "coordinates",
+            "between": f"{c['between']} contours lie between slice planes (up to "
+            f"{w['between']:.2f} mm from the nearest); placed on the nearest slice",
+            "outside_range": f"{c['outside_range']} contours lie outside the series' slice "
+            f"range (up to {w['outside_range']:.1f} mm beyond it); not rasterised",
+            "tilted": f"{c['tilted']} contours are not parallel to the series' slices "
+            f"(spanning up to {w['tilted']:.1f} mm along the slice normal); not rasterised",
+            "clipped": f"{c['clipped']} contours extend beyond the image in-plane; clipped to it",
+            "empty": f"{c['empty']} contours enclose no voxel centre",
+            "few_points": f"{c['few_points']} contours have fewer than 3 points; not rasterised",
+            "not_closed": f"{c['not_closed']} contours are not CLOSED_PLANAR (points or open "
+            "lines); not rasterised",
+        }
+        return [texts[event] for event in texts if c.get(event)]
+
+
+def _place(
+    geometry: _SliceGeometry, contour: Dataset, points: np.ndarray, tally: _Tally
+) -> int | None:
+    """Slice index for a contour's points (N, 3), or None (with the reason tallied)."""
+    heights = points @ geometry.normal
+    spread = float(np.ptp(heights))
+    if spread > max(PLANE_TOLERANCE_MM, geometry.half_spacing):
+        tally.add("tilted", spread)
+        return None
+    height = float(heights.mean())
+    nearest = int(np.argmin(np.abs(geometry.heights - height)))
+    distance = float(np.abs(heights - geometry.heights[nearest]).max())
+    referenced = geometry.referenced_slice(contour, height)
+    if referenced is not None:
+        off = float(np.abs(heights - geometry.heights[referenced]).max())
+        if off <= geometry.half_spacing:
+            if off > PLANE_TOLERANCE_MM:
+                tally.add("between", off)
+            return referenced
+        tally.add("moved", off)
+    elif "ContourImageSequence" in contour and any(
+        i.get("ReferencedSOPInstanceUID") for i in contour.ContourImageSequence
+    ):
+        tally.add("dangling")
+    else:
+        tally.add("unreferenced")
+    if distance > geometry.half_spacing:
+        tally.add("outside_range", distance - geometry.half_spacing)
+        return None
+    if distance > PLANE_TOLERANCE_MM:
+        tally.add("between", distance)
+    return nearest
+
+
+def _fill(mask_k: np.ndarray, ij: np.ndarray, tally: _Tally) -> None:
+    """XOR the pixels whose centres lie inside polygon ``ij`` (N, 2) into ``mask_k`` (I, J)."""
+    if (
+        ij.min(initial=0.0) < -0.5
+        or np.any(ij[:, 0] > mask_k.shape[0] - 0.5)
+        or np.any(ij[:, 1] > mask_k.shape[1] - 0.5)
+    ):
+        tally.add("clipped")
+    # skimage.draw.polygon tests integer coordinates = pixel centres; indices are unique.
+    ii, jj = polygon_pixels(ij[:, 0], ij[:, 1], shape=mask_k.shape)
+    if ii.size == 0:
+        tally.add("empty")
+    # Even-odd: a second polygon over a pixel (a hole) removes it again.
+    mask_k[ii, jj] ^= True
+
+
+def _rasterise(
+    roi_contour: Dataset | None, name: str, geometry: _SliceGeometry
+) -> tuple[np.ndarray, int, list[str]]:
+    mask = np.zeros(geometry.shape, dtype=bool)
+    contours = (
+        list(roi_contour.get("ContourSequence", [])) if roi_contour is not None else []
+    )
+    if not contours:
+        return mask, 0, ["no contours: empty mask"]
+    tally, filled = _Tally(), 0
+    for index, contour in enumerate(contours, start=1):
+        if str(contour.get("ContourGeometricType", "")).upper() != "CLOSED_PLANAR":
+            tally.add("not_closed")
+            continue
+        points = _contour_points(contour, name, index)
+        if len(np.unique(points, axis=0)) < 3:
+            tally.add("few_points")
+            continue
+        k = _place(geometry, contour, points, tally)
+        if k is None:
+            continue
+        _fill(mask[:, :, k], geometry.in_plane(points, k), tally)
+        filled += 1
+    return mask, filled, tally.notes(len(contours))
+
+
+def _color(roi_contour: Dataset | None) -> tuple[int, int, int] | None:
+    value = roi_contour.get("ROIDisplayColor") if roi_contour is not None else None
+    if value is None or len(value) != 3:
+        return None
+    return (int(value[0]), int(value[1]), int(value[2]))
+
+
+def _check_frame_of_reference(ds: Dataset, series: DicomSeries) -> list[str]:
+    """Raise when an ROI is in another Frame of Reference than the series; notes otherwise.
+
+    Each ROI's Referenced Frame of Reference UID (C.8.8.5) is what its contours are in;
+    the Referenced Frame of Reference Sequence stands in for ROIs that lack one.
+    """
+    series_for = series.frame_of_reference_uid
+    listed = {
+        str(item.get("FrameOfReferenceUID", ""))
+        for item in ds.get("ReferencedFrameOfReferenceSequence", [])
+    } - {""}
+    for roi in ds.StructureSetROISequence:
+        roi_for = str(roi.get("ReferencedFrameOfReferenceUID", "") or "")
+        declared = {roi_for} if roi_for else listed
+        if series_for and declared and series_for not in declared:
+            raise RTStructImportError(
+                f"ROI {str(roi.get('ROIName', ''))!r} is in another Frame of Reference "
+                f"than the image series ({', '.join(sorted(declared))} vs {series_for}): "
+                "its coordinates do not describe this scan; register the images first "
+                "or pick the matching series"
+            )
+    if not series_for or not (
+        listed
+        or any(
+            roi.get("ReferencedFrameOfReferenceUID")
+            for roi in ds.StructureSetROISequence
+        )
+    ):
+        return [
+            (
+                "Frame of Reference UID missing on the series or the structure set: "
+                "geometry placed by coordinates without that check"
+            )
+        ]
+    return []
+
+
+def _number(item: Dataset, keyword: str, where: str) -> int:
+    """An integer attribute (ROI Number, Referenced ROI Number) or a clear error."""
+    try:
+        return int(item[keyword].value)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RTStructImportError(f"{where} without a valid {keyword}") from exc
+
+
+def import_rtstruct(
+    source: Dataset | str | os.PathLike, series: DicomSeries
+) -> list[ImportedROI]:
+    """Rasterise every ROI of an RTSTRUCT onto ``series``' voxel grid.
+
+    ``source`` is an RTSTRUCT dataset or file path. Returns one :class:`ImportedROI`
+    per Structure Set ROI, in file order, each with a bool mask of shape (I, J, K) =
+    (column, row, slice) of ``series.volume`` (spacing in mm, RAS affine
+    ``series.volume.affine``). Standard: DICOM PS3.3 A.19, C.8.8.5 (Structure Set),
+    C.8.8.6 (ROI Contour), C.8.8.8 (RT ROI Observations). See the module docstring for
+    the slice matching, fill rule and which problems are notes rather than errors.
+
+    Raises:
+        RTStructImportError: not an RTSTRUCT, another Frame of Reference UID than the
+            series, missing or duplicated ROI Numbers, an ROI Contour for an undefined
+            ROI (or two for one ROI), or malformed Contour Data.
+    """
+    ds = source if isinstance(source, Dataset) else read_rtstruct(source)
+    _check_is_rtstruct(ds)
+    common_notes = _check_frame_of_reference(ds, series)
+    geometry = _SliceGeometry(series)
+
+    numbers = [
+        _number(roi, "ROINumber", "a Structure Set ROI")
+        for roi in ds.StructureSetROISequence
+    ]
+    if len(set(numbers)) != len(numbers):
+        raise RTStructImportError(
+            f"duplicated ROI Numbers in the structure set: {numbers}"
+        )
+    contours_by_roi: dict[int, Dataset] = {}
+    for item in ds.get("ROIContourSequence", []):
+        number = _number(item, "ReferencedROINumber", "an ROI Contour")
+        if number not in numbers:
+            raise RTStructImportError(
+                f"an ROI Contour refers to ROI Number {number}, which the Structure Set "
+                "ROI Sequence does not define"
+            )
+        if number in contours_by_roi:
+            raise RTStructImportError(f"two ROI Contours for ROI Number {number}")
+        contours_by_roi[number] = item
+    types = {
+        _number(obs, "ReferencedROINumber", "an RT ROI Observation"): str(
+            obs.get("RTROIInterpretedType", "") or ""
+        )
+        for obs in ds.get("RTROIObservationsSequence", [])
+    }
+
+    rois = []
+    for number, roi in zip(numbers, ds.StructureSetROISequence, strict=True):
+        name = str(roi.get("ROIName", "") or "")
+        mask, filled, notes = _rasterise(contours_by_roi.get(number), name, geometry)
+        rois.append(
+            ImportedROI(
+                roi_number=number,
+                name=name,
+                interpreted_type=types.get(number, ""),
+                color=_color(contours_by_roi.get(number)),
+                mask=mask,
+                contours=filled,
+                notes=common_notes + notes,
+            )
+        )
+    return rois
