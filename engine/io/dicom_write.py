@@ -69,12 +69,12 @@ class DicomWriteError(ValueError):
 class PatientInfo:
     """Patient and study attributes for an exported series (PS3.3 C.7.1.1, C.7.2.1).
 
-    Defaults are anonymous placeholders: name ``ANONYMOUS``, an empty birth date and sex,
+    Defaults are anonymous placeholders: name ``ANONYMOUS^``, an empty birth date and sex,
     and a Patient ID ``DELINEO-`` + 8 random hex digits, new for every export, so that a
     planning system never merges two unrelated exports into one patient.
     """
 
-    name: str = "ANONYMOUS"
+    name: str = "ANONYMOUS^"  # one component; the caret says so (PS3.5 6.2.1.2)
     patient_id: str = ""
     birth_date: str = ""  # YYYYMMDD or empty
     sex: str = ""  # M, F, O or empty

@@ -223,7 +223,7 @@ def test_uids_patient_and_zip(hu, tmp_path):
         assert ds.StudyInstanceUID == written.series.study_instance_uid
     default = write_ct_series(Volume(hu, RIGHT_HANDED["axial RAS"]), tmp_path / "anon")
     ds = pydicom.dcmread(default.paths[0])
-    assert ds.PatientName == "ANONYMOUS" and ds.PatientID.startswith("DELINEO-")
+    assert ds.PatientName == "ANONYMOUS^" and ds.PatientID.startswith("DELINEO-")
     assert default.series.study_instance_uid != written.series.study_instance_uid
     archive = zip_series(written, tmp_path / "ct_dicom.zip")
     with zipfile.ZipFile(archive) as zf:
