@@ -31,6 +31,10 @@ def _segment(args: argparse.Namespace) -> int:
                 "structures": result.structures,
                 "timings_s": result.timings_s,
                 "rtstruct": str(result.rtstruct) if result.rtstruct else None,
+                "seg": str(result.seg) if result.seg else None,
+                "ct_dicom_zip": str(result.ct_dicom_zip)
+                if result.ct_dicom_zip
+                else None,
             },
             indent=1,
         )

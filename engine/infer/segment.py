@@ -3,12 +3,14 @@
 Pipeline (stages reported through ``progress``): ingest (read DICOM/NIfTI), preprocess
 (reorient to RAS, resample to the model spacing, window HU), network (sliding window,
 sigmoid), export (largest component, probabilities resampled back to the input grid
-and thresholded, NIfTI, structures.json, RTSTRUCT for DICOM input).
+and thresholded, NIfTI, structures.json, RTSTRUCT and DICOM SEG; for NIfTI input also
+the CT as a DICOM series for the RTSTRUCT and SEG to reference).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,11 +22,21 @@ from monai.data import MetaTensor
 
 from engine.infer.grid import image_to_model_grid, probabilities_to_input_grid
 from engine.infer.predict import keep_largest_component, predict_probabilities
+from engine.io.dicom_seg import build_segmentation, write_segmentation
+from engine.io.dicom_series import DicomSeries
+from engine.io.dicom_write import (
+    DicomWriteError,
+    labels_on_series_grid,
+    write_ct_series,
+    zip_series,
+)
 from engine.io.nifti import write_nifti
 from engine.io.reader import read_input
 from engine.io.rtstruct import build_rtstruct, write_rtstruct
 from engine.models.registry import LoadedModel, load_model
 from engine.volume import LabelMap, Volume
+
+logger = logging.getLogger(__name__)
 
 Progress = Callable[[str, int], None]
 
@@ -40,6 +52,8 @@ class SegmentationResult:
     input_kind: str
     model_name: str
     weights_sha256: str
+    seg: Path | None = None  # DICOM SEG
+    ct_dicom_zip: Path | None = None  # NIfTI input exported as a DICOM CT series
 
 
 def segment_volume(
@@ -90,6 +104,47 @@ def structure_table(labels: LabelMap, model: LoadedModel) -> list[dict]:
     ]
 
 
+def _dicom_outputs(
+    labels: LabelMap,
+    volume: Volume,
+    series: DicomSeries | None,
+    model: LoadedModel,
+    out: Path,
+) -> tuple[Path | None, Path | None, Path | None]:
+    """Write ``rtstruct.dcm`` and ``seg.dcm``, and for NIfTI input (``series`` None) first
+    the image as ``ct_dicom/`` + ``ct_dicom.zip`` for them to reference.
+
+    Returns the paths (rtstruct, seg, ct_dicom_zip), None for what was not written: no
+    DICOM output for a NIfTI image whose affine has shear (DICOM cannot represent it),
+    no SEG for a series without Study or Series Instance UID (it could not reference it).
+    """
+    ct_dicom_zip = None
+    if series is None:
+        try:
+            written = write_ct_series(
+                volume, out / "ct_dicom", description="Delineo CT"
+            )
+        except DicomWriteError as exc:
+            logger.warning("no DICOM export of a NIfTI input: %s", exc)
+            return None, None, None
+        ct_dicom_zip = zip_series(written, out / "ct_dicom.zip")
+        series = written.series
+        labels = labels_on_series_grid(labels, series)  # rows reversed if left-handed
+    ds = build_rtstruct(
+        labels, series, model.structures, model.name, model.weights_sha256
+    )
+    rtstruct = write_rtstruct(ds, out / "rtstruct.dcm")
+    seg = None
+    if series.study_instance_uid and series.series_instance_uid:
+        seg = write_segmentation(
+            build_segmentation(
+                labels, series, model.structures, model.name, model.weights_sha256
+            ),
+            out / "seg.dcm",
+        )
+    return rtstruct, seg, ct_dicom_zip
+
+
 def segment_file(
     input_path: str | Path,
     model_name: str,
@@ -99,7 +154,11 @@ def segment_file(
     """Segment the scan at ``input_path`` (DICOM folder or zip, or NIfTI) into ``out_dir``.
 
     Writes ``image.nii.gz`` (input as int16 NIfTI), ``labels.nii.gz`` (uint8, input grid),
-    ``structures/<name>.nii.gz``, ``structures.json`` and, for DICOM input, ``rtstruct.dcm``.
+    ``structures/<name>.nii.gz``, ``structures.json``, ``rtstruct.dcm`` and ``seg.dcm``
+    (DICOM SEG). These reference the input series; for NIfTI input they reference the
+    image written as a new DICOM CT series, ``ct_dicom/`` and ``ct_dicom.zip``
+    (``engine.io.dicom_write``; anonymous patient), so a planning system can import both.
+    Exceptions to this: see ``_dicom_outputs``.
 
     Raises:
         engine.io.reader.InputError: the input cannot be read as one 3D volume.
@@ -132,12 +191,8 @@ def segment_file(
         write_nifti(
             LabelMap(mask, labels.affine), out / "structures" / f"{s['name']}.nii.gz"
         )
-    rtstruct = None
-    if series is not None:
-        ds = build_rtstruct(
-            labels, series, model.structures, model.name, model.weights_sha256
-        )
-        rtstruct = write_rtstruct(ds, out / "rtstruct.dcm")
+    input_kind = "dicom" if series is not None else "nifti"
+    rtstruct, seg, ct_dicom_zip = _dicom_outputs(labels, volume, series, model, out)
     (out / "structures.json").write_text(json.dumps(table, indent=1))
     on_stage("done", 100)
     timings.pop("done", None)
@@ -145,7 +200,9 @@ def segment_file(
         structures=table,
         timings_s=timings,
         rtstruct=rtstruct,
-        input_kind="dicom" if series is not None else "nifti",
+        input_kind=input_kind,
         model_name=model.name,
         weights_sha256=model.weights_sha256,
+        seg=seg,
+        ct_dicom_zip=ct_dicom_zip,
     )
