@@ -62,6 +62,8 @@ class EngineResult:
     input_kind: str
     model_name: str
     weights_sha256: str
+    seg: Path | None = None  # DICOM SEG of the structures
+    ct_dicom_zip: Path | None = None  # NIfTI input as a DICOM CT series, for seg/rtstruct
 
 
 # --- Engine calls ---------------------------------------------------------------------
@@ -160,6 +162,8 @@ def run_segmentation(
         input_kind=str(result.input_kind),
         model_name=str(result.model_name),
         weights_sha256=str(result.weights_sha256),
+        seg=Path(result.seg) if result.seg else None,
+        ct_dicom_zip=Path(result.ct_dicom_zip) if result.ct_dicom_zip else None,
     )
 
 
