@@ -56,9 +56,7 @@ def series_and_labels(tmp_path):
     return series, LabelMap(_labels(hu.shape), series.volume.affine)
 
 
-def _masks_by_plane_position(
-    seg: Dataset, series: DicomSeries
-) -> dict[int, np.ndarray]:
+def masks_by_plane_position(seg: Dataset, series: DicomSeries) -> dict[int, np.ndarray]:
     """Per segment number, its mask (I, J, K) rebuilt from each frame's Image Position."""
     inverse = np.linalg.inv(series.affine_lps)
     shape = series.volume.array.shape
@@ -84,7 +82,7 @@ def test_masks_read_back_by_plane_position_equal_the_label_map(
         tmp_path / "seg.dcm",
     )
     seg = hd.seg.segread(path)
-    masks = _masks_by_plane_position(seg, series)
+    masks = masks_by_plane_position(seg, series)
     assert sorted(masks) == [1, 2, 3, 4]
     for number, structure in enumerate(STRUCTURES, start=1):
         np.testing.assert_array_equal(masks[number], labels.array == structure.label)
@@ -292,7 +290,7 @@ def test_multi_frame_source_frames_follow_their_positions(tmp_path):
         tmp_path / "seg.dcm",
     )
     seg = hd.seg.segread(path)
-    masks = _masks_by_plane_position(seg, series)
+    masks = masks_by_plane_position(seg, series)
     for number, structure in enumerate(STRUCTURES, start=1):
         np.testing.assert_array_equal(masks[number], labels.array == structure.label)
     for item in seg.PerFrameFunctionalGroupsSequence:

@@ -157,3 +157,27 @@ def test_real_model_on_a_small_nifti_writes_every_output(nifti_input, tmp_path):
     assert [
         seg.get_segment_description(n).SegmentLabel for n in seg.segment_numbers
     ] == [s["name"] for s in result.structures]
+
+
+def test_series_without_study_uid_gets_no_seg(tmp_path, monkeypatch):
+    # As in the TotalSegmentator example series: empty Study and Series Instance UIDs.
+    monkeypatch.setattr(segment, "segment_volume", _fake_segment_volume)
+    paths, _ = write_phantom_series(tmp_path / "ct", _ct().astype(np.float32))
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID = ds.SeriesInstanceUID = ""
+        ds.save_as(path)
+    result = segment.segment_file(tmp_path / "ct", "hn-oar", tmp_path / "out")
+    assert result.seg is None and not (tmp_path / "out" / "seg.dcm").exists()
+    assert result.rtstruct is not None
+
+
+def test_sheared_nifti_gets_no_dicom_outputs(tmp_path, monkeypatch):
+    monkeypatch.setattr(segment, "segment_volume", _fake_segment_volume)
+    sheared = LAS.copy()
+    sheared[0, 1] = 0.5
+    nib.save(nib.Nifti1Image(_ct(), sheared), tmp_path / "ct.nii.gz")
+    result = segment.segment_file(tmp_path / "ct.nii.gz", "hn-oar", tmp_path / "out")
+    assert (result.rtstruct, result.seg, result.ct_dicom_zip) == (None, None, None)
+    assert (tmp_path / "out" / "labels.nii.gz").is_file()
+    assert not (tmp_path / "out" / "ct_dicom").exists()
