@@ -74,7 +74,7 @@ class PatientInfo:
     planning system never merges two unrelated exports into one patient.
     """
 
-    name: str = "ANONYMOUS^"  # one component; the caret says so (PS3.5 6.2.1.2)
+    name: str = "ANONYMOUS^"  # one component; the caret says so (PS3.5 6.2.1)
     patient_id: str = ""
     birth_date: str = ""  # YYYYMMDD or empty
     sex: str = ""  # M, F, O or empty
