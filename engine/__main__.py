@@ -1,14 +1,8 @@
-<<<<<<< HEAD
-"""Command line: python -m engine info | segment | evaluate | train | publish.
+"""Command line: python -m engine info | segment | contours | evaluate | train | publish.
 
 python -m engine info INPUT
 python -m engine segment INPUT --model hn-oar --out DIR [--series KEY]
-=======
-"""Command line: python -m engine segment | contours | evaluate | train | publish.
-
-python -m engine segment INPUT --model hn-oar --out DIR
-python -m engine contours RTSTRUCT --reference SERIES --out DIR
->>>>>>> rtstruct-import
+python -m engine contours RTSTRUCT --reference SERIES --out DIR [--series KEY]
 python -m engine evaluate --model hn-oar --data ../shared/data/openkbp --split test [--json PATH]
 python -m engine train --model hn-oar --data ../shared/data/openkbp --out var/train/hn-oar --steps 4000
 python -m engine publish --model hn-oar --run var/train/hn-oar --training docs/training/hn-oar.json
@@ -41,6 +35,12 @@ def _segment(args: argparse.Namespace) -> int:
                 "structures": result.structures,
                 "timings_s": result.timings_s,
                 "rtstruct": str(result.rtstruct) if result.rtstruct else None,
+                "seg": str(result.seg) if result.seg else None,
+                "ct_dicom_zip": str(result.ct_dicom_zip)
+                if result.ct_dicom_zip
+                else None,
+                "rtstruct_roundtrip_dice": result.rtstruct_roundtrip,
+                "notes": result.notes,
             },
             indent=1,
         )
@@ -48,19 +48,20 @@ def _segment(args: argparse.Namespace) -> int:
     return 0
 
 
-<<<<<<< HEAD
 def _info(args: argparse.Namespace) -> int:
     from engine.io.preflight import inspect_input
 
     print(json.dumps(inspect_input(args.input), indent=1))
-=======
+    return 0
+
+
 def _contours(args: argparse.Namespace) -> int:
     from engine.io.reader import read_input
     from engine.io.rtstruct_import import import_rtstruct, read_rtstruct
     from engine.io.structure_files import write_roi_masks
 
     ds = read_rtstruct(args.rtstruct)
-    volume, series = read_input(args.reference)
+    volume, series = read_input(args.reference, args.series)
     if series is None:
         raise InputError(
             f"{args.reference.name}: the reference must be the DICOM image series the "
@@ -71,7 +72,6 @@ def _contours(args: argparse.Namespace) -> int:
         for note in entry["notes"]:
             print(f"{entry['name']}: {note}", file=sys.stderr)
     print(json.dumps({"out": str(args.out), "structures": entries}, indent=1))
->>>>>>> rtstruct-import
     return 0
 
 
@@ -157,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("rtstruct", type=Path)
     p.add_argument("--reference", type=Path, required=True, help="the image series")
+    p.add_argument(
+        "--series", help="the image series within --reference, when it holds several"
+    )
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_contours)
 

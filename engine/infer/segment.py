@@ -3,7 +3,8 @@
 Pipeline (stages reported through ``progress``): ingest (read DICOM/NIfTI), preprocess
 (reorient to RAS, resample to the model spacing, window HU), network (sliding window,
 sigmoid), export (largest component, probabilities resampled back to the input grid
-and thresholded, NIfTI, structures.json, RTSTRUCT for DICOM input).
+and thresholded, NIfTI, structures.json, RTSTRUCT and DICOM SEG; for NIfTI input also
+the CT as a DICOM series for the RTSTRUCT and SEG to reference).
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ from monai.data import MetaTensor
 
 from engine.infer.grid import image_to_model_grid, probabilities_to_input_grid
 from engine.infer.predict import keep_largest_component, predict_probabilities
+from engine.io.dicom_seg import build_segmentation, write_segmentation
+from engine.io.dicom_series import DicomSeries
+from engine.io.dicom_write import (
+    DicomWriteError,
+    labels_on_series_grid,
+    write_ct_series,
+    zip_series,
+)
 from engine.io.nifti import write_nifti
 from engine.io.reader import read_input
 from engine.io.rtstruct import build_rtstruct, write_rtstruct
@@ -41,8 +50,11 @@ class SegmentationResult:
     input_kind: str
     model_name: str
     weights_sha256: str
-    # Round-trip Dice per structure of the RTSTRUCT (empty for NIfTI input).
+    # Round-trip Dice per structure of the RTSTRUCT (empty when none was written).
     rtstruct_roundtrip: dict[str, float] = field(default_factory=dict)
+    seg: Path | None = None  # DICOM SEG
+    ct_dicom_zip: Path | None = None  # NIfTI input exported as a DICOM CT series
+    notes: list[str] = field(default_factory=list)  # what was not exported, and why
 
 
 def segment_volume(
@@ -93,6 +105,69 @@ def structure_table(labels: LabelMap, model: LoadedModel) -> list[dict]:
     ]
 
 
+@dataclass
+class DicomExports:
+    rtstruct: Path | None = None
+    seg: Path | None = None
+    ct_dicom_zip: Path | None = None
+    roundtrip: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _dicom_outputs(
+    labels: LabelMap,
+    volume: Volume,
+    series: DicomSeries | None,
+    model: LoadedModel,
+    out: Path,
+) -> DicomExports:
+    """Write ``rtstruct.dcm`` (after its round-trip check) and ``seg.dcm``, and for NIfTI
+    input (``series`` None) first the image as ``ct_dicom/`` + ``ct_dicom.zip`` for them
+    to reference.
+
+    Not written, with a note saying why: any DICOM output for a NIfTI image whose affine
+    has shear (DICOM cannot represent it); the SEG of a series without Study or Series
+    Instance UID (it could not reference it).
+
+    Raises:
+        engine.io.rtstruct_check.RTStructExportError: a structure's contours do not
+            reproduce it (Dice < 0.98); ``rtstruct.dcm`` is then not written.
+    """
+    exports = DicomExports()
+    if series is None:
+        try:
+            written = write_ct_series(
+                volume, out / "ct_dicom", description="Delineo CT"
+            )
+        except DicomWriteError as exc:
+            exports.notes.append(f"no DICOM export (CT series, RTSTRUCT, SEG): {exc}")
+            return exports
+        exports.ct_dicom_zip = zip_series(written, out / "ct_dicom.zip")
+        series = written.series
+        labels = labels_on_series_grid(labels, series)  # rows reversed if left-handed
+    ds = build_rtstruct(
+        labels, series, model.structures, model.name, model.weights_sha256
+    )
+    # Checked before writing: a failing RTSTRUCT must never reach a planning system.
+    exports.roundtrip = check_rtstruct(
+        ds, labels, series, model.structures, out / "rtstruct_check.json"
+    )
+    exports.rtstruct = write_rtstruct(ds, out / "rtstruct.dcm")
+    if series.study_instance_uid and series.series_instance_uid:
+        exports.seg = write_segmentation(
+            build_segmentation(
+                labels, series, model.structures, model.name, model.weights_sha256
+            ),
+            out / "seg.dcm",
+        )
+    else:
+        exports.notes.append(
+            "no DICOM SEG, and an RTSTRUCT that references the slices only: the series "
+            "has no Study or Series Instance UID"
+        )
+    return exports
+
+
 def segment_file(
     input_path: str | Path,
     model_name: str,
@@ -106,9 +181,12 @@ def segment_file(
     (``engine.io.preflight.inspect_input`` lists them).
 
     Writes ``image.nii.gz`` (input as int16 NIfTI), ``labels.nii.gz`` (uint8, input grid),
-    ``structures/<name>.nii.gz``, ``structures.json`` and, for DICOM input, ``rtstruct.dcm``
-    and ``rtstruct_check.json`` (its round-trip Dice per structure, see
-    ``engine.io.rtstruct_check``).
+    ``structures/<name>.nii.gz``, ``structures.json``, ``rtstruct.dcm`` with
+    ``rtstruct_check.json`` (its round-trip Dice per structure, see
+    ``engine.io.rtstruct_check``) and ``seg.dcm`` (DICOM SEG). These reference the input
+    series; for NIfTI input they reference the image written as a new DICOM CT series,
+    ``ct_dicom/`` and ``ct_dicom.zip`` (``engine.io.dicom_write``; anonymous patient), so
+    a planning system can import both. Exceptions to this: see ``_dicom_outputs``.
 
     Raises:
         engine.io.reader.InputError: the input cannot be read as one 3D volume.
@@ -143,25 +221,20 @@ def segment_file(
         write_nifti(
             LabelMap(mask, labels.affine), out / "structures" / f"{s['name']}.nii.gz"
         )
-    rtstruct, roundtrip = None, {}
-    if dicom is not None:
-        ds = build_rtstruct(
-            labels, dicom, model.structures, model.name, model.weights_sha256
-        )
-        # Checked before writing: a failing RTSTRUCT must never reach a planning system.
-        roundtrip = check_rtstruct(
-            ds, labels, dicom, model.structures, out / "rtstruct_check.json"
-        )
-        rtstruct = write_rtstruct(ds, out / "rtstruct.dcm")
+    input_kind = "dicom" if dicom is not None else "nifti"
+    exports = _dicom_outputs(labels, volume, dicom, model, out)
     (out / "structures.json").write_text(json.dumps(table, indent=1))
     on_stage("done", 100)
     timings.pop("done", None)
     return SegmentationResult(
         structures=table,
         timings_s=timings,
-        rtstruct=rtstruct,
-        input_kind="dicom" if dicom is not None else "nifti",
+        rtstruct=exports.rtstruct,
+        input_kind=input_kind,
         model_name=model.name,
         weights_sha256=model.weights_sha256,
-        rtstruct_roundtrip=roundtrip,
+        rtstruct_roundtrip=exports.roundtrip,
+        seg=exports.seg,
+        ct_dicom_zip=exports.ct_dicom_zip,
+        notes=exports.notes,
     )

@@ -63,6 +63,9 @@ class EngineResult:
     model_name: str
     weights_sha256: str
     rtstruct_roundtrip: dict[str, float] = field(default_factory=dict)
+    seg: Path | None = None  # DICOM SEG of the structures
+    ct_dicom_zip: Path | None = None  # NIfTI input as a DICOM CT series, for seg/rtstruct
+    notes: list[str] = field(default_factory=list)  # outputs not written, and why
 
 
 # --- Engine calls ---------------------------------------------------------------------
@@ -166,6 +169,9 @@ def run_segmentation(
         model_name=str(result.model_name),
         weights_sha256=str(result.weights_sha256),
         rtstruct_roundtrip={k: float(v) for k, v in result.rtstruct_roundtrip.items()},
+        seg=Path(result.seg) if result.seg else None,
+        ct_dicom_zip=Path(result.ct_dicom_zip) if result.ct_dicom_zip else None,
+        notes=[str(n) for n in result.notes],
     )
 
 
