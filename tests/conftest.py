@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import nibabel as nib
@@ -107,10 +108,20 @@ def fake_segmentation(
         table.append({**s, "volume_cm3": round(float(mask.sum()) * 12.0 / 1000, 3)})
     (out_dir / "structures.json").write_text(json.dumps(table))
     is_dicom = not str(input_path).lower().endswith((".nii", ".nii.gz"))
-    rtstruct = None
-    if is_dicom:
-        rtstruct = out_dir / "rtstruct.dcm"
-        rtstruct.write_bytes(b"\0" * 128 + b"DICM fake")
+    # As the engine: RTSTRUCT (after its round-trip check) and SEG for every input; for
+    # NIfTI input they reference the CT exported as DICOM (ct_dicom.zip).
+    ct_dicom_zip = None
+    if not is_dicom:
+        ct_dicom_zip = out_dir / "ct_dicom.zip"
+        with zipfile.ZipFile(ct_dicom_zip, "w") as zf:
+            zf.writestr("ct_dicom/CT0000.dcm", b"\0" * 128 + b"DICM fake")
+    rtstruct, seg = out_dir / "rtstruct.dcm", out_dir / "seg.dcm"
+    rtstruct.write_bytes(b"\0" * 128 + b"DICM fake")
+    seg.write_bytes(b"\0" * 128 + b"DICM fake seg")
+    roundtrip = {s["name"]: 0.99 + 0.005 * s["label"] for s in FAKE_STRUCTURES}
+    (out_dir / "rtstruct_check.json").write_text(
+        json.dumps({"min_dice": min(roundtrip.values()), "threshold": 0.98, "structures": roundtrip})
+    )
     report("done", 100)
     return services.EngineResult(
         structures=table,
@@ -119,6 +130,9 @@ def fake_segmentation(
         input_kind="dicom" if is_dicom else "nifti",
         model_name=model_name,
         weights_sha256="ab" * 32,
+        rtstruct_roundtrip=roundtrip,
+        seg=seg,
+        ct_dicom_zip=ct_dicom_zip,
     )
 
 

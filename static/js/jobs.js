@@ -29,7 +29,12 @@
       el("a", { href: job.viewer, class: "view-link", text: "View" }),
       d.labels ? el("a", { href: d.labels, text: "Labels" }) : null,
       d.structures_zip ? el("a", { href: d.structures_zip, text: "Masks" }) : null,
-      d.rtstruct ? el("a", { href: d.rtstruct, text: "RTSTRUCT" }) : null);
+      d.rtstruct ? el("a", {
+        href: d.rtstruct, text: "RTSTRUCT",
+        title: job.rtstruct_check ? `round-trip check: Dice ≥ ${job.rtstruct_check.min_dice.toFixed(3)}` : "",
+      }) : null,
+      d.seg ? el("a", { href: d.seg, text: "SEG" }) : null,
+      d.ct_dicom ? el("a", { href: d.ct_dicom, text: "CT (DICOM)" }) : null);
   }
 
   function render(jobs) {

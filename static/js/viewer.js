@@ -209,14 +209,26 @@
     }
   }
 
+  // The RTSTRUCT was read back and compared with the label map before it was offered.
+  function roundtripNote(check) {
+    if (!check) return null;
+    const worst = Object.entries(check.dice).sort((a, b) => a[1] - b[1])[0];
+    const text = ` Round-trip check passed: contours read back give Dice ≥ ${check.min_dice.toFixed(3)}` +
+      (check.threshold ? ` (required ${check.threshold})` : "") + (worst ? `; lowest: ${worst[0]}` : "");
+    return el("div", { class: "hint", id: "rtstruct-check", text });
+  }
+
   function sidePanel(job) {
     const links = document.getElementById("downloads");
     links.replaceChildren();
     const d = job.downloads || {};
     if (d.labels) links.append(el("li", {}, el("a", { href: d.labels, id: "download-labels", text: "Label map (NIfTI)" })));
     if (d.structures_zip) links.append(el("li", {}, el("a", { href: d.structures_zip, id: "download-structures", text: "One mask per structure (zip of NIfTI)" })));
-    if (d.rtstruct) links.append(el("li", {}, el("a", { href: d.rtstruct, id: "download-rtstruct", text: "RTSTRUCT (DICOM)" })));
-    else links.append(el("li", { class: "hint", text: "No RTSTRUCT: the scan was not uploaded as DICOM." }));
+    if (d.rtstruct) links.append(el("li", {}, el("a", { href: d.rtstruct, id: "download-rtstruct", text: "RTSTRUCT (DICOM)" }),
+      roundtripNote(job.rtstruct_check)));
+    if (d.seg) links.append(el("li", {}, el("a", { href: d.seg, id: "download-seg", text: "Segmentation (DICOM SEG)" })));
+    if (d.ct_dicom) links.append(el("li", {}, el("a", { href: d.ct_dicom, id: "download-ct-dicom", text: "CT as a DICOM series (zip), referenced by the RTSTRUCT and SEG" })));
+    for (const note of job.notes || []) links.append(el("li", { class: "hint", text: note }));
     const info = document.getElementById("job-info");
     info.replaceChildren();
     const add = (k, v) => info.append(el("dt", { text: k }), el("dd", { text: v }));

@@ -165,20 +165,46 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
     )
     @action(detail=True, methods=["get"], url_path="rtstruct.dcm", url_name="rtstruct")
     def rtstruct(self, request: Request, pk: str | None = None):
-        """The RTSTRUCT referencing the uploaded DICOM series (DICOM input only)."""
-        job, problem = self._result_file("rtstruct.dcm")
+        """The RTSTRUCT referencing the uploaded DICOM series (for NIfTI input: the CT
+        exported as DICOM, ``ct_dicom.zip``). It passed its round-trip check."""
+        return self._optional_download("rtstruct.dcm", "RTSTRUCT", "application/dicom")
+
+    @extend_schema(
+        responses={
+            (200, "application/dicom"): OpenApiResponse(OpenApiTypes.BINARY, description="DICOM Segmentation"),
+            404: _DETAIL,
+            409: _DETAIL,
+        }
+    )
+    @action(detail=True, methods=["get"], url_path="seg.dcm", url_name="seg")
+    def seg(self, request: Request, pk: str | None = None):
+        """The structures as a DICOM Segmentation (SEG) referencing the same series as the RTSTRUCT."""
+        return self._optional_download("seg.dcm", "DICOM SEG", "application/dicom")
+
+    @extend_schema(
+        responses={
+            (200, "application/zip"): OpenApiResponse(OpenApiTypes.BINARY, description="CT Image Storage files"),
+            404: _DETAIL,
+            409: _DETAIL,
+        }
+    )
+    @action(detail=True, methods=["get"], url_path="ct_dicom.zip", url_name="ct-dicom")
+    def ct_dicom(self, request: Request, pk: str | None = None):
+        """NIfTI input only: the CT written as a DICOM series (new UIDs, anonymous patient),
+        which the RTSTRUCT and SEG reference, so a planning system can import all three."""
+        return self._optional_download("ct_dicom.zip", "DICOM export of the CT", "application/zip")
+
+    def _optional_download(self, filename: str, what: str, content_type: str):
+        job, problem = self._result_file(filename)
         if problem:
             return problem
-        path = job.result_path / "rtstruct.dcm"
+        path = job.result_path / filename
         if not path.exists():
-            if not job.scan.is_dicom or job.input_kind == "nifti":
-                return _detail(
-                    "No RTSTRUCT for this job: the scan was uploaded as NIfTI, which carries no DICOM "
-                    "references. Upload the DICOM series to get an RTSTRUCT; the NIfTI masks are available.",
-                    404,
-                )
-            return _detail("No RTSTRUCT was written for this job.", 404)
-        return self._download(job, path, "rtstruct.dcm", "application/dicom")
+            why = " ".join(job.notes) if job.notes else ""
+            if filename == "ct_dicom.zip" and job.input_kind == "dicom":
+                why = "The scan was uploaded as DICOM: the RTSTRUCT and SEG reference the uploaded series."
+            return _detail(f"No {what} was written for this job. {why}".strip(), 404)
+        return self._download(job, path, filename, content_type)
 
     @extend_schema(
         responses={

@@ -90,6 +90,10 @@ class Job(models.Model):
     # As structures.json: [{"label", "name", "color": [r, g, b], "volume_cm3"}].
     structures = models.JSONField(default=list, blank=True)
     input_kind = models.CharField(max_length=16, blank=True, default="")  # "dicom" / "nifti", from the engine
+    # The RTSTRUCT read back and compared with the label map: Dice per structure (engine.io.rtstruct_check).
+    rtstruct_roundtrip = models.JSONField(default=dict, blank=True)
+    # Outputs the engine could not write, and why (e.g. no DICOM SEG for a series without UIDs).
+    notes = models.JSONField(default=list, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     created = models.DateTimeField(auto_now_add=True)
     started = models.DateTimeField(null=True, blank=True)

@@ -116,6 +116,7 @@ class JobSerializer(serializers.ModelSerializer):
     scan_name = serializers.CharField(source="scan.name", read_only=True)
     downloads = serializers.SerializerMethodField()
     viewer = serializers.SerializerMethodField()
+    rtstruct_check = serializers.SerializerMethodField()
 
     class Meta:
         model = Job
@@ -133,6 +134,8 @@ class JobSerializer(serializers.ModelSerializer):
             "structures",
             "weights_sha256",
             "input_kind",
+            "rtstruct_check",
+            "notes",
             "created",
             "started",
             "finished",
@@ -152,11 +155,19 @@ class JobSerializer(serializers.ModelSerializer):
         links = {
             "labels": file_url("api-job-labels"),
             "structures_zip": file_url("api-job-structures-zip"),
-            "rtstruct": None,
         }
-        if job.result_path and (job.result_path / "rtstruct.dcm").exists():
-            links["rtstruct"] = file_url("api-job-rtstruct")
+        for key, filename, url_name in services.OPTIONAL_OUTPUTS:
+            exists = job.result_path is not None and (job.result_path / filename).exists()
+            links[key] = file_url(url_name) if exists else None
         return links
+
+    @extend_schema_field(serializers.DictField(allow_null=True))
+    def get_rtstruct_check(self, job: Job) -> dict | None:
+        """The RTSTRUCT read back and compared with the label map before it was offered."""
+        if not job.rtstruct_roundtrip:
+            return None
+        dice = {name: round(float(v), 4) for name, v in job.rtstruct_roundtrip.items()}
+        return {"threshold": services.roundtrip_threshold(job.result_path), "min_dice": min(dice.values()), "dice": dice}
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_viewer(self, job: Job) -> str | None:

@@ -39,6 +39,12 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 PLANES = ("axial", "coronal", "sagittal")
+# Outputs a job may or may not have: (download key, file in the result folder, URL name).
+OPTIONAL_OUTPUTS = (
+    ("rtstruct", "rtstruct.dcm", "api-job-rtstruct"),
+    ("seg", "seg.dcm", "api-job-seg"),
+    ("ct_dicom", "ct_dicom.zip", "api-job-ct-dicom"),
+)
 _VIEWER_DIR = "viewer"
 
 
@@ -329,6 +335,14 @@ def structures_zip(result_dir: Path, destination: Path) -> Path:
             archive.write(result_dir / "structures.json", "structures.json")
     os.replace(tmp, destination)
     return destination
+
+
+def roundtrip_threshold(result_dir: Path | None) -> float | None:
+    """The Dice threshold the engine's RTSTRUCT round-trip check applied (``rtstruct_check.json``)."""
+    try:
+        return float(json.loads((Path(result_dir) / "rtstruct_check.json").read_text())["threshold"])
+    except (TypeError, OSError, ValueError, KeyError):
+        return None
 
 
 def remove_tree(path: Path) -> None:

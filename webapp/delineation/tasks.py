@@ -142,6 +142,8 @@ def execute_job(job_id: str | UUID) -> str:
     job.structures = result.structures
     job.weights_sha256 = result.weights_sha256
     job.input_kind = result.input_kind
+    job.rtstruct_roundtrip = result.rtstruct_roundtrip
+    job.notes = result.notes
     job.result_dir = str(out_dir.relative_to(settings.MEDIA_ROOT))
     job.finished = timezone.now()
     job.save()
