@@ -10,7 +10,12 @@ from django.conf import settings
 from django.db import transaction
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
@@ -20,7 +25,12 @@ from rest_framework.views import APIView
 
 from webapp.delineation import services, tasks
 from webapp.delineation.models import Job, Scan
-from webapp.delineation.serializers import JobCreateSerializer, JobSerializer, ScanSerializer, ScanUploadSerializer
+from webapp.delineation.serializers import (
+    JobCreateSerializer,
+    JobSerializer,
+    ScanSerializer,
+    ScanUploadSerializer,
+)
 from webapp.delineation.uploads import UploadError, accept_upload
 
 _DETAIL = inline_serializer("Detail", {"detail": serializers.CharField()})

@@ -120,7 +120,7 @@ class Job(models.Model):
 
 
 @receiver(post_delete, sender=Scan)
-def _remove_scan_files(sender, instance: Scan, **kwargs) -> None:  # noqa: ANN001 (signal signature)
+def _remove_scan_files(sender, instance: Scan, **kwargs) -> None:
     """Deleting a scan (API, admin, or its owner's account) deletes its folder once committed."""
     directory = instance.directory
     transaction.on_commit(lambda: shutil.rmtree(directory, ignore_errors=True))

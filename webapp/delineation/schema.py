@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 
-def strip_download_slash(result: dict, generator, request, public) -> dict:  # noqa: ANN001 (hook signature)
+def strip_download_slash(result: dict, generator, request, public) -> dict:
     """Document file downloads without the optional trailing slash: ``.../labels.nii.gz``."""
     result["paths"] = {re.sub(r"(\.(?:gz|dcm|zip))/$", r"\1", path): item for path, item in result["paths"].items()}
     return result

@@ -71,7 +71,7 @@ class JobTask(Task):
 
     acks_late = True
 
-    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # noqa: ANN001 (Celery's signature)
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         job_id = args[0] if args else kwargs.get("job_id")
         if job_id:
             Job.objects.filter(pk=job_id).exclude(status__in=Job.FINISHED).update(

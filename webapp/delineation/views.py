@@ -17,8 +17,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 
-from webapp.delineation import tasks
-from webapp.delineation import services
+from webapp.delineation import services, tasks
 from webapp.delineation.forms import UploadForm
 from webapp.delineation.models import Job, Scan
 from webapp.delineation.serializers import JobCreateSerializer
@@ -52,7 +51,7 @@ def upload(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _errors_text(errors) -> str:  # noqa: ANN001 (DRF's nested error structure)
+def _errors_text(errors) -> str:
     if isinstance(errors, dict):
         return " ".join(_errors_text(v) for v in errors.values())
     if isinstance(errors, list):

@@ -17,7 +17,7 @@ from django.db import transaction
 class Command(BaseCommand):
     help = "Create the local user account (random password, printed once) if it does not exist."
 
-    def add_arguments(self, parser) -> None:  # noqa: ANN001 (argparse parser)
+    def add_arguments(self, parser) -> None:
         parser.add_argument("--username", default="physician", help="Account name (default: physician).")
         parser.add_argument("--superuser", action="store_true", help="Also give access to the admin site (/admin/).")
 
