@@ -213,8 +213,9 @@
   function roundtripNote(check) {
     if (!check) return null;
     const worst = Object.entries(check.dice).sort((a, b) => a[1] - b[1])[0];
-    const text = ` Round-trip check passed: contours read back give Dice ≥ ${check.min_dice.toFixed(3)}` +
-      (check.threshold ? ` (required ${check.threshold})` : "") + (worst ? `; lowest: ${worst[0]}` : "");
+    const text = ` Round-trip check passed: the contours read back give Dice ≥ ${check.min_dice.toFixed(3)}` +
+      ` per structure against the label map` + (check.threshold ? ` (required ${check.threshold})` : "") +
+      (worst && worst[1] < 1 ? `; lowest: ${worst[0]}` : "");
     return el("div", { class: "hint", id: "rtstruct-check", text });
   }
 

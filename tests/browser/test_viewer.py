@@ -160,6 +160,10 @@ def test_upload_and_view_contours(stack, driver, tmp_path):
         "return Array.from(rows, r => r.dataset.structure);"
     )
     assert found, "the model delineated no structure on this case (all volumes are 0)"
+    # The RTSTRUCT is offered with its round-trip check, and the SEG beside it.
+    check = driver.find_element(By.ID, "rtstruct-check").text
+    assert "Round-trip check passed" in check and "required 0.98" in check, check
+    assert driver.find_element(By.ID, "download-seg").get_attribute("href").endswith(f"/api/jobs/{job_id}/seg.dcm")
     if not plot.get_attribute("data-structures"):  # the opening slice misses them all: go to one
         driver.find_element(By.CSS_SELECTOR, f"tr[data-structure='{found[0]}'] button").click()
     drawn = wait_for(lambda: plot.get_attribute("data-structures"), 60, "contours in the viewer")
