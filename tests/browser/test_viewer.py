@@ -104,7 +104,12 @@ def test_upload_and_view_contours(stack, driver, tmp_path):
     driver.find_element(By.ID, "id_username").send_keys(username)
     driver.find_element(By.ID, "id_password").send_keys(password)
     driver.find_element(By.CSS_SELECTOR, "#login-form button[type=submit]").click()
-    wait_for(lambda: driver.current_url.endswith("/jobs/"), 30, "the job list after login")
+    # (the login page's own URL, /accounts/login/?next=/jobs/, also ends with /jobs/)
+    wait_for(
+        lambda: "/accounts/login/" not in driver.current_url and driver.current_url.endswith("/jobs/"),
+        30,
+        "the job list after login",
+    )
 
     # Upload the DICOM folder (webkitdirectory input).
     driver.get(f"{stack.base_url}/upload/")
