@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import highdicom as hd
 import numpy as np
 import pydicom
@@ -20,6 +17,7 @@ from engine.io.dicom_seg import (
 from engine.io.dicom_series import LPS_TO_RAS, DicomSeries, SliceRef, read_series
 from engine.models.registry import Structure
 from engine.volume import LabelMap, Volume
+from tests.dicom_tools import dciodvfy_errors
 from tests.engine.phantom import write_phantom_series
 
 STRUCTURES = [
@@ -174,17 +172,7 @@ def test_dciodvfy_reports_no_errors(series_and_labels, tmp_path):
         build_segmentation(labels, series, STRUCTURES, "test-model", "0" * 64),
         tmp_path / "seg.dcm",
     )
-    assert shutil.which("dciodvfy"), (
-        "dciodvfy (Debian dicom3tools) is required; make test installs it"
-    )
-    result = subprocess.run(
-        ["dciodvfy", str(path)], capture_output=True, text=True, check=False
-    )
-    errors = [
-        line
-        for line in (result.stdout + result.stderr).splitlines()
-        if line.startswith("Error")
-    ]
+    errors = dciodvfy_errors(path)
     assert not errors, "\n".join(errors)
 
 

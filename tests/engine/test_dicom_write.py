@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import zipfile
 
 import nibabel as nib
@@ -22,6 +20,7 @@ from engine.io.dicom_write import (
 from engine.volume import LabelMap, Volume
 
 SHAPE = (11, 9, 7)  # (I, J, K), all different so that a transposition would show
+from tests.dicom_tools import corners_mm, dciodvfy_errors, dcm2niix_canonical
 
 
 def _rotation(a: float, b: float, c: float) -> np.ndarray:
@@ -72,22 +71,10 @@ def hu() -> np.ndarray:
     return rng.integers(-1024, 3000, size=SHAPE).astype(np.float32)
 
 
-def _corner_positions(affine: np.ndarray, shape) -> np.ndarray:
-    corners = np.array(
-        [
-            [i, j, k, 1]
-            for i in (0, shape[0] - 1)
-            for j in (0, shape[1] - 1)
-            for k in (0, shape[2] - 1)
-        ]
-    )
-    return (affine @ corners.T)[:3].T
-
-
 def _same_geometry(a: np.ndarray, b: np.ndarray, shape) -> None:
     """Every corner voxel centre within 0.01 mm."""
     np.testing.assert_allclose(
-        _corner_positions(a, shape), _corner_positions(b, shape), atol=0.01
+        corners_mm(a, shape), corners_mm(b, shape), atol=0.01
     )
 
 
@@ -142,26 +129,7 @@ def test_standard_axial_orientation_for_an_las_volume(hu, tmp_path):
 def test_dcm2niix_reads_the_same_image(name, hu, tmp_path):
     affine = {**RIGHT_HANDED, **LEFT_HANDED}[name]
     write_ct_series(Volume(hu, affine), tmp_path / "ct")
-    assert shutil.which("dcm2niix"), "dcm2niix is required; make test installs it"
-    result = subprocess.run(
-        [
-            "dcm2niix",
-            "-z",
-            "n",
-            "-b",
-            "n",
-            "-f",
-            "out",
-            "-o",
-            str(tmp_path),
-            str(tmp_path / "ct"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    theirs = nib.as_closest_canonical(nib.load(tmp_path / "out.nii"))
+    theirs = dcm2niix_canonical(tmp_path / "ct", tmp_path / "dcm2niix")
     ours = nib.as_closest_canonical(nib.Nifti1Image(hu, affine))
     np.testing.assert_array_equal(np.asarray(theirs.dataobj), np.asarray(ours.dataobj))
     _same_geometry(theirs.affine, ours.affine, SHAPE)
@@ -169,18 +137,8 @@ def test_dcm2niix_reads_the_same_image(name, hu, tmp_path):
 
 def test_dciodvfy_reports_no_errors(hu, tmp_path):
     written = write_ct_series(Volume(hu, RIGHT_HANDED["oblique"]), tmp_path / "ct")
-    assert shutil.which("dciodvfy"), (
-        "dciodvfy (Debian dicom3tools) is required; make test installs it"
-    )
     for path in (written.paths[0], written.paths[-1]):
-        result = subprocess.run(
-            ["dciodvfy", str(path)], capture_output=True, text=True, check=False
-        )
-        errors = [
-            line
-            for line in (result.stdout + result.stderr).splitlines()
-            if line.startswith("Error")
-        ]
+        errors = dciodvfy_errors(path)
         assert not errors, "\n".join(errors)
 
 

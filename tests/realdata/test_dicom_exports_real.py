@@ -3,9 +3,6 @@ dciodvfy, dcm2niix, highdicom and our reader; the shipped model's DICOM outputs.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import highdicom as hd
 import nibabel as nib
 import numpy as np
@@ -19,6 +16,7 @@ from engine.io.dicom_write import write_ct_series
 from engine.io.nifti import read_labels, read_volume
 from engine.models.registry import HN_OAR_CONFIG, Structure
 from engine.volume import LabelMap
+from tests.dicom_tools import dciodvfy_errors, dcm2niix_canonical
 from tests.engine.test_dicom_seg import masks_by_plane_position
 from tests.stack import data_dir
 
@@ -28,16 +26,6 @@ HN_OAR = [
 ]
 
 
-def _dciodvfy_errors(path) -> list[str]:
-    assert shutil.which("dciodvfy"), "dciodvfy (Debian dicom3tools) is required"
-    result = subprocess.run(
-        ["dciodvfy", str(path)], capture_output=True, text=True, check=False
-    )
-    return [
-        line
-        for line in (result.stdout + result.stderr).splitlines()
-        if line.startswith("Error")
-    ]
 
 
 def test_seg_of_the_openkbp_organs_on_the_plastimatch_series(tmp_path):
@@ -48,7 +36,7 @@ def test_seg_of_the_openkbp_organs_on_the_plastimatch_series(tmp_path):
         build_segmentation(labels, series, HN_OAR, "reference", "0" * 64),
         tmp_path / "seg.dcm",
     )
-    assert not _dciodvfy_errors(path)
+    assert not dciodvfy_errors(path)
     masks = masks_by_plane_position(hd.seg.segread(path), series)
     for number, structure in enumerate(HN_OAR, start=1):
         np.testing.assert_array_equal(masks[number], labels.array == structure.label)
@@ -70,8 +58,8 @@ def test_seg_on_an_ibsi_series(modality, tmp_path):
     )
     # The source's Study ID is too long for its VR: the SEG keeps it (it names the same
     # study), and adds no error of its own.
-    inherited = set(_dciodvfy_errors(next(source.iterdir())))
-    assert set(_dciodvfy_errors(path)) <= inherited
+    inherited = set(dciodvfy_errors(next(source.iterdir())))
+    assert set(dciodvfy_errors(path)) <= inherited
     masks = masks_by_plane_position(hd.seg.segread(path), series)
     np.testing.assert_array_equal(masks[1], labels == 1)
 
@@ -83,27 +71,8 @@ def test_openkbp_ct_exported_as_dicom_matches_plastimatch_and_dcm2niix(tmp_path)
     plastimatch = read_series(data_dir("openkbp_dicom", "pt_104"))
     np.testing.assert_array_equal(ours.volume.array, plastimatch.volume.array)
     np.testing.assert_allclose(ours.volume.affine, plastimatch.volume.affine, atol=0.01)
-    assert not _dciodvfy_errors(written.paths[0])
-    assert shutil.which("dcm2niix"), "dcm2niix is required"
-    result = subprocess.run(
-        [
-            "dcm2niix",
-            "-z",
-            "n",
-            "-b",
-            "n",
-            "-f",
-            "out",
-            "-o",
-            str(tmp_path),
-            str(tmp_path / "ct"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    theirs = nib.as_closest_canonical(nib.load(tmp_path / "out.nii"))
+    assert not dciodvfy_errors(written.paths[0])
+    theirs = dcm2niix_canonical(tmp_path / "ct", tmp_path / "dcm2niix")
     reference = nib.as_closest_canonical(nib.load(nifti))
     np.testing.assert_array_equal(
         np.asarray(theirs.dataobj), np.asarray(reference.dataobj)
@@ -128,8 +97,8 @@ def test_shipped_model_on_a_nifti_ct_writes_dicom_a_planning_system_can_import(
     assert {i.ReferencedSOPInstanceUID for i in referenced.ContourImageSequence} == {
         s.sop_instance_uid for s in series.slices
     }
-    assert not _dciodvfy_errors(result.rtstruct)
-    assert not _dciodvfy_errors(result.seg)
+    assert not dciodvfy_errors(result.rtstruct)
+    assert not dciodvfy_errors(result.seg)
     seg = hd.seg.segread(result.seg)
     assert seg.FrameOfReferenceUID == series.frame_of_reference_uid
     masks = masks_by_plane_position(seg, series)

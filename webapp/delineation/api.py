@@ -7,7 +7,6 @@ import re
 import uuid
 
 from django.conf import settings
-from django.db import transaction
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -123,14 +122,7 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
         data = JobCreateSerializer(data=request.data, context={"request": request})
         data.is_valid(raise_exception=True)
         scan = data.validated_data["scan"]
-        with transaction.atomic():
-            job = Job.objects.create(
-                owner=request.user,
-                scan=scan,
-                model_name=data.validated_data["model"],
-                series_key=data.validated_data["series"],
-            )
-            tasks.submit(job)
+        job = tasks.queue_job(request.user, scan, data.validated_data["model"], data.validated_data["series"])
         job.refresh_from_db()
         return Response(JobSerializer(job, context={"request": request}).data, status=status.HTTP_201_CREATED)
 

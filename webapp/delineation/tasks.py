@@ -155,6 +155,14 @@ def run_job(self: Task, job_id: str) -> str:
     return execute_job(job_id)
 
 
+def queue_job(owner, scan, model_name: str, series_key: str = "") -> Job:  # noqa: ANN001 (a user and a Scan)
+    """Create a job on ``scan`` and queue it once the transaction commits."""
+    with transaction.atomic():
+        job = Job.objects.create(owner=owner, scan=scan, model_name=model_name, series_key=series_key)
+        submit(job)
+    return job
+
+
 def submit(job: Job) -> None:
     """Queue ``job`` once the current transaction commits."""
     job_id = str(job.id)

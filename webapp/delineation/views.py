@@ -12,7 +12,6 @@ import uuid
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -72,14 +71,7 @@ def scan_detail(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
             context={"request": request},
         )
         if data.is_valid():
-            with transaction.atomic():
-                job = Job.objects.create(
-                    owner=request.user,
-                    scan=scan,
-                    model_name=data.validated_data["model"],
-                    series_key=data.validated_data["series"],
-                )
-                tasks.submit(job)
+            job = tasks.queue_job(request.user, scan, data.validated_data["model"], data.validated_data["series"])
             messages.success(request, f"The job on {scan.name} is queued.")
             return redirect(f"{reverse('job-list')}?new={job.id}")
         error = _errors_text(data.errors)
