@@ -123,7 +123,13 @@ def build_network(config: dict) -> torch.nn.Module:
     """Instantiate the (untrained) network a configuration describes."""
     if config["architecture"] != "ResSEUNet":
         raise UnknownModelError(f"unknown architecture {config['architecture']!r}")
-    return ResSEUNet(1, len(config["structures"]), channels=config["channels"])
+    return ResSEUNet(
+        1,
+        len(config["structures"]),
+        channels=config["channels"],
+        residual=config.get("residual", True),
+        se=config.get("se", True),
+    )
 
 
 def default_device() -> torch.device:

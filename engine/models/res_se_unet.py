@@ -18,19 +18,32 @@ from torch import nn
 
 
 class ResSEBlock(nn.Module):
-    """SE-ResNet block: (B, C_in, X, Y, Z) -> (B, C_out, X, Y, Z)."""
+    """SE-ResNet block: (B, C_in, X, Y, Z) -> (B, C_out, X, Y, Z).
 
-    def __init__(self, in_channels: int, out_channels: int, se_ratio: int = 4) -> None:
+    ``residual=False`` drops the identity path and ``se=False`` the SE layer (the
+    ablation of the thesis: U-Net, + residual, + SE); with both off it is the plain
+    two-convolution U-Net block.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        se_ratio: int = 4,
+        residual: bool = True,
+        se: bool = True,
+    ) -> None:
         super().__init__()
+        self.residual = residual
         self.conv1 = Convolution(
             3, in_channels, out_channels, act="LEAKYRELU", norm="INSTANCE"
         )
         self.conv2 = Convolution(3, out_channels, out_channels, conv_only=True)
         self.norm2 = nn.InstanceNorm3d(out_channels, affine=True)
-        self.se = ChannelSELayer(3, out_channels, r=se_ratio)
+        self.se = ChannelSELayer(3, out_channels, r=se_ratio) if se else nn.Identity()
         self.skip = (
             nn.Identity()
-            if in_channels == out_channels
+            if in_channels == out_channels or not residual
             else Convolution(
                 3, in_channels, out_channels, kernel_size=1, conv_only=True
             )
@@ -38,8 +51,8 @@ class ResSEBlock(nn.Module):
         self.act = nn.LeakyReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        residual = self.se(self.norm2(self.conv2(self.conv1(x))))
-        return self.act(residual + self.skip(x))
+        branch = self.se(self.norm2(self.conv2(self.conv1(x))))
+        return self.act(branch + self.skip(x) if self.residual else branch)
 
 
 class ResSEUNet(nn.Module):
@@ -54,6 +67,8 @@ class ResSEUNet(nn.Module):
         in_channels: image channels (1 for CT).
         out_channels: one logit channel per structure (sigmoid, multi-label).
         channels: widths per level, e.g. (16, 32, 64, 96, 128).
+        residual, se: keep the identity paths and the SE layers of every block; both
+            False gives the plain U-Net baseline of the ablation.
 
     Input (B, in_channels, X, Y, Z) with X, Y, Z divisible by ``divisor`` =
     ``2 ** (len(channels) - 1)``; output (B, out_channels, X, Y, Z) logits.
@@ -68,6 +83,8 @@ class ResSEUNet(nn.Module):
         in_channels: int,
         out_channels: int,
         channels: Sequence[int] = (16, 32, 64, 96, 128),
+        residual: bool = True,
+        se: bool = True,
     ) -> None:
         super().__init__()
         if len(channels) < 3 or any(c <= 0 for c in channels):
@@ -95,16 +112,18 @@ class ResSEUNet(nn.Module):
                     norm="INSTANCE",
                 )
             )
-            self.encoders.append(ResSEBlock(c, c))
+            self.encoders.append(ResSEBlock(c, c, residual=residual, se=se))
             c_prev = c
-        self.bottom = ResSEBlock(widths[-2], widths[-1])
+        self.bottom = ResSEBlock(widths[-2], widths[-1], residual=residual, se=se)
         self.decoders = nn.ModuleList()
         self.up = nn.ModuleList()
         c_deep = widths[-1]
         for level in range(len(widths) - 2, -1, -1):
             c_skip = widths[level]
             c_out = widths[level - 1] if level > 0 else widths[0]
-            self.decoders.append(ResSEBlock(c_deep + c_skip, c_out))
+            self.decoders.append(
+                ResSEBlock(c_deep + c_skip, c_out, residual=residual, se=se)
+            )
             final = level == 0
             self.up.append(
                 Convolution(
