@@ -104,6 +104,19 @@ def _publish(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     import copy
 
+    if args.config is not None:
+        from engine.train.experiment import run
+
+        metrics = run(args.config, Path(args.data), Path(args.experiments))
+        print(
+            json.dumps(
+                {k: v for k, v in metrics.items() if k != "evaluation"}
+                | {"test_mean_dice": metrics["evaluation"]["mean_dice"]},
+                indent=1,
+            )
+        )
+        return 0
+
     from engine.models.registry import HN_OAR_CONFIG
     from engine.train.segmentation import train
 
@@ -193,7 +206,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.set_defaults(func=_publish)
 
-    p = sub.add_parser("train", help="train a model on OpenKBP (resumable)")
+    p = sub.add_parser(
+        "train",
+        help="train a model on OpenKBP (resumable): a run CONFIG file, or --model hn-oar",
+    )
+    p.add_argument(
+        "config",
+        nargs="?",
+        type=Path,
+        help="a run configuration (JSON; see engine/train/experiment.py)",
+    )
+    p.add_argument(
+        "--experiments",
+        type=Path,
+        default=Path("var/experiments"),
+        help="where config runs write their folder",
+    )
     p.add_argument("--model", default="hn-oar")
     p.add_argument("--data", type=Path, default=Path("../shared/data/openkbp"))
     p.add_argument("--out", type=Path, default=Path("var/train/hn-oar"))
@@ -209,10 +237,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from engine.io.rtstruct_check import RTStructExportError
     from engine.io.rtstruct_import import RTStructImportError
+    from engine.train.experiment import ExperimentConfigError
 
     try:
         return args.func(args)
-    except (InputError, UnknownModelError, RTStructImportError) as exc:
+    except (
+        InputError,
+        UnknownModelError,
+        RTStructImportError,
+        ExperimentConfigError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     # Our output failed its own check: not the user's input, so not exit code 2.

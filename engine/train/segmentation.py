@@ -89,6 +89,7 @@ class PatchSampler:
 
     def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         k = int(self.rng.integers(len(self.cases)))
+        self.last_index = k  # which case the patch came from (clean or corrupted)
         case, p = self.cases[k], self.patch
         shape = case["image"].shape
         centre = np.array([self.rng.integers(s) for s in shape])
