@@ -3,6 +3,7 @@
     python experiments/noisy_labels.py configs            # writes experiments/configs/*.json
     python experiments/noisy_labels.py run [NAME ...]     # runs them in order (resumable; done runs skipped)
     python experiments/noisy_labels.py table              # prints the Markdown tables from var/experiments
+    python experiments/noisy_labels.py docs               # writes them into docs/noisy-labels.md
 
 Every run is ``python -m engine train experiments/configs/NAME.json``; its figures are the
 test-split Dice in ``var/experiments/NAME/metrics.json``.
@@ -144,7 +145,8 @@ def _row(label: str, name: str, with_weights: bool) -> str:
 def tables() -> str:
     names = [s["name"] for s in STRUCTURES]
     head = "| run | " + " | ".join(names) + " | mean |"
-    lines = ["### Noisy labels (test split, Dice)", "", head[:-1] + " | QAM weight clean / corrupted |",
+    head_weights = head + " QAM weight clean / corrupted |"
+    lines = ["### Noisy labels (test split, Dice)", "", head_weights,
              "|" + "---|" * (len(names) + 3)]
     lines.append(_row("0 % noise, plain", noisy_name(0, "", "plain"), True))
     for range_ in RANGES:
@@ -152,7 +154,7 @@ def tables() -> str:
             for method in METHODS:
                 label = f"{round(fraction * 100)} % {range_}, {method}"
                 lines.append(_row(label, noisy_name(fraction, range_, method), True))
-    lines += ["", "### OCM lambda (75 % large noise, test split, Dice)", "", head[:-1] + " | QAM weight clean / corrupted |",
+    lines += ["", "### OCM lambda (75 % large noise, test split, Dice)", "", head_weights,
               "|" + "---|" * (len(names) + 3)]
     lines.append(_row("QAM alone (no OCM)", noisy_name(0.75, "large", "qam"), True))
     for lam in (0.5, 1.0, 2.0, 3.0):
@@ -172,5 +174,12 @@ if __name__ == "__main__":
         run_all(sys.argv[2:])
     elif command == "table":
         print(tables())
+    elif command == "docs":
+        page = ROOT / "docs" / "noisy-labels.md"
+        start, end = "<!-- results:start -->", "<!-- results:end -->"
+        text = page.read_text()
+        head, rest = text.split(start)
+        page.write_text(head + start + "\n" + tables() + "\n" + end + rest.split(end)[1])
+        print(f"written {page.relative_to(ROOT)}")
     else:
         sys.exit(__doc__)

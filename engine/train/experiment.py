@@ -323,7 +323,7 @@ def run(
             entry = sums["corrupted" if flag else "clean"]
             entry[0] += w * len(flags)
             entry[1] += 1
-        sums["loss"][0] += float(loss)
+        sums["loss"][0] += float(loss.detach())
         sums["loss"][1] += 1
         if step % 20 == 0:
             record = {
