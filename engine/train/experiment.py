@@ -9,6 +9,9 @@ One JSON file describes a run (see ``configs/noisy-labels/`` and docs/noisy-labe
   ``loss`` ("dice+ce" or "ce"), fg_fraction, val_every, seed, train_cases (a limit).
 * ``noise`` (optional): fraction of training cases corrupted, "small" or "large" radius
   range, seed (``engine.train.label_noise``).
+* ``init`` (optional): a state dict to start from (e.g. ``engine/weights/hn-oar.pt``);
+  tensors whose name and shape match are copied, the rest (a wider output layer for
+  more structures) keep their random initialisation.
 * ``qam`` (optional): Pick-and-Learn sample weighting (``engine.models.qam``) with
   ``lambda`` (a number: QAM+OCM; null: QAM alone) and its own learning rate.
 
@@ -130,6 +133,23 @@ def _scheduler(
             cycle_momentum=False,
         )
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def warm_start(network: torch.nn.Module, path: Path) -> int:
+    """Copy every tensor of the state dict at ``path`` whose name and shape match; returns how many.
+
+    Raises:
+        ExperimentConfigError: the file does not exist or no tensor matches.
+    """
+    if not path.exists():
+        raise ExperimentConfigError(f"init: {path} does not exist")
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    own = network.state_dict()
+    matching = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    if not matching:
+        raise ExperimentConfigError(f"init: no tensor of {path} fits this network")
+    network.load_state_dict(own | matching)
+    return len(matching)
 
 
 def _cache_dir(out: Path, model: dict) -> Path:
@@ -269,7 +289,14 @@ def run(
         (freq.max() / np.maximum(freq, 1)).astype(float),
         seed,
     )
-    network = build_network(model_cfg).to(device)
+    network = build_network(model_cfg)
+    if config.get("init"):
+        copied = warm_start(network, Path(config["init"]))
+        print(
+            f"{config['name']}: {copied} tensors copied from {config['init']}",
+            flush=True,
+        )
+    network = network.to(device)
     opt = torch.optim.AdamW(network.parameters(), lr=training["lr"], weight_decay=1e-5)
     sched = _scheduler(opt, training)
     qam_cfg = config.get("qam")

@@ -165,3 +165,21 @@ def test_plain_cyclic_ce_run_resumes_where_it_stopped(tmp_path):
 def test_bad_configs_are_refused_with_the_field_named(tmp_path, change, message):
     with pytest.raises(ExperimentConfigError, match=message):
         load_config(_config(tmp_path / "bad.json", **change))
+
+
+def test_warm_start_copies_the_tensors_that_fit(tmp_path):
+    import torch
+
+    from engine.models.res_se_unet import ResSEUNet
+    from engine.train.experiment import warm_start
+
+    source = ResSEUNet(1, 2, channels=(4, 8, 8))
+    torch.save(source.state_dict(), tmp_path / "two.pt")
+    wider = ResSEUNet(1, 3, channels=(4, 8, 8))
+    copied = warm_start(wider, tmp_path / "two.pt")
+    state, original = wider.state_dict(), source.state_dict()
+    same = [k for k in original if state[k].shape == original[k].shape]
+    assert copied == len(same) < len(original)
+    assert all(torch.equal(state[k], original[k]) for k in same)
+    with pytest.raises(ExperimentConfigError, match="does not exist"):
+        warm_start(wider, tmp_path / "missing.pt")
