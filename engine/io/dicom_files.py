@@ -19,6 +19,15 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 IMAGE_MODALITIES = {"CT", "MR", "PT"}
+# What pydicom raises for a file that is not (readable) DICOM.
+UNREADABLE_DICOM = (
+    InvalidDicomError,
+    EOFError,
+    OSError,
+    ValueError,
+    KeyError,
+    TypeError,
+)
 
 
 class DicomFilesError(ValueError):
@@ -73,14 +82,7 @@ def read_upload(path: str | Path) -> DicomUpload:
             continue
         try:
             ds = pydicom.dcmread(source)
-        except (
-            InvalidDicomError,
-            EOFError,
-            OSError,
-            ValueError,
-            KeyError,
-            TypeError,
-        ) as exc:
+        except UNREADABLE_DICOM as exc:
             upload.skipped.append(
                 f"{name}: skipped, not a DICOM file ({type(exc).__name__})"
             )

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from skimage.draw import polygon as polygon_pixels
 
+from engine.io.dicom_files import UNREADABLE_DICOM
 from engine.io.dicom_series import RTSTRUCT_SOP_CLASS, DicomSeries
 
 # Exporters round Contour Data to 0.01-0.1 mm; a contour this close to a slice plane lies on it.
@@ -76,14 +76,7 @@ def read_rtstruct(path: str | os.PathLike) -> Dataset:
     """
     try:
         ds = pydicom.dcmread(path)
-    except (
-        InvalidDicomError,
-        EOFError,
-        OSError,
-        ValueError,
-        KeyError,
-        TypeError,
-    ) as exc:
+    except UNREADABLE_DICOM as exc:
         raise RTStructImportError(
             f"{Path(path).name}: not a readable DICOM file ({type(exc).__name__})"
         ) from exc

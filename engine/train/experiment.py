@@ -38,7 +38,13 @@ from engine.data_openkbp import case_rois, load_split
 from engine.models.qam import QualityAwarenessModule, sample_weights, weighted_loss
 from engine.models.registry import LoadedModel, build_network, sha256_of
 from engine.train.label_noise import RANGES_MM, corrupt_masks, noisy_cases
-from engine.train.segmentation import PatchSampler, _cache_case, _validate
+from engine.train.segmentation import (
+    PatchSampler,
+    _cache_case,
+    _log,
+    _validate,
+    save_resumable,
+)
 
 DEFAULT_TRAINING = {
     "steps": 400,
@@ -163,11 +169,6 @@ def _cache_dir(out: Path, model: dict) -> Path:
         ]
     )
     return out.parent / f"cache-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
-
-
-def _log(out: Path, record: dict) -> None:
-    with open(out / "log.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 def write_curve(out: Path) -> Path:
@@ -390,8 +391,7 @@ def run(
                     "qam": qam.state_dict(),
                     "qam_optimizer": qam_opt.state_dict(),
                 }
-            torch.save(state, out / "last.tmp")
-            (out / "last.tmp").replace(out / "last.pt")
+            save_resumable(out, state)
 
     network.load_state_dict(
         torch.load(out / "best.pt", map_location="cpu", weights_only=True)

@@ -113,6 +113,12 @@ class PatchSampler:
         return image[None], masks, case["available"]
 
 
+def save_resumable(out: Path, state: dict) -> None:
+    """Write ``last.pt`` under a temporary name then rename: a kill never leaves half a checkpoint."""
+    torch.save(state, out / "last.tmp")
+    (out / "last.tmp").replace(out / "last.pt")
+
+
 def _log(out: Path, record: dict) -> None:
     with open(out / "log.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -259,6 +265,5 @@ def train(
                 "step": step,
                 "best": best,
             }
-            torch.save(state, out / "last.tmp")
-            (out / "last.tmp").replace(out / "last.pt")
+            save_resumable(out, state)
     return out / "best.pt"
