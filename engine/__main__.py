@@ -1,8 +1,9 @@
-"""Command line: python -m engine info | segment | contours | evaluate | train | publish.
+"""Command line: python -m engine info | segment | contours | audit | evaluate | train | publish.
 
 python -m engine info INPUT
 python -m engine segment INPUT --model hn-oar --out DIR [--series KEY]
 python -m engine contours RTSTRUCT --reference SERIES --out DIR [--series KEY]
+python -m engine audit INPUT [--contours RTSTRUCT] --model hn-rt --out DIR [--series KEY]
 python -m engine evaluate --model hn-oar --data ../shared/data/openkbp --split test [--json PATH]
 python -m engine train --model hn-oar --data ../shared/data/openkbp --out var/train/hn-oar --steps 4000
 python -m engine publish --model hn-oar --run var/train/hn-oar --training docs/training/hn-oar.json
@@ -72,6 +73,17 @@ def _contours(args: argparse.Namespace) -> int:
         for note in entry["notes"]:
             print(f"{entry['name']}: {note}", file=sys.stderr)
     print(json.dumps({"out": str(args.out), "structures": entries}, indent=1))
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from engine.infer.audit import audit_file, format_audit
+
+    result = audit_file(
+        args.input, args.model, args.out, contours=args.contours, series=args.series
+    )
+    print(format_audit(result))
+    print(f"written: {args.out / 'audit.json'}", file=sys.stderr)
     return 0
 
 
@@ -177,6 +189,21 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_contours)
 
     p = sub.add_parser(
+        "audit",
+        help="score a structure set's contours: QAM plausibility, Dice and MSD vs the model",
+    )
+    p.add_argument("input", type=Path, help="the DICOM series (folder or zip)")
+    p.add_argument(
+        "--contours",
+        type=Path,
+        help="the RTSTRUCT (default: the one that came with the input)",
+    )
+    p.add_argument("--model", default="hn-rt")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--series", help="the image series, when the input holds several")
+    p.set_defaults(func=_audit)
+
+    p = sub.add_parser(
         "evaluate", help="Dice and HD95 per structure on an OpenKBP split"
     )
     p.add_argument("--model", default="hn-oar")
@@ -237,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from engine.io.rtstruct_check import RTStructExportError
     from engine.io.rtstruct_import import RTStructImportError
+    from engine.infer.audit import AuditError
     from engine.train.experiment import ExperimentConfigError
 
     try:
@@ -246,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         UnknownModelError,
         RTStructImportError,
         ExperimentConfigError,
+        AuditError,
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

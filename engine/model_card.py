@@ -45,9 +45,36 @@ def publish(
             },
         },
     }
+    calibration = run_dir / "qam_auc.json"
+    if (run_dir / "qam_best.pt").exists() and calibration.exists():
+        card["qam"] = _publish_critic(
+            run_dir, name, json.loads(calibration.read_text()), weights_dir
+        )
     (weights_dir / f"{name}.json").write_text(json.dumps(card, indent=1))
     write_markdown(card, weights_dir / f"{name}.md")
     return weights_dir / f"{name}.pt"
+
+
+def _publish_critic(
+    run_dir: Path, name: str, calibration: dict, weights_dir: Path
+) -> dict:
+    """Copy the run's QAM as ``NAME-qam.pt`` with its calibration (experiments/qam_auc.py)."""
+    if calibration["qam_sha256"] != sha256_of(run_dir / "qam_best.pt"):
+        raise ValueError(
+            "qam_auc.json was computed for other QAM weights; run experiments/qam_auc.py again"
+        )
+    state = torch.load(run_dir / "qam_best.pt", map_location="cpu", weights_only=True)
+    torch.save(state, weights_dir / f"{name}-qam.pt")
+    return {
+        "weights": f"{name}-qam.pt",
+        "sha256": sha256_of(weights_dir / f"{name}-qam.pt"),
+        "lambda": calibration["lambda"],
+        "patch": calibration["patch"],
+        "threshold": calibration["threshold_val"],
+        "roc_auc_test": calibration["roc_auc_test"],
+        "test_at_threshold": calibration["test_at_threshold"],
+        "calibration_command": f"python experiments/qam_auc.py {calibration['run']} --seed {calibration['seed']}",
+    }
 
 
 def add_evaluation(

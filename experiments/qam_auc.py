@@ -1,12 +1,17 @@
-"""Does the trained QAM rank corrupted contours below clean ones? ROC AUC on the test split.
+"""Does a trained QAM rank corrupted contours below clean ones? ROC AUC, and the audit threshold.
 
-    python experiments/qam_auc.py RUN [--range large] [--seed 1]
+    python experiments/qam_auc.py RUN [--seed 1]
 
-RUN is a finished run of experiments/noisy_labels.py with a QAM (var/experiments/RUN/qam_best.pt).
-Every test case is scored twice by the QAM, with its clean labels and with labels
-corrupted by the documented protocol (engine.train.label_noise, a different seed from
-training); the AUC (MONAI ``compute_roc_auc``) is the probability that a clean pair scores
-above a corrupted one. Written to var/experiments/RUN/qam_auc.json.
+RUN is a finished training run with a QAM (var/experiments/RUN/qam_best.pt): an
+experiments/noisy_labels.py run, or hn-rt. Every contoured structure of every case is
+scored by the QAM one contour at a time, as ``python -m engine audit`` scores it
+(``engine.infer.audit.qam_score``): once with its clean label, once dilated or eroded by
+the documented noise protocol (``engine.train.label_noise``, small and large ranges, a
+seed different from training's). The ROC AUC (MONAI ``compute_roc_auc``) is the
+probability that a clean contour scores above a corrupted one. It is reported on the
+test split; the threshold under which the audit calls a contour implausible is chosen on
+the validation split (Youden's J over both ranges), never on test. Written to
+var/experiments/RUN/qam_auc.json, which ``python -m engine publish`` copies into the card.
 """
 
 from __future__ import annotations
@@ -24,55 +29,101 @@ import torch
 from monai.metrics import compute_roc_auc
 
 from engine.data_openkbp import case_rois, load_split
+from engine.infer.audit import Critic, qam_score
 from engine.models.qam import QualityAwarenessModule
+from engine.models.registry import sha256_of
 from engine.train.experiment import _cache_dir
 from engine.train.label_noise import RANGES_MM, corrupt_masks
 from engine.train.segmentation import _cache_case
 
 
-def _score(qam: QualityAwarenessModule, image: np.ndarray, masks: np.ndarray, available: np.ndarray) -> float:
-    # The QAM is convolutional with global pooling: it scores the whole volume, cropped
-    # to a multiple of 16 voxels so every strided convolution keeps whole voxels.
-    size = [s - s % 16 for s in image.shape]
-    crop = tuple(slice(0, s) for s in size)
-    labels = masks[(slice(None), *crop)] * available[:, None, None, None]
-    x = np.concatenate([image[crop][None].astype(np.float32), labels.astype(np.float32)])
-    with torch.no_grad():
-        return float(qam(torch.as_tensor(x)[None])[0])
+def score_split(critic: Critic, run: Path, data: Path, split: str, seed: int) -> list[dict]:
+    """One row per (case, structure): clean score and one corrupted score per range."""
+    config = json.loads((run / "config.json").read_text())
+    model = config["model"]
+    cache = _cache_dir(run, model)
+    cache.mkdir(exist_ok=True)
+    rois, n = case_rois(data), len(model["structures"])
+    rows = []
+    for k, case_id in enumerate(c for c in load_split(data, split) if c in rois):
+        case = _cache_case(data, case_id, model, cache)
+        rng = np.random.default_rng([seed, k])
+        for c in range(n):
+            mask = case["masks"][c]
+            if not case["available"][c] or not mask.any():
+                continue
+            row = {"case": case_id, "structure": model["structures"][c]["name"],
+                   "clean": qam_score(critic, case["image"], mask, c, n)}
+            for name, radius in RANGES_MM.items():
+                noisy = corrupt_masks(mask[None], model["spacing_mm"], radius, rng)[0][0]
+                row[name] = qam_score(critic, case["image"], noisy, c, n) if noisy.any() else None
+            rows.append(row)
+    return rows
+
+
+def _pairs(rows: list[dict], ranges: tuple[str, ...]) -> tuple[list[float], list[int]]:
+    scores, truth = [], []
+    for r in rows:
+        scores.append(r["clean"])
+        truth.append(1)
+        for name in ranges:
+            if r[name] is not None:  # eroded away entirely: nothing left to score
+                scores.append(r[name])
+                truth.append(0)
+    return scores, truth
+
+
+def auc(rows: list[dict], ranges: tuple[str, ...]) -> float:
+    scores, truth = _pairs(rows, ranges)
+    return float(compute_roc_auc(torch.tensor(scores), torch.tensor(truth)))
+
+
+def youden_threshold(rows: list[dict]) -> float:
+    """The score threshold that maximises sensitivity + specificity - 1 (both ranges)."""
+    scores, truth = map(np.asarray, _pairs(rows, tuple(RANGES_MM)))
+    best, best_j = 0.0, -1.0
+    for t in np.unique(scores):
+        j = np.mean(scores[truth == 0] < t) + np.mean(scores[truth == 1] >= t) - 1
+        if j > best_j:
+            best, best_j = float(t), float(j)
+    return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run")
-    parser.add_argument("--range", default="large", choices=sorted(RANGES_MM))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "openkbp")
     args = parser.parse_args()
-    out = ROOT / "var" / "experiments" / args.run
-    config = json.loads((out / "config.json").read_text())
-    model = config["model"]
-    qam = QualityAwarenessModule(1 + len(model["structures"]))
-    qam.load_state_dict(torch.load(out / "qam_best.pt", map_location="cpu", weights_only=True))
-    qam.eval()
-    cache = _cache_dir(out, model)
-    rois = case_rois(args.data)
-    rng = np.random.default_rng(args.seed)
-    scores, truth, per_case = [], [], []
-    for case_id in load_split(args.data, "test"):
-        if case_id not in rois:
-            continue
-        case = _cache_case(args.data, case_id, model, cache)
-        clean = _score(qam, case["image"], case["masks"], case["available"])
-        noisy_masks, _ = corrupt_masks(case["masks"], model["spacing_mm"], RANGES_MM[args.range], rng, case["available"])
-        corrupted = _score(qam, case["image"], noisy_masks, case["available"])
-        scores += [clean, corrupted]
-        truth += [1, 0]
-        per_case.append({"case": case_id, "clean": round(clean, 4), "corrupted": round(corrupted, 4)})
-    auc = float(compute_roc_auc(torch.tensor(scores), torch.tensor(truth)))
-    result = {"run": args.run, "range": args.range, "seed": args.seed, "n_cases": len(per_case),
-              "roc_auc": round(auc, 4), "per_case": per_case}
-    (out / "qam_auc.json").write_text(json.dumps(result, indent=1))
-    print(f"{args.run}: QAM ROC AUC clean vs corrupted ({args.range}) on {len(per_case)} test cases: {auc:.3f}")
+    run = ROOT / "var" / "experiments" / args.run
+    config = json.loads((run / "config.json").read_text())
+    network = QualityAwarenessModule(1 + len(config["model"]["structures"]))
+    network.load_state_dict(torch.load(run / "qam_best.pt", map_location="cpu", weights_only=True))
+    lam = config["qam"].get("lambda") or 1.0
+    critic = Critic(network.eval(), float(lam), int(config["training"]["patch"]),
+                    float("nan"), sha256_of(run / "qam_best.pt"))
+    val = score_split(critic, run, args.data, "val", args.seed)
+    test = score_split(critic, run, args.data, "test", args.seed)
+    threshold = youden_threshold(val)
+    test_scores, test_truth = map(np.asarray, _pairs(test, tuple(RANGES_MM)))
+    result = {
+        "run": args.run,
+        "seed": args.seed,
+        "lambda": lam,
+        "patch": critic.patch,
+        "qam_sha256": critic.weights_sha256,
+        "n_test_contours": len(test),
+        "roc_auc_test": {name: round(auc(test, (name,)), 4) for name in RANGES_MM}
+        | {"both": round(auc(test, tuple(RANGES_MM)), 4)},
+        "threshold_val": round(threshold, 4),
+        "test_at_threshold": {
+            "clean_called_implausible": round(float(np.mean(test_scores[test_truth == 1] < threshold)), 4),
+            "corrupted_called_implausible": round(float(np.mean(test_scores[test_truth == 0] < threshold)), 4),
+        },
+        "per_contour_test": test,
+    }
+    (run / "qam_auc.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k != "per_contour_test"}, indent=1))
 
 
 if __name__ == "__main__":

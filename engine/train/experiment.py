@@ -14,6 +14,13 @@ One JSON file describes a run (see ``configs/noisy-labels/`` and docs/noisy-labe
   more structures) keep their random initialisation.
 * ``qam`` (optional): Pick-and-Learn sample weighting (``engine.models.qam``) with
   ``lambda`` (a number: QAM+OCM; null: QAM alone) and its own learning rate.
+  ``weighting: false`` trains the QAM without letting it weight the segmentation loss
+  (the network trains as plain), for a contour-quality critic beside a plain model;
+  ``corrupt_copies: "small"|"large"`` trains the QAM alone (the network trains as plain)
+  as a contour-quality critic: its batch holds, per sample, one contoured structure with
+  its label and a copy corrupted by the noise protocol, each scored by the network's loss
+  on that structure, so the QAM learns what an imprecise contour looks like for its
+  image (``python -m engine audit``).
 
 The run directory gets ``config.json`` (as run), ``log.jsonl`` (loss, learning rate, mean
 QAM weight of clean and of corrupted samples, validation Dice), ``best.pt``,
@@ -90,9 +97,14 @@ def load_config(path: str | Path) -> dict:
     noise = config.get("noise")
     if noise and noise.get("range") not in RANGES_MM:
         raise ExperimentConfigError(f"noise.range must be one of {sorted(RANGES_MM)}")
-    if config.get("qam") and training["batch"] < 2:
+    qam = config.get("qam")
+    if qam and training["batch"] < 2 and not qam.get("corrupt_copies"):
         raise ExperimentConfigError(
             "the QAM weights samples within a batch: training.batch must be >= 2"
+        )
+    if qam and qam.get("corrupt_copies", "large") not in RANGES_MM:
+        raise ExperimentConfigError(
+            f"qam.corrupt_copies must be one of {sorted(RANGES_MM)}"
         )
     return config
 
@@ -117,6 +129,37 @@ def per_sample_loss(
         ).flatten(1)
     w = available.float()
     return (terms * w).sum(dim=1) / w.sum(dim=1).clamp(min=1)
+
+
+def _one_structure_pairs(
+    y: torch.Tensor,
+    available: torch.Tensor,
+    spacing_mm: list[float],
+    radius_range: str,
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each sample, one contoured structure (one present in the patch when there is
+    one) and a copy of its mask corrupted by the noise protocol.
+
+    y: (B, C, X, Y, Z) 0/1; available: (B, C) bool. Returns (noisy labels (B, C, X, Y, Z),
+    the chosen structure as a (B, C) bool one-hot), so the critic judges one contour at a
+    time, as ``python -m engine audit`` asks it to.
+    """
+    noisy, chosen = y.clone(), torch.zeros_like(available, dtype=torch.bool)
+    for b in range(y.shape[0]):
+        present = [
+            c for c in range(y.shape[1]) if available[b, c] and bool(y[b, c].any())
+        ]
+        options = present or [c for c in range(y.shape[1]) if available[b, c]]
+        if not options:
+            continue
+        c = int(rng.choice(options))
+        chosen[b, c] = True
+        mask = y[b, c : c + 1].cpu().numpy()
+        noisy[b, c] = torch.as_tensor(
+            corrupt_masks(mask, spacing_mm, RANGES_MM[radius_range], rng)[0][0]
+        ).to(y)
+    return noisy, chosen
 
 
 def _scheduler(
@@ -328,28 +371,57 @@ def run(
         x = torch.as_tensor(np.stack([i[0] for i in items])).to(device)
         y = torch.as_tensor(np.stack([i[1] for i in items])).float().to(device)
         a = torch.as_tensor(np.stack([i[2] for i in items])).to(device)
-        losses = per_sample_loss(network(x), y, a, dice=use_dice)
+        logits = network(x)
+        losses = per_sample_loss(logits, y, a, dice=use_dice)
+        uniform = torch.full_like(losses, 1.0 / len(losses))
+        weights, critic_loss = uniform, None
         if qam is not None:
-            labels = y * a[:, :, None, None, None].float()
-            weights = sample_weights(
-                qam(torch.cat([x, labels], dim=1)), qam_cfg.get("lambda")
+            qx, qy, qa, qlosses, qflags = x, y, a, losses, flags
+            if qam_cfg.get("corrupt_copies"):
+                noisy, one = _one_structure_pairs(
+                    y,
+                    a,
+                    model_cfg["spacing_mm"],
+                    qam_cfg["corrupt_copies"],
+                    sampler.rng,
+                )
+                qx, qy, qa = (
+                    torch.cat([x, x]),
+                    torch.cat([y, noisy]),
+                    torch.cat([one, one]),
+                )
+                qlosses = per_sample_loss(
+                    torch.cat([logits, logits]), qy, qa, dice=use_dice
+                )
+                qflags = flags + [True] * len(flags)
+            labels = qy * qa[:, :, None, None, None].float()
+            qweights = sample_weights(
+                qam(torch.cat([qx, labels], dim=1)), qam_cfg.get("lambda")
             )
+            if qam_cfg.get("weighting", True) and not qam_cfg.get("corrupt_copies"):
+                weights = qweights
+            else:
+                # The critic learns from the losses without steering the network.
+                critic_loss = weighted_loss(qlosses.detach(), qweights)
+            flags_logged, weights_logged = qflags, qweights
         else:
-            weights = torch.full_like(losses, 1.0 / len(losses))
+            flags_logged, weights_logged = flags, weights
         loss = weighted_loss(losses, weights)
         opt.zero_grad(set_to_none=True)
         if qam_opt is not None:
             qam_opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if critic_loss is None else loss + critic_loss).backward()
         opt.step()
         if qam_opt is not None:
             qam_opt.step()
         sched.step()
         step += 1
-        for w, flag in zip(weights.detach().cpu().tolist(), flags, strict=True):
+        for w, flag in zip(
+            weights_logged.detach().cpu().tolist(), flags_logged, strict=True
+        ):
             # Weight relative to uniform (1/B): 1 means "as plain training".
             entry = sums["corrupted" if flag else "clean"]
-            entry[0] += w * len(flags)
+            entry[0] += w * len(flags_logged)
             entry[1] += 1
         sums["loss"][0] += float(loss.detach())
         sums["loss"][1] += 1

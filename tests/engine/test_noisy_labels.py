@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import ndimage
 import pytest
 import torch
 from hypothesis import given, settings
@@ -17,7 +18,7 @@ from engine.models.qam import (
     weighted_loss,
 )
 from engine.models.res_se_unet import ResSEUNet
-from engine.train.label_noise import RANGES_MM, ball, corrupt_masks, noisy_cases
+from engine.train.label_noise import RANGES_MM, corrupt_masks, noisy_cases
 
 scores = st.lists(st.floats(-1e3, 1e3), min_size=2, max_size=8).map(torch.tensor)
 
@@ -73,15 +74,32 @@ def test_the_qam_learns_to_weight_down_high_loss_samples():
     assert weights[:4].mean() > 3 * weights[4:].mean()
 
 
-def test_ball_is_round_in_mm_on_an_anisotropic_grid():
-    element = ball(6.0, (1.0, 1.0, 3.0))
-    assert element.shape == (13, 13, 5)
-    assert (
-        element[6, 6, 0]
-        and element[6, 6, 4]
-        and element[0, 6, 2]
-        and not element[0, 0, 2]
+@pytest.mark.parametrize("operation", ["dilate", "erode"])
+def test_corruption_is_morphology_with_a_ball_round_in_mm(operation):
+    """The distance-transform thresholds give the same sets as scipy's morphology with
+    an explicit ball (anisotropic grid; the structure away from the array's edge)."""
+    spacing, radius = (1.0, 1.0, 3.0), 6.0
+    masks = np.zeros((1, 48, 48, 24), np.uint8)
+    masks[0, 14:34, 16:30, 8:16] = 1
+    masks[0, 20:26, 10:16, 10:14] = 1
+    rng = np.random.default_rng(0)
+    while True:  # a generator state whose coin gives ``operation``
+        state = rng.bit_generator.state
+        _, record = corrupt_masks(masks, spacing, (radius, radius), rng)
+        if record[0].operation == operation:
+            break
+    rng.bit_generator.state = state
+    out, _ = corrupt_masks(masks, spacing, (radius, radius), rng)
+    half = [int(radius // s) for s in spacing]
+    grid = np.meshgrid(
+        *[np.arange(-h, h + 1) * s for h, s in zip(half, spacing, strict=True)],
+        indexing="ij",
     )
+    element = sum(g**2 for g in grid) <= radius**2
+    assert element.shape == (13, 13, 5)
+    morph = ndimage.binary_dilation if operation == "dilate" else ndimage.binary_erosion
+    expected = morph(masks[0] > 0, structure=element)
+    np.testing.assert_array_equal(out[0] > 0, expected)
 
 
 def test_noisy_cases_are_a_fixed_fraction_with_a_fixed_seed():

@@ -1,0 +1,381 @@
+"""Contour audit: how plausible is each contour of a structure set, and does it agree
+with the model's own delineation?
+
+``python -m engine audit INPUT [--contours RTSTRUCT] --model hn-rt --out DIR``
+
+For every ROI of the structure set whose name is one of the model's structures:
+
+* the QAM score: the model's trained quality awareness module (Pick-and-Learn, Zhu, Shi
+  and Wu, MICCAI 2019; ``engine.models.qam``) looks at the image with this one contour
+  and gives a score in [-lambda, lambda] (the OCM bound); the lower, the less plausible.
+  The critic was trained beside the model to score contours corrupted by the noise
+  protocol below the clean ones (``qam.corrupt_copies`` in ``engine.train.experiment``);
+  the threshold under which a contour is called implausible was chosen on the
+  validation split (``experiments/qam_auc.py``) and is stored in the model card;
+* Dice, mean surface distance (MSD, symmetric) and HD95 in mm against the model's
+  delineation of the same structure (MONAI metrics), on the CT's own grid.
+
+A structure is flagged when the QAM calls it implausible, or when its Dice with the
+model is lower than the model usually reaches against physicians (the mean minus two
+standard deviations of its test-split Dice, from the model card). The audit informs a
+review; it does not replace one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.metrics import (
+    compute_average_surface_distance,
+    compute_dice,
+    compute_hausdorff_distance,
+)
+
+from engine.infer.grid import image_to_model_grid, labels_to_model_grid
+from engine.infer.segment import STAGE_END, segment_volume, structure_table
+from engine.io.dicom_files import read_upload
+from engine.io.nifti import write_nifti
+from engine.io.reader import InputError, read_input
+from engine.io.rtstruct_import import ImportedROI, import_rtstruct, read_rtstruct
+from engine.models.qam import QualityAwarenessModule, overfitting_control
+from engine.models.registry import WEIGHTS_DIR, LoadedModel, load_model, sha256_of
+from engine.volume import LabelMap, Volume
+
+Progress = Callable[[str, int], None]
+
+# Dice below which a contour disagrees with the model when the card has no test figures.
+FALLBACK_MIN_DICE = 0.5
+
+
+class AuditError(ValueError):
+    """The audit cannot run: no structure set, no model structure in it, or no critic."""
+
+
+@dataclass(frozen=True)
+class Critic:
+    """A trained QAM with the settings it was trained and calibrated with."""
+
+    network: QualityAwarenessModule
+    lam: float
+    patch: int
+    threshold: float
+    weights_sha256: str
+
+
+@dataclass
+class StructureAudit:
+    roi_name: str
+    structure: str  # the model's (TG-263) name
+    qam_score: float
+    dice: float
+    msd_mm: float | None
+    hd95_mm: float | None
+    model_volume_cm3: float
+    contour_volume_cm3: float
+    flagged: bool = False
+    reasons: list[str] = field(default_factory=list)
+
+
+def load_critic(model: LoadedModel, weights_dir: Path = WEIGHTS_DIR) -> Critic:
+    """The QAM shipped with ``model`` (card field ``qam``).
+
+    Raises:
+        AuditError: the model ships no QAM, or its weights do not match the card.
+    """
+    card = model.config.get("qam")
+    if not card:
+        raise AuditError(
+            f"model {model.name!r} has no contour-quality critic; use a model that "
+            "ships one (hn-rt)"
+        )
+    path = weights_dir / card["weights"]
+    if not path.exists() or sha256_of(path) != card["sha256"]:
+        raise AuditError(
+            f"{card['weights']}: missing or not the weights the card names"
+        )
+    network = QualityAwarenessModule(1 + len(model.config["structures"]))
+    network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return Critic(
+        network.eval(),
+        float(card["lambda"]),
+        int(card["patch"]),
+        float(card["threshold"]),
+        card["sha256"],
+    )
+
+
+def _crop_centred(array: np.ndarray, centre: np.ndarray, size: int) -> np.ndarray:
+    """(..., X, Y, Z) -> (..., size, size, size) around ``centre``, zero-padded as in
+    training (``engine.train.segmentation.PatchSampler``)."""
+    out = np.zeros((*array.shape[:-3], size, size, size), dtype=array.dtype)
+    src, dst = [], []
+    for c, n in zip(centre, array.shape[-3:], strict=True):
+        start = int(round(c)) - size // 2
+        lo, hi = max(start, 0), min(start + size, n)
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - start, hi - start))
+    out[(..., *dst)] = array[(..., *src)]
+    return out
+
+
+def qam_score(
+    critic: Critic, image: np.ndarray, mask: np.ndarray, channel: int, n_structures: int
+) -> float:
+    """The critic's bounded score lambda * tanh(raw) of one contour.
+
+    image: (X, Y, Z) float on the model grid (windowed as in training); mask: (X, Y, Z)
+    0/1 of the structure on the same grid; ``channel``: the structure's index among the
+    model's ``n_structures`` (the other label channels are zero, as for structures not
+    contoured in a training case). The patch of ``critic.patch`` voxels is centred on
+    the contour's bounding box.
+    """
+    where = np.argwhere(mask > 0)
+    centre = (where.min(axis=0) + where.max(axis=0)) / 2.0
+    x = np.zeros((1 + n_structures, *image.shape), dtype=np.float32)
+    x[0] = image
+    x[1 + channel] = mask > 0
+    x = _crop_centred(x, centre, critic.patch)
+    with torch.no_grad():
+        raw = critic.network(torch.as_tensor(x)[None])
+    return float(overfitting_control(raw, critic.lam)[0])
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def match_structures(roi_names: list[str], model: LoadedModel) -> dict[str, int]:
+    """ROI name -> index of the model structure it names (TG-263 name or the dataset's
+    source name, ignoring case, spaces and underscores); unmatched ROIs are left out."""
+    index = {}
+    for i, s in enumerate(model.config["structures"]):
+        index[_key(s["name"])] = i
+        index[_key(s.get("source", s["name"]))] = i
+    return {n: index[_key(n)] for n in roi_names if _key(n) in index}
+
+
+def _min_dice(model: LoadedModel, name: str) -> float:
+    per = (
+        model.config.get("card", {})
+        .get("evaluation_test", {})
+        .get("per_structure", {})
+        .get(name)
+    )
+    if not per or per.get("dice_std") is None:
+        return FALLBACK_MIN_DICE
+    return max(0.0, float(per["dice_mean"]) - 2.0 * float(per["dice_std"]))
+
+
+def _surface_metrics(
+    a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]
+) -> tuple[float, float | None, float | None]:
+    p, t = torch.as_tensor(a[None, None]), torch.as_tensor(b[None, None])
+    dice = float(compute_dice(p, t, include_background=True, ignore_empty=False)[0, 0])
+    if not a.any() or not b.any():
+        return dice, None, None
+    msd = compute_average_surface_distance(
+        p, t, include_background=True, symmetric=True, spacing=spacing
+    )
+    hd95 = compute_hausdorff_distance(
+        p, t, include_background=True, percentile=95, spacing=spacing
+    )
+    return dice, round(float(msd[0, 0]), 2), round(float(hd95[0, 0]), 2)
+
+
+def audit_volume(
+    volume: Volume,
+    rois: list[ImportedROI],
+    model: LoadedModel,
+    critic: Critic,
+    progress: Progress | None = None,
+) -> tuple[list[StructureAudit], list[str], LabelMap]:
+    """Audit the ROIs (masks on ``volume``'s (I, J, K) grid) against ``model``.
+
+    Returns (one StructureAudit per matched, non-empty ROI, sorted worst Dice first;
+    notes on the ROIs not audited; the model's label map on the volume's grid).
+
+    Raises:
+        AuditError: no ROI names one of the model's structures.
+    """
+    cfg = model.config
+    matched = match_structures([r.name for r in rois], model)
+    if not matched:
+        names = ", ".join(s["name"] for s in cfg["structures"])
+        raise AuditError(
+            "no contour in the structure set has the name of a structure this model "
+            f"delineates ({names})"
+        )
+    notes = [
+        f"{r.name}: not audited (the model does not delineate a structure of that name)"
+        for r in rois
+        if r.name not in matched
+    ]
+    labels = segment_volume(volume, model, progress)
+    image = image_to_model_grid(
+        volume, cfg["spacing_mm"], cfg["window_hu"], cfg["axcodes"]
+    )[0].numpy()
+    voxel_cm3 = labels.voxel_volume_mm3 / 1000.0
+    results = []
+    for roi in rois:
+        if roi.name not in matched:
+            continue
+        if not roi.mask.any():
+            notes.append(f"{roi.name}: not audited (the contour is empty)")
+            continue
+        i = matched[roi.name]
+        structure = cfg["structures"][i]
+        on_grid = labels_to_model_grid(
+            LabelMap(roi.mask.astype(np.uint8), volume.affine),
+            cfg["spacing_mm"],
+            cfg["axcodes"],
+        )[0].numpy()
+        if not on_grid.any():
+            notes.append(f"{roi.name}: not audited (thinner than the model's grid)")
+            continue
+        score = qam_score(critic, image, on_grid, i, len(cfg["structures"]))
+        predicted = labels.array == structure["label"]
+        dice, msd, hd95 = _surface_metrics(roi.mask > 0, predicted, volume.spacing)
+        entry = StructureAudit(
+            roi.name,
+            structure["name"],
+            round(score, 3),
+            round(dice, 3),
+            msd,
+            hd95,
+            round(float(predicted.sum()) * voxel_cm3, 2),
+            round(float((roi.mask > 0).sum()) * voxel_cm3, 2),
+        )
+        if score < critic.threshold:
+            entry.reasons.append(
+                f"the quality check scores it {score:.2f}, below {critic.threshold:.2f}: "
+                "the contour looks imprecise for this image"
+            )
+        min_dice = _min_dice(model, structure["name"])
+        if dice < min_dice:
+            entry.reasons.append(
+                f"Dice {dice:.2f} with the model's delineation, below the {min_dice:.2f} "
+                "the model usually reaches against physicians"
+            )
+        entry.flagged = bool(entry.reasons)
+        results.append(entry)
+    results.sort(key=lambda r: r.dice)
+    return results, notes, labels
+
+
+def _find_structure_set(input_path: Path, frame_of_reference: str):  # noqa: ANN202 (a pydicom Dataset)
+    """The one RTSTRUCT in the upload that is drawn on ``frame_of_reference``."""
+    others = read_upload(input_path).others
+    sets = [ds for ds in others if str(ds.get("Modality", "")) == "RTSTRUCT"]
+    on_series = [
+        ds
+        for ds in sets
+        if any(
+            str(f.get("FrameOfReferenceUID", "")) == frame_of_reference
+            for f in ds.get("ReferencedFrameOfReferenceSequence", [])
+        )
+    ]
+    candidates = on_series or sets
+    if len(candidates) != 1:
+        raise AuditError(
+            "the upload holds no structure set (RTSTRUCT) to audit"
+            if not candidates
+            else f"the upload holds {len(candidates)} structure sets; give the one to audit"
+        )
+    return candidates[0]
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    structures: list[StructureAudit]
+    notes: list[str]
+    model_name: str
+    weights_sha256: str
+    qam_sha256: str
+    qam_threshold: float
+    timings_s: dict[str, float]
+
+
+def audit_file(
+    input_path: str | Path,
+    model_name: str,
+    out_dir: str | Path,
+    contours: str | Path | None = None,
+    series: str | None = None,
+    progress: Progress | None = None,
+) -> AuditResult:
+    """Audit a DICOM CT's structure set; writes ``audit.json``, the model's
+    ``labels.nii.gz`` and ``structures.json`` (as ``segment`` writes them) in ``out_dir``.
+
+    ``contours`` is the RTSTRUCT file; without it, the one RTSTRUCT of the upload drawn
+    on the chosen series is used.
+
+    Raises:
+        InputError: unreadable or NIfTI input (a structure set references DICOM slices).
+        RTStructImportError: an unreadable structure set.
+        AuditError: no structure set, no matching structure, or no critic for the model.
+        UnknownModelError: ``model_name`` is not shipped.
+    """
+    report = progress or (lambda stage, pct: None)
+    input_path, out = Path(input_path), Path(out_dir)
+    t0 = time.perf_counter()
+    report("ingest", 0)
+    volume, dicom = read_input(input_path, series)
+    if dicom is None:
+        raise InputError(
+            f"{input_path.name}: the audit needs the DICOM series the structure set was "
+            "drawn on, not a NIfTI file"
+        )
+    ds = (
+        read_rtstruct(contours)
+        if contours is not None
+        else _find_structure_set(
+            input_path, str(dicom.header.get("FrameOfReferenceUID", ""))
+        )
+    )
+    rois = import_rtstruct(ds, dicom)
+    model = load_model(model_name)
+    critic = load_critic(model)
+    t1 = time.perf_counter()
+    results, notes, labels = audit_volume(volume, rois, model, critic, report)
+    t2 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    write_nifti(labels, out / "labels.nii.gz")
+    (out / "structures.json").write_text(
+        json.dumps(structure_table(labels, model), indent=1)
+    )
+    result = AuditResult(
+        results,
+        notes + list(dicom.notes),
+        model.name,
+        model.weights_sha256,
+        critic.weights_sha256,
+        critic.threshold,
+        {"ingest": round(t1 - t0, 2), "audit": round(t2 - t1, 2)},
+    )
+    document = asdict(result) | {"input": input_path.name}
+    (out / "audit.json").write_text(json.dumps(document, indent=1, allow_nan=False))
+    report("export", STAGE_END["export"])
+    return result
+
+
+def format_audit(result: AuditResult) -> str:
+    """A plain-text table of the audit, worst agreement first."""
+    lines = [
+        f"{'ROI':<16}{'QAM':>7}{'Dice':>7}{'MSD mm':>9}{'HD95 mm':>9}  flag",
+    ]
+    for r in result.structures:
+        msd = "-" if r.msd_mm is None else f"{r.msd_mm:.1f}"
+        hd = "-" if r.hd95_mm is None else f"{r.hd95_mm:.1f}"
+        lines.append(
+            f"{r.roi_name:<16}{r.qam_score:>7.2f}{r.dice:>7.2f}{msd:>9}{hd:>9}  "
+            + ("; ".join(r.reasons) if r.flagged else "")
+        )
+    lines += result.notes
+    return "\n".join(lines)
