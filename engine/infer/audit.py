@@ -311,7 +311,8 @@ def audit_file(
     progress: Progress | None = None,
 ) -> AuditResult:
     """Audit a DICOM CT's structure set; writes ``audit.json``, the model's
-    ``labels.nii.gz`` and ``structures.json`` (as ``segment`` writes them) in ``out_dir``.
+    ``labels.nii.gz`` and ``structures.json`` and the CT as ``image.nii.gz`` (as
+    ``segment`` writes them, so a viewer shows the model's delineation) in ``out_dir``.
 
     ``contours`` is the RTSTRUCT file; without it, the one RTSTRUCT of the upload drawn
     on the chosen series is used.
@@ -346,6 +347,8 @@ def audit_file(
     results, notes, labels = audit_volume(volume, rois, model, critic, report)
     t2 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
+    image = np.clip(np.rint(volume.array), -32768, 32767).astype(np.int16)
+    write_nifti(Volume(image, volume.affine), out / "image.nii.gz")
     write_nifti(labels, out / "labels.nii.gz")
     (out / "structures.json").write_text(
         json.dumps(structure_table(labels, model), indent=1)
