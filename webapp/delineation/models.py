@@ -64,6 +64,11 @@ class Scan(models.Model):
 
 
 class Job(models.Model):
+    class Kind(models.TextChoices):
+        SEGMENT = "segment", "Delineation"
+        # Check the structure set that came with the scan against the model (engine.infer.audit).
+        AUDIT = "audit", "Contour audit"
+
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
         RUNNING = "running", "Running"
@@ -76,6 +81,7 @@ class Job(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
     scan = models.ForeignKey(Scan, on_delete=models.CASCADE, related_name="jobs")
     model_name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.SEGMENT)
     # Key of the image series to delineate (engine.io.preflight); empty for NIfTI.
     series_key = models.CharField(max_length=200, blank=True, default="")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
@@ -87,7 +93,8 @@ class Job(models.Model):
     weights_sha256 = models.CharField(max_length=64, blank=True, default="")
     # Output folder relative to MEDIA_ROOT (scans/<scan>/jobs/<job>); empty until run.
     result_dir = models.CharField(max_length=1024, blank=True, default="")
-    # As structures.json: [{"label", "name", "color": [r, g, b], "volume_cm3"}].
+    # As structures.json: [{"label", "name", "color": [r, g, b], "volume_cm3"}]; for an
+    # audit, the model's delineation (the audit itself is ``audit.json`` in the output folder).
     structures = models.JSONField(default=list, blank=True)
     input_kind = models.CharField(max_length=16, blank=True, default="")  # "dicom" / "nifti", from the engine
     # The RTSTRUCT read back and compared with the label map: Dice per structure (engine.io.rtstruct_check).
@@ -113,6 +120,10 @@ class Job(models.Model):
     @property
     def result_path(self) -> Path | None:
         return Path(settings.MEDIA_ROOT) / self.result_dir if self.result_dir else None
+
+    @property
+    def is_audit(self) -> bool:
+        return self.kind == self.Kind.AUDIT
 
     @property
     def is_finished(self) -> bool:
