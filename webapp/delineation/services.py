@@ -22,6 +22,7 @@ spacing so the page can draw pixels with their physical aspect ratio.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import os
@@ -44,7 +45,11 @@ OPTIONAL_OUTPUTS = (
     ("rtstruct", "rtstruct.dcm", "api-job-rtstruct"),
     ("seg", "seg.dcm", "api-job-seg"),
     ("ct_dicom", "ct_dicom.zip", "api-job-ct-dicom"),
+    ("audit", "audit.json", "api-job-audit-json"),
 )
+# What a contour audit's ``audit.json`` may show on the pages and in the API (not the
+# upload's file name, which may name the patient).
+AUDIT_FIELDS = ("model_name", "qam_threshold", "structures", "notes")
 _VIEWER_DIR = "viewer"
 
 
@@ -74,6 +79,19 @@ class EngineResult:
     notes: list[str] = field(default_factory=list)  # outputs not written, and why
 
 
+@dataclass
+class AuditEngineResult:
+    """A contour audit (``engine.infer.audit.audit_file``) as the job records it."""
+
+    structures: list[dict]  # the model's delineation, as structures.json
+    audit: list[dict]  # one entry per audited ROI, worst Dice first (StructureAudit)
+    qam_threshold: float
+    timings_s: dict[str, float]
+    model_name: str
+    weights_sha256: str
+    notes: list[str] = field(default_factory=list)  # ROIs not audited, and why
+
+
 # --- Engine calls ---------------------------------------------------------------------
 
 
@@ -88,10 +106,12 @@ def available_models() -> list[str]:
 
 
 def model_cards() -> list[dict]:
-    """For each shipped model: its name and structures (label, name, colour) from its card."""
+    """For each shipped model: its name and structures (label, name, colour) from its card,
+    and ``audit``: whether it ships a contour-quality critic (card key ``qam``), so it can
+    audit a structure set (``engine.infer.audit.load_critic``)."""
     cards = []
     for name in available_models():
-        entry: dict = {"name": name, "structures": []}
+        entry: dict = {"name": name, "structures": [], "audit": False}
         try:
             from engine.models.registry import WEIGHTS_DIR
 
@@ -102,10 +122,16 @@ def model_cards() -> list[dict]:
             for key in ("description", "version", "modality"):
                 if isinstance(card.get(key), str):
                     entry[key] = card[key]
+            entry["audit"] = bool(card.get("qam"))
         except (ImportError, OSError, ValueError, KeyError, TypeError):
             logger.warning("could not read the card of model %s", name)
         cards.append(entry)
     return cards
+
+
+def audit_models() -> list[str]:
+    """Names of the shipped models that can audit contours (see ``model_cards``)."""
+    return [card["name"] for card in model_cards() if card.get("audit")]
 
 
 def preflight(path: Path) -> dict | None:
@@ -144,6 +170,13 @@ def usable_series(report: dict | None) -> list[str]:
     return [s["key"] for s in report.get("series", []) if s.get("status") == "ok" and s.get("key")]
 
 
+def structure_sets(report: dict | None) -> list[dict]:
+    """The RTSTRUCT objects a pre-flight report lists among the upload's other objects."""
+    if not report:
+        return []
+    return [o for o in report.get("other_objects") or [] if isinstance(o, dict) and o.get("modality") == "RTSTRUCT"]
+
+
 def run_segmentation(
     input_path: Path,
     model_name: str,
@@ -177,6 +210,45 @@ def run_segmentation(
         rtstruct_roundtrip={k: float(v) for k, v in result.rtstruct_roundtrip.items()},
         seg=Path(result.seg) if result.seg else None,
         ct_dicom_zip=Path(result.ct_dicom_zip) if result.ct_dicom_zip else None,
+        notes=[str(n) for n in result.notes],
+    )
+
+
+def run_audit(
+    input_path: Path,
+    model_name: str,
+    out_dir: Path,
+    progress: Callable[[str, int], None] | None = None,
+    series: str | None = None,
+) -> AuditEngineResult:
+    """Run ``engine.infer.audit.audit_file`` on the structure set of the upload; engine
+    errors (no structure set, no structure the model knows, no critic, NIfTI input, an
+    unreadable RTSTRUCT, an unknown model) become DelineationError."""
+    try:
+        from engine.infer.audit import AuditError, audit_file
+        from engine.io.reader import InputError
+        from engine.io.rtstruct_import import RTStructImportError
+        from engine.models.registry import UnknownModelError
+    except ImportError as exc:
+        raise DelineationError(f"The delineation engine is not available on this worker ({exc}).") from exc
+    try:
+        result = audit_file(Path(input_path), model_name, Path(out_dir), progress=progress, series=series)
+    except AuditError as exc:
+        raise DelineationError(f"The contours cannot be audited: {exc}.") from None
+    except RTStructImportError as exc:
+        raise DelineationError(f"The structure set (RTSTRUCT) could not be read: {exc}") from None
+    except InputError as exc:
+        raise DelineationError(str(exc)) from None
+    except UnknownModelError as exc:
+        raise DelineationError(f"Unknown model: {exc}") from None
+    structures = json.loads((Path(out_dir) / "structures.json").read_text())
+    return AuditEngineResult(
+        structures=[dict(s) for s in structures],
+        audit=[dataclasses.asdict(a) for a in result.structures],
+        qam_threshold=float(result.qam_threshold),
+        timings_s={k: float(v) for k, v in dict(result.timings_s).items()},
+        model_name=str(result.model_name),
+        weights_sha256=str(result.weights_sha256),
         notes=[str(n) for n in result.notes],
     )
 
@@ -343,6 +415,20 @@ def roundtrip_threshold(result_dir: Path | None) -> float | None:
         return float(json.loads((Path(result_dir) / "rtstruct_check.json").read_text())["threshold"])
     except (TypeError, OSError, ValueError, KeyError):
         return None
+
+
+def audit_report(result_dir: Path | None) -> dict | None:
+    """What the pages show of a contour audit: ``AUDIT_FIELDS`` of ``audit.json``, or None."""
+    try:
+        document = json.loads((Path(result_dir) / "audit.json").read_text())
+    except (TypeError, OSError, ValueError):
+        return None
+    if not isinstance(document, dict):
+        return None
+    report = {key: document.get(key) for key in AUDIT_FIELDS}
+    report["structures"] = report["structures"] or []
+    report["notes"] = report["notes"] or []
+    return report
 
 
 def remove_tree(path: Path) -> None:

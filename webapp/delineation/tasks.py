@@ -110,10 +110,9 @@ def execute_job(job_id: str | UUID) -> str:
     out_dir.mkdir(parents=True)
     recorder = ProgressRecorder(job.id)
     started = time.monotonic()
+    run = services.run_audit if job.is_audit else services.run_segmentation
     try:
-        result = services.run_segmentation(
-            scan.engine_input, job.model_name, out_dir, progress=recorder, series=job.series_key or None
-        )
+        result = run(scan.engine_input, job.model_name, out_dir, progress=recorder, series=job.series_key or None)
         recorder.finish_stage()
         recorder("viewer", 99)
         services.prepare_viewer(out_dir)
@@ -139,11 +138,14 @@ def execute_job(job_id: str | UUID) -> str:
         "total": round(time.monotonic() - started, 3),
     }
     job.status, job.stage, job.progress = Job.Status.SUCCEEDED, "done", 100
-    job.structures = result.structures
+    job.structures = result.structures  # for an audit, the model's delineation (the audit is audit.json)
     job.weights_sha256 = result.weights_sha256
-    job.input_kind = result.input_kind
-    job.rtstruct_roundtrip = result.rtstruct_roundtrip
     job.notes = result.notes
+    if isinstance(result, services.AuditEngineResult):
+        job.input_kind = "dicom"  # the engine audits only DICOM series
+    else:
+        job.input_kind = result.input_kind
+        job.rtstruct_roundtrip = result.rtstruct_roundtrip
     job.result_dir = str(out_dir.relative_to(settings.MEDIA_ROOT))
     job.finished = timezone.now()
     job.save()
@@ -155,10 +157,13 @@ def run_job(self: Task, job_id: str) -> str:
     return execute_job(job_id)
 
 
-def queue_job(owner, scan, model_name: str, series_key: str = "") -> Job:  # noqa: ANN001 (a user and a Scan)
-    """Create a job on ``scan`` and queue it once the transaction commits."""
+def queue_job(  # noqa: ANN001 (a user and a Scan)
+    owner, scan, model_name: str, series_key: str = "", kind: str = Job.Kind.SEGMENT
+) -> Job:
+    """Create a job (a delineation, or with ``kind="audit"`` a contour audit) on ``scan``
+    and queue it once the transaction commits."""
     with transaction.atomic():
-        job = Job.objects.create(owner=owner, scan=scan, model_name=model_name, series_key=series_key)
+        job = Job.objects.create(owner=owner, scan=scan, model_name=model_name, series_key=series_key, kind=kind)
         submit(job)
     return job
 
