@@ -122,7 +122,9 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
         data = JobCreateSerializer(data=request.data, context={"request": request})
         data.is_valid(raise_exception=True)
         scan = data.validated_data["scan"]
-        job = tasks.queue_job(request.user, scan, data.validated_data["model"], data.validated_data["series"])
+        job = tasks.queue_job(
+            request.user, scan, data.validated_data["model"], data.validated_data["series"], data.validated_data["kind"]
+        )
         job.refresh_from_db()
         return Response(JobSerializer(job, context={"request": request}).data, status=status.HTTP_201_CREATED)
 
@@ -196,6 +198,19 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
         which the RTSTRUCT and SEG reference, so a planning system can import all three."""
         return self._optional_download("ct_dicom.zip", "DICOM export of the CT", "application/zip")
 
+    @extend_schema(
+        responses={
+            (200, "application/json"): OpenApiResponse(OpenApiTypes.OBJECT, description="The contour audit"),
+            404: _DETAIL,
+            409: _DETAIL,
+        }
+    )
+    @action(detail=True, methods=["get"], url_path="audit.json", url_name="audit-json")
+    def audit_json(self, request: Request, pk: str | None = None):
+        """Contour audit jobs only: the audit as the engine wrote it (``engine.infer.audit``),
+        one entry per audited ROI with its QAM score, Dice, MSD and HD95 against the model."""
+        return self._optional_download("audit.json", "contour audit", "application/json")
+
     def _optional_download(self, filename: str, what: str, content_type: str):
         job, problem = self._result_file(filename)
         if problem:
@@ -205,6 +220,8 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
             why = " ".join(job.notes) if job.notes else ""
             if filename == "ct_dicom.zip" and job.input_kind == "dicom":
                 why = "The scan was uploaded as DICOM: the RTSTRUCT and SEG reference the uploaded series."
+            if filename == "audit.json" and not job.is_audit:
+                why = "This job is a delineation, not a contour audit."
             return _detail(f"No {what} was written for this job. {why}".strip(), 404)
         return self._download(job, path, filename, content_type)
 
@@ -258,7 +275,11 @@ class ModelsView(APIView):
     @extend_schema(
         responses=inline_serializer(
             "Model",
-            {"name": serializers.CharField(), "structures": serializers.ListField(child=serializers.DictField())},
+            {
+                "name": serializers.CharField(),
+                "structures": serializers.ListField(child=serializers.DictField()),
+                "audit": serializers.BooleanField(help_text="It ships a contour-quality critic: it can audit."),
+            },
             many=True,
         )
     )

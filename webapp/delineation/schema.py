@@ -7,5 +7,6 @@ import re
 
 def strip_download_slash(result: dict, generator, request, public) -> dict:
     """Document file downloads without the optional trailing slash: ``.../labels.nii.gz``."""
-    result["paths"] = {re.sub(r"(\.(?:gz|dcm|zip))/$", r"\1", path): item for path, item in result["paths"].items()}
+    paths = result["paths"].items()
+    result["paths"] = {re.sub(r"(\.(?:gz|dcm|zip|json))/$", r"\1", path): item for path, item in paths}
     return result

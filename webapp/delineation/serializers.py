@@ -68,14 +68,48 @@ class JobCreateSerializer(serializers.Serializer):
         help_text="The image series to delineate (a 'key' from the scan's preflight report); "
         "needed only when the upload holds several usable series.",
     )
+    kind = serializers.ChoiceField(
+        choices=Job.Kind.choices,
+        default=Job.Kind.SEGMENT,
+        help_text="'segment' (default): delineate the scan. 'audit': check the structure set (RTSTRUCT) uploaded "
+        "with a DICOM scan against the model; the model must ship a contour-quality critic ('audit' in /api/models/).",
+    )
 
     def validate(self, attrs: dict) -> dict:
+        attrs["series"] = self._series(attrs)
+        if attrs.get("kind") == Job.Kind.AUDIT:
+            self._check_audit(attrs["scan"], attrs["model"])
+        return attrs
+
+    def _check_audit(self, scan: Scan, model: str) -> None:
+        """An audit needs a DICOM scan with a structure set, and a model with a critic."""
+        report = scan.preflight if isinstance(scan.preflight, dict) else None
+        errors = {}
+        if not scan.is_dicom or (report and report.get("kind") == "nifti"):
+            errors["scan"] = (
+                "A NIfTI scan cannot be audited: the audit needs the DICOM series the structure set (RTSTRUCT) "
+                "was drawn on. Upload the DICOM CT together with its RTSTRUCT."
+            )
+        elif report and not services.structure_sets(report):
+            errors["scan"] = (
+                "This upload holds no structure set (RTSTRUCT) to audit. "
+                "Upload the DICOM CT together with the RTSTRUCT drawn on it."
+            )
+        capable = services.audit_models()
+        if model not in capable:
+            errors["model"] = f"Model {model!r} cannot audit contours: it has no contour-quality critic. " + (
+                f"Models that can: {', '.join(capable)}." if capable else services.AUDIT_NEEDS_CRITIC
+            )
+        if errors:
+            raise serializers.ValidationError(errors)
+
+    def _series(self, attrs: dict) -> str:
+        """The series key to use: the requested one if usable, or the only usable one."""
         scan: Scan = attrs["scan"]
         report = scan.preflight if isinstance(scan.preflight, dict) else None
         requested = attrs.get("series") or ""
         if not report or report.get("kind") != "dicom":
-            attrs["series"] = requested
-            return attrs
+            return requested
         usable = services.usable_series(report)
         by_key = {s.get("key"): s for s in report.get("series", [])}
         if requested:
@@ -96,8 +130,7 @@ class JobCreateSerializer(serializers.Serializer):
             raise serializers.ValidationError(
                 {"series": f"This upload holds {len(usable)} image series; choose one: {described}."}
             )
-        attrs["series"] = requested
-        return attrs
+        return requested
 
     def validate_model(self, value: str) -> str:
         models = services.available_models()
@@ -117,6 +150,7 @@ class JobSerializer(serializers.ModelSerializer):
     downloads = serializers.SerializerMethodField()
     viewer = serializers.SerializerMethodField()
     rtstruct_check = serializers.SerializerMethodField()
+    audit = serializers.SerializerMethodField()
 
     class Meta:
         model = Job
@@ -125,6 +159,7 @@ class JobSerializer(serializers.ModelSerializer):
             "scan",
             "scan_name",
             "model",
+            "kind",
             "series",
             "status",
             "stage",
@@ -141,6 +176,7 @@ class JobSerializer(serializers.ModelSerializer):
             "finished",
             "downloads",
             "viewer",
+            "audit",
         ]
         read_only_fields = fields
 
@@ -159,7 +195,18 @@ class JobSerializer(serializers.ModelSerializer):
         for key, filename, url_name in services.OPTIONAL_OUTPUTS:
             exists = job.result_path is not None and (job.result_path / filename).exists()
             links[key] = file_url(url_name) if exists else None
+        if job.is_audit:  # an audit writes the model's label map, not one mask per structure
+            links["structures_zip"] = None
         return links
+
+    @extend_schema_field(serializers.DictField(allow_null=True))
+    def get_audit(self, job: Job) -> dict | None:
+        """A succeeded contour audit: model_name, qam_threshold, notes and one entry per audited
+        ROI, worst Dice first (roi_name, structure, qam_score, dice, msd_mm, hd95_mm,
+        model_volume_cm3, contour_volume_cm3, flagged, reasons)."""
+        if not job.is_audit or job.status != Job.Status.SUCCEEDED:
+            return None
+        return services.audit_report(job.result_path)
 
     @extend_schema_field(serializers.DictField(allow_null=True))
     def get_rtstruct_check(self, job: Job) -> dict | None:

@@ -50,6 +50,10 @@ OPTIONAL_OUTPUTS = (
 # What a contour audit's ``audit.json`` may show on the pages and in the API (not the
 # upload's file name, which may name the patient).
 AUDIT_FIELDS = ("model_name", "qam_threshold", "structures", "notes")
+AUDIT_NEEDS_CRITIC = (
+    "An audit needs a model that ships a contour-quality critic (QAM), such as hn-rt; "
+    "no model on this server has one yet."
+)
 _VIEWER_DIR = "viewer"
 
 
