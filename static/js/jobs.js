@@ -12,6 +12,8 @@
     return el("td", {}, el("span", { class: `badge ${job.status}`, "data-status": job.status, text: label }));
   }
 
+  const KIND = { segment: "Delineation", audit: "Contour audit" };
+
   function progressCell(job) {
     if (job.status === "failed") return el("td", { class: "error-text", text: job.error || "Failed" });
     const pct = job.status === "succeeded" ? 100 : job.progress;
@@ -26,7 +28,7 @@
     if (job.status !== "succeeded") return el("td");
     const d = job.downloads || {};
     return el("td", { class: "links" },
-      el("a", { href: job.viewer, class: "view-link", text: "View" }),
+      el("a", { href: job.viewer, class: "view-link", text: job.kind === "audit" ? "View audit" : "View" }),
       d.labels ? el("a", { href: d.labels, text: "Labels" }) : null,
       d.structures_zip ? el("a", { href: d.structures_zip, text: "Masks" }) : null,
       d.rtstruct ? el("a", {
@@ -34,13 +36,14 @@
         title: job.rtstruct_check ? `round-trip check: Dice ≥ ${job.rtstruct_check.min_dice.toFixed(3)}` : "",
       }) : null,
       d.seg ? el("a", { href: d.seg, text: "SEG" }) : null,
-      d.ct_dicom ? el("a", { href: d.ct_dicom, text: "CT (DICOM)" }) : null);
+      d.ct_dicom ? el("a", { href: d.ct_dicom, text: "CT (DICOM)" }) : null,
+      d.audit ? el("a", { href: d.audit, text: "Audit (JSON)" }) : null);
   }
 
   function render(jobs) {
     body.replaceChildren();
     if (!jobs.length) {
-      body.append(el("tr", { class: "empty" }, el("td", { colspan: 7 }, "No jobs yet. ", el("a", { href: "/upload/", text: "Upload a scan" }), " to start.")));
+      body.append(el("tr", { class: "empty" }, el("td", { colspan: 8 }, "No jobs yet. ", el("a", { href: "/upload/", text: "Upload a scan" }), " to start.")));
       return;
     }
     for (const job of jobs) {
@@ -48,6 +51,7 @@
       const total = job.timings && job.timings.total;
       body.append(el("tr", { "data-job-id": job.id, class: job.id === highlight ? "highlight" : null },
         el("td", { text: job.scan_name }),
+        el("td", { class: `kind ${job.kind}`, text: KIND[job.kind] || job.kind }),
         el("td", { text: job.model }),
         statusCell(job),
         progressCell(job),

@@ -229,7 +229,8 @@
       roundtripNote(job.rtstruct_check)));
     if (d.seg) links.append(el("li", {}, el("a", { href: d.seg, id: "download-seg", text: "Segmentation (DICOM SEG)" })));
     if (d.ct_dicom) links.append(el("li", {}, el("a", { href: d.ct_dicom, id: "download-ct-dicom", text: "CT as a DICOM series (zip), referenced by the RTSTRUCT and SEG" })));
-    for (const note of job.notes || []) links.append(el("li", { class: "hint", text: note }));
+    if (d.audit) links.append(el("li", {}, el("a", { href: d.audit, id: "download-audit", text: "Contour audit (JSON)" })));
+    if (job.kind !== "audit") for (const note of job.notes || []) links.append(el("li", { class: "hint", text: note }));
     const info = document.getElementById("job-info");
     info.replaceChildren();
     const add = (k, v) => info.append(el("dt", { text: k }), el("dd", { text: v }));
@@ -237,6 +238,46 @@
     add("Weights", job.weights_sha256 ? `sha256 ${job.weights_sha256.slice(0, 12)}…` : "–");
     add("Input", job.input_kind || "–");
     for (const [stage, seconds] of Object.entries(job.timings || {})) add(`Time: ${stage}`, Delineo.formatSeconds(seconds));
+  }
+
+  // --- Contour audit (audit jobs): one row per audited ROI, worst Dice first -------------
+  const fixed = (v, digits) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
+
+  function auditTable(audit) {
+    const body = document.querySelector("#audit-table tbody");
+    body.replaceChildren();
+    if (!audit) {
+      body.append(el("tr", {}, el("td", { colspan: 9, text: "The audit report of this job could not be read." })));
+      return;
+    }
+    document.getElementById("audit-threshold").textContent = fixed(audit.qam_threshold, 2);
+    for (const r of audit.structures) {
+      const model = state.structures.find((st) => st.name === r.structure);
+      const goTo = el("button", {
+        type: "button", class: "small", disabled: !(model && model.volume_cm3 > 0),
+        title: "Go to the slice through the centre of the model's delineation", text: "Go to",
+      });
+      goTo.addEventListener("click", () => {
+        const centre = model && state.slice && state.slice.centres[String(model.label)];
+        if (centre) show(state.plane, centre[AXIS[state.plane]]);
+      });
+      const findings = r.flagged
+        ? el("td", {}, el("span", { class: "badge failed", text: "Flagged" }), el("ul", {}, ...r.reasons.map((t) => el("li", { text: t }))))
+        : el("td", { class: "hint", text: "No finding" });
+      body.append(el("tr", { "data-roi": r.roi_name, class: r.flagged ? "flagged" : null },
+        el("td", { text: r.roi_name }),
+        el("td", {}, model ? el("span", { class: "swatch", style: `background:${rgb(model.color)}` }) : null, ` ${r.structure}`),
+        el("td", { class: "num", text: fixed(r.qam_score, 2) }),
+        el("td", { class: "num", text: fixed(r.dice, 2) }),
+        el("td", { class: "num", text: fixed(r.msd_mm, 1) }),
+        el("td", { class: "num", text: fixed(r.hd95_mm, 1) }),
+        el("td", { class: "num", text: `${fixed(r.contour_volume_cm3, 1)} / ${fixed(r.model_volume_cm3, 1)}` }),
+        findings,
+        el("td", {}, goTo)));
+    }
+    if (!audit.structures.length) body.append(el("tr", {}, el("td", { colspan: 9, text: "No contour was audited." })));
+    const notes = document.getElementById("audit-notes");
+    notes.replaceChildren(...(audit.notes || []).map((n) => el("li", { text: n })));
   }
 
   // --- Events --------------------------------------------------------------------------
@@ -299,6 +340,7 @@
     state.structures = job.structures.map((s) => ({ ...s, visible: true, opacity: 0.4 }));
     structureTable();
     sidePanel(job);
+    if (job.kind === "audit") auditTable(job.audit);
     applyWindow();
     await show("axial", null);
   }

@@ -60,19 +60,24 @@ def _errors_text(errors) -> str:
 
 @login_required
 def scan_detail(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
-    """The pre-flight report of an upload, and the form that queues a job on it."""
+    """The pre-flight report of an upload, and the form that queues a job on it: a
+    delineation, or (when the upload holds a structure set) a contour audit."""
     scan = get_object_or_404(Scan, pk=scan_id, owner=request.user)
     report = scan.preflight if isinstance(scan.preflight, dict) else {}
     usable = services.usable_series(report)
+    structure_sets = services.structure_sets(report)
     error = ""
     if request.method == "POST":
+        kind = Job.Kind.AUDIT if request.POST.get("kind") == Job.Kind.AUDIT else Job.Kind.SEGMENT
+        model = request.POST.get("audit_model" if kind == Job.Kind.AUDIT else "model", "")
         data = JobCreateSerializer(
-            data={"scan": str(scan.id), "model": request.POST.get("model", ""), "series": request.POST.get("series", "")},
+            data={"scan": str(scan.id), "model": model, "series": request.POST.get("series", ""), "kind": kind},
             context={"request": request},
         )
         if data.is_valid():
-            job = tasks.queue_job(request.user, scan, data.validated_data["model"], data.validated_data["series"])
-            messages.success(request, f"The job on {scan.name} is queued.")
+            job = tasks.queue_job(request.user, scan, data.validated_data["model"], data.validated_data["series"], kind)
+            what = "contour audit" if kind == Job.Kind.AUDIT else "job"
+            messages.success(request, f"The {what} on {scan.name} is queued.")
             return redirect(f"{reverse('job-list')}?new={job.id}")
         error = _errors_text(data.errors)
     return render(
@@ -84,6 +89,9 @@ def scan_detail(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
             "usable": usable,
             "selected": request.POST.get("series") or report.get("selected") or (usable[0] if len(usable) == 1 else ""),
             "models": services.available_models(),
+            "structure_sets": structure_sets,
+            "audit_models": services.audit_models() if structure_sets else [],
+            "audit_needs_critic": services.AUDIT_NEEDS_CRITIC,
             "error": error,
         },
     )
