@@ -76,3 +76,24 @@ def dicom_zip_bytes(tmp: Path, folder: str = "CT") -> bytes:
 
 def read_dataset(path: Path) -> pydicom.Dataset:
     return pydicom.dcmread(path)
+
+
+def dicom_zip_with_rtstruct(tmp: Path, roi_names: tuple[str, ...] = ("Brainstem",)) -> bytes:
+    """A zip of a small CT series (``dicom_series``) and an RTSTRUCT drawn on it: one box
+    per ROI name, built by the engine's exporter (``engine.io.rtstruct.build_rtstruct``)."""
+    from engine.io.dicom_series import read_series
+    from engine.io.rtstruct import build_rtstruct
+    from engine.models.registry import Structure
+    from engine.volume import LabelMap
+
+    paths = dicom_series(tmp / "CT")
+    series = read_series(tmp / "CT")
+    labels = np.zeros(series.volume.array.shape, np.uint8)
+    structures = []
+    for i, name in enumerate(roi_names):
+        labels[2 + 5 * i : 6 + 5 * i, 4:10, 2:6] = i + 1
+        structures.append(Structure(i + 1, name, (255, 0, 0), "ORGAN"))
+    rtstruct = build_rtstruct(LabelMap(labels, series.volume.affine), series, structures, "test", "0" * 64)
+    rtstruct.save_as(tmp / "RS.dcm", enforce_file_format=True)
+    files = {f"CT/{p.name}": p.read_bytes() for p in paths}
+    return zip_bytes({**files, "RS/RS.dcm": (tmp / "RS.dcm").read_bytes()})

@@ -21,6 +21,7 @@ def test_schema(alice_api):
         "/api/jobs/{id}/labels.nii.gz",
         "/api/jobs/{id}/rtstruct.dcm",
         "/api/jobs/{id}/structures.zip",
+        "/api/jobs/{id}/audit.json",
         "/api/jobs/{id}/slice/",
         "/api/models/",
     ):
