@@ -161,6 +161,8 @@ def test_audit_job_runs_and_shows_the_audit(
     download = alice_api.get(job["downloads"]["audit"])
     assert download.status_code == 200 and download["Content-Type"] == "application/json"
     assert json.loads(b"".join(download.streaming_content))["qam_threshold"] == -0.2
+    response = alice_api.get(f"/api/jobs/{job['id']}/rtstruct.dcm")
+    assert response.status_code == 404 and "contour audit writes" in response.json()["detail"]
     (call,) = auditing
     assert call["model_name"] == "hn-rt" and call["series"] == alice_rtstruct_scan["preflight"]["selected"]
 

@@ -222,6 +222,8 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
                 why = "The scan was uploaded as DICOM: the RTSTRUCT and SEG reference the uploaded series."
             if filename == "audit.json" and not job.is_audit:
                 why = "This job is a delineation, not a contour audit."
+            elif job.is_audit:
+                why = "A contour audit writes the audit and the model's label map, not the delineation's DICOM files."
             return _detail(f"No {what} was written for this job. {why}".strip(), 404)
         return self._download(job, path, filename, content_type)
 
