@@ -2,11 +2,12 @@
 
     python experiments/noisy_labels.py configs            # writes experiments/configs/*.json
     python experiments/noisy_labels.py run [NAME ...]     # runs them in order (resumable; done runs skipped)
-    python experiments/noisy_labels.py table              # prints the Markdown tables from var/experiments
+    python experiments/noisy_labels.py table              # prints the Markdown tables from experiments/results
     python experiments/noisy_labels.py docs               # writes them into docs/noisy-labels.md
 
 Every run is ``python -m engine train experiments/configs/NAME.json``; its figures are the
-test-split Dice in ``var/experiments/NAME/metrics.json``.
+test-split Dice in ``var/experiments/NAME/metrics.json``, summarised when the run ends into
+``experiments/results/NAME.json`` (committed: var/ is not), from which the tables are made.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 CONFIGS = ROOT / "experiments" / "configs"
 RUNS = ROOT / "var" / "experiments"
+RESULTS = ROOT / "experiments" / "results"
 DATA = ROOT.parent / "shared" / "data" / "openkbp"
 
 # Sized for 2 CPU cores (docs/noisy-labels.md says so): a 5 mm grid, 48^3 patches,
@@ -103,42 +105,59 @@ def run_all(names: list[str]) -> None:
     for name in names or list(all_configs()):
         if (RUNS / name / "metrics.json").exists():
             print(f"{name}: done", flush=True)
-            continue
-        metrics = run(CONFIGS / f"{name}.json", DATA, RUNS)
-        print(f"{name}: test mean Dice {metrics['evaluation']['mean_dice']}", flush=True)
+        else:
+            metrics = run(CONFIGS / f"{name}.json", DATA, RUNS)
+            print(f"{name}: test mean Dice {metrics['evaluation']['mean_dice']}", flush=True)
+        save_result(name)
 
 
-def _metrics(name: str) -> dict | None:
-    path = RUNS / name / "metrics.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def _weights(name: str) -> str:
-    """Mean QAM weight (relative to uniform) of clean / corrupted samples over the last third of training."""
-    log = RUNS / name / "log.jsonl"
-    if not log.exists():
-        return ""
-    records = [json.loads(line) for line in log.read_text().splitlines()]
+def _weights(name: str) -> list[float] | None:
+    """Mean QAM weight (relative to uniform) of clean and of corrupted samples over the last
+    third of training."""
+    records = [json.loads(line) for line in (RUNS / name / "log.jsonl").read_text().splitlines()]
     rows = [r for r in records if r.get("weight_clean") is not None and r.get("weight_corrupted") is not None]
     rows = rows[len(rows) * 2 // 3 :]
     if not rows:
-        return ""
-    clean = sum(r["weight_clean"] for r in rows) / len(rows)
-    corrupted = sum(r["weight_corrupted"] for r in rows) / len(rows)
-    return f"{clean:.2f} / {corrupted:.2f}"
+        return None
+    return [round(sum(r[k] for r in rows) / len(rows), 4) for k in ("weight_clean", "weight_corrupted")]
+
+
+def save_result(name: str) -> Path:
+    """Summarise a finished run (var/experiments/NAME) into experiments/results/NAME.json."""
+    metrics = json.loads((RUNS / name / "metrics.json").read_text())
+    evaluation = metrics["evaluation"]
+    result = {
+        "name": name,
+        "command": f"python -m engine train experiments/configs/{name}.json",
+        "seed": metrics["seed"],
+        "best_val_mean_dice": metrics["best_val_mean_dice"],
+        "test_n_cases": evaluation["n_cases"],
+        "test_dice": {k: v["dice_mean"] for k, v in evaluation["per_structure"].items()},
+        "test_mean_dice": evaluation["mean_dice"],
+        "qam_weight_clean_corrupted": _weights(name),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return path
+
+
+def _result(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _row(label: str, name: str, with_weights: bool) -> str:
-    metrics = _metrics(name)
+    result = _result(name)
     names = [s["name"] for s in STRUCTURES]
-    if metrics is None:
+    if result is None:
         cells = ["not run yet"] * (len(names) + 1)
     else:
-        per = metrics["evaluation"]["per_structure"]
-        cells = [f"{per[n]['dice_mean']:.3f}" if n in per else "-" for n in names]
-        cells.append(f"{metrics['evaluation']['mean_dice']:.3f}")
+        cells = [f"{result['test_dice'][n]:.3f}" if n in result["test_dice"] else "-" for n in names]
+        cells.append(f"{result['test_mean_dice']:.3f}")
     if with_weights:
-        cells.append(_weights(name) or "-")
+        w = result and result["qam_weight_clean_corrupted"]
+        cells.append(f"{w[0]:.2f} / {w[1]:.2f}" if w else "-")
     return f"| {label} | " + " | ".join(cells) + " |"
 
 
