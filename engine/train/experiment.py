@@ -187,6 +187,10 @@ def _scheduler(
 def warm_start(network: torch.nn.Module, path: Path) -> int:
     """Copy every tensor of the state dict at ``path`` whose name and shape match; returns how many.
 
+    A tensor that differs only in its first dimension (the output layer of a network
+    with more structures) gets its first rows copied, so the structures the source was
+    trained on start where the source left them, in the same order.
+
     Raises:
         ExperimentConfigError: the file does not exist or no tensor matches.
     """
@@ -194,11 +198,20 @@ def warm_start(network: torch.nn.Module, path: Path) -> int:
         raise ExperimentConfigError(f"init: {path} does not exist")
     source = torch.load(path, map_location="cpu", weights_only=True)
     own = network.state_dict()
-    matching = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
-    if not matching:
+    copied = {}
+    for k, v in source.items():
+        if k not in own:
+            continue
+        if own[k].shape == v.shape:
+            copied[k] = v
+        elif own[k].ndim == v.ndim and own[k].shape[1:] == v.shape[1:]:
+            rows = min(v.shape[0], own[k].shape[0])
+            copied[k] = own[k].clone()
+            copied[k][:rows] = v[:rows]
+    if not copied:
         raise ExperimentConfigError(f"init: no tensor of {path} fits this network")
-    network.load_state_dict(own | matching)
-    return len(matching)
+    network.load_state_dict(own | copied)
+    return len(copied)
 
 
 def _cache_dir(out: Path, model: dict) -> Path:

@@ -179,7 +179,11 @@ def test_warm_start_copies_the_tensors_that_fit(tmp_path):
     copied = warm_start(wider, tmp_path / "two.pt")
     state, original = wider.state_dict(), source.state_dict()
     same = [k for k in original if state[k].shape == original[k].shape]
-    assert copied == len(same) < len(original)
+    output = [k for k in original if k not in same]
+    assert output and copied == len(original)
     assert all(torch.equal(state[k], original[k]) for k in same)
+    # The output layer: the two source structures keep their rows, the third is new.
+    assert all(torch.equal(state[k][:2], original[k]) for k in output)
+    assert all(state[k].shape[0] == 3 for k in output)
     with pytest.raises(ExperimentConfigError, match="does not exist"):
         warm_start(wider, tmp_path / "missing.pt")
