@@ -187,8 +187,8 @@ def _scheduler(
 def warm_start(network: torch.nn.Module, path: Path) -> int:
     """Copy every tensor of the state dict at ``path`` whose name and shape match; returns how many.
 
-    A tensor that differs only in its first dimension (the output layer of a network
-    with more structures) gets its first rows copied, so the structures the source was
+    A tensor that differs in one dimension only (the output channels of the last layers
+    of a network with more structures) gets the source's channels copied, so the structures the source was
     trained on start where the source left them, in the same order.
 
     Raises:
@@ -204,10 +204,13 @@ def warm_start(network: torch.nn.Module, path: Path) -> int:
             continue
         if own[k].shape == v.shape:
             copied[k] = v
-        elif own[k].ndim == v.ndim and own[k].shape[1:] == v.shape[1:]:
-            rows = min(v.shape[0], own[k].shape[0])
-            copied[k] = own[k].clone()
-            copied[k][:rows] = v[:rows]
+        elif own[k].ndim == v.ndim:
+            differ = [d for d in range(v.ndim) if own[k].shape[d] != v.shape[d]]
+            if len(differ) == 1:  # out channels: dim 0 of a conv, 1 of a transposed conv
+                part = [slice(None)] * v.ndim
+                part[differ[0]] = slice(0, min(v.shape[differ[0]], own[k].shape[differ[0]]))
+                copied[k] = own[k].clone()
+                copied[k][tuple(part)] = v[tuple(part)]
     if not copied:
         raise ExperimentConfigError(f"init: no tensor of {path} fits this network")
     network.load_state_dict(own | copied)
