@@ -1,9 +1,9 @@
 """Real data: the shipped model end to end through the CLI, and its golden output.
 
-The golden label map ``tests/golden/hn-oar_pt_104.nii.gz`` is the output of the shipped
-weights on openkbp test case pt_104; after retraining, regenerate it with
-``python -m engine segment ../shared/data/openkbp/pt_104/ct.nii.gz --model hn-oar --out DIR``
-and copy ``DIR/labels.nii.gz`` there (docs/model-cards: the card records the weights hash).
+The golden label maps ``tests/golden/MODEL_pt_104.nii.gz`` are the output of each shipped
+model on openkbp test case pt_104; after retraining, regenerate one with
+``python -m engine segment ../shared/data/openkbp/pt_104/ct.nii.gz --model MODEL --out DIR``
+and copy ``DIR/labels.nii.gz`` there (the model card records the weights hash).
 """
 
 from __future__ import annotations
@@ -15,15 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 
 from engine.io.nifti import read_labels
 from engine.io.reader import read_input
 from tests.stack import REPO, data_dir
 
-GOLDEN = REPO / "tests" / "golden" / "hn-oar_pt_104.nii.gz"
+GOLDEN = REPO / "tests" / "golden"
 
 
-def _segment(source: Path, out: Path) -> dict:
+def _segment(source: Path, out: Path, model: str = "hn-oar") -> dict:
     result = subprocess.run(
         [
             sys.executable,
@@ -32,7 +33,7 @@ def _segment(source: Path, out: Path) -> dict:
             "segment",
             str(source),
             "--model",
-            "hn-oar",
+            model,
             "--out",
             str(out),
         ],
@@ -46,11 +47,13 @@ def _segment(source: Path, out: Path) -> dict:
     return json.loads(result.stdout)
 
 
-def test_golden_label_map(tmp_path):
-    _segment(data_dir("openkbp", "pt_104") / "ct.nii.gz", tmp_path)
-    ours, golden = read_labels(tmp_path / "labels.nii.gz"), read_labels(GOLDEN)
+@pytest.mark.parametrize("model, labels", [("hn-oar", 7), ("hn-rt", 10)])
+def test_golden_label_map(tmp_path, model, labels):
+    _segment(data_dir("openkbp", "pt_104") / "ct.nii.gz", tmp_path, model)
+    ours = read_labels(tmp_path / "labels.nii.gz")
+    golden = read_labels(GOLDEN / f"{model}_pt_104.nii.gz")
     np.testing.assert_allclose(ours.affine, golden.affine, atol=1e-4)
-    for label in range(1, 8):
+    for label in range(1, labels + 1):
         a, b = ours.array == label, golden.array == label
         if b.any():
             dice = 2 * (a & b).sum() / (a.sum() + b.sum())
