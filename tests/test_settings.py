@@ -30,6 +30,7 @@ print(json.dumps({
 """
 
 VARIABLES = (
+    "DJANGO_ENV",
     "DEBUG",
     "SECRET_KEY",
     "ALLOWED_HOSTS",

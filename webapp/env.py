@@ -8,7 +8,7 @@ typo in a deployment fails at start-up instead of silently falling back to a def
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -82,3 +82,62 @@ def env_bytes(name: str, default: int, environ: Mapping[str, str] | None = None)
     if number <= 0:
         raise ImproperlyConfigured(f"{name}={value!r} must be positive")
     return number * factor
+
+
+def env_choice(name: str, default: str, choices: Collection[str], environ: Mapping[str, str] | None = None) -> str:
+    """One of ``choices`` (compared in lower case)."""
+    value = _raw(name, environ)
+    if value is None:
+        return default
+    if value.lower() not in choices:
+        raise ImproperlyConfigured(f"{name}={value!r} is not one of: {', '.join(choices)}")
+    return value.lower()
+
+
+# What Django's check --deploy (security.W009) calls a strong secret key.
+SECRET_KEY_MIN_LENGTH = 50
+SECRET_KEY_MIN_UNIQUE = 5
+KEY_ADVICE = "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(64))'"
+
+
+def check_production(
+    *,
+    debug: bool,
+    secret_key: str,
+    insecure_keys: Collection[str],
+    allowed_hosts: Collection[str],
+    session_cookie_secure: bool,
+    csrf_cookie_secure: bool,
+) -> None:
+    """Refuse settings that are unsafe on a server other people can reach (``DJANGO_ENV=production``).
+
+    Raises:
+        ImproperlyConfigured: naming the first unsafe setting and what to do instead. The
+            secret key itself is never part of the message.
+    """
+    where = "with DJANGO_ENV=production"
+    if debug:
+        raise ImproperlyConfigured(
+            f"DEBUG must be false {where}: debug pages show the settings and the data of a failing request."
+        )
+    if not secret_key or secret_key in insecure_keys:
+        raise ImproperlyConfigured(f"SECRET_KEY must be set {where} (not the development default); {KEY_ADVICE}")
+    unique = len(set(secret_key))
+    if len(secret_key) < SECRET_KEY_MIN_LENGTH or unique < SECRET_KEY_MIN_UNIQUE or secret_key.startswith(
+        "django-insecure-"
+    ):
+        raise ImproperlyConfigured(
+            f"SECRET_KEY is too weak {where}: it has {len(secret_key)} characters ({unique} different); "
+            f"use at least {SECRET_KEY_MIN_LENGTH} random characters; {KEY_ADVICE}"
+        )
+    if not allowed_hosts or "*" in allowed_hosts:
+        raise ImproperlyConfigured(
+            f"ALLOWED_HOSTS must list the host names of this server {where} (not empty, not '*'), "
+            "e.g. ALLOWED_HOSTS=delineo.hospital.example"
+        )
+    for name, secure in (("SESSION_COOKIE_SECURE", session_cookie_secure), ("CSRF_COOKIE_SECURE", csrf_cookie_secure)):
+        if not secure:
+            raise ImproperlyConfigured(
+                f"{name} must be true {where}: login and CSRF cookies are sent over HTTPS only. "
+                "For a plain-HTTP test install leave DJANGO_ENV unset."
+            )
