@@ -151,17 +151,32 @@ STORAGES = {
 # goes through an authenticated view that checks ownership.
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media"))).resolve()
 
-# --- Uploads --------------------------------------------------------------------------
-# Total size of one upload (all files of a scan), e.g. "2G".
+# --- Uploads (docs/security.md, "Upload limits") ----------------------------------------
+# Total size of one upload (all files of a scan), e.g. "2G"; counted while the request
+# streams in, which stops at the limit (UploadLimitHandler below).
 DELINEO_MAX_UPLOAD_BYTES = env_bytes("DELINEO_MAX_UPLOAD_BYTES", 2 << 30)
 # Number of files in one folder upload (a CT series has one file per slice).
 DELINEO_MAX_UPLOAD_FILES = env_int("DELINEO_MAX_UPLOAD_FILES", 5000, minimum=1)
+# A zip upload: most entries, total unpacked size, and unpacked size / compressed size
+# (zip bombs reach about 1000; CT and MR series about 2 to 10).
+DELINEO_ZIP_MAX_ENTRIES = env_int("DELINEO_ZIP_MAX_ENTRIES", 10000, minimum=1)
+DELINEO_ZIP_MAX_UNPACKED_BYTES = env_bytes("DELINEO_ZIP_MAX_UNPACKED_BYTES", 8 * DELINEO_MAX_UPLOAD_BYTES)
+DELINEO_ZIP_MAX_RATIO = env_int("DELINEO_ZIP_MAX_RATIO", 100, minimum=1)
 # Read the volume at upload time so a series that cannot be assembled is refused
 # with a message before a job is queued.
 DELINEO_UPLOAD_PREFLIGHT = env_bool("DELINEO_UPLOAD_PREFLIGHT", True)
-DATA_UPLOAD_MAX_NUMBER_FILES = DELINEO_MAX_UPLOAD_FILES
+FILE_UPLOAD_HANDLERS = [
+    "webapp.delineation.uploads.UploadLimitHandler",  # first: stops the upload at the limits, with a message
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
+# Django's own refusal (a bare 400) one file later than UploadLimitHandler's, which says why.
+DATA_UPLOAD_MAX_NUMBER_FILES = DELINEO_MAX_UPLOAD_FILES + 1
 DATA_UPLOAD_MAX_NUMBER_FIELDS = DELINEO_MAX_UPLOAD_FILES + 1000  # one "paths" field per file
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 << 20
+# Larger files are spooled here while the request is read, deleted at its end (default:
+# the system's temporary folder). They hold patient data: keep it on encrypted storage.
+FILE_UPLOAD_TEMP_DIR = env_str("FILE_UPLOAD_TEMP_DIR", "") or None
 FILE_UPLOAD_PERMISSIONS = 0o640
 FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o750
 

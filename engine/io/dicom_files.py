@@ -9,6 +9,7 @@ the pre-flight report and for the RTSTRUCT import.
 from __future__ import annotations
 
 import io
+import stat
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -62,6 +63,8 @@ def _iter_sources(path: Path) -> Iterator[tuple[str, Path | BinaryIO]]:
                 name = info.filename
                 if name.startswith("/") or ".." in Path(name).parts:
                     raise DicomFilesError(f"zip entry {name!r} has an unsafe path")
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    raise DicomFilesError(f"zip entry {name!r} is a symbolic link")
                 yield name, io.BytesIO(zf.read(info))
     else:
         yield path.name, path
@@ -71,7 +74,7 @@ def read_upload(path: str | Path) -> DicomUpload:
     """Read every DICOM object in ``path`` (folder, zip or single file).
 
     Raises:
-        DicomFilesError: a zip entry with an absolute path or ``..``.
+        DicomFilesError: a zip entry with an absolute path or ``..``, or a symbolic link.
         zipfile.BadZipFile: a corrupt zip archive.
     """
     upload = DicomUpload()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 import zipfile
 
 import numpy as np
@@ -82,4 +83,14 @@ def test_zip_slip_entry_is_refused(tmp_path):
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("../evil.dcm", b"x")
     with pytest.raises(InputError, match="unsafe path"):
+        read_input(archive)
+
+
+def test_zip_symlink_entry_is_refused(tmp_path):
+    archive = tmp_path / "link.zip"
+    link = zipfile.ZipInfo("CT/IM0001.dcm")
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr(link, "/etc/passwd")
+    with pytest.raises(InputError, match="symbolic link"):
         read_input(archive)

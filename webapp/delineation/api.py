@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import uuid
 
-from django.conf import settings
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -30,7 +29,7 @@ from webapp.delineation.serializers import (
     ScanSerializer,
     ScanUploadSerializer,
 )
-from webapp.delineation.uploads import UploadError, accept_upload
+from webapp.delineation.uploads import UploadError, accept_upload, refusal_of
 
 _DETAIL = inline_serializer("Detail", {"detail": serializers.CharField()})
 
@@ -63,11 +62,11 @@ class ScanViewSet(
         "or several fields `files` (the DICOM files of a folder) with their relative `paths` in the same order.",
     )
     def create(self, request: Request, *args, **kwargs) -> Response:
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-        if declared > settings.DELINEO_MAX_UPLOAD_BYTES + (1 << 20):
-            limit = settings.DELINEO_MAX_UPLOAD_BYTES / 2**20
-            return _detail(f"The upload is too large; the limit on this server is {limit:.0f} MiB.", 413)
-        unexpected = sorted(set(request.FILES) - {"file", "files"})
+        received = request.FILES  # reading the body applies the size and file-count limits while it streams
+        refusal = refusal_of(request)
+        if refusal is not None:
+            return _detail(refusal.message, refusal.status)
+        unexpected = sorted(set(received) - {"file", "files"})
         if unexpected:
             return _detail(
                 f"Unexpected file field(s): {', '.join(unexpected)}. Use 'file' for a zip or NIfTI file, "

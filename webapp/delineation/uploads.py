@@ -6,16 +6,23 @@ An upload is one of:
 * one ``.nii`` or ``.nii.gz`` file,
 * the files of a DICOM folder, each with its path relative to the chosen folder.
 
-Files are written byte for byte under ``MEDIA_ROOT/scans/<uuid>/original/``. Nothing is
-dropped, renamed or converted: files that are not DICOM (a ``DICOMDIR``, ``.DS_Store``)
-are kept and reported. When a check fails, :class:`UploadError` carries a message for
-the physician and nothing is left on disk.
+Files are written byte for byte under ``MEDIA_ROOT/scans/<uuid>/original/``, a folder made
+fresh for each upload. Nothing is dropped, renamed or converted: files that are not DICOM
+(a ``DICOMDIR``, ``.DS_Store``) are kept and reported. When a check fails,
+:class:`UploadError` carries a message for the physician and nothing is left on disk.
+
+Limits (settings ``DELINEO_*``, docs/security.md): the size and file count of a request are
+counted while it streams in (:class:`UploadLimitHandler`); a zip is never unpacked to disk,
+only its directory is checked (:func:`check_zip_members`) before the engine reads it.
 """
 
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
+import stat
+import struct
 import uuid
 import zipfile
 from collections.abc import Sequence
@@ -25,6 +32,7 @@ from pathlib import Path, PurePosixPath
 import nibabel as nib
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
+from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 from django.db import transaction
 from pydicom.misc import is_dicom
 
@@ -41,6 +49,84 @@ class UploadError(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
+
+
+# Set on the request by UploadLimitHandler; read by the views through refusal_of().
+_REFUSAL = "delineo_upload_refusal"
+
+
+def _human(size: float) -> str:
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= factor:
+            return f"{size / factor:.1f} {unit}"
+    return f"{size:.0f} bytes"
+
+
+def too_large(limit: int) -> UploadError:
+    return UploadError(
+        f"The upload is larger than {_human(limit)}, the limit on this server; it was stopped there. "
+        "Upload one series at a time, or ask the administrator to raise the limit.",
+        status=413,
+    )
+
+
+def too_many_files(limit: int) -> UploadError:
+    return UploadError(
+        f"The upload has more than {limit} files, the limit on this server. Upload one series at a time.",
+        status=413,
+    )
+
+
+class UploadLimitHandler(FileUploadHandler):
+    """The first of ``FILE_UPLOAD_HANDLERS``: counts the files and bytes of a request while
+    the body streams in, and stops the upload as soon as ``DELINEO_MAX_UPLOAD_FILES`` or
+    ``DELINEO_MAX_UPLOAD_BYTES`` is passed: no byte beyond the limit reaches the handlers
+    that store files, and those stored so far are dropped with the request. Django then
+    reads and discards the rest of the body, so that the client receives the message; that
+    rest is small because a ``Content-Length`` far above the limit stops the upload at its
+    first file, before any of its bytes are read, and leaves the body unread. Form fields
+    sent before the files (the CSRF token of the upload page) are kept. The refusal is left
+    on the request for the view (:func:`refusal_of`)."""
+
+    def __init__(self, request=None) -> None:
+        super().__init__(request)
+        self.declared = self.received = self.files = 0
+
+    def handle_raw_input(self, input_data, META, content_length, boundary, encoding=None):
+        self.declared = content_length
+        return None  # parse as usual
+
+    def new_file(self, *args, **kwargs) -> None:
+        super().new_file(*args, **kwargs)
+        self.files += 1
+        byte_limit, file_limit = settings.DELINEO_MAX_UPLOAD_BYTES, settings.DELINEO_MAX_UPLOAD_FILES
+        if self.files > file_limit:
+            self._refuse(too_many_files(file_limit), reset=False)
+        # Room for the multipart headers and one "paths" field per file.
+        if self.declared > byte_limit + (1 << 20) + 2048 * file_limit:
+            self._refuse(too_large(byte_limit), reset=True)  # do not read gigabytes only to discard them
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes:
+        self.received += len(raw_data)
+        if self.received > settings.DELINEO_MAX_UPLOAD_BYTES:
+            self._refuse(too_large(settings.DELINEO_MAX_UPLOAD_BYTES), reset=False)
+        return raw_data  # to the next handler, which stores it
+
+    def file_complete(self, file_size: int) -> None:
+        return None  # the next handler returns the file
+
+    def _refuse(self, error: UploadError, reset: bool) -> None:
+        """Record the refusal and stop the parser. ``reset``: leave the rest of the body unread
+        (the server may drop the connection); otherwise Django reads and discards it."""
+        if self.request is not None:
+            setattr(self.request, _REFUSAL, error)
+        raise StopUpload(connection_reset=reset)
+
+
+def refusal_of(request) -> UploadError | None:
+    """The refusal :class:`UploadLimitHandler` left on ``request`` (a Django or DRF request),
+    once its body has been read (``request.FILES``)."""
+    return getattr(getattr(request, "_request", request), _REFUSAL, None)
 
 
 @dataclass
@@ -72,10 +158,7 @@ def safe_relative_path(raw: str) -> PurePosixPath:
 def _check_size(total: int) -> None:
     limit = settings.DELINEO_MAX_UPLOAD_BYTES
     if total > limit:
-        raise UploadError(
-            f"The upload is {total / 2**20:.0f} MiB; the limit on this server is {limit / 2**20:.0f} MiB.",
-            status=413,
-        )
+        raise UploadError(f"The upload is {_human(total)}; the limit on this server is {_human(limit)}.", status=413)
 
 
 def _write(upload: UploadedFile, target: Path) -> None:
@@ -85,32 +168,131 @@ def _write(upload: UploadedFile, target: Path) -> None:
             out.write(chunk)
 
 
+# Archive formats by name and by their first bytes (tar: "ustar" at offset 257).
+ARCHIVE_SUFFIXES = (".zip", ".gz", ".tgz", ".tar", ".bz2", ".tbz2", ".xz", ".txz", ".7z", ".rar", ".zst", ".lz4")
+ARCHIVE_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"7z\xbc\xaf\x27\x1c", b"Rar!")
+
+
+def _declared_entries(path: Path) -> int | None:
+    """The entry count in a zip's end-of-central-directory record (ZIP64 too), read before
+    ``zipfile`` builds one object per entry: a crafted archive can declare millions."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - 22 - 0xFFFF))  # the record (22 bytes) and a comment of up to 64 KiB
+        tail = f.read()
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) - at < 22:
+            return None
+        (count,) = struct.unpack_from("<H", tail, at + 10)
+        if count == 0xFFFF and at >= 20 and tail[at - 20 : at - 16] == b"PK\x06\x07":
+            (offset,) = struct.unpack_from("<Q", tail, at - 20 + 8)
+            f.seek(offset)
+            record = f.read(40)
+            if len(record) == 40 and record[:4] == b"PK\x06\x06":
+                (count,) = struct.unpack_from("<Q", record, 32)
+    return count
+
+
+def _unsafe_name(name: str) -> str | None:
+    """Why an entry name could write outside the folder it is unpacked into, or None."""
+    text = name.replace("\\", "/")
+    if text.startswith("/") or (len(text) > 1 and text[1] == ":"):
+        return "an absolute path"
+    if ".." in text.split("/") or "\x00" in text:
+        return "a path that points outside the zip"
+    return None
+
+
+def _is_archive(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> bool:
+    if member.filename.lower().endswith(ARCHIVE_SUFFIXES):
+        return True
+    with archive.open(member) as f:
+        head = f.read(262)
+    return head.startswith(ARCHIVE_MAGIC) or head[257:262] == b"ustar"
+
+
+def check_zip_members(archive: zipfile.ZipFile, shown_name: str, compressed_size: int) -> list[zipfile.ZipInfo]:
+    """Check a zip's directory against the ``DELINEO_ZIP_*`` limits without unpacking it:
+    entry count, names (no ``..``, no absolute path), no links, no archive inside, total
+    unpacked size and compression ratio. ``zipfile`` never returns more bytes for an entry
+    than its directory declares, so these sizes bound what the engine reads.
+
+    Returns:
+        The file entries (no directories).
+    Raises:
+        UploadError: naming the entry and the limit.
+    """
+    shown = repr(shown_name)
+    entries = archive.infolist()
+    if len(entries) > settings.DELINEO_ZIP_MAX_ENTRIES:
+        raise _too_many_entries(shown_name, len(entries))
+    for entry in entries:
+        why = _unsafe_name(entry.filename)
+        if why:
+            raise UploadError(
+                f"The zip file {shown} contains {entry.filename!r}, {why}; it was refused for safety. "
+                "Zip the folder again with the usual tool of your computer."
+            )
+        if stat.S_ISLNK(entry.external_attr >> 16):
+            raise UploadError(
+                f"The zip file {shown} contains {entry.filename!r}, a link to another file rather than a file; "
+                "links are refused for safety. Zip the folder again so that it holds the files themselves."
+            )
+    members = [m for m in entries if not m.is_dir()]
+    if not members:
+        raise UploadError(f"The zip file {shown} is empty.")
+    if any(m.flag_bits & 0x1 for m in members):
+        raise UploadError(f"The zip file {shown} is password-protected; upload it without a password.")
+    if all(is_nifti_name(m.filename) for m in members):
+        raise UploadError(f"The zip file {shown} holds NIfTI files; upload the .nii or .nii.gz file itself instead.")
+    unpacked = sum(m.file_size for m in members)
+    limit = settings.DELINEO_ZIP_MAX_UNPACKED_BYTES
+    if unpacked > limit:
+        raise UploadError(
+            f"The zip file {shown} unpacks to {_human(unpacked)}; the limit on this server is {_human(limit)}. "
+            "Upload one series at a time.",
+            status=413,
+        )
+    ratio = unpacked / max(compressed_size, 1)
+    if ratio > settings.DELINEO_ZIP_MAX_RATIO:
+        raise UploadError(
+            f"The zip file {shown} unpacks to {ratio:.0f} times its size (the limit is "
+            f"{settings.DELINEO_ZIP_MAX_RATIO}). Scans do not compress that much, so it was refused as a "
+            "possible 'zip bomb'. If it is a genuine scan, upload its folder instead of a zip."
+        )
+    for member in members:
+        if _is_archive(archive, member):
+            raise UploadError(
+                f"The zip file {shown} contains another archive, {member.filename!r}; archives inside a zip are "
+                "not read. Unpack it and upload the DICOM files, or a zip of them, directly."
+            )
+    return members
+
+
+def _too_many_entries(shown_name: str, count: int) -> UploadError:
+    return UploadError(
+        f"The zip file {shown_name!r} holds {count} entries; the limit on this server is "
+        f"{settings.DELINEO_ZIP_MAX_ENTRIES}. Upload one series at a time.",
+        status=413,
+    )
+
+
 def _check_zip(path: Path, shown_name: str) -> dict:
     if not zipfile.is_zipfile(path):
         raise UploadError(f"{shown_name!r} is not a valid zip file (it may be damaged or incomplete).")
+    declared = _declared_entries(path)
+    if declared is not None and declared > settings.DELINEO_ZIP_MAX_ENTRIES:
+        raise _too_many_entries(shown_name, declared)
     try:
         with zipfile.ZipFile(path) as archive:
-            members = [m for m in archive.infolist() if not m.is_dir()]
-            if not members:
-                raise UploadError(f"The zip file {shown_name!r} is empty.")
-            if any(m.flag_bits & 0x1 for m in members):
-                raise UploadError(f"The zip file {shown_name!r} is password-protected; upload it without a password.")
-            unpacked = sum(m.file_size for m in members)
-            if unpacked > 8 * settings.DELINEO_MAX_UPLOAD_BYTES:
-                raise UploadError(
-                    f"The zip file {shown_name!r} unpacks to {unpacked / 2**30:.1f} GiB, which is too large."
-                )
+            members = check_zip_members(archive, shown_name, path.stat().st_size)
             damaged = archive.testzip()
             if damaged is not None:
                 raise UploadError(f"The zip file {shown_name!r} is damaged: {damaged!r} fails its checksum.")
-            names = [m.filename for m in members]
     except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError) as exc:
         raise UploadError(f"The zip file {shown_name!r} cannot be read: {exc}.") from None
-    if names and all(is_nifti_name(n) for n in names):
-        raise UploadError(
-            f"The zip file {shown_name!r} holds NIfTI files; upload the .nii or .nii.gz file itself instead."
-        )
-    return {"zip_members": len(names)}
+    return {"zip_members": len(members)}
 
 
 def _check_nifti(path: Path, shown_name: str) -> dict:
@@ -141,7 +323,9 @@ def store_upload(
 
     Raises:
         UploadError: the upload is refused; ``target_dir`` is removed.
+        FileExistsError: ``target_dir`` exists already (it is left alone).
     """
+    target_dir.mkdir(parents=True, exist_ok=False)  # fresh for every upload: nothing else is ever removed
     try:
         return _store(target_dir, single, files, paths, name)
     except BaseException:

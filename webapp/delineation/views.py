@@ -20,7 +20,7 @@ from webapp.delineation import services, tasks
 from webapp.delineation.forms import UploadForm
 from webapp.delineation.models import Job, Scan
 from webapp.delineation.serializers import JobCreateSerializer
-from webapp.delineation.uploads import UploadError, accept_upload
+from webapp.delineation.uploads import UploadError, accept_upload, refusal_of
 
 
 @login_required
@@ -31,7 +31,10 @@ def home(request: HttpRequest) -> HttpResponse:
 @login_required
 def upload(request: HttpRequest) -> HttpResponse:
     form = UploadForm(request.POST or None, request.FILES or None)
-    if request.method == "POST" and form.is_valid():
+    refusal = refusal_of(request)  # the size and file-count limits, applied while the body streamed in
+    if refusal is not None:
+        form.add_error(None, refusal.message)
+    elif request.method == "POST" and form.is_valid():
         try:
             scan = accept_upload(
                 request.user,
@@ -47,6 +50,7 @@ def upload(request: HttpRequest) -> HttpResponse:
         request,
         "delineation/upload.html",
         {"form": form, "max_upload_mib": settings.DELINEO_MAX_UPLOAD_BYTES // 2**20},
+        status=refusal.status if refusal is not None else 200,
     )
 
 
