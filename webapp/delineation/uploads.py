@@ -82,11 +82,11 @@ class UploadLimitHandler(FileUploadHandler):
     the body streams in, and stops the upload as soon as ``DELINEO_MAX_UPLOAD_FILES`` or
     ``DELINEO_MAX_UPLOAD_BYTES`` is passed: no byte beyond the limit reaches the handlers
     that store files, and those stored so far are dropped with the request. Django then
-    reads and discards the rest of the body, so that the client receives the message; that
-    rest is small because a ``Content-Length`` far above the limit stops the upload at its
-    first file, before any of its bytes are read, and leaves the body unread. Form fields
-    sent before the files (the CSRF token of the upload page) are kept. The refusal is left
-    on the request for the view (:func:`refusal_of`)."""
+    reads and discards the rest of the body so that the client receives the message: at
+    most about the size limit, because a ``Content-Length`` far above the limit stops the
+    upload at its first file, before any of its bytes are read, and leaves the body unread.
+    Form fields sent before the files (the CSRF token of the upload page) are kept. The
+    refusal is left on the request for the view (:func:`refusal_of`)."""
 
     def __init__(self, request=None) -> None:
         super().__init__(request)
