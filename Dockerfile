@@ -1,6 +1,8 @@
-# Delineo: one image for the web process (default CMD) and the Celery worker.
-#   web:    docker run -p 8000:8000 -v delineo-data:/data -e SECRET_KEY=... delineo
-#   worker: docker run -v delineo-data:/data -e SECRET_KEY=... delineo celery -A webapp worker -c 1 -l info
+# Delineo: one image for the web process (default CMD) and the Celery worker. It runs with
+# DJANGO_ENV=production: SECRET_KEY and ALLOWED_HOSTS are required, and it expects a reverse
+# proxy with HTTPS in front (BEHIND_TLS_PROXY=true; docs/security.md).
+#   web:    docker run -p 127.0.0.1:8000:8000 -v delineo-data:/data --env-file delineo.env delineo
+#   worker: docker run -v delineo-data:/data --env-file delineo.env delineo celery -A webapp worker -c 1 -l info
 # Web and worker share /data (patient data, and the embedded SQLite database and broker
 # unless DATABASE_URL / CELERY_BROKER_URL point at PostgreSQL and Redis; docs/deployment.md).
 FROM python:3.11-slim
@@ -9,6 +11,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    DJANGO_ENV=production \
     MEDIA_ROOT=/data/media \
     DATABASE_URL=sqlite:////data/db.sqlite3 \
     CELERY_BROKER_URL=sqla+sqlite:////data/celery-broker.sqlite3 \
@@ -32,7 +35,7 @@ COPY . .
 
 RUN useradd --create-home --uid 1000 delineo \
     && mkdir -p /data/media /app/var \
-    && DEBUG=false SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput \
+    && DJANGO_ENV=development DEBUG=false SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput \
     && chown -R delineo:delineo /data /app/var
 USER delineo
 
