@@ -40,6 +40,7 @@ from monai.metrics import (
 
 from engine.infer.grid import image_to_model_grid, labels_to_model_grid
 from engine.infer.segment import STAGE_END, segment_volume, structure_table
+from engine.io.atomic import write_atomically
 from engine.io.dicom_files import read_upload
 from engine.io.nifti import write_nifti
 from engine.io.reader import InputError, read_input
@@ -350,9 +351,8 @@ def audit_file(
     image = np.clip(np.rint(volume.array), -32768, 32767).astype(np.int16)
     write_nifti(Volume(image, volume.affine), out / "image.nii.gz")
     write_nifti(labels, out / "labels.nii.gz")
-    (out / "structures.json").write_text(
-        json.dumps(structure_table(labels, model), indent=1)
-    )
+    table = json.dumps(structure_table(labels, model), indent=1)
+    write_atomically(out / "structures.json", lambda tmp: Path(tmp).write_text(table))
     result = AuditResult(
         results,
         notes + list(dicom.notes),
@@ -363,7 +363,8 @@ def audit_file(
         {"ingest": round(t1 - t0, 2), "audit": round(t2 - t1, 2)},
     )
     document = asdict(result) | {"input": input_path.name}
-    (out / "audit.json").write_text(json.dumps(document, indent=1, allow_nan=False))
+    text = json.dumps(document, indent=1, allow_nan=False)
+    write_atomically(out / "audit.json", lambda tmp: Path(tmp).write_text(text))
     report("export", STAGE_END["export"])
     return result
 

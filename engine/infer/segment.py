@@ -21,6 +21,7 @@ from monai.data import MetaTensor
 
 from engine.infer.grid import image_to_model_grid, probabilities_to_input_grid
 from engine.infer.predict import keep_largest_component, predict_probabilities
+from engine.io.atomic import write_atomically
 from engine.io.dicom_seg import build_segmentation, write_segmentation
 from engine.io.dicom_series import DicomSeries
 from engine.io.dicom_write import (
@@ -223,7 +224,8 @@ def segment_file(
         )
     input_kind = "dicom" if dicom is not None else "nifti"
     exports = _dicom_outputs(labels, volume, dicom, model, out)
-    (out / "structures.json").write_text(json.dumps(table, indent=1))
+    text = json.dumps(table, indent=1)
+    write_atomically(out / "structures.json", lambda tmp: Path(tmp).write_text(text))
     on_stage("done", 100)
     timings.pop("done", None)
     return SegmentationResult(
