@@ -163,6 +163,11 @@ def test_audit_job_runs_and_shows_the_audit(
     assert json.loads(b"".join(download.streaming_content))["qam_threshold"] == -0.2
     response = alice_api.get(f"/api/jobs/{job['id']}/rtstruct.dcm")
     assert response.status_code == 404 and "contour audit writes" in response.json()["detail"]
+    response = alice_api.get(f"/api/jobs/{job['id']}/structures.zip")
+    assert response.status_code == 404 and "contour audit writes" in response.json()["detail"]
+    assert set(stored.checksums) == {"image.nii.gz", "labels.nii.gz", "structures.json", "audit.json"} | {
+        f"viewer/{name}" for name in ("image.npy", "labels.npy", "meta.json")
+    }
     (call,) = auditing
     assert call["model_name"] == "hn-rt" and call["series"] == alice_rtstruct_scan["preflight"]["selected"]
 

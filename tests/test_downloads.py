@@ -66,8 +66,12 @@ def test_nifti_input_gets_its_ct_as_dicom_with_rtstruct_and_seg(
 
 
 def test_a_missing_output_says_why(alice_api, alice_job):
-    Job.objects.filter(pk=alice_job["id"]).update(notes=["no DICOM SEG: the series has no Series Instance UID"])
-    (Job.objects.get(pk=alice_job["id"]).result_path / "seg.dcm").unlink()
+    job = Job.objects.get(pk=alice_job["id"])
+    (job.result_path / "seg.dcm").unlink()  # as if the engine had not written it
+    checksums = {name: digest for name, digest in job.checksums.items() if name != "seg.dcm"}
+    Job.objects.filter(pk=job.pk).update(
+        notes=["no DICOM SEG: the series has no Series Instance UID"], checksums=checksums
+    )
     job = alice_api.get(f"/api/jobs/{alice_job['id']}/").json()
     assert job["downloads"]["seg"] is None and job["notes"]
     response = alice_api.get(f"/api/jobs/{alice_job['id']}/seg.dcm")

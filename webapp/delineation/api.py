@@ -3,6 +3,7 @@ scan or job is simply not found (404), never forbidden."""
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 
@@ -32,6 +33,7 @@ from webapp.delineation.serializers import (
 from webapp.delineation.uploads import UploadError, accept_upload, refusal_of
 
 _DETAIL = inline_serializer("Detail", {"detail": serializers.CharField()})
+logger = logging.getLogger(__name__)
 
 
 def _detail(message: str, code: int) -> Response:
@@ -139,11 +141,22 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
             return job, _detail(f"The job has not finished yet (status: {job.status}); try again later.", 409)
         return job, None
 
-    def _download(self, job: Job, path, filename: str, content_type: str) -> FileResponse:
+    def _download(self, job: Job, filename: str, content_type: str) -> FileResponse | Response:
+        """The output ``filename`` of a succeeded job, if it still matches the SHA-256 recorded
+        when the job finished; otherwise 409 with a message (and the job id in the log). Outputs
+        are renamed into place whole, so the file opened is never a partial one."""
+        try:
+            handle = services.open_verified(job.result_path, filename, job.checksums)
+        except services.DamagedOutput as exc:
+            logger.error("job %s: stored output refused: %s", job.id, exc)
+            return _detail(
+                f"The stored result {filename} of this job is damaged: it no longer matches the file the job "
+                "wrote (its SHA-256 checksum differs or it is missing), so it is not offered. "
+                "Run the job again on the same scan (start a new job).",
+                409,
+            )
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", job.scan.name).strip("._")[:80] or "scan"
-        return FileResponse(
-            open(path, "rb"), as_attachment=True, filename=f"{safe}_{filename}", content_type=content_type
-        )
+        return FileResponse(handle, as_attachment=True, filename=f"{safe}_{filename}", content_type=content_type)
 
     @extend_schema(
         responses={
@@ -157,7 +170,7 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
         job, problem = self._result_file("labels.nii.gz")
         if problem:
             return problem
-        return self._download(job, job.result_path / "labels.nii.gz", "labels.nii.gz", "application/gzip")
+        return self._download(job, "labels.nii.gz", "application/gzip")
 
     @extend_schema(
         responses={
@@ -215,7 +228,7 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
         if problem:
             return problem
         path = job.result_path / filename
-        if not path.exists():
+        if not path.exists() and filename not in job.checksums:  # a recorded output gone missing is damage
             why = " ".join(job.notes) if job.notes else ""
             if filename == "ct_dicom.zip" and job.input_kind == "dicom":
                 why = "The scan was uploaded as DICOM: the RTSTRUCT and SEG reference the uploaded series."
@@ -224,11 +237,12 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
             elif job.is_audit:
                 why = "A contour audit writes the audit and the model's label map, not the delineation's DICOM files."
             return _detail(f"No {what} was written for this job. {why}".strip(), 404)
-        return self._download(job, path, filename, content_type)
+        return self._download(job, filename, content_type)
 
     @extend_schema(
         responses={
             (200, "application/zip"): OpenApiResponse(OpenApiTypes.BINARY, description="structures/<name>.nii.gz"),
+            404: _DETAIL,
             409: _DETAIL,
         }
     )
@@ -238,10 +252,14 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
         job, problem = self._result_file("structures.zip")
         if problem:
             return problem
-        target = job.result_path / "structures.zip"
-        if not target.exists():
-            services.structures_zip(job.result_path, target)
-        return self._download(job, target, "structures.zip", "application/zip")
+        if job.is_audit:
+            return _detail(
+                "A contour audit writes the audit and the model's label map, not one mask per structure.", 404
+            )
+        if not job.checksums and not (job.result_path / "structures.zip").exists():
+            # A job finished before the zip was built with the outputs (and checksums recorded).
+            services.structures_zip(job.result_path, job.result_path / "structures.zip")
+        return self._download(job, "structures.zip", "application/zip")
 
     @extend_schema(
         parameters=[

@@ -101,6 +101,11 @@ class Job(models.Model):
     rtstruct_roundtrip = models.JSONField(default=dict, blank=True)
     # Outputs the engine could not write, and why (e.g. no DICOM SEG for a series without UIDs).
     notes = models.JSONField(default=list, blank=True)
+    # SHA-256 (hex) of every file in the output folder, by path relative to it
+    # ("labels.nii.gz", "structures/Brainstem.nii.gz", "viewer/image.npy", ...), recorded when
+    # the job succeeded and checked on every download. Empty for jobs finished before checksums existed.
+    checksums = models.JSONField(default=dict, blank=True)
+    # How many times a worker started the job (more than 1: it was delivered again after its worker died).
     attempts = models.PositiveSmallIntegerField(default=0)
     created = models.DateTimeField(auto_now_add=True)
     started = models.DateTimeField(null=True, blank=True)

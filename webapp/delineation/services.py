@@ -23,19 +23,21 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
 import nibabel as nib
 import numpy as np
+
+from engine.io.atomic import write_atomically  # standard library only: no PyTorch in the web process
 
 logger = logging.getLogger(__name__)
 
@@ -261,10 +263,11 @@ def run_audit(
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, np.ascontiguousarray(array))
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(array))
+
+    write_atomically(path, write)
 
 
 def prepare_viewer(result_dir: Path) -> dict:
@@ -300,9 +303,8 @@ def prepare_viewer(result_dir: Path) -> dict:
     }
     _atomic_save_npy(out / "image.npy", image_array)
     _atomic_save_npy(out / "labels.npy", label_array)
-    tmp = out / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, out / "meta.json")
+    text = json.dumps(meta)
+    write_atomically(out / "meta.json", lambda tmp: Path(tmp).write_text(text))
     return meta
 
 
@@ -398,19 +400,82 @@ def slice_of(result_dir: Path, plane: str, index: int | None) -> dict:
     }
 
 
+# Date of every zip entry, so that the same files always give the same zip (and checksum).
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
 def structures_zip(result_dir: Path, destination: Path) -> Path:
-    """Zip ``structures/*.nii.gz`` and ``structures.json`` into ``destination`` (atomic)."""
+    """Zip ``structures/*.nii.gz`` and ``structures.json`` into ``destination``: written
+    under a temporary name and renamed into place; the same files give the same bytes."""
     result_dir = Path(result_dir)
-    masks = sorted((result_dir / "structures").glob("*.nii.gz"))
-    fd, tmp = tempfile.mkstemp(dir=destination.parent, suffix=".zip.tmp")
-    os.close(fd)
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
-        for mask in masks:
-            archive.write(mask, f"structures/{mask.name}")
-        if (result_dir / "structures.json").exists():
-            archive.write(result_dir / "structures.json", "structures.json")
-    os.replace(tmp, destination)
-    return destination
+    members = [(mask, f"structures/{mask.name}") for mask in sorted((result_dir / "structures").glob("*.nii.gz"))]
+    if (result_dir / "structures.json").exists():
+        members.append((result_dir / "structures.json", "structures.json"))
+
+    def write(tmp: str) -> None:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+            for source, name in members:
+                info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+                info.external_attr = 0o644 << 16
+                with open(source, "rb") as src, archive.open(info, "w") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+
+    return write_atomically(destination, write)
+
+
+# --- Checksums of stored outputs ----------------------------------------------------
+
+
+def sha256_of(handle: BinaryIO) -> str:
+    """SHA-256 (hex) of an open binary file, read from its current position to the end."""
+    return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def output_checksums(result_dir: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``result_dir``, by POSIX path relative to it, sorted."""
+    result_dir = Path(result_dir)
+    checksums = {}
+    for path in sorted(p for p in result_dir.rglob("*") if p.is_file() and not p.is_symlink()):
+        with open(path, "rb") as handle:
+            checksums[path.relative_to(result_dir).as_posix()] = sha256_of(handle)
+    return checksums
+
+
+class DamagedOutput(Exception):
+    """A stored output is missing or no longer matches the checksum recorded when its job succeeded."""
+
+
+def open_verified(result_dir: Path, name: str, checksums: dict[str, str]) -> BinaryIO:
+    """Open the output ``name`` (path relative to ``result_dir``) for reading, after checking it
+    against ``checksums`` (``Job.checksums``). The returned handle is at the start of the very
+    file that was checked (a file renamed over it later is not the one served).
+
+    A job finished before checksums were recorded (``checksums`` empty) is served unchecked.
+
+    Raises:
+        FileNotFoundError: the output does not exist and none was recorded.
+        DamagedOutput: it was recorded and is missing, was not recorded, or its SHA-256 differs.
+    """
+    path = Path(result_dir) / name
+    expected = checksums.get(name)
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        if expected is None:
+            raise
+        raise DamagedOutput(f"{name} is missing") from None
+    if not checksums:
+        return handle
+    try:
+        if expected is None:
+            raise DamagedOutput(f"{name} was not among the job's outputs")
+        if sha256_of(handle) != expected:
+            raise DamagedOutput(f"{name} does not match its recorded SHA-256")
+        handle.seek(0)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
 
 
 def roundtrip_threshold(result_dir: Path | None) -> float | None:

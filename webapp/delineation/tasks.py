@@ -90,7 +90,11 @@ def _fail(job: Job, message: str, timings: dict) -> None:
 
 
 def execute_job(job_id: str | UUID) -> str:
-    """Run one job to completion; returns its final status."""
+    """Run one job to completion; returns its final status.
+
+    On success the SHA-256 of every output is recorded (``Job.checksums``); downloads
+    verify it.
+    """
     with transaction.atomic():
         job = Job.objects.select_for_update().filter(pk=job_id).first()
         if job is None:
@@ -117,6 +121,11 @@ def execute_job(job_id: str | UUID) -> str:
         recorder("viewer", 99)
         services.prepare_viewer(out_dir)
         recorder.finish_stage()
+        recorder("store", 99)
+        if not job.is_audit:  # built now so that its checksum is recorded with the others
+            services.structures_zip(out_dir, out_dir / "structures.zip")
+        checksums = services.output_checksums(out_dir)
+        recorder.finish_stage()
     except services.DelineationError as exc:
         recorder.finish_stage()
         _fail(job, exc.message, {**timings, **recorder.stage_seconds, "total": round(time.monotonic() - started, 3)})
@@ -135,6 +144,7 @@ def execute_job(job_id: str | UUID) -> str:
         **timings,
         **{k: round(v, 3) for k, v in result.timings_s.items()},
         "viewer": recorder.stage_seconds.get("viewer", 0.0),
+        "store": recorder.stage_seconds.get("store", 0.0),
         "total": round(time.monotonic() - started, 3),
     }
     job.status, job.stage, job.progress = Job.Status.SUCCEEDED, "done", 100
@@ -147,6 +157,7 @@ def execute_job(job_id: str | UUID) -> str:
         job.input_kind = result.input_kind
         job.rtstruct_roundtrip = result.rtstruct_roundtrip
     job.result_dir = str(out_dir.relative_to(settings.MEDIA_ROOT))
+    job.checksums = checksums
     job.finished = timezone.now()
     job.save()
     return Job.Status.SUCCEEDED
