@@ -26,8 +26,27 @@ def test_task_takes_an_id_and_runs_the_job(queued_job, fake_engine):
 
 def test_a_finished_job_is_not_run_again(queued_job, fake_engine):
     tasks.execute_job(queued_job.id)
+    queued_job.refresh_from_db()
+    first = (queued_job.checksums, queued_job.finished, queued_job.attempts)
     assert tasks.execute_job(queued_job.id) == "succeeded"
     assert len(fake_engine) == 1
+    queued_job.refresh_from_db()
+    assert (queued_job.checksums, queued_job.finished, queued_job.attempts) == first
+    result = queued_job.result_path
+    assert sorted(p.relative_to(result).as_posix() for p in result.rglob("*") if p.is_file()) == sorted(first[0])
+
+
+def test_running_a_job_again_gives_the_same_files(queued_job, fake_engine):
+    """Its worker died after the outputs were written, before the job was marked done:
+    the broker delivers it again and it starts over, ending with the same files."""
+    tasks.execute_job(queued_job.id)
+    queued_job.refresh_from_db()
+    first = queued_job.checksums
+    Job.objects.filter(pk=queued_job.pk).update(status="running", checksums={})
+    assert tasks.execute_job(queued_job.id) == "succeeded"
+    queued_job.refresh_from_db()
+    assert len(fake_engine) == 2 and queued_job.attempts == 2
+    assert queued_job.checksums == first
 
 
 def test_a_redelivered_running_job_starts_over(queued_job, fake_engine):

@@ -205,22 +205,59 @@ SPECTACULAR_SETTINGS = {
     ],
 }
 
+# --- Jobs (docs/security.md, "No lost work") -------------------------------------------
+# A job still running after the soft limit (seconds) is stopped and failed with a message
+# ("took longer than N minutes"); the hard limit kills its worker process if the soft stop
+# does not come through (stuck in native code), and the job is failed with the same message.
+DELINEO_JOB_SOFT_TIME_LIMIT = env_int("DELINEO_JOB_SOFT_TIME_LIMIT", 3600, minimum=60)
+DELINEO_JOB_TIME_LIMIT = env_int("DELINEO_JOB_TIME_LIMIT", DELINEO_JOB_SOFT_TIME_LIMIT + 300, minimum=60)
+if DELINEO_JOB_TIME_LIMIT <= DELINEO_JOB_SOFT_TIME_LIMIT:
+    raise ImproperlyConfigured(
+        f"DELINEO_JOB_TIME_LIMIT={DELINEO_JOB_TIME_LIMIT} must be longer than "
+        f"DELINEO_JOB_SOFT_TIME_LIMIT={DELINEO_JOB_SOFT_TIME_LIMIT}: the soft limit stops the job with a message, "
+        "the hard limit only kills a worker that did not stop"
+    )
+# How many times a job is started before it is failed instead of run again. A job starts
+# again when its worker died mid-job (killed, out of memory, machine lost) and the broker
+# delivered it again; an input that kills the worker every time fails with a message.
+DELINEO_JOB_MAX_ATTEMPTS = env_int("DELINEO_JOB_MAX_ATTEMPTS", 3, minimum=1)
+
 # --- Celery ---------------------------------------------------------------------------
 # Default broker: kombu's SQLAlchemy transport on an SQLite file, no server needed.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", f"sqla+sqlite:///{VAR_DIR / 'celery-broker.sqlite3'}")
+# Redis only: a job not acknowledged within this time is delivered again, to another
+# worker if one is free, which would start it over while the first still runs: it must be
+# longer than the longest a job can run (DELINEO_JOB_TIME_LIMIT).
+CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 6 * 3600, minimum=60)
 if CELERY_BROKER_URL.startswith("sqla+sqlite:///"):
     Path(CELERY_BROKER_URL.removeprefix("sqla+sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     # Passed to SQLAlchemy's create_engine: wait for the SQLite lock rather than fail.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"connect_args": {"timeout": 30}}
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
-    # A job must finish (or be acknowledged) within this time or Redis redelivers it.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 6 * 3600, minimum=60)}
+    if CELERY_VISIBILITY_TIMEOUT <= DELINEO_JOB_TIME_LIMIT:
+        raise ImproperlyConfigured(
+            f"CELERY_VISIBILITY_TIMEOUT={CELERY_VISIBILITY_TIMEOUT} must be longer than "
+            f"DELINEO_JOB_TIME_LIMIT={DELINEO_JOB_TIME_LIMIT}: otherwise Redis hands a running job to a second "
+            "worker, which starts it over"
+        )
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", "") or None  # job state lives in the Job table
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_TASK_DEFAULT_QUEUE", "delineo")
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_EAGER_PROPAGATES = False
+# A job is acknowledged when it ends, not when it starts: if its worker process dies
+# (killed, out of memory) the job goes back to the queue (reject on worker lost) and is
+# started over, at most DELINEO_JOB_MAX_ATTEMPTS times. A job that raised, or ran past its
+# hard time limit, is acknowledged and not run again (acks on failure or timeout).
 CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_TASK_ACKS_ON_FAILURE_OR_TIMEOUT = True
+# Each worker process reserves one job at a time: a queued job waits in the broker, where
+# any free worker can take it, not behind a running one.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Bounds for any task; the job task has its own (DELINEO_JOB_*_TIME_LIMIT, tasks.run_job).
+CELERY_TASK_SOFT_TIME_LIMIT = DELINEO_JOB_SOFT_TIME_LIMIT
+CELERY_TASK_TIME_LIMIT = DELINEO_JOB_TIME_LIMIT
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

@@ -1,7 +1,9 @@
 """Celery tasks. They take ids (never model objects), are sent only after the creating
 transaction commits, acknowledge late (a job whose worker dies is redelivered) and can
 run twice without harm: a finished job is left alone, a half-run one starts over in a
-fresh output folder.
+fresh output folder. A job started ``DELINEO_JOB_MAX_ATTEMPTS`` times is failed instead
+of run again, and one that runs past its time limit is stopped and failed, each with a
+message for the physician (docs/security.md, "No lost work").
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import time
 from uuid import UUID
 
 from celery import Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.worker.request import Request
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -66,19 +70,82 @@ class ProgressRecorder:
         self._last_write = now
 
 
-class JobTask(Task):
-    """Base task: a job whose task dies unexpectedly is marked failed, not left running."""
+def _what(is_audit: bool) -> str:
+    return "contour audit" if is_audit else "delineation"
 
+
+def time_limit_message(is_audit: bool, seconds: float) -> str:
+    """Why a job that ran past its time limit failed, for the physician."""
+    minutes = max(1, round(seconds / 60))
+    return (
+        f"The {_what(is_audit)} took longer than {minutes} minutes and was stopped. Try again later; "
+        "if it happens again, ask the administrator to check the workers or to raise the time limit."
+    )
+
+
+def attempts_message(is_audit: bool, attempts: int) -> str:
+    """Why a job whose worker died ``attempts`` times is not run again, for the physician."""
+    return (
+        f"The {_what(is_audit)} was started {attempts} times and each time stopped before it finished "
+        "(the worker processing it stopped, for example out of memory), so it was not started again. "
+        "If this happens only with this scan, it may be too large for this server; "
+        "otherwise ask the administrator to check the workers."
+    )
+
+
+def fail_after_time_limit(job_id: str | UUID, seconds: float) -> None:
+    """Fail a job whose process was killed at its hard time limit, and remove its partial outputs."""
+    job = Job.objects.select_related("scan").filter(pk=job_id).first()
+    if job is None or job.is_finished:
+        return
+    updated = (
+        Job.objects.filter(pk=job_id)
+        .exclude(status__in=Job.FINISHED)
+        .update(status=Job.Status.FAILED, error=time_limit_message(job.is_audit, seconds), finished=timezone.now())
+    )
+    if updated:
+        logger.warning("job %s killed at its hard time limit (%ss)", job_id, seconds)
+        services.remove_tree(job.output_dir)
+
+
+class JobRequest(Request):
+    """A job message as the worker's main process sees it. At the hard time limit the pool
+    kills the job's process, so nothing in the task runs: the job is failed from here."""
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        super().on_timeout(soft, timeout)
+        if soft:
+            return  # the task itself gets SoftTimeLimitExceeded (execute_job)
+        job_id = self.args[0] if self.args else self.kwargs.get("job_id")
+        if not job_id:
+            return
+        try:
+            fail_after_time_limit(job_id, timeout)
+        except Exception:  # the worker must survive a database hiccup here
+            logger.exception("could not mark job %s failed after its hard time limit", job_id)
+
+
+class JobTask(Task):
+    """Base task: acknowledged when it ends, put back in the queue when its worker process
+    dies (so it starts over, see ``execute_job``); a job whose task raises is marked
+    failed, not left running."""
+
+    Request = JobRequest
     acks_late = True
+    reject_on_worker_lost = True
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         job_id = args[0] if args else kwargs.get("job_id")
-        if job_id:
-            Job.objects.filter(pk=job_id).exclude(status__in=Job.FINISHED).update(
-                status=Job.Status.FAILED,
-                error=f"The job stopped unexpectedly ({type(exc).__name__}). Please try again.",
-                finished=timezone.now(),
-            )
+        if not job_id:
+            return
+        if isinstance(exc, SoftTimeLimitExceeded):  # outside execute_job's own handling
+            is_audit = Job.objects.filter(pk=job_id, kind=Job.Kind.AUDIT).exists()
+            error = time_limit_message(is_audit, settings.DELINEO_JOB_SOFT_TIME_LIMIT)
+        else:
+            error = f"The job stopped unexpectedly ({type(exc).__name__}). Please try again."
+        Job.objects.filter(pk=job_id).exclude(status__in=Job.FINISHED).update(
+            status=Job.Status.FAILED, error=error, finished=timezone.now()
+        )
 
 
 def _fail(job: Job, message: str, timings: dict) -> None:
@@ -92,6 +159,9 @@ def _fail(job: Job, message: str, timings: dict) -> None:
 def execute_job(job_id: str | UUID) -> str:
     """Run one job to completion; returns its final status.
 
+    Idempotent: a finished job is left alone; a job found running (its worker died and the
+    broker delivered it again) starts over in an empty output folder, unless it was
+    already started ``DELINEO_JOB_MAX_ATTEMPTS`` times: then it is failed with a message.
     On success the SHA-256 of every output is recorded (``Job.checksums``); downloads
     verify it.
     """
@@ -103,6 +173,11 @@ def execute_job(job_id: str | UUID) -> str:
         if job.is_finished:
             logger.info("job %s already %s; nothing to do", job_id, job.status)
             return job.status
+        if job.attempts >= settings.DELINEO_JOB_MAX_ATTEMPTS:
+            logger.warning("job %s was started %d times without finishing; failed, not run again", job_id, job.attempts)
+            _fail(job, attempts_message(job.is_audit, job.attempts), job.timings)
+            services.remove_tree(job.output_dir)  # what the dead workers left
+            return Job.Status.FAILED
         now = timezone.now()
         timings = {"queue": round((now - job.created).total_seconds(), 3)}
         job.status, job.stage, job.progress, job.error = Job.Status.RUNNING, "ingest", 0, ""
@@ -126,6 +201,17 @@ def execute_job(job_id: str | UUID) -> str:
             services.structures_zip(out_dir, out_dir / "structures.zip")
         checksums = services.output_checksums(out_dir)
         recorder.finish_stage()
+    except SoftTimeLimitExceeded:
+        where = recorder.stage or "start-up"
+        recorder.finish_stage()
+        logger.warning("job %s stopped at its soft time limit during %s", job.id, where)
+        services.remove_tree(out_dir)  # nothing partial is kept, nor offered
+        _fail(
+            job,
+            time_limit_message(job.is_audit, settings.DELINEO_JOB_SOFT_TIME_LIMIT),
+            {**timings, **recorder.stage_seconds, "total": round(time.monotonic() - started, 3)},
+        )
+        return Job.Status.FAILED
     except services.DelineationError as exc:
         recorder.finish_stage()
         _fail(job, exc.message, {**timings, **recorder.stage_seconds, "total": round(time.monotonic() - started, 3)})
@@ -163,7 +249,15 @@ def execute_job(job_id: str | UUID) -> str:
     return Job.Status.SUCCEEDED
 
 
-@shared_task(bind=True, base=JobTask, name="delineation.run_job", acks_late=True)
+@shared_task(
+    bind=True,
+    base=JobTask,
+    name="delineation.run_job",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    soft_time_limit=settings.DELINEO_JOB_SOFT_TIME_LIMIT,
+    time_limit=settings.DELINEO_JOB_TIME_LIMIT,
+)
 def run_job(self: Task, job_id: str) -> str:
     return execute_job(job_id)
 
