@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from webapp.delineation.models import Job, Scan
+from webapp.delineation.models import AccessEvent, Job, Scan
 
 
 @admin.register(Scan)
@@ -17,3 +17,22 @@ class JobAdmin(admin.ModelAdmin):
     list_filter = ("status", "model_name")
     search_fields = ("id", "scan__name", "owner__username")
     readonly_fields = ("id", "created", "started", "finished", "timings", "weights_sha256", "result_dir")
+
+
+@admin.register(AccessEvent)
+class AccessEventAdmin(admin.ModelAdmin):
+    """The access audit log, read-only: nobody adds, changes or deletes an entry here."""
+
+    list_display = ("created", "username", "action", "object_type", "object_id", "filename", "client_ip")
+    list_filter = ("action", "object_type")
+    search_fields = ("username", "object_id")
+    date_hierarchy = "created"
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

@@ -7,6 +7,8 @@ import logging
 import re
 import uuid
 
+from django.db import transaction
+from django.db.models import Q
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -15,16 +17,17 @@ from drf_spectacular.utils import (
     extend_schema,
     inline_serializer,
 )
-from rest_framework import mixins, serializers, status, viewsets
+from rest_framework import generics, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from webapp.delineation import services, tasks
-from webapp.delineation.models import Job, Scan
+from webapp.delineation import audit, services, tasks
+from webapp.delineation.models import AccessEvent, Job, Scan
 from webapp.delineation.serializers import (
+    AccessEventSerializer,
     JobCreateSerializer,
     JobSerializer,
     ScanSerializer,
@@ -88,15 +91,21 @@ class ScanViewSet(
             )
         except UploadError as exc:
             return _detail(exc.message, exc.status)
+        audit.record(request, AccessEvent.Action.UPLOAD, scan)
         return Response(ScanSerializer(scan, context={"request": request}).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(responses={204: None, 409: _DETAIL})
     def destroy(self, request: Request, *args, **kwargs) -> Response:
-        """Delete a scan, its jobs and every file of it on disk."""
+        """Delete a scan, its jobs and every file of it on disk. Its queued jobs go with it (their
+        task finds no job and does nothing); a scan with a running job is refused (409)."""
         scan = self.get_object()
-        if scan.jobs.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).exists():
-            return _detail("A job is still queued or running on this scan; delete it when the job has finished.", 409)
-        scan.delete()  # its folder goes too (signal in models.py)
+        with transaction.atomic():
+            # Locked, so that no worker starts one of its queued jobs between the check and the delete.
+            jobs = list(Job.objects.select_for_update().filter(scan=scan).values_list("status", flat=True))
+            if Job.Status.RUNNING in jobs:
+                return _detail("A job is still running on this scan; delete it when the job has finished.", 409)
+            audit.record(request, AccessEvent.Action.DELETE, scan)
+            scan.delete()  # its folder goes too (signal in models.py)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -126,6 +135,7 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
         job = tasks.queue_job(
             request.user, scan, data.validated_data["model"], data.validated_data["series"], data.validated_data["kind"]
         )
+        audit.record(request, AccessEvent.Action.QUEUE, job)
         job.refresh_from_db()
         return Response(JobSerializer(job, context={"request": request}).data, status=status.HTTP_201_CREATED)
 
@@ -155,6 +165,7 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
                 "Run the job again on the same scan (start a new job).",
                 409,
             )
+        audit.record(self.request, AccessEvent.Action.DOWNLOAD, job, filename=filename)
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", job.scan.name).strip("._")[:80] or "scan"
         return FileResponse(handle, as_attachment=True, filename=f"{safe}_{filename}", content_type=content_type)
 
@@ -286,6 +297,23 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
             return Response(services.slice_of(job.result_path, plane, index))
         except ValueError as exc:
             return _detail(str(exc), 400)
+
+
+class AccessEventList(generics.ListAPIView):
+    """The access audit log, newest first (at most 1000 events): the requesting user's own
+    actions and every action on their scans and jobs; staff see everyone's."""
+
+    serializer_class = AccessEventSerializer
+    LIMIT = 1000
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return AccessEvent.objects.none()
+        events = AccessEvent.objects.all()
+        user = self.request.user
+        if not user.is_staff:
+            events = events.filter(Q(user=user) | Q(object_owner=user))
+        return events[: self.LIMIT]
 
 
 class ModelsView(APIView):

@@ -11,6 +11,7 @@ router.register("jobs", api.JobViewSet, basename="api-job")
 
 urlpatterns = [
     path("models/", api.ModelsView.as_view(), name="api-models"),
+    path("audit-log/", api.AccessEventList.as_view(), name="api-audit-log"),
     path("auth/token/", obtain_auth_token, name="api-token"),
     *router.urls,
 ]

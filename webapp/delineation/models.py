@@ -140,3 +140,47 @@ def _remove_scan_files(sender, instance: Scan, **kwargs) -> None:
     """Deleting a scan (API, admin, or its owner's account) deletes its folder once committed."""
     directory = instance.directory
     transaction.on_commit(lambda: shutil.rmtree(directory, ignore_errors=True))
+
+
+class AccessEvent(models.Model):
+    """One access to patient data: who did what to which scan or job, when, from where.
+
+    Holds ids only: never a scan's name or an uploaded file's name (either can hold a
+    patient's name), nor any pixel data. ``filename`` is the name of a job output as
+    stored (``rtstruct.dcm``), not the name the download was served under. The row stays
+    when its user or object is deleted (``username`` and ``object_id`` keep who and what).
+    """
+
+    class Action(models.TextChoices):
+        UPLOAD = "upload", "Upload"
+        VIEW = "view", "View"
+        DOWNLOAD = "download", "Download"
+        DELETE = "delete", "Delete"
+        QUEUE = "queue", "Queue job"
+        # "share" comes with teams and sharing (issue 6), which do not exist yet.
+
+    class ObjectType(models.TextChoices):
+        SCAN = "scan", "Scan"
+        JOB = "job", "Job"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="access_events"
+    )
+    username = models.CharField(max_length=150, blank=True, default="")  # empty: the system (retention purge)
+    action = models.CharField(max_length=16, choices=Action.choices)
+    object_type = models.CharField(max_length=8, choices=ObjectType.choices)
+    object_id = models.UUIDField()
+    # The owner of the scan or job, so that an owner reads every access to their data.
+    object_owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    filename = models.CharField(max_length=100, blank=True, default="")
+    client_ip = models.GenericIPAddressField(null=True, blank=True)
+    created = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        indexes = [models.Index(fields=["object_type", "object_id"])]
+
+    def __str__(self) -> str:
+        return f"{self.username or 'system'} {self.action} {self.object_type} {self.object_id}"

@@ -8,7 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from webapp.delineation import services
-from webapp.delineation.models import Job, Scan
+from webapp.delineation.models import AccessEvent, Job, Scan
 
 
 class ScanSerializer(serializers.ModelSerializer):
@@ -219,3 +219,12 @@ class JobSerializer(serializers.ModelSerializer):
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_viewer(self, job: Job) -> str | None:
         return reverse("job-viewer", args=[job.id]) if job.status == Job.Status.SUCCEEDED else None
+
+
+class AccessEventSerializer(serializers.ModelSerializer):
+    """One entry of the access audit log (ids only, never a scan's or a file's name)."""
+
+    class Meta:
+        model = AccessEvent
+        fields = ["id", "created", "username", "action", "object_type", "object_id", "filename", "client_ip"]
+        read_only_fields = fields

@@ -16,9 +16,9 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 
-from webapp.delineation import services, tasks
+from webapp.delineation import audit, services, tasks
 from webapp.delineation.forms import UploadForm
-from webapp.delineation.models import Job, Scan
+from webapp.delineation.models import AccessEvent, Job, Scan
 from webapp.delineation.serializers import JobCreateSerializer
 from webapp.delineation.uploads import UploadError, accept_upload, refusal_of
 
@@ -45,6 +45,7 @@ def upload(request: HttpRequest) -> HttpResponse:
         except UploadError as exc:
             form.add_error(None, exc.message)
         else:
+            audit.record(request, AccessEvent.Action.UPLOAD, scan)
             return redirect("scan-detail", scan_id=scan.id)
     return render(
         request,
@@ -80,10 +81,13 @@ def scan_detail(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
         )
         if data.is_valid():
             job = tasks.queue_job(request.user, scan, data.validated_data["model"], data.validated_data["series"], kind)
+            audit.record(request, AccessEvent.Action.QUEUE, job)
             what = "contour audit" if kind == Job.Kind.AUDIT else "job"
             messages.success(request, f"The {what} on {scan.name} is queued.")
             return redirect(f"{reverse('job-list')}?new={job.id}")
         error = _errors_text(data.errors)
+    else:
+        audit.record(request, AccessEvent.Action.VIEW, scan)
     return render(
         request,
         "delineation/scan.html",
@@ -110,4 +114,5 @@ def job_list(request: HttpRequest) -> HttpResponse:
 @login_required
 def viewer(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
     job = get_object_or_404(Job.objects.select_related("scan"), pk=job_id, owner=request.user)
+    audit.record(request, AccessEvent.Action.VIEW, job)
     return render(request, "delineation/viewer.html", {"job": job})

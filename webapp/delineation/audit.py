@@ -1,0 +1,38 @@
+"""The access audit log (``models.AccessEvent``): one row per upload, view, download,
+delete and queued job. Ids only, never a scan's or a file's name (they can hold a patient's name)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from django.http import HttpRequest
+
+from webapp.delineation.models import AccessEvent, Job, Scan
+
+
+def client_ip(request: HttpRequest | None) -> str | None:
+    """The address the request came from (``REMOTE_ADDR``: behind a reverse proxy, the proxy's)."""
+    if request is None:
+        return None
+    address = request.META.get("REMOTE_ADDR", "")
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return None
+
+
+def record(request: HttpRequest | None, action: str, obj: Scan | Job, filename: str = "") -> AccessEvent:
+    """Record ``action`` on a scan or job by the request's user; ``request=None``: by the system."""
+    user = getattr(request, "user", None)
+    if user is not None and not user.is_authenticated:
+        user = None
+    return AccessEvent.objects.create(
+        user=user,
+        username=user.get_username() if user is not None else "",
+        action=action,
+        object_type=AccessEvent.ObjectType.JOB if isinstance(obj, Job) else AccessEvent.ObjectType.SCAN,
+        object_id=obj.pk,
+        object_owner_id=obj.owner_id,
+        filename=filename,
+        client_ip=client_ip(request),
+    )
