@@ -165,6 +165,10 @@ DELINEO_ZIP_MAX_RATIO = env_int("DELINEO_ZIP_MAX_RATIO", 100, minimum=1)
 # Read the volume at upload time so a series that cannot be assembled is refused
 # with a message before a job is queued.
 DELINEO_UPLOAD_PREFLIGHT = env_bool("DELINEO_UPLOAD_PREFLIGHT", True)
+# --- Retention (docs/security.md, "Retention") -------------------------------------------
+# Days a scan (with its jobs and files) is kept; `manage.py purge_old_data` deletes older ones.
+# Unset or 0: kept until deleted by hand.
+DELINEO_RETENTION_DAYS = env_int("DELINEO_RETENTION_DAYS", 0, minimum=0) or None
 FILE_UPLOAD_HANDLERS = [
     "webapp.delineation.uploads.UploadLimitHandler",  # first: stops the upload at the limits, with a message
     "django.core.files.uploadhandler.MemoryFileUploadHandler",

@@ -1,0 +1,57 @@
+"""Retention: delete scans older than a number of days, with their jobs and files."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from webapp.delineation import audit
+from webapp.delineation.models import AccessEvent, Job, Scan
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    scans: int  # deleted (or, in a dry run, that would be)
+    jobs: int  # their jobs
+    skipped: int  # old scans left for now: a job is running on them
+
+
+def purge(days: int, dry_run: bool = False, now: datetime | None = None) -> PurgeResult:
+    """Delete every scan uploaded more than ``days`` days before ``now``, its jobs and its folder
+    (``MEDIA_ROOT/scans/<scan>/``, removed once committed by the signal in models.py), recording a
+    delete event for each. Queued jobs go with their scan: their task finds no job and does nothing.
+    A scan with a running job is skipped (the next purge takes it). Logs counts only, never names."""
+    if days < 0:
+        raise ValueError(f"days must be 0 or more, not {days}")
+    cutoff = (now or timezone.now()) - timedelta(days=days)
+    scans = jobs = skipped = 0
+    for scan_id in Scan.objects.filter(created__lt=cutoff).values_list("id", flat=True):
+        with transaction.atomic():
+            scan = Scan.objects.filter(pk=scan_id).first()
+            if scan is None:  # deleted meanwhile
+                continue
+            # Locked, so that no worker starts one of its queued jobs between the check and the delete.
+            statuses = list(Job.objects.select_for_update().filter(scan=scan).values_list("status", flat=True))
+            if Job.Status.RUNNING in statuses:
+                skipped += 1
+                continue
+            scans, jobs = scans + 1, jobs + len(statuses)
+            if not dry_run:
+                audit.record(None, AccessEvent.Action.DELETE, scan)
+                scan.delete()
+    logger.info(
+        "retention %s: %d scan(s) and %d job(s) older than %d day(s) %s; %d skipped (a job is running)",
+        "dry run" if dry_run else "purge",
+        scans,
+        jobs,
+        days,
+        "would be deleted" if dry_run else "deleted",
+        skipped,
+    )
+    return PurgeResult(scans=scans, jobs=jobs, skipped=skipped)
