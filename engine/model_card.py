@@ -21,6 +21,9 @@ def publish(
 ) -> Path:
     """Copy ``run_dir/best.pt`` (state dict, float32) and its config into ``weights_dir``."""
     config = json.loads((run_dir / "config.json").read_text())
+    if "model" in config:  # a run of a config file (engine.train.experiment)
+        training = {**training, "run_config": {k: v for k, v in config.items() if k != "model"}}
+        config = {**config["model"], "name": config["name"]}
     if config["name"] != name:
         raise ValueError(f"run {run_dir} trained {config['name']!r}, not {name!r}")
     weights_dir.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,8 @@ For every ROI of the structure set whose name is one of the model's structures:
 * Dice, mean surface distance (MSD, symmetric) and HD95 in mm against the model's
   delineation of the same structure (MONAI metrics), on the CT's own grid.
 
-A structure is flagged when the QAM calls it implausible, or when its Dice with the
+A structure is flagged when the QAM calls it implausible (only with a critic whose ROC
+AUC on corrupted test contours reaches ``MIN_AUC_TO_FLAG``), or when its Dice with the
 model is lower than the model usually reaches against physicians (the mean minus two
 standard deviations of its test-split Dice, from the model card). The audit informs a
 review; it does not replace one.
@@ -53,6 +54,9 @@ Progress = Callable[[str, int], None]
 
 # Dice below which a contour disagrees with the model when the card has no test figures.
 FALLBACK_MIN_DICE = 0.5
+# The critic flags contours only if it separates corrupted from clean test contours this
+# well (ROC AUC, experiments/qam_auc.py); a weaker one's score is shown, not acted on.
+MIN_AUC_TO_FLAG = 0.8
 
 
 class AuditError(ValueError):
@@ -68,6 +72,11 @@ class Critic:
     patch: int
     threshold: float
     weights_sha256: str
+    auc: float = 1.0  # ROC AUC, clean vs corrupted test contours (the card's figure)
+
+    @property
+    def flags(self) -> bool:
+        return self.auc >= MIN_AUC_TO_FLAG
 
 
 @dataclass
@@ -109,6 +118,7 @@ def load_critic(model: LoadedModel, weights_dir: Path = WEIGHTS_DIR) -> Critic:
         int(card["patch"]),
         float(card["threshold"]),
         card["sha256"],
+        float(card["roc_auc_test"]["both"]),
     )
 
 
@@ -253,7 +263,7 @@ def audit_volume(
             round(float(predicted.sum()) * voxel_cm3, 2),
             round(float((roi.mask > 0).sum()) * voxel_cm3, 2),
         )
-        if score < critic.threshold:
+        if critic.flags and score < critic.threshold:
             entry.reasons.append(
                 f"the quality check scores it {score:.2f}, below {critic.threshold:.2f}: "
                 "the contour looks imprecise for this image"
@@ -267,6 +277,13 @@ def audit_volume(
         entry.flagged = bool(entry.reasons)
         results.append(entry)
     results.sort(key=lambda r: r.dice)
+    if not critic.flags:
+        notes.append(
+            f"The quality-check score is shown but flags nothing: on corrupted test "
+            f"contours it ranks them below sound ones with ROC AUC {critic.auc:.2f} only "
+            f"(it acts from {MIN_AUC_TO_FLAG:.2f}); the Dice and MSD against the model "
+            "are the evidence here."
+        )
     return results, notes, labels
 
 

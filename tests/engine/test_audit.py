@@ -55,9 +55,9 @@ def _model(card: dict | None = None) -> LoadedModel:
     )
 
 
-def _critic(threshold: float) -> Critic:
+def _critic(threshold: float, auc: float = 0.9) -> Critic:
     torch.manual_seed(0)
-    return Critic(QualityAwarenessModule(3).eval(), 2.0, 32, threshold, "1" * 64)
+    return Critic(QualityAwarenessModule(3).eval(), 2.0, 32, threshold, "1" * 64, auc)
 
 
 def _ball(shape, centre, radius) -> np.ndarray:
@@ -153,3 +153,12 @@ def test_a_structure_set_without_any_model_structure_is_refused(ct):
         audit_volume(
             ct, [_roi("Brain", np.ones(ct.array.shape))], _model(), _critic(0.0)
         )
+
+
+def test_a_weak_critic_flags_nothing_and_says_why(ct):
+    agreeing = _ball(ct.array.shape, (20, 20, 20), 8)
+    (result,), notes, _ = audit_volume(
+        ct, [_roi("Mandible", agreeing)], _model(), _critic(10.0, auc=0.62)
+    )
+    assert not result.flagged and result.reasons == []
+    assert any("ROC AUC 0.62" in n for n in notes)
