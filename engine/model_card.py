@@ -155,6 +155,27 @@ def write_markdown(card: dict, path: Path) -> None:
                 f"{s['hd95_mm_mean']} | {s['hd95_mm_median']} | {s['missed']} |"
             )
         lines.append(f"| **mean over structures** | | **{e['mean_dice']:.3f}** | | | |")
+    if card.get("qam"):
+        q = card["qam"]
+        auc = q["roc_auc_test"]
+        lines += [
+            "",
+            "## Contour-quality critic (`python -m engine audit`)",
+            (
+                f"- Weights: `{q['weights']}`, SHA-256 `{q['sha256']}`; QAM + OCM, lambda {q['lambda']}, "
+                f"patches of {q['patch']}^3 voxels centred on the contour."
+            ),
+            (
+                f"- ROC AUC, clean vs corrupted test contours: {auc['both']:.3f} "
+                f"(small range {auc['small']:.3f}, large range {auc['large']:.3f}); command `{q['calibration_command']}`."
+            ),
+            (
+                f"- Threshold {q['threshold']:.3f} (val split: 10 % of clean contours score below it); on test it calls "
+                f"{q['test_at_threshold']['clean_called_implausible']:.0%} of clean and "
+                f"{q['test_at_threshold']['corrupted_called_implausible']:.0%} of corrupted contours implausible."
+            ),
+            "- The audit flags by this score only when the AUC reaches 0.8; below, it shows the score and flags nothing.",
+        ]
     lines += [
         "",
         "## Limits",
