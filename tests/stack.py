@@ -40,6 +40,18 @@ def require(condition: bool, what: str) -> None:
     pytest.skip(what)
 
 
+def engine_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m engine ARGS`` from the repository root, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+
+
 def data_dir(*parts: str) -> Path:
     path = DATA.joinpath(*parts)
     require(

@@ -14,8 +14,6 @@ One JSON file describes a run (see ``configs/noisy-labels/`` and docs/noisy-labe
   more structures) keep their random initialisation.
 * ``qam`` (optional): Pick-and-Learn sample weighting (``engine.models.qam``) with
   ``lambda`` (a number: QAM+OCM; null: QAM alone) and its own learning rate.
-  ``weighting: false`` trains the QAM without letting it weight the segmentation loss
-  (the network trains as plain), for a contour-quality critic beside a plain model;
   ``corrupt_copies: "small"|"large"`` trains the QAM alone (the network trains as plain)
   as a contour-quality critic: its batch holds, per sample, one contoured structure with
   its label and a copy corrupted by the noise protocol, each scored by the network's loss
@@ -206,9 +204,13 @@ def warm_start(network: torch.nn.Module, path: Path) -> int:
             copied[k] = v
         elif own[k].ndim == v.ndim:
             differ = [d for d in range(v.ndim) if own[k].shape[d] != v.shape[d]]
-            if len(differ) == 1:  # out channels: dim 0 of a conv, 1 of a transposed conv
+            if (
+                len(differ) == 1
+            ):  # out channels: dim 0 of a conv, 1 of a transposed conv
                 part = [slice(None)] * v.ndim
-                part[differ[0]] = slice(0, min(v.shape[differ[0]], own[k].shape[differ[0]]))
+                part[differ[0]] = slice(
+                    0, min(v.shape[differ[0]], own[k].shape[differ[0]])
+                )
                 copied[k] = own[k].clone()
                 copied[k][tuple(part)] = v[tuple(part)]
     if not copied:
@@ -414,7 +416,7 @@ def run(
             qweights = sample_weights(
                 qam(torch.cat([qx, labels], dim=1)), qam_cfg.get("lambda")
             )
-            if qam_cfg.get("weighting", True) and not qam_cfg.get("corrupt_copies"):
+            if not qam_cfg.get("corrupt_copies"):
                 weights = qweights
             else:
                 # The critic learns from the losses without steering the network.

@@ -4,8 +4,6 @@ hn-rt model and its critic (openkbp_dicom pt_104, a test-split case)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 from scipy import ndimage
@@ -14,28 +12,13 @@ from engine.infer.audit import audit_volume, load_critic
 from engine.io.reader import read_input
 from engine.io.rtstruct_import import ImportedROI, import_rtstruct
 from engine.models.registry import load_model
-from tests.stack import REPO, data_dir
+from tests.stack import REPO, data_dir, engine_cli
 
 
 def test_cli_audits_the_structure_set_that_came_with_the_series(tmp_path):
     source = data_dir("openkbp_dicom", "pt_104")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "engine",
-            "audit",
-            str(source),
-            "--model",
-            "hn-rt",
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=900,
+    result = engine_cli(
+        "audit", str(source), "--model", "hn-rt", "--out", str(tmp_path), timeout=900
     )
     assert result.returncode == 0, result.stderr[-3000:]
     audit = json.loads((tmp_path / "audit.json").read_text())

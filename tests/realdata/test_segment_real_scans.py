@@ -9,8 +9,6 @@ and copy ``DIR/labels.nii.gz`` there (the model card records the weights hash).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,30 +17,13 @@ import pytest
 
 from engine.io.nifti import read_labels
 from engine.io.reader import read_input
-from tests.stack import REPO, data_dir
+from tests.stack import REPO, data_dir, engine_cli
 
 GOLDEN = REPO / "tests" / "golden"
 
 
 def _segment(source: Path, out: Path, model: str = "hn-oar") -> dict:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "engine",
-            "segment",
-            str(source),
-            "--model",
-            model,
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
+    result = engine_cli("segment", str(source), "--model", model, "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
 
@@ -88,20 +69,5 @@ def test_full_field_512_series(tmp_path):
 def test_unreadable_input_fails_with_a_message(tmp_path):
     bad = tmp_path / "scan.nii.gz"
     bad.write_bytes(b"not an image")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "engine",
-            "segment",
-            str(bad),
-            "--out",
-            str(tmp_path / "o"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
+    result = engine_cli("segment", str(bad), "--out", str(tmp_path / "o"), timeout=300)
     assert result.returncode == 2 and "not a readable NIfTI" in result.stderr
