@@ -3,7 +3,8 @@
 ``python -m engine info INPUT`` prints it as JSON; the web application shows it before a
 job is queued. It reads headers and geometry only: no pixel data is decoded, except to
 check that a plugin exists for each compressed transfer syntax. It never holds patient
-names or IDs.
+names, nor Patient IDs unless asked for (``patient_ids=True``: the web application groups
+scans by patient with them and keeps them out of the stored report).
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def _other_object(ds: pydicom.Dataset) -> dict:
     return entry
 
 
-def inspect_input(path: str | Path) -> dict:
+def inspect_input(path: str | Path, patient_ids: bool = False) -> dict:
     """The pre-flight report of a DICOM folder/zip/file or a NIfTI file, as a JSON-able dict.
 
     Keys: ``input`` (file name), ``kind`` ("dicom" or "nifti"), ``files``, ``skipped``
@@ -149,6 +150,10 @@ def inspect_input(path: str | Path) -> dict:
     largest first), ``other_objects`` (RTSTRUCT, SEG, ... that came with the images),
     ``selected`` (the key ``segment`` would use without ``--series``, or None when the
     user must choose or nothing is usable).
+
+    With ``patient_ids=True`` it also has ``patient_ids``: the Patient ID (0010,0020) of
+    each series, by key, where the series has a non-empty one (``{}`` for NIfTI). The
+    Patient ID identifies a person: never log it, nor print it by default.
 
     Raises:
         InputError: the path does not exist, is a broken zip or NIfTI, or holds no
@@ -180,6 +185,7 @@ def inspect_input(path: str | Path) -> dict:
             ],
             "other_objects": [],
             "selected": None,
+            **({"patient_ids": {}} if patient_ids else {}),
         }
     try:
         upload = read_upload(path)
@@ -197,7 +203,7 @@ def inspect_input(path: str | Path) -> dict:
         )
     reports = [series_report(c) for c in candidates]
     usable = [r["key"] for r in reports if r["status"] == "ok"]
-    return {
+    report = {
         "input": path.name,
         "kind": "dicom",
         "files": upload.files,
@@ -206,3 +212,10 @@ def inspect_input(path: str | Path) -> dict:
         "other_objects": [_other_object(ds) for ds in upload.others],
         "selected": usable[0] if len(usable) == 1 else None,
     }
+    if patient_ids:
+        report["patient_ids"] = {
+            c.key: str(c.header.get("PatientID", "")).strip()
+            for c in candidates
+            if str(c.header.get("PatientID", "")).strip()
+        }
+    return report

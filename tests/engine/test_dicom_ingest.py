@@ -370,3 +370,11 @@ def test_info_cli_refusal_exits_with_a_message(tmp_path):
         cwd=ROOT,
     )
     assert run.returncode == 2 and "no DICOM CT, MR or PET image series" in run.stderr
+
+
+def test_patient_ids_only_when_asked_for(tmp_path, hu):
+    write_phantom_series(tmp_path / "ct", hu)  # Patient ID PH001
+    assert "patient_ids" not in inspect_input(tmp_path / "ct")
+    assert "PH001" not in json.dumps(inspect_input(tmp_path / "ct"))
+    report = inspect_input(tmp_path / "ct", patient_ids=True)
+    assert report["patient_ids"] == {report["series"][0]["key"]: "PH001"}
