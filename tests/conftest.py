@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
+import types
 import zipfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
@@ -176,3 +179,111 @@ def alice_job(alice_api, alice_dicom_scan, fake_engine, django_capture_on_commit
     job = alice_api.get(f"/api/jobs/{response.json()['id']}/").json()
     assert job["status"] == "succeeded", job
     return job
+
+
+# --- Contour propagation (engine.infer.propagate, issue 5) -------------------------------
+
+FAKE_PROPAGATION_MODELS = ["rigid", "elastix-bspline", "dual-head"]
+# The contract's report.json of fake_propagate_files for a model that segments (dual-head).
+FAKE_PROPAGATION_REPORT = {
+    "model": "dual-head",
+    "structures": [
+        {
+            "name": "Brainstem",
+            "label": 1,
+            "volume_ml": 1.44,
+            "dice_vs_direct": 0.75,
+            "msd_mm_vs_direct": 1.9,
+            "hd95_mm_vs_direct": 2.0,
+            "folding_percent_inside": 0.0,
+            "warning": "The propagated and the direct contours disagree (Dice 0.75).",
+        },
+        {
+            "name": "Mandible",
+            "label": 2,
+            "volume_ml": 2.4,
+            "dice_vs_direct": 1.0,
+            "msd_mm_vs_direct": 0.0,
+            "hd95_mm_vs_direct": 0.0,
+            "folding_percent_inside": 1.5,
+            "warning": "The deformation folds in 1.5 % of the structure.",
+        },
+    ],
+    "folding_percent": 0.2,
+    "timings": {"ingest": 0.1, "register": 0.5, "export": 0.2},
+}
+
+
+def fake_propagation_masks(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(propagated, direct) label maps of fake_propagate_files: Brainstem (1) differs by a
+    shift of one voxel along I, Mandible (2) is the same in both."""
+    propagated = np.zeros(shape, dtype=np.uint8)
+    propagated[4:8, 4:9, 2:5] = 1
+    propagated[9:13, 8:13, 3:6] = 2
+    direct = np.zeros(shape, dtype=np.uint8)
+    direct[5:9, 4:9, 2:5] = 1
+    direct[9:13, 8:13, 3:6] = 2
+    return propagated, direct
+
+
+def fake_propagate_files(fixed, moving, contours, model, out_dir, progress=None) -> dict:
+    """Stands in for ``engine.infer.propagate.propagate_files``: writes the contract's files
+    on the grid of the fixed (daily) scan as the engine reads it (ddf.nii.gz, labels.nii.gz,
+    structures.json, structures/, rtstruct.dcm, report.json; direct_labels.nii.gz for the
+    model that segments, dual-head). Refuses contours that are neither an RTSTRUCT nor a
+    labels.nii.gz + structures.json folder, as the engine would (ValueError)."""
+    from engine.io.reader import read_input
+
+    report = progress or (lambda stage, pct: None)
+    out_dir = Path(out_dir)
+    report("ingest", 0)
+    contours = Path(contours)
+    if contours.is_dir():
+        if not ((contours / "labels.nii.gz").exists() and (contours / "structures.json").exists()):
+            raise ValueError("the contours folder holds no labels.nii.gz with structures.json")
+    elif pydicom.dcmread(contours).Modality != "RTSTRUCT":
+        raise ValueError("the contours file is not an RTSTRUCT")
+    volume, _ = read_input(Path(fixed))
+    propagated, direct = fake_propagation_masks(volume.array.shape)
+    report("register", 30)
+    nib.save(nib.Nifti1Image(np.zeros((*volume.array.shape, 3), np.float32), volume.affine), out_dir / "ddf.nii.gz")
+    nib.save(nib.Nifti1Image(propagated, volume.affine), out_dir / "labels.nii.gz")
+    if model == "dual-head":
+        nib.save(nib.Nifti1Image(direct, volume.affine), out_dir / "direct_labels.nii.gz")
+    (out_dir / "structures").mkdir()
+    table = []
+    for s in FAKE_STRUCTURES:
+        mask = (propagated == s["label"]).astype(np.uint8)
+        nib.save(nib.Nifti1Image(mask, volume.affine), out_dir / "structures" / f"{s['name']}.nii.gz")
+        table.append({**s, "volume_cm3": round(float(mask.sum()) * 12.0 / 1000, 3)})
+    (out_dir / "structures.json").write_text(json.dumps(table))
+    (out_dir / "rtstruct.dcm").write_bytes(b"\0" * 128 + b"DICM fake")
+    document = dict(FAKE_PROPAGATION_REPORT, model=model)
+    if model != "dual-head":  # a registration only: nothing to compare with
+        document["structures"] = [
+            {**s, "dice_vs_direct": None, "msd_mm_vs_direct": None, "hd95_mm_vs_direct": None, "warning": None}
+            for s in FAKE_PROPAGATION_REPORT["structures"]
+        ]
+    (out_dir / "report.json").write_text(json.dumps(document))
+    report("done", 100)
+    return document
+
+
+@pytest.fixture
+def fake_propagation(monkeypatch):
+    """``engine.infer.propagate`` replaced by a module with ``PROPAGATION_MODELS`` and
+    ``fake_propagate_files``; returns the calls (fixed, moving, contours and, for an
+    RTSTRUCT, its ROI names, model)."""
+    calls: list[dict] = []
+
+    def propagate_files(fixed, moving, contours, model, out_dir, progress=None):
+        contours = Path(contours)
+        rois = None if contours.is_dir() else [r.ROIName for r in pydicom.dcmread(contours).StructureSetROISequence]
+        calls.append({"fixed": Path(fixed), "moving": Path(moving), "contours": contours, "rois": rois, "model": model})
+        return fake_propagate_files(fixed, moving, contours, model, out_dir, progress)
+
+    module = types.ModuleType("engine.infer.propagate")
+    module.PROPAGATION_MODELS = lambda: list(FAKE_PROPAGATION_MODELS)
+    module.propagate_files = propagate_files
+    monkeypatch.setitem(sys.modules, "engine.infer.propagate", module)
+    return calls

@@ -26,7 +26,9 @@ def nifti_bytes(shape=(16, 16, 8), spacing=(2.0, 2.0, 3.0), gz: bool = True, see
     return gzip.compress(raw)
 
 
-def dicom_series(directory: Path, slices: int = 8, size: int = 16, seed: int = 0) -> list[Path]:
+def dicom_series(
+    directory: Path, slices: int = 8, size: int = 16, seed: int = 0, patient_id: str = "PHANTOM1"
+) -> list[Path]:
     """Write a small axial CT series (one file per slice) into ``directory``; returns the paths."""
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -43,7 +45,7 @@ def dicom_series(directory: Path, slices: int = 8, size: int = 16, seed: int = 0
         ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
         ds.Modality = "CT"
-        ds.PatientName, ds.PatientID = "Test^Phantom", "PHANTOM1"
+        ds.PatientName, ds.PatientID = "Test^Phantom", patient_id
         ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240101", "120000", "1", ""
         ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
@@ -69,8 +71,8 @@ def zip_bytes(files: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def dicom_zip_bytes(tmp: Path, folder: str = "CT") -> bytes:
-    paths = dicom_series(tmp / folder)
+def dicom_zip_bytes(tmp: Path, folder: str = "CT", patient_id: str = "PHANTOM1") -> bytes:
+    paths = dicom_series(tmp / folder, patient_id=patient_id)
     return zip_bytes({f"{folder}/{p.name}": p.read_bytes() for p in paths})
 
 

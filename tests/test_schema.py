@@ -23,11 +23,22 @@ def test_schema(alice_api):
         "/api/jobs/{id}/structures.zip",
         "/api/jobs/{id}/audit.json",
         "/api/jobs/{id}/slice/",
+        "/api/jobs/{id}/propagation.json",
+        "/api/jobs/{id}/ddf.nii.gz",
+        "/api/jobs/{id}/choices/",
+        "/api/jobs/{id}/final_rtstruct.dcm",
+        "/api/patients/",
+        "/api/patients/{id}/",
         "/api/models/",
+        "/api/propagation-models/",
     ):
         assert path in paths, sorted(paths)
     upload = paths["/api/scans/"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in upload
+    assert "patient_id" in schema["components"]["schemas"]["ScanUploadRequest"]["properties"]
+    assert "patch" in paths["/api/scans/{id}/"] and "post" in paths["/api/jobs/{id}/choices/"]
+    job_request = schema["components"]["schemas"]["JobCreateRequest"]["properties"]
+    assert {"planning_scan", "contours_rtstruct", "contours_job"} <= set(job_request)
     assert {"tokenAuth", "cookieAuth"} <= set(schema["components"]["securitySchemes"])
 
 

@@ -12,7 +12,8 @@
     return el("td", {}, el("span", { class: `badge ${job.status}`, "data-status": job.status, text: label }));
   }
 
-  const KIND = { segment: "Delineation", audit: "Contour audit" };
+  const KIND = { segment: "Delineation", audit: "Contour audit", propagate: "Contour propagation" };
+  const VIEW = { audit: "View audit", propagate: "View and choose" };
 
   function progressCell(job) {
     if (job.status === "failed") return el("td", { class: "error-text", text: job.error || "Failed" });
@@ -28,7 +29,7 @@
     if (job.status !== "succeeded") return el("td");
     const d = job.downloads || {};
     return el("td", { class: "links" },
-      el("a", { href: job.viewer, class: "view-link", text: job.kind === "audit" ? "View audit" : "View" }),
+      el("a", { href: job.viewer, class: "view-link", text: VIEW[job.kind] || "View" }),
       d.labels ? el("a", { href: d.labels, text: "Labels" }) : null,
       d.structures_zip ? el("a", { href: d.structures_zip, text: "Masks" }) : null,
       d.rtstruct ? el("a", {
@@ -37,7 +38,8 @@
       }) : null,
       d.seg ? el("a", { href: d.seg, text: "SEG" }) : null,
       d.ct_dicom ? el("a", { href: d.ct_dicom, text: "CT (DICOM)" }) : null,
-      d.audit ? el("a", { href: d.audit, text: "Audit (JSON)" }) : null);
+      d.audit ? el("a", { href: d.audit, text: "Audit (JSON)" }) : null,
+      d.final_rtstruct ? el("a", { href: d.final_rtstruct, text: "RTSTRUCT (kept contours)" }) : null);
   }
 
   function render(jobs) {

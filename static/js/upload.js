@@ -154,6 +154,10 @@
       }
     }
     if (nameInput.value.trim()) formData.append("name", nameInput.value.trim());
+    for (const field of ["patient_id", "patient_label"]) {
+      const input = document.querySelector(`#upload-form input[name=${field}]`);
+      if (input && input.value.trim()) formData.append(field, input.value.trim());
+    }
     button.disabled = true;
     showError("");
     progress.classList.remove("hidden");

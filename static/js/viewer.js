@@ -25,6 +25,7 @@
     structures: [], // {label, name, color, volume_cm3, visible, opacity}
     slice: null,
     job: null,
+    showDirect: true, // a propagation's direct segmentation, drawn dashed
   };
   const cache = new Map();
   const CACHE_SIZE = 256;
@@ -43,22 +44,17 @@
     return bytes;
   }
 
-  function decode(s) {
-    const n = s.rows * s.columns;
-    const imageBytes = bytesOf(s.image.data);
-    const image = new Int16Array(imageBytes.buffer, 0, n); // little-endian, as the API sends
-    const labels = bytesOf(s.labels.data);
-    const imageRows = [];
-    for (let r = 0; r < s.rows; r += 1) imageRows.push(Array.from(image.subarray(r * s.columns, (r + 1) * s.columns)));
+  // Per label value present: {fill (1 inside, null outside), line (1 inside, 0 outside)}.
+  function masksOf(labels, present, rows, columns) {
     const masks = {};
-    for (const value of s.labels_present) {
+    for (const value of present) {
       const fill = [];
       const line = [];
-      for (let r = 0; r < s.rows; r += 1) {
-        const f = new Array(s.columns);
-        const l = new Array(s.columns);
-        for (let c = 0; c < s.columns; c += 1) {
-          const inside = labels[r * s.columns + c] === value;
+      for (let r = 0; r < rows; r += 1) {
+        const f = new Array(columns);
+        const l = new Array(columns);
+        for (let c = 0; c < columns; c += 1) {
+          const inside = labels[r * columns + c] === value;
           f[c] = inside ? 1 : null;
           l[c] = inside ? 1 : 0;
         }
@@ -67,7 +63,19 @@
       }
       masks[value] = { fill, line };
     }
-    return { ...s, imageRows, masks };
+    return masks;
+  }
+
+  function decode(s) {
+    const n = s.rows * s.columns;
+    const imageBytes = bytesOf(s.image.data);
+    const image = new Int16Array(imageBytes.buffer, 0, n); // little-endian, as the API sends
+    const imageRows = [];
+    for (let r = 0; r < s.rows; r += 1) imageRows.push(Array.from(image.subarray(r * s.columns, (r + 1) * s.columns)));
+    const masks = masksOf(bytesOf(s.labels.data), s.labels_present, s.rows, s.columns);
+    const directMasks = s.direct_labels
+      ? masksOf(bytesOf(s.direct_labels.data), s.direct_present, s.rows, s.columns) : {};
+    return { ...s, imageRows, masks, directMasks };
   }
 
   async function loadSlice(plane, index) {
@@ -137,6 +145,16 @@
         });
       }
     }
+    // A propagation's direct segmentation of the daily scan: dashed outlines over the propagated fills.
+    for (const st of state.structures) {
+      const direct = s.directMasks[st.label];
+      if (!direct || !st.visible || !state.showDirect) continue;
+      out.push({
+        type: "contour", name: `${st.name} direct`, meta: { label: st.label, kind: "direct" }, z: direct.line,
+        ...grid, autocontour: false, contours: { start: 0.5, end: 0.5, size: 1, coloring: "none" },
+        line: { color: rgb(st.color), width: 2, dash: "dash", smoothing: 0 }, showscale: false, hoverinfo: "skip",
+      });
+    }
     return out;
   }
 
@@ -171,6 +189,8 @@
     await Plotly.react(plot, traces(s), layout(s), { scrollZoom: false, displaylogo: false, responsive: true });
     const drawn = state.structures.filter((st) => st.visible && s.masks[st.label]).map((st) => st.name);
     plot.dataset.structures = drawn.join(",");
+    plot.dataset.direct = state.showDirect
+      ? state.structures.filter((st) => st.visible && s.directMasks[st.label]).map((st) => st.name).join(",") : "";
     plot.dataset.plane = s.plane;
     plot.dataset.index = String(s.index);
   }
@@ -230,6 +250,9 @@
     if (d.seg) links.append(el("li", {}, el("a", { href: d.seg, id: "download-seg", text: "Segmentation (DICOM SEG)" })));
     if (d.ct_dicom) links.append(el("li", {}, el("a", { href: d.ct_dicom, id: "download-ct-dicom", text: "CT as a DICOM series (zip), referenced by the RTSTRUCT and SEG" })));
     if (d.audit) links.append(el("li", {}, el("a", { href: d.audit, id: "download-audit", text: "Contour audit (JSON)" })));
+    if (d.final_rtstruct) links.append(el("li", {}, el("a", { href: d.final_rtstruct, id: "download-final", text: "RTSTRUCT for the daily scan, with the contours kept (DICOM)" })));
+    if (d.propagation) links.append(el("li", {}, el("a", { href: d.propagation, id: "download-propagation", text: "Propagation report (JSON)" })));
+    if (d.ddf) links.append(el("li", {}, el("a", { href: d.ddf, id: "download-ddf", text: "Displacement field, mm (NIfTI)" })));
     if (job.kind !== "audit") for (const note of job.notes || []) links.append(el("li", { class: "hint", text: note }));
     const info = document.getElementById("job-info");
     info.replaceChildren();
@@ -278,6 +301,75 @@
     if (!audit.structures.length) body.append(el("tr", {}, el("td", { colspan: 9, text: "No contour was audited." })));
     const notes = document.getElementById("audit-notes");
     notes.replaceChildren(...(audit.notes || []).map((n) => el("li", { text: n })));
+  }
+
+  // --- Contour propagation (propagate jobs): propagated vs direct, and the physician's choice ---
+  const propagationSection = document.getElementById("propagation");
+
+  function choiceCell(r) {
+    const name = `keep-${r.label}`;
+    const radio = (value, text, disabled) => el("label", {},
+      el("input", { type: "radio", name, value, checked: r.kept === value, disabled, "data-structure": r.name }), ` ${text}`);
+    return el("td", {}, radio("propagated", "propagated", false),
+      radio("direct", "direct", !r.direct || undefined));
+  }
+
+  function propagationTable(report) {
+    const body = document.querySelector("#propagation-table tbody");
+    body.replaceChildren();
+    if (!report) {
+      body.append(el("tr", {}, el("td", { colspan: 9, text: "The propagation report of this job could not be read." })));
+      return;
+    }
+    document.getElementById("folding-total").textContent = fixed(report.folding_percent, 2);
+    for (const r of report.structures) {
+      const st = state.structures.find((x) => x.name === r.name);
+      const goTo = el("button", { type: "button", class: "small", disabled: !(st && st.volume_cm3 > 0), text: "Go to",
+        title: "Go to the slice through the centre of the propagated contours" });
+      goTo.addEventListener("click", () => {
+        const centre = st && state.slice && state.slice.centres[String(st.label)];
+        if (centre) show(state.plane, centre[AXIS[state.plane]]);
+      });
+      const warning = r.warning
+        ? el("td", {}, el("span", { class: "badge queued", text: "Check" }), ` ${r.warning}`)
+        : el("td", { class: "hint", text: r.direct ? "No finding" : "No direct segmentation to compare with" });
+      body.append(el("tr", { "data-structure": r.name, class: r.warning ? "warned" : null },
+        el("td", {}, st ? el("span", { class: "swatch", style: `background:${rgb(st.color)}` }) : null, ` ${r.name}`),
+        el("td", { class: "num", text: fixed(r.volume_ml, 1) }),
+        el("td", { class: "num", text: fixed(r.dice_vs_direct, 2) }),
+        el("td", { class: "num", text: fixed(r.msd_mm_vs_direct, 1) }),
+        el("td", { class: "num", text: fixed(r.hd95_mm_vs_direct, 1) }),
+        el("td", { class: "num", text: fixed(r.folding_percent_inside, 1) }),
+        warning, choiceCell(r), el("td", {}, goTo)));
+    }
+    if (!report.structures.length) body.append(el("tr", {}, el("td", { colspan: 9, text: "No structure was propagated." })));
+    document.getElementById("propagation-notes").replaceChildren(...(report.notes || []).map((n) => el("li", { text: n })));
+  }
+
+  async function saveChoices() {
+    const status = document.getElementById("choices-status");
+    const choices = {};
+    document.querySelectorAll("#propagation-table input[type=radio]:checked").forEach((input) => {
+      choices[input.dataset.structure] = input.value;
+    });
+    status.textContent = "Writing the RTSTRUCT with the contours kept…";
+    try {
+      const job = await Delineo.api(propagationSection.dataset.choicesUrl, { method: "POST", body: { choices } });
+      state.job = job;
+      propagationTable(job.propagation);
+      status.textContent = "Saved. The RTSTRUCT for the daily scan now holds the contours kept.";
+    } catch (err) {
+      status.textContent = "";
+      showError(err.message);
+    }
+  }
+
+  if (propagationSection) {
+    document.getElementById("save-choices").addEventListener("click", saveChoices);
+    document.getElementById("direct-toggle").addEventListener("change", (event) => {
+      state.showDirect = event.target.checked;
+      draw();
+    });
   }
 
   // --- Events --------------------------------------------------------------------------
@@ -341,6 +433,7 @@
     structureTable();
     sidePanel(job);
     if (job.kind === "audit") auditTable(job.audit);
+    if (job.kind === "propagate") propagationTable(job.propagation);
     applyWindow();
     await show("axial", null);
   }

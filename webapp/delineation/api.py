@@ -25,13 +25,18 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from webapp.delineation import audit, services, tasks
-from webapp.delineation.models import AccessEvent, Job, Scan
+from webapp.delineation.models import AccessEvent, Job, Patient, Scan
+from webapp.delineation.patients import patient_for
 from webapp.delineation.serializers import (
     AccessEventSerializer,
+    ChoicesSerializer,
     JobCreateSerializer,
     JobSerializer,
+    PatientSerializer,
+    ScanPatientSerializer,
     ScanSerializer,
     ScanUploadSerializer,
+    propagation_fields,
 )
 from webapp.delineation.uploads import UploadError, accept_upload, refusal_of
 
@@ -53,12 +58,25 @@ class ScanViewSet(
     """Uploaded scans. The original files are stored unchanged."""
 
     serializer_class = ScanSerializer
-    parser_classes = [MultiPartParser, FormParser]
+    parser_classes = [MultiPartParser, FormParser, JSONParser]
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation
             return Scan.objects.none()
-        return Scan.objects.filter(owner=self.request.user).prefetch_related("jobs")
+        return Scan.objects.filter(owner=self.request.user).select_related("patient").prefetch_related("jobs")
+
+    @extend_schema(request=ScanPatientSerializer, responses={200: ScanSerializer, 400: OpenApiTypes.OBJECT})
+    def partial_update(self, request: Request, *args, **kwargs) -> Response:
+        """Set the scan's patient by Patient ID (entered for a NIfTI scan, or correcting the DICOM
+        one); the patient is created among yours if new. An empty Patient ID ungroups the scan."""
+        scan = self.get_object()
+        data = ScanPatientSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        scan.patient = patient_for(
+            request.user, data.validated_data["patient_id"], data.validated_data.get("patient_label", "")
+        )
+        scan.save(update_fields=["patient"])
+        return Response(ScanSerializer(scan, context={"request": request}).data)
 
     @extend_schema(
         request={"multipart/form-data": ScanUploadSerializer},
@@ -88,6 +106,8 @@ class ScanViewSet(
                 request.FILES.getlist("files"),
                 request.data.getlist("paths") if hasattr(request.data, "getlist") else [],
                 name=str(request.data.get("name", "")),
+                patient_id=str(request.data.get("patient_id", "")),
+                patient_label=str(request.data.get("patient_label", "")),
             )
         except UploadError as exc:
             return _detail(exc.message, exc.status)
@@ -101,7 +121,12 @@ class ScanViewSet(
         scan = self.get_object()
         with transaction.atomic():
             # Locked, so that no worker starts one of its queued jobs between the check and the delete.
-            jobs = list(Job.objects.select_for_update().filter(scan=scan).values_list("status", flat=True))
+            # A propagation reads its planning scan too.
+            jobs = list(
+                Job.objects.select_for_update()
+                .filter(Q(scan=scan) | Q(planning_scan=scan))
+                .values_list("status", flat=True)
+            )
             if Job.Status.RUNNING in jobs:
                 return _detail("A job is still running on this scan; delete it when the job has finished.", 409)
             audit.record(request, AccessEvent.Action.DELETE, scan)
@@ -118,7 +143,7 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation
             return Job.objects.none()
-        queryset = Job.objects.filter(owner=self.request.user).select_related("scan")
+        queryset = Job.objects.filter(owner=self.request.user).select_related("scan", "planning_scan")
         scan = self.request.query_params.get("scan")
         if scan and self.action == "list":
             try:
@@ -133,7 +158,12 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
         data.is_valid(raise_exception=True)
         scan = data.validated_data["scan"]
         job = tasks.queue_job(
-            request.user, scan, data.validated_data["model"], data.validated_data["series"], data.validated_data["kind"]
+            request.user,
+            scan,
+            data.validated_data["model"],
+            data.validated_data["series"],
+            data.validated_data["kind"],
+            **propagation_fields(data.validated_data),
         )
         audit.record(request, AccessEvent.Action.QUEUE, job)
         job.refresh_from_db()
@@ -234,6 +264,97 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
         one entry per audited ROI with its QAM score, Dice, MSD and HD95 against the model."""
         return self._optional_download("audit.json", "contour audit", "application/json")
 
+    @extend_schema(
+        responses={
+            (200, "application/json"): OpenApiResponse(OpenApiTypes.OBJECT, description="The propagation report"),
+            404: _DETAIL,
+            409: _DETAIL,
+        }
+    )
+    @action(detail=True, methods=["get"], url_path="propagation.json", url_name="propagation-json")
+    def propagation_json(self, request: Request, pk: str | None = None):
+        """Contour propagation jobs only: ``report.json`` as the engine wrote it (model, per structure
+        volume_ml, Dice, MSD and HD95 in mm against the direct segmentation, folding inside, warning;
+        folding_percent, timings)."""
+        return self._optional_download("report.json", "propagation report", "application/json")
+
+    @extend_schema(
+        responses={
+            (200, "application/gzip"): OpenApiResponse(
+                OpenApiTypes.BINARY, description="(I, J, K, 3) float32 displacement in mm, RAS, daily-scan grid"
+            ),
+            404: _DETAIL,
+            409: _DETAIL,
+        }
+    )
+    @action(detail=True, methods=["get"], url_path="ddf.nii.gz", url_name="ddf")
+    def ddf(self, request: Request, pk: str | None = None):
+        """Contour propagation jobs only: the dense displacement field on the daily scan's grid, NIfTI
+        vector (I, J, K, 3), mm in RAS: the daily-scan point p corresponds to the planning-scan point p + u(p)."""
+        return self._optional_download("ddf.nii.gz", "displacement field", "application/gzip")
+
+    @extend_schema(request=ChoicesSerializer, responses={200: JobSerializer, 400: OpenApiTypes.OBJECT, 409: _DETAIL})
+    @action(detail=True, methods=["post"], url_path="choices", url_name="choices")
+    def choices(self, request: Request, pk: str | None = None) -> Response:
+        """Contour propagation jobs only: keep, per structure, the propagated contours or the model's
+        direct segmentation of the daily scan. Saved on the job; the RTSTRUCT for the daily scan
+        (``final_rtstruct.dcm``) is rebuilt from them at once, so its problems show here."""
+        job, problem = self._result_file("choices")
+        if not job.is_propagation:
+            return _detail("Only a contour propagation has contours to choose between.", 404)
+        if problem:
+            return problem
+        data = ChoicesSerializer(data=request.data, context={"job": job})
+        data.is_valid(raise_exception=True)
+        with transaction.atomic():
+            job = Job.objects.select_for_update().select_related("scan").get(pk=job.pk)  # one rebuild at a time
+            choices = {**job.choices, **data.validated_data["choices"]}
+            problem = self._build_final(job, choices)
+            if problem:
+                return problem
+        job.refresh_from_db()
+        return Response(JobSerializer(job, context={"request": request}).data)
+
+    def _build_final(self, job: Job, choices: dict[str, str]) -> Response | None:
+        """Write the final RTSTRUCT from ``choices`` and record them with its checksums (in the caller's
+        transaction, the job row locked); a 409 response when it cannot be written."""
+        try:
+            written = services.write_final_rtstruct(
+                job.result_path, job.scan.engine_input, job.series_key, choices, job.model_name, job.weights_sha256
+            )
+        except services.DelineationError as exc:
+            logger.warning("job %s: final RTSTRUCT not written", job.id)
+            return _detail(f"The RTSTRUCT for the daily scan could not be written: {exc.message}", 409)
+        kept = {k: v for k, v in job.checksums.items() if not k.startswith(f"{services.FINAL_DIR}/")}
+        job.choices, job.checksums = choices, {**kept, **written}
+        job.save(update_fields=["choices", "checksums"])
+        return None
+
+    @extend_schema(
+        responses={
+            (200, "application/dicom"): OpenApiResponse(OpenApiTypes.BINARY, description="RT Structure Set"),
+            404: _DETAIL,
+            409: _DETAIL,
+        }
+    )
+    @action(detail=True, methods=["get"], url_path="final_rtstruct.dcm", url_name="final-rtstruct")
+    def final_rtstruct(self, request: Request, pk: str | None = None):
+        """Contour propagation jobs only: the RTSTRUCT for the daily scan with, per structure, the
+        contours chosen (``choices``; propagated where none was chosen), referencing the daily series."""
+        job, problem = self._result_file(services.FINAL_RTSTRUCT)
+        if not job.is_propagation:
+            return _detail("Only a contour propagation has an RTSTRUCT built from chosen contours.", 404)
+        if problem:
+            return problem
+        if services.FINAL_RTSTRUCT not in job.checksums:
+            with transaction.atomic():
+                job = Job.objects.select_for_update().select_related("scan").get(pk=job.pk)
+                if services.FINAL_RTSTRUCT not in job.checksums:
+                    problem = self._build_final(job, job.choices)
+                    if problem:
+                        return problem
+        return self._download(job, services.FINAL_RTSTRUCT, "application/dicom")
+
     def _optional_download(self, filename: str, what: str, content_type: str):
         job, problem = self._result_file(filename)
         if problem:
@@ -244,7 +365,9 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
             if filename == "ct_dicom.zip" and job.input_kind == "dicom":
                 why = "The scan was uploaded as DICOM: the RTSTRUCT and SEG reference the uploaded series."
             if filename == "audit.json" and not job.is_audit:
-                why = "This job is a delineation, not a contour audit."
+                why = "This job is not a contour audit."
+            elif filename in ("report.json", "ddf.nii.gz") and not job.is_propagation:
+                why = "This job is not a contour propagation."
             elif job.is_audit:
                 why = "A contour audit writes the audit and the model's label map, not the delineation's DICOM files."
             return _detail(f"No {what} was written for this job. {why}".strip(), 404)
@@ -299,6 +422,35 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
             return _detail(str(exc), 400)
 
 
+class PatientViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Your patients, each with its scans (grouped by Patient ID). Another user's patient is not found (404)."""
+
+    serializer_class = PatientSerializer
+    parser_classes = [JSONParser, FormParser, MultiPartParser]
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return Patient.objects.none()
+        return Patient.objects.filter(owner=self.request.user).prefetch_related("scans")
+
+    def retrieve(self, request: Request, *args, **kwargs) -> Response:
+        patient = self.get_object()
+        audit.record(request, AccessEvent.Action.VIEW, patient)
+        return Response(self.get_serializer(patient).data)
+
+    @extend_schema(
+        request=inline_serializer("PatientLabel", {"label": serializers.CharField(max_length=255, allow_blank=True)}),
+        responses={200: PatientSerializer, 400: OpenApiTypes.OBJECT},
+    )
+    def partial_update(self, request: Request, *args, **kwargs) -> Response:
+        """Change how the patient is shown (``label``); its Patient ID stays."""
+        patient = self.get_object()
+        data = PatientSerializer(patient, data={"label": request.data.get("label", "")}, partial=True)
+        data.is_valid(raise_exception=True)
+        data.save()
+        return Response(PatientSerializer(patient).data)
+
+
 class AccessEventList(generics.ListAPIView):
     """The access audit log, newest first (at most 1000 events): the requesting user's own
     actions and every action on their scans and jobs; staff see everyone's."""
@@ -332,3 +484,12 @@ class ModelsView(APIView):
     )
     def get(self, request: Request) -> Response:
         return Response(services.model_cards())
+
+
+class PropagationModelsView(APIView):
+    """The contour propagation methods of this server: classical registrations and joint
+    registration-segmentation models (``engine.infer.propagate.PROPAGATION_MODELS``)."""
+
+    @extend_schema(responses=inline_serializer("PropagationModels", {"models": serializers.ListField()}))
+    def get(self, request: Request) -> Response:
+        return Response({"models": services.propagation_models()})

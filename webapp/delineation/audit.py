@@ -7,7 +7,9 @@ import ipaddress
 
 from django.http import HttpRequest
 
-from webapp.delineation.models import AccessEvent, Job, Scan
+from webapp.delineation.models import AccessEvent, Job, Patient, Scan
+
+_TYPES = {Job: AccessEvent.ObjectType.JOB, Scan: AccessEvent.ObjectType.SCAN, Patient: AccessEvent.ObjectType.PATIENT}
 
 
 def client_ip(request: HttpRequest | None) -> str | None:
@@ -21,8 +23,8 @@ def client_ip(request: HttpRequest | None) -> str | None:
         return None
 
 
-def record(request: HttpRequest | None, action: str, obj: Scan | Job, filename: str = "") -> AccessEvent:
-    """Record ``action`` on a scan or job by the request's user; ``request=None``: by the system."""
+def record(request: HttpRequest | None, action: str, obj: Scan | Job | Patient, filename: str = "") -> AccessEvent:
+    """Record ``action`` on a scan, job or patient by the request's user; ``request=None``: by the system."""
     user = getattr(request, "user", None)
     if user is not None and not user.is_authenticated:
         user = None
@@ -30,7 +32,7 @@ def record(request: HttpRequest | None, action: str, obj: Scan | Job, filename: 
         user=user,
         username=user.get_username() if user is not None else "",
         action=action,
-        object_type=AccessEvent.ObjectType.JOB if isinstance(obj, Job) else AccessEvent.ObjectType.SCAN,
+        object_type=_TYPES[type(obj)],
         object_id=obj.pk,
         object_owner_id=obj.owner_id,
         filename=filename,

@@ -1,4 +1,4 @@
-"""Scans (uploaded images, stored unchanged) and delineation jobs run on them.
+"""Patients, their scans (uploaded images, stored unchanged) and the jobs run on them.
 
 On disk, everything about one scan lives under ``MEDIA_ROOT/scans/<scan uuid>/``:
 ``original/`` holds the uploaded files byte for byte, ``jobs/<job uuid>/`` the outputs
@@ -21,6 +21,33 @@ def scan_dir(scan_id: uuid.UUID) -> Path:
     return Path(settings.MEDIA_ROOT) / "scans" / str(scan_id)
 
 
+class Patient(models.Model):
+    """One patient of one user: the scans with the same Patient ID, which the adaptive
+    workflow pairs (planning and daily scans).
+
+    ``patient_id`` is the DICOM Patient ID (0010,0020) read from the upload, or entered by
+    the user (a NIfTI file has none). It identifies a person: it is shown to its owner only
+    and never logged, nor written to the access log (which holds this row's UUID).
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="patients")
+    patient_id = models.CharField(max_length=64)  # DICOM LO: at most 64 characters
+    label = models.CharField(max_length=255, blank=True, default="")  # how the user wants it shown
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created"]
+        constraints = [models.UniqueConstraint(fields=["owner", "patient_id"], name="one_patient_per_id_and_owner")]
+
+    def __str__(self) -> str:
+        return self.label or self.patient_id
+
+    @property
+    def display(self) -> str:
+        return str(self)
+
+
 class Scan(models.Model):
     class InputKind(models.TextChoices):
         DICOM_ZIP = "dicom_zip", "DICOM series (zip)"
@@ -29,6 +56,8 @@ class Scan(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="scans")
+    # Set from the DICOM Patient ID on upload, or entered; null: not known (a NIfTI scan without one).
+    patient = models.ForeignKey(Patient, null=True, blank=True, on_delete=models.SET_NULL, related_name="scans")
     name = models.CharField(max_length=255)
     input_kind = models.CharField(max_length=16, choices=InputKind.choices)
     # Path of the engine input relative to MEDIA_ROOT: the zip, the NIfTI file, or the
@@ -68,6 +97,8 @@ class Job(models.Model):
         SEGMENT = "segment", "Delineation"
         # Check the structure set that came with the scan against the model (engine.infer.audit).
         AUDIT = "audit", "Contour audit"
+        # Propagate the planning contours to this (daily) scan (engine.infer.propagate).
+        PROPAGATE = "propagate", "Contour propagation"
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -79,7 +110,21 @@ class Job(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
+    # For a propagation: the daily scan (fixed image), on whose grid every output is.
     scan = models.ForeignKey(Scan, on_delete=models.CASCADE, related_name="jobs")
+    # Propagation only: the planning scan (moving image) and its contours, either an RTSTRUCT
+    # of its upload (by SOP Instance UID) or a delineation job's result. Null once deleted:
+    # the job's outputs stay with the daily scan.
+    planning_scan = models.ForeignKey(
+        Scan, null=True, blank=True, on_delete=models.SET_NULL, related_name="planning_jobs"
+    )
+    contours_rtstruct = models.CharField(max_length=64, blank=True, default="")
+    contours_job = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="propagations"
+    )
+    # Propagation only: per structure name, the contours the physician keeps, "propagated"
+    # or "direct" (the model's own segmentation of the daily scan); absent: propagated.
+    choices = models.JSONField(default=dict, blank=True)
     model_name = models.CharField(max_length=100)
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.SEGMENT)
     # Key of the image series to delineate (engine.io.preflight); empty for NIfTI.
@@ -131,6 +176,10 @@ class Job(models.Model):
         return self.kind == self.Kind.AUDIT
 
     @property
+    def is_propagation(self) -> bool:
+        return self.kind == self.Kind.PROPAGATE
+
+    @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
 
@@ -162,6 +211,7 @@ class AccessEvent(models.Model):
     class ObjectType(models.TextChoices):
         SCAN = "scan", "Scan"
         JOB = "job", "Job"
+        PATIENT = "patient", "Patient"
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="access_events"

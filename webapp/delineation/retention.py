@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from webapp.delineation import audit
@@ -36,12 +37,17 @@ def purge(days: int, dry_run: bool = False, now: datetime | None = None) -> Purg
             scan = Scan.objects.filter(pk=scan_id).first()
             if scan is None:  # deleted meanwhile
                 continue
-            # Locked, so that no worker starts one of its queued jobs between the check and the delete.
-            statuses = list(Job.objects.select_for_update().filter(scan=scan).values_list("status", flat=True))
-            if Job.Status.RUNNING in statuses:
+            # Locked, so that no worker starts one of its queued jobs between the check and the delete;
+            # a propagation reads its planning scan too.
+            statuses = list(
+                Job.objects.select_for_update()
+                .filter(Q(scan=scan) | Q(planning_scan=scan))
+                .values_list("scan_id", "status")
+            )
+            if any(status == Job.Status.RUNNING for _, status in statuses):
                 skipped += 1
                 continue
-            scans, jobs = scans + 1, jobs + len(statuses)
+            scans, jobs = scans + 1, jobs + sum(1 for scan_of_job, _ in statuses if scan_of_job == scan.pk)
             if not dry_run:
                 audit.record(None, AccessEvent.Action.DELETE, scan)
                 scan.delete()

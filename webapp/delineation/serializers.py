@@ -8,15 +8,24 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from webapp.delineation import services
-from webapp.delineation.models import AccessEvent, Job, Scan
+from webapp.delineation.models import AccessEvent, Job, Patient, Scan
+from webapp.delineation.patients import PatientIdError, clean_patient_id
+
+
+class PatientBriefSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Patient
+        fields = ["id", "patient_id", "label"]
+        read_only_fields = fields
 
 
 class ScanSerializer(serializers.ModelSerializer):
     jobs = serializers.SerializerMethodField()
+    patient = PatientBriefSerializer(read_only=True, allow_null=True)
 
     class Meta:
         model = Scan
-        fields = ["id", "name", "input_kind", "file_count", "size_bytes", "preflight", "created", "jobs"]
+        fields = ["id", "name", "input_kind", "file_count", "size_bytes", "preflight", "created", "jobs", "patient"]
         read_only_fields = fields
 
     @extend_schema_field(serializers.ListField(child=serializers.UUIDField()))
@@ -37,6 +46,28 @@ class ScanUploadSerializer(serializers.Serializer):
         help_text="Relative path of each file of 'files', in the same order (e.g. 'CT/IM0001.dcm').",
     )
     name = serializers.CharField(required=False, max_length=255, help_text="A label for the scan; default: file name.")
+    patient_id = serializers.CharField(
+        required=False,
+        max_length=64,
+        help_text="The patient's ID, grouping the scan with the patient's other scans. Needed for NIfTI "
+        "(it has none); for DICOM the Patient ID of the files is used unless this is given.",
+    )
+    patient_label = serializers.CharField(
+        required=False, max_length=255, help_text="How the patient is shown on your patient list (optional)."
+    )
+
+
+class ScanPatientSerializer(serializers.Serializer):
+    """PATCH /api/scans/<id>/: the scan's patient, by Patient ID ("" takes the scan out of its patient)."""
+
+    patient_id = serializers.CharField(max_length=64, allow_blank=True, trim_whitespace=True)
+    patient_label = serializers.CharField(max_length=255, required=False, allow_blank=True)
+
+    def validate_patient_id(self, value: str) -> str:
+        try:
+            return clean_patient_id(value)
+        except PatientIdError as exc:
+            raise serializers.ValidationError(str(exc)) from None
 
 
 @extend_schema_field(OpenApiTypes.UUID)
@@ -58,9 +89,23 @@ class _OwnScanField(serializers.PrimaryKeyRelatedField):
             self.fail("does_not_exist", pk_value=data)
 
 
+@extend_schema_field(OpenApiTypes.UUID)
+class _OwnJobField(_OwnScanField):
+    default_error_messages = {
+        "does_not_exist": "No job with id {pk_value} (among your jobs).",
+        "incorrect_type": "A job id (UUID) is expected.",
+    }
+
+    def get_queryset(self):
+        return Job.objects.filter(owner=self.context["request"].user)
+
+
 class JobCreateSerializer(serializers.Serializer):
-    scan = _OwnScanField(help_text="Id of one of your scans.")
-    model = serializers.CharField(max_length=100, help_text="A shipped model name, see GET /api/models/.")
+    scan = _OwnScanField(help_text="Id of one of your scans; for a propagation, the daily scan (fixed image).")
+    model = serializers.CharField(
+        max_length=100,
+        help_text="A shipped model name, see GET /api/models/; for a propagation, one of GET /api/propagation-models/.",
+    )
     series = serializers.CharField(
         max_length=200,
         required=False,
@@ -72,14 +117,89 @@ class JobCreateSerializer(serializers.Serializer):
         choices=Job.Kind.choices,
         default=Job.Kind.SEGMENT,
         help_text="'segment' (default): delineate the scan. 'audit': check the structure set (RTSTRUCT) uploaded "
-        "with a DICOM scan against the model; the model must ship a contour-quality critic ('audit' in /api/models/).",
+        "with a DICOM scan against the model; the model must ship a contour-quality critic ('audit' in /api/models/). "
+        "'propagate': carry the contours of a planning scan of the same patient onto this (daily) scan.",
+    )
+    planning_scan = _OwnScanField(
+        required=False, help_text="Propagation: the planning scan (moving image), of the same patient as 'scan'."
+    )
+    contours_rtstruct = serializers.CharField(
+        max_length=64,
+        required=False,
+        allow_blank=True,
+        help_text="Propagation: the planning contours as the SOP Instance UID of an RTSTRUCT in the planning "
+        "upload (listed in its preflight report, 'other_objects').",
+    )
+    contours_job = _OwnJobField(
+        required=False,
+        help_text="Propagation: the planning contours as a succeeded delineation job of the planning scan "
+        "(instead of contours_rtstruct).",
     )
 
     def validate(self, attrs: dict) -> dict:
+        kind = attrs.get("kind", Job.Kind.SEGMENT)
+        self._check_model(attrs["model"], kind)
         attrs["series"] = self._series(attrs)
-        if attrs.get("kind") == Job.Kind.AUDIT:
+        if kind == Job.Kind.AUDIT:
             self._check_audit(attrs["scan"], attrs["model"])
+        if kind == Job.Kind.PROPAGATE:
+            self._check_propagation(attrs)
+        else:
+            for field in ("planning_scan", "contours_rtstruct", "contours_job"):
+                if attrs.get(field):
+                    raise serializers.ValidationError({field: "Only a propagation (kind 'propagate') takes this."})
         return attrs
+
+    def _check_propagation(self, attrs: dict) -> None:
+        """Both scans of one patient of the user, different, each with one image series; the
+        contours an RTSTRUCT of the planning upload or a succeeded delineation of the planning scan."""
+        daily: Scan = attrs["scan"]
+        planning: Scan | None = attrs.get("planning_scan")
+        errors: dict[str, str] = {}
+        if planning is None:
+            errors["planning_scan"] = "Choose the planning scan whose contours are to be propagated."
+        elif planning.pk == daily.pk:
+            errors["planning_scan"] = "The planning scan and the daily scan must be two different scans."
+        elif daily.patient_id is None or planning.patient_id is None:
+            which = "daily" if daily.patient_id is None else "planning"
+            errors["planning_scan"] = (
+                f"The {which} scan has no patient: enter its Patient ID on its scan page, so that both scans "
+                "are known to be of the same patient."
+            )
+        elif daily.patient_id != planning.patient_id:
+            errors["planning_scan"] = (
+                "The planning scan and the daily scan belong to different patients; "
+                "contours are propagated between scans of one patient only."
+            )
+        for role, scan in (("planning_scan", planning), ("scan", daily)):
+            report = scan.preflight if scan is not None and isinstance(scan.preflight, dict) else None
+            if role not in errors and report and len(services.usable_series(report)) > 1:
+                errors[role] = (
+                    "This upload holds several image series; for a propagation upload the scan with one image series."
+                )
+        rtstruct, source = attrs.get("contours_rtstruct") or "", attrs.get("contours_job")
+        if rtstruct and source is not None:
+            errors["contours_rtstruct"] = "Give the planning contours once: an RTSTRUCT or a delineation job, not both."
+        elif not rtstruct and source is None:
+            errors["contours_rtstruct"] = (
+                "Choose the planning contours: an RTSTRUCT of the planning upload (contours_rtstruct) or a finished "
+                "delineation of the planning scan (contours_job)."
+            )
+        elif planning is not None and rtstruct:
+            uids = [o.get("sop_instance_uid") for o in services.structure_sets(planning.preflight)]
+            if rtstruct not in uids:
+                errors["contours_rtstruct"] = "The planning upload holds no structure set (RTSTRUCT) with that UID." + (
+                    "" if uids else " It holds none at all: choose a delineation of the planning scan instead."
+                )
+        elif planning is not None and source is not None:
+            if source.scan_id != planning.pk:
+                errors["contours_job"] = "That delineation is of another scan, not of the planning scan."
+            elif source.kind != Job.Kind.SEGMENT:
+                errors["contours_job"] = "Choose a delineation job; its result holds the contours to propagate."
+            elif source.status != Job.Status.SUCCEEDED:
+                errors["contours_job"] = f"That delineation has no result (status: {source.status})."
+        if errors:
+            raise serializers.ValidationError(errors)
 
     def _check_audit(self, scan: Scan, model: str) -> None:
         """An audit needs a DICOM scan with a structure set, and a model with a critic."""
@@ -132,15 +252,27 @@ class JobCreateSerializer(serializers.Serializer):
             )
         return requested
 
-    def validate_model(self, value: str) -> str:
-        models = services.available_models()
+    def _check_model(self, value: str, kind: str) -> None:
+        propagation = kind == Job.Kind.PROPAGATE
+        models = services.propagation_models() if propagation else services.available_models()
+        what = "contour propagation method" if propagation else "delineation model"
         if value not in models:
             if not models:
-                raise serializers.ValidationError(
-                    f"Unknown model {value!r}: no delineation model is installed on this server."
-                )
-            raise serializers.ValidationError(f"Unknown model {value!r}. Available models: {', '.join(models)}.")
-        return value
+                message = f"Unknown model {value!r}: no {what} is installed on this server."
+            else:
+                message = f"Unknown model {value!r}. Available {what}s: {', '.join(models)}."
+            raise serializers.ValidationError({"model": message})
+
+
+def propagation_fields(validated: dict) -> dict:
+    """The propagation fields of a validated ``JobCreateSerializer`` request, for ``tasks.queue_job``."""
+    if validated.get("kind") != Job.Kind.PROPAGATE:
+        return {}
+    return {
+        "planning_scan": validated["planning_scan"],
+        "contours_rtstruct": validated.get("contours_rtstruct") or "",
+        "contours_job": validated.get("contours_job"),
+    }
 
 
 class JobSerializer(serializers.ModelSerializer):
@@ -151,6 +283,7 @@ class JobSerializer(serializers.ModelSerializer):
     viewer = serializers.SerializerMethodField()
     rtstruct_check = serializers.SerializerMethodField()
     audit = serializers.SerializerMethodField()
+    propagation = serializers.SerializerMethodField()
 
     class Meta:
         model = Job
@@ -177,6 +310,11 @@ class JobSerializer(serializers.ModelSerializer):
             "downloads",
             "viewer",
             "audit",
+            "planning_scan",
+            "contours_rtstruct",
+            "contours_job",
+            "choices",
+            "propagation",
         ]
         read_only_fields = fields
 
@@ -197,7 +335,28 @@ class JobSerializer(serializers.ModelSerializer):
             links[key] = file_url(url_name) if exists else None
         if job.is_audit:  # an audit writes the model's label map, not one mask per structure
             links["structures_zip"] = None
+        # Built on first download from the physician's choices (all propagated until saved).
+        links["final_rtstruct"] = file_url("api-job-final-rtstruct") if job.is_propagation else None
         return links
+
+    @extend_schema_field(serializers.DictField(allow_null=True))
+    def get_propagation(self, job: Job) -> dict | None:
+        """A succeeded propagation: model, folding_percent (% of daily-scan voxels where the
+        deformation folds, Jacobian determinant <= 0), notes, and per structure: name, label,
+        volume_ml, dice_vs_direct, msd_mm_vs_direct, hd95_mm_vs_direct (agreement with the
+        model's direct segmentation; null without one), folding_percent_inside, warning, and
+        ``kept`` ("propagated" or "direct", the physician's choice) and ``direct`` (whether a
+        direct segmentation can be kept)."""
+        if not job.is_propagation or job.status != Job.Status.SUCCEEDED:
+            return None
+        report = services.propagation_report(job.result_path)
+        if report is None:
+            return None
+        direct = services.direct_available(report)
+        for s in report["structures"]:
+            s["kept"] = job.choices.get(s.get("name"), "propagated")
+            s["direct"] = s.get("name") in direct
+        return report
 
     @extend_schema_field(serializers.DictField(allow_null=True))
     def get_audit(self, job: Job) -> dict | None:
@@ -219,6 +378,61 @@ class JobSerializer(serializers.ModelSerializer):
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_viewer(self, job: Job) -> str | None:
         return reverse("job-viewer", args=[job.id]) if job.status == Job.Status.SUCCEEDED else None
+
+
+class ChoicesSerializer(serializers.Serializer):
+    """POST /api/jobs/<id>/choices/: per structure name, the contours to keep."""
+
+    choices = serializers.DictField(
+        child=serializers.ChoiceField(choices=services.CHOICES),
+        help_text='{"<structure name>": "propagated" | "direct"}; structures not named keep their earlier choice '
+        "(at first: propagated).",
+    )
+
+    def validate_choices(self, value: dict[str, str]) -> dict[str, str]:
+        job: Job = self.context["job"]
+        names = [s.get("name") for s in job.structures]
+        unknown = sorted(set(value) - set(names))
+        if unknown:
+            raise serializers.ValidationError(
+                f"Not a structure of this propagation: {', '.join(unknown)}. Its structures: {', '.join(names)}."
+            )
+        direct = services.direct_available(services.propagation_report(job.result_path))
+        without = sorted(name for name, kept in value.items() if kept == "direct" and name not in direct)
+        if without:
+            raise serializers.ValidationError(
+                f"No direct segmentation of the daily scan to keep for: {', '.join(without)}. "
+                "Keep the propagated contours (the model made no segmentation of these)."
+            )
+        return value
+
+
+class PatientScanSerializer(serializers.ModelSerializer):
+    """A scan of a patient, with the structure sets (RTSTRUCT) of its upload."""
+
+    structure_sets = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Scan
+        fields = ["id", "name", "input_kind", "created", "structure_sets"]
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.ListField(child=serializers.DictField()))
+    def get_structure_sets(self, scan: Scan) -> list[dict]:
+        """sop_instance_uid and rois of each RTSTRUCT of the upload (to use as planning contours)."""
+        return [
+            {"sop_instance_uid": o.get("sop_instance_uid"), "rois": o.get("rois") or []}
+            for o in services.structure_sets(scan.preflight if isinstance(scan.preflight, dict) else None)
+        ]
+
+
+class PatientSerializer(serializers.ModelSerializer):
+    scans = PatientScanSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Patient
+        fields = ["id", "patient_id", "label", "created", "scans"]
+        read_only_fields = ["id", "patient_id", "created", "scans"]
 
 
 class AccessEventSerializer(serializers.ModelSerializer):

@@ -48,6 +48,8 @@ OPTIONAL_OUTPUTS = (
     ("seg", "seg.dcm", "api-job-seg"),
     ("ct_dicom", "ct_dicom.zip", "api-job-ct-dicom"),
     ("audit", "audit.json", "api-job-audit-json"),
+    ("propagation", "report.json", "api-job-propagation-json"),
+    ("ddf", "ddf.nii.gz", "api-job-ddf"),
 )
 # What a contour audit's ``audit.json`` may show on the pages and in the API (not the
 # upload's file name, which may name the patient).
@@ -57,6 +59,14 @@ AUDIT_NEEDS_CRITIC = (
     "no model on this server has one yet."
 )
 _VIEWER_DIR = "viewer"
+# What a propagation's ``report.json`` may show on the pages and in the API.
+PROPAGATION_FIELDS = ("model", "structures", "folding_percent", "notes")
+# The RTSTRUCT for the daily scan built from the physician's choices, and its companions.
+FINAL_DIR = "final"
+FINAL_RTSTRUCT = f"{FINAL_DIR}/rtstruct.dcm"
+CHOICES = ("propagated", "direct")
+# TG-263 target-volume prefixes, for the RT ROI Interpreted Type of the final RTSTRUCT.
+_TARGET_PREFIXES = ("PTV", "CTV", "GTV", "ITV")
 
 
 class DelineationError(Exception):
@@ -96,6 +106,19 @@ class AuditEngineResult:
     model_name: str
     weights_sha256: str
     notes: list[str] = field(default_factory=list)  # ROIs not audited, and why
+
+
+@dataclass
+class PropagationEngineResult:
+    """A contour propagation (``engine.infer.propagate.propagate_files``) as the job records it."""
+
+    structures: list[dict]  # the propagated contours on the daily scan, as structures.json
+    report: dict  # report.json: per-structure agreement with the direct segmentation, folding
+    timings_s: dict[str, float]
+    model_name: str
+    weights_sha256: str  # empty for a classical registration (no weights)
+    input_kind: str  # of the daily scan: "dicom" or "nifti"
+    notes: list[str] = field(default_factory=list)
 
 
 # --- Engine calls ---------------------------------------------------------------------
@@ -144,8 +167,10 @@ def preflight(path: Path) -> dict | None:
     """The engine's pre-flight report of an upload (``engine.io.preflight.inspect_input``).
 
     Returns the report (series with geometry and status, skipped files, other DICOM
-    objects, ``selected``), or None when the engine is not installed. Raises
-    :class:`PreflightError` when nothing in the upload can be delineated.
+    objects, ``selected``, and ``patient_ids``: the DICOM Patient ID of each series, to be
+    taken out before the report is stored, see ``dicom_patient_id``), or None when the
+    engine is not installed. Raises :class:`PreflightError` when nothing in the upload can
+    be delineated.
     """
     try:
         from engine.io.preflight import inspect_input
@@ -154,7 +179,7 @@ def preflight(path: Path) -> dict | None:
         logger.warning("engine.io.preflight unavailable: upload accepted without pre-flight check")
         return None
     try:
-        report = inspect_input(path)
+        report = inspect_input(path, patient_ids=True)
     except InputError as exc:
         raise PreflightError(str(exc)) from None
     except Exception as exc:  # a reader bug must not look like a server crash to the user
@@ -167,6 +192,18 @@ def preflight(path: Path) -> dict | None:
         reasons = "; ".join(f"{s['key']}: {s['reason']}" for s in refused)
         raise PreflightError(f"none of the {len(refused)} image series can be used ({reasons})")
     return report
+
+
+def dicom_patient_id(report: dict | None, patient_ids: dict[str, str]) -> str:
+    """The Patient ID of an upload: that of the series ``segment`` would use, or the one
+    Patient ID all usable series share; "" when there is none or they differ."""
+    if not report:
+        return ""
+    selected = report.get("selected")
+    if selected and patient_ids.get(selected):
+        return patient_ids[selected]
+    found = {patient_ids[key] for key in usable_series(report) if patient_ids.get(key)}
+    return found.pop() if len(found) == 1 else ""
 
 
 def usable_series(report: dict | None) -> list[str]:
@@ -259,6 +296,173 @@ def run_audit(
     )
 
 
+def propagation_models() -> list[str]:
+    """Names of the propagation methods this server offers
+    (``engine.infer.propagate.PROPAGATION_MODELS``: classical registrations and joint models)."""
+    try:
+        from engine.infer.propagate import PROPAGATION_MODELS
+    except ImportError:
+        logger.warning("engine.infer.propagate unavailable: no propagation model offered")
+        return []
+    return list(PROPAGATION_MODELS())
+
+
+def planning_rtstruct(planning_input: Path, sop_instance_uid: str, destination: Path) -> Path:
+    """Copy the RTSTRUCT with ``sop_instance_uid`` out of the planning upload (folder or zip)
+    into ``destination``, for the engine to read as the planning contours.
+
+    Raises:
+        DelineationError: the upload cannot be read, or holds no RTSTRUCT with that UID.
+    """
+    from engine.io.dicom_files import DicomFilesError, read_upload
+
+    try:
+        others = read_upload(Path(planning_input)).others
+    except (DicomFilesError, zipfile.BadZipFile, OSError) as exc:
+        raise DelineationError(f"The planning upload could not be read ({exc}).") from None
+    for ds in others:
+        if str(ds.get("Modality", "")) == "RTSTRUCT" and str(ds.get("SOPInstanceUID", "")) == sop_instance_uid:
+            ds.save_as(destination, enforce_file_format=True)
+            return Path(destination)
+    raise DelineationError(
+        "The planning upload no longer holds the chosen structure set (RTSTRUCT); start a new propagation."
+    )
+
+
+def run_propagation(
+    fixed: Path,
+    moving: Path,
+    contours: Path,
+    model_name: str,
+    out_dir: Path,
+    progress: Callable[[str, int], None] | None = None,
+) -> PropagationEngineResult:
+    """Run ``engine.infer.propagate.propagate_files``: the ``contours`` of the ``moving``
+    (planning) scan, an RTSTRUCT file or a delineation's result folder (labels.nii.gz and
+    structures.json), propagated onto the ``fixed`` (daily) scan into ``out_dir``
+    (ddf.nii.gz, labels.nii.gz, structures.json, structures/, direct_labels.nii.gz when the
+    model segments, rtstruct.dcm, report.json). Also writes ``image.nii.gz`` (the daily
+    scan, int16 HU) for the viewer when the engine did not.
+
+    Engine errors meant for the user (unreadable scans or contours, an unknown model, an
+    RTSTRUCT failing its round-trip check) become DelineationError.
+    """
+    try:
+        from engine.infer.propagate import propagate_files
+
+        from engine.io.nifti import write_nifti
+        from engine.io.reader import is_nifti, read_input
+        from engine.io.rtstruct_check import RTStructExportError
+        from engine.volume import Volume
+    except ImportError as exc:
+        raise DelineationError(f"The contour propagation engine is not available on this worker ({exc}).") from exc
+    out_dir = Path(out_dir)
+    try:
+        report = propagate_files(Path(fixed), Path(moving), Path(contours), model_name, out_dir, progress)
+        if not (out_dir / "image.nii.gz").exists():
+            volume, _ = read_input(Path(fixed))
+            image = np.clip(np.rint(volume.array), -32768, 32767).astype(np.int16)
+            write_nifti(Volume(image, volume.affine), out_dir / "image.nii.gz")
+    except RTStructExportError as exc:
+        raise DelineationError(str(exc)) from None
+    except ValueError as exc:  # the engine's input errors (InputError, RTStructImportError, UnknownModelError, ...)
+        raise DelineationError(f"The contours could not be propagated: {exc}") from None
+    structures = json.loads((out_dir / "structures.json").read_text())
+    return PropagationEngineResult(
+        structures=[dict(s) for s in structures],
+        report=report,
+        timings_s={k: float(v) for k, v in dict(report.get("timings") or {}).items()},
+        model_name=str(report.get("model") or model_name),
+        weights_sha256=str(report.get("weights_sha256") or ""),
+        input_kind="nifti" if is_nifti(Path(fixed)) else "dicom",
+        notes=[str(n) for n in report.get("notes") or []],
+    )
+
+
+def _interpreted_type(name: str) -> str:
+    return next((p for p in _TARGET_PREFIXES if name.upper().startswith(p)), "ORGAN")
+
+
+def write_final_rtstruct(
+    result_dir: Path,
+    daily_input: Path,
+    series_key: str,
+    choices: dict[str, str],
+    model_name: str,
+    weights_sha256: str = "",
+) -> dict[str, str]:
+    """The RTSTRUCT for the daily scan with, per structure, the contours the physician kept:
+    the propagated ones (``labels.nii.gz``) or the model's direct segmentation
+    (``direct_labels.nii.gz``, same label values as ``structures.json``). Writes
+    ``final/labels.nii.gz``, ``final/rtstruct.dcm`` (after its round-trip check,
+    ``final/rtstruct_check.json``) and ``final/choices.json``, each renamed into place; each
+    ROI's description says which contours it holds. Where two kept structures overlap, the
+    later one in ``structures.json`` has the voxel. Returns the SHA-256 of those files by
+    path relative to ``result_dir``.
+
+    The RTSTRUCT references the daily DICOM series (``daily_input``, ``series_key``), or for a
+    NIfTI daily scan the CT series the engine wrote (``ct_dicom/``).
+
+    Raises:
+        DelineationError: no DICOM series to reference, a "direct" choice without a direct
+            segmentation, or a structure whose contours fail the round-trip check.
+    """
+    from engine.io.dicom_series import read_series
+    from engine.io.dicom_write import DicomWriteError, labels_on_series_grid
+    from engine.io.nifti import read_labels, write_nifti
+    from engine.io.reader import is_nifti
+    from engine.io.rtstruct import build_rtstruct, write_rtstruct
+    from engine.io.rtstruct_check import RTStructExportError, check_rtstruct
+    from engine.models.registry import Structure
+    from engine.volume import LabelMap
+
+    result_dir = Path(result_dir)
+    structures = json.loads((result_dir / "structures.json").read_text())
+    propagated = read_labels(result_dir / "labels.nii.gz")
+    direct_path = result_dir / "direct_labels.nii.gz"
+    direct = read_labels(direct_path) if direct_path.exists() else None
+    merged = np.zeros(propagated.array.shape, dtype=np.uint8)
+    kept = {}
+    for s in structures:
+        source = choices.get(s["name"], "propagated")
+        if source == "direct" and direct is None:
+            raise DelineationError(f"{s['name']}: this model made no direct segmentation of the daily scan.")
+        merged[(direct if source == "direct" else propagated).array == s["label"]] = s["label"]
+        kept[s["name"]] = source
+    labels = LabelMap(merged, propagated.affine)
+    if is_nifti(Path(daily_input)):
+        if not (result_dir / "ct_dicom").is_dir():
+            raise DelineationError(
+                "No RTSTRUCT can be written: the daily scan is NIfTI and the engine wrote no DICOM series for it."
+            )
+        series = read_series(result_dir / "ct_dicom")
+    else:
+        series = read_series(Path(daily_input), series_key or None)
+    try:
+        on_series = labels_on_series_grid(labels, series)
+    except DicomWriteError:
+        raise DelineationError("The propagated contours are not on the grid of the daily series.") from None
+    table = [Structure(s["label"], s["name"], tuple(s["color"]), _interpreted_type(s["name"])) for s in structures]
+    ds = build_rtstruct(on_series, series, table, f"adapt {model_name}", weights_sha256 or "none (registration)")
+    what = {
+        "propagated": f"propagated from the planning contours by {model_name}",
+        "direct": f"direct segmentation of the daily scan by {model_name}",
+    }
+    for roi in ds.StructureSetROISequence:
+        roi.ROIDescription = f"Delineo adaptive: {what[kept[roi.ROIName]]}, kept by the physician"
+    out = result_dir / FINAL_DIR
+    out.mkdir(exist_ok=True)
+    try:
+        check_rtstruct(ds, on_series, series, table, out / "rtstruct_check.json")
+    except RTStructExportError as exc:
+        raise DelineationError(str(exc)) from None
+    write_nifti(labels, out / "labels.nii.gz")
+    text = json.dumps(kept, indent=1)
+    write_atomically(out / "choices.json", lambda tmp: Path(tmp).write_text(text))
+    write_rtstruct(ds, out / "rtstruct.dcm")
+    return {f"{FINAL_DIR}/{name}": digest for name, digest in output_checksums(out).items()}
+
+
 # --- Outputs for the pages ------------------------------------------------------------
 
 
@@ -271,10 +475,11 @@ def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def prepare_viewer(result_dir: Path) -> dict:
-    """Write canonical (RAS) copies of image and labels as .npy for fast slicing.
+    """Write canonical (RAS) copies of image and labels as .npy for fast slicing, and of
+    ``direct_labels.nii.gz`` where a propagation has one (the model's own segmentation).
 
-    Returns the viewer metadata (shape, spacing, per-structure centre slices), also
-    written to ``viewer/meta.json``. Safe to run twice (atomic writes).
+    Returns the viewer metadata (shape, spacing, per-structure centre slices, ``direct``),
+    also written to ``viewer/meta.json``. Safe to run twice (atomic writes).
     """
     result_dir = Path(result_dir)
     out = result_dir / _VIEWER_DIR
@@ -287,6 +492,12 @@ def prepare_viewer(result_dir: Path) -> dict:
     if image_array.dtype != np.int16:
         image_array = np.clip(np.rint(image_array), -32768, 32767).astype(np.int16)
     label_array = np.asarray(labels.dataobj).astype(np.uint8)
+    direct_array = None
+    if (result_dir / "direct_labels.nii.gz").exists():
+        direct = nib.as_closest_canonical(nib.load(result_dir / "direct_labels.nii.gz"))
+        if direct.shape[:3] != labels.shape[:3] or not np.allclose(direct.affine, labels.affine, atol=1e-3):
+            raise DelineationError("The direct segmentation does not match the image grid.")
+        direct_array = np.asarray(direct.dataobj).astype(np.uint8)
     centres: dict[str, list[int]] = {}
     for value in np.unique(label_array):
         if value == 0:
@@ -300,23 +511,28 @@ def prepare_viewer(result_dir: Path) -> dict:
         "affine": np.asarray(image.affine).round(6).tolist(),
         "centres": centres,
         "convention": "RAS canonical; axial/coronal: patient right on image left; sagittal: anterior on image left",
+        "direct": direct_array is not None,
     }
     _atomic_save_npy(out / "image.npy", image_array)
     _atomic_save_npy(out / "labels.npy", label_array)
+    if direct_array is not None:
+        _atomic_save_npy(out / "direct.npy", direct_array)
     text = json.dumps(meta)
     write_atomically(out / "meta.json", lambda tmp: Path(tmp).write_text(text))
     return meta
 
 
 @lru_cache(maxsize=8)
-def _load_viewer(result_dir: str, mtime_ns: int) -> tuple[dict, np.ndarray, np.ndarray]:
+def _load_viewer(result_dir: str, mtime_ns: int) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray | None]:
     base = Path(result_dir) / _VIEWER_DIR
     meta = json.loads((base / "meta.json").read_text())
-    return meta, np.load(base / "image.npy", mmap_mode="r"), np.load(base / "labels.npy", mmap_mode="r")
+    direct = np.load(base / "direct.npy", mmap_mode="r") if meta.get("direct") else None
+    return meta, np.load(base / "image.npy", mmap_mode="r"), np.load(base / "labels.npy", mmap_mode="r"), direct
 
 
-def viewer_volume(result_dir: Path) -> tuple[dict, np.ndarray, np.ndarray]:
-    """(meta, image, labels) in canonical RAS, memory-mapped; prepared on first use."""
+def viewer_volume(result_dir: Path) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray | None]:
+    """(meta, image, labels, direct labels or None) in canonical RAS, memory-mapped;
+    prepared on first use."""
     meta_path = Path(result_dir) / _VIEWER_DIR / "meta.json"
     if not meta_path.exists():
         prepare_viewer(Path(result_dir))
@@ -355,7 +571,9 @@ def _encode(array: np.ndarray, dtype: str) -> dict:
 
 
 def slice_of(result_dir: Path, plane: str, index: int | None) -> dict:
-    """One displayed slice of the CT (int16 HU) and the label map (uint8); see module doc.
+    """One displayed slice of the CT (int16 HU) and the label map (uint8), and for a
+    propagation with a direct segmentation ``direct_labels`` (uint8, same label values)
+    with ``direct_present``; see module doc.
 
     ``index`` counts along the canonical axis of the plane's normal: axial 0 = most
     inferior, coronal 0 = most posterior, sagittal 0 = patient's leftmost. None gives
@@ -366,7 +584,7 @@ def slice_of(result_dir: Path, plane: str, index: int | None) -> dict:
     """
     if plane not in PLANES:
         raise ValueError(f"plane must be one of {', '.join(PLANES)}")
-    meta, image, labels = viewer_volume(result_dir)
+    meta, image, labels, direct = viewer_volume(result_dir)
     count = plane_count(meta, plane)
     axis = {"sagittal": 0, "coronal": 1, "axial": 2}[plane]
     if index is None:
@@ -381,7 +599,7 @@ def slice_of(result_dir: Path, plane: str, index: int | None) -> dict:
     voxel = [0, 0, 0]
     voxel[axis] = index
     position = (np.asarray(meta["affine"]) @ np.array([*voxel, 1.0]))[axis]
-    return {
+    result = {
         "plane": plane,
         "index": index,
         "count": count,
@@ -398,6 +616,11 @@ def slice_of(result_dir: Path, plane: str, index: int | None) -> dict:
         "image": _encode(ct, "int16"),
         "labels": _encode(lab, "uint8"),
     }
+    if direct is not None:  # a propagation's direct segmentation of the daily scan, same label values
+        direct_slice = _orient(direct, plane, index)
+        result["direct_labels"] = _encode(direct_slice, "uint8")
+        result["direct_present"] = sorted(int(v) for v in np.unique(direct_slice) if v)
+    return result
 
 
 # Date of every zip entry, so that the same files always give the same zip (and checksum).
@@ -498,6 +721,40 @@ def audit_report(result_dir: Path | None) -> dict | None:
     report["structures"] = report["structures"] or []
     report["notes"] = report["notes"] or []
     return report
+
+
+def verify_outputs(result_dir: Path, names: tuple[str, ...], checksums: dict[str, str]) -> None:
+    """Check the outputs ``names`` of a job against its recorded checksums (``open_verified``).
+
+    Raises:
+        DamagedOutput: one is missing or no longer matches its recorded SHA-256.
+    """
+    for name in names:
+        try:
+            open_verified(result_dir, name, checksums).close()
+        except FileNotFoundError:
+            raise DamagedOutput(f"{name} is missing") from None
+
+
+def propagation_report(result_dir: Path | None) -> dict | None:
+    """What the pages show of a propagation: ``PROPAGATION_FIELDS`` of ``report.json``
+    (per structure: name, label, volume_ml, dice_vs_direct, msd_mm_vs_direct,
+    hd95_mm_vs_direct, folding_percent_inside, warning), or None."""
+    try:
+        document = json.loads((Path(result_dir) / "report.json").read_text())
+    except (TypeError, OSError, ValueError):
+        return None
+    if not isinstance(document, dict):
+        return None
+    report = {key: document.get(key) for key in PROPAGATION_FIELDS}
+    report["structures"] = [s for s in report["structures"] or [] if isinstance(s, dict)]
+    report["notes"] = report["notes"] or []
+    return report
+
+
+def direct_available(report: dict | None) -> set[str]:
+    """Names of the structures a propagation also segmented directly (a Dice against it exists)."""
+    return {s["name"] for s in (report or {}).get("structures", []) if s.get("dice_vs_direct") is not None}
 
 
 def remove_tree(path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from uuid import UUID
 
 from celery import Task, shared_task
@@ -70,23 +71,23 @@ class ProgressRecorder:
         self._last_write = now
 
 
-def _what(is_audit: bool) -> str:
-    return "contour audit" if is_audit else "delineation"
+def _what(kind: str) -> str:
+    return Job.Kind(kind).label.lower() if kind in Job.Kind.values else "job"
 
 
-def time_limit_message(is_audit: bool, seconds: float) -> str:
-    """Why a job that ran past its time limit failed, for the physician."""
+def time_limit_message(kind: str, seconds: float) -> str:
+    """Why a job of ``kind`` that ran past its time limit failed, for the physician."""
     minutes = max(1, round(seconds / 60))
     return (
-        f"The {_what(is_audit)} took longer than {minutes} minutes and was stopped. Try again later; "
+        f"The {_what(kind)} took longer than {minutes} minutes and was stopped. Try again later; "
         "if it happens again, ask the administrator to check the workers or to raise the time limit."
     )
 
 
-def attempts_message(is_audit: bool, attempts: int) -> str:
-    """Why a job whose worker died ``attempts`` times is not run again, for the physician."""
+def attempts_message(kind: str, attempts: int) -> str:
+    """Why a job of ``kind`` whose worker died ``attempts`` times is not run again, for the physician."""
     return (
-        f"The {_what(is_audit)} was started {attempts} times and each time stopped before it finished "
+        f"The {_what(kind)} was started {attempts} times and each time stopped before it finished "
         "(the worker processing it stopped, for example out of memory), so it was not started again. "
         "If this happens only with this scan, it may be too large for this server; "
         "otherwise ask the administrator to check the workers."
@@ -101,7 +102,7 @@ def fail_after_time_limit(job_id: str | UUID, seconds: float) -> None:
     updated = (
         Job.objects.filter(pk=job_id)
         .exclude(status__in=Job.FINISHED)
-        .update(status=Job.Status.FAILED, error=time_limit_message(job.is_audit, seconds), finished=timezone.now())
+        .update(status=Job.Status.FAILED, error=time_limit_message(job.kind, seconds), finished=timezone.now())
     )
     if updated:
         logger.warning("job %s killed at its hard time limit (%ss)", job_id, seconds)
@@ -139,8 +140,8 @@ class JobTask(Task):
         if not job_id:
             return
         if isinstance(exc, SoftTimeLimitExceeded):  # outside execute_job's own handling
-            is_audit = Job.objects.filter(pk=job_id, kind=Job.Kind.AUDIT).exists()
-            error = time_limit_message(is_audit, settings.DELINEO_JOB_SOFT_TIME_LIMIT)
+            kind = Job.objects.filter(pk=job_id).values_list("kind", flat=True).first() or Job.Kind.SEGMENT
+            error = time_limit_message(kind, settings.DELINEO_JOB_SOFT_TIME_LIMIT)
         else:
             error = f"The job stopped unexpectedly ({type(exc).__name__}). Please try again."
         Job.objects.filter(pk=job_id).exclude(status__in=Job.FINISHED).update(
@@ -175,7 +176,7 @@ def execute_job(job_id: str | UUID) -> str:
             return job.status
         if job.attempts >= settings.DELINEO_JOB_MAX_ATTEMPTS:
             logger.warning("job %s was started %d times without finishing; failed, not run again", job_id, job.attempts)
-            _fail(job, attempts_message(job.is_audit, job.attempts), job.timings)
+            _fail(job, attempts_message(job.kind, job.attempts), job.timings)
             services.remove_tree(job.output_dir)  # what the dead workers left
             return Job.Status.FAILED
         now = timezone.now()
@@ -189,9 +190,12 @@ def execute_job(job_id: str | UUID) -> str:
     out_dir.mkdir(parents=True)
     recorder = ProgressRecorder(job.id)
     started = time.monotonic()
-    run = services.run_audit if job.is_audit else services.run_segmentation
     try:
-        result = run(scan.engine_input, job.model_name, out_dir, progress=recorder, series=job.series_key or None)
+        if job.is_propagation:
+            result = _propagate(job, out_dir, recorder)
+        else:
+            run = services.run_audit if job.is_audit else services.run_segmentation
+            result = run(scan.engine_input, job.model_name, out_dir, progress=recorder, series=job.series_key or None)
         recorder.finish_stage()
         recorder("viewer", 99)
         services.prepare_viewer(out_dir)
@@ -208,7 +212,7 @@ def execute_job(job_id: str | UUID) -> str:
         services.remove_tree(out_dir)  # nothing partial is kept, nor offered
         _fail(
             job,
-            time_limit_message(job.is_audit, settings.DELINEO_JOB_SOFT_TIME_LIMIT),
+            time_limit_message(job.kind, settings.DELINEO_JOB_SOFT_TIME_LIMIT),
             {**timings, **recorder.stage_seconds, "total": round(time.monotonic() - started, 3)},
         )
         return Job.Status.FAILED
@@ -239,6 +243,8 @@ def execute_job(job_id: str | UUID) -> str:
     job.notes = result.notes
     if isinstance(result, services.AuditEngineResult):
         job.input_kind = "dicom"  # the engine audits only DICOM series
+    elif isinstance(result, services.PropagationEngineResult):
+        job.input_kind = result.input_kind
     else:
         job.input_kind = result.input_kind
         job.rtstruct_roundtrip = result.rtstruct_roundtrip
@@ -247,6 +253,42 @@ def execute_job(job_id: str | UUID) -> str:
     job.finished = timezone.now()
     job.save()
     return Job.Status.SUCCEEDED
+
+
+def _propagate(job: Job, out_dir: Path, progress: ProgressRecorder) -> services.PropagationEngineResult:
+    """Run a propagation job: its planning scan's contours (an RTSTRUCT copied out of the
+    upload next to the output folder, or a delineation's verified outputs) onto its scan."""
+    planning = job.planning_scan
+    if planning is None:
+        raise services.DelineationError("The planning scan of this propagation was deleted; start a new one.")
+    inputs = out_dir.with_name(f"{out_dir.name}.inputs")  # not an output: no checksum, not offered
+    services.remove_tree(inputs)
+    inputs.mkdir(parents=True)
+    try:
+        source = job.contours_job
+        if source is not None:
+            if source.status != Job.Status.SUCCEEDED or source.result_path is None:
+                raise services.DelineationError("The delineation chosen as planning contours has no result.")
+            try:
+                services.verify_outputs(source.result_path, ("labels.nii.gz", "structures.json"), source.checksums)
+            except services.DamagedOutput:
+                logger.error("job %s: the contours of job %s are damaged", job.id, source.id)
+                raise services.DelineationError(
+                    "The stored result of the delineation chosen as planning contours is damaged "
+                    "(it no longer matches the files that job wrote); delineate the planning scan again."
+                ) from None
+            contours = source.result_path
+        elif job.contours_rtstruct:
+            contours = services.planning_rtstruct(
+                planning.engine_input, job.contours_rtstruct, inputs / "planning_rtstruct.dcm"
+            )
+        else:
+            raise services.DelineationError("The planning contours of this propagation were deleted; start a new one.")
+        return services.run_propagation(
+            job.scan.engine_input, planning.engine_input, contours, job.model_name, out_dir, progress
+        )
+    finally:
+        services.remove_tree(inputs)
 
 
 @shared_task(
@@ -263,12 +305,15 @@ def run_job(self: Task, job_id: str) -> str:
 
 
 def queue_job(  # noqa: ANN001 (a user and a Scan)
-    owner, scan, model_name: str, series_key: str = "", kind: str = Job.Kind.SEGMENT
+    owner, scan, model_name: str, series_key: str = "", kind: str = Job.Kind.SEGMENT, **propagation
 ) -> Job:
-    """Create a job (a delineation, or with ``kind="audit"`` a contour audit) on ``scan``
-    and queue it once the transaction commits."""
+    """Create a job (a delineation, with ``kind="audit"`` a contour audit, with
+    ``kind="propagate"`` a contour propagation onto ``scan`` given ``planning_scan`` and
+    ``contours_rtstruct`` or ``contours_job``) and queue it once the transaction commits."""
     with transaction.atomic():
-        job = Job.objects.create(owner=owner, scan=scan, model_name=model_name, series_key=series_key, kind=kind)
+        job = Job.objects.create(
+            owner=owner, scan=scan, model_name=model_name, series_key=series_key, kind=kind, **propagation
+        )
         submit(job)
     return job
 

@@ -38,6 +38,7 @@ from pydicom.misc import is_dicom
 
 from webapp.delineation import services
 from webapp.delineation.models import Scan, scan_dir
+from webapp.delineation.patients import PatientIdError, clean_patient_id, patient_for
 
 ACCEPTED = "a zip of a DICOM series, a folder of DICOM files, or a NIfTI file (.nii or .nii.gz)"
 
@@ -415,23 +416,35 @@ def accept_upload(
     files: Sequence[UploadedFile],
     paths: Sequence[str] = (),
     name: str = "",
+    patient_id: str = "",
+    patient_label: str = "",
 ) -> Scan:
     """Store an upload, check it (with the engine's reader when pre-flight is on) and
     record the ``Scan``. Used by the API and by the upload page.
 
+    The scan's patient (``patients``) is ``patient_id`` when given, else the DICOM Patient
+    ID the pre-flight found (kept out of the stored report); none for a NIfTI file without
+    an entered ID.
+
     Raises:
-        UploadError: the upload is refused; nothing of it is kept.
+        UploadError: the upload is refused (also for an unusable ``patient_id``); nothing of it is kept.
     """
+    try:
+        entered = clean_patient_id(patient_id)
+    except PatientIdError as exc:
+        raise UploadError(str(exc)) from None
     scan_id = uuid.uuid4()
     directory = scan_dir(scan_id)
     stored = store_upload(directory, single, files, paths, name=name.strip()[:255])
     try:
         preflight = services.preflight(stored.input_path) if settings.DELINEO_UPLOAD_PREFLIGHT else None
+        found_ids = (preflight.pop("patient_ids", None) or {}) if preflight else {}
         info = {**(preflight or {}), "upload": stored.notes} if preflight or stored.notes else None
         with transaction.atomic():
             return Scan.objects.create(
                 id=scan_id,
                 owner=owner,
+                patient=patient_for(owner, entered or services.dicom_patient_id(preflight, found_ids), patient_label),
                 name=stored.name,
                 input_kind=stored.input_kind,
                 input_path=str(stored.input_path.relative_to(settings.MEDIA_ROOT)),

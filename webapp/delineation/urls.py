@@ -6,6 +6,8 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("upload/", views.upload, name="upload"),
     path("scans/<uuid:scan_id>/", views.scan_detail, name="scan-detail"),
+    path("patients/", views.patient_list, name="patient-list"),
+    path("patients/<uuid:patient_id>/", views.patient_detail, name="patient-detail"),
     path("jobs/", views.job_list, name="job-list"),
     path("jobs/<uuid:job_id>/", views.viewer, name="job-viewer"),
 ]

@@ -1,8 +1,9 @@
-"""Pages: upload, scan (pre-flight report, series and model choice), job list and viewer.
+"""Pages: upload, scan (pre-flight report, series and model choice), patients (with the
+"Adapt" action: propagate a planning scan's contours to a daily scan), job list and viewer.
 
-The pages talk to the REST API from plain JS; the upload and scan forms also post here
-when JavaScript is off. A job is queued only from the scan page, after the physician has
-seen the pre-flight report of the upload.
+The pages talk to the REST API from plain JS; the upload, scan and patient forms also post
+here when JavaScript is off. A delineation is queued only from the scan page, after the
+physician has seen the pre-flight report of the upload.
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ import uuid
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.db.models import Count, Max
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 
 from webapp.delineation import audit, services, tasks
 from webapp.delineation.forms import UploadForm
-from webapp.delineation.models import AccessEvent, Job, Scan
-from webapp.delineation.serializers import JobCreateSerializer
+from webapp.delineation.models import AccessEvent, Job, Patient, Scan
+from webapp.delineation.patients import PatientIdError, clean_patient_id, patient_for
+from webapp.delineation.serializers import JobCreateSerializer, propagation_fields
 from webapp.delineation.uploads import UploadError, accept_upload, refusal_of
 
 
@@ -41,6 +44,8 @@ def upload(request: HttpRequest) -> HttpResponse:
                 form.cleaned_data["file"],
                 form.cleaned_data["files"],
                 name=request.POST.get("name", ""),
+                patient_id=request.POST.get("patient_id", ""),
+                patient_label=request.POST.get("patient_label", ""),
             )
         except UploadError as exc:
             form.add_error(None, exc.message)
@@ -72,7 +77,18 @@ def scan_detail(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
     usable = services.usable_series(report)
     structure_sets = services.structure_sets(report)
     error = ""
-    if request.method == "POST":
+    if request.method == "POST" and "patient_id" in request.POST:
+        try:
+            patient_id = clean_patient_id(request.POST["patient_id"])
+        except PatientIdError as exc:
+            error = str(exc)
+        else:
+            scan.patient = patient_for(request.user, patient_id, request.POST.get("patient_label", ""))
+            scan.save(update_fields=["patient"])
+            saved = "The scan's patient is saved." if scan.patient else "The scan has no patient now."
+            messages.success(request, saved)
+            return redirect("scan-detail", scan_id=scan.id)
+    elif request.method == "POST":
         kind = Job.Kind.AUDIT if request.POST.get("kind") == Job.Kind.AUDIT else Job.Kind.SEGMENT
         model = request.POST.get("audit_model" if kind == Job.Kind.AUDIT else "model", "")
         data = JobCreateSerializer(
@@ -100,6 +116,81 @@ def scan_detail(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
             "structure_sets": structure_sets,
             "audit_models": services.audit_models() if structure_sets else [],
             "audit_needs_critic": services.AUDIT_NEEDS_CRITIC,
+            "error": error,
+        },
+    )
+
+
+@login_required
+def patient_list(request: HttpRequest) -> HttpResponse:
+    patients = (
+        Patient.objects.filter(owner=request.user)
+        .annotate(scan_count=Count("scans"), last_scan=Max("scans__created"))
+        .order_by("-last_scan", "-created")
+    )
+    ungrouped = Scan.objects.filter(owner=request.user, patient=None).count()
+    return render(request, "delineation/patients.html", {"patients": patients, "ungrouped": ungrouped})
+
+
+def contour_sources(scans: list[Scan]) -> list[tuple[str, str]]:
+    """(value, label) of each planning-contour source among ``scans``: the RTSTRUCTs of each
+    upload ("rtstruct:<scan>:<SOP Instance UID>") and each succeeded delineation ("job:<job>")."""
+    sources = []
+    for scan in scans:
+        for rs in services.structure_sets(scan.preflight if isinstance(scan.preflight, dict) else None):
+            rois = ", ".join(rs.get("rois") or []) or "no ROI"
+            sources.append((f"rtstruct:{scan.id}:{rs.get('sop_instance_uid')}", f"{scan.name}: RTSTRUCT ({rois})"))
+        for job in scan.jobs.all():
+            if job.kind == Job.Kind.SEGMENT and job.status == Job.Status.SUCCEEDED:
+                when = job.created.strftime("%Y-%m-%d %H:%M")
+                sources.append((f"job:{job.id}", f"{scan.name}: delineation by {job.model_name} ({when})"))
+    return sources
+
+
+def _adapt_request(post, scans: list[Scan]) -> dict:
+    """The API's job request for the Adapt form: the planning scan comes with the contours chosen."""
+    data = {"scan": post.get("daily_scan", ""), "model": post.get("model", ""), "kind": Job.Kind.PROPAGATE}
+    kind, _, rest = post.get("contours", "").partition(":")
+    if kind == "rtstruct":
+        data["planning_scan"], _, data["contours_rtstruct"] = rest.partition(":")
+    elif kind == "job":
+        data["contours_job"] = rest
+        source = next((j for s in scans for j in s.jobs.all() if str(j.id) == rest), None)
+        data["planning_scan"] = str(source.scan_id) if source else ""
+    return data
+
+
+@login_required
+def patient_detail(request: HttpRequest, patient_id: uuid.UUID) -> HttpResponse:
+    """A patient's scans and the Adapt action: the planning scan with its contours, the daily
+    scan and the propagation method; queues a propagation job."""
+    patient = get_object_or_404(Patient, pk=patient_id, owner=request.user)
+    scans = list(patient.scans.prefetch_related("jobs"))
+    error = ""
+    if request.method == "POST":
+        data = JobCreateSerializer(data=_adapt_request(request.POST, scans), context={"request": request})
+        if data.is_valid():
+            v = data.validated_data
+            job = tasks.queue_job(
+                request.user, v["scan"], v["model"], v["series"], Job.Kind.PROPAGATE, **propagation_fields(v)
+            )
+            audit.record(request, AccessEvent.Action.QUEUE, job)
+            messages.success(request, f"The contour propagation onto {v['scan'].name} is queued.")
+            return redirect(f"{reverse('job-list')}?new={job.id}")
+        error = _errors_text(data.errors)
+    else:
+        audit.record(request, AccessEvent.Action.VIEW, patient)
+    propagations = Job.objects.filter(owner=request.user, kind=Job.Kind.PROPAGATE, scan__patient=patient)
+    return render(
+        request,
+        "delineation/patient.html",
+        {
+            "patient": patient,
+            "scans": scans,
+            "sources": contour_sources(scans),
+            "models": services.propagation_models(),
+            "propagations": propagations.select_related("scan", "planning_scan")[:50],
+            "selected": request.POST,
             "error": error,
         },
     )
