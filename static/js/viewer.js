@@ -245,7 +245,8 @@
     const d = job.downloads || {};
     if (d.labels) links.append(el("li", {}, el("a", { href: d.labels, id: "download-labels", text: "Label map (NIfTI)" })));
     if (d.structures_zip) links.append(el("li", {}, el("a", { href: d.structures_zip, id: "download-structures", text: "One mask per structure (zip of NIfTI)" })));
-    if (d.rtstruct) links.append(el("li", {}, el("a", { href: d.rtstruct, id: "download-rtstruct", text: "RTSTRUCT (DICOM)" }),
+    const rtstructText = job.kind === "propagate" ? "RTSTRUCT of the propagated contours only (DICOM)" : "RTSTRUCT (DICOM)";
+    if (d.rtstruct) links.append(el("li", {}, el("a", { href: d.rtstruct, id: "download-rtstruct", text: rtstructText }),
       roundtripNote(job.rtstruct_check)));
     if (d.seg) links.append(el("li", {}, el("a", { href: d.seg, id: "download-seg", text: "Segmentation (DICOM SEG)" })));
     if (d.ct_dicom) links.append(el("li", {}, el("a", { href: d.ct_dicom, id: "download-ct-dicom", text: "CT as a DICOM series (zip), referenced by the RTSTRUCT and SEG" })));
