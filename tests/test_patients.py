@@ -174,3 +174,12 @@ def test_charlie_gets_404_on_alices_patient_page(client, charlie, alice_dicom_sc
     client.force_login(charlie)
     assert client.get(f"/patients/{alice_dicom_scan['patient']['id']}/").status_code == 404
     assert "PHANTOM1" not in client.get("/patients/").content.decode()
+
+
+def test_a_patient_goes_with_its_last_scan(alice_api, tmp_path):
+    first = upload(alice_api, factories.dicom_zip_bytes(tmp_path / "a"), "a.zip").json()
+    second = upload(alice_api, factories.dicom_zip_bytes(tmp_path / "b"), "b.zip").json()
+    assert alice_api.delete(f"/api/scans/{first['id']}/").status_code == 204
+    assert Patient.objects.filter(patient_id="PHANTOM1").exists()
+    assert alice_api.delete(f"/api/scans/{second['id']}/").status_code == 204
+    assert not Patient.objects.exists()

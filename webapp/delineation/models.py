@@ -191,6 +191,13 @@ def _remove_scan_files(sender, instance: Scan, **kwargs) -> None:
     transaction.on_commit(lambda: shutil.rmtree(directory, ignore_errors=True))
 
 
+@receiver(post_delete, sender=Scan)
+def _remove_patient_without_scans(sender, instance: Scan, **kwargs) -> None:
+    """A patient goes with its last scan: its Patient ID is not kept once no scan needs it (retention)."""
+    if instance.patient_id is not None:
+        Patient.objects.filter(pk=instance.patient_id, scans__isnull=True).delete()
+
+
 class AccessEvent(models.Model):
     """One access to patient data: who did what to which scan or job, when, from where.
 
