@@ -1,5 +1,8 @@
-"""REST API (mounted under /api/). Every query is filtered by owner, so another user's
-scan or job is simply not found (404), never forbidden."""
+"""REST API (mounted under /api/). Every scan and job is looked up through
+``Scan.objects.visible_to`` / ``Job.objects.visible_to`` (the owner's, and those shared
+with one of the user's teams), so another user's scan or job is simply not found (404),
+never forbidden. A team member who sees a shared scan gets 403 with a message for what
+only its owner does: queue a job, share, unshare, delete."""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ import re
 import uuid
 
 from django.db import transaction
-from django.db.models import Q
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -24,14 +26,16 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from webapp.delineation import audit, services, tasks
-from webapp.delineation.models import AccessEvent, Job, Scan
+from webapp.delineation import audit, services, sharing, tasks
+from webapp.delineation.models import AccessEvent, Job, Scan, Team
 from webapp.delineation.serializers import (
     AccessEventSerializer,
     JobCreateSerializer,
     JobSerializer,
     ScanSerializer,
     ScanUploadSerializer,
+    ShareSerializer,
+    TeamSerializer,
 )
 from webapp.delineation.uploads import UploadError, accept_upload, refusal_of
 
@@ -50,7 +54,7 @@ class ScanViewSet(
     mixins.DestroyModelMixin,
     viewsets.GenericViewSet,
 ):
-    """Uploaded scans. The original files are stored unchanged."""
+    """Uploaded scans: yours and those shared with one of your teams. The original files are stored unchanged."""
 
     serializer_class = ScanSerializer
     parser_classes = [MultiPartParser, FormParser]
@@ -58,7 +62,9 @@ class ScanViewSet(
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation
             return Scan.objects.none()
-        return Scan.objects.filter(owner=self.request.user).prefetch_related("jobs")
+        return (
+            Scan.objects.visible_to(self.request.user).select_related("owner").prefetch_related("jobs", "shared_with")
+        )
 
     @extend_schema(
         request={"multipart/form-data": ScanUploadSerializer},
@@ -94,11 +100,16 @@ class ScanViewSet(
         audit.record(request, AccessEvent.Action.UPLOAD, scan)
         return Response(ScanSerializer(scan, context={"request": request}).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(responses={204: None, 409: _DETAIL})
+    @extend_schema(responses={204: None, 403: _DETAIL, 409: _DETAIL})
     def destroy(self, request: Request, *args, **kwargs) -> Response:
         """Delete a scan, its jobs and every file of it on disk. Its queued jobs go with it (their
-        task finds no job and does nothing); a scan with a running job is refused (409)."""
+        task finds no job and does nothing); a scan with a running job is refused (409). Only
+        its owner deletes it (a team member it is shared with gets 403)."""
         scan = self.get_object()
+        try:
+            sharing.check_owner(scan, request.user, "delete")
+        except sharing.SharingRefused as exc:
+            return _detail(exc.message, exc.status)
         with transaction.atomic():
             # Locked, so that no worker starts one of its queued jobs between the check and the delete.
             jobs = list(Job.objects.select_for_update().filter(scan=scan).values_list("status", flat=True))
@@ -108,9 +119,45 @@ class ScanViewSet(
             scan.delete()  # its folder goes too (signal in models.py)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
+    def _sharing(self, request: Request, change) -> Response:
+        scan = self.get_object()
+        try:
+            change(request, scan, request.data.get("team", ""))  # ShareSerializer, checked by ``sharing``
+        except sharing.SharingRefused as exc:
+            return _detail(exc.message, exc.status)
+        scan = self.get_queryset().get(pk=scan.pk)
+        return Response(ScanSerializer(scan, context={"request": request}).data)
+
+    @extend_schema(request=ShareSerializer, responses={200: ScanSerializer, 400: _DETAIL, 403: _DETAIL})
+    @action(
+        detail=True,
+        methods=["post"],
+        url_path="share",
+        url_name="share",
+        parser_classes=[JSONParser, FormParser, MultiPartParser],
+    )
+    def share(self, request: Request, pk: str | None = None) -> Response:
+        """Share the scan, its jobs and their files with one of your teams: its members may view
+        and download them, not queue jobs, share or delete. Owner only; recorded as ``share``."""
+        return self._sharing(request, sharing.share)
+
+    @extend_schema(request=ShareSerializer, responses={200: ScanSerializer, 400: _DETAIL, 403: _DETAIL})
+    @action(
+        detail=True,
+        methods=["post"],
+        url_path="unshare",
+        url_name="unshare",
+        parser_classes=[JSONParser, FormParser, MultiPartParser],
+    )
+    def unshare(self, request: Request, pk: str | None = None) -> Response:
+        """Stop sharing the scan with a team: its members get 404 on it, its jobs and files
+        again. Owner only; recorded as ``unshare``."""
+        return self._sharing(request, sharing.unshare)
+
 
 class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    """Delineation jobs: create one on a scan, poll its status, download its results."""
+    """Delineation jobs (on your scans and those shared with your teams): create one on a
+    scan of yours, poll its status, download its results."""
 
     serializer_class = JobSerializer
     parser_classes = [JSONParser, FormParser, MultiPartParser]
@@ -118,7 +165,7 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation
             return Job.objects.none()
-        queryset = Job.objects.filter(owner=self.request.user).select_related("scan")
+        queryset = Job.objects.visible_to(self.request.user).select_related("scan", "scan__owner")
         scan = self.request.query_params.get("scan")
         if scan and self.action == "list":
             try:
@@ -127,7 +174,7 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
                 queryset = queryset.none()
         return queryset
 
-    @extend_schema(request=JobCreateSerializer, responses={201: JobSerializer, 400: OpenApiTypes.OBJECT})
+    @extend_schema(request=JobCreateSerializer, responses={201: JobSerializer, 400: OpenApiTypes.OBJECT, 403: _DETAIL})
     def create(self, request: Request, *args, **kwargs) -> Response:
         data = JobCreateSerializer(data=request.data, context={"request": request})
         data.is_valid(raise_exception=True)
@@ -300,8 +347,9 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
 
 
 class AccessEventList(generics.ListAPIView):
-    """The access audit log, newest first (at most 1000 events): the requesting user's own
-    actions and every action on their scans and jobs; staff see everyone's."""
+    """The access audit log, newest first (at most 1000 events): every event on the scans
+    and jobs the requesting user owns, whoever acted (their team members' views and
+    downloads included); staff see every event."""
 
     serializer_class = AccessEventSerializer
     LIMIT = 1000
@@ -312,8 +360,20 @@ class AccessEventList(generics.ListAPIView):
         events = AccessEvent.objects.all()
         user = self.request.user
         if not user.is_staff:
-            events = events.filter(Q(user=user) | Q(object_owner=user))
+            events = events.filter(object_owner=user)
         return events[: self.LIMIT]
+
+
+class TeamList(generics.ListAPIView):
+    """The teams you are a member of, to share your scans with. An administrator creates teams
+    and adds their members (Django admin, Teams)."""
+
+    serializer_class = TeamSerializer
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return Team.objects.none()
+        return Team.objects.filter(members=self.request.user).prefetch_related("members")
 
 
 class ModelsView(APIView):

@@ -12,6 +12,7 @@ router.register("jobs", api.JobViewSet, basename="api-job")
 urlpatterns = [
     path("models/", api.ModelsView.as_view(), name="api-models"),
     path("audit-log/", api.AccessEventList.as_view(), name="api-audit-log"),
+    path("teams/", api.TeamList.as_view(), name="api-team-list"),
     path("auth/token/", obtain_auth_token, name="api-token"),
     *router.urls,
 ]

@@ -1,22 +1,57 @@
-"""API representations of scans and jobs."""
+"""API representations of scans, jobs, teams and the audit log."""
 
 from __future__ import annotations
 
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
-from rest_framework import serializers
+from rest_framework import exceptions, serializers
 
-from webapp.delineation import services
-from webapp.delineation.models import AccessEvent, Job, Scan
+from webapp.delineation import services, sharing
+from webapp.delineation.models import AccessEvent, Job, Scan, Team
+
+
+class TeamSerializer(serializers.ModelSerializer):
+    members = serializers.SlugRelatedField(slug_field="username", many=True, read_only=True)
+
+    class Meta:
+        model = Team
+        fields = ["id", "name", "members"]
+        read_only_fields = fields
+
+
+class SharedTeamSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Team
+        fields = ["id", "name"]
+        read_only_fields = fields
+
+
+class ShareSerializer(serializers.Serializer):
+    """Body of ``POST /api/scans/{id}/share/`` and ``.../unshare/`` (checked in ``sharing``)."""
+
+    team = serializers.IntegerField(help_text="Id of one of your teams (GET /api/teams/).")
 
 
 class ScanSerializer(serializers.ModelSerializer):
     jobs = serializers.SerializerMethodField()
+    owner = serializers.CharField(source="owner.username", read_only=True)
+    shared_with = SharedTeamSerializer(many=True, read_only=True, help_text="Teams whose members see the scan.")
 
     class Meta:
         model = Scan
-        fields = ["id", "name", "input_kind", "file_count", "size_bytes", "preflight", "created", "jobs"]
+        fields = [
+            "id",
+            "name",
+            "owner",
+            "shared_with",
+            "input_kind",
+            "file_count",
+            "size_bytes",
+            "preflight",
+            "created",
+            "jobs",
+        ]
         read_only_fields = fields
 
     @extend_schema_field(serializers.ListField(child=serializers.UUIDField()))
@@ -46,8 +81,8 @@ class _OwnScanField(serializers.PrimaryKeyRelatedField):
         "incorrect_type": "A scan id (UUID) is expected.",
     }
 
-    def get_queryset(self):  # only the requesting user's scans exist for them
-        return Scan.objects.filter(owner=self.context["request"].user)
+    def get_queryset(self):  # another user's scan does not exist for them; a shared one does
+        return Scan.objects.visible_to(self.context["request"].user)
 
     def to_internal_value(self, data):
         try:
@@ -74,6 +109,14 @@ class JobCreateSerializer(serializers.Serializer):
         help_text="'segment' (default): delineate the scan. 'audit': check the structure set (RTSTRUCT) uploaded "
         "with a DICOM scan against the model; the model must ship a contour-quality critic ('audit' in /api/models/).",
     )
+
+    def validate_scan(self, scan: Scan) -> Scan:
+        """A team member sees a shared scan but does not start jobs on it: 403, not 400."""
+        try:
+            sharing.check_owner(scan, self.context["request"].user, "start a job on")
+        except sharing.SharingRefused as exc:
+            raise exceptions.PermissionDenied(exc.message) from None
+        return scan
 
     def validate(self, attrs: dict) -> dict:
         attrs["series"] = self._series(attrs)
@@ -147,6 +190,7 @@ class JobSerializer(serializers.ModelSerializer):
     model = serializers.CharField(source="model_name", read_only=True)
     series = serializers.CharField(source="series_key", read_only=True)
     scan_name = serializers.CharField(source="scan.name", read_only=True)
+    owner = serializers.CharField(source="scan.owner.username", read_only=True, help_text="The scan's owner.")
     downloads = serializers.SerializerMethodField()
     viewer = serializers.SerializerMethodField()
     rtstruct_check = serializers.SerializerMethodField()
@@ -158,6 +202,7 @@ class JobSerializer(serializers.ModelSerializer):
             "id",
             "scan",
             "scan_name",
+            "owner",
             "model",
             "kind",
             "series",
@@ -226,5 +271,5 @@ class AccessEventSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = AccessEvent
-        fields = ["id", "created", "username", "action", "object_type", "object_id", "filename", "client_ip"]
+        fields = ["id", "created", "username", "action", "object_type", "object_id", "filename", "team", "client_ip"]
         read_only_fields = fields

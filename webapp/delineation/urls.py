@@ -6,6 +6,8 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("upload/", views.upload, name="upload"),
     path("scans/<uuid:scan_id>/", views.scan_detail, name="scan-detail"),
+    path("scans/<uuid:scan_id>/share/", views.scan_share, name="scan-share"),
+    path("scans/<uuid:scan_id>/unshare/", views.scan_unshare, name="scan-unshare"),
     path("jobs/", views.job_list, name="job-list"),
     path("jobs/<uuid:job_id>/", views.viewer, name="job-viewer"),
 ]

@@ -1,8 +1,9 @@
-"""Pages: upload, scan (pre-flight report, series and model choice), job list and viewer.
+"""Pages: upload, scan (pre-flight report, series and model choice, sharing), job list and viewer.
 
 The pages talk to the REST API from plain JS; the upload and scan forms also post here
 when JavaScript is off. A job is queued only from the scan page, after the physician has
-seen the pre-flight report of the upload.
+seen the pre-flight report of the upload. Scans and jobs are looked up through
+``visible_to`` (models.py), as in the API: another user's are 404.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.views.decorators.http import require_POST
 
-from webapp.delineation import audit, services, tasks
+from webapp.delineation import audit, services, sharing, tasks
 from webapp.delineation.forms import UploadForm
-from webapp.delineation.models import AccessEvent, Job, Scan
+from webapp.delineation.models import AccessEvent, Job, Scan, Team
 from webapp.delineation.serializers import JobCreateSerializer
 from webapp.delineation.uploads import UploadError, accept_upload, refusal_of
 
@@ -63,31 +65,16 @@ def _errors_text(errors) -> str:
     return str(errors)
 
 
-@login_required
-def scan_detail(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
-    """The pre-flight report of an upload, and the form that queues a job on it: a
-    delineation, or (when the upload holds a structure set) a contour audit."""
-    scan = get_object_or_404(Scan, pk=scan_id, owner=request.user)
+def _visible_scan(request: HttpRequest, scan_id: uuid.UUID) -> Scan:
+    return get_object_or_404(Scan.objects.visible_to(request.user).select_related("owner"), pk=scan_id)
+
+
+def _scan_page(request: HttpRequest, scan: Scan, error: str = "", status: int = 200) -> HttpResponse:
     report = scan.preflight if isinstance(scan.preflight, dict) else {}
     usable = services.usable_series(report)
     structure_sets = services.structure_sets(report)
-    error = ""
-    if request.method == "POST":
-        kind = Job.Kind.AUDIT if request.POST.get("kind") == Job.Kind.AUDIT else Job.Kind.SEGMENT
-        model = request.POST.get("audit_model" if kind == Job.Kind.AUDIT else "model", "")
-        data = JobCreateSerializer(
-            data={"scan": str(scan.id), "model": model, "series": request.POST.get("series", ""), "kind": kind},
-            context={"request": request},
-        )
-        if data.is_valid():
-            job = tasks.queue_job(request.user, scan, data.validated_data["model"], data.validated_data["series"], kind)
-            audit.record(request, AccessEvent.Action.QUEUE, job)
-            what = "contour audit" if kind == Job.Kind.AUDIT else "job"
-            messages.success(request, f"The {what} on {scan.name} is queued.")
-            return redirect(f"{reverse('job-list')}?new={job.id}")
-        error = _errors_text(data.errors)
-    else:
-        audit.record(request, AccessEvent.Action.VIEW, scan)
+    is_owner = scan.is_owner(request.user)
+    shared_with = list(scan.shared_with.all())
     return render(
         request,
         "delineation/scan.html",
@@ -101,18 +88,76 @@ def scan_detail(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
             "audit_models": services.audit_models() if structure_sets else [],
             "audit_needs_critic": services.AUDIT_NEEDS_CRITIC,
             "error": error,
+            "is_owner": is_owner,
+            "shared_with": shared_with,
+            "shareable_teams": Team.objects.filter(members=request.user).exclude(pk__in=[t.pk for t in shared_with])
+            if is_owner
+            else [],
         },
+        status=status,
     )
 
 
 @login_required
+def scan_detail(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
+    """The pre-flight report of an upload, and the form that queues a job on it: a
+    delineation, or (when the upload holds a structure set) a contour audit. A team member
+    the scan is shared with sees the report but queues nothing (403)."""
+    scan = _visible_scan(request, scan_id)
+    if request.method != "POST":
+        audit.record(request, AccessEvent.Action.VIEW, scan)
+        return _scan_page(request, scan)
+    try:
+        sharing.check_owner(scan, request.user, "start a job on")
+    except sharing.SharingRefused as exc:
+        return _scan_page(request, scan, exc.message, exc.status)
+    kind = Job.Kind.AUDIT if request.POST.get("kind") == Job.Kind.AUDIT else Job.Kind.SEGMENT
+    model = request.POST.get("audit_model" if kind == Job.Kind.AUDIT else "model", "")
+    data = JobCreateSerializer(
+        data={"scan": str(scan.id), "model": model, "series": request.POST.get("series", ""), "kind": kind},
+        context={"request": request},
+    )
+    if not data.is_valid():
+        return _scan_page(request, scan, _errors_text(data.errors))
+    job = tasks.queue_job(request.user, scan, data.validated_data["model"], data.validated_data["series"], kind)
+    audit.record(request, AccessEvent.Action.QUEUE, job)
+    what = "contour audit" if kind == Job.Kind.AUDIT else "job"
+    messages.success(request, f"The {what} on {scan.name} is queued.")
+    return redirect(f"{reverse('job-list')}?new={job.id}")
+
+
+def _change_sharing(request: HttpRequest, scan_id: uuid.UUID, change, done: str) -> HttpResponse:
+    scan = _visible_scan(request, scan_id)
+    try:
+        team = change(request, scan, request.POST.get("team", ""))
+    except sharing.SharingRefused as exc:
+        return _scan_page(request, scan, exc.message, exc.status)
+    messages.success(request, done.format(team=team.name))
+    return redirect("scan-detail", scan_id=scan.id)
+
+
+@login_required
+@require_POST
+def scan_share(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
+    """The scan page's "Share" button (owner only, as ``POST /api/scans/{id}/share/``)."""
+    return _change_sharing(request, scan_id, sharing.share, "The scan is shared with {team}.")
+
+
+@login_required
+@require_POST
+def scan_unshare(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
+    """The scan page's "Stop sharing" button (owner only, as ``POST /api/scans/{id}/unshare/``)."""
+    return _change_sharing(request, scan_id, sharing.unshare, "The scan is no longer shared with {team}.")
+
+
+@login_required
 def job_list(request: HttpRequest) -> HttpResponse:
-    jobs = Job.objects.filter(owner=request.user).select_related("scan")[:200]
+    jobs = Job.objects.visible_to(request.user).select_related("scan", "scan__owner")[:200]
     return render(request, "delineation/jobs.html", {"jobs": jobs})
 
 
 @login_required
 def viewer(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
-    job = get_object_or_404(Job.objects.select_related("scan"), pk=job_id, owner=request.user)
+    job = get_object_or_404(Job.objects.visible_to(request.user).select_related("scan"), pk=job_id)
     audit.record(request, AccessEvent.Action.VIEW, job)
     return render(request, "delineation/viewer.html", {"job": job})
