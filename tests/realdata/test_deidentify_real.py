@@ -45,11 +45,17 @@ def test_deidentified_rtstruct_imports_to_the_same_masks(tmp_path):
     assert [r.name for r in after] == [r.name for r in before]
     for old, new in zip(before, after, strict=True):
         np.testing.assert_array_equal(new.mask, old.mask, err_msg=old.name)
-        assert new.notes == [] and new.contours == old.contours > 0  # every contour placed by its UID
+        # Every contour placed by its UID: no note about matching by position.
+        assert new.notes == [] and new.contours == old.contours > 0
 
     assert new_series.series_instance_uid != series.series_instance_uid
     assert new_series.frame_of_reference_uid != series.frame_of_reference_uid
-    assert {ref.sop_instance_uid for ref in new_series.slices}.isdisjoint(ref.sop_instance_uid for ref in series.slices)
+    assert {ref.sop_instance_uid for ref in new_series.slices}.isdisjoint(
+        ref.sop_instance_uid for ref in series.slices
+    )
     assert new_rs.PatientID != original.PatientID and new_rs.PatientName == ""
     assert new_rs.PatientIdentityRemoved == "YES"
-    assert [c.CodeValue for c in new_rs.DeidentificationMethodCodeSequence] == ["113100", "113105"]
+    assert [c.CodeValue for c in new_rs.DeidentificationMethodCodeSequence] == [
+        "113100",
+        "113105",
+    ]
