@@ -32,7 +32,9 @@ ROI Name (3006,0026) is Z in the Basic Profile: it becomes ``ROI <ROI Number>``.
 ``keep_roi_names`` is given, ROI names found in it (ignoring case, spaces and
 underscores) are kept: the Clean Descriptors Option (E.3.5, code 113105) restricted to
 ROI Name, whose cleaning is "keep only names of a known structure vocabulary"; every
-other descriptor gets its Basic Profile action, which removes it.
+other descriptor gets its Basic Profile action, which removes it. The option is named
+(in the object's code sequence and in the result) only for an object where a name was
+kept.
 
 Not done (see docs/security.md): text burned into the pixel data (Clean Pixel Data
 Option, E.3.1; images declaring Burned In Annotation YES are counted in the notes),
@@ -179,6 +181,8 @@ class Deidentifier:
     def __init__(self, keep_roi_names: Iterable[str] = ()) -> None:
         self._uids: dict[str, str] = {}
         self._keep = {_key(n) for n in keep_roi_names if _key(n)}
+        self._kept_in_dataset = 0
+        self.roi_names_kept = 0
         self.patient_id = f"DEID-{secrets.token_hex(4).upper()}"
 
     @property
@@ -187,8 +191,9 @@ class Deidentifier:
 
     @property
     def codes(self) -> list[tuple[str, str]]:
-        """De-identification Method Code Sequence: (code value, code meaning), DCM."""
-        return [BASIC_PROFILE, CLEAN_DESCRIPTORS] if self._keep else [BASIC_PROFILE]
+        """The profile and option codes (code value, code meaning; DCM) applied to the
+        datasets so far: the Clean Descriptors Option once an ROI name was kept."""
+        return _codes(self.roi_names_kept > 0)
 
     def new_uid(self, uid: str) -> str:
         """The replacement of ``uid`` (the same for every file of this upload)."""
@@ -205,12 +210,14 @@ class Deidentifier:
         Raises:
             DeidentificationError: an attribute whose value cannot be replaced.
         """
+        self._kept_in_dataset = 0
         ds.remove_private_tags()  # recursive (Dataset.walk)
         self._clean(ds)
+        self.roi_names_kept += self._kept_in_dataset
         ds.PatientIdentityRemoved = "YES"
         ds.DeidentificationMethod = METHOD
         ds.DeidentificationMethodCodeSequence = Sequence(
-            [_code(value, meaning) for value, meaning in self.codes]
+            [_code(v, m) for v, m in _codes(self._kept_in_dataset > 0)]
         )
         ds.LongitudinalTemporalInformationModified = "REMOVED"
         self._file_meta(ds)
@@ -239,6 +246,7 @@ class Deidentifier:
 
     def _roi_name(self, item: Dataset, elem: DataElement) -> None:
         if self._keep and _key(str(elem.value or "")) in self._keep:
+            self._kept_in_dataset += 1
             return
         elem.value = f"ROI {item.get('ROINumber', '')}".strip()
 
@@ -286,6 +294,10 @@ class Deidentifier:
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         meta.TransferSyntaxUID = syntax
         ds.file_meta = meta
+
+
+def _codes(roi_names_kept: bool) -> list[tuple[str, str]]:
+    return [BASIC_PROFILE, CLEAN_DESCRIPTORS] if roi_names_kept else [BASIC_PROFILE]
 
 
 def _code(value: str, meaning: str) -> Dataset:

@@ -220,6 +220,11 @@ def test_known_roi_names_are_kept_with_the_clean_descriptors_option(upload, tmp_
         "113100",
         "113105",
     ]
+    # The option is named only where a name was kept: not on the CT images.
+    for ct in (ds for ds in _read_all(tmp_path / "out") if ds.Modality == "CT"):
+        assert [c.CodeValue for c in ct.DeidentificationMethodCodeSequence] == [
+            "113100"
+        ]
     assert (
         result.codes == [BASIC_PROFILE, CLEAN_DESCRIPTORS]
         and "Clean Descriptors" in result.profile

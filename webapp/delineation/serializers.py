@@ -13,10 +13,30 @@ from webapp.delineation.models import AccessEvent, Job, Scan
 
 class ScanSerializer(serializers.ModelSerializer):
     jobs = serializers.SerializerMethodField()
+    deidentification = serializers.JSONField(
+        read_only=True,
+        help_text="Null: stored as uploaded. Otherwise the de-identification applied on upload: 'profile' "
+        "(e.g. 'DICOM PS3.15 Annex E Basic Profile'; null for NIfTI, with the 'reason'), 'codes' (DCM), "
+        "'method', 'table', counts of 'files' written, 'dropped_files' and 'uids_replaced', 'notes'.",
+    )
+    deidentified = serializers.CharField(
+        source="deidentification_label", read_only=True, help_text="The same, in words, as the scan page shows it."
+    )
 
     class Meta:
         model = Scan
-        fields = ["id", "name", "input_kind", "file_count", "size_bytes", "preflight", "created", "jobs"]
+        fields = [
+            "id",
+            "name",
+            "input_kind",
+            "file_count",
+            "size_bytes",
+            "preflight",
+            "deidentification",
+            "deidentified",
+            "created",
+            "jobs",
+        ]
         read_only_fields = fields
 
     @extend_schema_field(serializers.ListField(child=serializers.UUIDField()))
@@ -36,7 +56,16 @@ class ScanUploadSerializer(serializers.Serializer):
         required=False,
         help_text="Relative path of each file of 'files', in the same order (e.g. 'CT/IM0001.dcm').",
     )
-    name = serializers.CharField(required=False, max_length=255, help_text="A label for the scan; default: file name.")
+    name = serializers.CharField(
+        required=False,
+        max_length=255,
+        help_text="A label for the scan; default: file name (with 'deidentify': a neutral name).",
+    )
+    deidentify = serializers.BooleanField(
+        required=False,
+        help_text="De-identify the DICOM files before they are stored (DICOM PS3.15 Annex E Basic Profile); "
+        "the files as sent are not kept. Default: the server's DELINEO_DEIDENTIFY_DEFAULT (false unless set).",
+    )
 
 
 @extend_schema_field(OpenApiTypes.UUID)
