@@ -65,7 +65,11 @@ def test_zip_upload_with_deidentification(alice_api, alice_browser, identified_z
     assert "Doe" not in body["name"] and body["name"] == "De-identified scan"
     record = body["deidentification"]
     assert record["profile"] == PROFILE and record["files"] == 8 and record["uids_replaced"] >= 8 + 3
-    assert record["codes"][0] == {"value": "113100", "scheme": "DCM", "meaning": "Basic Application Confidentiality Profile"}
+    assert record["codes"][0] == {
+        "value": "113100",
+        "scheme": "DCM",
+        "meaning": "Basic Application Confidentiality Profile",
+    }
     assert body["deidentified"] == f"De-identified: {PROFILE}"
     # The engine reads the de-identified series; nothing else of the upload is shown.
     (series,) = body["preflight"]["series"]
@@ -83,7 +87,9 @@ def test_folder_upload_with_deidentification_drops_other_files(alice_api, tmp_pa
     files.append(SimpleUploadedFile("DICOMDIR", b"\0" * 128 + b"DICM" + PATIENT_ID.encode()))
     relative = [f"Doe_Jane/CT/{p.name}" for p in paths] + ["Doe_Jane/DICOMDIR"]
     response = alice_api.post(
-        "/api/scans/", {"files": files, "paths": relative, "deidentify": "on", "name": "HN study 12"}, format="multipart"
+        "/api/scans/",
+        {"files": files, "paths": relative, "deidentify": "on", "name": "HN study 12"},
+        format="multipart",
     )
     assert response.status_code == 201, response.content
     body = response.json()

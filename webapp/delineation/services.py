@@ -38,6 +38,7 @@ import nibabel as nib
 import numpy as np
 
 from engine.io.atomic import write_atomically  # standard library only: no PyTorch in the web process
+from webapp.delineation.redact import traceback_without_messages
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,8 @@ def preflight(path: Path) -> dict | None:
     except InputError as exc:
         raise PreflightError(str(exc)) from None
     except Exception as exc:  # a reader bug must not look like a server crash to the user
-        logger.exception("pre-flight read of %s failed", path)
+        # Not the path nor the message: the file's name may be the patient's.
+        logger.error("pre-flight read of an upload failed:\n%s", traceback_without_messages(exc))
         raise PreflightError(f"The upload could not be read as an image ({type(exc).__name__}: {exc}).") from None
     refused = [s for s in report["series"] if s["status"] != "ok"]
     if len(refused) == len(report["series"]):
