@@ -13,6 +13,7 @@
   const progress = document.getElementById("upload-progress");
   const errorBox = document.getElementById("upload-error");
   const nameInput = document.getElementById("scan-name");
+  const deidentifyInput = document.getElementById("deidentify");
 
   // What will be uploaded: {kind: "single", file} or {kind: "folder", entries: [{file, path}]}
   let selection = null;
@@ -154,6 +155,8 @@
       }
     }
     if (nameInput.value.trim()) formData.append("name", nameInput.value.trim());
+    // Always sent, so that an unticked box is not overridden by the server's default.
+    formData.append("deidentify", deidentifyInput.checked ? "true" : "false");
     button.disabled = true;
     showError("");
     progress.classList.remove("hidden");

@@ -10,6 +10,7 @@ import logging
 import re
 import uuid
 
+from django.conf import settings
 from django.db import transaction
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
@@ -70,7 +71,9 @@ class ScanViewSet(
         request={"multipart/form-data": ScanUploadSerializer},
         responses={201: ScanSerializer, 400: _DETAIL, 413: _DETAIL},
         description="Upload a scan: one field `file` (a .zip of one DICOM series, or a .nii/.nii.gz), "
-        "or several fields `files` (the DICOM files of a folder) with their relative `paths` in the same order.",
+        "or several fields `files` (the DICOM files of a folder) with their relative `paths` in the same order. "
+        "With `deidentify=true` the DICOM files are de-identified (DICOM PS3.15 Annex E Basic Profile) before they "
+        "are stored, and the files as sent are not kept.",
     )
     def create(self, request: Request, *args, **kwargs) -> Response:
         received = request.FILES  # reading the body applies the size and file-count limits while it streams
@@ -88,12 +91,19 @@ class ScanViewSet(
         if len(singles) > 1:
             return _detail("Send one file in 'file'; for the files of a folder use 'files'.", 400)
         try:
+            deidentify = serializers.BooleanField().to_internal_value(
+                request.data.get("deidentify", settings.DELINEO_DEIDENTIFY_DEFAULT)
+            )
+        except serializers.ValidationError:
+            return _detail("'deidentify' must be true or false.", 400)
+        try:
             scan = accept_upload(
                 request.user,
                 singles[0] if singles else None,
                 request.FILES.getlist("files"),
                 request.data.getlist("paths") if hasattr(request.data, "getlist") else [],
                 name=str(request.data.get("name", "")),
+                deidentify=deidentify,
             )
         except UploadError as exc:
             return _detail(exc.message, exc.status)

@@ -83,6 +83,9 @@ class Scan(models.Model):
     preflight = models.JSONField(null=True, blank=True)
     # Members of these teams see the scan, its jobs and their files; they do not change it.
     shared_with = models.ManyToManyField(Team, related_name="scans", blank=True)
+    # De-identification applied on upload (uploads.deidentify_stored): the profile, its
+    # codes and counts; for a NIfTI upload, why the profile does not apply. Null: stored as uploaded.
+    deidentification = models.JSONField(null=True, blank=True)
     created = models.DateTimeField(auto_now_add=True)
 
     objects = ScanQuerySet.as_manager()
@@ -112,6 +115,16 @@ class Scan(models.Model):
     @property
     def is_dicom(self) -> bool:
         return self.input_kind in (self.InputKind.DICOM_ZIP, self.InputKind.DICOM_FOLDER)
+
+    @property
+    def deidentification_label(self) -> str:
+        """What the scan page says about de-identification."""
+        record = self.deidentification
+        if not isinstance(record, dict):
+            return "Not de-identified: the files are stored as uploaded."
+        if record.get("profile"):
+            return f"De-identified: {record['profile']}"
+        return f"Not de-identified: {record.get('reason', 'the profile does not apply to this upload.')}"
 
 
 class Job(models.Model):

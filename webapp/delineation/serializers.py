@@ -37,6 +37,15 @@ class ScanSerializer(serializers.ModelSerializer):
     jobs = serializers.SerializerMethodField()
     owner = serializers.CharField(source="owner.username", read_only=True)
     shared_with = SharedTeamSerializer(many=True, read_only=True, help_text="Teams whose members see the scan.")
+    deidentification = serializers.JSONField(
+        read_only=True,
+        help_text="Null: stored as uploaded. Otherwise the de-identification applied on upload: 'profile' "
+        "(e.g. 'DICOM PS3.15 Annex E Basic Profile'; null for NIfTI, with the 'reason'), 'codes' (DCM), "
+        "'method', 'table', counts of 'files' written, 'dropped_files' and 'uids_replaced', 'notes'.",
+    )
+    deidentified = serializers.CharField(
+        source="deidentification_label", read_only=True, help_text="The same, in words, as the scan page shows it."
+    )
 
     class Meta:
         model = Scan
@@ -49,6 +58,8 @@ class ScanSerializer(serializers.ModelSerializer):
             "file_count",
             "size_bytes",
             "preflight",
+            "deidentification",
+            "deidentified",
             "created",
             "jobs",
         ]
@@ -71,7 +82,16 @@ class ScanUploadSerializer(serializers.Serializer):
         required=False,
         help_text="Relative path of each file of 'files', in the same order (e.g. 'CT/IM0001.dcm').",
     )
-    name = serializers.CharField(required=False, max_length=255, help_text="A label for the scan; default: file name.")
+    name = serializers.CharField(
+        required=False,
+        max_length=255,
+        help_text="A label for the scan; default: file name (with 'deidentify': a neutral name).",
+    )
+    deidentify = serializers.BooleanField(
+        required=False,
+        help_text="De-identify the DICOM files before they are stored (DICOM PS3.15 Annex E Basic Profile); "
+        "the files as sent are not kept. Default: the server's DELINEO_DEIDENTIFY_DEFAULT (false unless set).",
+    )
 
 
 @extend_schema_field(OpenApiTypes.UUID)

@@ -43,6 +43,7 @@ def upload(request: HttpRequest) -> HttpResponse:
                 form.cleaned_data["file"],
                 form.cleaned_data["files"],
                 name=request.POST.get("name", ""),
+                deidentify=form.cleaned_data["deidentify"],
             )
         except UploadError as exc:
             form.add_error(None, exc.message)
