@@ -1,4 +1,6 @@
-"""Shared fixtures. Personas: Alice owns the data; Bob is another user and must get 404."""
+"""Shared fixtures. Personas: Alice owns the data; Bob is another user and must get 404
+(unless a test puts him in Alice's team and she shares with it); Charlie never shares a
+team with Alice and must get 404 on everything of hers."""
 
 from __future__ import annotations
 
@@ -34,6 +36,13 @@ def media_root(settings, tmp_path) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """MD5 for the test users' passwords: the default PBKDF2 costs about a second per user on
+    the CI's two cores, and no test here is about the hash's strength (Django's own advice)."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
 def eager_celery():
     """Tasks run in-process when the transaction commits; anything sent by mistake goes
     to an in-memory broker, never to var/ or a real server."""
@@ -54,6 +63,11 @@ def bob(django_user_model):
     return django_user_model.objects.create_user("bob", password="bob-password-123")
 
 
+@pytest.fixture
+def charlie(django_user_model):
+    return django_user_model.objects.create_user("charlie", password="charlie-password-123")
+
+
 def _client(user) -> APIClient:
     client = APIClient()
     client.force_authenticate(user)
@@ -68,6 +82,11 @@ def alice_api(alice) -> APIClient:
 @pytest.fixture
 def bob_api(bob) -> APIClient:
     return _client(bob)
+
+
+@pytest.fixture
+def charlie_api(charlie) -> APIClient:
+    return _client(charlie)
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The access audit log: every upload, view, download, delete and queued job is recorded,
 with ids only (never a scan's name, which can hold a patient's), and each user reads only
-their own events and those on their data."""
+the events on the data they own."""
 
 from __future__ import annotations
 

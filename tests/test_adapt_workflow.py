@@ -18,7 +18,6 @@ import pydicom
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
-from rest_framework.test import APIClient
 
 from tests import factories
 from tests.conftest import FAKE_PROPAGATION_REPORT, fake_propagation_masks
@@ -26,18 +25,6 @@ from webapp.delineation import retention, services, tasks
 from webapp.delineation.models import Job, Scan
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def charlie(django_user_model):
-    return django_user_model.objects.create_user("charlie", password="charlie-password-123")
-
-
-@pytest.fixture
-def charlie_api(charlie) -> APIClient:
-    client = APIClient()
-    client.force_authenticate(charlie)
-    return client
 
 
 def upload(client, data: bytes, filename: str, **fields) -> dict:

@@ -15,20 +15,6 @@ from webapp.delineation.models import AccessEvent, Patient, Scan
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def charlie(django_user_model):
-    return django_user_model.objects.create_user("charlie", password="charlie-password-123")
-
-
-@pytest.fixture
-def charlie_api(charlie):
-    from rest_framework.test import APIClient
-
-    client = APIClient()
-    client.force_authenticate(charlie)
-    return client
-
-
 def upload(client, data: bytes, filename: str, **fields):
     file = SimpleUploadedFile(filename, data)
     return client.post("/api/scans/", {"file": file, **fields}, format="multipart")

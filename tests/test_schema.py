@@ -31,8 +31,15 @@ def test_schema(alice_api):
         "/api/patients/{id}/",
         "/api/models/",
         "/api/propagation-models/",
+        "/api/scans/{id}/share/",
+        "/api/scans/{id}/unshare/",
+        "/api/teams/",
+        "/api/audit-log/",
     ):
         assert path in paths, sorted(paths)
+    share = paths["/api/scans/{id}/share/"]["post"]
+    assert set(share["responses"]) == {"200", "400", "403"}
+    assert "application/json" in share["requestBody"]["content"]
     upload = paths["/api/scans/"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in upload
     assert "patient_id" in schema["components"]["schemas"]["ScanUploadRequest"]["properties"]

@@ -165,6 +165,9 @@ DELINEO_ZIP_MAX_RATIO = env_int("DELINEO_ZIP_MAX_RATIO", 100, minimum=1)
 # Read the volume at upload time so a series that cannot be assembled is refused
 # with a message before a job is queued.
 DELINEO_UPLOAD_PREFLIGHT = env_bool("DELINEO_UPLOAD_PREFLIGHT", True)
+# Whether the upload form's "De-identify" box starts ticked, and the API's default for
+# `deidentify` (docs/security.md, "De-identification").
+DELINEO_DEIDENTIFY_DEFAULT = env_bool("DELINEO_DEIDENTIFY_DEFAULT", False)
 # --- Retention (docs/security.md, "Retention") -------------------------------------------
 # Days a scan (with its jobs and files) is kept; `manage.py purge_old_data` deletes older ones.
 # Unset or 0: kept until deleted by hand.
@@ -271,6 +274,10 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Exceptions are logged without their messages, which may quote patient data (redact.py).
+    "filters": {"withhold_exception_messages": {"()": "webapp.delineation.redact.WithholdExceptionMessages"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["withhold_exception_messages"]}
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }

@@ -50,7 +50,7 @@ class DicomUpload:
     files: int = 0
 
 
-def _iter_sources(path: Path) -> Iterator[tuple[str, Path | BinaryIO]]:
+def iter_sources(path: Path) -> Iterator[tuple[str, Path | BinaryIO]]:
     """Yield (name, path-or-stream) for every file in a folder (recursive), a zip or a file."""
     if path.is_dir():
         for f in sorted(p for p in path.rglob("*") if p.is_file()):
@@ -78,7 +78,7 @@ def read_upload(path: str | Path) -> DicomUpload:
         zipfile.BadZipFile: a corrupt zip archive.
     """
     upload = DicomUpload()
-    for name, source in _iter_sources(Path(path)):
+    for name, source in iter_sources(Path(path)):
         upload.files += 1
         if Path(name).name.upper() == "DICOMDIR":
             upload.skipped.append(f"{name}: DICOMDIR ignored (an index, not an image)")

@@ -3,6 +3,7 @@
 
 (function () {
   const body = document.getElementById("jobs-body");
+  const me = document.getElementById("jobs-table").dataset.user;
   const highlight = new URLSearchParams(window.location.search).get("new");
   const { el } = Delineo;
   let timer = null;
@@ -52,7 +53,9 @@
       const created = new Date(job.created);
       const total = job.timings && job.timings.total;
       body.append(el("tr", { "data-job-id": job.id, class: job.id === highlight ? "highlight" : null },
-        el("td", { text: job.scan_name }),
+        el("td", {},
+          el("a", { href: `/scans/${job.scan}/`, text: job.scan_name }),
+          job.owner !== me ? el("small", { class: "owner", text: ` shared by ${job.owner}` }) : null),
         el("td", { class: `kind ${job.kind}`, text: KIND[job.kind] || job.kind }),
         el("td", { text: job.model }),
         statusCell(job),

@@ -13,6 +13,7 @@
   const progress = document.getElementById("upload-progress");
   const errorBox = document.getElementById("upload-error");
   const nameInput = document.getElementById("scan-name");
+  const deidentifyInput = document.getElementById("deidentify");
 
   // What will be uploaded: {kind: "single", file} or {kind: "folder", entries: [{file, path}]}
   let selection = null;
@@ -158,6 +159,8 @@
       const input = document.querySelector(`#upload-form input[name=${field}]`);
       if (input && input.value.trim()) formData.append(field, input.value.trim());
     }
+    // Always sent, so that an unticked box is not overridden by the server's default.
+    formData.append("deidentify", deidentifyInput.checked ? "true" : "false");
     button.disabled = true;
     showError("");
     progress.classList.remove("hidden");

@@ -1,12 +1,13 @@
 """In a real (headless) browser: log in, upload an openkbp DICOM folder through the upload
-page, watch the job in the job list, open the viewer and check the contours are drawn.
+page, watch the job in the job list, open the viewer and check the contours are drawn; then
+audit the case's own RTSTRUCT with ``hn-rt`` from the scan page and read the audit table.
 
 The stack is the embedded default that ``make run`` starts: SQLite database, the SQLite
 Celery broker and one real worker subprocess, running the real engine. Screenshots go to
 ``test-output/`` (git-ignored).
 
-Prerequisites: chromium + chromedriver (/usr/bin), ../shared/data, the shipped model
-``hn-oar``. Missing ones skip the test, or fail it when CI=true.
+Prerequisites: chromium + chromedriver (/usr/bin), ../shared/data, the shipped models
+``hn-oar`` and ``hn-rt``. Missing ones skip the test, or fail it when CI=true.
 """
 
 from __future__ import annotations
@@ -89,6 +90,23 @@ def screenshot(driver, name: str) -> Path:
     return path
 
 
+def wait_for_job(driver, job_id: str) -> set[str]:
+    """Watch the job list until the job's badge says succeeded or failed; every status seen."""
+    row = f"tr[data-job-id='{job_id}']"
+    statuses: set[str] = set()
+
+    def finished():  # read in one script: the list is re-rendered while it is polled
+        status = driver.execute_script(
+            "const b = document.querySelector(arguments[0]); return b ? b.dataset.status : null;", f"{row} .badge"
+        )
+        if status:
+            statuses.add(status)
+        return statuses & {"succeeded", "failed"}
+
+    wait_for(finished, JOB_TIMEOUT_S, "the job to finish", interval_s=1)
+    return statuses
+
+
 def test_upload_and_view_contours(stack, driver, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
@@ -123,6 +141,7 @@ def test_upload_and_view_contours(stack, driver, tmp_path):
         "the upload to finish",
     )
     assert "/scans/" in driver.current_url, driver.find_element(By.ID, "upload-error").text
+    scan_url = driver.current_url
 
     # The pre-flight report comes before anything is queued: one usable CT series, chosen.
     rows = driver.find_elements(By.CSS_SELECTOR, "#series-table tbody tr")
@@ -138,17 +157,7 @@ def test_upload_and_view_contours(stack, driver, tmp_path):
 
     # The job list shows live status until the job is done.
     row = f"tr[data-job-id='{job_id}']"
-    statuses = set()
-
-    def finished():  # read in one script: the list is re-rendered while it is polled
-        status = driver.execute_script(
-            "const b = document.querySelector(arguments[0]); return b ? b.dataset.status : null;", f"{row} .badge"
-        )
-        if status:
-            statuses.add(status)
-        return statuses & {"succeeded", "failed"}
-
-    wait_for(finished, JOB_TIMEOUT_S, "the job to finish", interval_s=1)
+    statuses = wait_for_job(driver, job_id)
     screenshot(driver, "jobs.png")
     assert "succeeded" in statuses, driver.execute_script("return document.querySelector(arguments[0]).innerText;", row)
     links = driver.execute_script(
@@ -206,5 +215,38 @@ def test_upload_and_view_contours(stack, driver, tmp_path):
     )
     wait_for(lambda: int(plot.get_attribute("data-index")) == index + 1, 30, "the next slice after scrolling")
     screenshot(driver, "viewer_coronal.png")
+    errors = driver.find_element(By.ID, "viewer-error").text
+    assert not errors, errors
+
+    # The upload came with its planning RTSTRUCT: the scan page offers to audit those contours.
+    driver.get(scan_url)
+    audit_models = [o.get_attribute("value") for o in driver.find_elements(By.CSS_SELECTOR, "#id_audit_model option")]
+    require("hn-rt" in audit_models, "model hn-rt with its critic is not shipped (engine/weights)")
+    Select(driver.find_element(By.ID, "id_audit_model")).select_by_value("hn-rt")
+    driver.find_element(By.ID, "audit-button").click()
+    wait_for(lambda: "/jobs/?new=" in driver.current_url, 60, "the job list after queueing the audit")
+    audit_id = driver.current_url.split("new=")[1]
+    assert "succeeded" in wait_for_job(driver, audit_id)
+    driver.get(f"{stack.base_url}/jobs/{audit_id}/")
+    rois = wait_for(
+        lambda: driver.execute_script(
+            "return Array.from(document.querySelectorAll('#audit-table tbody tr[data-roi]'), r => r.dataset.roi);"
+        ),
+        60,
+        "the audit table",
+    )
+    # pt_106's structure set holds the organs and PTVs hn-rt delineates; each is scored and compared.
+    assert {"SpinalCord", "Mandible", "PTV70"} <= set(rois), rois
+    cells = driver.execute_script(
+        "const r = document.querySelector(\"#audit-table tr[data-roi='Mandible']\");"
+        "return Array.from(r.cells, c => c.innerText);"
+    )
+    qam, dice, msd = cells[2], float(cells[3]), float(cells[4])
+    assert qam != "–" and 0.0 <= dice <= 1.0 and msd >= 0.0, cells
+    assert driver.find_element(By.ID, "audit-threshold").text != "–"
+    plot = driver.find_element(By.ID, "plot")
+    wait_for(lambda: plot.get_attribute("data-index"), 60, "the model's delineation beside the audit table")
+    driver.execute_script("document.getElementById('audit').scrollIntoView();")
+    screenshot(driver, "viewer_audit.png")
     errors = driver.find_element(By.ID, "viewer-error").text
     assert not errors, errors

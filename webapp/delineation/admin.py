@@ -1,14 +1,28 @@
 from django.contrib import admin
 
-from webapp.delineation.models import AccessEvent, Job, Scan
+from webapp.delineation.models import AccessEvent, Job, Scan, Team
+
+
+@admin.register(Team)
+class TeamAdmin(admin.ModelAdmin):
+    """Teams are made here: a name and its members. Owners then share scans with their teams."""
+
+    list_display = ("name", "member_count")
+    search_fields = ("name", "members__username")
+    filter_horizontal = ("members",)
+
+    @admin.display(description="members")
+    def member_count(self, team: Team) -> int:
+        return team.members.count()
 
 
 @admin.register(Scan)
 class ScanAdmin(admin.ModelAdmin):
     list_display = ("name", "owner", "input_kind", "file_count", "size_bytes", "created")
-    list_filter = ("input_kind",)
+    list_filter = ("input_kind", "shared_with")
     search_fields = ("name", "owner__username", "id")
-    readonly_fields = ("id", "input_path", "created")
+    # Sharing is the owner's decision, made on the scan page or the API, where it is audited.
+    readonly_fields = ("id", "input_path", "created", "shared_with")
 
 
 @admin.register(Job)
@@ -23,7 +37,7 @@ class JobAdmin(admin.ModelAdmin):
 class AccessEventAdmin(admin.ModelAdmin):
     """The access audit log, read-only: nobody adds, changes or deletes an entry here."""
 
-    list_display = ("created", "username", "action", "object_type", "object_id", "filename", "client_ip")
+    list_display = ("created", "username", "action", "object_type", "object_id", "filename", "team", "client_ip")
     list_filter = ("action", "object_type")
     search_fields = ("username", "object_id")
     date_hierarchy = "created"

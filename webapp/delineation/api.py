@@ -1,5 +1,9 @@
-"""REST API (mounted under /api/). Every query is filtered by owner, so another user's
-scan or job is simply not found (404), never forbidden."""
+"""REST API (mounted under /api/). Every scan and job is looked up through
+``Scan.objects.visible_to`` / ``Job.objects.visible_to`` (the owner's, and those shared
+with one of the user's teams), so another user's scan or job is simply not found (404),
+never forbidden. A team member who sees a shared scan gets 403 with a message for what
+only its owner does: queue a job (a propagation too), set its patient, save a propagation's
+choices, share, unshare, delete. Patients are not shared: only their owner finds them."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import logging
 import re
 import uuid
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.http import FileResponse
@@ -24,8 +29,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from webapp.delineation import audit, services, tasks
-from webapp.delineation.models import AccessEvent, Job, Patient, Scan
+from webapp.delineation import audit, services, sharing, tasks
+from webapp.delineation.models import AccessEvent, Job, Patient, Scan, Team
 from webapp.delineation.patients import patient_for
 from webapp.delineation.serializers import (
     AccessEventSerializer,
@@ -36,6 +41,8 @@ from webapp.delineation.serializers import (
     ScanPatientSerializer,
     ScanSerializer,
     ScanUploadSerializer,
+    ShareSerializer,
+    TeamSerializer,
     propagation_fields,
 )
 from webapp.delineation.uploads import UploadError, accept_upload, refusal_of
@@ -55,7 +62,7 @@ class ScanViewSet(
     mixins.DestroyModelMixin,
     viewsets.GenericViewSet,
 ):
-    """Uploaded scans. The original files are stored unchanged."""
+    """Uploaded scans: yours and those shared with one of your teams. The original files are stored unchanged."""
 
     serializer_class = ScanSerializer
     parser_classes = [MultiPartParser, FormParser, JSONParser]
@@ -63,13 +70,24 @@ class ScanViewSet(
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation
             return Scan.objects.none()
-        return Scan.objects.filter(owner=self.request.user).select_related("patient").prefetch_related("jobs")
+        return (
+            Scan.objects.visible_to(self.request.user)
+            .select_related("owner", "patient")
+            .prefetch_related("jobs", "shared_with")
+        )
 
-    @extend_schema(request=ScanPatientSerializer, responses={200: ScanSerializer, 400: OpenApiTypes.OBJECT})
+    @extend_schema(
+        request=ScanPatientSerializer, responses={200: ScanSerializer, 400: OpenApiTypes.OBJECT, 403: _DETAIL}
+    )
     def partial_update(self, request: Request, *args, **kwargs) -> Response:
         """Set the scan's patient by Patient ID (entered for a NIfTI scan, or correcting the DICOM
-        one); the patient is created among yours if new. An empty Patient ID ungroups the scan."""
+        one); the patient is created among yours if new. An empty Patient ID ungroups the scan.
+        Only the scan's owner does (a team member it is shared with gets 403)."""
         scan = self.get_object()
+        try:
+            sharing.check_owner(scan, request.user, "set the patient of")
+        except sharing.SharingRefused as exc:
+            return _detail(exc.message, exc.status)
         data = ScanPatientSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         scan.patient = patient_for(
@@ -82,7 +100,9 @@ class ScanViewSet(
         request={"multipart/form-data": ScanUploadSerializer},
         responses={201: ScanSerializer, 400: _DETAIL, 413: _DETAIL},
         description="Upload a scan: one field `file` (a .zip of one DICOM series, or a .nii/.nii.gz), "
-        "or several fields `files` (the DICOM files of a folder) with their relative `paths` in the same order.",
+        "or several fields `files` (the DICOM files of a folder) with their relative `paths` in the same order. "
+        "With `deidentify=true` the DICOM files are de-identified (DICOM PS3.15 Annex E Basic Profile) before they "
+        "are stored, and the files as sent are not kept.",
     )
     def create(self, request: Request, *args, **kwargs) -> Response:
         received = request.FILES  # reading the body applies the size and file-count limits while it streams
@@ -100,6 +120,12 @@ class ScanViewSet(
         if len(singles) > 1:
             return _detail("Send one file in 'file'; for the files of a folder use 'files'.", 400)
         try:
+            deidentify = serializers.BooleanField().to_internal_value(
+                request.data.get("deidentify", settings.DELINEO_DEIDENTIFY_DEFAULT)
+            )
+        except serializers.ValidationError:
+            return _detail("'deidentify' must be true or false.", 400)
+        try:
             scan = accept_upload(
                 request.user,
                 singles[0] if singles else None,
@@ -108,17 +134,23 @@ class ScanViewSet(
                 name=str(request.data.get("name", "")),
                 patient_id=str(request.data.get("patient_id", "")),
                 patient_label=str(request.data.get("patient_label", "")),
+                deidentify=deidentify,
             )
         except UploadError as exc:
             return _detail(exc.message, exc.status)
         audit.record(request, AccessEvent.Action.UPLOAD, scan)
         return Response(ScanSerializer(scan, context={"request": request}).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(responses={204: None, 409: _DETAIL})
+    @extend_schema(responses={204: None, 403: _DETAIL, 409: _DETAIL})
     def destroy(self, request: Request, *args, **kwargs) -> Response:
         """Delete a scan, its jobs and every file of it on disk. Its queued jobs go with it (their
-        task finds no job and does nothing); a scan with a running job is refused (409)."""
+        task finds no job and does nothing); a scan with a running job is refused (409). Only
+        its owner deletes it (a team member it is shared with gets 403)."""
         scan = self.get_object()
+        try:
+            sharing.check_owner(scan, request.user, "delete")
+        except sharing.SharingRefused as exc:
+            return _detail(exc.message, exc.status)
         with transaction.atomic():
             # Locked, so that no worker starts one of its queued jobs between the check and the delete.
             # A propagation reads its planning scan too.
@@ -133,9 +165,45 @@ class ScanViewSet(
             scan.delete()  # its folder goes too (signal in models.py)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
+    def _sharing(self, request: Request, change) -> Response:
+        scan = self.get_object()
+        try:
+            change(request, scan, request.data.get("team", ""))  # ShareSerializer, checked by ``sharing``
+        except sharing.SharingRefused as exc:
+            return _detail(exc.message, exc.status)
+        scan = self.get_queryset().get(pk=scan.pk)
+        return Response(ScanSerializer(scan, context={"request": request}).data)
+
+    @extend_schema(request=ShareSerializer, responses={200: ScanSerializer, 400: _DETAIL, 403: _DETAIL})
+    @action(
+        detail=True,
+        methods=["post"],
+        url_path="share",
+        url_name="share",
+        parser_classes=[JSONParser, FormParser, MultiPartParser],
+    )
+    def share(self, request: Request, pk: str | None = None) -> Response:
+        """Share the scan, its jobs and their files with one of your teams: its members may view
+        and download them, not queue jobs, share or delete. Owner only; recorded as ``share``."""
+        return self._sharing(request, sharing.share)
+
+    @extend_schema(request=ShareSerializer, responses={200: ScanSerializer, 400: _DETAIL, 403: _DETAIL})
+    @action(
+        detail=True,
+        methods=["post"],
+        url_path="unshare",
+        url_name="unshare",
+        parser_classes=[JSONParser, FormParser, MultiPartParser],
+    )
+    def unshare(self, request: Request, pk: str | None = None) -> Response:
+        """Stop sharing the scan with a team: its members get 404 on it, its jobs and files
+        again. Owner only; recorded as ``unshare``."""
+        return self._sharing(request, sharing.unshare)
+
 
 class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    """Delineation jobs: create one on a scan, poll its status, download its results."""
+    """Delineation jobs (on your scans and those shared with your teams): create one on a
+    scan of yours, poll its status, download its results."""
 
     serializer_class = JobSerializer
     parser_classes = [JSONParser, FormParser, MultiPartParser]
@@ -143,7 +211,7 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation
             return Job.objects.none()
-        queryset = Job.objects.filter(owner=self.request.user).select_related("scan", "planning_scan")
+        queryset = Job.objects.visible_to(self.request.user).select_related("scan", "scan__owner", "planning_scan")
         scan = self.request.query_params.get("scan")
         if scan and self.action == "list":
             try:
@@ -152,7 +220,7 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
                 queryset = queryset.none()
         return queryset
 
-    @extend_schema(request=JobCreateSerializer, responses={201: JobSerializer, 400: OpenApiTypes.OBJECT})
+    @extend_schema(request=JobCreateSerializer, responses={201: JobSerializer, 400: OpenApiTypes.OBJECT, 403: _DETAIL})
     def create(self, request: Request, *args, **kwargs) -> Response:
         data = JobCreateSerializer(data=request.data, context={"request": request})
         data.is_valid(raise_exception=True)
@@ -293,15 +361,22 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
         vector (I, J, K, 3), mm in RAS: the daily-scan point p corresponds to the planning-scan point p + u(p)."""
         return self._optional_download("ddf.nii.gz", "displacement field", "application/gzip")
 
-    @extend_schema(request=ChoicesSerializer, responses={200: JobSerializer, 400: OpenApiTypes.OBJECT, 409: _DETAIL})
+    @extend_schema(
+        request=ChoicesSerializer, responses={200: JobSerializer, 400: OpenApiTypes.OBJECT, 403: _DETAIL, 409: _DETAIL}
+    )
     @action(detail=True, methods=["post"], url_path="choices", url_name="choices")
     def choices(self, request: Request, pk: str | None = None) -> Response:
         """Contour propagation jobs only: keep, per structure, the propagated contours or the model's
         direct segmentation of the daily scan. Saved on the job; the RTSTRUCT for the daily scan
-        (``final_rtstruct.dcm``) is rebuilt from them at once, so its problems show here."""
+        (``final_rtstruct.dcm``) is rebuilt from them at once, so its problems show here. Only the
+        scan's owner chooses (a team member it is shared with gets 403)."""
         job, problem = self._result_file("choices")
         if not job.is_propagation:
             return _detail("Only a contour propagation has contours to choose between.", 404)
+        try:
+            sharing.check_owner(job.scan, request.user, "choose the contours kept for")
+        except sharing.SharingRefused as exc:
+            return _detail(exc.message, exc.status)
         if problem:
             return problem
         data = ChoicesSerializer(data=request.data, context={"job": job})
@@ -452,8 +527,9 @@ class PatientViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
 
 class AccessEventList(generics.ListAPIView):
-    """The access audit log, newest first (at most 1000 events): the requesting user's own
-    actions and every action on their scans and jobs; staff see everyone's."""
+    """The access audit log, newest first (at most 1000 events): every event on the scans
+    and jobs the requesting user owns, whoever acted (their team members' views and
+    downloads included); staff see every event."""
 
     serializer_class = AccessEventSerializer
     LIMIT = 1000
@@ -464,8 +540,20 @@ class AccessEventList(generics.ListAPIView):
         events = AccessEvent.objects.all()
         user = self.request.user
         if not user.is_staff:
-            events = events.filter(Q(user=user) | Q(object_owner=user))
+            events = events.filter(object_owner=user)
         return events[: self.LIMIT]
+
+
+class TeamList(generics.ListAPIView):
+    """The teams you are a member of, to share your scans with. An administrator creates teams
+    and adds their members (Django admin, Teams)."""
+
+    serializer_class = TeamSerializer
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return Team.objects.none()
+        return Team.objects.filter(members=self.request.user).prefetch_related("members")
 
 
 class ModelsView(APIView):

@@ -14,6 +14,7 @@ urlpatterns = [
     path("models/", api.ModelsView.as_view(), name="api-models"),
     path("propagation-models/", api.PropagationModelsView.as_view(), name="api-propagation-models"),
     path("audit-log/", api.AccessEventList.as_view(), name="api-audit-log"),
+    path("teams/", api.TeamList.as_view(), name="api-team-list"),
     path("auth/token/", obtain_auth_token, name="api-token"),
     *router.urls,
 ]

@@ -1,5 +1,5 @@
 """The access audit log (``models.AccessEvent``): one row per upload, view, download,
-delete and queued job. Ids only, never a scan's or a file's name (they can hold a patient's name)."""
+delete, queued job, share and unshare. Ids only, never a scan's or a file's name (they can hold a patient's name)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,11 @@ def client_ip(request: HttpRequest | None) -> str | None:
         return None
 
 
-def record(request: HttpRequest | None, action: str, obj: Scan | Job | Patient, filename: str = "") -> AccessEvent:
-    """Record ``action`` on a scan, job or patient by the request's user; ``request=None``: by the system."""
+def record(
+    request: HttpRequest | None, action: str, obj: Scan | Job | Patient, filename: str = "", team: str = ""
+) -> AccessEvent:
+    """Record ``action`` on a scan, job or patient by the request's user; ``request=None``: by the system.
+    ``team``: the team's name for a share or unshare."""
     user = getattr(request, "user", None)
     if user is not None and not user.is_authenticated:
         user = None
@@ -36,5 +39,6 @@ def record(request: HttpRequest | None, action: str, obj: Scan | Job | Patient, 
         object_id=obj.pk,
         object_owner_id=obj.owner_id,
         filename=filename,
+        team=team,
         client_ip=client_ip(request),
     )

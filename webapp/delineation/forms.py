@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django import forms
+from django.conf import settings
 
 from webapp.delineation import services
 
@@ -30,7 +31,9 @@ class UploadForm(forms.Form):
 
     file = forms.FileField(required=False, label="Zip or NIfTI file")
     files = MultipleFileField(required=False, label="DICOM folder")
+    deidentify = forms.BooleanField(required=False, label="De-identify")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.fields["deidentify"].initial = settings.DELINEO_DEIDENTIFY_DEFAULT
         self.no_models = not services.available_models()

@@ -1,4 +1,11 @@
-"""Patients, their scans (uploaded images, stored unchanged) and the jobs run on them.
+"""Patients, their scans (uploaded images, stored unchanged), the jobs run on them, and the
+teams scans are shared with.
+
+Who may see what is decided in one place, ``Scan.objects.visible_to(user)`` (and
+``Job.objects.visible_to``, which follows it): a scan's owner, and the members of the teams
+it is shared with. Everyone else finds nothing (404). Only the owner changes a scan: queues
+jobs on it (propagations included), sets its patient, shares, unshares and deletes it
+(``Scan.is_owner``). A patient is never shared: only its owner finds it.
 
 On disk, everything about one scan lives under ``MEDIA_ROOT/scans/<scan uuid>/``:
 ``original/`` holds the uploaded files byte for byte, ``jobs/<job uuid>/`` the outputs
@@ -48,6 +55,43 @@ class Patient(models.Model):
         return str(self)
 
 
+class Team(models.Model):
+    """A group of users (a department, a tumour-site team) that an owner can share scans with.
+
+    Created and filled by an administrator in the Django admin; users only pick, on their
+    scan, one of the teams they are a member of.
+    """
+
+    name = models.CharField(max_length=150, unique=True)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="teams", blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ScanQuerySet(models.QuerySet):
+    def visible_to(self, user) -> ScanQuerySet:
+        """The scans ``user`` may see: their own and those shared with one of their teams.
+
+        The one access rule of the app: every page, API endpoint and download looks its
+        scan or job up through it, so that another user's scan is not found (404). An
+        anonymous user sees nothing. Staff get no exception here (the admin is separate).
+        """
+        if user is None or not user.is_authenticated:
+            return self.none()
+        shared = Scan.objects.filter(shared_with__members=user).values("pk")  # a subquery: no duplicate rows
+        return self.filter(models.Q(owner=user) | models.Q(pk__in=shared))
+
+
+class JobQuerySet(models.QuerySet):
+    def visible_to(self, user) -> JobQuerySet:
+        """The jobs of the scans ``user`` may see (``ScanQuerySet.visible_to``)."""
+        return self.filter(scan__in=Scan.objects.visible_to(user).values("pk"))
+
+
 class Scan(models.Model):
     class InputKind(models.TextChoices):
         DICOM_ZIP = "dicom_zip", "DICOM series (zip)"
@@ -67,13 +111,25 @@ class Scan(models.Model):
     size_bytes = models.BigIntegerField(default=0)
     # What the upload check found (shape, spacing, orientation, ...); null if not run.
     preflight = models.JSONField(null=True, blank=True)
+    # Members of these teams see the scan, its jobs and their files; they do not change it.
+    shared_with = models.ManyToManyField(Team, related_name="scans", blank=True)
+    # De-identification applied on upload (uploads.deidentify_stored): the profile, its
+    # codes and counts; for a NIfTI upload, why the profile does not apply. Null: stored as uploaded.
+    deidentification = models.JSONField(null=True, blank=True)
     created = models.DateTimeField(auto_now_add=True)
+
+    objects = ScanQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created"]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.get_input_kind_display()})"
+
+    def is_owner(self, user) -> bool:
+        """Only the owner queues jobs on the scan (propagations too), sets its patient, shares,
+        unshares and deletes it."""
+        return user is not None and user.is_authenticated and self.owner_id == user.pk
 
     @property
     def directory(self) -> Path:
@@ -90,6 +146,16 @@ class Scan(models.Model):
     @property
     def is_dicom(self) -> bool:
         return self.input_kind in (self.InputKind.DICOM_ZIP, self.InputKind.DICOM_FOLDER)
+
+    @property
+    def deidentification_label(self) -> str:
+        """What the scan page says about de-identification."""
+        record = self.deidentification
+        if not isinstance(record, dict):
+            return "Not de-identified: the files are stored as uploaded."
+        if record.get("profile"):
+            return f"De-identified: {record['profile']}"
+        return f"Not de-identified: {record.get('reason', 'the profile does not apply to this upload.')}"
 
 
 class Job(models.Model):
@@ -156,6 +222,8 @@ class Job(models.Model):
     started = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True)
 
+    objects = JobQuerySet.as_manager()
+
     class Meta:
         ordering = ["-created"]
         indexes = [models.Index(fields=["owner", "-created"])]
@@ -199,11 +267,12 @@ def _remove_patient_without_scans(sender, instance: Scan, **kwargs) -> None:
 
 
 class AccessEvent(models.Model):
-    """One access to patient data: who did what to which scan or job, when, from where.
+    """One access to patient data: who did what to which scan, job or patient, when, from where.
 
     Holds ids only: never a scan's name or an uploaded file's name (either can hold a
     patient's name), nor any pixel data. ``filename`` is the name of a job output as
-    stored (``rtstruct.dcm``), not the name the download was served under. The row stays
+    stored (``rtstruct.dcm``), not the name the download was served under; ``team`` the
+    team a scan was shared with or unshared from. The row stays
     when its user or object is deleted (``username`` and ``object_id`` keep who and what).
     """
 
@@ -213,7 +282,8 @@ class AccessEvent(models.Model):
         DOWNLOAD = "download", "Download"
         DELETE = "delete", "Delete"
         QUEUE = "queue", "Queue job"
-        # "share" comes with teams and sharing (issue 6), which do not exist yet.
+        SHARE = "share", "Share with a team"
+        UNSHARE = "unshare", "Stop sharing with a team"
 
     class ObjectType(models.TextChoices):
         SCAN = "scan", "Scan"
@@ -232,6 +302,8 @@ class AccessEvent(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     filename = models.CharField(max_length=100, blank=True, default="")
+    # Share and unshare: the team's name then (it stays when the team is renamed or deleted).
+    team = models.CharField(max_length=150, blank=True, default="")
     client_ip = models.GenericIPAddressField(null=True, blank=True)
     created = models.DateTimeField(auto_now_add=True, db_index=True)
 

@@ -1,14 +1,14 @@
-"""API representations of scans and jobs."""
+"""API representations of scans, jobs, patients, teams and the audit log."""
 
 from __future__ import annotations
 
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
-from rest_framework import serializers
+from rest_framework import exceptions, serializers
 
-from webapp.delineation import services
-from webapp.delineation.models import AccessEvent, Job, Patient, Scan
+from webapp.delineation import services, sharing
+from webapp.delineation.models import AccessEvent, Job, Patient, Scan, Team
 from webapp.delineation.patients import PatientIdError, clean_patient_id
 
 
@@ -19,14 +19,71 @@ class PatientBriefSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class TeamSerializer(serializers.ModelSerializer):
+    members = serializers.SlugRelatedField(slug_field="username", many=True, read_only=True)
+
+    class Meta:
+        model = Team
+        fields = ["id", "name", "members"]
+        read_only_fields = fields
+
+
+class SharedTeamSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Team
+        fields = ["id", "name"]
+        read_only_fields = fields
+
+
+class ShareSerializer(serializers.Serializer):
+    """Body of ``POST /api/scans/{id}/share/`` and ``.../unshare/`` (checked in ``sharing``)."""
+
+    team = serializers.IntegerField(help_text="Id of one of your teams (GET /api/teams/).")
+
+
 class ScanSerializer(serializers.ModelSerializer):
     jobs = serializers.SerializerMethodField()
-    patient = PatientBriefSerializer(read_only=True, allow_null=True)
+    patient = serializers.SerializerMethodField(
+        help_text="The patient the scan is grouped under (your own patients only); null when it has none, "
+        "and for a scan shared with you: a Patient ID identifies a person and stays with the scan's owner."
+    )
+    owner = serializers.CharField(source="owner.username", read_only=True)
+    shared_with = SharedTeamSerializer(many=True, read_only=True, help_text="Teams whose members see the scan.")
+    deidentification = serializers.JSONField(
+        read_only=True,
+        help_text="Null: stored as uploaded. Otherwise the de-identification applied on upload: 'profile' "
+        "(e.g. 'DICOM PS3.15 Annex E Basic Profile'; null for NIfTI, with the 'reason'), 'codes' (DCM), "
+        "'method', 'table', counts of 'files' written, 'dropped_files' and 'uids_replaced', 'notes'.",
+    )
+    deidentified = serializers.CharField(
+        source="deidentification_label", read_only=True, help_text="The same, in words, as the scan page shows it."
+    )
 
     class Meta:
         model = Scan
-        fields = ["id", "name", "input_kind", "file_count", "size_bytes", "preflight", "created", "jobs", "patient"]
+        fields = [
+            "id",
+            "name",
+            "owner",
+            "shared_with",
+            "input_kind",
+            "file_count",
+            "size_bytes",
+            "preflight",
+            "deidentification",
+            "deidentified",
+            "created",
+            "jobs",
+            "patient",
+        ]
         read_only_fields = fields
+
+    @extend_schema_field(PatientBriefSerializer(allow_null=True))
+    def get_patient(self, scan: Scan) -> dict | None:
+        request = self.context.get("request")
+        if scan.patient is None or request is None or not scan.is_owner(request.user):
+            return None
+        return PatientBriefSerializer(scan.patient).data
 
     @extend_schema_field(serializers.ListField(child=serializers.UUIDField()))
     def get_jobs(self, scan: Scan) -> list[str]:
@@ -45,15 +102,26 @@ class ScanUploadSerializer(serializers.Serializer):
         required=False,
         help_text="Relative path of each file of 'files', in the same order (e.g. 'CT/IM0001.dcm').",
     )
-    name = serializers.CharField(required=False, max_length=255, help_text="A label for the scan; default: file name.")
+    name = serializers.CharField(
+        required=False,
+        max_length=255,
+        help_text="A label for the scan; default: file name (with 'deidentify': a neutral name).",
+    )
     patient_id = serializers.CharField(
         required=False,
         max_length=64,
         help_text="The patient's ID, grouping the scan with the patient's other scans. Needed for NIfTI "
-        "(it has none); for DICOM the Patient ID of the files is used unless this is given.",
+        "(it has none); for DICOM the Patient ID of the files is used unless this is given. With 'deidentify' "
+        "the files' Patient ID is replaced by a pseudonym for the upload: give the ID here to group the scan "
+        "with the patient's other scans (it is kept on your patient, not written into the files).",
     )
     patient_label = serializers.CharField(
         required=False, max_length=255, help_text="How the patient is shown on your patient list (optional)."
+    )
+    deidentify = serializers.BooleanField(
+        required=False,
+        help_text="De-identify the DICOM files before they are stored (DICOM PS3.15 Annex E Basic Profile); "
+        "the files as sent are not kept. Default: the server's DELINEO_DEIDENTIFY_DEFAULT (false unless set).",
     )
 
 
@@ -77,8 +145,8 @@ class _OwnScanField(serializers.PrimaryKeyRelatedField):
         "incorrect_type": "A scan id (UUID) is expected.",
     }
 
-    def get_queryset(self):  # only the requesting user's scans exist for them
-        return Scan.objects.filter(owner=self.context["request"].user)
+    def get_queryset(self):  # another user's scan does not exist for them; a shared one does
+        return Scan.objects.visible_to(self.context["request"].user)
 
     def to_internal_value(self, data):
         try:
@@ -97,7 +165,7 @@ class _OwnJobField(_OwnScanField):
     }
 
     def get_queryset(self):
-        return Job.objects.filter(owner=self.context["request"].user)
+        return Job.objects.visible_to(self.context["request"].user)
 
 
 class JobCreateSerializer(serializers.Serializer):
@@ -135,6 +203,22 @@ class JobCreateSerializer(serializers.Serializer):
         help_text="Propagation: the planning contours as a succeeded delineation job of the planning scan "
         "(instead of contours_rtstruct).",
     )
+
+    def validate_scan(self, scan: Scan) -> Scan:
+        """A team member sees a shared scan but does not start jobs on it: 403, not 400."""
+        try:
+            sharing.check_owner(scan, self.context["request"].user, "start a job on")
+        except sharing.SharingRefused as exc:
+            raise exceptions.PermissionDenied(exc.message) from None
+        return scan
+
+    def validate_planning_scan(self, scan: Scan) -> Scan:
+        """The planning contours are carried only between scans the requester owns (a shared one: 403)."""
+        try:
+            sharing.check_owner(scan, self.context["request"].user, "propagate the contours of")
+        except sharing.SharingRefused as exc:
+            raise exceptions.PermissionDenied(exc.message) from None
+        return scan
 
     def validate(self, attrs: dict) -> dict:
         kind = attrs.get("kind", Job.Kind.SEGMENT)
@@ -279,6 +363,7 @@ class JobSerializer(serializers.ModelSerializer):
     model = serializers.CharField(source="model_name", read_only=True)
     series = serializers.CharField(source="series_key", read_only=True)
     scan_name = serializers.CharField(source="scan.name", read_only=True)
+    owner = serializers.CharField(source="scan.owner.username", read_only=True, help_text="The scan's owner.")
     downloads = serializers.SerializerMethodField()
     viewer = serializers.SerializerMethodField()
     rtstruct_check = serializers.SerializerMethodField()
@@ -291,6 +376,7 @@ class JobSerializer(serializers.ModelSerializer):
             "id",
             "scan",
             "scan_name",
+            "owner",
             "model",
             "kind",
             "series",
@@ -440,5 +526,5 @@ class AccessEventSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = AccessEvent
-        fields = ["id", "created", "username", "action", "object_type", "object_id", "filename", "client_ip"]
+        fields = ["id", "created", "username", "action", "object_type", "object_id", "filename", "team", "client_ip"]
         read_only_fields = fields

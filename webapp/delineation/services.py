@@ -38,6 +38,7 @@ import nibabel as nib
 import numpy as np
 
 from engine.io.atomic import write_atomically  # standard library only: no PyTorch in the web process
+from webapp.delineation.redact import traceback_without_messages
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +184,8 @@ def preflight(path: Path) -> dict | None:
     except InputError as exc:
         raise PreflightError(str(exc)) from None
     except Exception as exc:  # a reader bug must not look like a server crash to the user
-        logger.exception("pre-flight read of %s failed", path)
+        # Not the path nor the message: the file's name may be the patient's.
+        logger.error("pre-flight read of an upload failed:\n%s", traceback_without_messages(exc))
         raise PreflightError(f"The upload could not be read as an image ({type(exc).__name__}: {exc}).") from None
     refused = [s for s in report["series"] if s["status"] != "ok"]
     if len(refused) == len(report["series"]):
@@ -204,6 +206,64 @@ def dicom_patient_id(report: dict | None, patient_ids: dict[str, str]) -> str:
         return patient_ids[selected]
     found = {patient_ids[key] for key in usable_series(report) if patient_ids.get(key)}
     return found.pop() if len(found) == 1 else ""
+
+
+class DeidentificationFailed(Exception):
+    """An upload whose DICOM files could not be de-identified; ``message`` is for the physician."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def structure_names() -> list[str]:
+    """The structure names (TG-263 and the training data's spelling) of the shipped models'
+    cards: ROI names that de-identification keeps (``engine.io.deidentify``)."""
+    names: set[str] = set()
+    try:
+        from engine.models.registry import WEIGHTS_DIR
+    except ImportError:
+        return []
+    for name in available_models():
+        try:
+            card = json.loads((Path(WEIGHTS_DIR) / f"{name}.json").read_text())
+            for s in card.get("structures", []):
+                names.update(str(s[key]) for key in ("name", "source") if s.get(key))
+        except (OSError, ValueError, TypeError, AttributeError):
+            logger.warning("could not read the card of model %s", name)
+    return sorted(names)
+
+
+def deidentify(source: Path, out_dir: Path) -> dict:
+    """De-identify the DICOM files of an upload into ``out_dir`` (``engine.io.deidentify``:
+    DICOM PS3.15 Annex E Basic Profile; the shipped models' structure names are kept as
+    ROI names, Clean Descriptors Option).
+
+    Returns the record kept on the scan (``Scan.deidentification``): profile, codes,
+    method, counts of files written and dropped and of UIDs replaced, notes.
+
+    Raises:
+        DeidentificationFailed: a file could not be de-identified, or the upload is unsafe.
+    """
+    try:
+        from engine.io.deidentify import TABLE_EDITION, DeidentificationError, deidentify_upload
+        from engine.io.dicom_files import DicomFilesError
+    except ImportError as exc:
+        raise DeidentificationFailed(f"De-identification is not available on this server ({exc}).") from None
+    try:
+        result = deidentify_upload(source, out_dir, keep_roi_names=structure_names())
+    except (DeidentificationError, DicomFilesError) as exc:
+        raise DeidentificationFailed(str(exc)) from None
+    return {
+        "profile": result.profile,
+        "method": result.method,
+        "codes": [{"value": v, "scheme": "DCM", "meaning": m} for v, m in result.codes],
+        "table": f"DICOM PS3.15 {TABLE_EDITION} Table E.1-1",
+        "files": len(result.files),
+        "dropped_files": result.dropped,
+        "uids_replaced": result.uids_replaced,
+        "notes": result.notes,
+    }
 
 
 def usable_series(report: dict | None) -> list[str]:

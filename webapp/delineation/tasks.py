@@ -22,8 +22,14 @@ from django.utils import timezone
 
 from webapp.delineation import services
 from webapp.delineation.models import Job
+from webapp.delineation.redact import traceback_without_messages
 
 logger = logging.getLogger(__name__)
+
+
+class JobFailed(Exception):
+    """Raised by a job whose engine failed unexpectedly, so that Celery records the task as
+    failed; it names the job and the error's type, never its message (see redact.py)."""
 
 
 class ProgressRecorder:
@@ -223,13 +229,14 @@ def execute_job(job_id: str | UUID) -> str:
     except Exception as exc:
         where = recorder.stage or "start-up"
         recorder.finish_stage()
-        logger.exception("job %s failed", job.id)
+        logger.error("job %s failed during %s:\n%s", job.id, where, traceback_without_messages(exc))
         _fail(
             job,
             f"Internal error during {where}: {type(exc).__name__}: {exc}",
             {**timings, **recorder.stage_seconds, "total": round(time.monotonic() - started, 3)},
         )
-        raise
+        # Celery logs what the task raises: not the engine's message, which may quote the upload's path.
+        raise JobFailed(f"job {job.id} failed during {where}: {type(exc).__name__}") from None
     job.timings = {
         **timings,
         **{k: round(v, 3) for k, v in result.timings_s.items()},

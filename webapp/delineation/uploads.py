@@ -11,6 +11,10 @@ fresh for each upload. Nothing is dropped, renamed or converted: files that are 
 (a ``DICOMDIR``, ``.DS_Store``) are kept and reported. When a check fails,
 :class:`UploadError` carries a message for the physician and nothing is left on disk.
 
+With de-identification asked for (:func:`deidentify_stored`), the DICOM files are then
+replaced by de-identified copies under ``deidentified/`` and ``original/`` is deleted
+before the scan is recorded.
+
 Limits (settings ``DELINEO_*``, docs/security.md): the size and file count of a request are
 counted while it streams in (:class:`UploadLimitHandler`); a zip is never unpacked to disk,
 only its directory is checked (:func:`check_zip_members`) before the engine reads it.
@@ -410,6 +414,56 @@ def _store(
     return StoredUpload(name or default_name, "dicom_folder", original, len(files), total, notes)
 
 
+NIFTI_NOT_APPLICABLE = (
+    "a NIfTI file has no DICOM header, so there is nothing the DICOM profile could remove; "
+    "the file is stored as uploaded (under a neutral name)."
+)
+
+
+def deidentify_stored(directory: Path, stored: StoredUpload, name: str) -> tuple[StoredUpload, dict]:
+    """Replace the stored upload by its de-identified copy (docs/security.md, "De-identification").
+
+    DICOM: the files are de-identified into ``directory/deidentified/`` by the engine
+    (PS3.15 Annex E Basic Profile) and ``directory/original/`` is deleted, so no file of
+    the upload as sent remains. NIfTI: the profile does not apply; the file is renamed
+    ``image.nii[.gz]``. Either way the scan is named ``name`` or a neutral name, never
+    after the uploaded file or folder (which may name the patient).
+
+    Returns:
+        The stored upload now on disk, and the record for ``Scan.deidentification``.
+    Raises:
+        UploadError: a file could not be de-identified.
+    """
+    original = directory / "original"
+    if stored.input_kind == Scan.InputKind.NIFTI:
+        suffix = ".nii.gz" if stored.input_path.name.lower().endswith(".gz") else ".nii"
+        target = stored.input_path.rename(original / f"image{suffix}")
+        notes = {k: v for k, v in stored.notes.items() if k == "nifti_shape"}
+        renamed = StoredUpload(name or "NIfTI scan", stored.input_kind, target, 1, stored.size_bytes, notes)
+        return renamed, {"profile": None, "reason": NIFTI_NOT_APPLICABLE}
+    try:
+        record = services.deidentify(stored.input_path, directory / "deidentified")
+    except services.DeidentificationFailed as exc:
+        raise UploadError(f"The upload could not be de-identified, so it was not kept: {exc.message}") from None
+    shutil.rmtree(original)
+    if not record["files"]:
+        raise UploadError("The upload holds no DICOM file to de-identify.")
+    folder = directory / "deidentified"
+    files = sorted(folder.iterdir())
+    notes = {"dicom_files": len(files), "dropped_files": record["dropped_files"]}
+    return (
+        StoredUpload(
+            name or "De-identified scan",
+            stored.input_kind,
+            folder,
+            len(files),
+            sum(f.stat().st_size for f in files),
+            notes,
+        ),
+        record,
+    )
+
+
 def accept_upload(
     owner,
     single: UploadedFile | None,
@@ -418,13 +472,18 @@ def accept_upload(
     name: str = "",
     patient_id: str = "",
     patient_label: str = "",
+    deidentify: bool = False,
 ) -> Scan:
-    """Store an upload, check it (with the engine's reader when pre-flight is on) and
-    record the ``Scan``. Used by the API and by the upload page.
+    """Store an upload, de-identify it when asked (:func:`deidentify_stored`), check it
+    (with the engine's reader when pre-flight is on) and record the ``Scan``. Used by the
+    API and by the upload page.
 
     The scan's patient (``patients``) is ``patient_id`` when given, else the DICOM Patient
     ID the pre-flight found (kept out of the stored report); none for a NIfTI file without
-    an entered ID.
+    an entered ID. De-identified files carry the upload's pseudonym (``DEID-...``) as Patient
+    ID, so such a scan joins the patient's other scans only through an entered ``patient_id``
+    (kept on the user's patient, never written into the files); without one it is grouped
+    under that pseudonym, a patient of its own.
 
     Raises:
         UploadError: the upload is refused (also for an unusable ``patient_id``); nothing of it is kept.
@@ -435,8 +494,12 @@ def accept_upload(
         raise UploadError(str(exc)) from None
     scan_id = uuid.uuid4()
     directory = scan_dir(scan_id)
-    stored = store_upload(directory, single, files, paths, name=name.strip()[:255])
+    given_name = name.strip()[:255]
+    stored = store_upload(directory, single, files, paths, name=given_name)
     try:
+        deidentification = None
+        if deidentify:
+            stored, deidentification = deidentify_stored(directory, stored, given_name)
         preflight = services.preflight(stored.input_path) if settings.DELINEO_UPLOAD_PREFLIGHT else None
         found_ids = (preflight.pop("patient_ids", None) or {}) if preflight else {}
         info = {**(preflight or {}), "upload": stored.notes} if preflight or stored.notes else None
@@ -451,6 +514,7 @@ def accept_upload(
                 file_count=stored.file_count,
                 size_bytes=stored.size_bytes,
                 preflight=info,
+                deidentification=deidentification,
             )
     except services.PreflightError as exc:
         shutil.rmtree(directory, ignore_errors=True)

@@ -1,9 +1,12 @@
-"""Pages: upload, scan (pre-flight report, series and model choice), patients (with the
-"Adapt" action: propagate a planning scan's contours to a daily scan), job list and viewer.
+"""Pages: upload, scan (pre-flight report, series and model choice, patient, sharing),
+patients (with the "Adapt" action: propagate a planning scan's contours to a daily scan),
+job list and viewer.
 
 The pages talk to the REST API from plain JS; the upload, scan and patient forms also post
 here when JavaScript is off. A delineation is queued only from the scan page, after the
-physician has seen the pre-flight report of the upload.
+physician has seen the pre-flight report of the upload. Scans and jobs are looked up through
+``visible_to`` (models.py), as in the API: another user's are 404. Patients are never
+shared: the patient pages show the user's own only.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from django.db.models import Count, Max
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.views.decorators.http import require_POST
 
-from webapp.delineation import audit, services, tasks
+from webapp.delineation import audit, services, sharing, tasks
 from webapp.delineation.forms import UploadForm
-from webapp.delineation.models import AccessEvent, Job, Patient, Scan
+from webapp.delineation.models import AccessEvent, Job, Patient, Scan, Team
 from webapp.delineation.patients import PatientIdError, clean_patient_id, patient_for
 from webapp.delineation.serializers import JobCreateSerializer, propagation_fields
 from webapp.delineation.uploads import UploadError, accept_upload, refusal_of
@@ -46,6 +50,7 @@ def upload(request: HttpRequest) -> HttpResponse:
                 name=request.POST.get("name", ""),
                 patient_id=request.POST.get("patient_id", ""),
                 patient_label=request.POST.get("patient_label", ""),
+                deidentify=form.cleaned_data["deidentify"],
             )
         except UploadError as exc:
             form.add_error(None, exc.message)
@@ -68,42 +73,16 @@ def _errors_text(errors) -> str:
     return str(errors)
 
 
-@login_required
-def scan_detail(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
-    """The pre-flight report of an upload, and the form that queues a job on it: a
-    delineation, or (when the upload holds a structure set) a contour audit."""
-    scan = get_object_or_404(Scan, pk=scan_id, owner=request.user)
+def _visible_scan(request: HttpRequest, scan_id: uuid.UUID) -> Scan:
+    return get_object_or_404(Scan.objects.visible_to(request.user).select_related("owner"), pk=scan_id)
+
+
+def _scan_page(request: HttpRequest, scan: Scan, error: str = "", status: int = 200) -> HttpResponse:
     report = scan.preflight if isinstance(scan.preflight, dict) else {}
     usable = services.usable_series(report)
     structure_sets = services.structure_sets(report)
-    error = ""
-    if request.method == "POST" and "patient_id" in request.POST:
-        try:
-            patient_id = clean_patient_id(request.POST["patient_id"])
-        except PatientIdError as exc:
-            error = str(exc)
-        else:
-            scan.patient = patient_for(request.user, patient_id, request.POST.get("patient_label", ""))
-            scan.save(update_fields=["patient"])
-            saved = "The scan's patient is saved." if scan.patient else "The scan has no patient now."
-            messages.success(request, saved)
-            return redirect("scan-detail", scan_id=scan.id)
-    elif request.method == "POST":
-        kind = Job.Kind.AUDIT if request.POST.get("kind") == Job.Kind.AUDIT else Job.Kind.SEGMENT
-        model = request.POST.get("audit_model" if kind == Job.Kind.AUDIT else "model", "")
-        data = JobCreateSerializer(
-            data={"scan": str(scan.id), "model": model, "series": request.POST.get("series", ""), "kind": kind},
-            context={"request": request},
-        )
-        if data.is_valid():
-            job = tasks.queue_job(request.user, scan, data.validated_data["model"], data.validated_data["series"], kind)
-            audit.record(request, AccessEvent.Action.QUEUE, job)
-            what = "contour audit" if kind == Job.Kind.AUDIT else "job"
-            messages.success(request, f"The {what} on {scan.name} is queued.")
-            return redirect(f"{reverse('job-list')}?new={job.id}")
-        error = _errors_text(data.errors)
-    else:
-        audit.record(request, AccessEvent.Action.VIEW, scan)
+    is_owner = scan.is_owner(request.user)
+    shared_with = list(scan.shared_with.all())
     return render(
         request,
         "delineation/scan.html",
@@ -117,8 +96,81 @@ def scan_detail(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
             "audit_models": services.audit_models() if structure_sets else [],
             "audit_needs_critic": services.AUDIT_NEEDS_CRITIC,
             "error": error,
+            "is_owner": is_owner,
+            "shared_with": shared_with,
+            "shareable_teams": Team.objects.filter(members=request.user).exclude(pk__in=[t.pk for t in shared_with])
+            if is_owner
+            else [],
         },
+        status=status,
     )
+
+
+@login_required
+def scan_detail(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
+    """The pre-flight report of an upload, and the form that queues a job on it: a
+    delineation, or (when the upload holds a structure set) a contour audit; and the form
+    that sets its patient. A team member the scan is shared with sees the report but
+    queues nothing and sets no patient (403)."""
+    scan = _visible_scan(request, scan_id)
+    if request.method != "POST":
+        audit.record(request, AccessEvent.Action.VIEW, scan)
+        return _scan_page(request, scan)
+    setting_patient = "patient_id" in request.POST
+    try:
+        sharing.check_owner(scan, request.user, "set the patient of" if setting_patient else "start a job on")
+    except sharing.SharingRefused as exc:
+        return _scan_page(request, scan, exc.message, exc.status)
+    if setting_patient:
+        return _set_patient(request, scan)
+    kind = Job.Kind.AUDIT if request.POST.get("kind") == Job.Kind.AUDIT else Job.Kind.SEGMENT
+    model = request.POST.get("audit_model" if kind == Job.Kind.AUDIT else "model", "")
+    data = JobCreateSerializer(
+        data={"scan": str(scan.id), "model": model, "series": request.POST.get("series", ""), "kind": kind},
+        context={"request": request},
+    )
+    if not data.is_valid():
+        return _scan_page(request, scan, _errors_text(data.errors))
+    job = tasks.queue_job(request.user, scan, data.validated_data["model"], data.validated_data["series"], kind)
+    audit.record(request, AccessEvent.Action.QUEUE, job)
+    what = "contour audit" if kind == Job.Kind.AUDIT else "job"
+    messages.success(request, f"The {what} on {scan.name} is queued.")
+    return redirect(f"{reverse('job-list')}?new={job.id}")
+
+
+def _set_patient(request: HttpRequest, scan: Scan) -> HttpResponse:
+    try:
+        patient_id = clean_patient_id(request.POST["patient_id"])
+    except PatientIdError as exc:
+        return _scan_page(request, scan, str(exc))
+    scan.patient = patient_for(request.user, patient_id, request.POST.get("patient_label", ""))
+    scan.save(update_fields=["patient"])
+    messages.success(request, "The scan's patient is saved." if scan.patient else "The scan has no patient now.")
+    return redirect("scan-detail", scan_id=scan.id)
+
+
+def _change_sharing(request: HttpRequest, scan_id: uuid.UUID, change, done: str) -> HttpResponse:
+    scan = _visible_scan(request, scan_id)
+    try:
+        team = change(request, scan, request.POST.get("team", ""))
+    except sharing.SharingRefused as exc:
+        return _scan_page(request, scan, exc.message, exc.status)
+    messages.success(request, done.format(team=team.name))
+    return redirect("scan-detail", scan_id=scan.id)
+
+
+@login_required
+@require_POST
+def scan_share(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
+    """The scan page's "Share" button (owner only, as ``POST /api/scans/{id}/share/``)."""
+    return _change_sharing(request, scan_id, sharing.share, "The scan is shared with {team}.")
+
+
+@login_required
+@require_POST
+def scan_unshare(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
+    """The scan page's "Stop sharing" button (owner only, as ``POST /api/scans/{id}/unshare/``)."""
+    return _change_sharing(request, scan_id, sharing.unshare, "The scan is no longer shared with {team}.")
 
 
 @login_required
@@ -128,7 +180,7 @@ def patient_list(request: HttpRequest) -> HttpResponse:
         .annotate(scan_count=Count("scans"), last_scan=Max("scans__created"))
         .order_by("-last_scan", "-created")
     )
-    ungrouped = Scan.objects.filter(owner=request.user, patient=None).count()
+    ungrouped = request.user.scans.filter(patient=None).count()  # the user's own scans: patients are never shared
     return render(request, "delineation/patients.html", {"patients": patients, "ungrouped": ungrouped})
 
 
@@ -180,7 +232,7 @@ def patient_detail(request: HttpRequest, patient_id: uuid.UUID) -> HttpResponse:
         error = _errors_text(data.errors)
     else:
         audit.record(request, AccessEvent.Action.VIEW, patient)
-    propagations = Job.objects.filter(owner=request.user, kind=Job.Kind.PROPAGATE, scan__patient=patient)
+    propagations = Job.objects.visible_to(request.user).filter(kind=Job.Kind.PROPAGATE, scan__patient=patient)
     return render(
         request,
         "delineation/patient.html",
@@ -198,12 +250,12 @@ def patient_detail(request: HttpRequest, patient_id: uuid.UUID) -> HttpResponse:
 
 @login_required
 def job_list(request: HttpRequest) -> HttpResponse:
-    jobs = Job.objects.filter(owner=request.user).select_related("scan")[:200]
+    jobs = Job.objects.visible_to(request.user).select_related("scan", "scan__owner")[:200]
     return render(request, "delineation/jobs.html", {"jobs": jobs})
 
 
 @login_required
 def viewer(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
-    job = get_object_or_404(Job.objects.select_related("scan"), pk=job_id, owner=request.user)
+    job = get_object_or_404(Job.objects.visible_to(request.user).select_related("scan"), pk=job_id)
     audit.record(request, AccessEvent.Action.VIEW, job)
     return render(request, "delineation/viewer.html", {"job": job})

@@ -10,7 +10,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('delineation', '0006_access_event'),
+        ('delineation', '0008_scan_deidentification'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
