@@ -76,6 +76,7 @@ class Job(models.Model):
         FAILED = "failed", "Failed"
 
     FINISHED = (Status.SUCCEEDED, Status.FAILED)
+    UNFINISHED = (Status.QUEUED, Status.RUNNING)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
@@ -114,6 +115,14 @@ class Job(models.Model):
     class Meta:
         ordering = ["-created"]
         indexes = [models.Index(fields=["owner", "-created"])]
+        constraints = [
+            # The same job twice (a double click, a retried POST): tasks.queue_job returns the first.
+            models.UniqueConstraint(
+                fields=["scan", "model_name", "series_key", "kind"],
+                condition=models.Q(status__in=["queued", "running"]),
+                name="one_unfinished_job_per_request",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.model_name} on {self.scan.name} ({self.status})"

@@ -80,10 +80,15 @@ def scan_detail(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
             context={"request": request},
         )
         if data.is_valid():
-            job = tasks.queue_job(request.user, scan, data.validated_data["model"], data.validated_data["series"], kind)
-            audit.record(request, AccessEvent.Action.QUEUE, job)
+            job, created = tasks.queue_job(
+                request.user, scan, data.validated_data["model"], data.validated_data["series"], kind
+            )
             what = "contour audit" if kind == Job.Kind.AUDIT else "job"
-            messages.success(request, f"The {what} on {scan.name} is queued.")
+            if created:
+                audit.record(request, AccessEvent.Action.QUEUE, job)
+                messages.success(request, f"The {what} on {scan.name} is queued.")
+            else:  # sent twice (a double click): one job
+                messages.info(request, f"The same {what} on {scan.name} is already {job.status}; it was not queued again.")
             return redirect(f"{reverse('job-list')}?new={job.id}")
         error = _errors_text(data.errors)
     else:
