@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,15 @@ def test_another_write_error_is_an_internal_error_and_keeps_no_file_either(alice
     alice_queued.refresh_from_db()
     assert alice_queued.error.startswith("Internal error during ") and "Input/output error" in alice_queued.error
     assert_failed_and_nothing_offered(alice_api, alice_queued, alice_queued.error)
+
+
+def test_no_space_even_for_the_lock_file(alice_api, alice_queued, monkeypatch, fake_engine):
+    @contextmanager
+    def lock_file_not_created(job):
+        raise ENOSPC
+        yield
+
+    monkeypatch.setattr(tasks, "_run_lock", lock_file_not_created)
+    assert tasks.execute_job(alice_queued.id) == "failed"
+    assert_failed_and_nothing_offered(alice_api, alice_queued, tasks.disk_full_message(False))
+    assert not fake_engine

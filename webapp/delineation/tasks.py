@@ -1,9 +1,11 @@
 """Celery tasks. They take ids (never model objects), are sent only after the creating
 transaction commits, acknowledge late (a job whose worker dies is redelivered) and can
 run twice without harm: a finished job is left alone, a half-run one starts over in a
-fresh output folder. A job started ``DELINEO_JOB_MAX_ATTEMPTS`` times is failed instead
-of run again, and one that runs past its time limit is stopped and failed, each with a
-message for the physician (docs/security.md, "No lost work").
+fresh output folder, and one delivered again while it still runs elsewhere is left to
+that run. A job started ``DELINEO_JOB_MAX_ATTEMPTS`` times is failed instead of run
+again, one that runs past its time limit is stopped and failed, and one that fills the
+disk is failed, each with a message for the physician; a failed job keeps no output
+file (docs/security.md, "No lost work").
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import fcntl
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from uuid import UUID
 
 from celery import Task, shared_task
@@ -192,7 +194,8 @@ def _run_lock(job: Job) -> Iterator[bool]:
 
     The kernel releases the lock when its process ends, however it ends (SIGKILL, out of
     memory), so a job found running with its lock free was left by a dead process. On
-    shared storage the file system must support locks (local disks, NFS v4).
+    shared storage the file system must support locks (local disks, NFS v4). Raises
+    OSError when the lock file cannot be created (e.g. the disk is full).
     """
     path = job.output_dir.with_name(f"{job.id}.lock")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,7 +223,18 @@ def execute_job(job_id: str | UUID) -> str:
     if found is None:
         logger.warning("job %s no longer exists", job_id)
         return "missing"
-    with _run_lock(found) as mine:
+    with ExitStack() as held:
+        try:
+            mine = held.enter_context(_run_lock(found))
+        except OSError as exc:
+            if not _out_of_space(exc):
+                raise
+            # No lock file could be made, so no other process holds one: nobody runs the job.
+            logger.error("job %s: no space left on the device for its lock file (%s)", job_id, exc)
+            Job.objects.filter(pk=job_id).exclude(status__in=Job.FINISHED).update(
+                status=Job.Status.FAILED, error=disk_full_message(found.is_audit), finished=timezone.now()
+            )
+            return Job.Status.FAILED
         if not mine:
             logger.warning("job %s is running in another worker process; this delivery of it is dropped", job_id)
             return Job.Status.RUNNING

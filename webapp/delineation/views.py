@@ -88,7 +88,9 @@ def scan_detail(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
                 audit.record(request, AccessEvent.Action.QUEUE, job)
                 messages.success(request, f"The {what} on {scan.name} is queued.")
             else:  # sent twice (a double click): one job
-                messages.info(request, f"The same {what} on {scan.name} is already {job.status}; it was not queued again.")
+                messages.info(
+                    request, f"The same {what} on {scan.name} is already {job.status}; it was not queued again."
+                )
             return redirect(f"{reverse('job-list')}?new={job.id}")
         error = _errors_text(data.errors)
     else:
