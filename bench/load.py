@@ -188,6 +188,27 @@ def soak(requests: Requests, scans: list[str], total: int, timeout_s: float) -> 
     return list(finished.values()), seen_done
 
 
+def memory_figures(samples: list[dict], workers: list[str], window: tuple[float, float]) -> dict:
+    """Per worker, over the soak (``window``, seconds on the sampler's clock): the pool
+    process's RSS between jobs (the lowest sample of each fifth of the soak: a leak shows
+    as a rise from fifth to fifth), its peak (during a job), and the main process's RSS."""
+    soak = [s for s in samples if window[0] <= s["t"] <= window[1] + 5]
+    span = (window[1] - window[0]) / 5
+    figures = {}
+    for name in workers:
+        fifths = [
+            [s[name]["pool"] for s in soak if window[0] + k * span <= s["t"] < window[0] + (k + 1) * span + 5]
+            for k in range(5)
+        ]
+        figures[name] = {
+            "pool_between_jobs_mb": [min(values, default=0.0) for values in fifths],
+            "pool_peak_mb": max(s[name]["pool"] for s in soak),
+            "main_start_mb": soak[0][name]["main"],
+            "main_end_mb": soak[-1][name]["main"],
+        }
+    return figures
+
+
 def machine() -> str:
     cpu = next(
         (
@@ -222,13 +243,14 @@ def summarise(result: dict) -> str:
         f"({r['jobs_per_min']:.1f} jobs/min); job total median {r['job_total_s']['median']:.1f} s, "
         f"queue wait median {r['queue_s']['median']:.1f} s, max {r['queue_s']['max']:.1f} s |",
         "",
-        f"| worker | pool RSS after {r['warm_jobs']} soak jobs | at the end | peak | main process RSS start / end |",
-        "|---|---|---|---|---|",
+        "| worker | pool RSS between jobs, soak's 1st fifth | 2nd | 3rd | 4th | last fifth | peak (in a job) | "
+        "main process RSS start / end |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, m in r["memory"].items():
         lines.append(
-            f"| {name} | {m['pool_warm_mb']:.0f} MB | {m['pool_end_mb']:.0f} MB | {m['pool_peak_mb']:.0f} MB | "
-            f"{m['main_start_mb']:.0f} / {m['main_end_mb']:.0f} MB |"
+            f"| {name} | {' | '.join(f'{v:.0f} MB' for v in m['pool_between_jobs_mb'])} | "
+            f"{m['pool_peak_mb']:.0f} MB | {m['main_start_mb']:.0f} / {m['main_end_mb']:.0f} MB |"
         )
     if r["failures"]:
         lines += ["", "Failed requests:", *[f"- {f}" for f in r["failures"]]]
@@ -281,20 +303,8 @@ def run(args: argparse.Namespace, root: Path) -> dict:
     soak_log = requests.log[requests_before_soak:]
     totals = [j["timings"].get("total", 0) for j in finished if j["status"] == "succeeded"]
     queues = [j["timings"].get("queue", 0) for j in finished]
-    # By then each pool process has run jobs and holds PyTorch, MONAI and the model:
-    # growth after that would be a leak.
-    warm_jobs = min(4, len(seen_done))
-    warm_t = seen_done[warm_jobs - 1] - sampler.t0
-    memory = {}
-    soak_samples = [s for s in sampler.samples if s["t"] >= soak_t0 - sampler.t0]
-    for name in sampler.pids:
-        memory[name] = {
-            "pool_warm_mb": sampler.at(warm_t)[name]["pool"],
-            "pool_end_mb": soak_samples[-1][name]["pool"],
-            "pool_peak_mb": max(s[name]["pool"] for s in soak_samples),
-            "main_start_mb": soak_samples[0][name]["main"],
-            "main_end_mb": soak_samples[-1][name]["main"],
-        }
+    window = (soak_t0 - sampler.t0, seen_done[-1] - sampler.t0)
+    memory = memory_figures(sampler.samples, list(sampler.pids), window)
     return {
         "machine": machine(),
         "load_before": load_before,
@@ -315,7 +325,7 @@ def run(args: argparse.Namespace, root: Path) -> dict:
         "jobs_per_min": 60 * len(finished) / soak_s,
         "job_total_s": {"median": percentile(totals, 0.5), "max": max(totals, default=0)},
         "queue_s": {"median": percentile(queues, 0.5), "max": max(queues, default=0)},
-        "warm_jobs": warm_jobs,
+        "soak_window_s": window,
         "memory": memory,
         "failures": requests.failures,
         "memory_samples": sampler.samples,
@@ -331,11 +341,16 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=7200, help="seconds before a phase is given up")
     parser.add_argument("--json", type=Path, default=REPO / "var" / "bench" / "load.json")
     parser.add_argument("--markdown", type=Path, help="also write the summary to this file")
+    parser.add_argument("--summary-of", type=Path, help="print the summary of a saved run (its JSON); run nothing")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        result = run(args, Path(tmp))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1))
+    if args.summary_of:
+        result = json.loads(args.summary_of.read_text())
+        args.jobs = result["soak_jobs"]
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run(args, Path(tmp))
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
     summary = summarise(result)
     print(summary)
     if args.markdown:
