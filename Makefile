@@ -4,10 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
-APT_PACKAGES := dicom3tools plastimatch dcm2niix chromium chromium-driver
-APT_BINARIES := dciodvfy plastimatch dcm2niix chromium chromedriver
+APT_PACKAGES := dicom3tools plastimatch dcm2niix chromium chromium-driver redis-server
+APT_BINARIES := dciodvfy plastimatch dcm2niix chromium chromedriver redis-server
 
-.PHONY: run test install system-packages bench clean
+.PHONY: run test install system-packages bench bench-load clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(VENV)/.installed: requirements.txt
 
 install: $(VENV)/.installed
 
-# Debian tools the tests use: dciodvfy, plastimatch, dcm2niix, headless Chromium.
+# Debian tools the tests use: dciodvfy, plastimatch, dcm2niix, headless Chromium, redis-server (fault tests).
 system-packages:
 	@missing=""; for b in $(APT_BINARIES); do command -v $$b >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
@@ -39,6 +39,10 @@ test: install system-packages
 
 bench: install
 	$(PY) bench/upload_to_rtstruct.py
+
+# 20 concurrent uploads, then a 50-job soak on two workers (PostgreSQL and Redis on 127.0.0.1).
+bench-load: install
+	$(PY) bench/load.py
 
 clean:
 	rm -rf $(VENV) var test-output

@@ -95,8 +95,18 @@ class PostgresDatabase:
 class Stack:
     """Web server and worker subprocesses with the given database and broker URLs."""
 
-    def __init__(self, root: Path, database_url: str, broker_url: str) -> None:
+    def __init__(
+        self,
+        root: Path,
+        database_url: str,
+        broker_url: str,
+        env: dict[str, str] | None = None,
+        worker_command: list[str] | None = None,
+    ) -> None:
+        """``env``: more environment variables for every process; ``worker_command``: the
+        worker's program instead of ``python -m celery`` (it gets the same arguments)."""
         self.root = root
+        self.worker_command = worker_command or [sys.executable, "-m", "celery"]
         self.queue = f"delineo-test-{uuid.uuid4().hex[:8]}"
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -113,6 +123,7 @@ class Stack:
             "CELERY_TASK_DEFAULT_QUEUE": self.queue,
             "MEDIA_ROOT": str(root / "media"),
             "PYTHONUNBUFFERED": "1",
+            **(env or {}),
         }
         self.processes: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
@@ -147,27 +158,10 @@ class Stack:
             start_new_session=True,
         )
 
-    def start(self) -> Stack:
+    def start(self, workers: int = 1) -> Stack:
+        """Migrate, then start the web server and ``workers`` workers (``worker``,
+        ``worker-2``, ...); returns when all answer."""
         self.manage("migrate", "--noinput")
-        self._spawn(
-            "worker",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "webapp",
-                "worker",
-                "-c",
-                "1",
-                "-l",
-                "info",
-                "-n",
-                f"{self.queue}@%h",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-        )
         self._spawn(
             "web",
             [
@@ -178,6 +172,9 @@ class Stack:
                 f"127.0.0.1:{self.port}",
             ],
         )
+        names = ["worker"] + [f"worker-{n}" for n in range(2, workers + 1)]
+        for name in names:
+            self.start_worker(name, wait=False)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             for name, process in self.processes.items():
@@ -195,16 +192,57 @@ class Stack:
             time.sleep(0.5)
         else:
             raise AssertionError(f"web server did not start:\n{self.log_tail('web')}")
+        for name in names:
+            self.wait_for_worker(name)
+        return self
+
+    def start_worker(self, name: str = "worker", wait: bool = True) -> None:
+        """Start a Celery worker (one process in its pool) named ``name``; its log is
+        ``<name>.log`` (a restarted worker's log is started afresh)."""
+        self._spawn(
+            name,
+            [
+                *self.worker_command,
+                "-A",
+                "webapp",
+                "worker",
+                "-c",
+                "1",
+                "-l",
+                "info",
+                "-n",
+                f"{name}-{self.queue}@%h",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+        )
+        if wait:
+            self.wait_for_worker(name)
+
+    def wait_for_worker(self, name: str = "worker") -> None:
         deadline = time.monotonic() + 180
-        while b"ready." not in self.logs["worker"].read_bytes():
-            assert self.processes["worker"].poll() is None, (
-                f"worker exited:\n{self.log_tail('worker')}"
+        while b"ready." not in self.logs[name].read_bytes():
+            assert self.processes[name].poll() is None, (
+                f"{name} exited:\n{self.log_tail(name)}"
             )
             assert time.monotonic() < deadline, (
-                f"worker not ready:\n{self.log_tail('worker')}"
+                f"{name} not ready:\n{self.log_tail(name)}"
             )
             time.sleep(0.5)
-        return self
+
+    def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Send ``sig`` to the process group of ``name`` (a worker: its main process and
+        its pool) and wait for the main process to end."""
+        process = self.processes[name]
+        os.killpg(process.pid, sig)
+        process.wait(timeout=60)
+
+    def worker_alive(self) -> bool:
+        return any(
+            process.poll() is None
+            for name, process in self.processes.items()
+            if name.startswith("worker")
+        )
 
     def stop(self) -> None:
         for process in self.processes.values():
@@ -283,8 +321,8 @@ class Stack:
                 raise AssertionError(
                     f"job {job_id} not finished after {timeout_s} s (last: {seen[-1]}):\n{self.log_tail('worker')}"
                 )
-            assert self.processes["worker"].poll() is None, (
-                f"worker died:\n{self.log_tail('worker')}"
+            assert self.worker_alive(), (
+                f"no worker is running:\n{self.log_tail('worker')}"
             )
             time.sleep(1)
 

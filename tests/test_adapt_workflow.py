@@ -138,6 +138,22 @@ def test_a_delineation_of_the_planning_scan_can_be_the_contours(
     assert call["contours"] == Job.objects.get(pk=segment["id"]).result_path
 
 
+def test_the_same_propagation_sent_twice_is_one_job_another_source_is_another(
+    alice_api, planning, daily, fake_engine, fake_propagation, django_capture_on_commit_callbacks
+):
+    """Queued but not run (no on-commit execution): a second identical POST returns the first
+    job with 200; the same scans with other contours (a delineation) are a new job."""
+    first = propagate(alice_api, daily["id"], planning["id"], contours_rtstruct=rtstruct_uid(planning))
+    again = propagate(alice_api, daily["id"], planning["id"], contours_rtstruct=rtstruct_uid(planning))
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["id"] == first.json()["id"]
+    with django_capture_on_commit_callbacks(execute=True):
+        segment = alice_api.post("/api/jobs/", {"scan": planning["id"], "model": "hn-oar"}, format="json").json()
+    other = propagate(alice_api, daily["id"], planning["id"], contours_job=segment["id"])
+    assert other.status_code == 201 and other.json()["id"] != first.json()["id"]
+    assert Job.objects.filter(kind=Job.Kind.PROPAGATE).count() == 2
+
+
 def test_a_classical_registration_has_no_direct_contours(
     alice_api, planning, daily, fake_propagation, django_capture_on_commit_callbacks
 ):

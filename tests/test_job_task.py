@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+
 import pytest
 
 from webapp.delineation import tasks
@@ -100,3 +104,55 @@ def test_worker_lost_marks_the_job_failed(queued_job):
 def test_task_options():
     assert tasks.run_job.acks_late is True
     assert tasks.run_job.name == "delineation.run_job"
+
+
+def _hold_lock_in_another_process(path):
+    """A process that takes the job's lock and keeps it until it is killed."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time\n"
+            f"f = open({str(path)!r}, 'a'); fcntl.flock(f, fcntl.LOCK_EX)\n"
+            "print('locked', flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_job_running_in_another_process_is_not_started_again(queued_job, fake_engine):
+    """The broker delivered the job twice (its connection was lost and the message put back)
+    while its first run goes on: the second delivery is dropped, the first run is untouched.
+    Once that process is gone (SIGKILL), the job can start over."""
+    Job.objects.filter(pk=queued_job.pk).update(status="running", attempts=1, stage="network")
+    queued_job.output_dir.mkdir(parents=True)
+    (queued_job.output_dir / "labels.nii.gz").write_bytes(b"being written by the first run")
+    holder = _hold_lock_in_another_process(queued_job.output_dir.with_name(f"{queued_job.id}.lock"))
+    try:
+        assert tasks.execute_job(queued_job.id) == "running"
+        queued_job.refresh_from_db()
+        assert (queued_job.status, queued_job.attempts, queued_job.stage) == ("running", 1, "network")
+        assert (queued_job.output_dir / "labels.nii.gz").read_bytes() == b"being written by the first run"
+        assert not fake_engine
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert tasks.execute_job(queued_job.id) == "succeeded"
+    queued_job.refresh_from_db()
+    assert queued_job.attempts == 2 and len(fake_engine) == 1
+
+
+def test_a_job_of_a_scan_deleted_meanwhile_leaves_no_folder(queued_job, fake_engine, monkeypatch):
+    scan_dir = queued_job.scan.directory
+    real_run = tasks._run
+
+    def scan_deleted_first(job_id):
+        queued_job.scan.delete()
+        return real_run(job_id)
+
+    monkeypatch.setattr(tasks, "_run", scan_deleted_first)
+    assert tasks.execute_job(queued_job.id) == "missing"
+    assert not scan_dir.exists() and not fake_engine

@@ -106,8 +106,8 @@ def test_every_url_is_listed():
     assert {n for n, p in urls.items() if not _id_params(p)} == set(LIST_URLS) | OTHER_URLS
     for name, (_, methods) in OBJECT_URLS.items():
         actions = getattr(urls[name].callback, "actions", None)  # DRF: the methods the route answers
-        if actions is not None:
-            assert set(actions) == set(methods), name
+        if actions is not None:  # DRF adds "head" to this dict on the first GET it serves
+            assert set(actions) - {"head"} == set(methods), name
 
 
 # --- The data and the personas ----------------------------------------------------------

@@ -104,7 +104,7 @@ def test_queued_job_of_a_purged_scan_is_a_no_op(
     old, _ = old_and_new
     engine_runs = len(fake_engine)  # alice_job's
     with django_capture_on_commit_callbacks(execute=False) as sent:  # queued, its task not run yet
-        job = tasks.queue_job(alice, old, "hn-oar")
+        job, _ = tasks.queue_job(alice, old, "hn-oar")
     assert len(sent) == 1
     with django_capture_on_commit_callbacks(execute=True):
         assert "1 scan(s) and 2 job(s)" in _purge("--days", "30")
@@ -119,7 +119,7 @@ def test_api_delete_takes_queued_jobs_and_their_task_does_nothing(
 ):
     scan = Scan.objects.get(pk=alice_scan["id"])
     with django_capture_on_commit_callbacks(execute=False) as sent:
-        job = tasks.queue_job(alice, scan, "hn-oar")
+        job, _ = tasks.queue_job(alice, scan, "hn-oar")
     with django_capture_on_commit_callbacks(execute=True):
         assert alice_api.delete(f"/api/scans/{scan.pk}/").status_code == 204
     sent[0]()

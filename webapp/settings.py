@@ -262,6 +262,11 @@ CELERY_TASK_ACKS_ON_FAILURE_OR_TIMEOUT = True
 # Each worker process reserves one job at a time: a queued job waits in the broker, where
 # any free worker can take it, not behind a running one.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# When the worker loses the broker (Redis restarted), running jobs go on; their messages
+# are put back in the queue, and a second delivery of a job that is still running is
+# dropped by the task (tasks.execute_job holds a lock per job), so nothing is lost or
+# run twice. Cancelling them instead would start every running job over.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # Bounds for any task; the job task has its own (DELINEO_JOB_*_TIME_LIMIT, tasks.run_job).
 CELERY_TASK_SOFT_TIME_LIMIT = DELINEO_JOB_SOFT_TIME_LIMIT
 CELERY_TASK_TIME_LIMIT = DELINEO_JOB_TIME_LIMIT

@@ -220,12 +220,23 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
                 queryset = queryset.none()
         return queryset
 
-    @extend_schema(request=JobCreateSerializer, responses={201: JobSerializer, 400: OpenApiTypes.OBJECT, 403: _DETAIL})
+    @extend_schema(
+        request=JobCreateSerializer,
+        responses={
+            201: JobSerializer,
+            200: OpenApiResponse(JobSerializer, description="The same job (scan, model, series, kind, planning scan and contours) was already "
+                                 "queued or running: that job, and nothing new is queued."),
+            400: OpenApiTypes.OBJECT,
+            403: _DETAIL,
+        },
+    )
     def create(self, request: Request, *args, **kwargs) -> Response:
+        """Queue a job. Sending the same request again while its job is queued or running
+        (a double click, a retried POST) returns that job with 200 instead of a second one."""
         data = JobCreateSerializer(data=request.data, context={"request": request})
         data.is_valid(raise_exception=True)
         scan = data.validated_data["scan"]
-        job = tasks.queue_job(
+        job, created = tasks.queue_job(
             request.user,
             scan,
             data.validated_data["model"],
@@ -233,9 +244,13 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
             data.validated_data["kind"],
             **propagation_fields(data.validated_data),
         )
-        audit.record(request, AccessEvent.Action.QUEUE, job)
+        if created:
+            audit.record(request, AccessEvent.Action.QUEUE, job)
         job.refresh_from_db()
-        return Response(JobSerializer(job, context={"request": request}).data, status=status.HTTP_201_CREATED)
+        return Response(
+            JobSerializer(job, context={"request": request}).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
 
     @extend_schema(parameters=[OpenApiParameter("scan", OpenApiTypes.UUID, description="Only the jobs of this scan.")])
     def list(self, request: Request, *args, **kwargs) -> Response:

@@ -173,6 +173,7 @@ class Job(models.Model):
         FAILED = "failed", "Failed"
 
     FINISHED = (Status.SUCCEEDED, Status.FAILED)
+    UNFINISHED = (Status.QUEUED, Status.RUNNING)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
@@ -227,6 +228,26 @@ class Job(models.Model):
     class Meta:
         ordering = ["-created"]
         indexes = [models.Index(fields=["owner", "-created"])]
+        # The same job twice (a double click, a retried POST): tasks.queue_job returns the first.
+        # A propagation is the same request only with the same planning scan and contours; its
+        # two kinds of contour source get a constraint each, as NULLs never compare equal.
+        constraints = [
+            models.UniqueConstraint(
+                fields=["scan", "model_name", "series_key", "kind"],
+                condition=models.Q(status__in=["queued", "running"]) & ~models.Q(kind="propagate"),
+                name="one_unfinished_job_per_request",
+            ),
+            models.UniqueConstraint(
+                fields=["scan", "model_name", "series_key", "planning_scan", "contours_rtstruct"],
+                condition=models.Q(status__in=["queued", "running"], kind="propagate", contours_job__isnull=True),
+                name="one_unfinished_propagation_per_rtstruct",
+            ),
+            models.UniqueConstraint(
+                fields=["scan", "model_name", "series_key", "planning_scan", "contours_job"],
+                condition=models.Q(status__in=["queued", "running"], kind="propagate", contours_job__isnull=False),
+                name="one_unfinished_propagation_per_contours_job",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.model_name} on {self.scan.name} ({self.status})"

@@ -1,15 +1,21 @@
 """Celery tasks. They take ids (never model objects), are sent only after the creating
 transaction commits, acknowledge late (a job whose worker dies is redelivered) and can
 run twice without harm: a finished job is left alone, a half-run one starts over in a
-fresh output folder. A job started ``DELINEO_JOB_MAX_ATTEMPTS`` times is failed instead
-of run again, and one that runs past its time limit is stopped and failed, each with a
-message for the physician (docs/security.md, "No lost work").
+fresh output folder, and one delivered again while it still runs elsewhere is left to
+that run. A job started ``DELINEO_JOB_MAX_ATTEMPTS`` times is failed instead of run
+again, one that runs past its time limit is stopped and failed, and one that fills the
+disk is failed, each with a message for the physician; a failed job keeps no output
+file (docs/security.md, "No lost work").
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from uuid import UUID
 
@@ -17,11 +23,11 @@ from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.worker.request import Request
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from webapp.delineation import services
-from webapp.delineation.models import Job
+from webapp.delineation.models import Job, Scan
 from webapp.delineation.redact import traceback_without_messages
 
 logger = logging.getLogger(__name__)
@@ -100,6 +106,28 @@ def attempts_message(kind: str, attempts: int) -> str:
     )
 
 
+def disk_full_message(kind: str) -> str:
+    """Why a job of ``kind`` that found no space left to write its outputs failed, for the physician."""
+    return (
+        f"The server ran out of disk space while writing the results of the {_what(kind)}, so it was "
+        "stopped and none of its files were kept. Ask the administrator to free disk space, then start the job again."
+    )
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    """True when ``exc``, or an exception it was raised from, is "no space left" (ENOSPC)
+    or "disk quota exceeded" (EDQUOT): writers such as nibabel or pydicom raise the
+    file system's OSError as it is, but a library may wrap it."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def fail_after_time_limit(job_id: str | UUID, seconds: float) -> None:
     """Fail a job whose process was killed at its hard time limit, and remove its partial outputs."""
     job = Job.objects.select_related("scan").filter(pk=job_id).first()
@@ -156,6 +184,9 @@ class JobTask(Task):
 
 
 def _fail(job: Job, message: str, timings: dict) -> None:
+    """Mark ``job`` failed with ``message`` and delete its output folder: a failed job
+    keeps no file, so nothing partial is listed or offered (and the space is freed)."""
+    services.remove_tree(job.output_dir)
     job.status = Job.Status.FAILED
     job.error = message
     job.timings = timings
@@ -163,15 +194,64 @@ def _fail(job: Job, message: str, timings: dict) -> None:
     job.save(update_fields=["status", "error", "timings", "finished"])
 
 
+@contextmanager
+def _run_lock(job: Job) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``jobs/<job id>.lock`` (next to the job's output
+    folder) while the job runs; yields False, at once, when another process holds it.
+
+    The kernel releases the lock when its process ends, however it ends (SIGKILL, out of
+    memory), so a job found running with its lock free was left by a dead process. On
+    shared storage the file system must support locks (local disks, NFS v4). Raises
+    OSError when the lock file cannot be created (e.g. the disk is full).
+    """
+    path = job.output_dir.with_name(f"{job.id}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True  # released when the file is closed
+
+
 def execute_job(job_id: str | UUID) -> str:
     """Run one job to completion; returns its final status.
 
-    Idempotent: a finished job is left alone; a job found running (its worker died and the
-    broker delivered it again) starts over in an empty output folder, unless it was
-    already started ``DELINEO_JOB_MAX_ATTEMPTS`` times: then it is failed with a message.
-    On success the SHA-256 of every output is recorded (``Job.checksums``); downloads
-    verify it.
+    Idempotent: a finished job is left alone; a job found running starts over in an
+    empty output folder if the process that ran it died (its worker was killed and the
+    broker delivered it again), unless it was already started ``DELINEO_JOB_MAX_ATTEMPTS``
+    times: then it is failed with a message. A job still running in another process (the
+    broker delivered it twice, e.g. after a lost connection) is left to that process and
+    this delivery is dropped: ``running`` is returned. On success the SHA-256 of every
+    output is recorded (``Job.checksums``); downloads verify it.
     """
+    found = Job.objects.select_related("scan").filter(pk=job_id).first()
+    if found is None:
+        logger.warning("job %s no longer exists", job_id)
+        return "missing"
+    with ExitStack() as held:
+        try:
+            mine = held.enter_context(_run_lock(found))
+        except OSError as exc:
+            if not _out_of_space(exc):
+                raise
+            # No lock file could be made, so no other process holds one: nobody runs the job.
+            logger.error("job %s: no space left on the device for its lock file", job_id)
+            Job.objects.filter(pk=job_id).exclude(status__in=Job.FINISHED).update(
+                status=Job.Status.FAILED, error=disk_full_message(found.kind), finished=timezone.now()
+            )
+            return Job.Status.FAILED
+        if not mine:
+            logger.warning("job %s is running in another worker process; this delivery of it is dropped", job_id)
+            return Job.Status.RUNNING
+        status = _run(job_id)
+    if status == "missing" and not Scan.objects.filter(pk=found.scan_id).exists():
+        services.remove_tree(found.scan.directory)  # deleted meanwhile: only the lock file was left there
+    return status
+
+
+def _run(job_id: str | UUID) -> str:
     with transaction.atomic():
         job = Job.objects.select_for_update().filter(pk=job_id).first()
         if job is None:
@@ -182,8 +262,7 @@ def execute_job(job_id: str | UUID) -> str:
             return job.status
         if job.attempts >= settings.DELINEO_JOB_MAX_ATTEMPTS:
             logger.warning("job %s was started %d times without finishing; failed, not run again", job_id, job.attempts)
-            _fail(job, attempts_message(job.kind, job.attempts), job.timings)
-            services.remove_tree(job.output_dir)  # what the dead workers left
+            _fail(job, attempts_message(job.kind, job.attempts), job.timings)  # deletes what they left
             return Job.Status.FAILED
         now = timezone.now()
         timings = {"queue": round((now - job.created).total_seconds(), 3)}
@@ -215,7 +294,6 @@ def execute_job(job_id: str | UUID) -> str:
         where = recorder.stage or "start-up"
         recorder.finish_stage()
         logger.warning("job %s stopped at its soft time limit during %s", job.id, where)
-        services.remove_tree(out_dir)  # nothing partial is kept, nor offered
         _fail(
             job,
             time_limit_message(job.kind, settings.DELINEO_JOB_SOFT_TIME_LIMIT),
@@ -229,6 +307,14 @@ def execute_job(job_id: str | UUID) -> str:
     except Exception as exc:
         where = recorder.stage or "start-up"
         recorder.finish_stage()
+        if _out_of_space(exc):  # not a bug, and running it again now would fail the same way
+            logger.error("job %s: no space left on the device during %s", job.id, where)
+            _fail(
+                job,
+                disk_full_message(job.kind),
+                {**timings, **recorder.stage_seconds, "total": round(time.monotonic() - started, 3)},
+            )
+            return Job.Status.FAILED
         logger.error("job %s failed during %s:\n%s", job.id, where, traceback_without_messages(exc))
         _fail(
             job,
@@ -313,16 +399,31 @@ def run_job(self: Task, job_id: str) -> str:
 
 def queue_job(  # noqa: ANN001 (a user and a Scan)
     owner, scan, model_name: str, series_key: str = "", kind: str = Job.Kind.SEGMENT, **propagation
-) -> Job:
+) -> tuple[Job, bool]:
     """Create a job (a delineation, with ``kind="audit"`` a contour audit, with
     ``kind="propagate"`` a contour propagation onto ``scan`` given ``planning_scan`` and
-    ``contours_rtstruct`` or ``contours_job``) and queue it once the transaction commits."""
-    with transaction.atomic():
-        job = Job.objects.create(
-            owner=owner, scan=scan, model_name=model_name, series_key=series_key, kind=kind, **propagation
-        )
-        submit(job)
-    return job
+    ``contours_rtstruct`` or ``contours_job``) and queue it once the transaction commits;
+    returns ``(job, True)``.
+
+    The same request (scan, model, series, kind, and for a propagation its planning scan
+    and contours) while such a job is still queued or running returns ``(that job, False)``
+    and queues nothing, so a double click or a retried POST gives one result. Between
+    concurrent requests the database decides (the constraints ``one_unfinished_*`` of
+    ``Job``). Once that job has finished, the same request queues a new one.
+    """
+    same = {"scan": scan, "model_name": model_name, "series_key": series_key, "kind": kind, **propagation}
+    for _ in range(3):  # the unfinished job may finish between the refused insert and the look-up
+        try:
+            with transaction.atomic():
+                job = Job.objects.create(owner=owner, **same)
+                submit(job)
+            return job, True
+        except IntegrityError:
+            existing = Job.objects.filter(status__in=Job.UNFINISHED, **same).first()
+            if existing is not None:
+                logger.info("job %s already queued or running; the same request returns it", existing.id)
+                return existing, False
+    raise RuntimeError(f"could not queue a job on scan {scan.pk}: the same job kept appearing and finishing")
 
 
 def submit(job: Job) -> None:

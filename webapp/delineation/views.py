@@ -131,10 +131,13 @@ def scan_detail(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
     )
     if not data.is_valid():
         return _scan_page(request, scan, _errors_text(data.errors))
-    job = tasks.queue_job(request.user, scan, data.validated_data["model"], data.validated_data["series"], kind)
-    audit.record(request, AccessEvent.Action.QUEUE, job)
+    job, created = tasks.queue_job(request.user, scan, data.validated_data["model"], data.validated_data["series"], kind)
     what = "contour audit" if kind == Job.Kind.AUDIT else "job"
-    messages.success(request, f"The {what} on {scan.name} is queued.")
+    if created:
+        audit.record(request, AccessEvent.Action.QUEUE, job)
+        messages.success(request, f"The {what} on {scan.name} is queued.")
+    else:  # sent twice (a double click): one job
+        messages.info(request, f"The same {what} on {scan.name} is already {job.status}; it was not queued again.")
     return redirect(f"{reverse('job-list')}?new={job.id}")
 
 
@@ -223,11 +226,15 @@ def patient_detail(request: HttpRequest, patient_id: uuid.UUID) -> HttpResponse:
         data = JobCreateSerializer(data=_adapt_request(request.POST, scans), context={"request": request})
         if data.is_valid():
             v = data.validated_data
-            job = tasks.queue_job(
+            job, created = tasks.queue_job(
                 request.user, v["scan"], v["model"], v["series"], Job.Kind.PROPAGATE, **propagation_fields(v)
             )
-            audit.record(request, AccessEvent.Action.QUEUE, job)
-            messages.success(request, f"The contour propagation onto {v['scan'].name} is queued.")
+            if created:
+                audit.record(request, AccessEvent.Action.QUEUE, job)
+                messages.success(request, f"The contour propagation onto {v['scan'].name} is queued.")
+            else:
+                messages.info(request, f"The same propagation onto {v['scan'].name} is already {job.status}; "
+                              "it was not queued again.")
             return redirect(f"{reverse('job-list')}?new={job.id}")
         error = _errors_text(data.errors)
     else:
