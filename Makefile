@@ -4,8 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
-APT_PACKAGES := dicom3tools plastimatch dcm2niix chromium chromium-driver
-APT_BINARIES := dciodvfy plastimatch dcm2niix chromium chromedriver
+APT_PACKAGES := dicom3tools plastimatch dcm2niix chromium chromium-driver elastix
+APT_BINARIES := dciodvfy plastimatch dcm2niix chromium chromedriver elastix transformix
 
 .PHONY: run test install system-packages bench clean
 
@@ -17,7 +17,7 @@ $(VENV)/.installed: requirements.txt
 
 install: $(VENV)/.installed
 
-# Debian tools the tests use: dciodvfy, plastimatch, dcm2niix, headless Chromium.
+# Debian tools the tests use: dciodvfy, plastimatch, dcm2niix, headless Chromium, elastix.
 system-packages:
 	@missing=""; for b in $(APT_BINARIES); do command -v $$b >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
