@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.transforms import ResampleToMatch, ScaleIntensityRange
+from scipy.ndimage import binary_dilation
 
 from engine.infer import elastix
 from engine.infer.displacement import (
@@ -76,6 +77,10 @@ CLASSICAL_METHODS = tuple(elastix.METHOD_PARAMETERS)
 # sub-voxel rigid accuracy, coarse enough for a few seconds per elastix level on 2 cores.
 CLASSICAL_SPACING_MM = (2.5, 2.5, 2.5)
 CLASSICAL_WINDOW_HU = (-1000.0, 1500.0)
+# elastix samples its metric in the patient: the fixed image above BODY_HU, dilated by
+# MASK_MARGIN_VOXELS working voxels (10 mm) so the body outline is inside.
+BODY_HU = -500.0
+MASK_MARGIN_VOXELS = 4
 MIN_DICE_VS_DIRECT = 0.7
 MAX_MSD_MM_VS_DIRECT = 3.0
 STAGE_END = {
@@ -212,7 +217,12 @@ def _register(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """DDF (3, X, Y, Z) in working-grid voxels, and seg logits (C + 1, X, Y, Z) or None."""
     if method.network is None:
-        return elastix.register(fixed.numpy(), moving.numpy(), grid, method.name), None
+        lo, hi = method.window_hu
+        body = fixed.numpy() >= (BODY_HU - lo) / (hi - lo)
+        mask = binary_dilation(body, iterations=MASK_MARGIN_VOXELS)
+        return elastix.register(
+            fixed.numpy(), moving.numpy(), grid, method.name, mask
+        ), None
     with torch.no_grad():
         out = method.network(
             fixed[None, None].to(method.device), moving[None, None].to(method.device)

@@ -91,9 +91,17 @@ def read_deformation_field(path: Path, grid: Grid) -> torch.Tensor:
 
 
 def register(
-    fixed: np.ndarray, moving: np.ndarray, grid: Grid, method: str
+    fixed: np.ndarray,
+    moving: np.ndarray,
+    grid: Grid,
+    method: str,
+    fixed_mask: np.ndarray | None = None,
 ) -> torch.Tensor:
     """Register ``moving`` to ``fixed`` (both (X, Y, Z) float on ``grid``) with elastix.
+
+    ``fixed_mask`` (X, Y, Z) bool, when given, is where elastix samples the similarity
+    metric (``-fMask``): the patient, not the air around, so the samples drive the
+    transform where the anatomy is. The transform still covers the whole grid.
 
     Returns the DDF (3, X, Y, Z) in ``grid`` voxels, MONAI ``Warp`` convention.
 
@@ -113,6 +121,11 @@ def register(
             "-m",
             str(work / "moving.nii"),
         ]
+        if fixed_mask is not None and fixed_mask.any():
+            mask = nib.Nifti1Image(fixed_mask.astype(np.uint8), grid.affine)
+            mask.set_sform(grid.affine, code=1)
+            nib.save(mask, work / "fixed_mask.nii")
+            command += ["-fMask", str(work / "fixed_mask.nii")]
         for f in files:
             command += ["-p", str(f)]
         _run([*command, "-out", str(work)], work / "elastix.log")
