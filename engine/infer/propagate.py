@@ -250,6 +250,11 @@ def _direct_labels(
     """The model's segmentation on the fixed grid, with the contours' label values for
     the structures it shares with them by name (case, spaces and underscores ignored);
     its other structures are left out (0)."""
+    if logits.shape[0] != len(method.config["structures"]) + 1:
+        raise ValueError(
+            f"model {method.name!r} returned {logits.shape[0]} segmentation channels; "
+            f"its card lists {len(method.config['structures'])} structures (+ background)"
+        )
     by_key = {_key(s["name"]): s["label"] for s in structures}
     lut = np.zeros(logits.shape[0], dtype=np.int64)
     for c, s in enumerate(method.config["structures"], start=1):
@@ -304,7 +309,7 @@ def propagate(
     Raises:
         UnknownModelError: ``model`` is not a propagation model.
         engine.infer.elastix.ElastixError: a classical method's binary fails.
-        ValueError: a joint model returns a DDF of the wrong shape.
+        ValueError: a joint model returns a DDF or logits of the wrong shape.
     """
     report = progress or (lambda stage, pct: None)
     method = model if isinstance(model, PropagationMethod) else load_method(model)
