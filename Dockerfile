@@ -19,9 +19,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# libgomp1: OpenMP runtime used by PyTorch and scikit-image on the CPU.
+# libgomp1: OpenMP runtime used by PyTorch and scikit-image on the CPU; elastix: the
+# classical registration methods of contour propagation (docs/registration.md).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libgomp1 \
+    && apt-get install -y --no-install-recommends libgomp1 elastix \
     && rm -rf /var/lib/apt/lists/*
 
 # PyTorch from the CPU wheel index first (no CUDA libraries), then the rest; pip sees

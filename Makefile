@@ -4,8 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
-APT_PACKAGES := dicom3tools plastimatch dcm2niix chromium chromium-driver redis-server
-APT_BINARIES := dciodvfy plastimatch dcm2niix chromium chromedriver redis-server
+APT_PACKAGES := dicom3tools plastimatch dcm2niix chromium chromium-driver redis-server elastix
+APT_BINARIES := dciodvfy plastimatch dcm2niix chromium chromedriver redis-server elastix transformix
 
 .PHONY: run test install system-packages bench bench-load clean
 
@@ -17,7 +17,7 @@ $(VENV)/.installed: requirements.txt
 
 install: $(VENV)/.installed
 
-# Debian tools the tests use: dciodvfy, plastimatch, dcm2niix, headless Chromium, redis-server (fault tests).
+# Debian tools the tests use: dciodvfy, plastimatch, dcm2niix, headless Chromium, redis-server (fault tests), elastix.
 system-packages:
 	@missing=""; for b in $(APT_BINARIES); do command -v $$b >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \

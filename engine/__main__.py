@@ -1,9 +1,10 @@
-"""Command line: python -m engine info | segment | contours | audit | evaluate | train | publish.
+"""Command line: python -m engine info | segment | contours | audit | propagate | evaluate | train | publish.
 
 python -m engine info INPUT
 python -m engine segment INPUT --model hn-oar --out DIR [--series KEY]
 python -m engine contours RTSTRUCT --reference SERIES --out DIR [--series KEY]
 python -m engine audit INPUT [--contours RTSTRUCT] --model hn-rt --out DIR [--series KEY]
+python -m engine propagate --fixed DAILY --moving PLANNING --contours RTSTRUCT_OR_DIR --model NAME --out DIR
 python -m engine evaluate --model hn-oar --data ../shared/data/openkbp --split test [--json PATH]
 python -m engine train --model hn-oar --data ../shared/data/openkbp --out var/train/hn-oar --steps 4000
 python -m engine publish --model hn-oar --run var/train/hn-oar --training docs/training/hn-oar.json
@@ -84,6 +85,26 @@ def _audit(args: argparse.Namespace) -> int:
     )
     print(format_audit(result))
     print(f"written: {args.out / 'audit.json'}", file=sys.stderr)
+    return 0
+
+
+def _propagate(args: argparse.Namespace) -> int:
+    from engine.infer.propagate import propagate_files
+
+    def progress(stage: str, pct: int) -> None:
+        print(f"[{pct:3d}%] {stage}", file=sys.stderr, flush=True)
+
+    report = propagate_files(
+        args.fixed,
+        args.moving,
+        args.contours,
+        args.model,
+        args.out,
+        progress,
+        fixed_series=args.fixed_series,
+        moving_series=args.moving_series,
+    )
+    print(json.dumps(report, indent=1))
     return 0
 
 
@@ -204,6 +225,28 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_audit)
 
     p = sub.add_parser(
+        "propagate",
+        help="carry planning contours onto a daily scan by registration (see --model)",
+    )
+    p.add_argument("--fixed", type=Path, required=True, help="the daily scan")
+    p.add_argument("--moving", type=Path, required=True, help="the planning scan")
+    p.add_argument(
+        "--contours",
+        type=Path,
+        required=True,
+        help="RTSTRUCT on the planning series, a segment output folder, or a folder of masks",
+    )
+    p.add_argument(
+        "--model",
+        default="elastix-bspline",
+        help="rigid, affine, elastix-bspline or a shipped joint model",
+    )
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--fixed-series", help="the daily image series, when several")
+    p.add_argument("--moving-series", help="the planning image series, when several")
+    p.set_defaults(func=_propagate)
+
+    p = sub.add_parser(
         "evaluate", help="Dice and HD95 per structure on an OpenKBP split"
     )
     p.add_argument("--model", default="hn-oar")
@@ -265,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.io.rtstruct_check import RTStructExportError
     from engine.io.rtstruct_import import RTStructImportError
     from engine.infer.audit import AuditError
+    from engine.infer.elastix import ElastixError
     from engine.train.experiment import ExperimentConfigError
 
     try:
@@ -278,8 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    # Our output failed its own check: not the user's input, so not exit code 2.
-    except RTStructExportError as exc:
+    # Our output failed its own check or a tool failed: not the user's input, so not 2.
+    except (RTStructExportError, ElastixError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

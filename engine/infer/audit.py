@@ -33,11 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.metrics import (
-    compute_average_surface_distance,
-    compute_dice,
-    compute_hausdorff_distance,
-)
 
 from engine.infer.grid import image_to_model_grid, labels_to_model_grid
 from engine.infer.segment import STAGE_END, segment_volume, structure_table
@@ -46,6 +41,7 @@ from engine.io.dicom_files import read_upload
 from engine.io.nifti import write_nifti
 from engine.io.reader import InputError, read_input
 from engine.io.rtstruct_import import ImportedROI, import_rtstruct, read_rtstruct
+from engine.metrics import surface_metrics
 from engine.models.qam import QualityAwarenessModule, overfitting_control
 from engine.models.registry import WEIGHTS_DIR, LoadedModel, load_model, sha256_of
 from engine.volume import LabelMap, Volume
@@ -184,22 +180,6 @@ def _min_dice(model: LoadedModel, name: str) -> float:
     return max(0.0, float(per["dice_mean"]) - 2.0 * float(per["dice_std"]))
 
 
-def _surface_metrics(
-    a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]
-) -> tuple[float, float | None, float | None]:
-    p, t = torch.as_tensor(a[None, None]), torch.as_tensor(b[None, None])
-    dice = float(compute_dice(p, t, include_background=True, ignore_empty=False)[0, 0])
-    if not a.any() or not b.any():
-        return dice, None, None
-    msd = compute_average_surface_distance(
-        p, t, include_background=True, symmetric=True, spacing=spacing
-    )
-    hd95 = compute_hausdorff_distance(
-        p, t, include_background=True, percentile=95, spacing=spacing
-    )
-    return dice, round(float(msd[0, 0]), 2), round(float(hd95[0, 0]), 2)
-
-
 def audit_volume(
     volume: Volume,
     rois: list[ImportedROI],
@@ -252,7 +232,7 @@ def audit_volume(
             continue
         score = qam_score(critic, image, on_grid, i, len(cfg["structures"]))
         predicted = labels.array == structure["label"]
-        dice, msd, hd95 = _surface_metrics(roi.mask > 0, predicted, volume.spacing)
+        dice, msd, hd95 = surface_metrics(roi.mask > 0, predicted, volume.spacing)
         entry = StructureAudit(
             roi.name,
             structure["name"],

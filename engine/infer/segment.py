@@ -34,7 +34,7 @@ from engine.io.nifti import write_nifti
 from engine.io.reader import read_input
 from engine.io.rtstruct import build_rtstruct, write_rtstruct
 from engine.io.rtstruct_check import check_rtstruct
-from engine.models.registry import LoadedModel, load_model
+from engine.models.registry import LoadedModel, Structure, load_model
 from engine.volume import LabelMap, Volume
 
 Progress = Callable[[str, int], None]
@@ -115,11 +115,13 @@ class DicomExports:
     notes: list[str] = field(default_factory=list)
 
 
-def _dicom_outputs(
+def write_dicom_outputs(
     labels: LabelMap,
     volume: Volume,
     series: DicomSeries | None,
-    model: LoadedModel,
+    structures: list[Structure],
+    model_name: str,
+    weights_sha256: str,
     out: Path,
 ) -> DicomExports:
     """Write ``rtstruct.dcm`` (after its round-trip check) and ``seg.dcm``, and for NIfTI
@@ -146,19 +148,15 @@ def _dicom_outputs(
         exports.ct_dicom_zip = zip_series(written, out / "ct_dicom.zip")
         series = written.series
         labels = labels_on_series_grid(labels, series)  # rows reversed if left-handed
-    ds = build_rtstruct(
-        labels, series, model.structures, model.name, model.weights_sha256
-    )
+    ds = build_rtstruct(labels, series, structures, model_name, weights_sha256)
     # Checked before writing: a failing RTSTRUCT must never reach a planning system.
     exports.roundtrip = check_rtstruct(
-        ds, labels, series, model.structures, out / "rtstruct_check.json"
+        ds, labels, series, structures, out / "rtstruct_check.json"
     )
     exports.rtstruct = write_rtstruct(ds, out / "rtstruct.dcm")
     if series.study_instance_uid and series.series_instance_uid:
         exports.seg = write_segmentation(
-            build_segmentation(
-                labels, series, model.structures, model.name, model.weights_sha256
-            ),
+            build_segmentation(labels, series, structures, model_name, weights_sha256),
             out / "seg.dcm",
         )
     else:
@@ -187,7 +185,7 @@ def segment_file(
     ``engine.io.rtstruct_check``) and ``seg.dcm`` (DICOM SEG). These reference the input
     series; for NIfTI input they reference the image written as a new DICOM CT series,
     ``ct_dicom/`` and ``ct_dicom.zip`` (``engine.io.dicom_write``; anonymous patient), so
-    a planning system can import both. Exceptions to this: see ``_dicom_outputs``.
+    a planning system can import both. Exceptions to this: see ``write_dicom_outputs``.
 
     Raises:
         engine.io.reader.InputError: the input cannot be read as one 3D volume.
@@ -223,7 +221,9 @@ def segment_file(
             LabelMap(mask, labels.affine), out / "structures" / f"{s['name']}.nii.gz"
         )
     input_kind = "dicom" if dicom is not None else "nifti"
-    exports = _dicom_outputs(labels, volume, dicom, model, out)
+    exports = write_dicom_outputs(
+        labels, volume, dicom, model.structures, model.name, model.weights_sha256, out
+    )
     text = json.dumps(table, indent=1)
     write_atomically(out / "structures.json", lambda tmp: Path(tmp).write_text(text))
     on_stage("done", 100)

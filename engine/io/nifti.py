@@ -79,3 +79,46 @@ def write_nifti(image: Volume | LabelMap, path: str | os.PathLike) -> Path:
     nii.set_qform(image.affine, code=1)
     nii.set_sform(image.affine, code=1)
     return write_atomically(path, lambda tmp: nib.save(nii, tmp))
+
+
+def write_displacement_field(
+    ddf_mm: np.ndarray, affine: np.ndarray, path: str | os.PathLike
+) -> Path:
+    """Write a displacement field (I, J, K, 3) float32, mm along R, A, S, on the grid of
+    ``affine``, as NIfTI with intent ``vector`` (atomically).
+
+    Raises:
+        GeometryError: ``ddf_mm`` is not (I, J, K, 3).
+    """
+    ddf_mm = np.asarray(ddf_mm, dtype=np.float32)
+    if ddf_mm.ndim != 4 or ddf_mm.shape[3] != 3:
+        raise GeometryError(f"expected a field (I, J, K, 3), got shape {ddf_mm.shape}")
+    nii = nib.Nifti1Image(ddf_mm, affine)
+    nii.header.set_intent("vector")
+    nii.header.set_xyzt_units("mm")
+    nii.set_qform(affine, code=1)
+    nii.set_sform(affine, code=1)
+    return write_atomically(path, lambda tmp: nib.save(nii, tmp))
+
+
+def read_displacement_field(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read a displacement field written by ``write_displacement_field`` (or the 5D
+    (I, J, K, 1, 3) layout of the NIfTI standard) -> (float32 (I, J, K, 3), affine).
+
+    Raises:
+        NiftiError: unreadable, or not a field of three components per voxel.
+    """
+    try:
+        img = nib.load(str(path))
+        array = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise NiftiError(
+            f"{Path(path).name}: not a readable NIfTI file ({exc})"
+        ) from exc
+    if array.ndim == 5 and array.shape[3] == 1:
+        array = array[:, :, :, 0, :]
+    if array.ndim != 4 or array.shape[3] != 3:
+        raise NiftiError(
+            f"{Path(path).name}: expected a displacement field (I, J, K, 3), got {array.shape}"
+        )
+    return array, np.asarray(img.affine, dtype=np.float64)

@@ -1,0 +1,260 @@
+"""Working grid, dense displacement fields (DDF) and warping by them.
+
+Conventions (``docs/registration.md``), for a fixed (daily) and a moving (planning) image:
+
+* The working grid is derived from the FIXED image: RAS axes, the given spacing in mm,
+  covering the fixed image's bounding box, each dimension padded (centred) to a multiple
+  of 16 so U-Nets can halve it four times. Both images are resampled onto it.
+* A DDF on the working grid is (3, X, Y, Z) (or (B, 3, X, Y, Z)) in VOXELS of that grid,
+  the ``monai.networks.blocks.Warp`` convention: the warped moving image at voxel x is the
+  moving image at x + ddf(x); ``ddf[i]`` runs along spatial axis i.
+* ``ddf_mm`` on the fixed image's own grid is (I, J, K, 3) float32 in mm along R, A, S:
+  the fixed-voxel world point p corresponds to the moving world point p + u(p).
+
+Sampling is ``torch.nn.functional.grid_sample`` with ``align_corners=True`` on voxel
+coordinates, exactly what ``Warp`` does; here the sampled image may lie on another grid
+than the output, so a label map is interpolated once, from its own grid, as one-hot
+probabilities, and never as integers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.volume import LabelMap
+
+# Fixed-grid voxels processed at once when resampling onto a large fixed grid (memory).
+_CHUNK_VOXELS = 1 << 22
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A voxel grid: ``shape`` (X, Y, Z) and ``affine`` (4, 4) voxel -> RAS mm."""
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+
+
+def working_grid(
+    fixed: Grid, spacing_mm: tuple[float, float, float], multiple: int = 16
+) -> Grid:
+    """The RAS grid of ``spacing_mm`` covering ``fixed``'s voxel centres, each dimension
+    padded to a multiple of ``multiple`` voxels around the same centre.
+
+    Raises:
+        ValueError: a spacing that is not a positive number.
+    """
+    spacing = np.asarray(spacing_mm, dtype=float)
+    if spacing.shape != (3,) or not np.all(spacing > 0):
+        raise ValueError(
+            f"working spacing must be 3 positive mm values, got {spacing_mm}"
+        )
+    corners = np.array(
+        [
+            [i, j, k, 1.0]
+            for i in (0, fixed.shape[0] - 1)
+            for j in (0, fixed.shape[1] - 1)
+            for k in (0, fixed.shape[2] - 1)
+        ]
+    )
+    world = (fixed.affine @ corners.T)[:3].T
+    lo, hi = world.min(axis=0), world.max(axis=0)
+    size = np.floor((hi - lo) / spacing + 1e-6).astype(int) + 1
+    size = (np.ceil(size / multiple) * multiple).astype(int)
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = (lo + hi) / 2.0 - (size - 1) / 2.0 * spacing
+    return Grid(tuple(int(n) for n in size), affine)
+
+
+def sample(
+    image: torch.Tensor,
+    coords: torch.Tensor,
+    mode: str = "bilinear",
+    padding_mode: str = "zeros",
+) -> torch.Tensor:
+    """Sample ``image`` (C, I, J, K) at voxel coordinates ``coords`` (3, *S) -> (C, *S).
+
+    ``coords[a]`` is the continuous index along image axis a (0 = first voxel centre).
+    ``mode``: "bilinear" (trilinear) or "nearest"; ``padding_mode``: "zeros" or "border"
+    outside the image. Same arithmetic as ``monai.networks.blocks.Warp``.
+    """
+    size = image.shape[1:]
+    normalised = []
+    for axis, n in enumerate(size):
+        c = coords[axis].to(torch.float32)
+        # A single voxel: inside within half a voxel of it, else beyond the edge.
+        normalised.append(
+            c * (2.0 / (n - 1)) - 1.0
+            if n > 1
+            else torch.where(c.abs() <= 0.5, 0.0, 3.0)
+        )
+    grid = torch.stack(normalised[::-1], dim=-1)  # grid_sample wants (k, j, i)
+    spatial = coords.shape[1:]
+    grid = grid.reshape(1, *([1] * (3 - len(spatial))), *spatial, 3)
+    out = F.grid_sample(
+        image[None].to(torch.float32),
+        grid,
+        mode=mode,
+        padding_mode=padding_mode,
+        align_corners=True,
+    )
+    return out.reshape(image.shape[0], *spatial)
+
+
+def _voxel_chunks(shape: tuple[int, ...]):
+    """Slabs of the last axis holding at most about ``_CHUNK_VOXELS`` voxels."""
+    step = max(1, _CHUNK_VOXELS // max(1, shape[0] * shape[1]))
+    for k0 in range(0, shape[2], step):
+        yield k0, min(shape[2], k0 + step)
+
+
+def _index_grid(shape: tuple[int, int, int], k0: int, k1: int) -> torch.Tensor:
+    """Homogeneous voxel indices (4, I, J, k1 - k0) of slab k0:k1, float64."""
+    axes = [torch.arange(shape[0]), torch.arange(shape[1]), torch.arange(k0, k1)]
+    ijk = torch.stack(torch.meshgrid(*axes, indexing="ij")).to(torch.float64)
+    return torch.cat([ijk, torch.ones_like(ijk[:1])])
+
+
+def _apply(matrix: np.ndarray, points: torch.Tensor) -> torch.Tensor:
+    """(4, 4) affine applied to homogeneous points (4, *S) -> (3, *S)."""
+    m = torch.as_tensor(matrix, dtype=torch.float64)
+    return torch.einsum("ab,b...->a...", m[:3], points)
+
+
+def _on_fixed(
+    values: torch.Tensor, grid: Grid, fixed: Grid, mode: str, padding_mode: str
+):
+    """Yield (k0, k1, ``values`` (C, X, Y, Z) on ``grid`` sampled at the fixed voxels of
+    slab k0:k1 as (C, I, J, k1 - k0))."""
+    values = values.detach().to("cpu", torch.float32)
+    to_grid = np.linalg.inv(grid.affine) @ fixed.affine
+    for k0, k1 in _voxel_chunks(fixed.shape):
+        coords = _apply(to_grid, _index_grid(fixed.shape, k0, k1))
+        yield k0, k1, sample(values, coords, mode, padding_mode)
+
+
+def ddf_voxels_to_mm(ddf: torch.Tensor, grid: Grid, fixed: Grid) -> np.ndarray:
+    """Working-grid DDF (3, X, Y, Z) in ``grid`` voxels -> ``ddf_mm`` (I, J, K, 3) on
+    ``fixed`` (RAS mm), by trilinear interpolation of the field (border values outside
+    the working grid)."""
+    linear = torch.as_tensor(grid.affine[:3, :3], dtype=torch.float32)
+    out = np.empty((*fixed.shape, 3), dtype=np.float32)
+    for k0, k1, d in _on_fixed(ddf, grid, fixed, "bilinear", "border"):
+        out[:, :, k0:k1] = torch.einsum("ab,b...->...a", linear, d).numpy()
+    return out
+
+
+def argmax_on_fixed(probabilities: torch.Tensor, grid: Grid, fixed: Grid) -> np.ndarray:
+    """Channel of highest probability at each fixed voxel, from working-grid
+    probabilities (C, X, Y, Z) interpolated trilinearly -> int64 (I, J, K); channel 0
+    outside the working grid."""
+    out = np.empty(fixed.shape, dtype=np.int64)
+    for k0, k1, p in _on_fixed(probabilities, grid, fixed, "bilinear", "zeros"):
+        out[:, :, k0:k1] = p.argmax(dim=0).numpy()
+    return out
+
+
+def ddf_mm_to_voxels(ddf_mm: np.ndarray, affine: np.ndarray) -> torch.Tensor:
+    """``ddf_mm`` (I, J, K, 3) RAS mm on a grid of ``affine`` -> (3, I, J, K) in that
+    grid's voxels (the inverse of the linear part applied to each vector)."""
+    inverse = torch.as_tensor(np.linalg.inv(affine[:3, :3]), dtype=torch.float32)
+    return torch.einsum("ab,...b->a...", inverse, torch.as_tensor(ddf_mm).float())
+
+
+def moving_coords(
+    ddf_mm: np.ndarray, fixed: Grid, moving_affine: np.ndarray, k0: int, k1: int
+) -> torch.Tensor:
+    """Voxel coordinates (3, I, J, k1 - k0) in the moving grid of the points p + u(p)
+    for the fixed voxels of slab k0:k1."""
+    world = _apply(fixed.affine, _index_grid(fixed.shape, k0, k1))
+    world = world + torch.as_tensor(ddf_mm[:, :, k0:k1]).permute(3, 0, 1, 2)
+    homogeneous = torch.cat([world, torch.ones_like(world[:1])])
+    return _apply(np.linalg.inv(moving_affine), homogeneous)
+
+
+def warp_image(
+    moving: np.ndarray,
+    moving_affine: np.ndarray,
+    fixed: Grid,
+    ddf_mm: np.ndarray,
+    outside: float = 0.0,
+) -> np.ndarray:
+    """The moving image (I', J', K') resampled onto ``fixed`` through ``ddf_mm``
+    (trilinear); ``outside`` fills points beyond the moving image. Returns float32."""
+    shifted = torch.as_tensor(moving, dtype=torch.float32)[None] - outside
+    out = np.empty(fixed.shape, dtype=np.float32)
+    for k0, k1 in _voxel_chunks(fixed.shape):
+        coords = moving_coords(ddf_mm, fixed, moving_affine, k0, k1)
+        out[:, :, k0:k1] = (sample(shifted, coords)[0] + outside).numpy()
+    return out
+
+
+def warp_labels(
+    labels: LabelMap, values: list[int], fixed: Grid, ddf_mm: np.ndarray
+) -> np.ndarray:
+    """Warp a label map onto ``fixed`` through ``ddf_mm`` as one-hot probabilities.
+
+    Each label value in ``values`` is interpolated as its own 0/1 channel (trilinear,
+    from the label map's own grid), background being 1 minus their sum; each fixed voxel
+    takes the most probable of background and the labels (argmax; a tie stays
+    background). Labels are never interpolated as integers, so no value appears that
+    was not in ``values``. Returns an array of ``labels.array.dtype`` (I, J, K).
+    """
+    crops = []
+    for value in values:
+        mask = labels.array == value
+        if not mask.any():
+            continue
+        # The structure's bounding box only (+1 voxel of zeros): far less to sample.
+        where = np.argwhere(mask)
+        lo = np.maximum(where.min(axis=0) - 1, 0)
+        hi = np.minimum(where.max(axis=0) + 2, mask.shape)
+        crop = mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+        shift = torch.as_tensor(lo, dtype=torch.float64).reshape(3, 1, 1, 1)
+        crops.append((value, torch.as_tensor(crop)[None].float(), shift))
+    result = np.zeros(fixed.shape, dtype=labels.array.dtype)
+    for k0, k1 in _voxel_chunks(fixed.shape):
+        coords = moving_coords(ddf_mm, fixed, labels.affine, k0, k1)
+        best_p = np.zeros((*fixed.shape[:2], k1 - k0), dtype=np.float32)
+        total = np.zeros_like(best_p)
+        best = np.zeros(best_p.shape, dtype=labels.array.dtype)
+        for value, crop, shift in crops:
+            p = sample(crop, coords - shift)[0].numpy()
+            total += p
+            better = p > best_p
+            best_p[better], best[better] = p[better], value
+        best[best_p <= 1.0 - total] = 0
+        result[:, :, k0:k1] = best
+    return result
+
+
+def jacobian_determinant(ddf: torch.Tensor) -> torch.Tensor:
+    """det(I + grad ddf) of a DDF (3, X, Y, Z) in voxels of its grid -> (X, Y, Z).
+
+    Central differences inside, one-sided at the edges (``torch.gradient``). The
+    determinant is the local volume change of x -> x + ddf(x); <= 0 means the mapping
+    folds there. It does not depend on the grid's spacing or orientation, so it is the
+    same as that of the field in mm.
+    """
+    ddf = ddf.detach().to("cpu", torch.float32)
+    g = [torch.gradient(ddf[c], dim=(0, 1, 2)) for c in range(3)]
+    j = [[g[c][a] + (1.0 if a == c else 0.0) for a in range(3)] for c in range(3)]
+    det = (
+        j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1])
+        - j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])
+        + j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0])
+    )
+    return det
+
+
+def determinant_on_fixed(det: torch.Tensor, grid: Grid, fixed: Grid) -> np.ndarray:
+    """The working-grid Jacobian determinant (X, Y, Z) at the fixed grid's voxels
+    (nearest working voxel) -> (I, J, K) float32."""
+    out = np.empty(fixed.shape, dtype=np.float32)
+    for k0, k1, d in _on_fixed(det[None], grid, fixed, "nearest", "border"):
+        out[:, :, k0:k1] = d[0].numpy()
+    return out

@@ -1,0 +1,496 @@
+"""Contour propagation: the planning contours carried onto the daily scan.
+
+``propagate(fixed, moving, moving_contours, structures, model)`` registers the planning
+(moving) scan to the daily (fixed) scan, warps the planning contours through the dense
+displacement field (as one-hot probabilities, ``engine.infer.displacement``), checks the
+field for folding (Jacobian determinant <= 0) and, for a joint model that also segments
+the daily scan, compares each propagated structure with the direct segmentation (Dice,
+mean surface distance, HD95 in mm; ``engine.metrics``).
+
+Methods (``PROPAGATION_MODELS()``):
+
+* classical, no weights: ``rigid``, ``affine`` and ``elastix-bspline`` (affine then
+  cubic B-spline), run by the elastix binary with the parameter files in
+  ``engine/infer/elastix/`` (``docs/registration.md``);
+* joint registration + segmentation networks shipped as ``engine/weights/NAME.pt`` with
+  a card ``NAME.json`` whose ``"kind"`` is ``"joint"``, built by
+  ``engine.models.joint.build_joint_model(config)``; ``forward(fixed, moving)`` takes
+  (B, 1, X, Y, Z) images in [0, 1] on the working grid and returns ``.ddf`` (B, 3, X, Y,
+  Z) in working-grid voxels (MONAI ``Warp`` convention) and ``.seg_logits`` (B, C + 1,
+  X, Y, Z) of the fixed image (channel 0 background, channel c the card's structure
+  c - 1) or None.
+
+A structure gets a warning when its propagated contour is empty, when the deformation
+folds inside it, or when it disagrees with the direct segmentation: Dice below
+``MIN_DICE_VS_DIRECT`` or mean surface distance above ``MAX_MSD_MM_VS_DIRECT``. AAPM
+TG-132 (Brock et al., Med Phys 44:e43, 2017) suggests, for validating propagated
+contours, a mean distance to agreement within about a voxel (2-3 mm) and Dice within
+the inter-observer range (about 0.8-0.9); we flag a little more loosely (Dice 0.7, 3 mm)
+because the direct segmentation is itself a model with errors of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import ResampleToMatch, ScaleIntensityRange
+from scipy.ndimage import binary_dilation
+
+from engine.infer import elastix
+from engine.infer.displacement import (
+    Grid,
+    argmax_on_fixed,
+    ddf_voxels_to_mm,
+    determinant_on_fixed,
+    jacobian_determinant,
+    warp_labels,
+    working_grid,
+)
+from engine.infer.segment import write_dicom_outputs
+from engine.io.atomic import write_atomically
+from engine.io.contour_input import read_contours
+from engine.io.nifti import write_displacement_field, write_nifti
+from engine.io.reader import read_input
+from engine.io.structure_files import safe_file_stem
+from engine.metrics import surface_metrics
+from engine.models.registry import (
+    WEIGHTS_DIR,
+    Structure,
+    UnknownModelError,
+    default_device,
+    sha256_of,
+)
+from engine.volume import LabelMap, Volume
+
+Progress = Callable[[str, int], None]
+
+CLASSICAL_METHODS = tuple(elastix.METHOD_PARAMETERS)
+# Working grid of the classical methods: fine enough for a 20 mm B-spline grid and
+# sub-voxel rigid accuracy, coarse enough for a few seconds per elastix level on 2 cores.
+CLASSICAL_SPACING_MM = (2.5, 2.5, 2.5)
+CLASSICAL_WINDOW_HU = (-1000.0, 1500.0)
+# elastix samples its metric in the patient: the fixed image above BODY_HU, dilated by
+# MASK_MARGIN_VOXELS working voxels (10 mm) so the body outline is inside.
+BODY_HU = -500.0
+MASK_MARGIN_VOXELS = 4
+MIN_DICE_VS_DIRECT = 0.7
+MAX_MSD_MM_VS_DIRECT = 3.0
+STAGE_END = {
+    "ingest": 10,
+    "preprocess": 20,
+    "registration": 70,
+    "warp": 85,
+    "compare": 90,
+    "export": 100,
+}
+
+
+@dataclass(frozen=True)
+class PropagationMethod:
+    """A registration method ready to run: classical (``network`` None) or joint."""
+
+    name: str
+    kind: str  # "classical" or "joint"
+    spacing_mm: tuple[float, float, float]
+    window_hu: tuple[float, float]
+    sha256: str  # weights, or the elastix parameter files
+    config: dict
+    network: torch.nn.Module | None = None
+    device: torch.device | None = None  # where the network runs
+
+
+@dataclass(frozen=True)
+class PropagationResult:
+    """What ``propagate`` returns; every array is on the fixed image's grid.
+
+    ``ddf_mm`` (I, J, K, 3) float32, mm along R, A, S: fixed point p <-> moving p + u(p).
+    ``labels``: the propagated contours; ``direct_labels``: the model's segmentation of
+    the fixed image with the same label values (None for classical methods).
+    ``structures``: one dict per structure, the fields of ``report.json`` plus colour and
+    type. ``timings``: seconds per stage. ``folding``: ``folding_percent`` (voxels with
+    Jacobian determinant <= 0), ``min_jacobian`` and ``inside`` {name: percent}.
+    """
+
+    ddf_mm: np.ndarray
+    labels: LabelMap
+    direct_labels: LabelMap | None
+    structures: list[dict]
+    timings: dict[str, float]
+    folding: dict
+
+
+def _joint_cards(weights_dir: Path) -> dict[str, dict]:
+    cards = {}
+    for card in sorted(weights_dir.glob("*.json"), key=lambda p: p.stem):
+        if not card.with_suffix(".pt").exists():
+            continue
+        config = json.loads(card.read_text())
+        if config.get("kind") == "joint":
+            cards[card.stem] = config
+    return cards
+
+
+def PROPAGATION_MODELS(weights_dir: Path | None = None) -> list[str]:
+    """Names ``propagate`` accepts: the classical methods, then the shipped joint models."""
+    return [*CLASSICAL_METHODS, *_joint_cards(weights_dir or WEIGHTS_DIR)]
+
+
+def _spacing(value) -> tuple[float, float, float]:
+    values = [float(value)] * 3 if np.isscalar(value) else [float(v) for v in value]
+    if len(values) != 3:
+        raise ValueError(f"spacing_mm must be a number or three numbers, got {value}")
+    return (values[0], values[1], values[2])
+
+
+def load_method(name: str, weights_dir: Path | None = None) -> PropagationMethod:
+    """The propagation method called ``name``.
+
+    Raises:
+        UnknownModelError: neither a classical method nor a shipped joint model.
+    """
+    if name in CLASSICAL_METHODS:
+        return PropagationMethod(
+            name,
+            "classical",
+            CLASSICAL_SPACING_MM,
+            CLASSICAL_WINDOW_HU,
+            elastix.parameters_sha256(name),
+            {"parameters": list(elastix.METHOD_PARAMETERS[name])},
+        )
+    weights_dir = weights_dir or WEIGHTS_DIR
+    config = _joint_cards(weights_dir).get(name)
+    if config is None:
+        raise UnknownModelError(
+            f"{name!r} is not a propagation model; available: "
+            + ", ".join(PROPAGATION_MODELS(weights_dir))
+        )
+    from engine.models.joint import build_joint_model  # torch models only when asked
+
+    weights = weights_dir / f"{name}.pt"
+    network = build_joint_model(config)
+    network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    device = default_device()
+    return PropagationMethod(
+        name,
+        "joint",
+        _spacing(config["spacing_mm"]),
+        (float(config["window_hu"][0]), float(config["window_hu"][1])),
+        sha256_of(weights),
+        config,
+        network.to(device).eval(),
+        device,
+    )
+
+
+def to_working_grid(volume: Volume, grid: Grid, window_hu) -> torch.Tensor:
+    """``volume`` windowed to [0, 1] (HU ``window_hu``) and resampled onto ``grid``
+    (trilinear, MONAI ``ResampleToMatch``) -> (X, Y, Z) float32; 0 (the window's floor,
+    air for CT) outside the volume."""
+    lo, hi = window_hu
+    image = MetaTensor(
+        torch.as_tensor(volume.array, dtype=torch.float32)[None],
+        affine=torch.as_tensor(volume.affine, dtype=torch.float64),
+    )
+    image = ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)(
+        image
+    )
+    template = MetaTensor(
+        torch.zeros((1, *grid.shape)),
+        affine=torch.as_tensor(grid.affine, dtype=torch.float64),
+    )
+    out = ResampleToMatch(mode="bilinear", padding_mode="zeros")(
+        image, img_dst=template
+    )
+    return out.as_tensor()[0].float()
+
+
+def _register(
+    method: PropagationMethod, fixed: torch.Tensor, moving: torch.Tensor, grid: Grid
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """DDF (3, X, Y, Z) in working-grid voxels, and seg logits (C + 1, X, Y, Z) or None."""
+    if method.network is None:
+        lo, hi = method.window_hu
+        body = fixed.numpy() >= (BODY_HU - lo) / (hi - lo)
+        mask = binary_dilation(body, iterations=MASK_MARGIN_VOXELS)
+        return elastix.register(
+            fixed.numpy(), moving.numpy(), grid, method.name, mask
+        ), None
+    with torch.no_grad():
+        out = method.network(
+            fixed[None, None].to(method.device), moving[None, None].to(method.device)
+        )
+    if tuple(out.ddf.shape) != (1, 3, *grid.shape):
+        raise ValueError(
+            f"model {method.name!r} returned a DDF of shape {tuple(out.ddf.shape)}, "
+            f"expected {(1, 3, *grid.shape)}"
+        )
+    logits = None if out.seg_logits is None else out.seg_logits[0].float().cpu()
+    return out.ddf[0].float().cpu(), logits
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def _direct_labels(
+    logits: torch.Tensor,
+    method: PropagationMethod,
+    structures: list[dict],
+    grid: Grid,
+    fixed: Grid,
+) -> np.ndarray:
+    """The model's segmentation on the fixed grid, with the contours' label values for
+    the structures it shares with them by name (case, spaces and underscores ignored);
+    its other structures are left out (0)."""
+    if logits.shape[0] != len(method.config["structures"]) + 1:
+        raise ValueError(
+            f"model {method.name!r} returned {logits.shape[0]} segmentation channels; "
+            f"its card lists {len(method.config['structures'])} structures (+ background)"
+        )
+    by_key = {_key(s["name"]): s["label"] for s in structures}
+    lut = np.zeros(logits.shape[0], dtype=np.int64)
+    for c, s in enumerate(method.config["structures"], start=1):
+        for name in (s["name"], s.get("source", s["name"])):
+            lut[c] = by_key.get(_key(name), lut[c])
+    channel = argmax_on_fixed(torch.softmax(logits, dim=0), grid, fixed)
+    return lut[channel]
+
+
+def _warning(entry: dict) -> str | None:
+    reasons = []
+    if entry["volume_ml"] == 0:
+        reasons.append("the propagated contour is empty")
+    if entry["folding_percent_inside"]:
+        reasons.append(
+            f"the deformation folds inside it ({entry['folding_percent_inside']:.1f} % "
+            "of its voxels have Jacobian determinant <= 0)"
+        )
+    dice, msd = entry["dice_vs_direct"], entry["msd_mm_vs_direct"]
+    if dice is not None and dice < MIN_DICE_VS_DIRECT:
+        reasons.append(
+            f"it disagrees with the direct segmentation (Dice {dice:.2f}, below "
+            f"{MIN_DICE_VS_DIRECT:.2f})"
+        )
+    if msd is not None and msd > MAX_MSD_MM_VS_DIRECT:
+        reasons.append(
+            f"its surface lies {msd:.1f} mm from the direct segmentation on average "
+            f"(above {MAX_MSD_MM_VS_DIRECT:.0f} mm)"
+        )
+    return "; ".join(reasons) or None
+
+
+def _percent(flags: np.ndarray) -> float:
+    return round(100.0 * float(flags.mean()), 3) if flags.size else 0.0
+
+
+def propagate(
+    fixed: Volume,
+    moving: Volume,
+    moving_contours: LabelMap,
+    structures: list[dict],
+    model: str | PropagationMethod,
+    progress: Progress | None = None,
+) -> PropagationResult:
+    """Propagate ``moving_contours`` from the moving (planning) to the fixed (daily) scan.
+
+    ``fixed``/``moving``: (I, J, K) HU volumes with RAS affines (any grids);
+    ``moving_contours``: label map on any grid in the moving scan's space;
+    ``structures``: [{label, name, color, type?}] of the contours to propagate;
+    ``model``: a name from ``PROPAGATION_MODELS()`` or a loaded method.
+
+    Raises:
+        UnknownModelError: ``model`` is not a propagation model.
+        engine.infer.elastix.ElastixError: a classical method's binary fails.
+        ValueError: a joint model returns a DDF or logits of the wrong shape.
+    """
+    report = progress or (lambda stage, pct: None)
+    method = model if isinstance(model, PropagationMethod) else load_method(model)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+
+    def lap(stage: str, next_stage: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        timings[stage] = round(now - t, 3)
+        t = now
+        report(next_stage, STAGE_END[stage])
+
+    report("preprocess", STAGE_END["ingest"])
+    fixed_grid = Grid(tuple(fixed.array.shape), np.asarray(fixed.affine, dtype=float))
+    grid = working_grid(fixed_grid, method.spacing_mm)
+    fixed_w = to_working_grid(fixed, grid, method.window_hu)
+    moving_w = to_working_grid(moving, grid, method.window_hu)
+    lap("preprocess", "registration")
+    ddf, logits = _register(method, fixed_w, moving_w, grid)
+    lap("registration", "warp")
+    ddf_mm = ddf_voxels_to_mm(ddf, grid, fixed_grid)
+    values = [int(s["label"]) for s in structures]
+    labels = LabelMap(
+        warp_labels(moving_contours, values, fixed_grid, ddf_mm), fixed.affine
+    )
+    det = determinant_on_fixed(jacobian_determinant(ddf), grid, fixed_grid)
+    lap("warp", "compare")
+    direct = None
+    if logits is not None:
+        direct_array = _direct_labels(logits, method, structures, grid, fixed_grid)
+        direct = LabelMap(direct_array.astype(labels.array.dtype), fixed.affine)
+    entries, inside = [], {}
+    ml = labels.voxel_volume_mm3 / 1000.0
+    for s in structures:
+        mask = labels.array == s["label"]
+        inside[s["name"]] = _percent(det[mask] <= 0)
+        entry = {
+            "name": s["name"],
+            "label": int(s["label"]),
+            "color": list(s.get("color") or []),
+            "type": s.get("type", ""),
+            "volume_ml": round(float(mask.sum()) * ml, 3),
+            "dice_vs_direct": None,
+            "msd_mm_vs_direct": None,
+            "hd95_mm_vs_direct": None,
+            "volume_ml_direct": None,
+            "folding_percent_inside": inside[s["name"]],
+        }
+        if direct is not None and (direct.array == s["label"]).any():
+            other = direct.array == s["label"]
+            dice, msd, hd95 = surface_metrics(mask, other, fixed.spacing)
+            entry |= {
+                "dice_vs_direct": round(dice, 4),
+                "msd_mm_vs_direct": msd,
+                "hd95_mm_vs_direct": hd95,
+                "volume_ml_direct": round(float(other.sum()) * ml, 3),
+            }
+        entry["warning"] = _warning(entry)
+        entries.append(entry)
+    folding = {
+        "folding_percent": _percent(det <= 0),
+        "min_jacobian": round(float(det.min()), 4),
+        "inside": inside,
+    }
+    lap("compare", "export")
+    return PropagationResult(ddf_mm, labels, direct, entries, timings, folding)
+
+
+def _write_outputs(result: PropagationResult, fixed: Volume, out: Path) -> list[dict]:
+    """NIfTI outputs as ``segment`` writes them, plus ``ddf.nii.gz``; returns the
+    ``structures.json`` entries."""
+    image = np.clip(np.rint(fixed.array), -32768, 32767).astype(np.int16)
+    write_nifti(Volume(image, fixed.affine), out / "image.nii.gz")
+    write_displacement_field(result.ddf_mm, fixed.affine, out / "ddf.nii.gz")
+    write_nifti(result.labels, out / "labels.nii.gz")
+    if result.direct_labels is not None:
+        write_nifti(result.direct_labels, out / "direct_labels.nii.gz")
+    table, taken = [], {"structures"}
+    for s in result.structures:
+        file = f"structures/{safe_file_stem(s['name'], s['label'], taken)}.nii.gz"
+        mask = (result.labels.array == s["label"]).astype(np.uint8)
+        write_nifti(LabelMap(mask, fixed.affine), out / file)
+        table.append(
+            {
+                "label": s["label"],
+                "name": s["name"],
+                "color": s["color"],
+                "volume_cm3": s["volume_ml"],
+                "file": file,
+            }
+        )
+    text = json.dumps(table, indent=1)
+    write_atomically(out / "structures.json", lambda tmp: Path(tmp).write_text(text))
+    return table
+
+
+def propagate_files(
+    fixed: str | Path,
+    moving: str | Path,
+    contours: str | Path,
+    model: str,
+    out_dir: str | Path,
+    progress: Progress | None = None,
+    fixed_series: str | None = None,
+    moving_series: str | None = None,
+) -> dict:
+    """Propagate the planning contours onto the daily scan; write the results in ``out_dir``.
+
+    ``fixed`` (daily) and ``moving`` (planning): a DICOM folder, a zip of one, or NIfTI
+    (``*_series`` picks a DICOM series when an upload holds several). ``contours``: an
+    RTSTRUCT drawn on the planning series, a folder with ``labels.nii.gz`` +
+    ``structures.json`` as ``segment`` writes it, or a folder of per-ROI NIfTI masks
+    (``engine.io.contour_input``).
+
+    Writes ``image.nii.gz`` (the daily scan, int16 HU), ``ddf.nii.gz`` ((I, J, K, 3) mm
+    RAS on the daily grid, intent vector), ``labels.nii.gz``, ``structures.json``,
+    ``structures/<ROI>.nii.gz``, ``direct_labels.nii.gz`` (joint models), ``rtstruct.dcm``
+    with ``rtstruct_check.json`` and ``seg.dcm`` referencing the daily series (for a
+    NIfTI daily scan, the scan written as ``ct_dicom/`` + ``ct_dicom.zip``; see
+    ``engine.infer.segment.write_dicom_outputs``) and ``report.json``, which is returned:
+    {model, kind, sha256, structures: [{name, label, volume_ml, dice_vs_direct,
+    msd_mm_vs_direct, hd95_mm_vs_direct, folding_percent_inside, warning, ...}],
+    folding_percent, min_jacobian, timings, notes, rtstruct}.
+
+    Raises:
+        engine.io.reader.InputError: an unreadable scan or contours.
+        engine.io.rtstruct_import.RTStructImportError: an RTSTRUCT that does not fit the
+            planning series.
+        UnknownModelError: ``model`` is not a propagation model.
+        engine.infer.elastix.ElastixError: elastix is missing or fails.
+        engine.io.rtstruct_check.RTStructExportError: the RTSTRUCT written does not
+            reproduce the propagated contours (then no ``rtstruct.dcm``).
+    """
+    report = progress or (lambda stage, pct: None)
+    out = Path(out_dir)
+    report("ingest", 0)
+    t0 = time.perf_counter()
+    method = load_method(model)
+    fixed_volume, fixed_dicom = read_input(fixed, fixed_series)
+    moving_volume, moving_dicom = read_input(moving, moving_series)
+    contour_labels, structures, notes = read_contours(contours, moving_dicom)
+    ingest_s = round(time.perf_counter() - t0, 3)
+    result = propagate(
+        fixed_volume, moving_volume, contour_labels, structures, method, report
+    )
+    t1 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    _write_outputs(result, fixed_volume, out)
+    exports = write_dicom_outputs(
+        result.labels,
+        fixed_volume,
+        fixed_dicom,
+        [
+            Structure(s["label"], s["name"], tuple(s["color"]), s["type"])
+            for s in result.structures
+        ],
+        f"propagate {method.name}",
+        method.sha256,
+        out,
+    )
+    timings = {"ingest": ingest_s, **result.timings}
+    timings["export"] = round(time.perf_counter() - t1, 3)
+    document = {
+        "model": method.name,
+        "kind": method.kind,
+        "sha256": method.sha256,
+        "working_spacing_mm": list(method.spacing_mm),
+        "structures": result.structures,
+        "folding_percent": result.folding["folding_percent"],
+        "min_jacobian": result.folding["min_jacobian"],
+        "timings": timings,
+        "notes": notes + exports.notes,
+        "rtstruct": "rtstruct.dcm" if exports.rtstruct else None,
+        "references_daily_series": fixed_dicom is not None,
+        "thresholds": {
+            "min_dice_vs_direct": MIN_DICE_VS_DIRECT,
+            "max_msd_mm_vs_direct": MAX_MSD_MM_VS_DIRECT,
+        },
+    }
+    text = json.dumps(document, indent=1, allow_nan=False)
+    write_atomically(out / "report.json", lambda tmp: Path(tmp).write_text(text))
+    report("export", STAGE_END["export"])
+    return document

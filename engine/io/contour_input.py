@@ -1,0 +1,177 @@
+"""Planning contours for propagation, from any of the forms a user has them in.
+
+* an RTSTRUCT file, rasterised onto the planning (moving) DICOM series
+  (``engine.io.rtstruct_import``);
+* a folder as ``python -m engine segment`` writes it: ``labels.nii.gz`` with
+  ``structures.json`` (label, name, colour per structure), or that label map file itself
+  with ``structures.json`` beside it;
+* a folder of one NIfTI mask per ROI (non-zero = inside), as ``python -m engine
+  contours`` writes it; a ``structures.json`` there with ``file``/``name`` entries gives
+  the ROI names, else the file names do.
+
+One label map holds them all (0 = background). Where ROIs overlap (an organ inside a
+PTV) a voxel can keep only one label: the ROIs are painted largest first, so a smaller
+structure stays whole and the larger one loses the overlap; a note says so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from engine.io.dicom_series import DicomSeries
+from engine.io.nifti import NiftiError, read_labels
+from engine.io.reader import InputError, is_nifti
+from engine.io.rtstruct_import import import_rtstruct, read_rtstruct
+from engine.volume import LabelMap
+
+# Colours for ROIs that come without one (RTSTRUCT ROI Display Color is optional).
+PALETTE = [
+    (255, 170, 0),
+    (0, 170, 255),
+    (0, 255, 128),
+    (255, 85, 170),
+    (170, 85, 255),
+    (255, 255, 0),
+    (230, 230, 230),
+    (255, 64, 64),
+]
+
+
+def _entry(label: int, name: str, color, kind: str = "") -> dict:
+    rgb = list(color) if color else list(PALETTE[(label - 1) % len(PALETTE)])
+    return {"label": label, "name": name, "color": rgb, "type": kind}
+
+
+def _paint(
+    masks: list[np.ndarray], entries: list[dict], affine: np.ndarray
+) -> tuple[LabelMap, list[dict], list[str]]:
+    """One label map from bool masks (I, J, K) on one grid; empty masks are left out."""
+    notes = [
+        f"{e['name']}: empty, not propagated"
+        for m, e in zip(masks, entries, strict=True)
+        if not m.any()
+    ]
+    kept = [(m, e) for m, e in zip(masks, entries, strict=True) if m.any()]
+    if not kept:
+        raise InputError(
+            "the planning contours hold no non-empty structure to propagate"
+        )
+    dtype = np.uint8 if max(e["label"] for _, e in kept) < 256 else np.uint16
+    labels = np.zeros(masks[0].shape, dtype=dtype)
+    painted = np.zeros(masks[0].shape, dtype=bool)
+    for mask, entry in sorted(kept, key=lambda me: -int(me[0].sum())):
+        overlap = int((mask & painted).sum())
+        if overlap:
+            notes.append(
+                f"{entry['name']} overlaps a larger structure in {overlap} voxels; "
+                "the overlap is propagated as part of the smaller structure"
+            )
+        labels[mask] = entry["label"]
+        painted |= mask
+    return LabelMap(labels, affine), [e for _, e in kept], notes
+
+
+def _from_rtstruct(path: Path, series: DicomSeries | None):
+    if series is None:
+        raise InputError(
+            f"{path.name}: an RTSTRUCT is drawn on a DICOM series; give the planning "
+            "scan as that DICOM series, not as NIfTI"
+        )
+    rois = import_rtstruct(read_rtstruct(path), series)
+    entries = [
+        _entry(n, roi.name, roi.color, roi.interpreted_type)
+        for n, roi in enumerate(rois, start=1)
+    ]
+    labels, entries, notes = _paint(
+        [r.mask for r in rois], entries, series.volume.affine
+    )
+    return labels, entries, notes + [f"{r.name}: {n}" for r in rois for n in r.notes]
+
+
+def _from_label_map(path: Path, index: Path):
+    if not index.exists():
+        raise InputError(
+            f"{path.name}: a label map needs its structures.json (label and name of "
+            "each structure) beside it"
+        )
+    labels = read_labels(path)
+    try:
+        listed = json.loads(index.read_text())
+        entries = [
+            _entry(int(s["label"]), str(s["name"]), s.get("color"), s.get("type", ""))
+            for s in listed
+        ]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InputError(
+            f"{index.name}: not a list of structures with label and name ({exc})"
+        ) from exc
+    masks = [labels.array == e["label"] for e in entries]
+    return _paint(masks, entries, labels.affine)
+
+
+def _from_mask_folder(folder: Path):
+    files = sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p))
+    if not files:
+        raise InputError(
+            f"{folder.name}: no labels.nii.gz and no NIfTI masks in the folder"
+        )
+    names = {}
+    index = folder / "structures.json"
+    if index.exists():
+        try:
+            names = {
+                e["file"]: e["name"]
+                for e in json.loads(index.read_text())
+                if "file" in e
+            }
+        except (ValueError, TypeError, KeyError):
+            names = {}
+    masks, entries, affine = [], [], None
+    for n, path in enumerate(files, start=1):
+        mask = read_labels(path)
+        if affine is None:
+            affine, shape = mask.affine, mask.array.shape
+        elif mask.array.shape != shape or not np.allclose(
+            mask.affine, affine, atol=1e-3
+        ):
+            raise InputError(
+                f"{path.name}: the masks are not all on one grid (shape or affine differs)"
+            )
+        stem = path.name[: -len(".nii.gz")] if path.name.endswith(".gz") else path.stem
+        masks.append(mask.array > 0)
+        entries.append(_entry(n, names.get(path.name, stem), None))
+    return _paint(masks, entries, affine)
+
+
+def read_contours(
+    path: str | Path, moving_series: DicomSeries | None
+) -> tuple[LabelMap, list[dict], list[str]]:
+    """Read the planning contours at ``path`` (see the module docstring).
+
+    ``moving_series`` is the planning DICOM series (None for a NIfTI planning scan); an
+    RTSTRUCT is rasterised onto it. Returns (label map on its own grid (I, J, K) with RAS
+    affine in mm, structures [{label, name, color [r, g, b], type}] of the non-empty
+    structures, notes on what was left out or overlapped).
+
+    Raises:
+        InputError: a path that is none of these forms, an RTSTRUCT without a DICOM
+            planning series, masks on different grids, or no non-empty structure.
+        engine.io.rtstruct_import.RTStructImportError: an unreadable RTSTRUCT or one
+            drawn on another Frame of Reference than the planning series.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path.name}: no such file or folder")
+    try:
+        if path.is_dir():
+            if (path / "labels.nii.gz").exists():
+                return _from_label_map(path / "labels.nii.gz", path / "structures.json")
+            return _from_mask_folder(path)
+        if is_nifti(path):
+            return _from_label_map(path, path.parent / "structures.json")
+    except NiftiError as exc:
+        raise InputError(str(exc)) from exc
+    return _from_rtstruct(path, moving_series)

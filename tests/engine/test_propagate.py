@@ -1,0 +1,433 @@
+"""Contour propagation: DDF conventions (voxels <-> mm, RAS, signs), one-hot label
+warping, the Jacobian check, the elastix methods on a known shift, the joint-model
+plumbing (a stand-in network that follows the JointOutput contract) and the CLI."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from typing import NamedTuple
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+from monai.networks.blocks import Warp
+
+from engine.__main__ import main
+from engine.infer import propagate as propagate_module
+from engine.infer.displacement import (
+    Grid,
+    ddf_mm_to_voxels,
+    ddf_voxels_to_mm,
+    jacobian_determinant,
+    sample,
+    warp_labels,
+    working_grid,
+)
+from engine.infer.propagate import PROPAGATION_MODELS, load_method, propagate
+from engine.io.contour_input import read_contours
+from engine.io.dicom_series import read_series
+from engine.io.reader import InputError
+from engine.io.rtstruct import build_rtstruct, write_rtstruct
+from engine.io.rtstruct_import import import_rtstruct
+from engine.metrics import surface_metrics
+from engine.models.registry import Structure
+from engine.synthetic_deformation import make_pair
+from engine.volume import LabelMap, Volume
+from tests.engine.phantom import write_phantom_series
+
+# Fixed (daily) grid: L-P-S voxel axes (as DICOM), anisotropic, off-centre.
+FIXED_AFFINE = np.array(
+    [[-2.0, 0, 0, 40.0], [0, -2.5, 0, 45.0], [0, 0, 3.0, -36.0], [0, 0, 0, 1]]
+)
+# Moving (planning) grid: another orientation and spacing.
+MOVING_AFFINE = np.array(
+    [[1.5, 0, 0, -42.0], [0, 3.0, 0, -48.0], [0, 0, 2.5, -40.0], [0, 0, 0, 1]]
+)
+SHIFT_RAS_MM = np.array([5.0, -4.0, 6.0])  # moving content = fixed content + shift
+BOX = {"label": 1, "name": "Box", "color": [255, 0, 0]}
+
+
+def _world(shape, affine):
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+    return ijk @ affine[:3, :3].T + affine[:3, 3]
+
+
+def _anatomy(points: np.ndarray) -> np.ndarray:
+    """HU of an asymmetric phantom at RAS points (..., 3): a soft-tissue ellipsoid body
+    with three bony blobs of different sizes, smooth enough to register."""
+    r, a, s = points[..., 0], points[..., 1], points[..., 2]
+    body = 1.0 / (
+        1.0 + np.exp(((r / 30) ** 2 + (a / 34) ** 2 + (s / 28) ** 2 - 1) * 12)
+    )
+    hu = -1000.0 + 1040.0 * body
+    for centre, width, value in [
+        ((10, 8, 4), 5.0, 900.0),
+        ((-12, -6, -8), 7.0, 600.0),
+        ((2, -14, 12), 4.0, 1200.0),
+    ]:
+        d2 = ((points - np.array(centre, float)) ** 2).sum(-1)
+        hu += value * np.exp(-d2 / (2 * width**2))
+    return hu.astype(np.float32)
+
+
+def _box(points: np.ndarray) -> np.ndarray:
+    """A 20 x 16 x 18 mm box (the structure), RAS points (..., 3) -> bool."""
+    lo, hi = np.array([-8.0, -6.0, -9.0]), np.array([12.0, 10.0, 9.0])
+    return np.all((points >= lo) & (points <= hi), axis=-1)
+
+
+def _pair(fixed_shape=(40, 36, 24), moving_shape=(56, 32, 32)):
+    """Fixed and moving phantoms on different grids; the moving one is the fixed one's
+    content moved by ``SHIFT_RAS_MM``, so the true DDF is +SHIFT everywhere."""
+    fixed_world = _world(fixed_shape, FIXED_AFFINE)
+    moving_world = _world(moving_shape, MOVING_AFFINE)
+    fixed = Volume(_anatomy(fixed_world), FIXED_AFFINE)
+    moving = Volume(_anatomy(moving_world - SHIFT_RAS_MM), MOVING_AFFINE)
+    labels = LabelMap(_box(moving_world - SHIFT_RAS_MM).astype(np.uint8), MOVING_AFFINE)
+    return fixed, moving, labels, _box(fixed_world)
+
+
+def test_sampling_follows_monai_warp():
+    """Our sampler at x + ddf(x) is MONAI's Warp: the DDF convention is Warp's."""
+    gen = torch.Generator().manual_seed(0)
+    image = torch.rand((2, 9, 8, 7), generator=gen)
+    ddf = torch.randn((3, 9, 8, 7), generator=gen) * 1.5
+    identity = torch.stack(
+        torch.meshgrid(*[torch.arange(n) for n in (9, 8, 7)], indexing="ij")
+    ).float()
+    ours = sample(image, identity + ddf, "bilinear", "border")
+    theirs = Warp("bilinear", "border")(image[None], ddf[None])[0]
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_working_grid_is_ras_covers_the_fixed_scan_and_divides_by_16():
+    fixed = Grid((40, 36, 24), FIXED_AFFINE)
+    grid = working_grid(fixed, (4.0, 4.0, 4.0))
+    assert all(n % 16 == 0 for n in grid.shape)
+    np.testing.assert_allclose(np.diag(grid.affine)[:3], [4.0, 4.0, 4.0])
+    corners = _world((40, 36, 24), FIXED_AFFINE)[[0, -1]][:, [0, -1]][:, :, [0, -1]]
+    voxels = (corners.reshape(-1, 3) - grid.affine[:3, 3]) / 4.0
+    assert voxels.min() >= 0 and np.all(voxels.max(axis=0) <= np.array(grid.shape) - 1)
+    with pytest.raises(ValueError):
+        working_grid(fixed, (0.0, 4.0, 4.0))
+
+
+def test_voxel_ddf_becomes_mm_in_ras_on_an_anisotropic_flipped_grid():
+    fixed = Grid((20, 18, 12), FIXED_AFFINE)
+    grid = working_grid(fixed, (3.0, 2.0, 4.0))
+    ddf = torch.tensor([1.5, -2.0, 0.5]).reshape(3, 1, 1, 1).expand(3, *grid.shape)
+    ddf_mm = ddf_voxels_to_mm(ddf, grid, fixed)
+    assert ddf_mm.shape == (20, 18, 12, 3) and ddf_mm.dtype == np.float32
+    np.testing.assert_allclose(ddf_mm[3, 4, 5], [4.5, -4.0, 2.0], atol=1e-5)
+    # Back to the fixed grid's own voxels: its I and J axes run along L and P.
+    back = ddf_mm_to_voxels(ddf_mm, FIXED_AFFINE)
+    np.testing.assert_allclose(back[:, 3, 4, 5], [-2.25, 1.6, 2.0 / 3.0], atol=1e-5)
+
+
+def test_labels_are_warped_as_one_hot_and_a_thin_structure_survives():
+    """A one-voxel plate (label 1) against a block (label 3), shifted 0.3 voxel: no label
+    2 appears (interpolating integers would make one), and the plate stays."""
+    array = np.zeros((16, 12, 10), np.uint8)
+    array[6, 2:10, 2:8] = 1
+    array[7:12, 2:10, 2:8] = 3
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    grid = Grid(array.shape, affine)
+    ddf_mm = np.zeros((*array.shape, 3), np.float32)
+    ddf_mm[..., 0] = 0.3  # fixed point p <- moving p + 0.3 mm along R
+    out = warp_labels(LabelMap(array, affine), [1, 3], grid, ddf_mm)
+    assert set(np.unique(out)) == {0, 1, 3}
+    assert (out == 1).sum() == (array == 1).sum()  # the plate: still one voxel thick
+    np.testing.assert_array_equal(out[6] == 1, array[6] == 1)
+
+
+def test_jacobian_identity_has_no_folding_and_a_folding_field_does():
+    identity = torch.zeros((3, 12, 12, 12))
+    assert torch.allclose(jacobian_determinant(identity), torch.ones(12, 12, 12))
+    folding = torch.zeros((3, 12, 12, 12))
+    x = torch.arange(12.0).reshape(12, 1, 1)
+    folding[0] = torch.where(x < 6, -2.0 * x, -12.0 + 0.0 * x)  # x -> -x: reversed
+    det = jacobian_determinant(folding)
+    assert (det <= 0).float().mean() > 0.3
+    scaling = torch.zeros((3, 12, 12, 12))
+    scaling[1] = 0.5 * torch.arange(12.0).reshape(1, 12, 1)  # stretch, no fold
+    assert torch.allclose(jacobian_determinant(scaling), torch.full((12, 12, 12), 1.5))
+
+
+@pytest.mark.parametrize("method", ["rigid", "affine", "elastix-bspline"])
+def test_elastix_methods_recover_a_known_shift_in_mm(method):
+    """Real elastix binary: moving = fixed content + (5, -4, 6) mm RAS on other grids;
+    the DDF in mm must be that shift, with that sign, along R, A, S."""
+    fixed, moving, labels, truth = _pair()
+    result = propagate(fixed, moving, labels, [BOX], method)
+    inside = truth  # where the content is, not the empty air around it
+    median = np.median(result.ddf_mm[inside], axis=0)
+    np.testing.assert_allclose(median, SHIFT_RAS_MM, atol=0.6)
+    dice, _, _ = surface_metrics(result.labels.array == 1, truth, fixed.spacing)
+    assert dice > 0.85
+    assert result.folding["folding_percent"] == 0.0
+    assert result.direct_labels is None
+    assert result.structures[0]["dice_vs_direct"] is None
+
+
+class JointOutput(NamedTuple):
+    ddf: torch.Tensor
+    seg_logits: torch.Tensor | None
+
+
+class StandIn(torch.nn.Module):
+    """Follows the joint-model contract: a constant DDF of ``shift_mm`` (converted to
+    working-grid voxels of ``spacing``) and a 'segmentation' of the bright fixed voxels."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.shift_voxels = torch.nn.Parameter(
+            torch.tensor(config["shift_mm"]) / config["spacing_mm"], requires_grad=False
+        )
+        self.folds = bool(config.get("folds"))
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> JointOutput:
+        b, _, *spatial = fixed.shape
+        ddf = self.shift_voxels.reshape(1, 3, 1, 1, 1).expand(b, 3, *spatial).clone()
+        if self.folds:  # a zigzag along the first axis: slope -1.2 folds (det -0.2)
+            phase = torch.arange(spatial[0], dtype=torch.float32) % 4
+            zigzag = torch.where(phase <= 2, -1.2 * phase, -1.2 * (4 - phase))
+            ddf[:, 0] += zigzag.reshape(-1, 1, 1)
+        bright = (fixed > 0.45).float() * 20.0 - 10.0
+        return JointOutput(ddf, torch.cat([torch.zeros_like(bright), bright], dim=1))
+
+
+@pytest.fixture
+def joint_weights(tmp_path, monkeypatch):
+    """A shipped stand-in joint model 'standin' (and a folding one) in a weights folder,
+    built through a stand-in ``engine.models.joint`` module."""
+    fake = types.ModuleType("engine.models.joint")
+    fake.build_joint_model = StandIn
+    monkeypatch.setitem(sys.modules, "engine.models.joint", fake)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for name, folds in [("standin", False), ("standin-folding", True)]:
+        config = {
+            "kind": "joint",
+            "architecture": "standin",
+            "spacing_mm": 4.0,
+            "window_hu": [-1000.0, 1500.0],
+            "shift_mm": SHIFT_RAS_MM.tolist(),
+            "folds": folds,
+            "structures": [{"label": 1, "name": "BOX", "color": [255, 0, 0]}],
+        }
+        (weights / f"{name}.json").write_text(json.dumps(config))
+        torch.save(StandIn(config).state_dict(), weights / f"{name}.pt")
+    (weights / "hn-oar.json").write_text(json.dumps({"architecture": "ResSEUNet"}))
+    torch.save({}, weights / "hn-oar.pt")
+    monkeypatch.setattr(propagate_module, "WEIGHTS_DIR", weights)
+    return weights
+
+
+def test_joint_model_ddf_and_direct_segmentation_plumbing(joint_weights):
+    assert PROPAGATION_MODELS() == [
+        "rigid",
+        "affine",
+        "elastix-bspline",
+        "standin",
+        "standin-folding",
+    ]
+    fixed, moving, labels, truth = _pair()
+    result = propagate(fixed, moving, labels, [BOX], "standin")
+    np.testing.assert_allclose(result.ddf_mm[5, 6, 7], SHIFT_RAS_MM, atol=1e-4)
+    dice, _, _ = surface_metrics(result.labels.array == 1, truth, fixed.spacing)
+    assert dice > 0.9
+    # The direct segmentation (bright voxels) keeps the contours' label value for the
+    # structure named alike ("BOX" ~ "Box"); it is not the box, so they disagree.
+    assert set(np.unique(result.direct_labels.array)) == {0, 1}
+    entry = result.structures[0]
+    assert entry["dice_vs_direct"] < 0.7 and entry["msd_mm_vs_direct"] > 0
+    assert "disagrees with the direct segmentation" in entry["warning"]
+    assert result.folding["folding_percent"] == 0.0
+
+
+def test_folding_inside_a_structure_is_reported_and_warned(joint_weights):
+    fixed, moving, labels, _ = _pair()
+    result = propagate(fixed, moving, labels, [BOX], "standin-folding")
+    assert result.folding["folding_percent"] > 0
+    assert result.folding["min_jacobian"] <= 0
+    entry = result.structures[0]
+    assert entry["folding_percent_inside"] > 0
+    assert "folds inside it" in entry["warning"]
+
+
+def test_unknown_or_segmentation_model_is_refused(joint_weights):
+    with pytest.raises(ValueError, match="not a propagation model"):
+        load_method("hn-oar")
+    with pytest.raises(ValueError, match="not a propagation model"):
+        load_method("nonsense")
+
+
+def test_contours_from_a_mask_folder_keep_small_structures_whole(tmp_path):
+    affine = np.eye(4)
+    big = np.zeros((10, 10, 10), np.uint8)
+    big[2:8, 2:8, 2:8] = 1
+    small = np.zeros_like(big)
+    small[4:6, 4:6, 4:6] = 1
+    nib.save(nib.Nifti1Image(big, affine), tmp_path / "PTV.nii.gz")
+    nib.save(nib.Nifti1Image(small, affine), tmp_path / "Cord.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros_like(big), affine), tmp_path / "Empty.nii.gz")
+    labels, structures, notes = read_contours(tmp_path, None)
+    names = {s["name"]: s["label"] for s in structures}
+    assert set(names) == {"PTV", "Cord"}
+    assert (labels.array == names["Cord"]).sum() == 8
+    assert (labels.array == names["PTV"]).sum() == 216 - 8
+    assert any("overlaps" in n for n in notes) and any("Empty" in n for n in notes)
+    rtstruct = tmp_path / "rs.dcm"
+    rtstruct.write_bytes(b"not dicom")
+    with pytest.raises(InputError, match="DICOM series"):
+        read_contours(rtstruct, None)
+
+
+def test_synthetic_pair_truth_maps_daily_points_to_planning_points():
+    """A bright point of the planning CT at q appears in the daily CT at p with
+    p + u(p) = q: the synthetic truth follows the propagation convention."""
+    shape, affine = (48, 44, 40), np.diag([2.0, 2.0, 2.5, 1.0])
+    planning = np.full(shape, -1000.0, np.float32)
+    world = _world(shape, affine)
+    q = np.array([40.0, 50.0, 45.0])
+    planning += 2000.0 * np.exp(-((world - q) ** 2).sum(-1) / (2 * 2.5**2))
+    labels = LabelMap((planning > 0).astype(np.uint8), affine)
+    pair = make_pair(Volume(planning, affine), labels, [1], seed=3, noise_hu=0.0)
+    assert pair.params["min_jacobian"] > 0
+    weights = np.clip(pair.daily.array + 1000.0, 0, None)
+    p = (world * weights[..., None]).sum((0, 1, 2)) / weights.sum()
+    u = pair.ddf_mm[
+        tuple(np.round((p - affine[:3, 3]) / np.diag(affine)[:3]).astype(int))
+    ]
+    np.testing.assert_allclose(p + u, q, atol=1.0)
+    assert np.abs(p - q).max() > 2.0  # the point did move
+    assert pair.daily_labels.array.sum() > 0
+
+
+def _write_dicom(folder, shape, spacing, origin_lps, content):
+    """An axial phantom series (voxel axes L, P, S) whose HU are ``content(RAS points)``."""
+    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    affine[:3, 3] = [-origin_lps[0], -origin_lps[1], origin_lps[2]]
+    hu = content(_world(shape, affine))
+    write_phantom_series(folder, np.rint(hu).astype(np.int16), spacing, origin_lps)
+    return read_series(folder)
+
+
+def _dicom_pair(tmp_path):
+    """Daily and planning DICOM series (the planning one = daily content + SHIFT) and
+    an RTSTRUCT of the box drawn on the planning series."""
+    daily = tmp_path / "daily"
+    _write_dicom(daily, (40, 36, 24), (2.0, 2.5, 3.0), (-40.0, -45.0, -36.0), _anatomy)
+    planning = _write_dicom(
+        tmp_path / "planning",
+        (56, 32, 32),
+        (1.5, 3.0, 2.5),
+        (-42.0, -48.0, -40.0),
+        lambda points: _anatomy(points - SHIFT_RAS_MM),
+    )
+    box = _box(
+        _world(planning.volume.array.shape, planning.volume.affine) - SHIFT_RAS_MM
+    )
+    structure = Structure(1, "Box", (255, 0, 0), "ORGAN")
+    ds = build_rtstruct(
+        LabelMap(box.astype(np.uint8), planning.volume.affine),
+        planning,
+        [structure],
+        "test",
+        "0" * 64,
+    )
+    write_rtstruct(ds, tmp_path / "planning_rs.dcm")
+    return daily, tmp_path / "planning", tmp_path / "planning_rs.dcm"
+
+
+def test_cli_writes_every_output_and_the_rtstruct_references_the_daily_series(
+    tmp_path, joint_weights, capsys
+):
+    daily, planning, rtstruct = _dicom_pair(tmp_path)
+    out = tmp_path / "out"
+    code = main(
+        [
+            "propagate",
+            "--fixed",
+            str(daily),
+            "--moving",
+            str(planning),
+            "--contours",
+            str(rtstruct),
+            "--model",
+            "standin",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    for name in [
+        "ddf.nii.gz",
+        "labels.nii.gz",
+        "structures.json",
+        "structures/Box.nii.gz",
+        "direct_labels.nii.gz",
+        "rtstruct.dcm",
+        "report.json",
+    ]:
+        assert (out / name).exists(), name
+    report = json.loads((out / "report.json").read_text())
+    assert report == json.loads(capsys.readouterr().out)
+    assert report["model"] == "standin" and report["references_daily_series"]
+    entry = report["structures"][0]
+    for key in [
+        "name",
+        "label",
+        "volume_ml",
+        "dice_vs_direct",
+        "msd_mm_vs_direct",
+        "hd95_mm_vs_direct",
+        "folding_percent_inside",
+        "warning",
+    ]:
+        assert key in entry
+    assert entry["name"] == "Box" and entry["volume_ml"] > 0
+    field = nib.load(out / "ddf.nii.gz")
+    assert field.shape == (40, 36, 24, 3) and field.header.get_intent()[0] == "vector"
+    np.testing.assert_allclose(
+        np.asarray(field.dataobj)[20, 18, 12], SHIFT_RAS_MM, atol=1e-3
+    )
+
+    series = read_series(daily)
+    rs = pydicom.dcmread(out / "rtstruct.dcm")
+    ref = rs.ReferencedFrameOfReferenceSequence[0]
+    assert ref.FrameOfReferenceUID == series.frame_of_reference_uid
+    referenced = ref.RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+    assert referenced.SeriesInstanceUID == series.series_instance_uid
+    assert rs.StudyInstanceUID == series.study_instance_uid
+    roi = import_rtstruct(rs, series)[0]
+    labels = nib.load(out / "labels.nii.gz")
+    np.testing.assert_array_equal(roi.mask, np.asarray(labels.dataobj) == 1)
+
+
+def test_cli_answers_a_planning_nifti_with_an_rtstruct_with_exit_2(tmp_path, capsys):
+    fixed, moving, _, _ = _pair()
+    nib.save(nib.Nifti1Image(fixed.array, fixed.affine), tmp_path / "daily.nii.gz")
+    nib.save(nib.Nifti1Image(moving.array, moving.affine), tmp_path / "planning.nii.gz")
+    (tmp_path / "rs.dcm").write_bytes(b"x")
+    code = main(
+        [
+            "propagate",
+            "--fixed",
+            str(tmp_path / "daily.nii.gz"),
+            "--moving",
+            str(tmp_path / "planning.nii.gz"),
+            "--contours",
+            str(tmp_path / "rs.dcm"),
+            "--model",
+            "rigid",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 2
+    assert "DICOM series" in capsys.readouterr().err
