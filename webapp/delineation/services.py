@@ -408,8 +408,8 @@ def run_propagation(
     RTSTRUCT failing its round-trip check) become DelineationError.
     """
     try:
+        from engine.infer.elastix import ElastixError
         from engine.infer.propagate import propagate_files
-
         from engine.io.nifti import write_nifti
         from engine.io.reader import is_nifti, read_input
         from engine.io.rtstruct_check import RTStructExportError
@@ -425,6 +425,8 @@ def run_propagation(
             write_nifti(Volume(image, volume.affine), out_dir / "image.nii.gz")
     except RTStructExportError as exc:
         raise DelineationError(str(exc)) from None
+    except ElastixError as exc:
+        raise DelineationError(f"The registration failed: {exc}") from None
     except ValueError as exc:  # the engine's input errors (InputError, RTStructImportError, UnknownModelError, ...)
         raise DelineationError(f"The contours could not be propagated: {exc}") from None
     structures = json.loads((out_dir / "structures.json").read_text())
@@ -433,7 +435,7 @@ def run_propagation(
         report=report,
         timings_s={k: float(v) for k, v in dict(report.get("timings") or {}).items()},
         model_name=str(report.get("model") or model_name),
-        weights_sha256=str(report.get("weights_sha256") or ""),
+        weights_sha256=str(report.get("sha256") or ""),
         input_kind="nifti" if is_nifti(Path(fixed)) else "dicom",
         notes=[str(n) for n in report.get("notes") or []],
     )

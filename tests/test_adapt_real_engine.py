@@ -1,0 +1,52 @@
+"""The adaptive workflow with the real engine: an uploaded planning CT with its RTSTRUCT and a
+daily CT of the same patient (the same small generated phantom, a new series), a propagation
+job run by the real ``engine.infer.propagate`` with the rigid elastix method, and the final
+RTSTRUCT for the daily scan downloaded and read back. The API and the viewer's
+choices are covered with a fake engine in ``test_adapt_workflow.py``."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pydicom
+import pytest
+
+from tests import factories
+from tests.test_adapt_workflow import content, propagate, rtstruct_uid, upload
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_rigid_propagation_runs_on_the_real_engine(alice_api, tmp_path, django_capture_on_commit_callbacks):
+    planning = upload(
+        alice_api, factories.dicom_zip_with_rtstruct(tmp_path / "planning", ("Brainstem", "Mandible")), "p.zip"
+    )
+    daily = upload(alice_api, factories.dicom_zip_bytes(tmp_path / "daily"), "daily.zip")
+    response = propagate(
+        alice_api,
+        daily["id"],
+        planning["id"],
+        django_capture_on_commit_callbacks,
+        contours_rtstruct=rtstruct_uid(planning),
+        model="rigid",
+    )
+    assert response.status_code == 201, response.content
+    job = alice_api.get(f"/api/jobs/{response.json()['id']}/").json()
+    assert job["status"] == "succeeded", job["error"]
+    report = json.loads(content(alice_api.get(f"/api/jobs/{job['id']}/propagation.json")))
+    assert {s["name"] for s in report["structures"]} == {"Brainstem", "Mandible"}
+    assert all(s["volume_ml"] > 0 for s in report["structures"]), report["structures"]
+    assert report["folding_percent"] == 0.0
+    final = alice_api.get(f"/api/jobs/{job['id']}/final_rtstruct.dcm")
+    assert final.status_code == 200
+    rtstruct = pydicom.dcmread(io.BytesIO(content(final)))
+    assert sorted(r.ROIName for r in rtstruct.StructureSetROISequence) == ["Brainstem", "Mandible"]
+    daily_series = {s["series_instance_uid"] for s in daily["preflight"]["series"] if "series_instance_uid" in s}
+    referenced = (
+        rtstruct.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+    )
+    assert not daily_series or referenced.SeriesInstanceUID in daily_series
+    # A registration only (no direct segmentation to compare with); the same anatomy both days,
+    # so the contours keep their volume.
+    assert all(s["dice_vs_direct"] is None for s in report["structures"])
