@@ -34,7 +34,6 @@ import pydicom
 from pydicom.dataset import Dataset
 from skimage.draw import polygon as polygon_pixels
 
-from engine.io.dicom_files import UNREADABLE_DICOM
 from engine.io.dicom_series import RTSTRUCT_SOP_CLASS, DicomSeries
 
 # Exporters round Contour Data to 0.01-0.1 mm; a contour this close to a slice plane lies on it.
@@ -76,9 +75,9 @@ def read_rtstruct(path: str | os.PathLike) -> Dataset:
     """
     try:
         ds = pydicom.dcmread(path)
-    except UNREADABLE_DICOM as exc:
+    except Exception as exc:  # pydicom raises many types (struct.error, ...) on damage
         raise RTStructImportError(
-            f"{Path(path).name}: not a readable DICOM file ({type(exc).__name__})"
+            f"{Path(path).name}: not a readable DICOM file (missing, truncated or damaged)"
         ) from exc
     _check_is_rtstruct(ds)
     return ds
