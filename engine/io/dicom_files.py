@@ -156,7 +156,7 @@ def read_upload(path: str | Path) -> DicomUpload:
             continue
         ds.filename = name
         # pydicom stops quietly at the end of a file cut between (or inside) attributes.
-        if not sop_classes or (
+        if (not sop_classes and not is_image) or (
             sop_classes & IMAGE_SOP_CLASSES and "PixelData" not in ds
         ):
             what = "an image without pixel data" if sop_classes else "no SOP Class UID"

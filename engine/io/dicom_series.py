@@ -505,14 +505,6 @@ def pixel_data_problem(ds: pydicom.Dataset) -> str | None:
     return None
 
 
-def _uid_problem(ds: pydicom.Dataset) -> str | None:
-    """A slice an RTSTRUCT or SEG could not reference (PS3.3 C.12.1: SOP Common)."""
-    for keyword in ("SOPClassUID", "SOPInstanceUID"):
-        if not str(ds.get(keyword, "") or ""):
-            return f"{ds.filename}: no {dictionary_description(keyword)}; the file is damaged"
-    return None
-
-
 # --- Geometry and assembly ------------------------------------------------------------
 
 
@@ -539,7 +531,7 @@ def plan_geometry(candidate: SeriesCandidate) -> StackGeometry:
             f"a 3D volume needs at least 2 slices, the series has {len(frames)}"
         )
     for ds in {id(f.dataset): f.dataset for f in frames}.values():
-        problem = pixel_data_problem(ds) or _uid_problem(ds)
+        problem = pixel_data_problem(ds)
         if problem:
             raise DicomSeriesError(problem)
     scouts = [f for f in frames if f.localizer]
@@ -677,8 +669,10 @@ def assemble_series(
             delattr(header, bulky)
     slices = [
         SliceRef(
-            str(f.dataset.SOPClassUID),
-            str(f.dataset.SOPInstanceUID),
+            str(
+                f.dataset.get("SOPClassUID", "") or ""
+            ),  # may be empty (totalseg_example)
+            str(f.dataset.get("SOPInstanceUID", "") or ""),
             tuple(float(v) for v in f.position),
             None if f.index is None else f.index + 1,
         )
