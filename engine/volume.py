@@ -35,6 +35,50 @@ def _check_geometry(array: np.ndarray, affine: np.ndarray) -> None:
         )
 
 
+# Limits on an input image (a scan read from a file), checked by the readers before the
+# voxels are allocated: beyond them the header is damaged or crafted, not a patient.
+MAX_VOXELS = 1 << 30  # 4 GiB as float32; a 512 x 512 x 4096 CT
+MAX_EXTENT_MM = 5000.0  # along any voxel axis: no patient is 5 m long
+MIN_SPACING_MM = 1e-3
+
+
+def check_input_grid(shape: tuple[int, ...], affine: np.ndarray) -> None:
+    """Check the grid of an input image before its voxels are read.
+
+    ``shape`` is (I, J, K) in voxels, ``affine`` the (4, 4) voxel to patient matrix in mm
+    (RAS or LPS: only the column lengths are used).
+
+    Raises:
+        GeometryError: more than ``MAX_VOXELS`` voxels, a voxel spacing (column length of
+            the affine) under ``MIN_SPACING_MM`` or not finite, or an extent (spacing x
+            size) over ``MAX_EXTENT_MM`` along an axis.
+    """
+    voxels = int(np.prod([int(n) for n in shape], dtype=object))
+    if voxels > MAX_VOXELS:
+        size = " x ".join(str(int(n)) for n in shape)
+        raise GeometryError(
+            f"the image would have {size} = {voxels:,} voxels, over the limit of "
+            f"{MAX_VOXELS:,}: its header is damaged, or it is far larger than a scan"
+        )
+    spacing = np.linalg.norm(np.asarray(affine, dtype=float)[:3, :3], axis=0)
+    if not np.all(np.isfinite(spacing)) or np.any(spacing < MIN_SPACING_MM):
+        raise GeometryError(
+            f"voxel spacing {_mm(spacing)} mm: a spacing that is zero, not a number or "
+            f"under {MIN_SPACING_MM} mm makes the affine not invertible (the image's "
+            "geometry is damaged)"
+        )
+    extent = spacing * np.asarray(shape[:3], dtype=float)
+    if np.any(extent > MAX_EXTENT_MM):
+        raise GeometryError(
+            f"the image would measure {_mm(extent)} mm (voxel spacing {_mm(spacing)} mm), "
+            f"over {MAX_EXTENT_MM / 1000:.0f} m along an axis: its geometry is damaged"
+        )
+
+
+def _mm(values: np.ndarray) -> str:
+    return " x ".join(f"{v:.4g}" for v in values)
+
+
 @dataclass(frozen=True)
 class Volume:
     """An intensity image (HU for CT) of shape (I, J, K) with its RAS affine (mm)."""

@@ -209,6 +209,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "webapp.delineation.schema.strip_download_slash",
+        "webapp.delineation.schema.document_error_responses",
     ],
 }
 

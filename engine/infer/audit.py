@@ -193,7 +193,9 @@ def audit_volume(
     notes on the ROIs not audited; the model's label map on the volume's grid).
 
     Raises:
-        AuditError: no ROI names one of the model's structures.
+        AuditError: no ROI names one of the model's structures, or every such ROI is
+            empty on this image (its contours lie outside it, or it has none); raised
+            before the network runs.
     """
     cfg = model.config
     matched = match_structures([r.name for r in rois], model)
@@ -202,6 +204,17 @@ def audit_volume(
         raise AuditError(
             "no contour in the structure set has the name of a structure this model "
             f"delineates ({names})"
+        )
+    if not any(r.mask.any() for r in rois if r.name in matched):
+        why = "; ".join(
+            f"{r.name}: {', '.join(r.notes) or 'no contours'}"
+            for r in rois
+            if r.name in matched
+        )
+        raise AuditError(
+            "no contour of the structures this model delineates lies on the image, "
+            f"so there is nothing to audit; the contours may be outside the image or "
+            f"drawn on another scan ({why})"
         )
     notes = [
         f"{r.name}: not audited (the model does not delineate a structure of that name)"

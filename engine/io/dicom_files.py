@@ -10,25 +10,32 @@ from __future__ import annotations
 
 import io
 import stat
+import struct
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import pydicom
-from pydicom.errors import InvalidDicomError
+from pydicom import uid
 
 IMAGE_MODALITIES = {"CT", "MR", "PT"}
-# What pydicom raises for a file that is not (readable) DICOM.
-UNREADABLE_DICOM = (
-    InvalidDicomError,
-    EOFError,
-    OSError,
-    ValueError,
-    KeyError,
-    TypeError,
-)
+# The storage SOP classes of CT, MR and PET images (PS3.4 B.5): such an object without
+# pixel data is a damaged image (a truncated slice), not another kind of object.
+IMAGE_SOP_CLASSES = {
+    uid.CTImageStorage,
+    uid.EnhancedCTImageStorage,
+    uid.LegacyConvertedEnhancedCTImageStorage,
+    uid.MRImageStorage,
+    uid.EnhancedMRImageStorage,
+    uid.LegacyConvertedEnhancedMRImageStorage,
+    uid.PositronEmissionTomographyImageStorage,
+    uid.EnhancedPETImageStorage,
+    uid.LegacyConvertedEnhancedPETImageStorage,
+}
+_DICM_OFFSET = 128  # PS3.10 7.1: a 128-byte preamble, then "DICM"
 
 
 class DicomFilesError(ValueError):
@@ -41,12 +48,16 @@ class DicomUpload:
 
     ``images`` are CT/MR/PET instances with pixel data (``ds.filename`` is the name
     inside the upload); ``others`` are every other DICOM object; ``skipped`` holds one
-    note per file that was ignored, with the reason.
+    note per file that was ignored, with the reason; ``damaged`` one note per file that
+    is DICOM (it starts with the PS3.10 preamble and "DICM", or is named ``*.dcm``) but
+    cannot be read, or is a CT, MR or PET image without pixel data: a truncated slice,
+    whose series may be missing a slice.
     """
 
     images: list[pydicom.Dataset] = field(default_factory=list)
     others: list[pydicom.Dataset] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)
     files: int = 0
 
 
@@ -65,16 +76,57 @@ def iter_sources(path: Path) -> Iterator[tuple[str, Path | BinaryIO]]:
                     raise DicomFilesError(f"zip entry {name!r} has an unsafe path")
                 if stat.S_ISLNK(info.external_attr >> 16):
                     raise DicomFilesError(f"zip entry {name!r} is a symbolic link")
-                yield name, io.BytesIO(zf.read(info))
+                try:
+                    data = zf.read(info)
+                except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+                    raise DicomFilesError(
+                        f"the zip file is damaged: entry {name!r} cannot be unpacked"
+                    ) from exc
+                yield name, io.BytesIO(data)
     else:
         yield path.name, path
+
+
+def _why_unreadable(exc: BaseException) -> str:
+    """What a physician can do with a parser's exception: the file ends early, or not."""
+    if isinstance(exc, EOFError | struct.error) or "end of file" in str(exc).lower():
+        return "it ends early (truncated, for example an interrupted copy)"
+    return "its header is damaged"
+
+
+def _claims_dicom(name: str, source: Path | BinaryIO) -> bool:
+    """Named ``*.dcm`` or starting with the PS3.10 preamble and "DICM"."""
+    if name.lower().endswith(".dcm"):
+        return True
+    if isinstance(source, Path):
+        with open(source, "rb") as f:
+            f.seek(_DICM_OFFSET)
+            return f.read(4) == b"DICM"
+    source.seek(_DICM_OFFSET)
+    magic = source.read(4) == b"DICM"
+    source.seek(0)
+    return magic
+
+
+def _read_dataset(source: Path | BinaryIO) -> pydicom.Dataset:
+    """pydicom's dataset with every top-level attribute decoded now, so that a value
+    that cannot be decoded fails here (as an unreadable file) rather than later."""
+    ds = pydicom.dcmread(source)
+    for _ in ds:  # iterating converts each raw element (pixel data stays bytes)
+        pass
+    return ds
 
 
 def read_upload(path: str | Path) -> DicomUpload:
     """Read every DICOM object in ``path`` (folder, zip or single file).
 
+    A file pydicom cannot read is a note in ``skipped``, and also in ``damaged`` when it
+    starts like a DICOM file; whatever pydicom raises (it raises many types on damaged
+    input) never escapes.
+
     Raises:
-        DicomFilesError: a zip entry with an absolute path or ``..``, or a symbolic link.
+        DicomFilesError: a zip entry with an absolute path or ``..``, a symbolic link, or
+            one that cannot be unpacked (damaged).
         zipfile.BadZipFile: a corrupt zip archive.
     """
     upload = DicomUpload()
@@ -84,19 +136,57 @@ def read_upload(path: str | Path) -> DicomUpload:
             upload.skipped.append(f"{name}: DICOMDIR ignored (an index, not an image)")
             continue
         try:
-            ds = pydicom.dcmread(source)
-        except UNREADABLE_DICOM as exc:
-            upload.skipped.append(
-                f"{name}: skipped, not a DICOM file ({type(exc).__name__})"
-            )
+            ds = _read_dataset(source)
+            is_image = "PixelData" in ds and ds.get("Modality") in IMAGE_MODALITIES
+            has_sop_class = "SOPClassUID" in ds
+            meta = getattr(ds, "file_meta", None) or pydicom.Dataset()
+            sop_classes = {
+                str(ds.get("SOPClassUID", "")),
+                str(meta.get("MediaStorageSOPClassUID", "")),
+            } - {""}
+        except (
+            Exception
+        ) as exc:  # pydicom raises many types (struct.error, ...) on damage
+            if _claims_dicom(name, source):
+                note = f"{name}: a damaged DICOM file, not read: {_why_unreadable(exc)}"
+                upload.damaged.append(note)
+            else:
+                note = f"{name}: skipped, not a DICOM file"
+            upload.skipped.append(note)
             continue
         ds.filename = name
-        if "PixelData" in ds and ds.get("Modality") in IMAGE_MODALITIES:
+        # pydicom stops quietly at the end of a file cut between (or inside) attributes.
+        if (not sop_classes and not is_image) or (
+            sop_classes & IMAGE_SOP_CLASSES and "PixelData" not in ds
+        ):
+            what = "an image without pixel data" if sop_classes else "no SOP Class UID"
+            upload.damaged.append(
+                f"{name}: a damaged DICOM file ({what}): truncated or damaged"
+            )
+            upload.skipped.append(upload.damaged[-1])
+        elif is_image:
             upload.images.append(ds)
-        elif "SOPClassUID" in ds:
+        elif has_sop_class:
             upload.others.append(ds)
         else:
             upload.skipped.append(
                 f"{name}: skipped, a DICOM file without SOP Class UID"
             )
     return upload
+
+
+def damaged_files_message(upload: DicomUpload) -> str | None:
+    """Why an upload holding damaged DICOM files is refused, or None when it holds none.
+
+    A damaged file may be a slice of the series: assembling the rest would give a volume
+    with a slice missing, which the spacing check cannot see at either end of the stack.
+    """
+    if not upload.damaged:
+        return None
+    more = len(upload.damaged) - 1
+    return (
+        upload.damaged[0]
+        + (f" (and {more} more damaged file{'s' if more > 1 else ''})" if more else "")
+        + ". A series with a damaged file may be missing a slice: upload the series "
+        "again from its source, or leave that file out if it is not part of the series."
+    )

@@ -16,7 +16,10 @@ row index) in LPS; Pixel Spacing is (between rows, between columns) in mm.
 * Refusals (``DicomSeriesError``, before any pixel data is decoded): localizer (scout)
   images inside a series, mixed orientations, sizes or pixel spacings, duplicated
   positions, missing slices (a gap over 1.5x the median spacing), irregular spacing,
-  gantry tilt (slices not stacked along their normal).
+  gantry tilt (slices not stacked along their normal); an Image Pixel module (C.7.6.3)
+  that cannot describe the pixel data (Rows, Columns, Bits Allocated, ... not whole
+  numbers, not greyscale, or uncompressed pixel data shorter than they require); a grid
+  beyond ``engine.volume.check_input_grid``'s limits; a damaged DICOM file in the upload.
 * The affine is converted from LPS to RAS once, here: voxel (i, j, k) = (column, row,
   slice). Sagittal, coronal and oblique stacks are represented through the affine.
 """
@@ -24,15 +27,18 @@ row index) in LPS; Pixel Spacing is (between rows, between columns) in mm.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.datadict import dictionary_description
+from pydicom.uid import ImplicitVRLittleEndian, UncompressedTransferSyntaxes
 
-from engine.io.dicom_files import read_upload
-from engine.volume import Volume
+from engine.io.dicom_files import IMAGE_SOP_CLASSES, damaged_files_message, read_upload
+from engine.volume import GeometryError, Volume, check_input_grid
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -112,11 +118,16 @@ class SeriesCandidate:
 
     ``key`` identifies the series within the upload: its Series Instance UID, or, where
     that UID is empty or shared by several stacks, the UID plus a geometry digest.
+    ``rejected`` says why images of this Series Instance UID could not be placed (a
+    series with such an image is refused: it may be missing a slice).
     """
 
     key: str
     series_instance_uid: str
     frames: list[Frame]
+    rejected: list[str] = field(
+        default_factory=list
+    )  # its images that cannot be placed
 
     @property
     def header(self) -> pydicom.Dataset:
@@ -198,6 +209,50 @@ def _functional_item(
     return None
 
 
+def _whole(
+    ds: pydicom.Dataset, keyword: str, name: str, default: int | None = None
+) -> int:
+    """An integer attribute (Rows, Number of Frames, ...); absent or empty: ``default``.
+
+    Raises:
+        DicomSeriesError: absent without a default, or not one whole number (a value
+            written with another VR, several values, text).
+    """
+    value = ds.get(keyword)
+    what = dictionary_description(keyword)
+    if value is None or value == "":
+        if default is None:
+            raise DicomSeriesError(f"{name}: no {what}")
+        return default
+    try:
+        number = float(value) if isinstance(value, int | float | str) else math.nan
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number != int(number):
+        raise DicomSeriesError(f"{name}: {what} is not a whole number")
+    return int(number)
+
+
+def _decimal(ds: pydicom.Dataset, keyword: str, name: str, default: float) -> float:
+    """A decimal attribute (Rescale Slope, ...); absent or empty: ``default``.
+
+    Raises:
+        DicomSeriesError: not one finite number.
+    """
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value) if isinstance(value, int | float | str) else math.nan
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise DicomSeriesError(
+            f"{name}: {dictionary_description(keyword)} is not a number"
+        )
+    return number
+
+
 def _floats(values, count: int, what: str, name: str) -> np.ndarray:
     try:
         array = np.array([float(v) for v in values], dtype=float)
@@ -241,14 +296,14 @@ def _make_frame(
         raise DicomSeriesError(
             f"{name}: Pixel Spacing must be positive, got {spacing.tolist()}"
         )
-    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    rows, columns = _whole(ds, "Rows", name, 0), _whole(ds, "Columns", name, 0)
     if rows < 1 or columns < 1:
         raise DicomSeriesError(
             f"{name}: Rows and Columns must be positive, got {rows} x {columns}"
         )
     slope_owner = transform if transform is not None else ds
-    slope = float(slope_owner.get("RescaleSlope", 1) or 1)
-    intercept = float(slope_owner.get("RescaleIntercept", 0) or 0)
+    slope = _decimal(slope_owner, "RescaleSlope", name, 1.0) or 1.0
+    intercept = _decimal(slope_owner, "RescaleIntercept", name, 0.0)
     image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
     if index is not None:
         frame_type = _functional_item(
@@ -278,7 +333,15 @@ def frames_of(ds: pydicom.Dataset) -> list[Frame]:
     Raises:
         DicomSeriesError: the plane geometry or image size is missing or invalid.
     """
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = _whole(ds, "NumberOfFrames", str(ds.filename), 1)
+    if frames < 1:
+        raise DicomSeriesError(
+            f"{ds.filename}: Number of Frames is {frames}; an image has at least one"
+        )
+    if frames > 1:  # before looping over them: the count may be absurd
+        problem = pixel_data_problem(ds)
+        if problem:
+            raise DicomSeriesError(problem)
     if (
         "PerFrameFunctionalGroupsSequence" not in ds
         and "SharedFunctionalGroupsSequence" not in ds
@@ -335,16 +398,24 @@ def group_series(
 ) -> tuple[list[SeriesCandidate], list[str]]:
     """Group image instances into series candidates; also returns notes on what was set aside.
 
-    A series made only of localizer (scout) images is set aside with a note; instances
-    whose geometry cannot be read are set aside with the reason.
+    An image whose geometry or size cannot be read is set aside with the reason; when it
+    is a CT, MR or PET image of a series that has others, that series' ``rejected``
+    lists it (``plan_geometry`` then refuses the series). A series made only of
+    localizer (scout) images is set aside with a note.
     """
     notes: list[str] = []
     by_uid: dict[str, list[Frame]] = defaultdict(list)
+    rejected: dict[str, list[str]] = defaultdict(list)
     for ds in images:
+        uid = str(ds.get("SeriesInstanceUID", "") or "")
         try:
-            by_uid[str(ds.get("SeriesInstanceUID", "") or "")].extend(frames_of(ds))
+            frames = frames_of(ds)
         except DicomSeriesError as exc:
             notes.append(f"{exc}: image set aside")
+            if uid and ds.get("SOPClassUID") in IMAGE_SOP_CLASSES:
+                rejected[uid].append(str(exc))
+            continue
+        by_uid[uid].extend(frames)
     candidates = []
     for uid, frames in by_uid.items():
         parts = _split_by_geometry(frames)
@@ -372,8 +443,66 @@ def group_series(
             candidates.append(
                 SeriesCandidate(f"{label}#{_geometry_digest(part[0])}", uid, part)
             )
+    for candidate in candidates:
+        candidate.rejected = rejected.get(candidate.series_instance_uid, [])
     candidates.sort(key=lambda c: (-len(c.frames), c.key))
     return candidates, notes
+
+
+# --- Pixel data -----------------------------------------------------------------------
+
+_BITS_ALLOCATED = (8, 16, 32)
+_ITEM_HEADER_BYTES = (
+    8  # PS3.5 A.4: each frame of encapsulated pixel data is at least one item
+)
+
+
+def pixel_data_problem(ds: pydicom.Dataset) -> str | None:
+    """Why the Image Pixel module (PS3.3 C.7.6.3) of ``ds`` cannot describe its pixel
+    data, or None. Reads the header only: Rows, Columns, Bits Allocated, Samples per
+    Pixel, Pixel Representation, Photometric Interpretation, Number of Frames, and the
+    length of uncompressed Pixel Data (which must hold Rows x Columns x frames x Bits
+    Allocated / 8 bytes; encapsulated data at least one item per frame).
+    """
+    name = str(ds.filename)
+    try:
+        rows, columns = _whole(ds, "Rows", name), _whole(ds, "Columns", name)
+        bits = _whole(ds, "BitsAllocated", name)
+        samples = _whole(ds, "SamplesPerPixel", name, 1)
+        representation = _whole(ds, "PixelRepresentation", name, 0)
+        frames = _whole(ds, "NumberOfFrames", name, 1)
+    except DicomSeriesError as exc:
+        return str(exc)
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    if rows < 1 or columns < 1 or frames < 1:
+        return f"{name}: Rows, Columns and Number of Frames must be positive, got {rows}, {columns} and {frames}"
+    if bits not in _BITS_ALLOCATED:
+        return (
+            f"{name}: Bits Allocated is {bits}; CT, MR and PET pixels use 8, 16 or 32"
+        )
+    if samples != 1 or (photometric and not photometric.startswith("MONOCHROME")):
+        return (
+            f"{name}: a colour image ({samples} samples per pixel, {photometric or 'no'} "
+            "photometric interpretation); CT, MR and PET images are greyscale"
+        )
+    if representation not in (0, 1):
+        return f"{name}: Pixel Representation is {representation}; it must be 0 (unsigned) or 1 (signed)"
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    length = len(ds.get("PixelData") or b"")
+    if (syntax or ImplicitVRLittleEndian) in UncompressedTransferSyntaxes:
+        needed = rows * columns * frames * samples * bits // 8
+        if length < needed:
+            return (
+                f"{name}: the pixel data holds {length} bytes where Rows x Columns "
+                f"({rows} x {columns}){f' x {frames} frames' if frames > 1 else ''} at "
+                f"{bits} bits needs {needed}: the file is truncated or damaged"
+            )
+    elif length < frames * _ITEM_HEADER_BYTES:
+        return (
+            f"{name}: the compressed pixel data ({length} bytes) cannot hold "
+            f"{frames} frames: the file is truncated or damaged"
+        )
+    return None
 
 
 # --- Geometry and assembly ------------------------------------------------------------
@@ -383,15 +512,28 @@ def plan_geometry(candidate: SeriesCandidate) -> StackGeometry:
     """Order the frames of a series in space and check they form one regular volume.
 
     Raises:
-        DicomSeriesError: fewer than 2 slices, a localizer inside the series, mixed
-            orientation, size or pixel spacing, duplicated positions, missing slices
-            (gap > 1.5x the median spacing), irregular spacing, or gantry tilt.
+        DicomSeriesError: an image of the series that could not be placed
+            (``candidate.rejected``), fewer than 2 slices, pixel data the header cannot describe
+            (``pixel_data_problem``), a localizer inside the series, mixed orientation,
+            size or pixel spacing, duplicated positions, missing slices (gap > 1.5x the
+            median spacing), irregular spacing, gantry tilt, or a grid beyond the limits
+            of ``engine.volume.check_input_grid``.
     """
     frames = candidate.frames
+    if candidate.rejected:
+        more = len(candidate.rejected) - 1
+        raise DicomSeriesError(
+            f"{candidate.rejected[0]}{f' (and {more} more images)' if more else ''}; "
+            "the series may be missing a slice, so it is not used"
+        )
     if len(frames) < 2:
         raise DicomSeriesError(
             f"a 3D volume needs at least 2 slices, the series has {len(frames)}"
         )
+    for ds in {id(f.dataset): f.dataset for f in frames}.values():
+        problem = pixel_data_problem(ds)
+        if problem:
+            raise DicomSeriesError(problem)
     scouts = [f for f in frames if f.localizer]
     if scouts:
         raise DicomSeriesError(
@@ -462,6 +604,10 @@ def plan_geometry(candidate: SeriesCandidate) -> StackGeometry:
     affine[:3, 1] = first.orientation[3:] * first.pixel_spacing[0]
     affine[:3, 2] = slice_vector
     affine[:3, 3] = ordered[0].position
+    try:
+        check_input_grid((first.columns, first.rows, count), affine)
+    except GeometryError as exc:
+        raise DicomSeriesError(str(exc)) from exc
     return StackGeometry(ordered, affine, steps, tilt)
 
 
@@ -476,10 +622,20 @@ def _pixels(frame: Frame, cache: dict[int, np.ndarray]) -> np.ndarray:
         ) as exc:  # pydicom raises many types for bad or undecodable pixel data
             syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
             what = f" ({syntax.name})" if syntax is not None else ""
+            # The decoders' own messages name Python exceptions, not the problem.
             raise DicomSeriesError(
-                f"{ds.filename}: pixel data cannot be decoded{what}: {exc}"
+                f"{ds.filename}: pixel data cannot be decoded{what}: it is damaged "
+                "or is not what the header declares"
             ) from exc
-    pixels = cache[key] if frame.index is None else cache[key][frame.index]
+    decoded = cache[key]
+    if frame.index is not None:
+        if decoded.ndim != 3 or decoded.shape[0] <= frame.index:
+            raise DicomSeriesError(
+                f"{ds.filename}: {decoded.shape[0] if decoded.ndim == 3 else 1} frames of "
+                f"pixel data where Number of Frames needs {frame.index + 1} or more"
+            )
+        decoded = decoded[frame.index]
+    pixels = decoded
     if pixels.shape != (frame.rows, frame.columns):
         raise DicomSeriesError(
             f"{frame.name}: pixel data shape {pixels.shape} differs from Rows x Columns "
@@ -513,8 +669,10 @@ def assemble_series(
             delattr(header, bulky)
     slices = [
         SliceRef(
-            str(f.dataset.SOPClassUID),
-            str(f.dataset.SOPInstanceUID),
+            str(
+                f.dataset.get("SOPClassUID", "") or ""
+            ),  # may be empty (totalseg_example)
+            str(f.dataset.get("SOPInstanceUID", "") or ""),
             tuple(float(v) for v in f.position),
             None if f.index is None else f.index + 1,
         )
@@ -522,15 +680,29 @@ def assemble_series(
     ]
     notes = list(notes or [])
     meta = {"source": "dicom", "modality": candidate.modality, "notes": notes}
-    volume = Volume(array, LPS_TO_RAS @ geometry.affine_lps, meta=meta)
+    try:
+        volume = Volume(array, LPS_TO_RAS @ geometry.affine_lps, meta=meta)
+    except GeometryError as exc:
+        raise DicomSeriesError(str(exc)) from exc
     return DicomSeries(volume, slices, header, notes, candidate.key)
 
 
+def no_series_message(notes: list[str]) -> str:
+    """Why an upload has no image series, with the first notes on what was set aside."""
+    message = "no DICOM CT, MR or PET image series found in the upload"
+    if not notes:
+        return message
+    shown = "; ".join(notes[:2])
+    more = f"; and {len(notes) - 2} more files set aside" if len(notes) > 2 else ""
+    return f"{message} ({shown}{more})"
+
+
 def select_candidate(
-    candidates: list[SeriesCandidate], key: str | None
+    candidates: list[SeriesCandidate], key: str | None, notes: list[str] | None = None
 ) -> SeriesCandidate:
     """The series ``key`` names (its key, or its Series Instance UID when unambiguous);
-    with no ``key``, the only series that can be assembled.
+    with no ``key``, the only series that can be assembled. ``notes`` (files skipped or
+    set aside) explain an upload without series.
 
     Raises:
         DicomSeriesError: no image series, ``key`` not found, or several usable series
@@ -538,9 +710,7 @@ def select_candidate(
             (the message is the first refusal).
     """
     if not candidates:
-        raise DicomSeriesError(
-            "no DICOM CT, MR or PET image series found in the upload"
-        )
+        raise DicomSeriesError(no_series_message(notes or []))
     if key is not None:
         matches = [c for c in candidates if c.key == key] or [
             c for c in candidates if c.series_instance_uid == key
@@ -585,14 +755,18 @@ def read_series(path: str | Path, key: str | None = None) -> DicomSeries:
     """Read one image series from a folder, zip or file; ``key`` picks it when there are several.
 
     Raises:
-        DicomSeriesError: no image series, several and no ``key``, or the chosen series
-            cannot be assembled (see ``assemble_series``).
+        DicomSeriesError: a damaged DICOM file in the upload, no image series, several
+            and no ``key``, or the chosen series cannot be assembled (see
+            ``assemble_series``).
         engine.io.dicom_files.DicomFilesError, zipfile.BadZipFile: unusable container.
     """
     upload = read_upload(Path(path))
+    damaged = damaged_files_message(upload)
+    if damaged:
+        raise DicomSeriesError(damaged)
     candidates, notes = group_series(upload.images)
-    candidate = select_candidate(candidates, key)
     notes = upload.skipped + notes
+    candidate = select_candidate(candidates, key, notes)
     if len(candidates) > 1:
         notes.append(
             f"{len(candidates)} image series in the upload; using {candidate.key}"

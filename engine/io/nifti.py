@@ -2,43 +2,116 @@
 
 from __future__ import annotations
 
+import gzip
 import os
+import zlib
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.spatialimages import HeaderDataError
 
 from engine.io.atomic import write_atomically
-from engine.volume import GeometryError, LabelMap, Volume
+from engine.volume import GeometryError, LabelMap, Volume, check_input_grid
 
 
 class NiftiError(ValueError):
     """A file that is not a readable 3D NIfTI image."""
 
 
+def _gzip_problem(path: Path) -> str | None:
+    """What is wrong with a ``.gz`` file's compression, None when its stream is whole.
+    Read in chunks and dropped, so a large stream costs time, not memory."""
+    with open(path, "rb") as f:
+        if f.read(2) != b"\x1f\x8b":
+            return "it is named .gz but is not gzip-compressed"
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 20):
+                pass
+    except EOFError:
+        return "its gzip stream ends early: the file is truncated"
+    except (OSError, zlib.error):  # BadGzipFile (CRC, garbage) is an OSError
+        return "its gzip compression is damaged"
+    return None
+
+
+def why_unreadable(exc: BaseException, path: Path) -> str:
+    """Why nibabel could not read ``path``, in words, from the exception it raised (and,
+    for a ``.gz`` file, its gzip stream); never an OS error's text, which holds the path."""
+    if str(path).lower().endswith(".gz"):
+        problem = _gzip_problem(path)
+        if problem:
+            return problem
+    text = str(exc)
+    if isinstance(exc, EOFError) or "ended before" in text or "Expected" in text:
+        return "it ends early: truncated or damaged"
+    if isinstance(exc, HeaderDataError):
+        return f"its header is not valid: {text}"
+    return "its header is not a valid NIfTI-1 or NIfTI-2 header"
+
+
+def _zero_pixdim(img: nib.Nifti1Image, path: Path) -> bool:
+    """A zero or non-finite voxel size where the affine comes from pixdim (qform and sform
+    codes 0). nibabel replaces such a size by 1 mm when it loads the header, so the
+    header is read again without its fixes."""
+    if img.header["qform_code"] or img.header["sform_code"]:
+        return False
+    with nib.openers.ImageOpener(str(path)) as f:
+        raw = type(img.header).from_fileobj(f, check=False)
+    pixdim = np.asarray(raw["pixdim"][1:4], dtype=float)
+    return bool(np.any(pixdim == 0) or not np.all(np.isfinite(pixdim)))
+
+
 def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The voxels and affine of a 3D NIfTI file; the header is checked before the voxels
+    are read (shape, data type, ``check_input_grid``)."""
+    name = Path(path).name
     try:
         img = nib.load(str(path))
-        array = np.asanyarray(img.dataobj)
+        shape = tuple(int(n) for n in img.shape)
+        dtype = img.get_data_dtype()
+        affine = np.asarray(
+            img.affine if img.affine is not None else np.eye(4), dtype=np.float64
+        )
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise NiftiError(
-            f"{Path(path).name}: not a readable NIfTI file ({exc})"
+            f"{name}: not a readable NIfTI file ({why_unreadable(exc, Path(path))})"
         ) from exc
-    if array.ndim == 4 and array.shape[3] == 1:
-        array = array[..., 0]
-    if array.ndim != 3:
+    if _zero_pixdim(img, path):
         raise NiftiError(
-            f"{Path(path).name}: expected a 3D image, got shape {array.shape}"
+            f"{name}: a voxel size (pixdim) is zero or not a number and no qform or "
+            "sform gives the geometry: the voxel spacing is unknown"
         )
-    affine = img.affine if img.affine is not None else np.eye(4)
-    return array, np.asarray(affine, dtype=np.float64)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise NiftiError(f"{name}: expected a 3D image, got shape {shape}")
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise NiftiError(
+            f"{name}: voxel data type {dtype} (colour or complex values) is not an "
+            "intensity image"
+        )
+    try:
+        check_input_grid(shape, affine)
+    except GeometryError as exc:
+        raise NiftiError(f"{name}: {exc}") from exc
+    try:
+        array = np.asanyarray(img.dataobj).reshape(shape)
+    except Exception as exc:  # truncated data, damaged gzip stream
+        raise NiftiError(
+            f"{name}: not a readable NIfTI file ({why_unreadable(exc, Path(path))})"
+        ) from exc
+    return array, affine
 
 
 def read_volume(path: str | os.PathLike) -> Volume:
     """Read a 3D NIfTI image as a ``Volume`` (float32 array (I, J, K), RAS affine in mm).
 
     Raises:
-        NiftiError: unreadable file, not 3D, NaN/infinite voxels or a degenerate affine.
+        NiftiError: unreadable or truncated file, not 3D, not an intensity data type,
+            NaN/infinite voxels, a degenerate affine, or a grid beyond the limits of
+            ``engine.volume.check_input_grid``.
     """
     array, affine = _load(Path(path))
     array = array.astype(np.float32)

@@ -17,12 +17,13 @@ import numpy as np
 import pydicom
 from pydicom.pixels import get_decoder
 
-from engine.io.dicom_files import DicomFilesError, read_upload
+from engine.io.dicom_files import DicomFilesError, damaged_files_message, read_upload
 from engine.io.dicom_series import (
     LPS_TO_RAS,
     DicomSeriesError,
     SeriesCandidate,
     group_series,
+    no_series_message,
     plan_geometry,
 )
 from engine.io.nifti import NiftiError, read_volume
@@ -49,11 +50,20 @@ def _transfer_syntax_problem(
         names.add(uid.name)
         try:
             available = get_decoder(uid).is_available
-        except NotImplementedError:
+        except (NotImplementedError, ValueError):  # no decoder for this UID
             available = False
         if not available and problem is None:
             problem = f"{ds.filename}: pixel data in {uid.name} ({uid}) cannot be decoded: unsupported transfer syntax"
     return sorted(names), problem
+
+
+def _number(value, kind: type[int] | type[float]) -> int | float | None:
+    """A header value for the report, None when absent or not a number."""
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
 
 
 def _round(values, digits: int = 4) -> list[float]:
@@ -70,9 +80,7 @@ def series_report(candidate: SeriesCandidate) -> dict:
         "series_instance_uid": candidate.series_instance_uid,
         "modality": candidate.modality,
         "series_description": candidate.description,
-        "series_number": int(header.SeriesNumber)
-        if header.get("SeriesNumber") not in (None, "")
-        else None,
+        "series_number": _number(header.get("SeriesNumber"), int),
         "instances": candidate.instances,
         "images": len(candidate.frames),
         "multiframe": any(f.index is not None for f in candidate.frames),
@@ -101,9 +109,7 @@ def series_report(candidate: SeriesCandidate) -> dict:
                 "max": round(float(geometry.steps_mm.max()), 4),
             },
             "tilt_deg": round(geometry.tilt_deg, 3),
-            "slice_thickness_mm": float(header.SliceThickness)
-            if header.get("SliceThickness") not in (None, "")
-            else None,
+            "slice_thickness_mm": _number(header.get("SliceThickness"), float),
         }
     )
     if problem:
@@ -112,6 +118,13 @@ def series_report(candidate: SeriesCandidate) -> dict:
 
 
 def _other_object(ds: pydicom.Dataset) -> dict:
+    try:
+        return _describe_object(ds)
+    except Exception:  # a damaged sequence of an object we only list: list it bare
+        return {"file": str(ds.filename), "modality": str(ds.get("Modality", ""))}
+
+
+def _describe_object(ds: pydicom.Dataset) -> dict:
     sop_class = pydicom.uid.UID(str(ds.get("SOPClassUID", "")))
     entry = {
         "file": str(ds.filename),
@@ -156,8 +169,8 @@ def inspect_input(path: str | Path, patient_ids: bool = False) -> dict:
     Patient ID identifies a person: never log it, nor print it by default.
 
     Raises:
-        InputError: the path does not exist, is a broken zip or NIfTI, or holds no
-            DICOM image at all.
+        InputError: the path does not exist, is a broken zip or NIfTI, holds a damaged
+            DICOM file (one that may be a slice of the series), or no DICOM image at all.
     """
     path = Path(path)
     if not path.exists():
@@ -187,20 +200,22 @@ def inspect_input(path: str | Path, patient_ids: bool = False) -> dict:
             "selected": None,
             **({"patient_ids": {}} if patient_ids else {}),
         }
+    if (
+        path.is_file()
+        and path.suffix.lower() == ".zip"
+        and not zipfile.is_zipfile(path)
+    ):
+        raise InputError(f"{path.name}: not a valid zip archive")
     try:
         upload = read_upload(path)
     except (DicomFilesError, zipfile.BadZipFile) as exc:
         raise InputError(f"{path.name}: {exc}") from exc
+    damaged = damaged_files_message(upload)
+    if damaged:
+        raise InputError(damaged)
     candidates, notes = group_series(upload.images)
     if not candidates:
-        raise InputError(
-            "no DICOM CT, MR or PET image series found in the upload"
-            + (
-                f" ({len(upload.skipped) + len(notes)} files skipped)"
-                if upload.skipped or notes
-                else ""
-            )
-        )
+        raise InputError(no_series_message(upload.skipped + notes))
     reports = [series_report(c) for c in candidates]
     usable = [r["key"] for r in reports if r["status"] == "ok"]
     report = {

@@ -34,7 +34,6 @@ import pydicom
 from pydicom.dataset import Dataset
 from skimage.draw import polygon as polygon_pixels
 
-from engine.io.dicom_files import UNREADABLE_DICOM
 from engine.io.dicom_series import RTSTRUCT_SOP_CLASS, DicomSeries
 
 # Exporters round Contour Data to 0.01-0.1 mm; a contour this close to a slice plane lies on it.
@@ -72,16 +71,29 @@ def read_rtstruct(path: str | os.PathLike) -> Dataset:
     """Read an RTSTRUCT file.
 
     Raises:
-        RTStructImportError: not a readable DICOM file, or not an RT Structure Set.
+        RTStructImportError: not a readable DICOM file, a value that cannot be decoded,
+            or not an RT Structure Set.
     """
     try:
         ds = pydicom.dcmread(path)
-    except UNREADABLE_DICOM as exc:
+    except Exception as exc:  # pydicom raises many types (struct.error, ...) on damage
         raise RTStructImportError(
-            f"{Path(path).name}: not a readable DICOM file ({type(exc).__name__})"
+            f"{Path(path).name}: not a readable DICOM file (missing, truncated or damaged)"
         ) from exc
+    _decode_all(ds)
     _check_is_rtstruct(ds)
     return ds
+
+
+def _decode_all(ds: Dataset) -> None:
+    """Decode every attribute now, nested ones too: pydicom decodes a value when it is
+    first read, and a damaged one would otherwise fail wherever that happens."""
+    try:
+        ds.walk(lambda dataset, element: None)
+    except Exception as exc:  # pydicom raises many types for a value it cannot decode
+        raise RTStructImportError(
+            f"the structure set is damaged: an attribute cannot be decoded ({exc})"
+        ) from exc
 
 
 def _check_is_rtstruct(ds: Dataset) -> None:
@@ -270,10 +282,14 @@ def _rasterise(
 
 
 def _color(roi_contour: Dataset | None) -> tuple[int, int, int] | None:
+    """ROI Display Color (r, g, b); None when absent or not three whole numbers (a
+    display hint only, so a damaged one is dropped rather than refusing the ROI)."""
     value = roi_contour.get("ROIDisplayColor") if roi_contour is not None else None
-    if value is None or len(value) != 3:
+    try:
+        rgb = tuple(int(v) for v in value) if value is not None else ()
+    except (TypeError, ValueError):
         return None
-    return (int(value[0]), int(value[1]), int(value[2]))
+    return rgb if len(rgb) == 3 else None
 
 
 def _check_frame_of_reference(ds: Dataset, series: DicomSeries) -> list[str]:
@@ -339,6 +355,7 @@ def import_rtstruct(
             ROI (or two for one ROI), or malformed Contour Data.
     """
     ds = source if isinstance(source, Dataset) else read_rtstruct(source)
+    _decode_all(ds)
     _check_is_rtstruct(ds)
     common_notes = _check_frame_of_reference(ds, series)
     geometry = _SliceGeometry(series)

@@ -1,4 +1,6 @@
-from django.urls import path
+from django.http import JsonResponse
+from django.urls import path, re_path
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import SimpleRouter
 
@@ -18,3 +20,13 @@ urlpatterns = [
     path("auth/token/", obtain_auth_token, name="api-token"),
     *router.urls,
 ]
+
+
+@csrf_exempt  # it changes nothing; a DELETE to an unknown URL is still a 404, not a CSRF 403
+def not_found(request, *args, **kwargs) -> JsonResponse:
+    """Any other URL under /api/ (an id that is not a UUID, a misspelt path): a JSON 404, as
+    every API answer is JSON, not Django's HTML page."""
+    return JsonResponse({"detail": "Not found."}, status=404)
+
+
+urlpatterns.append(re_path(r"^.*$", not_found))

@@ -266,6 +266,15 @@ def deidentify(source: Path, out_dir: Path) -> dict:
     }
 
 
+def unreadable_nifti_reason(path: Path, exc: Exception) -> str:
+    """Why nibabel raised ``exc`` reading ``path``, in words (``engine.io.nifti.why_unreadable``)."""
+    try:
+        from engine.io.nifti import why_unreadable
+    except ImportError:
+        return "it is not a NIfTI file, or it is damaged"
+    return why_unreadable(exc, Path(path))
+
+
 def usable_series(report: dict | None) -> list[str]:
     """Keys of the series of a pre-flight report that can be delineated."""
     if not report:

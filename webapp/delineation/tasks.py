@@ -302,6 +302,7 @@ def _run(job_id: str | UUID) -> str:
         return Job.Status.FAILED
     except services.DelineationError as exc:
         recorder.finish_stage()
+        services.remove_tree(out_dir)  # a refused input or export: nothing partial is kept
         _fail(job, exc.message, {**timings, **recorder.stage_seconds, "total": round(time.monotonic() - started, 3)})
         return Job.Status.FAILED
     except Exception as exc:

@@ -29,6 +29,7 @@ import stat
 import struct
 import uuid
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -295,8 +296,11 @@ def _check_zip(path: Path, shown_name: str) -> dict:
             damaged = archive.testzip()
             if damaged is not None:
                 raise UploadError(f"The zip file {shown_name!r} is damaged: {damaged!r} fails its checksum.")
-    except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError) as exc:
-        raise UploadError(f"The zip file {shown_name!r} cannot be read: {exc}.") from None
+    except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError, zlib.error):
+        # Not the exception's text: an OSError's holds the path on the server.
+        raise UploadError(
+            f"The zip file {shown_name!r} is damaged: it cannot be unpacked (it may be truncated or corrupted)."
+        ) from None
     return {"zip_members": len(members)}
 
 
@@ -305,13 +309,15 @@ def _check_nifti(path: Path, shown_name: str) -> dict:
         try:
             with gzip.open(path) as f:
                 f.read(16)
-        except (OSError, EOFError):
+        except (OSError, EOFError, zlib.error):
             raise UploadError(f"{shown_name!r} is named .nii.gz but is not gzip-compressed (or is damaged).") from None
     try:
         image = nib.load(path)
         shape = tuple(int(n) for n in image.shape)
-    except Exception as exc:  # nibabel raises many types for bad headers
-        raise UploadError(f"{shown_name!r} is not a readable NIfTI file: {exc}") from None
+    except Exception as exc:  # nibabel raises many types for bad headers; their text may hold the path
+        raise UploadError(
+            f"{shown_name!r} is not a readable NIfTI file: {services.unreadable_nifti_reason(path, exc)}."
+        ) from None
     if len(shape) < 3 or min(shape[:3]) < 1 or any(n != 1 for n in shape[3:]):
         raise UploadError(f"{shown_name!r} has shape {shape}; a 3D image is needed.")
     return {"nifti_shape": list(shape[:3])}
