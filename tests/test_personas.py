@@ -76,7 +76,7 @@ LIST_URLS = {
     "api-patient-list": False,
 }
 # URLs that hold no patient data of anyone (or create the user's own): covered elsewhere.
-OTHER_URLS = {"home", "upload", "api-models", "api-propagation-models", "api-token", "api-schema"}
+OTHER_URLS = {"home", "upload", "api-models", "api-propagation-models", "api-token", "api-schema", "api-not-found"}
 EXCLUDED_PREFIXES = ("admin/", "accounts/")  # the admin is staff only (test_login_required), login is public
 
 

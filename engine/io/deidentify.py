@@ -64,7 +64,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from engine.io.dicom_files import UNREADABLE_DICOM, iter_sources
+from engine.io.dicom_files import claims_dicom, iter_sources, why_unreadable
 
 TABLE_EDITION = "2024b"  # DICOM PS3.15 edition of Table E.1-1
 PROFILE_NAME = "DICOM PS3.15 Annex E Basic Profile"
@@ -352,7 +352,13 @@ def deidentify_upload(
             continue
         try:
             ds = pydicom.dcmread(stream)
-        except UNREADABLE_DICOM:
+        # pydicom raises many types (struct.error, ...) on damage
+        except Exception as exc:  # noqa: BLE001
+            # A truncated slice: refused, as the pre-flight refuses it.
+            if claims_dicom(name, stream):
+                raise DeidentificationError(
+                    f"{name}: a damaged DICOM file, not read: {why_unreadable(exc)}; nothing was stored"
+                ) from None
             dropped += 1
             continue
         if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:

@@ -87,14 +87,14 @@ def iter_sources(path: Path) -> Iterator[tuple[str, Path | BinaryIO]]:
         yield path.name, path
 
 
-def _why_unreadable(exc: BaseException) -> str:
+def why_unreadable(exc: BaseException) -> str:
     """What a physician can do with a parser's exception: the file ends early, or not."""
     if isinstance(exc, EOFError | struct.error) or "end of file" in str(exc).lower():
         return "it ends early (truncated, for example an interrupted copy)"
     return "its header is damaged"
 
 
-def _claims_dicom(name: str, source: Path | BinaryIO) -> bool:
+def claims_dicom(name: str, source: Path | BinaryIO) -> bool:
     """Named ``*.dcm`` or starting with the PS3.10 preamble and "DICM"."""
     if name.lower().endswith(".dcm"):
         return True
@@ -144,11 +144,10 @@ def read_upload(path: str | Path) -> DicomUpload:
                 str(ds.get("SOPClassUID", "")),
                 str(meta.get("MediaStorageSOPClassUID", "")),
             } - {""}
-        except (
-            Exception
-        ) as exc:  # pydicom raises many types (struct.error, ...) on damage
-            if _claims_dicom(name, source):
-                note = f"{name}: a damaged DICOM file, not read: {_why_unreadable(exc)}"
+        # pydicom raises many types (struct.error, ...) on damage
+        except Exception as exc:  # noqa: BLE001
+            if claims_dicom(name, source):
+                note = f"{name}: a damaged DICOM file, not read: {why_unreadable(exc)}"
                 upload.damaged.append(note)
             else:
                 note = f"{name}: skipped, not a DICOM file"

@@ -29,4 +29,4 @@ def not_found(request, *args, **kwargs) -> JsonResponse:
     return JsonResponse({"detail": "Not found."}, status=404)
 
 
-urlpatterns.append(re_path(r"^.*$", not_found))
+urlpatterns.append(re_path(r"^.*$", not_found, name="api-not-found"))
