@@ -249,7 +249,7 @@ def write_joint_markdown(card: dict, path: Path) -> None:
     """The card of a joint registration model for people (``publish_joint``)."""
     c, t = card["card"], card["card"]["training"]
     lines = [
-        f"# Model card: {card['name']} (joint registration + segmentation)",
+        f"# Model card: {card['name']} (joint model for contour propagation)",
         "",
         (
             f"- Architecture: `{card['architecture']}` ({t['architecture_note']}), "

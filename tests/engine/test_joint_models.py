@@ -85,7 +85,7 @@ def test_forward_gives_the_contract_shapes_and_identity_at_init(name):
 @pytest.mark.parametrize("name", sorted(JOINT_MODELS))
 def test_twenty_training_steps_on_a_shifted_blob_lower_the_loss(name):
     torch.manual_seed(0)
-    net = build_joint_model(_config(name))
+    net = build_joint_model(_config(name) | {"features": [2, 4, 8, 8, 8, 2]})
     loss_fn, batch = JOINT_LOSSES[name], _shifted_blob_batch()
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
 
@@ -230,3 +230,18 @@ def test_a_shipped_joint_model_loads_and_is_not_listed_for_segmentation(tmp_path
     assert card["architecture"] == "dual-head" and not network.training
     with pytest.raises(UnknownModelError, match="not shipped"):
         load_joint_model("cross-stitch", tmp_path)
+
+
+def test_the_shipped_joint_model_matches_its_card_and_keeps_the_contract():
+    from engine.models.registry import WEIGHTS_DIR, sha256_of
+
+    for name in available_joint_models():
+        network, card = load_joint_model(name)
+        assert card["kind"] == "joint" and card["architecture"] in JOINT_MODELS
+        assert sha256_of(WEIGHTS_DIR / f"{name}.pt") == card["card"]["weights_sha256"]
+        torch.manual_seed(0)
+        fixed = torch.rand(1, 1, *SHAPE)
+        with torch.no_grad():
+            out = network(fixed, torch.roll(fixed, 1, dims=2))
+        assert out.ddf.shape == (1, 3, *SHAPE) and torch.isfinite(out.ddf).all()
+        assert folding_percent(out.ddf[0]) < 1.0
