@@ -7,6 +7,7 @@ python -m engine audit INPUT [--contours RTSTRUCT] --model hn-rt --out DIR [--se
 python -m engine propagate --fixed DAILY --moving PLANNING --contours RTSTRUCT_OR_DIR --model NAME --out DIR
 python -m engine evaluate --model hn-oar --data ../shared/data/openkbp --split test [--json PATH]
 python -m engine train --model hn-oar --data ../shared/data/openkbp --out var/train/hn-oar --steps 4000
+python -m engine train experiments/configs/joint-cross-stitch.json  (a config run; "kind": "joint" for the joint models)
 python -m engine publish --model hn-oar --run var/train/hn-oar --training docs/training/hn-oar.json
 """
 
@@ -138,6 +139,15 @@ def _train(args: argparse.Namespace) -> int:
     import copy
 
     if args.config is not None:
+        from engine.train.joint import is_joint_config
+
+        if is_joint_config(args.config):
+            from engine.train.joint import run as run_joint
+            from engine.train.joint import summary_line
+
+            metrics = run_joint(args.config, Path(args.data), Path(args.experiments))
+            print(json.dumps(summary_line(metrics), indent=1))
+            return 0
         from engine.train.experiment import run
 
         metrics = run(args.config, Path(args.data), Path(args.experiments))
@@ -284,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         "config",
         nargs="?",
         type=Path,
-        help="a run configuration (JSON; see engine/train/experiment.py)",
+        help='a run configuration (JSON; see engine/train/experiment.py, and engine/train/joint.py for "kind": "joint")',
     )
     p.add_argument(
         "--experiments",
@@ -305,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_train)
 
     args = parser.parse_args(argv)
+    from engine.infer.audit import AuditError
     from engine.io.rtstruct_check import RTStructExportError
     from engine.io.rtstruct_import import RTStructImportError
     from engine.infer.audit import AuditError

@@ -3,6 +3,8 @@ and ``NAME.md`` (for people), written from a training run and an evaluation.
 
 ``publish`` copies a run's best checkpoint and configuration into ``engine/weights``;
 ``add_evaluation`` records test-split metrics from ``python -m engine evaluate --card``.
+A joint registration run (``engine.train.joint``, ``"kind": "joint"``) is published under
+its architecture's name with its test-pair figures from ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ def publish(
 ) -> Path:
     """Copy ``run_dir/best.pt`` (state dict, float32) and its config into ``weights_dir``."""
     config = json.loads((run_dir / "config.json").read_text())
+    if config.get("kind") == "joint":
+        return publish_joint(run_dir, name, training, weights_dir)
     if "model" in config:  # a run of a config file (engine.train.experiment)
         training = {**training, "run_config": {k: v for k, v in config.items() if k != "model"}}
         config = {**config["model"], "name": config["name"]}
@@ -183,6 +187,135 @@ def write_markdown(card: dict, path: Path) -> None:
             "- Trained on OpenKBP planning CTs only (head and neck, resampled by OpenKBP to 128^3); "
             "other anatomies or MR give meaningless output."
         ),
+        "- Results must be reviewed and edited by a qualified clinician before clinical use.",
+        "",
+        "Data: OpenKBP (Babier et al., Med Phys 48:5549-5561, 2021), CTs from TCIA head-and-neck collections.",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def publish_joint(
+    run_dir: Path, name: str, training: dict, weights_dir: Path = WEIGHTS_DIR
+) -> Path:
+    """Copy a joint run's ``best.pt`` as ``NAME.pt`` with a card of ``"kind": "joint"``
+    (the model configuration, the training record and the test-pair metrics).
+
+    Raises:
+        ValueError: ``name`` is not the run's architecture, or the run has no metrics.
+    """
+    config = json.loads((run_dir / "config.json").read_text())
+    model = config["model"]
+    if model["architecture"] != name:
+        raise ValueError(
+            f"run {run_dir} trained {model['architecture']!r}, not {name!r}"
+        )
+    if not (run_dir / "metrics.json").exists():
+        raise ValueError(f"run {run_dir} has no metrics.json: it has not finished")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
+    torch.save(state, weights_dir / f"{name}.pt")
+    evaluation = {
+        k: {key: v for key, v in metrics[k].items() if key != "pairs"}
+        for k in metrics
+        if k.startswith("evaluation_")
+    }
+    card = {
+        **model,
+        "name": name,
+        "kind": "joint",
+        "card": {
+            "date": dt.date.today().isoformat(),
+            "weights_sha256": sha256_of(weights_dir / f"{name}.pt"),
+            "training": {
+                **training,
+                "run_config": {k: v for k, v in config.items() if k != "model"},
+                "best_val_step": metrics["best_val_step"],
+                "val": metrics["val"],
+            },
+            **evaluation,
+        },
+    }
+    (weights_dir / f"{name}.json").write_text(json.dumps(card, indent=1))
+    write_joint_markdown(card, weights_dir / f"{name}.md")
+    return weights_dir / f"{name}.pt"
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def write_joint_markdown(card: dict, path: Path) -> None:
+    """The card of a joint registration model for people (``publish_joint``)."""
+    c, t = card["card"], card["card"]["training"]
+    lines = [
+        f"# Model card: {card['name']} (joint model for contour propagation)",
+        "",
+        (
+            f"- Architecture: `{card['architecture']}` ({t['architecture_note']}), "
+            f"U-Net widths {'-'.join(map(str, card['features']))}, options {card.get('options') or 'none'}."
+        ),
+        (
+            "- Contract: fixed (daily) and moving (planning) CT on a working grid derived from the fixed "
+            f"image, {card['spacing_mm'][0]:g} mm isotropic {card['axcodes']}, HU {card['window_hu'][0]:.0f} to "
+            f"{card['window_hu'][1]:.0f} scaled to [0, 1], each size a multiple of 16 -> a DDF in working-grid "
+            "voxels (MONAI Warp convention) and, where the model segments, logits of the fixed image "
+            "(channel 0 background)."
+        ),
+        f"- Structures (TG-263): {', '.join(s['name'] for s in card['structures'])}.",
+        f"- Weights: `{card['name']}.pt`, SHA-256 `{c['weights_sha256']}`; card date {c['date']}.",
+        "",
+        "## Data and training",
+        f"- Data: {t['data']}",
+        f"- Pairs and split: {t['split']}",
+        f"- Command: `{t['command']}`",
+        f"- Procedure: {t['procedure']}",
+        f"- Hardware and time: {t['hardware']}",
+        (
+            f"- Checkpoint: best validation mean propagated Dice {_fmt(t['val']['mean'])} at step "
+            f"{t['best_val_step']} (before registration {_fmt(t['val']['identity']['mean_dice'])})."
+        ),
+    ]
+    for key in sorted(k for k in c if k.startswith("evaluation_")):
+        e = c[key]
+        split = key.split("_", 1)[1]
+        lines += [
+            "",
+            f"## Accuracy on {e['n_pairs']} {split}-split pairs",
+            (
+                f"Scored by `engine.train.joint.evaluate_pairs` at the end of the run, on the "
+                f"{card['spacing_mm'][0]:g} mm working grid (not the CT's own grid): propagated = the planning "
+                "contours warped as probabilities and thresholded at 0.5; before = no registration; direct = "
+                "the model's own segmentation of the fixed image. Means over pairs where the structure is "
+                "contoured in both images."
+            ),
+            "",
+            "| structure | pairs | Dice propagated | Dice before | Dice direct | HD95 propagated (mm) | MSD propagated (mm) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        direct = (e.get("direct") or {}).get("per_structure", {})
+        for name, s in e["propagated"]["per_structure"].items():
+            lines.append(
+                f"| {name} | {s['n']} | {_fmt(s['dice'])} | "
+                f"{_fmt(e['identity']['per_structure'][name]['dice'])} | "
+                f"{_fmt(direct.get(name, {}).get('dice'))} | {_fmt(s['hd95_mm'], 1)} | {_fmt(s['msd_mm'], 1)} |"
+            )
+        lines += [
+            (
+                f"| **mean** | | **{_fmt(e['propagated']['mean_dice'])}** | {_fmt(e['identity']['mean_dice'])} | "
+                f"{_fmt((e.get('direct') or {}).get('mean_dice'))} | | |"
+            ),
+            "",
+            (
+                f"- DVF error on the synthetic pairs (mean over the body, HU > -500): {_fmt(e['dvf_error_mm'], 2)} mm "
+                f"(the true displacement itself: {_fmt(e['dvf_error_before_mm'], 2)} mm)."
+            ),
+            f"- Folding (Jacobian determinant <= 0): {_fmt(e['folding_percent'], 4)} % of voxels.",
+            f"- Time: {_fmt(e['seconds_per_pair'], 2)} s per pair (network only, 1 thread of a shared 2-core CPU).",
+        ]
+    if t.get("notes"):
+        lines += ["", "## Limits", f"- {t['notes']}"]
+    lines += [
         "- Results must be reviewed and edited by a qualified clinician before clinical use.",
         "",
         "Data: OpenKBP (Babier et al., Med Phys 48:5549-5561, 2021), CTs from TCIA head-and-neck collections.",

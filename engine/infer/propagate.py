@@ -127,20 +127,11 @@ class PropagationResult:
     folding: dict
 
 
-def _joint_cards(weights_dir: Path) -> dict[str, dict]:
-    cards = {}
-    for card in sorted(weights_dir.glob("*.json"), key=lambda p: p.stem):
-        if not card.with_suffix(".pt").exists():
-            continue
-        config = json.loads(card.read_text())
-        if config.get("kind") == "joint":
-            cards[card.stem] = config
-    return cards
-
-
 def PROPAGATION_MODELS(weights_dir: Path | None = None) -> list[str]:
     """Names ``propagate`` accepts: the classical methods, then the shipped joint models."""
-    return [*CLASSICAL_METHODS, *_joint_cards(weights_dir or WEIGHTS_DIR)]
+    from engine.models.joint import available_joint_models
+
+    return [*CLASSICAL_METHODS, *available_joint_models(weights_dir or WEIGHTS_DIR)]
 
 
 def _spacing(value) -> tuple[float, float, float]:
@@ -165,18 +156,16 @@ def load_method(name: str, weights_dir: Path | None = None) -> PropagationMethod
             elastix.parameters_sha256(name),
             {"parameters": list(elastix.METHOD_PARAMETERS[name])},
         )
+    from engine.models.joint import load_joint_model
+
     weights_dir = weights_dir or WEIGHTS_DIR
-    config = _joint_cards(weights_dir).get(name)
-    if config is None:
+    if name not in PROPAGATION_MODELS(weights_dir):
         raise UnknownModelError(
             f"{name!r} is not a propagation model; available: "
             + ", ".join(PROPAGATION_MODELS(weights_dir))
         )
-    from engine.models.joint import build_joint_model  # torch models only when asked
-
+    network, config = load_joint_model(name, weights_dir)
     weights = weights_dir / f"{name}.pt"
-    network = build_joint_model(config)
-    network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     device = default_device()
     return PropagationMethod(
         name,

@@ -113,9 +113,15 @@ class LoadedModel:
 
 
 def available_models(weights_dir: Path = WEIGHTS_DIR) -> list[str]:
-    """Names of the models whose weights and card are both shipped."""
+    """Names of the segmentation models whose weights and card are both shipped
+    (joint registration models, cards of ``"kind": "joint"``, are listed by
+    ``engine.models.joint.available_joint_models``)."""
     return sorted(
-        p.stem for p in weights_dir.glob("*.pt") if p.with_suffix(".json").exists()
+        p.stem
+        for p in weights_dir.glob("*.pt")
+        if p.with_suffix(".json").exists()
+        and json.loads(p.with_suffix(".json").read_text()).get("kind", "segmentation")
+        == "segmentation"
     )
 
 

@@ -5,9 +5,6 @@ plumbing (a stand-in network that follows the JointOutput contract) and the CLI.
 from __future__ import annotations
 
 import json
-import sys
-import types
-from typing import NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -34,6 +31,7 @@ from engine.io.reader import InputError
 from engine.io.rtstruct import build_rtstruct, write_rtstruct
 from engine.io.rtstruct_import import import_rtstruct
 from engine.metrics import surface_metrics
+from engine.models.joint.base import JointOutput
 from engine.models.registry import Structure
 from engine.synthetic_deformation import make_pair
 from engine.volume import LabelMap, Volume
@@ -173,11 +171,6 @@ def test_elastix_methods_recover_a_known_shift_in_mm(method):
     assert result.structures[0]["dice_vs_direct"] is None
 
 
-class JointOutput(NamedTuple):
-    ddf: torch.Tensor
-    seg_logits: torch.Tensor | None
-
-
 class StandIn(torch.nn.Module):
     """Follows the joint-model contract: a constant DDF of ``shift_mm`` (converted to
     working-grid voxels of ``spacing``) and a 'segmentation' of the bright fixed voxels."""
@@ -203,10 +196,10 @@ class StandIn(torch.nn.Module):
 @pytest.fixture
 def joint_weights(tmp_path, monkeypatch):
     """A shipped stand-in joint model 'standin' (and a folding one) in a weights folder,
-    built through a stand-in ``engine.models.joint`` module."""
-    fake = types.ModuleType("engine.models.joint")
-    fake.build_joint_model = StandIn
-    monkeypatch.setitem(sys.modules, "engine.models.joint", fake)
+    built by ``engine.models.joint.build_joint_model`` replaced with ``StandIn``."""
+    import engine.models.joint as joint_models
+
+    monkeypatch.setattr(joint_models, "build_joint_model", StandIn)
     weights = tmp_path / "weights"
     weights.mkdir()
     for name, folds in [("standin", False), ("standin-folding", True)]:
