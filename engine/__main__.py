@@ -316,10 +316,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     from engine.infer.audit import AuditError
+    from engine.infer.elastix import ElastixError
     from engine.io.rtstruct_check import RTStructExportError
     from engine.io.rtstruct_import import RTStructImportError
-    from engine.infer.audit import AuditError
-    from engine.infer.elastix import ElastixError
     from engine.train.experiment import ExperimentConfigError
 
     try:

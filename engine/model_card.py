@@ -26,7 +26,10 @@ def publish(
     if config.get("kind") == "joint":
         return publish_joint(run_dir, name, training, weights_dir)
     if "model" in config:  # a run of a config file (engine.train.experiment)
-        training = {**training, "run_config": {k: v for k, v in config.items() if k != "model"}}
+        training = {
+            **training,
+            "run_config": {k: v for k, v in config.items() if k != "model"},
+        }
         config = {**config["model"], "name": config["name"]}
     if config["name"] != name:
         raise ValueError(f"run {run_dir} trained {config['name']!r}, not {name!r}")

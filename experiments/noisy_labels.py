@@ -28,10 +28,34 @@ DATA = ROOT.parent / "shared" / "data" / "openkbp"
 # Sized for 2 CPU cores (docs/noisy-labels.md says so): a 5 mm grid, 48^3 patches,
 # 1000 steps of 4 patches, on all 120 training cases.
 STRUCTURES = [
-    {"label": 1, "name": "PTV70", "source": "PTV70", "color": [255, 0, 0], "type": "PTV"},
-    {"label": 2, "name": "Parotid_R", "source": "RightParotid", "color": [0, 170, 255], "type": "ORGAN"},
-    {"label": 3, "name": "Parotid_L", "source": "LeftParotid", "color": [0, 255, 128], "type": "ORGAN"},
-    {"label": 4, "name": "Mandible", "source": "Mandible", "color": [230, 230, 230], "type": "ORGAN"},
+    {
+        "label": 1,
+        "name": "PTV70",
+        "source": "PTV70",
+        "color": [255, 0, 0],
+        "type": "PTV",
+    },
+    {
+        "label": 2,
+        "name": "Parotid_R",
+        "source": "RightParotid",
+        "color": [0, 170, 255],
+        "type": "ORGAN",
+    },
+    {
+        "label": 3,
+        "name": "Parotid_L",
+        "source": "LeftParotid",
+        "color": [0, 255, 128],
+        "type": "ORGAN",
+    },
+    {
+        "label": 4,
+        "name": "Mandible",
+        "source": "Mandible",
+        "color": [230, 230, 230],
+        "type": "ORGAN",
+    },
 ]
 MODEL = {
     "architecture": "ResSEUNet",
@@ -45,8 +69,19 @@ MODEL = {
     "threshold": 0.5,
     "structures": STRUCTURES,
 }
-TRAINING = {"steps": 1000, "patch": 48, "batch": 4, "lr": 2e-3, "val_every": 250, "seed": 0}
-METHODS = {"plain": None, "qam": {"lambda": None, "lr": 1e-3}, "qam+ocm": {"lambda": 2.0, "lr": 1e-3}}
+TRAINING = {
+    "steps": 1000,
+    "patch": 48,
+    "batch": 4,
+    "lr": 2e-3,
+    "val_every": 250,
+    "seed": 0,
+}
+METHODS = {
+    "plain": None,
+    "qam": {"lambda": None, "lr": 1e-3},
+    "qam+ocm": {"lambda": 2.0, "lr": 1e-3},
+}
 FRACTIONS = (0.25, 0.5, 0.75)
 RANGES = ("small", "large")
 ABLATION = {  # the thesis's ablation, on clean labels
@@ -59,13 +94,19 @@ ABLATION = {  # the thesis's ablation, on clean labels
 
 
 def noisy_name(fraction: float, range_: str, method: str) -> str:
-    return "nl-p0-plain" if fraction == 0 else f"nl-p{round(fraction * 100)}-{range_}-{method}"
+    return (
+        "nl-p0-plain"
+        if fraction == 0
+        else f"nl-p{round(fraction * 100)}-{range_}-{method}"
+    )
 
 
 def all_configs() -> dict[str, dict]:
     configs = {}
 
-    def add(name: str, model: dict, training: dict, noise: dict | None, qam: dict | None) -> None:
+    def add(
+        name: str, model: dict, training: dict, noise: dict | None, qam: dict | None
+    ) -> None:
         config = {"name": name, "model": model, "training": training}
         if noise:
             config["noise"] = noise
@@ -79,13 +120,30 @@ def all_configs() -> dict[str, dict]:
         for fraction in reversed(FRACTIONS):
             for method, qam in METHODS.items():
                 noise = {"fraction": fraction, "range": range_, "seed": 0}
-                add(noisy_name(fraction, range_, method), MODEL, TRAINING, noise, copy.deepcopy(qam))
+                add(
+                    noisy_name(fraction, range_, method),
+                    MODEL,
+                    TRAINING,
+                    noise,
+                    copy.deepcopy(qam),
+                )
     for lam in (0.5, 1.0, 3.0):
-        add(f"nl-p75-large-qam+ocm-lambda{lam}", MODEL, TRAINING, {"fraction": 0.75, "range": "large", "seed": 0},
-            {"lambda": lam, "lr": 1e-3})
+        add(
+            f"nl-p75-large-qam+ocm-lambda{lam}",
+            MODEL,
+            TRAINING,
+            {"fraction": 0.75, "range": "large", "seed": 0},
+            {"lambda": lam, "lr": 1e-3},
+        )
     for name, opts in ABLATION.items():
         model = MODEL | {"residual": opts["residual"], "se": opts["se"]}
-        add(f"ablation-{name}", model, TRAINING | {"schedule": opts["schedule"], "loss": opts["loss"]}, None, None)
+        add(
+            f"ablation-{name}",
+            model,
+            TRAINING | {"schedule": opts["schedule"], "loss": opts["loss"]},
+            None,
+            None,
+        )
     return configs
 
 
@@ -107,19 +165,32 @@ def run_all(names: list[str]) -> None:
             print(f"{name}: done", flush=True)
         else:
             metrics = run(CONFIGS / f"{name}.json", DATA, RUNS)
-            print(f"{name}: test mean Dice {metrics['evaluation']['mean_dice']}", flush=True)
+            print(
+                f"{name}: test mean Dice {metrics['evaluation']['mean_dice']}",
+                flush=True,
+            )
         save_result(name)
 
 
 def _weights(name: str) -> list[float] | None:
     """Mean QAM weight (relative to uniform) of clean and of corrupted samples over the last
     third of training."""
-    records = [json.loads(line) for line in (RUNS / name / "log.jsonl").read_text().splitlines()]
-    rows = [r for r in records if r.get("weight_clean") is not None and r.get("weight_corrupted") is not None]
+    records = [
+        json.loads(line)
+        for line in (RUNS / name / "log.jsonl").read_text().splitlines()
+    ]
+    rows = [
+        r
+        for r in records
+        if r.get("weight_clean") is not None and r.get("weight_corrupted") is not None
+    ]
     rows = rows[len(rows) * 2 // 3 :]
     if not rows:
         return None
-    return [round(sum(r[k] for r in rows) / len(rows), 4) for k in ("weight_clean", "weight_corrupted")]
+    return [
+        round(sum(r[k] for r in rows) / len(rows), 4)
+        for k in ("weight_clean", "weight_corrupted")
+    ]
 
 
 def save_result(name: str) -> Path:
@@ -132,7 +203,9 @@ def save_result(name: str) -> Path:
         "seed": metrics["seed"],
         "best_val_mean_dice": metrics["best_val_mean_dice"],
         "test_n_cases": evaluation["n_cases"],
-        "test_dice": {k: v["dice_mean"] for k, v in evaluation["per_structure"].items()},
+        "test_dice": {
+            k: v["dice_mean"] for k, v in evaluation["per_structure"].items()
+        },
         "test_mean_dice": evaluation["mean_dice"],
         "qam_weight_clean_corrupted": _weights(name),
     }
@@ -153,7 +226,10 @@ def _row(label: str, name: str, with_weights: bool) -> str:
     if result is None:
         cells = ["not run yet"] * (len(names) + 1)
     else:
-        cells = [f"{result['test_dice'][n]:.3f}" if n in result["test_dice"] else "-" for n in names]
+        cells = [
+            f"{result['test_dice'][n]:.3f}" if n in result["test_dice"] else "-"
+            for n in names
+        ]
         cells.append(f"{result['test_mean_dice']:.3f}")
     if with_weights:
         w = result and result["qam_weight_clean_corrupted"]
@@ -165,21 +241,40 @@ def tables() -> str:
     names = [s["name"] for s in STRUCTURES]
     head = "| run | " + " | ".join(names) + " | mean |"
     head_weights = head + " QAM weight clean / corrupted |"
-    lines = ["### Noisy labels (test split, Dice)", "", head_weights,
-             "|" + "---|" * (len(names) + 3)]
+    lines = [
+        "### Noisy labels (test split, Dice)",
+        "",
+        head_weights,
+        "|" + "---|" * (len(names) + 3),
+    ]
     lines.append(_row("0 % noise, plain", noisy_name(0, "", "plain"), True))
     for range_ in RANGES:
         for fraction in FRACTIONS:
             for method in METHODS:
                 label = f"{round(fraction * 100)} % {range_}, {method}"
                 lines.append(_row(label, noisy_name(fraction, range_, method), True))
-    lines += ["", "### OCM lambda (75 % large noise, test split, Dice)", "", head_weights,
-              "|" + "---|" * (len(names) + 3)]
+    lines += [
+        "",
+        "### OCM lambda (75 % large noise, test split, Dice)",
+        "",
+        head_weights,
+        "|" + "---|" * (len(names) + 3),
+    ]
     lines.append(_row("QAM alone (no OCM)", noisy_name(0.75, "large", "qam"), True))
     for lam in (0.5, 1.0, 2.0, 3.0):
-        name = noisy_name(0.75, "large", "qam+ocm") if lam == 2.0 else f"nl-p75-large-qam+ocm-lambda{lam}"
+        name = (
+            noisy_name(0.75, "large", "qam+ocm")
+            if lam == 2.0
+            else f"nl-p75-large-qam+ocm-lambda{lam}"
+        )
         lines.append(_row(f"QAM+OCM, lambda {lam}", name, True))
-    lines += ["", "### Ablation on clean labels (test split, Dice)", "", head, "|" + "---|" * (len(names) + 2)]
+    lines += [
+        "",
+        "### Ablation on clean labels (test split, Dice)",
+        "",
+        head,
+        "|" + "---|" * (len(names) + 2),
+    ]
     for name in ABLATION:
         lines.append(_row(name, f"ablation-{name}", False))
     return "\n".join(lines)
@@ -198,7 +293,9 @@ if __name__ == "__main__":
         start, end = "<!-- results:start -->", "<!-- results:end -->"
         text = page.read_text()
         head, rest = text.split(start)
-        page.write_text(head + start + "\n" + tables() + "\n" + end + rest.split(end)[1])
+        page.write_text(
+            head + start + "\n" + tables() + "\n" + end + rest.split(end)[1]
+        )
         print(f"written {page.relative_to(ROOT)}")
     else:
         sys.exit(__doc__)

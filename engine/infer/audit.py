@@ -280,7 +280,7 @@ def audit_volume(
     return results, notes, labels
 
 
-def _find_structure_set(input_path: Path, frame_of_reference: str):  # noqa: ANN202 (a pydicom Dataset)
+def _find_structure_set(input_path: Path, frame_of_reference: str):
     """The one RTSTRUCT in the upload that is drawn on ``frame_of_reference``."""
     others = read_upload(input_path).others
     sets = [ds for ds in others if str(ds.get("Modality", "")) == "RTSTRUCT"]

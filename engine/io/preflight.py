@@ -57,7 +57,7 @@ def _transfer_syntax_problem(
     return sorted(names), problem
 
 
-def _number(value, kind: type[int] | type[float]) -> int | float | None:
+def _number(value, kind: type[int | float]) -> int | float | None:
     """A header value for the report, None when absent or not a number."""
     try:
         number = kind(value)
