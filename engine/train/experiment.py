@@ -71,11 +71,11 @@ class ExperimentConfigError(ValueError):
     """A run configuration with a missing or invalid field; the message names it."""
 
 
-def load_config(path: str | Path) -> dict:
-    """Read a run configuration and fill in the training defaults.
+def read_run_config(path: str | Path) -> dict:
+    """The JSON of a run configuration (segmentation or joint), with "name" and "model".
 
     Raises:
-        ExperimentConfigError: not JSON, or a missing/invalid field.
+        ExperimentConfigError: unreadable, not JSON, or without "name" or "model".
     """
     try:
         config = json.loads(Path(path).read_text())
@@ -86,6 +86,16 @@ def load_config(path: str | Path) -> dict:
     for key in ("name", "model"):
         if key not in config:
             raise ExperimentConfigError(f"{path}: the run configuration has no {key!r}")
+    return config
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a run configuration and fill in the training defaults.
+
+    Raises:
+        ExperimentConfigError: not JSON, or a missing/invalid field.
+    """
+    config = read_run_config(path)
     config["training"] = {**DEFAULT_TRAINING, **config.get("training", {})}
     training = config["training"]
     if training["schedule"] not in SCHEDULES:

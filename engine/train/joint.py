@@ -30,7 +30,12 @@ from monai.metrics import compute_average_surface_distance, compute_hausdorff_di
 from engine.models.joint import JOINT_LOSSES, JOINT_MODELS, build_joint_model
 from engine.models.joint.base import warp_labels
 from engine.models.registry import sha256_of
-from engine.train.experiment import ExperimentConfigError, _cache_dir, write_curve
+from engine.train.experiment import (
+    ExperimentConfigError,
+    _cache_dir,
+    read_run_config,
+    write_curve,
+)
 from engine.train.joint_pairs import (
     PTV,
     collate,
@@ -73,15 +78,7 @@ def load_joint_config(path: str | Path) -> dict:
         ExperimentConfigError: unreadable, a missing field, an unknown architecture, a
             patch that is not three multiples of 16, or anisotropic spacing.
     """
-    try:
-        config = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise ExperimentConfigError(
-            f"{path}: cannot read the run configuration ({exc})"
-        ) from exc
-    for key in ("name", "model"):
-        if key not in config:
-            raise ExperimentConfigError(f"{path}: the run configuration has no {key!r}")
+    config = read_run_config(path)
     model = config["model"]
     if model.get("architecture") not in JOINT_MODELS:
         raise ExperimentConfigError(
