@@ -12,17 +12,12 @@ import json
 import pydicom
 import pytest
 
-from tests import factories
-from tests.test_adapt_workflow import content, propagate, rtstruct_uid, upload
+from tests.test_adapt_workflow import content, daily, planning, propagate, rtstruct_uid  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.django_db
 
 
-def test_a_rigid_propagation_runs_on_the_real_engine(alice_api, tmp_path, django_capture_on_commit_callbacks):
-    planning = upload(
-        alice_api, factories.dicom_zip_with_rtstruct(tmp_path / "planning", ("Brainstem", "Mandible")), "p.zip"
-    )
-    daily = upload(alice_api, factories.dicom_zip_bytes(tmp_path / "daily"), "daily.zip")
+def test_a_rigid_propagation_runs_on_the_real_engine(alice_api, planning, daily, django_capture_on_commit_callbacks):
     response = propagate(
         alice_api,
         daily["id"],
