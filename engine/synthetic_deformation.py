@@ -87,6 +87,36 @@ def rigid_field(grid: Grid, rotation: np.ndarray, translation_mm) -> np.ndarray:
     return (moved - world).astype(np.float32)
 
 
+def random_field(
+    grid: Grid,
+    rng: np.random.Generator,
+    max_mm: float,
+    smoothing_mm: float,
+    rotation_deg: float,
+    shift_mm: float,
+) -> tuple[np.ndarray, dict]:
+    """The ground-truth displacement of a synthetic daily scan on ``grid``: a
+    ``smooth_random_field`` plus a ``rigid_field`` (rotation up to ``rotation_deg``
+    about a random axis through the grid centre, translation up to ``shift_mm`` per
+    axis) -> ((I, J, K, 3) mm RAS, what was drawn: rotation axis and angle, shift,
+    largest displacement and smallest Jacobian determinant)."""
+    axis = rng.standard_normal(3)
+    axis = axis / np.linalg.norm(axis)
+    angle = np.deg2rad(rng.uniform(-rotation_deg, rotation_deg))
+    rotation = Rotation.from_rotvec(axis * angle).as_matrix()
+    shift = rng.uniform(-shift_mm, shift_mm, size=3)
+    ddf = smooth_random_field(grid, rng, max_mm, smoothing_mm)
+    ddf += rigid_field(grid, rotation, shift)
+    det = jacobian_determinant(ddf_mm_to_voxels(ddf, grid.affine))
+    return ddf, {
+        "rotation_axis": [round(float(a), 4) for a in axis],
+        "rotation_deg_drawn": round(float(np.rad2deg(angle)), 3),
+        "shift_mm_drawn": [round(float(s), 3) for s in shift],
+        "max_displacement_mm": round(float(np.linalg.norm(ddf, axis=-1).max()), 3),
+        "min_jacobian": round(float(det.min()), 4),
+    }
+
+
 def make_pair(
     planning: Volume,
     labels: LabelMap,
@@ -106,26 +136,15 @@ def make_pair(
     p = DEFAULTS | params
     rng = np.random.default_rng(seed)
     grid = Grid(tuple(planning.array.shape), np.asarray(planning.affine, dtype=float))
-    axis = rng.standard_normal(3)
-    angle = np.deg2rad(rng.uniform(-p["rotation_deg"], p["rotation_deg"]))
-    rotation = Rotation.from_rotvec(axis / np.linalg.norm(axis) * angle).as_matrix()
-    shift = rng.uniform(-p["shift_mm"], p["shift_mm"], size=3)
-    ddf = smooth_random_field(grid, rng, p["max_mm"], p["smoothing_mm"])
-    ddf += rigid_field(grid, rotation, shift)
-    det = jacobian_determinant(ddf_mm_to_voxels(ddf, grid.affine))
-    if float(det.min()) <= 0:
+    ddf, drawn = random_field(
+        grid, rng, p["max_mm"], p["smoothing_mm"], p["rotation_deg"], p["shift_mm"]
+    )
+    if drawn["min_jacobian"] <= 0:
         raise ValueError("the random field folds; lower max_mm or raise smoothing_mm")
     daily = warp_image(planning.array, planning.affine, grid, ddf, outside=AIR_HU)
     daily += rng.normal(0.0, p["noise_hu"], size=daily.shape).astype(np.float32)
     daily_labels = warp_labels(labels, values, grid, ddf)
-    drawn = p | {
-        "seed": seed,
-        "rotation_axis": [round(float(a), 4) for a in axis / np.linalg.norm(axis)],
-        "rotation_deg_drawn": round(float(np.rad2deg(angle)), 3),
-        "shift_mm_drawn": [round(float(s), 3) for s in shift],
-        "max_displacement_mm": round(float(np.linalg.norm(ddf, axis=-1).max()), 3),
-        "min_jacobian": round(float(det.min()), 4),
-    }
+    drawn = p | {"seed": seed} | drawn
     return SyntheticPair(
         Volume(daily, planning.affine, meta={"source": "synthetic"}),
         LabelMap(daily_labels, labels.affine),

@@ -251,6 +251,12 @@ def jacobian_determinant(ddf: torch.Tensor) -> torch.Tensor:
     return det
 
 
+def folding_percent(ddf: torch.Tensor) -> float:
+    """% of voxels of a DDF (3, X, Y, Z) in voxels whose ``jacobian_determinant`` is
+    <= 0 (folding)."""
+    return float((jacobian_determinant(ddf) <= 0).float().mean() * 100)
+
+
 def determinant_on_fixed(det: torch.Tensor, grid: Grid, fixed: Grid) -> np.ndarray:
     """The working-grid Jacobian determinant (X, Y, Z) at the fixed grid's voxels
     (nearest working voxel) -> (I, J, K) float32."""

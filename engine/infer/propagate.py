@@ -18,7 +18,9 @@ Methods (``PROPAGATION_MODELS()``):
   (B, 1, X, Y, Z) images in [0, 1] on the working grid and returns ``.ddf`` (B, 3, X, Y,
   Z) in working-grid voxels (MONAI ``Warp`` convention) and ``.seg_logits`` (B, C + 1,
   X, Y, Z) of the fixed image (channel 0 background, channel c the card's structure
-  c - 1) or None.
+  c - 1) or None. The network sees the moving image after the classical pre-alignment
+  that the card's ``"prealign"`` names (``"affine"`` when absent; ``"rigid"``, or
+  ``"none"``), and the result is the composition of the two fields (``compose_ddf``).
 
 A structure gets a warning when its propagated contour is empty, when the deformation
 folds inside it, or when it disagrees with the direct segmentation: Dice below
@@ -41,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from monai.networks.blocks import Warp
 from monai.transforms import ResampleToMatch, ScaleIntensityRange
 from scipy.ndimage import binary_dilation
 
@@ -71,6 +74,8 @@ from engine.models.registry import (
 from engine.volume import LabelMap, Volume
 
 Progress = Callable[[str, int], None]
+_warp_border = Warp(mode="bilinear", padding_mode="border")
+_warp_zeros = Warp(mode="bilinear", padding_mode="zeros")
 
 CLASSICAL_METHODS = tuple(elastix.METHOD_PARAMETERS)
 # Working grid of the classical methods: fine enough for a 20 mm B-spline grid and
@@ -81,6 +86,11 @@ CLASSICAL_WINDOW_HU = (-1000.0, 1500.0)
 # MASK_MARGIN_VOXELS working voxels (10 mm) so the body outline is inside.
 BODY_HU = -500.0
 MASK_MARGIN_VOXELS = 4
+# A joint model registers what is left after this classical stage (its card's
+# "prealign": "rigid", "affine" or "none"): the networks were trained on pairs already
+# centred on the anatomy, and a CPU-sized network cannot undo centimetres of set-up.
+DEFAULT_JOINT_PREALIGN = "affine"
+JOINT_PREALIGN_CHOICES = ("none", "rigid", "affine")
 MIN_DICE_VS_DIRECT = 0.7
 MAX_MSD_MM_VS_DIRECT = 3.0
 STAGE_END = {
@@ -146,6 +156,7 @@ def load_method(name: str, weights_dir: Path | None = None) -> PropagationMethod
 
     Raises:
         UnknownModelError: neither a classical method nor a shipped joint model.
+        ValueError: a joint model's card names an unknown ``prealign``.
     """
     if name in CLASSICAL_METHODS:
         return PropagationMethod(
@@ -165,6 +176,12 @@ def load_method(name: str, weights_dir: Path | None = None) -> PropagationMethod
             + ", ".join(PROPAGATION_MODELS(weights_dir))
         )
     network, config = load_joint_model(name, weights_dir)
+    prealign = config.get("prealign", DEFAULT_JOINT_PREALIGN)
+    if prealign not in JOINT_PREALIGN_CHOICES:
+        raise ValueError(
+            f"joint model {name!r}: prealign must be one of "
+            f"{', '.join(JOINT_PREALIGN_CHOICES)}, got {prealign!r}"
+        )
     weights = weights_dir / f"{name}.pt"
     device = default_device()
     return PropagationMethod(
@@ -201,17 +218,42 @@ def to_working_grid(volume: Volume, grid: Grid, window_hu) -> torch.Tensor:
     return out.as_tensor()[0].float()
 
 
+def _elastix(
+    name: str, fixed: torch.Tensor, moving: torch.Tensor, grid: Grid, window_hu
+) -> torch.Tensor:
+    """elastix method ``name`` on working-grid images, sampling the metric in the body
+    of the fixed image -> DDF (3, X, Y, Z) in working-grid voxels."""
+    lo, hi = window_hu
+    body = fixed.numpy() >= (BODY_HU - lo) / (hi - lo)
+    mask = binary_dilation(body, iterations=MASK_MARGIN_VOXELS)
+    return elastix.register(fixed.numpy(), moving.numpy(), grid, name, mask)
+
+
+def compose_ddf(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """The DDF of applying ``inner`` then ``outer``: u(x) = inner(x) + outer(x + inner(x)).
+
+    ``inner``, ``outer``: (3, X, Y, Z) in voxels of one grid, MONAI ``Warp`` convention.
+    If image a(y) = m(y + outer(y)) and f(x) = a(x + inner(x)), then f(x) = m(x + u(x)).
+    ``outer`` is sampled trilinearly, with its edge values beyond the grid.
+    """
+    moved = _warp_border(outer[None].float(), inner[None].float())[0]
+    return inner + moved
+
+
 def _register(
     method: PropagationMethod, fixed: torch.Tensor, moving: torch.Tensor, grid: Grid
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """DDF (3, X, Y, Z) in working-grid voxels, and seg logits (C + 1, X, Y, Z) or None."""
+    """DDF (3, X, Y, Z) in working-grid voxels, and seg logits (C + 1, X, Y, Z) or None.
+
+    A joint model runs on the moving image after the classical pre-alignment its card
+    names (``prealign``), and the two fields are composed."""
     if method.network is None:
-        lo, hi = method.window_hu
-        body = fixed.numpy() >= (BODY_HU - lo) / (hi - lo)
-        mask = binary_dilation(body, iterations=MASK_MARGIN_VOXELS)
-        return elastix.register(
-            fixed.numpy(), moving.numpy(), grid, method.name, mask
-        ), None
+        return _elastix(method.name, fixed, moving, grid, method.window_hu), None
+    prealign = method.config.get("prealign", DEFAULT_JOINT_PREALIGN)
+    pre = None
+    if prealign != "none":
+        pre = _elastix(prealign, fixed, moving, grid, method.window_hu)
+        moving = _warp_zeros(moving[None, None], pre[None].float())[0, 0]
     with torch.no_grad():
         out = method.network(
             fixed[None, None].to(method.device), moving[None, None].to(method.device)
@@ -222,7 +264,8 @@ def _register(
             f"expected {(1, 3, *grid.shape)}"
         )
     logits = None if out.seg_logits is None else out.seg_logits[0].float().cpu()
-    return out.ddf[0].float().cpu(), logits
+    ddf = out.ddf[0].float().cpu()
+    return (ddf if pre is None else compose_ddf(pre, ddf)), logits
 
 
 def _key(name: str) -> str:
@@ -467,6 +510,11 @@ def propagate_files(
         "kind": method.kind,
         "sha256": method.sha256,
         "working_spacing_mm": list(method.spacing_mm),
+        "prealign": (
+            method.config.get("prealign", DEFAULT_JOINT_PREALIGN)
+            if method.kind == "joint"
+            else None
+        ),
         "structures": result.structures,
         "folding_percent": result.folding["folding_percent"],
         "min_jacobian": result.folding["min_jacobian"],

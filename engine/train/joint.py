@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 
+from engine.infer.displacement import folding_percent
 from engine.models.joint import JOINT_LOSSES, JOINT_MODELS, build_joint_model
 from engine.models.joint.base import warp_labels
 from engine.models.registry import sha256_of
@@ -100,17 +101,6 @@ def load_joint_config(path: str | Path) -> dict:
     model.setdefault("name", config["name"])
     config.setdefault("loss", {})
     return config
-
-
-def folding_percent(ddf: torch.Tensor) -> float:
-    """% of voxels where the Jacobian determinant of x -> x + ddf(x) is <= 0 (folding).
-
-    ddf: (3, D, H, W) in voxels; derivatives by central differences (``torch.gradient``)."""
-    grads = [torch.gradient(ddf[i], dim=(0, 1, 2)) for i in range(3)]
-    jac = torch.stack([torch.stack(g) for g in grads])  # (3, 3, D, H, W): d u_i / d x_j
-    jac = jac + torch.eye(3).view(3, 3, 1, 1, 1)
-    det = torch.linalg.det(jac.permute(2, 3, 4, 0, 1))
-    return float((det <= 0).float().mean() * 100)
 
 
 def _surface_metrics(pred: torch.Tensor, truth: torch.Tensor, spacing: float) -> dict:

@@ -5,11 +5,14 @@ Two kinds of pair, both cropped to ``size`` voxels (D, H, W) of the cached 4 mm 
 
 * inter-patient (atlas-style propagation): two different cases of one split, each crop
   centred on the centroid of its own contoured organs. This centring is a translation
-  pre-alignment that uses the contours of both images; it stands in for the rigid
-  initialisation ``propagate`` does and makes the figures optimistic about it.
+  pre-alignment that uses the contours of both images; it stands in for the affine
+  pre-alignment ``propagate`` runs before a joint model, and makes the figures
+  optimistic about it.
 * synthetic daily scan: a case (moving) and the same case deformed by a known smooth
-  random DDF plus a small rigid shift and noise (fixed), so the true DDF is known and a
-  registration error in mm can be measured (``synthetic_ddf``).
+  random DDF plus a small rigid motion and noise (fixed), the field of the synthetic
+  daily scans of docs/registration.md (``engine.synthetic_deformation.random_field``),
+  so the true DDF is known and a registration error in mm can be measured
+  (``synthetic_ddf``).
 
 The structure masks of a pair are the model's structures in order, then PTV70 (the
 tumour mask of the dual-head loss).
@@ -22,12 +25,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from monai.transforms import GaussianSmooth
 
 from engine.data_openkbp import case_rois, load_split
+from engine.infer.displacement import Grid, ddf_mm_to_voxels
 from engine.models.joint.base import warp_image, warp_labels
+from engine.synthetic_deformation import DEFAULTS, random_field
 from engine.train.segmentation import _cache_case
+
+FIELD_PARAMETERS = ("max_mm", "smoothing_mm", "rotation_deg", "shift_mm")
 
 PTV = {
     "label": 99,
@@ -80,30 +85,16 @@ def crop(
 
 
 def synthetic_ddf(
-    size: Sequence[int],
-    rng: np.random.Generator,
-    spacing_mm: float = 4.0,
-    max_mm: float = 8.0,
-    shift_mm: float = 4.0,
-    control_mm: float = 48.0,
+    size: Sequence[int], rng: np.random.Generator, spacing_mm: float = 4.0
 ) -> torch.Tensor:
-    """A smooth random DDF (3, *size) in voxels: Gaussian noise on a control grid every
-    ``control_mm``, upsampled trilinearly and smoothed (sigma ``control_mm`` / 4), scaled
-    so its largest displacement is uniform in [``max_mm`` / 2, ``max_mm``], plus a rigid
-    shift uniform in +-``shift_mm`` per axis. Defaults: up to 8 mm local deformation and
-    4 mm shift, the order of inter-fraction head-and-neck changes (parotid shrinkage,
-    neck flexion, set-up error)."""
-    coarse = [max(2, int(np.ceil(s * spacing_mm / control_mm)) + 1) for s in size]
-    field = torch.as_tensor(rng.normal(size=(1, 3, *coarse)), dtype=torch.float32)
-    field = F.interpolate(
-        field, size=tuple(size), mode="trilinear", align_corners=True
-    )[0]
-    field = GaussianSmooth(sigma=control_mm / 4 / spacing_mm)(field)
-    field = torch.as_tensor(field)
-    peak = field.norm(dim=0).max().clamp(min=1e-6)
-    field = field / peak * float(rng.uniform(max_mm / 2, max_mm)) / spacing_mm
-    shift = torch.as_tensor(rng.uniform(-shift_mm, shift_mm, 3) / spacing_mm)
-    return field + shift.float().view(3, 1, 1, 1)
+    """The ground-truth field of a synthetic daily scan on a crop of ``size`` voxels
+    (D, H, W) of ``spacing_mm``: ``engine.synthetic_deformation.random_field`` with its
+    defaults (smooth field of 8 mm at most, sigma 20 mm; rotation up to 2 degrees,
+    shift up to 4 mm per axis), the order of inter-fraction head-and-neck changes
+    (parotid shrinkage, neck flexion, set-up error) -> (3, *size) in voxels."""
+    grid = Grid(tuple(int(n) for n in size), np.diag([spacing_mm] * 3 + [1.0]))
+    ddf_mm, _ = random_field(grid, rng, **{k: DEFAULTS[k] for k in FIELD_PARAMETERS})
+    return ddf_mm_to_voxels(ddf_mm, grid.affine)
 
 
 def _pair_dict(fixed, f_masks, f_avail, moving, m_masks, m_avail, ddf=None) -> dict:

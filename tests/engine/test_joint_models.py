@@ -11,6 +11,7 @@ import pytest
 import torch
 from monai.networks.blocks import DVF2DDF
 
+from engine.infer.displacement import folding_percent
 from engine.models.joint import (
     JOINT_LOSSES,
     JOINT_MODELS,
@@ -24,7 +25,7 @@ from engine.models.joint.cross_stitch import CrossStitch
 from engine.models.joint.dual_head import integrate_gradient
 from engine.models.registry import UnknownModelError, available_models
 from engine.train.experiment import ExperimentConfigError
-from engine.train.joint import folding_percent, load_joint_config
+from engine.train.joint import load_joint_config
 from engine.train.joint_pairs import synthetic_ddf
 
 N_STRUCTURES = 2
@@ -190,12 +191,13 @@ def test_folding_percent_of_identity_and_of_a_reflection():
 
 
 def test_synthetic_ddf_stays_within_its_stated_magnitude():
-    ddf = synthetic_ddf(
-        SHAPE, np.random.default_rng(0), spacing_mm=4.0, max_mm=8.0, shift_mm=4.0
-    )
+    """8 mm of smooth field, 4 mm of shift per axis, 2 degrees about the crop centre."""
+    ddf = synthetic_ddf(SHAPE, np.random.default_rng(0), spacing_mm=4.0)
     assert ddf.shape == (3, *SHAPE)
     magnitude_mm = ddf.norm(dim=0).max() * 4.0
-    assert 0 < magnitude_mm <= 8.0 + 4.0 * 3**0.5
+    radius_mm = 4.0 * float(np.linalg.norm(np.array(SHAPE) / 2))
+    rotation_mm = radius_mm * np.deg2rad(2.0)
+    assert 0 < magnitude_mm <= 8.0 + 4.0 * 3**0.5 + rotation_mm
     assert folding_percent(ddf) == 0.0
 
 

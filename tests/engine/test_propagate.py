@@ -24,7 +24,12 @@ from engine.infer.displacement import (
     warp_labels,
     working_grid,
 )
-from engine.infer.propagate import PROPAGATION_MODELS, load_method, propagate
+from engine.infer.propagate import (
+    PROPAGATION_MODELS,
+    compose_ddf,
+    load_method,
+    propagate,
+)
 from engine.io.contour_input import read_contours
 from engine.io.dicom_series import read_series
 from engine.io.reader import InputError
@@ -202,14 +207,21 @@ def joint_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(joint_models, "build_joint_model", StandIn)
     weights = tmp_path / "weights"
     weights.mkdir()
-    for name, folds in [("standin", False), ("standin-folding", True)]:
+    cards = [
+        ("standin", SHIFT_RAS_MM, False, "none"),
+        ("standin-folding", SHIFT_RAS_MM, True, "none"),
+        # Registers nothing itself: what it gets right, the pre-alignment did.
+        ("standin-rigid", np.zeros(3), False, "rigid"),
+    ]
+    for name, shift, folds, prealign in cards:
         config = {
             "kind": "joint",
             "architecture": "standin",
             "spacing_mm": 4.0,
             "window_hu": [-1000.0, 1500.0],
-            "shift_mm": SHIFT_RAS_MM.tolist(),
+            "shift_mm": shift.tolist(),
             "folds": folds,
+            "prealign": prealign,
             "structures": [{"label": 1, "name": "BOX", "color": [255, 0, 0]}],
         }
         (weights / f"{name}.json").write_text(json.dumps(config))
@@ -227,6 +239,7 @@ def test_joint_model_ddf_and_direct_segmentation_plumbing(joint_weights):
         "elastix-bspline",
         "standin",
         "standin-folding",
+        "standin-rigid",
     ]
     fixed, moving, labels, truth = _pair()
     result = propagate(fixed, moving, labels, [BOX], "standin")
@@ -240,6 +253,41 @@ def test_joint_model_ddf_and_direct_segmentation_plumbing(joint_weights):
     assert entry["dice_vs_direct"] < 0.7 and entry["msd_mm_vs_direct"] > 0
     assert "disagrees with the direct segmentation" in entry["warning"]
     assert result.folding["folding_percent"] == 0.0
+
+
+def test_compose_ddf_applies_the_inner_field_then_the_outer():
+    """outer(y) = M y + b (linear), inner = c (constant): u(x) = c + M (x + c) + b."""
+    shape = (12, 10, 8)
+    x = torch.stack(
+        torch.meshgrid(*[torch.arange(n) for n in shape], indexing="ij")
+    ).float()
+    m = torch.tensor([[0.02, 0.0, 0.01], [0.0, -0.03, 0.0], [0.01, 0.0, 0.02]])
+    b = torch.tensor([0.5, -0.25, 0.75]).view(3, 1, 1, 1)
+    outer = torch.einsum("ab,b...->a...", m, x) + b
+    c = torch.tensor([1.5, -1.0, 0.5]).view(3, 1, 1, 1)
+    inner = c.expand(3, *shape).clone()
+    expected = c + torch.einsum("ab,b...->a...", m, x + c) + b
+    got = compose_ddf(outer, inner)
+    interior = (slice(None), slice(2, -2), slice(2, -2), slice(2, -2))
+    torch.testing.assert_close(got[interior], expected[interior], atol=1e-5, rtol=0)
+
+
+def test_a_joint_model_registers_after_its_cards_prealignment(joint_weights):
+    """A network that adds nothing, behind a rigid pre-alignment (real elastix): the
+    composed field is the known shift, in mm along R, A, S."""
+    fixed, moving, labels, truth = _pair()
+    result = propagate(fixed, moving, labels, [BOX], "standin-rigid")
+    median = np.median(result.ddf_mm[truth], axis=0)
+    np.testing.assert_allclose(median, SHIFT_RAS_MM, atol=0.6)
+    dice, _, _ = surface_metrics(result.labels.array == 1, truth, fixed.spacing)
+    assert dice > 0.85
+
+
+def test_a_card_with_an_unknown_prealignment_is_refused(joint_weights):
+    card = joint_weights / "standin.json"
+    card.write_text(card.read_text().replace('"none"', '"bspline"'))
+    with pytest.raises(ValueError, match="prealign must be one of"):
+        load_method("standin")
 
 
 def test_folding_inside_a_structure_is_reported_and_warned(joint_weights):
