@@ -263,7 +263,8 @@ def write_joint_markdown(card: dict, path: Path) -> None:
             f"image, {card['spacing_mm'][0]:g} mm isotropic {card['axcodes']}, HU {card['window_hu'][0]:.0f} to "
             f"{card['window_hu'][1]:.0f} scaled to [0, 1], each size a multiple of 16 -> a DDF in working-grid "
             "voxels (MONAI Warp convention) and, where the model segments, logits of the fixed image "
-            "(channel 0 background)."
+            f"(channel 0 background). `propagate` runs it after a classical {card.get('prealign', 'affine')} "
+            "pre-alignment (elastix, card field `prealign`) and composes the two fields."
         ),
         f"- Structures (TG-263): {', '.join(s['name'] for s in card['structures'])}.",
         f"- Weights: `{card['name']}.pt`, SHA-256 `{c['weights_sha256']}`; card date {c['date']}.",
