@@ -172,6 +172,9 @@ DELINEO_DEIDENTIFY_DEFAULT = env_bool("DELINEO_DEIDENTIFY_DEFAULT", False)
 # Days a scan (with its jobs and files) is kept; `manage.py purge_old_data` deletes older ones.
 # Unset or 0: kept until deleted by hand.
 DELINEO_RETENTION_DAYS = env_int("DELINEO_RETENTION_DAYS", 0, minimum=0) or None
+# Days an access audit-log event is kept; the same command deletes older ones. Its own period,
+# not the scans': an audit trail usually has to outlive the data it describes. Unset or 0: kept.
+DELINEO_AUDIT_RETENTION_DAYS = env_int("DELINEO_AUDIT_RETENTION_DAYS", 0, minimum=0) or None
 FILE_UPLOAD_HANDLERS = [
     "webapp.delineation.uploads.UploadLimitHandler",  # first: stops the upload at the limits, with a message
     "django.core.files.uploadhandler.MemoryFileUploadHandler",

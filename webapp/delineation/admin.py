@@ -37,7 +37,17 @@ class JobAdmin(admin.ModelAdmin):
 class AccessEventAdmin(admin.ModelAdmin):
     """The access audit log, read-only: nobody adds, changes or deletes an entry here."""
 
-    list_display = ("created", "username", "action", "object_type", "object_id", "filename", "team", "client_ip")
+    list_display = (
+        "created",
+        "username",
+        "action",
+        "object_type",
+        "object_id",
+        "filename",
+        "team",
+        "client_ip",
+        "count",
+    )
     list_filter = ("action", "object_type")
     search_fields = ("username", "object_id")
     date_hierarchy = "created"

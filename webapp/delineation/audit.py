@@ -1,5 +1,6 @@
 """The access audit log (``models.AccessEvent``): one row per upload, view, download,
-delete, queued job, share and unshare. Ids only, never a scan's or a file's name (they can hold a patient's name)."""
+delete, queued job, share and unshare, and per purge of old events of the log itself.
+Ids and counts only, never a scan's or a file's name (they can hold a patient's name)."""
 
 from __future__ import annotations
 
@@ -41,4 +42,11 @@ def record(
         filename=filename,
         team=team,
         client_ip=client_ip(request),
+    )
+
+
+def record_purge(count: int) -> AccessEvent:
+    """Record that the retention purge (by the system) deleted ``count`` events of this log."""
+    return AccessEvent.objects.create(
+        action=AccessEvent.Action.PURGE, object_type=AccessEvent.ObjectType.AUDIT_LOG, count=count
     )

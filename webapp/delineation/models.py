@@ -295,6 +295,8 @@ class AccessEvent(models.Model):
     stored (``rtstruct.dcm``), not the name the download was served under; ``team`` the
     team a scan was shared with or unshared from. The row stays
     when its user or object is deleted (``username`` and ``object_id`` keep who and what).
+    A ``purge`` of this log itself (``retention.purge_audit_log``) is recorded with no user and
+    no object id, and ``count``: how many events it deleted.
     """
 
     class Action(models.TextChoices):
@@ -305,11 +307,13 @@ class AccessEvent(models.Model):
         QUEUE = "queue", "Queue job"
         SHARE = "share", "Share with a team"
         UNSHARE = "unshare", "Stop sharing with a team"
+        PURGE = "purge", "Delete old events of this log"
 
     class ObjectType(models.TextChoices):
         SCAN = "scan", "Scan"
         JOB = "job", "Job"
         PATIENT = "patient", "Patient"
+        AUDIT_LOG = "log", "Audit log"
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="access_events"
@@ -317,7 +321,7 @@ class AccessEvent(models.Model):
     username = models.CharField(max_length=150, blank=True, default="")  # empty: the system (retention purge)
     action = models.CharField(max_length=16, choices=Action.choices)
     object_type = models.CharField(max_length=8, choices=ObjectType.choices)
-    object_id = models.UUIDField()
+    object_id = models.UUIDField(null=True, blank=True)  # null: the audit log itself (a purge)
     # The owner of the scan or job, so that an owner reads every access to their data.
     object_owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -326,6 +330,7 @@ class AccessEvent(models.Model):
     # Share and unshare: the team's name then (it stays when the team is renamed or deleted).
     team = models.CharField(max_length=150, blank=True, default="")
     client_ip = models.GenericIPAddressField(null=True, blank=True)
+    count = models.PositiveIntegerField(null=True, blank=True)  # a purge: the events it deleted
     created = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
@@ -333,4 +338,5 @@ class AccessEvent(models.Model):
         indexes = [models.Index(fields=["object_type", "object_id"])]
 
     def __str__(self) -> str:
-        return f"{self.username or 'system'} {self.action} {self.object_type} {self.object_id}"
+        what = f"{self.count} event(s)" if self.action == self.Action.PURGE else self.object_id
+        return f"{self.username or 'system'} {self.action} {self.object_type} {what}"

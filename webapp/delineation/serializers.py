@@ -522,9 +522,21 @@ class PatientSerializer(serializers.ModelSerializer):
 
 
 class AccessEventSerializer(serializers.ModelSerializer):
-    """One entry of the access audit log (ids only, never a scan's or a file's name)."""
+    """One entry of the access audit log (ids only, never a scan's or a file's name); a purge of
+    old events has no object and the number of events it deleted in ``count``."""
 
     class Meta:
         model = AccessEvent
-        fields = ["id", "created", "username", "action", "object_type", "object_id", "filename", "team", "client_ip"]
+        fields = [
+            "id",
+            "created",
+            "username",
+            "action",
+            "object_type",
+            "object_id",
+            "filename",
+            "team",
+            "client_ip",
+            "count",
+        ]
         read_only_fields = fields

@@ -1,7 +1,9 @@
-"""Delete scans older than the retention period, with their jobs and files.
+"""Delete scans older than the retention period, with their jobs and files, and audit-log
+events older than the audit log's own period.
 
-Run it daily (cron or a systemd timer): ``python manage.py purge_old_data``. The period is
-``DELINEO_RETENTION_DAYS`` unless ``--days`` is given; with neither, nothing is deleted.
+Run it daily (cron or a systemd timer): ``python manage.py purge_old_data``. Scans: the period
+is ``DELINEO_RETENTION_DAYS`` unless ``--days`` is given. Audit log: ``DELINEO_AUDIT_RETENTION_DAYS``
+unless ``--audit-days`` is given. Where neither gives a period, nothing of that kind is deleted.
 Prints and logs counts only, never a scan's name.
 """
 
@@ -14,23 +16,45 @@ from webapp.delineation import retention
 
 
 class Command(BaseCommand):
-    help = "Delete scans (with their jobs and files) older than DELINEO_RETENTION_DAYS or --days."
+    help = (
+        "Delete scans (with their jobs and files) older than DELINEO_RETENTION_DAYS or --days, and "
+        "audit-log events older than DELINEO_AUDIT_RETENTION_DAYS or --audit-days."
+    )
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--days", type=int, help="Delete scans older than this many days (default: the setting).")
+        parser.add_argument(
+            "--audit-days",
+            type=int,
+            help="Delete audit-log events older than this many days (default: DELINEO_AUDIT_RETENTION_DAYS).",
+        )
         parser.add_argument("--dry-run", action="store_true", help="Count what would be deleted; delete nothing.")
 
-    def handle(self, *args, days: int | None, dry_run: bool, **options) -> None:
+    def handle(self, *args, days: int | None, audit_days: int | None, dry_run: bool, **options) -> None:
         if days is None:
             days = settings.DELINEO_RETENTION_DAYS
-        if days is None:
-            self.stdout.write("No retention period (DELINEO_RETENTION_DAYS unset and no --days): nothing deleted.")
-            return
-        if days < 0:
-            raise CommandError(f"--days must be 0 or more, not {days}")
-        result = retention.purge(days, dry_run=dry_run)
+        if audit_days is None:
+            audit_days = settings.DELINEO_AUDIT_RETENTION_DAYS
+        # Both checked before anything is deleted.
+        for option, value in (("--days", days), ("--audit-days", audit_days)):
+            if value is not None and value < 0:
+                raise CommandError(f"{option} must be 0 or more, not {value}")
         verb = "would be deleted (dry run)" if dry_run else "deleted"
-        self.stdout.write(
-            f"{result.scans} scan(s) and {result.jobs} job(s) older than {days} day(s) {verb}; "
-            f"{result.skipped} skipped because a job is running on them."
-        )
+        if days is None:
+            self.stdout.write(
+                "No retention period for scans (DELINEO_RETENTION_DAYS unset and no --days): no scan deleted."
+            )
+        else:
+            result = retention.purge(days, dry_run=dry_run)
+            self.stdout.write(
+                f"{result.scans} scan(s) and {result.jobs} job(s) older than {days} day(s) {verb}; "
+                f"{result.skipped} skipped because a job is running on them."
+            )
+        if audit_days is None:
+            self.stdout.write(
+                "No retention period for the audit log (DELINEO_AUDIT_RETENTION_DAYS unset and no --audit-days): "
+                "no event deleted."
+            )
+        else:
+            count = retention.purge_audit_log(audit_days, dry_run=dry_run)
+            self.stdout.write(f"{count} audit-log event(s) older than {audit_days} day(s) {verb}.")
