@@ -279,14 +279,25 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
+# Applies LOGGING, then logs Python's warnings (to `py.warnings`) rather than printing them.
+LOGGING_CONFIG = "webapp.delineation.redact.configure_logging"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    # Exceptions are logged without their messages, which may quote patient data (redact.py).
-    "filters": {"withhold_exception_messages": {"()": "webapp.delineation.redact.WithholdExceptionMessages"}},
+    "filters": {
+        # Exceptions are logged without their messages, which may quote patient data (redact.py).
+        "withhold_exception_messages": {"()": "webapp.delineation.redact.WithholdExceptionMessages"},
+        # pydicom's messages and warnings without the DICOM values and file paths they quote.
+        "withhold_dicom_values": {"()": "webapp.delineation.redact.WithholdDicomValues"},
+    },
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["withhold_exception_messages"]}
+    },
+    # On these loggers, not on a handler: every handler then gets the records without the values.
+    "loggers": {
+        "pydicom": {"filters": ["withhold_dicom_values"]},
+        "py.warnings": {"filters": ["withhold_dicom_values"]},
     },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
