@@ -45,7 +45,7 @@ from pydicom.valuerep import format_number_as_ds
 import engine
 from engine.io.atomic import write_atomically
 from engine.io.dicom_series import DicomSeries
-from engine.models.registry import Structure
+from engine.structure import Structure
 from engine.volume import LabelMap
 
 # TG-263 name -> (SNOMED CT organ code, laterality modifier or None).

@@ -39,7 +39,7 @@ from skimage.measure import find_contours
 import engine
 from engine.io.atomic import write_atomically
 from engine.io.dicom_series import RTSTRUCT_SOP_CLASS, DicomSeries
-from engine.models.registry import Structure
+from engine.structure import Structure
 from engine.volume import LabelMap
 
 STUDY_COMPONENT_SOP_CLASS = "1.2.840.10008.3.1.2.3.1"

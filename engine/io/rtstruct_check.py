@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from engine.io.atomic import write_atomically
 from engine.io.dicom_series import DicomSeries
 from engine.io.rtstruct_import import RTStructImportError, import_rtstruct
-from engine.models.registry import Structure
+from engine.structure import Structure
 from engine.volume import LabelMap
 
 ROUNDTRIP_MIN_DICE = 0.98

@@ -14,20 +14,13 @@ from pathlib import Path
 import torch
 
 from engine.models.res_se_unet import ResSEUNet
+from engine.structure import Structure
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
 class UnknownModelError(ValueError):
     """The requested model name is not shipped in ``engine/weights``."""
-
-
-@dataclass(frozen=True)
-class Structure:
-    label: int
-    name: str  # TG-263
-    color: tuple[int, int, int]
-    interpreted_type: str  # RT ROI Interpreted Type: ORGAN, PTV, ...
 
 
 # Configuration of ``hn-oar`` as trained; the card JSON carries the same fields.

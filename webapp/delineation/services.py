@@ -484,7 +484,7 @@ def write_final_rtstruct(
     from engine.io.reader import is_nifti
     from engine.io.rtstruct import build_rtstruct, write_rtstruct
     from engine.io.rtstruct_check import RTStructExportError, check_rtstruct
-    from engine.models.registry import Structure
+    from engine.structure import Structure
     from engine.volume import LabelMap
 
     result_dir = Path(result_dir)
