@@ -1,7 +1,9 @@
 """The adaptive workflow with the real engine: an uploaded planning CT with its RTSTRUCT and a
 daily CT of the same patient (the same small generated phantom, a new series), a propagation
-job run by the real ``engine.infer.propagate`` with the rigid elastix method, and the final
-RTSTRUCT for the daily scan downloaded and read back. The API and the viewer's
+job run by the real ``engine.infer.propagate`` with the rigid elastix method and with the
+shipped joint model chosen as best (after its affine pre-alignment, with its direct
+segmentation of the daily scan), and the final RTSTRUCT for the daily scan downloaded and read
+back. The API and the viewer's
 choices are covered with a fake engine in ``test_adapt_workflow.py``."""
 
 from __future__ import annotations
@@ -12,19 +14,21 @@ import json
 import pydicom
 import pytest
 
+from tests.realdata.test_propagate_real import BEST_JOINT_MODEL
 from tests.test_adapt_workflow import content, daily, planning, propagate, rtstruct_uid  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.django_db
 
 
-def test_a_rigid_propagation_runs_on_the_real_engine(alice_api, planning, daily, django_capture_on_commit_callbacks):
+@pytest.mark.parametrize("model", ["rigid", BEST_JOINT_MODEL])
+def test_a_propagation_runs_on_the_real_engine(alice_api, planning, daily, django_capture_on_commit_callbacks, model):
     response = propagate(
         alice_api,
         daily["id"],
         planning["id"],
         django_capture_on_commit_callbacks,
         contours_rtstruct=rtstruct_uid(planning),
-        model="rigid",
+        model=model,
     )
     assert response.status_code == 201, response.content
     job = alice_api.get(f"/api/jobs/{response.json()['id']}/").json()
@@ -42,6 +46,8 @@ def test_a_rigid_propagation_runs_on_the_real_engine(alice_api, planning, daily,
         rtstruct.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
     )
     assert not daily_series or referenced.SeriesInstanceUID in daily_series
-    # A registration only (no direct segmentation to compare with); the same anatomy both days,
-    # so the contours keep their volume.
-    assert all(s["dice_vs_direct"] is None for s in report["structures"])
+    if model == "rigid":  # a registration only: no direct segmentation to compare with
+        assert all(s["dice_vs_direct"] is None for s in report["structures"])
+    else:  # the joint model segments the daily scan too; every structure gets a verdict
+        assert report["kind"] == "joint" and report["prealign"] == "affine"
+        assert all("warning" in s for s in report["structures"])

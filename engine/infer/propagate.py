@@ -91,6 +91,12 @@ MASK_MARGIN_VOXELS = 4
 # centred on the anatomy, and a CPU-sized network cannot undo centimetres of set-up.
 DEFAULT_JOINT_PREALIGN = "affine"
 JOINT_PREALIGN_CHOICES = ("none", "rigid", "affine")
+# The joint networks were trained on crops of 48 x 48 x 32 working voxels around the
+# organs and scored on 64 x 64 x 48 (256 x 256 x 192 mm at 4 mm): they see that box
+# around the planning contours, not a whole scan of air, couch and shoulders they never
+# saw in training. Their field fades out over TAPER_VOXELS at the box's inner faces.
+JOINT_REGION_VOXELS = (64, 64, 48)
+TAPER_VOXELS = 4
 MIN_DICE_VS_DIRECT = 0.7
 MAX_MSD_MM_VS_DIRECT = 3.0
 STAGE_END = {
@@ -240,13 +246,54 @@ def compose_ddf(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
     return inner + moved
 
 
+def network_region(
+    shape: tuple[int, int, int], centre: np.ndarray
+) -> tuple[slice, slice, slice]:
+    """The box of the working grid a joint network sees: ``JOINT_REGION_VOXELS`` (or the
+    whole axis where the grid is smaller) around ``centre`` (voxels), kept inside."""
+    box = []
+    for n, size, c in zip(shape, JOINT_REGION_VOXELS, centre, strict=True):
+        size = min(size, n)
+        start = int(np.clip(round(float(c)) - size // 2, 0, n - size))
+        box.append(slice(start, start + size))
+    return (box[0], box[1], box[2])
+
+
+def taper(shape: tuple[int, int, int], region: tuple[slice, ...]) -> torch.Tensor:
+    """Weights (X', Y', Z') of ``region``: 1 inside, falling to 0 along a half cosine over
+    the ``TAPER_VOXELS`` next to each face of the box that is inside the grid (a face on
+    the grid's edge keeps 1), so a field that is zero outside the box stays continuous."""
+    weights = torch.ones(tuple(r.stop - r.start for r in region))
+    for axis, (r, n) in enumerate(zip(region, shape, strict=True)):
+        size = r.stop - r.start
+        ramp = torch.ones(size)
+        k = torch.arange(TAPER_VOXELS, dtype=torch.float32)
+        rise = 0.5 - 0.5 * torch.cos(torch.pi * (k + 1) / (TAPER_VOXELS + 1))
+        if r.start > 0:
+            ramp[:TAPER_VOXELS] = rise
+        if r.stop < n:
+            ramp[size - TAPER_VOXELS :] = rise.flip(0)
+        view = [1, 1, 1]
+        view[axis] = size
+        weights = weights * ramp.view(view)
+    return weights
+
+
 def _register(
-    method: PropagationMethod, fixed: torch.Tensor, moving: torch.Tensor, grid: Grid
+    method: PropagationMethod,
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    grid: Grid,
+    centre: np.ndarray,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """DDF (3, X, Y, Z) in working-grid voxels, and seg logits (C + 1, X, Y, Z) or None.
 
     A joint model runs on the moving image after the classical pre-alignment its card
-    names (``prealign``), and the two fields are composed."""
+    names (``prealign``), on the box around ``centre`` (working voxels: the planning
+    contours) that ``network_region`` gives: the crops it was trained and scored on. Its
+    field is tapered to zero at the box's inner faces (``taper``) and composed with the
+    pre-alignment's; outside the box the pre-alignment alone holds, and the direct
+    segmentation is background."""
     if method.network is None:
         return _elastix(method.name, fixed, moving, grid, method.window_hu), None
     prealign = method.config.get("prealign", DEFAULT_JOINT_PREALIGN)
@@ -254,18 +301,45 @@ def _register(
     if prealign != "none":
         pre = _elastix(prealign, fixed, moving, grid, method.window_hu)
         moving = _warp_zeros(moving[None, None], pre[None].float())[0, 0]
+        # The contours sit at ``centre`` in the planning scan, i.e. near x with
+        # x + pre(x) = centre in the daily scan: one fixed-point step finds the box.
+        near = tuple(
+            int(np.clip(round(float(c)), 0, n - 1))
+            for c, n in zip(centre, grid.shape, strict=True)
+        )
+        centre = centre - pre[(slice(None), *near)].numpy()
+    region = network_region(grid.shape, centre)
+    box = tuple(r.stop - r.start for r in region)
     with torch.no_grad():
         out = method.network(
-            fixed[None, None].to(method.device), moving[None, None].to(method.device)
+            fixed[region][None, None].to(method.device),
+            moving[region][None, None].to(method.device),
         )
-    if tuple(out.ddf.shape) != (1, 3, *grid.shape):
+    if tuple(out.ddf.shape) != (1, 3, *box):
         raise ValueError(
             f"model {method.name!r} returned a DDF of shape {tuple(out.ddf.shape)}, "
-            f"expected {(1, 3, *grid.shape)}"
+            f"expected {(1, 3, *box)}"
         )
-    logits = None if out.seg_logits is None else out.seg_logits[0].float().cpu()
-    ddf = out.ddf[0].float().cpu()
+    ddf = torch.zeros((3, *grid.shape))
+    ddf[(slice(None), *region)] = out.ddf[0].float().cpu() * taper(grid.shape, region)
+    logits = None
+    if out.seg_logits is not None:
+        channels = out.seg_logits.shape[1]
+        logits = torch.zeros((channels, *grid.shape))
+        logits[0] = 1.0  # background outside the box
+        logits[(slice(None), *region)] = out.seg_logits[0].float().cpu()
     return (ddf if pre is None else compose_ddf(pre, ddf)), logits
+
+
+def _contour_centre(contours: LabelMap, grid: Grid) -> np.ndarray:
+    """Centroid of the contoured voxels (or of the label map's grid when it is empty),
+    as working-grid voxel coordinates (3,)."""
+    where = np.argwhere(contours.array > 0)
+    index = (
+        where.mean(axis=0) if where.size else (np.array(contours.array.shape) - 1) / 2
+    )
+    world = np.asarray(contours.affine, dtype=float) @ np.append(index, 1.0)
+    return (np.linalg.inv(grid.affine) @ world)[:3]
 
 
 def _key(name: str) -> str:
@@ -361,7 +435,9 @@ def propagate(
     fixed_w = to_working_grid(fixed, grid, method.window_hu)
     moving_w = to_working_grid(moving, grid, method.window_hu)
     lap("preprocess", "registration")
-    ddf, logits = _register(method, fixed_w, moving_w, grid)
+    ddf, logits = _register(
+        method, fixed_w, moving_w, grid, _contour_centre(moving_contours, grid)
+    )
     lap("registration", "warp")
     ddf_mm = ddf_voxels_to_mm(ddf, grid, fixed_grid)
     values = [int(s["label"]) for s in structures]

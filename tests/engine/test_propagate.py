@@ -28,7 +28,9 @@ from engine.infer.propagate import (
     PROPAGATION_MODELS,
     compose_ddf,
     load_method,
+    network_region,
     propagate,
+    taper,
 )
 from engine.io.contour_input import read_contours
 from engine.io.dicom_series import read_series
@@ -270,6 +272,19 @@ def test_compose_ddf_applies_the_inner_field_then_the_outer():
     got = compose_ddf(outer, inner)
     interior = (slice(None), slice(2, -2), slice(2, -2), slice(2, -2))
     torch.testing.assert_close(got[interior], expected[interior], atol=1e-5, rtol=0)
+
+
+def test_the_network_box_stays_in_the_grid_and_its_field_fades_at_inner_faces():
+    shape = (128, 96, 40)
+    region = network_region(shape, np.array([10.0, 90.0, 20.0]))
+    assert region == (slice(0, 64), slice(32, 96), slice(0, 40))
+    weights = taper(shape, region)
+    assert weights.shape == (64, 64, 40)
+    # Faces on the grid's edge keep the full field; the inner faces fade it to near 0.
+    assert weights[0, 32, 20] == 1.0 and weights[32, -1, 20] == 1.0
+    assert weights[32, 32, 0] == 1.0 and weights[32, 32, -1] == 1.0
+    assert weights[-1, 32, 20] < 0.2 and weights[32, 0, 20] < 0.2
+    assert weights[-5, 32, 20] == 1.0 and weights[32, 4, 20] == 1.0
 
 
 def test_a_joint_model_registers_after_its_cards_prealignment(joint_weights):
