@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.networks.blocks import Warp
 from monai.transforms import ResampleToMatch, ScaleIntensityRange
@@ -97,6 +98,8 @@ JOINT_PREALIGN_CHOICES = ("none", "rigid", "affine")
 # saw in training. Their field fades out over TAPER_VOXELS at the box's inner faces.
 JOINT_REGION_VOXELS = (64, 64, 48)
 TAPER_VOXELS = 4
+# The five-level networks need at least 2 voxels along each axis at 1/16 resolution.
+MIN_NETWORK_VOXELS = 32
 MIN_DICE_VS_DIRECT = 0.7
 MAX_MSD_MM_VS_DIRECT = 3.0
 STAGE_END = {
@@ -310,24 +313,30 @@ def _register(
         centre = centre - pre[(slice(None), *near)].numpy()
     region = network_region(grid.shape, centre)
     box = tuple(r.stop - r.start for r in region)
+    # A small scan gives a box too small for the network's coarsest level (1/16): pad
+    # it with air at the far side, and keep only the box of the result.
+    padded = tuple(max(n, MIN_NETWORK_VOXELS) for n in box)
+    pad = [p for n, m in zip(box[::-1], padded[::-1], strict=True) for p in (0, m - n)]
+    inside = (slice(None), *(slice(0, n) for n in box))
     with torch.no_grad():
         out = method.network(
-            fixed[region][None, None].to(method.device),
-            moving[region][None, None].to(method.device),
+            F.pad(fixed[region], pad)[None, None].to(method.device),
+            F.pad(moving[region], pad)[None, None].to(method.device),
         )
-    if tuple(out.ddf.shape) != (1, 3, *box):
+    if tuple(out.ddf.shape) != (1, 3, *padded):
         raise ValueError(
             f"model {method.name!r} returned a DDF of shape {tuple(out.ddf.shape)}, "
-            f"expected {(1, 3, *box)}"
+            f"expected {(1, 3, *padded)}"
         )
     ddf = torch.zeros((3, *grid.shape))
-    ddf[(slice(None), *region)] = out.ddf[0].float().cpu() * taper(grid.shape, region)
+    weights = taper(grid.shape, region)
+    ddf[(slice(None), *region)] = out.ddf[0].float().cpu()[inside] * weights
     logits = None
     if out.seg_logits is not None:
         channels = out.seg_logits.shape[1]
         logits = torch.zeros((channels, *grid.shape))
         logits[0] = 1.0  # background outside the box
-        logits[(slice(None), *region)] = out.seg_logits[0].float().cpu()
+        logits[(slice(None), *region)] = out.seg_logits[0].float().cpu()[inside]
     return (ddf if pre is None else compose_ddf(pre, ddf)), logits
 
 
