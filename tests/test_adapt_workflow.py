@@ -455,6 +455,8 @@ def test_the_patient_page_queues_a_propagation(
     source = f"rtstruct:{planning['id']}:{rtstruct_uid(planning)}"
     assert 'id="adapt-form"' in page and f'value="{source}"' in page and "RTSTRUCT (Brainstem, Mandible)" in page
     assert '<option value="dual-head"' in page and f'value="{daily["id"]}"' in page
+    assert '<option value="elastix-bspline" selected>elastix-bspline (recommended)</option>' in page
+    assert '<option value="rigid" >rigid</option>' in page  # only the recommended one is preselected
     with django_capture_on_commit_callbacks(execute=True):
         response = alice_browser.post(
             f"/patients/{patient}/", {"contours": source, "daily_scan": daily["id"], "model": "dual-head"}

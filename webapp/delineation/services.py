@@ -365,6 +365,11 @@ def run_audit(
     )
 
 
+# Preselected in the Adapt form: the most accurate method on the pairs of docs/registration.md
+# (the shipped joint models do not yet improve on their affine pre-alignment).
+RECOMMENDED_PROPAGATION_MODEL = "elastix-bspline"
+
+
 def propagation_models() -> list[str]:
     """Names of the propagation methods this server offers
     (``engine.infer.propagate.PROPAGATION_MODELS``: classical registrations and joint models)."""

@@ -248,6 +248,7 @@ def patient_detail(request: HttpRequest, patient_id: uuid.UUID) -> HttpResponse:
             "scans": scans,
             "sources": contour_sources(scans),
             "models": services.propagation_models(),
+            "recommended": services.RECOMMENDED_PROPAGATION_MODEL,
             "propagations": propagations.select_related("scan", "planning_scan")[:50],
             "selected": request.POST,
             "error": error,
