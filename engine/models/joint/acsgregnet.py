@@ -30,7 +30,12 @@ from engine.models.joint.base import (
     warp_image,
     warp_labels,
 )
-from engine.models.joint.losses import bending_energy, masked_dice_loss, similarity_loss
+from engine.models.joint.losses import (
+    bending_energy,
+    masked_dice_loss,
+    similarity_loss,
+    weighted_terms,
+)
 
 
 def affine_ddf(matrix: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
@@ -160,16 +165,13 @@ def acsgregnet_loss(
         batch["fixed_masks"],
         batch["fixed_available"] & batch["moving_available"],
     )
-    total = (
-        ncc
-        + weights.get("affine_ncc", 0.5) * affine_ncc
-        + weights.get("bending", 1.0) * bending
-        + weights.get("reg_dice", 1.0) * reg_dice
+    return weighted_terms(
+        {
+            "ncc": ncc,
+            "affine_ncc": affine_ncc,
+            "bending": bending,
+            "reg_dice": reg_dice,
+        },
+        weights,
+        {"affine_ncc": 0.5},
     )
-    terms = {
-        "ncc": ncc.item(),
-        "affine_ncc": affine_ncc.item(),
-        "bending": bending.item(),
-        "reg_dice": reg_dice.item(),
-    }
-    return total, terms

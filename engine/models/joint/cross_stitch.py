@@ -33,6 +33,7 @@ from engine.models.joint.losses import (
     similarity_loss,
     structure_probabilities,
     uncertainty_weighted,
+    weighted_terms,
 )
 
 
@@ -140,22 +141,10 @@ def cross_stitch_loss(
         batch["fixed_masks"],
         batch["fixed_available"],
     )
+    named = {"ncc": ncc, "bending": bending, "reg_dice": reg_dice, "seg_dice": seg_dice}
+    if model.log_variances is None:
+        return weighted_terms(named, weights, {})
+    # One uncertainty per task term; bending energy stays tied to the NCC it regularises.
     image_term = ncc + weights.get("bending", 1.0) * bending
-    if model.log_variances is not None:
-        # One uncertainty per task term; bending energy stays tied to the NCC it regularises.
-        total = uncertainty_weighted(
-            [image_term, reg_dice, seg_dice], model.log_variances
-        )
-    else:
-        total = (
-            image_term
-            + weights.get("reg_dice", 1.0) * reg_dice
-            + weights.get("seg_dice", 1.0) * seg_dice
-        )
-    terms = {
-        "ncc": ncc.item(),
-        "bending": bending.item(),
-        "reg_dice": reg_dice.item(),
-        "seg_dice": seg_dice.item(),
-    }
-    return total, terms
+    total = uncertainty_weighted([image_term, reg_dice, seg_dice], model.log_variances)
+    return total, {k: v.item() for k, v in named.items()}

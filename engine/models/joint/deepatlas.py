@@ -29,6 +29,7 @@ from engine.models.joint.losses import (
     masked_dice_loss,
     similarity_loss,
     structure_probabilities,
+    weighted_terms,
 )
 
 
@@ -81,21 +82,11 @@ def deepatlas_loss(
         ncc = similarity_loss(fixed, warp_image(moving, ddf))
         bending = bending_energy(ddf)
         anatomy = masked_dice_loss(warped, target, f_avail | m_avail)
-        total = (
-            ncc
-            + weights.get("bending", 1.0) * bending
-            + weights.get("anatomy", 1.0) * anatomy
+        return weighted_terms(
+            {"ncc": ncc, "bending": bending, "anatomy": anatomy}, weights, {}
         )
-        terms = {"ncc": ncc.item(), "bending": bending.item()}
-    else:
-        supervised = masked_dice_loss(f_pred, f_masks, f_avail) + masked_dice_loss(
-            m_pred, m_masks, m_avail
-        )
-        anatomy = masked_dice_loss(warped, target, f_avail ^ m_avail)
-        total = (
-            weights.get("seg_dice", 1.0) * supervised
-            + weights.get("anatomy", 1.0) * anatomy
-        )
-        terms = {"seg_dice": supervised.item()}
-    terms["anatomy"] = anatomy.item()
-    return total, terms
+    supervised = masked_dice_loss(f_pred, f_masks, f_avail) + masked_dice_loss(
+        m_pred, m_masks, m_avail
+    )
+    anatomy = masked_dice_loss(warped, target, f_avail ^ m_avail)
+    return weighted_terms({"seg_dice": supervised, "anatomy": anatomy}, weights, {})

@@ -31,6 +31,7 @@ from engine.models.joint.losses import (
     masked_dice_loss,
     similarity_loss,
     structure_probabilities,
+    weighted_terms,
 )
 
 
@@ -109,16 +110,13 @@ def dual_head_loss(
         batch["moving_masks"],
         batch["moving_available"],
     )
-    total = (
-        ncc
-        + weights.get("smoothness", 1.0) * smoothness
-        + weights.get("reg_dice", 1.0) * reg_dice
-        + weights.get("seg_dice", 1.0) * seg_dice
+    return weighted_terms(
+        {
+            "ncc": ncc,
+            "smoothness": smoothness,
+            "reg_dice": reg_dice,
+            "seg_dice": seg_dice,
+        },
+        weights,
+        {},
     )
-    terms = {
-        "ncc": ncc.item(),
-        "smoothness": smoothness.item(),
-        "reg_dice": reg_dice.item(),
-        "seg_dice": seg_dice.item(),
-    }
-    return total, terms

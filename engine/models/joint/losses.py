@@ -61,6 +61,18 @@ def structure_probabilities(seg_logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(seg_logits, dim=1)[:, 1:]
 
 
+def weighted_terms(
+    terms: dict[str, torch.Tensor], weights: dict, defaults: dict[str, float]
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss sum of ``terms`` (scalar tensors), each times its weight from the run
+    config's ``weights``, else ``defaults``, else 1; and the terms' values for the log."""
+    total = sum(
+        (weights.get(k, defaults.get(k, 1.0)) * v for k, v in terms.items()),
+        start=torch.zeros(()),
+    )
+    return total, {k: v.item() for k, v in terms.items()}
+
+
 def uncertainty_weighted(
     terms: list[torch.Tensor], log_variances: torch.Tensor
 ) -> torch.Tensor:
