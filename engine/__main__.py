@@ -136,51 +136,26 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import copy
+    from engine.train.experiment import run
+    from engine.train.joint import summary_line
 
-    if args.config is not None:
-        from engine.train.joint import is_joint_config
-
-        if is_joint_config(args.config):
-            from engine.train.joint import run as run_joint
-            from engine.train.joint import summary_line
-
-            metrics = run_joint(args.config, Path(args.data), Path(args.experiments))
-            print(json.dumps(summary_line(metrics), indent=1))
-            return 0
-        from engine.train.experiment import run
-
-        metrics = run(args.config, Path(args.data), Path(args.experiments))
-        print(
-            json.dumps(
-                {k: v for k, v in metrics.items() if k != "evaluation"}
-                | {"test_mean_dice": metrics["evaluation"]["mean_dice"]},
-                indent=1,
-            )
-        )
-        return 0
-
-    from engine.models.registry import HN_OAR_CONFIG
-    from engine.train.segmentation import train
-
-    configs = {"hn-oar": HN_OAR_CONFIG}
-    if args.model not in configs:
-        raise UnknownModelError(
-            f"no training configuration for {args.model!r}; known: {', '.join(configs)}"
-        )
-    best = train(
-        copy.deepcopy(configs[args.model]),
+    metrics = run(
+        args.config,
         Path(args.data),
-        Path(args.out),
-        steps=args.steps,
-        patch=args.patch,
-        batch=args.batch,
-        lr=args.lr,
-        val_every=args.val_every,
-        seed=args.seed,
-        threads=args.threads,
+        Path(args.experiments),
+        state_root=None if args.no_state else Path(args.state),
+        minutes=args.minutes,
     )
-    print(f"best checkpoint: {best}")
+    if metrics is None:
+        print("stopped; the same command goes on from the saved state")
+        return 0
+    if "architecture" in metrics:  # a joint registration run
+        print(json.dumps(summary_line(metrics), indent=1))
+        return 0
+    summary = {k: v for k, v in metrics.items() if k != "evaluation"}
+    if "evaluation" in metrics:
+        summary["test_mean_dice"] = metrics["evaluation"]["mean_dice"]
+    print(json.dumps(summary, indent=1))
     return 0
 
 
@@ -288,30 +263,34 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser(
         "train",
-        help="train a model on OpenKBP (resumable): a run CONFIG file, or --model hn-oar",
+        help="train (or go on with) the run a CONFIG file describes; stops cleanly on Ctrl-C",
     )
     p.add_argument(
         "config",
-        nargs="?",
         type=Path,
-        help='a run configuration (JSON; see engine/train/experiment.py, and engine/train/joint.py for "kind": "joint")',
+        help="a run configuration (JSON; see engine/train/config.py, and engine/train/joint.py "
+        'for "kind": "joint"), e.g. experiments/configs/hn-oar.json',
     )
     p.add_argument(
         "--experiments",
         type=Path,
         default=Path("var/experiments"),
-        help="where config runs write their folder",
+        help="where the run writes its folder",
     )
-    p.add_argument("--model", default="hn-oar")
     p.add_argument("--data", type=Path, default=Path("../shared/data/openkbp"))
-    p.add_argument("--out", type=Path, default=Path("var/train/hn-oar"))
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--patch", type=int, default=96)
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--val-every", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--state",
+        type=Path,
+        default=Path("experiments/state"),
+        help="where the portable resumable state NAME.pt is kept (commit it when you stop)",
+    )
+    p.add_argument("--no-state", action="store_true", help="keep no portable state")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="stop (state saved) after this many minutes; the same command goes on",
+    )
     p.set_defaults(func=_train)
 
     args = parser.parse_args(argv)
@@ -319,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.infer.elastix import ElastixError
     from engine.io.rtstruct_check import RTStructExportError
     from engine.io.rtstruct_import import RTStructImportError
-    from engine.train.experiment import ExperimentConfigError
+    from engine.train.config import TrainingConfigError
 
     try:
         return args.func(args)
@@ -327,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         InputError,
         UnknownModelError,
         RTStructImportError,
-        ExperimentConfigError,
+        TrainingConfigError,
         AuditError,
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -165,6 +165,8 @@ def run_all(names: list[str]) -> None:
             print(f"{name}: done", flush=True)
         else:
             metrics = run(CONFIGS / f"{name}.json", DATA, RUNS)
+            if metrics is None:  # stopped by a signal: resume with the same command
+                return
             print(
                 f"{name}: test mean Dice {metrics['evaluation']['mean_dice']}",
                 flush=True,

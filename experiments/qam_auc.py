@@ -33,9 +33,8 @@ from engine.data_openkbp import case_rois, load_split
 from engine.infer.audit import Critic, qam_score
 from engine.models.qam import QualityAwarenessModule
 from engine.models.registry import sha256_of
-from engine.train.experiment import _cache_dir
 from engine.train.label_noise import RANGES_MM, corrupt_masks
-from engine.train.segmentation import _cache_case
+from engine.train.segmentation import cache_case, cache_dir
 
 CLEAN_FLAGGED = 0.10  # share of sound contours the audit may call implausible
 
@@ -46,12 +45,12 @@ def score_split(
     """One row per (case, structure): clean score and one corrupted score per range."""
     config = json.loads((run / "config.json").read_text())
     model = config["model"]
-    cache = _cache_dir(run, model)
+    cache = cache_dir(run.parent, model)
     cache.mkdir(exist_ok=True)
     rois, n = case_rois(data), len(model["structures"])
     rows = []
     for k, case_id in enumerate(c for c in load_split(data, split) if c in rois):
-        case = _cache_case(data, case_id, model, cache)
+        case = cache_case(data, case_id, model, cache)
         rng = np.random.default_rng([seed, k])
         for c in range(n):
             mask = case["masks"][c]

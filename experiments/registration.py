@@ -43,14 +43,14 @@ from engine.infer.displacement import Grid, warp_labels
 from engine.infer.propagate import propagate
 from engine.io.nifti import read_labels, read_volume
 from engine.metrics import surface_metrics
-from engine.models.registry import HN_OAR_CONFIG
+from engine.models.registry import model_config
 from engine.synthetic_deformation import DEFAULTS, make_pair
 
 DATA = ROOT.parent / "shared" / "data" / "openkbp"
 RESULTS = ROOT / "experiments" / "results"
 DOC = ROOT / "docs" / "registration.md"
 # oar_labelmap.nii.gz values are the hn-oar labels (1 Brainstem ... 7 Mandible).
-STRUCTURES = HN_OAR_CONFIG["structures"]
+STRUCTURES = model_config("hn-oar")["structures"]
 BODY_HU = -500.0
 TABLE_START, TABLE_END = "<!-- reg-table:start -->", "<!-- reg-table:end -->"
 

@@ -23,70 +23,6 @@ class UnknownModelError(ValueError):
     """The requested model name is not shipped in ``engine/weights``."""
 
 
-# Configuration of ``hn-oar`` as trained; the card JSON carries the same fields.
-HN_OAR_CONFIG: dict = {
-    "name": "hn-oar",
-    "architecture": "ResSEUNet",
-    "channels": [16, 32, 64, 96, 128],
-    "spacing_mm": [3.5, 3.5, 2.5],
-    "axcodes": "RAS",
-    "window_hu": [-1000.0, 1500.0],
-    "roi_size": [160, 160, 160],
-    "threshold": 0.5,
-    "structures": [
-        {
-            "label": 1,
-            "name": "Brainstem",
-            "source": "Brainstem",
-            "color": [255, 170, 0],
-            "type": "ORGAN",
-        },
-        {
-            "label": 2,
-            "name": "SpinalCord",
-            "source": "SpinalCord",
-            "color": [255, 255, 0],
-            "type": "ORGAN",
-        },
-        {
-            "label": 3,
-            "name": "Parotid_R",
-            "source": "RightParotid",
-            "color": [0, 170, 255],
-            "type": "ORGAN",
-        },
-        {
-            "label": 4,
-            "name": "Parotid_L",
-            "source": "LeftParotid",
-            "color": [0, 255, 128],
-            "type": "ORGAN",
-        },
-        {
-            "label": 5,
-            "name": "Esophagus",
-            "source": "Esophagus",
-            "color": [255, 85, 170],
-            "type": "ORGAN",
-        },
-        {
-            "label": 6,
-            "name": "Larynx",
-            "source": "Larynx",
-            "color": [170, 85, 255],
-            "type": "ORGAN",
-        },
-        {
-            "label": 7,
-            "name": "Mandible",
-            "source": "Mandible",
-            "color": [230, 230, 230],
-            "type": "ORGAN",
-        },
-    ],
-}
-
-
 @dataclass(frozen=True)
 class LoadedModel:
     """A network in eval mode with its configuration and provenance."""
@@ -118,6 +54,18 @@ def available_models(weights_dir: Path = WEIGHTS_DIR) -> list[str]:
     )
 
 
+def model_config(name: str, weights_dir: Path = WEIGHTS_DIR) -> dict:
+    """The configuration of a shipped model (its card JSON without the ``card`` record).
+
+    Raises:
+        UnknownModelError: no ``NAME.json`` in ``weights_dir``.
+    """
+    path = weights_dir / f"{name}.json"
+    if not path.exists():
+        raise UnknownModelError(f"model {name!r} has no card in {weights_dir}")
+    return {k: v for k, v in json.loads(path.read_text()).items() if k != "card"}
+
+
 def build_network(config: dict) -> torch.nn.Module:
     """Instantiate the (untrained) network a configuration describes."""
     if config["architecture"] != "ResSEUNet":
@@ -128,6 +76,8 @@ def build_network(config: dict) -> torch.nn.Module:
         channels=config["channels"],
         residual=config.get("residual", True),
         se=config.get("se", True),
+        full_resolution_channels=config.get("full_resolution_channels", 0),
+        deep_supervision=config.get("deep_supervision", False),
     )
 
 

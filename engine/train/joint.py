@@ -31,12 +31,7 @@ from engine.infer.displacement import folding_percent
 from engine.models.joint import JOINT_LOSSES, JOINT_MODELS, build_joint_model
 from engine.models.joint.base import warp_labels
 from engine.models.registry import sha256_of
-from engine.train.experiment import (
-    ExperimentConfigError,
-    _cache_dir,
-    read_run_config,
-    write_curve,
-)
+from engine.train.config import TrainingConfigError, read_run_config
 from engine.train.joint_pairs import (
     PTV,
     collate,
@@ -45,7 +40,8 @@ from engine.train.joint_pairs import (
     load_cases,
     synthetic_pair,
 )
-from engine.train.segmentation import _log, save_resumable
+from engine.train.segmentation import cache_dir
+from engine.train.trainer import Trainer
 
 DEFAULT_TRAINING = {
     "steps": 300,
@@ -76,17 +72,17 @@ def load_joint_config(path: str | Path) -> dict:
     """Read a joint run configuration and fill in the training defaults.
 
     Raises:
-        ExperimentConfigError: unreadable, a missing field, an unknown architecture, a
+        TrainingConfigError: unreadable, a missing field, an unknown architecture, a
             patch that is not three multiples of 16, or anisotropic spacing.
     """
     config = read_run_config(path)
     model = config["model"]
     if model.get("architecture") not in JOINT_MODELS:
-        raise ExperimentConfigError(
+        raise TrainingConfigError(
             f"model.architecture must be one of {sorted(JOINT_MODELS)}, got {model.get('architecture')!r}"
         )
     if len(set(model.get("spacing_mm", []))) != 1:
-        raise ExperimentConfigError(
+        raise TrainingConfigError(
             f"model.spacing_mm must be isotropic (three equal values), got {model.get('spacing_mm')}"
         )
     config["training"] = training = {**DEFAULT_TRAINING, **config.get("training", {})}
@@ -94,7 +90,7 @@ def load_joint_config(path: str | Path) -> dict:
     for key in ("patch", "eval_patch"):
         patch = training[key]
         if len(patch) != 3 or any(int(p) % 16 or int(p) <= 0 for p in patch):
-            raise ExperimentConfigError(
+            raise TrainingConfigError(
                 f"training.{key} must be 3 multiples of 16, got {patch}"
             )
     model.setdefault("kind", "joint")
@@ -243,129 +239,92 @@ class PairSampler:
         return inter_patient_pair(self.cases[int(i)], self.cases[int(j)], patch, jitter)
 
 
-def run(
-    config_path: str | Path,
-    data: Path,
-    out_root: Path = Path("var/experiments"),
-    evaluate_split: str = "test",
-) -> dict:
-    """Train the joint run a config file describes (resumable), select the checkpoint on
-    val pairs and score it on ``evaluate_split`` pairs. Returns the metrics dict also
-    written to ``metrics.json``.
+class JointTrainer(Trainer):
+    """Joint registration + segmentation networks: the hooks of ``Trainer``.
 
-    Raises:
-        ExperimentConfigError: see ``load_joint_config``.
+    A step draws ``batch`` pairs (``PairSampler``) and back-propagates the
+    architecture's loss (``JOINT_LOSSES``); validation scores val pairs and selects the
+    checkpoint by mean registration Dice; ``finish`` scores the best on test pairs.
+    AdamW, constant learning rate.
     """
-    config = load_joint_config(config_path)
-    model_cfg, training, weights = config["model"], config["training"], config["loss"]
-    out = Path(out_root) / config["name"]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config, indent=1))
-    seed = int(training["seed"])
-    torch.manual_seed(seed)
-    if training["threads"]:
-        torch.set_num_threads(int(training["threads"]))
-    spacing = float(model_cfg["spacing_mm"][0])
-    cache = _cache_dir(
-        out, {**model_cfg, "structures": model_cfg["structures"] + [PTV]}
-    )
-    train_cases = load_cases(data, "train", model_cfg, cache)
-    _hide_labels(train_cases, training["labelled_cases"])
-    val = evaluation_pairs(
-        load_cases(data, "val", model_cfg, cache),
-        training["eval_patch"],
-        *training["val_pairs"],
-        seed,
-    )
-    sampler = PairSampler(train_cases, training, spacing, seed)
-    network = build_joint_model(model_cfg)
-    loss_fn = JOINT_LOSSES[model_cfg["architecture"]]
-    opt = torch.optim.AdamW(network.parameters(), lr=training["lr"], weight_decay=1e-5)
-    step, best = 0, -1.0
-    if (out / "last.pt").exists():
-        state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
-        network.load_state_dict(state["network"])
-        opt.load_state_dict(state["optimizer"])
-        step, best = state["step"], state["best"]
-        sampler.rng = np.random.default_rng(seed + step)
-        print(f"{config['name']}: resumed at step {step}", flush=True)
-    network.train()
-    sums: dict[str, list[float]] = {}
-    t_last = time.time()
-    while step < training["steps"]:
-        batch = collate([sampler.sample() for _ in range(training["batch"])])
-        loss, terms = loss_fn(network, batch, step, weights)
+
+    evaluate_split = "test"
+
+    def setup(self) -> None:
+        model, training = self.config["model"], self.training
+        cache = cache_dir(
+            self.out.parent, {**model, "structures": model["structures"] + [PTV]}
+        )
+        self.cache = cache
+        self.train_cases = load_cases(self.data, "train", model, cache)
+        _hide_labels(self.train_cases, training["labelled_cases"])
+        self.val_pairs = evaluation_pairs(
+            load_cases(self.data, "val", model, cache),
+            training["eval_patch"],
+            *training["val_pairs"],
+            self.seed,
+        )
+        self.sampler = PairSampler(
+            self.train_cases, training, float(model["spacing_mm"][0]), self.seed
+        )
+        self.samplers = [self.sampler]
+        network = build_joint_model(model)
+        self.loss_fn = JOINT_LOSSES[model["architecture"]]
+        self.modules = {"network": network}
+        self.optimizers = {
+            "network": torch.optim.AdamW(
+                network.parameters(), lr=training["lr"], weight_decay=1e-5
+            )
+        }
+
+    def train_step(self) -> dict[str, float]:
+        batch = collate([self.sampler.sample() for _ in range(self.batch)])
+        with self.autocast():
+            loss, terms = self.loss_fn(self.network, batch, self.step, self.config["loss"])
+        opt = self.optimizers["network"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        step += 1
-        for key, value in {"loss": float(loss.detach()), **terms}.items():
-            sums.setdefault(key, []).append(value)
-        if step % 10 == 0:
-            record = {k: float(np.mean(v)) for k, v in sums.items()}
-            _log(
-                out, {"step": step, **record, "s_per_step": (time.time() - t_last) / 10}
-            )
-            sums, t_last = {}, time.time()
-        if step % training["val_every"] == 0 or step == training["steps"]:
-            scores = evaluate_pairs(network, val, model_cfg)
-            _log(
-                out,
-                {
-                    "step": step,
-                    "val": {k: v for k, v in scores.items() if k != "pairs"},
-                },
-            )
-            print(
-                f"{config['name']} step {step}: val mean Dice {scores['mean']:.3f} "
-                f"(identity {scores['identity']['mean_dice']:.3f}), "
-                f"folding {scores['folding_percent']:.3f} %",
-                flush=True,
-            )
-            if scores["mean"] > best:
-                best = scores["mean"]
-                torch.save(network.state_dict(), out / "best.pt")
-            save_resumable(
-                out,
-                {
-                    "network": network.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "step": step,
-                    "best": best,
-                },
-            )
+        return {"loss": float(loss.detach()), **terms}
 
-    network.load_state_dict(
-        torch.load(out / "best.pt", map_location="cpu", weights_only=True)
-    )
-    test_cases = load_cases(data, evaluate_split, model_cfg, cache)
-    test = evaluation_pairs(
-        test_cases, training["eval_patch"], *training["test_pairs"], seed + 1
-    )
-    records = [
-        json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()
-    ]
-    best_val = max((r for r in records if "val" in r), key=lambda r: r["val"]["mean"])
-    metrics = {
-        "name": config["name"],
-        "architecture": model_cfg["architecture"],
-        "seed": seed,
-        "steps": training["steps"],
-        "train_cases": len(train_cases),
-        "labelled_train_cases": int(
-            sum(c["available"][:-1].any() for c in train_cases)
-        ),
-        "parameters": sum(p.numel() for p in network.parameters()),
-        "weights_sha256": sha256_of(out / "best.pt"),
-        "best_val_step": best_val["step"],
-        "val": best_val["val"],
-        f"evaluation_{evaluate_split}": evaluate_pairs(network, test, model_cfg),
-    }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    write_curve(
-        out
-    )  # after metrics.json: a missing Chromium for kaleido loses no result
-    return metrics
+    def validate(self) -> dict:
+        scores = evaluate_pairs(self.network, self.val_pairs, self.config["model"])
+        print(
+            f"{self.name}: identity {scores['identity']['mean_dice']:.3f}, "
+            f"folding {scores['folding_percent']:.3f} %",
+            flush=True,
+        )
+        return {k: v for k, v in scores.items() if k != "pairs"}
+
+    def finish(self) -> dict:
+        model, training = self.config["model"], self.training
+        network = self.network
+        network.load_state_dict(
+            torch.load(self.out / "best.pt", map_location="cpu", weights_only=True)
+        )
+        test_cases = load_cases(self.data, self.evaluate_split, model, self.cache)
+        test = evaluation_pairs(
+            test_cases, training["eval_patch"], *training["test_pairs"], self.seed + 1
+        )
+        best_val = max(
+            (r for r in self.log if "val" in r), key=lambda r: r["val"]["mean"]
+        )
+        return {
+            "name": self.name,
+            "architecture": model["architecture"],
+            "seed": self.seed,
+            "steps": training["steps"],
+            "hours": round(self.hours, 3),
+            "train_cases": len(self.train_cases),
+            "labelled_train_cases": int(
+                sum(c["available"][:-1].any() for c in self.train_cases)
+            ),
+            "parameters": sum(p.numel() for p in network.parameters()),
+            "weights_sha256": sha256_of(self.out / "best.pt"),
+            "best_val_step": best_val["step"],
+            "val": best_val["val"],
+            f"evaluation_{self.evaluate_split}": evaluate_pairs(network, test, model),
+        }
 
 
 def summary_line(metrics: dict) -> dict:

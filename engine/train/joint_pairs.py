@@ -1,7 +1,7 @@
 """Image pairs for training and scoring the joint models, on the working grid.
 
 Two kinds of pair, both cropped to ``size`` voxels (D, H, W) of the cached 4 mm grid
-(``engine.train.segmentation._cache_case``: RAS, HU window scaled to [0, 1]):
+(``engine.train.segmentation.cache_case``: RAS, HU window scaled to [0, 1]):
 
 * inter-patient (atlas-style propagation): two different cases of one split, each crop
   centred on the centroid of its own contoured organs. This centring is a translation
@@ -30,7 +30,7 @@ from engine.data_openkbp import case_rois, load_split
 from engine.infer.displacement import Grid, ddf_mm_to_voxels
 from engine.models.joint.base import warp_image, warp_labels
 from engine.synthetic_deformation import DEFAULTS, random_field
-from engine.train.segmentation import _cache_case
+from engine.train.segmentation import cache_case
 
 FIELD_PARAMETERS = ("max_mm", "smoothing_mm", "rotation_deg", "shift_mm")
 
@@ -51,7 +51,7 @@ def load_cases(data: Path, split: str, model: dict, cache: Path) -> list[dict]:
     rois = case_rois(data)
     cache.mkdir(parents=True, exist_ok=True)
     return [
-        _cache_case(data, c, config, cache)
+        cache_case(data, c, config, cache)
         for c in load_split(data, split)
         if c in rois
     ]

@@ -3,17 +3,20 @@
 Loss per sample and structure: soft Dice + binary cross-entropy on sigmoid outputs
 (Milletari et al., V-Net, 2016; MONAI ``DiceLoss``), counted only for structures
 contoured in that case: OpenKBP leaves many organs uncontoured, and an uncontoured
-organ is unknown, not background. Learning rate: one cycle (Smith, 2018), AdamW.
-Patches are centred on a contoured structure with probability ``fg_fraction``,
-rare structures (oesophagus, larynx) drawn more often.
+organ is unknown, not background. With deep supervision the loss is summed over the
+output scales with weights 1, 1/2, 1/4 (normalised), the masks downsampled by nearest
+neighbour, as nnU-Net does. Patches are centred on a contoured structure with
+probability ``fg_fraction``, rare structures (oesophagus, larynx) drawn more often.
 
-Resumable: ``last.pt`` in the run directory holds network, optimiser, scheduler and step.
+``SegmentationTrainer`` fills in the hooks of ``engine.train.trainer.Trainer``; the run's
+configuration is described in ``engine.train.config``.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +27,13 @@ from monai.losses import DiceLoss
 from engine.data_openkbp import case_rois, load_case, load_split, masks_to_bitfield
 from engine.infer.grid import image_to_model_grid, labels_to_model_grid
 from engine.infer.predict import predict_probabilities
-from engine.models.registry import build_network
+from engine.models.registry import LoadedModel, build_network, sha256_of
+from engine.train.augment import PatchAugmenter
+from engine.train.config import TrainingConfigError
+from engine.train.trainer import Trainer
 
 
-def _cache_case(data: Path, case: str, config: dict, cache: Path) -> dict:
+def cache_case(data: Path, case: str, config: dict, cache: Path) -> dict:
     path = cache / f"{case}.npz"
     if not path.exists():
         ct, masks, available = load_case(data, case, config["structures"])
@@ -58,6 +64,19 @@ def _cache_case(data: Path, case: str, config: dict, cache: Path) -> dict:
         }
 
 
+def cache_dir(out_root: Path, model: dict) -> Path:
+    """Cases resampled once per grid and structure list, shared by the runs that use it."""
+    key = json.dumps(
+        [
+            model["spacing_mm"],
+            model["window_hu"],
+            model["axcodes"],
+            [s["source"] for s in model["structures"]],
+        ]
+    )
+    return Path(out_root) / f"cache-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+
+
 def _pad_to(a: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
     pad = [(0, 0)] * (a.ndim - 3) + [
         (0, max(0, s - d)) for s, d in zip(size, a.shape[-3:])
@@ -66,7 +85,8 @@ def _pad_to(a: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
 
 
 class PatchSampler:
-    """Random (image, masks, available) patches of ``patch`` voxels from cached cases."""
+    """Random (image (1, p, p, p), masks (C, p, p, p), available (C,)) patches of ``patch``
+    voxels from cached cases, augmented by ``augmenter`` when one is given."""
 
     def __init__(
         self,
@@ -75,6 +95,7 @@ class PatchSampler:
         fg_fraction: float,
         weights: np.ndarray,
         seed: int,
+        augmenter: PatchAugmenter | None = None,
     ):
         self.cases, self.patch, self.fg, self.weights = (
             cases,
@@ -82,6 +103,7 @@ class PatchSampler:
             fg_fraction,
             weights,
         )
+        self.augmenter = augmenter
         self.rng = np.random.default_rng(seed)
         self.fg_voxels = [
             [np.argwhere(m) if m.any() else None for m in c["masks"]] for c in cases
@@ -110,37 +132,77 @@ class PatchSampler:
         # intensity augmentation: contrast and brightness jitter, noise
         image = image * self.rng.uniform(0.9, 1.1) + self.rng.uniform(-0.05, 0.05)
         image = image + self.rng.normal(0, 0.01, size=image.shape).astype(np.float32)
-        return image[None], masks, case["available"]
+        image = image[None]
+        if self.augmenter is not None:
+            image, masks = self.augmenter(image, masks, self.rng)
+        return image, masks, case["available"]
 
 
-def save_resumable(out: Path, state: dict) -> None:
-    """Write ``last.pt`` under a temporary name then rename: a kill never leaves half a checkpoint."""
-    torch.save(state, out / "last.tmp")
-    (out / "last.tmp").replace(out / "last.pt")
+def per_sample_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    available: torch.Tensor,
+    dice: bool = True,
+) -> torch.Tensor:
+    """Segmentation loss per sample (B,): mean over the structures contoured in it of
+    soft Dice + binary cross-entropy (or cross-entropy alone with ``dice=False``).
+
+    logits, target: (B, C, X, Y, Z); available: (B, C) bool.
+    """
+    logits = logits.float()
+    terms = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(
+        dim=(2, 3, 4)
+    )
+    if dice:
+        terms = terms + DiceLoss(sigmoid=True, reduction="none")(
+            logits, target
+        ).flatten(1)
+    w = available.float()
+    return (terms * w).sum(dim=1) / w.sum(dim=1).clamp(min=1)
 
 
-def _log(out: Path, record: dict) -> None:
-    with open(out / "log.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+def deep_supervision_loss(
+    outputs: torch.Tensor | tuple[torch.Tensor, ...],
+    target: torch.Tensor,
+    available: torch.Tensor,
+    dice: bool = True,
+) -> torch.Tensor:
+    """``per_sample_loss`` (B,) of the full-resolution logits, or with deep supervision
+    (a tuple, full resolution first) the weighted sum over scales: weights 1/2^i,
+    normalised, the target downsampled by nearest neighbour (nnU-Net)."""
+    if isinstance(outputs, torch.Tensor):
+        return per_sample_loss(outputs, target, available, dice)
+    weights = [0.5**i for i in range(len(outputs))]
+    total = sum(weights)
+    loss = torch.zeros(target.shape[0], device=target.device)
+    for w, logits in zip(weights, outputs):
+        t = target
+        if logits.shape[2:] != target.shape[2:]:
+            t = F.interpolate(target, size=logits.shape[2:], mode="nearest")
+        loss = loss + (w / total) * per_sample_loss(logits, t, available, dice)
+    return loss
 
 
 def masked_loss(
     logits: torch.Tensor, target: torch.Tensor, available: torch.Tensor
 ) -> torch.Tensor:
-    """Dice + BCE over available structures.
+    """Dice + BCE over the available structures of the batch, a scalar.
 
-    logits, target: (B, C, X, Y, Z); available: (B, C) bool. Returns a scalar.
+    logits, target: (B, C, X, Y, Z); available: (B, C) bool.
     """
-    dice = DiceLoss(sigmoid=True, reduction="none")(logits, target).flatten(1)  # (B, C)
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(
-        dim=(2, 3, 4)
-    )
-    w = available.float()
-    return ((dice + bce) * w).sum() / w.sum().clamp(min=1)
+    losses = per_sample_loss(logits, target, available)
+    counts = available.float().sum(dim=1)
+    return (losses * counts).sum() / counts.sum().clamp(min=1)
 
 
-def _validate(network, cases, config, device) -> dict:
-    network.eval()
+def validation_dice(
+    network: torch.nn.Module, cases: list[dict], config: dict, device: torch.device
+) -> dict:
+    """Mean Dice per structure over the cases where it is contoured, on the model grid,
+    of the network's thresholded probabilities (sliding window, ``config["roi_size"]``).
+
+    Returns {"per_structure": {name: Dice}, "mean": mean over structures}.
+    """
     scores: dict[str, list[float]] = {s["name"]: [] for s in config["structures"]}
     for c in cases:
         prob = predict_probabilities(
@@ -156,114 +218,198 @@ def _validate(network, cases, config, device) -> dict:
                 scores[s["name"]].append(
                     float(2 * (p & t).sum() / denom) if denom else 1.0
                 )
-    network.train()
     per = {k: float(np.mean(v)) for k, v in scores.items() if v}
     return {"per_structure": per, "mean": float(np.mean(list(per.values())))}
 
 
-def train(
-    config: dict,
-    data: Path,
-    out: Path,
-    steps: int,
-    patch: int = 96,
-    batch: int = 2,
-    lr: float = 2e-3,
-    fg_fraction: float = 0.8,
-    val_every: int = 300,
-    seed: int = 0,
-    threads: int | None = None,
-) -> Path:
-    """Train (or resume) a model; returns the path of the best checkpoint by val mean Dice."""
-    out.mkdir(parents=True, exist_ok=True)
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    (out / "config.json").write_text(json.dumps(config, indent=1))
-    cache = out.parent / f"cache-{config['name']}"
-    cache.mkdir(exist_ok=True)
-    rois = case_rois(data)
-    t0 = time.time()
-    train_cases = [
-        _cache_case(data, c, config, cache)
-        for c in load_split(data, "train")
-        if c in rois
-    ]
-    val_cases = [
-        _cache_case(data, c, config, cache)
-        for c in load_split(data, "val")
-        if c in rois
-    ]
-    print(
-        f"cached {len(train_cases)} train / {len(val_cases)} val cases in {time.time() - t0:.0f} s",
-        flush=True,
-    )
-    freq = np.array(
-        [
-            sum(c["available"][i] for c in train_cases)
-            for i in range(len(config["structures"]))
-        ]
-    )
-    weights = (freq.max() / np.maximum(freq, 1)).astype(float)
-    sampler = PatchSampler(train_cases, patch, fg_fraction, weights, seed)
+def warm_start(network: torch.nn.Module, path: Path) -> int:
+    """Copy every tensor of the state dict at ``path`` whose name and shape match; returns how many.
 
-    network = build_network(config).to(device)
-    opt = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-5)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lr, total_steps=steps, pct_start=0.1
-    )
-    step, best = 0, -1.0
-    if (out / "last.pt").exists():
-        state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
-        network.load_state_dict(state["network"])
-        opt.load_state_dict(state["optimizer"])
-        if state["scheduler"].get("total_steps") == steps:
-            sched.load_state_dict(state["scheduler"])
-        else:  # resumed with a different step budget: replay the new schedule up to ``step``
-            for _ in range(state["step"]):
-                sched.step()
-        step, best = state["step"], state["best"]
-        sampler.rng = np.random.default_rng(seed + step)
-        print(f"resumed at step {step}, best val Dice {best:.3f}", flush=True)
-    network.train()
-    t_last = time.time()
-    while step < steps:
-        items = [sampler.sample() for _ in range(batch)]
-        x = torch.as_tensor(np.stack([i[0] for i in items])).to(device)
-        y = torch.as_tensor(np.stack([i[1] for i in items])).float().to(device)
-        a = torch.as_tensor(np.stack([i[2] for i in items])).to(device)
-        loss = masked_loss(network(x), y, a)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        step += 1
-        if step % 20 == 0:
-            rec = {
-                "step": step,
-                "loss": float(loss),
-                "lr": sched.get_last_lr()[0],
-                "s_per_step": (time.time() - t_last) / 20,
-            }
-            t_last = time.time()
-            _log(out, rec)
-        if step % val_every == 0 or step == steps:
-            val = _validate(network, val_cases, config, device)
-            _log(out, {"step": step, "val": val})
-            print(
-                f"step {step}: val mean Dice {val['mean']:.3f} {val['per_structure']}",
-                flush=True,
+    A tensor that differs in one dimension only (the output channels of the last layers
+    of a network with more structures) gets the source's channels copied, so the
+    structures the source was trained on start where the source left them, in the same
+    order.
+
+    Raises:
+        TrainingConfigError: the file does not exist or no tensor matches.
+    """
+    if not path.exists():
+        raise TrainingConfigError(f"init: {path} does not exist")
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    own = network.state_dict()
+    copied = {}
+    for k, v in source.items():
+        if k not in own:
+            continue
+        if own[k].shape == v.shape:
+            copied[k] = v
+        elif own[k].ndim == v.ndim:
+            differ = [d for d in range(v.ndim) if own[k].shape[d] != v.shape[d]]
+            if len(differ) == 1:  # out channels: dim 0 of a conv, 1 of a transposed conv
+                part = [slice(None)] * v.ndim
+                part[differ[0]] = slice(
+                    0, min(v.shape[differ[0]], own[k].shape[differ[0]])
+                )
+                copied[k] = own[k].clone()
+                copied[k][tuple(part)] = v[tuple(part)]
+    if not copied:
+        raise TrainingConfigError(f"init: no tensor of {path} fits this network")
+    network.load_state_dict(own | copied)
+    return len(copied)
+
+
+def make_optimizer(params, training: dict) -> torch.optim.Optimizer:
+    """AdamW (weight decay 1e-5) or SGD with Nesterov momentum 0.99 (nnU-Net)."""
+    if training["optimizer"] == "sgd":
+        return torch.optim.SGD(
+            params, lr=training["lr"], momentum=0.99, nesterov=True, weight_decay=3e-5
+        )
+    return torch.optim.AdamW(params, lr=training["lr"], weight_decay=1e-5)
+
+
+def make_scheduler(
+    opt: torch.optim.Optimizer, training: dict
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule over ``training.steps`` (see ``engine.train.config``)."""
+    steps, lr = training["steps"], training["lr"]
+    if training["schedule"] == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=lr, total_steps=steps, pct_start=0.1
+        )
+    if training["schedule"] == "cyclic":
+        # Four triangular cycles between lr/10 and lr, the amplitude halving each cycle.
+        half = max(1, steps // 8)
+        return torch.optim.lr_scheduler.CyclicLR(
+            opt,
+            base_lr=lr / 10,
+            max_lr=lr,
+            step_size_up=half,
+            mode="triangular2",
+            cycle_momentum=False,
+        )
+    if training["schedule"] == "poly":
+        return torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=steps, power=0.9)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+class SegmentationTrainer(Trainer):
+    """Res-UNet + SE on OpenKBP patches: the hooks of ``Trainer`` for segmentation.
+
+    Variants override ``sample_batch`` (what a step sees) and ``batch_loss`` (how the
+    per-sample losses become one), as ``QAMTrainer`` does.
+    """
+
+    def setup(self) -> None:
+        model, training = self.config["model"], self.training
+        model.setdefault("name", self.name)
+        cache = cache_dir(self.out.parent, model)
+        cache.mkdir(parents=True, exist_ok=True)
+        rois = case_rois(self.data)
+        train_ids = [
+            c for split in training["splits"] for c in load_split(self.data, split) if c in rois
+        ][: training["train_cases"]]
+        self.train_cases = [cache_case(self.data, c, model, cache) for c in train_ids]
+        self.val_cases = [
+            cache_case(self.data, c, model, cache)
+            for c in load_split(self.data, "val")
+            if c in rois
+        ]
+        self.prepare_cases()
+        freq = np.array(
+            [
+                sum(c["available"][i] for c in self.train_cases)
+                for i in range(len(model["structures"]))
+            ]
+        )
+        weights = (freq.max() / np.maximum(freq, 1)) ** float(training["rare_power"])
+        augmenter = None
+        if training["augment"] is not None:
+            augmenter = PatchAugmenter(
+                training["augment"], [s["name"] for s in model["structures"]]
             )
-            if val["mean"] > best:
-                best = val["mean"]
-                torch.save(network.state_dict(), out / "best.pt")
-            state = {
-                "network": network.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "step": step,
-                "best": best,
-            }
-            save_resumable(out, state)
-    return out / "best.pt"
+        self.sampler = PatchSampler(
+            self.train_cases,
+            training["patch"],
+            training["fg_fraction"],
+            weights.astype(float),
+            self.seed,
+            augmenter,
+        )
+        self.samplers = [self.sampler]
+        network = build_network(model)
+        if self.config.get("init"):
+            copied = warm_start(network, Path(self.config["init"]))
+            print(f"{self.name}: {copied} tensors copied from {self.config['init']}", flush=True)
+        self.modules = {"network": network}
+        self.optimizers = {"network": make_optimizer(network.parameters(), training)}
+        self.scheduler = make_scheduler(self.optimizers["network"], training)
+        self.use_dice = training["loss"] == "dice+ce"
+
+    def prepare_cases(self) -> None:
+        """Hook: change the training cases after loading (label noise)."""
+
+    def sample_batch(self) -> dict:
+        """Hook: one batch as tensors on the device: x (B, 1, p, p, p), y (B, C, p, p, p)
+        float, available (B, C) bool, and the index of each sample's case."""
+        items, cases = [], []
+        for _ in range(self.batch):
+            items.append(self.sampler.sample())
+            cases.append(self.sampler.last_index)
+        return {
+            "x": torch.as_tensor(np.stack([i[0] for i in items])).to(self.device),
+            "y": torch.as_tensor(np.stack([i[1] for i in items])).float().to(self.device),
+            "available": torch.as_tensor(np.stack([i[2] for i in items])).to(self.device),
+            "cases": cases,
+        }
+
+    def batch_loss(self, batch: dict, outputs, losses: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Hook: the scalar to back-propagate from the per-sample losses (B,), and extra
+        terms to log. Plain training: the mean."""
+        return losses.mean(), {}
+
+    def train_step(self) -> dict[str, float]:
+        batch = self.sample_batch()
+        with self.autocast():
+            outputs = self.network(batch["x"])
+        losses = deep_supervision_loss(outputs, batch["y"], batch["available"], self.use_dice)
+        loss, terms = self.batch_loss(batch, outputs, losses)
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in self.optimizers.values():
+            opt.step()
+        return {"loss": float(loss.detach()), **terms}
+
+    def validate(self) -> dict:
+        return validation_dice(self.network, self.val_cases, self.config["model"], self.device)
+
+    def finish(self) -> dict:
+        from engine.evaluate import evaluate
+
+        summary = {
+            "name": self.name,
+            "seed": self.seed,
+            "best_val_mean_dice": round(self.best, 4),
+            "train_cases": len(self.train_cases),
+            "hours": round(self.hours, 3),
+        } | self.extra_metrics()
+        if not self.training["evaluate_test"]:
+            return summary
+        network = self.network
+        network.load_state_dict(
+            torch.load(self.out / "best.pt", map_location="cpu", weights_only=True)
+        )
+        loaded = LoadedModel(
+            self.name,
+            network.eval(),
+            copy.deepcopy(self.config["model"]),
+            sha256_of(self.out / "best.pt"),
+            self.device,
+        )
+        return summary | {"evaluation": evaluate(loaded, self.data, self.evaluate_split)}
+
+    def extra_metrics(self) -> dict:
+        """Hook: more entries for ``metrics.json``."""
+        return {}
+
+    evaluate_split = "test"

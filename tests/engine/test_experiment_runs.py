@@ -9,7 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from engine.train.experiment import ExperimentConfigError, load_config, run
+from engine.train.config import TrainingConfigError, load_segmentation_config
+from engine.train.experiment import run
 
 STRUCTURES = [
     {
@@ -163,15 +164,15 @@ def test_plain_cyclic_ce_run_resumes_where_it_stopped(tmp_path):
     ],
 )
 def test_bad_configs_are_refused_with_the_field_named(tmp_path, change, message):
-    with pytest.raises(ExperimentConfigError, match=message):
-        load_config(_config(tmp_path / "bad.json", **change))
+    with pytest.raises(TrainingConfigError, match=message):
+        load_segmentation_config(_config(tmp_path / "bad.json", **change))
 
 
 def test_warm_start_copies_the_tensors_that_fit(tmp_path):
     import torch
 
     from engine.models.res_se_unet import ResSEUNet
-    from engine.train.experiment import warm_start
+    from engine.train.segmentation import warm_start
 
     source = ResSEUNet(1, 2, channels=(4, 8, 8))
     torch.save(source.state_dict(), tmp_path / "two.pt")
@@ -187,5 +188,5 @@ def test_warm_start_copies_the_tensors_that_fit(tmp_path):
     weight, bias = sorted(output, reverse=True)
     assert torch.equal(state[weight][:, :2], original[weight]) and state[weight].shape[1] == 3
     assert torch.equal(state[bias][:2], original[bias]) and state[bias].shape[0] == 3
-    with pytest.raises(ExperimentConfigError, match="does not exist"):
+    with pytest.raises(TrainingConfigError, match="does not exist"):
         warm_start(wider, tmp_path / "missing.pt")

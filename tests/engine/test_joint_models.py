@@ -24,7 +24,7 @@ from engine.models.joint.base import warp_image
 from engine.models.joint.cross_stitch import CrossStitch
 from engine.models.joint.dual_head import integrate_gradient
 from engine.models.registry import UnknownModelError, available_models
-from engine.train.experiment import ExperimentConfigError
+from engine.train.config import TrainingConfigError
 from engine.train.joint import load_joint_config
 from engine.train.joint_pairs import synthetic_ddf
 
@@ -214,11 +214,11 @@ def test_joint_config_validation(tmp_path):
         "training": {"patch": [48, 40, 32]},
     }
     path.write_text(json.dumps(config))
-    with pytest.raises(ExperimentConfigError, match="multiples of 16"):
+    with pytest.raises(TrainingConfigError, match="multiples of 16"):
         load_joint_config(path)
     config["model"]["spacing_mm"] = [4.0, 4.0, 2.5]
     path.write_text(json.dumps(config))
-    with pytest.raises(ExperimentConfigError, match="isotropic"):
+    with pytest.raises(TrainingConfigError, match="isotropic"):
         load_joint_config(path)
 
 

@@ -29,3 +29,24 @@ def test_bad_hyper_parameters_raise(kwargs):
     args = {"in_channels": 1, "out_channels": 2, "channels": (4, 8, 8)} | kwargs
     with pytest.raises(ValueError):
         ResSEUNet(**args)
+
+
+def test_full_resolution_level_and_deep_supervision_shapes():
+    torch.manual_seed(0)
+    net = ResSEUNet(
+        1, 3, channels=(4, 8, 8, 16), full_resolution_channels=4, deep_supervision=True
+    )
+    x = torch.randn(2, 1, 16, 32, 24)
+    outputs = net.train()(x)
+    assert [tuple(o.shape) for o in outputs] == [
+        (2, 3, 16, 32, 24),
+        (2, 3, 8, 16, 12),
+        (2, 3, 4, 8, 6),
+    ]
+    with torch.no_grad():
+        assert net.eval()(x).shape == (2, 3, 16, 32, 24)  # inference: full resolution only
+
+
+def test_negative_full_resolution_width_raises():
+    with pytest.raises(ValueError, match="full_resolution_channels"):
+        ResSEUNet(1, 2, channels=(4, 8, 8), full_resolution_channels=-1)

@@ -14,7 +14,7 @@ from engine.io.dicom_seg import build_segmentation, write_segmentation
 from engine.io.dicom_series import read_series
 from engine.io.dicom_write import write_ct_series
 from engine.io.nifti import read_labels, read_volume
-from engine.models.registry import HN_OAR_CONFIG, Structure
+from engine.models.registry import Structure, model_config
 from engine.volume import LabelMap
 from tests.dicom_tools import dciodvfy_errors, dcm2niix_canonical
 from tests.engine.test_dicom_seg import masks_by_plane_position
@@ -22,7 +22,7 @@ from tests.stack import data_dir
 
 HN_OAR = [
     Structure(s["label"], s["name"], tuple(s["color"]), s["type"])
-    for s in HN_OAR_CONFIG["structures"]
+    for s in model_config("hn-oar")["structures"]
 ]
 
 

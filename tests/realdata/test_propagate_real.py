@@ -37,7 +37,7 @@ from engine.io.nifti import (
     write_nifti,
 )
 from engine.metrics import surface_metrics
-from engine.models.registry import HN_OAR_CONFIG
+from engine.models.registry import model_config
 from engine.synthetic_deformation import make_pair
 from engine.volume import LabelMap, Volume
 from tests.stack import REPO, data_dir, engine_cli
@@ -56,7 +56,7 @@ def daily_pair(tmp_path_factory):
     planning = read_volume(case / "ct.nii.gz")
     labels = read_labels(case / "oar_labelmap.nii.gz")
     present = set(np.unique(labels.array)) - {0}
-    structures = [s for s in HN_OAR_CONFIG["structures"] if s["label"] in present]
+    structures = [s for s in model_config("hn-oar")["structures"] if s["label"] in present]
     values = [s["label"] for s in structures]
     pair = make_pair(planning, labels, values, seed=0)
     folder = tmp_path_factory.mktemp("propagate-real")

@@ -22,7 +22,7 @@ from engine.io.reader import read_input
 from engine.io.rtstruct import build_rtstruct
 from engine.io.rtstruct_check import check_rtstruct
 from engine.io.rtstruct_import import import_rtstruct
-from engine.models.registry import HN_OAR_CONFIG, Structure
+from engine.models.registry import Structure, model_config
 from engine.volume import LabelMap
 from tests.stack import data_dir
 
@@ -116,7 +116,7 @@ def test_our_export_round_trips_on_openkbp_dicom(case):
     labels = LabelMap(labels.array, series.volume.affine)
     structures = [
         Structure(s["label"], s["name"], tuple(s["color"]), s["type"])
-        for s in HN_OAR_CONFIG["structures"]
+        for s in model_config("hn-oar")["structures"]
     ]
     ds = build_rtstruct(labels, series, structures, "openkbp-reference", "0" * 64)
     scores = check_rtstruct(ds, labels, series, structures)

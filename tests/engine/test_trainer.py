@@ -1,0 +1,188 @@
+"""The one trainer: a stopped run goes on exactly, from its folder or from the portable
+state alone; a short run lowers the loss; bad configurations name the field."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.train import trainer as trainer_module
+from engine.train.augment import PatchAugmenter, mirror_pairs
+from engine.train.config import TrainingConfigError, load_segmentation_config
+from engine.train.experiment import make_trainer
+from tests.engine.test_experiment_runs import STRUCTURES, _tiny_openkbp
+
+RECIPE = {
+    "steps": 6,
+    "patch": 16,
+    "batch": 2,
+    "lr": 1e-2,
+    "optimizer": "sgd",
+    "schedule": "poly",
+    "val_every": 6,
+    "augment": {"p_spatial": 0.5, "p_intensity": 0.5},
+}
+
+
+def _config(path: Path, training: dict | None = None, **model) -> Path:
+    config = {
+        "name": "recipe",
+        "model": {
+            "architecture": "ResSEUNet",
+            "channels": [4, 8, 8],
+            "full_resolution_channels": 4,
+            "deep_supervision": True,
+            "spacing_mm": [4.0, 4.0, 4.0],
+            "axcodes": "RAS",
+            "window_hu": [-200.0, 1200.0],
+            "roi_size": [32, 32, 32],
+            "threshold": 0.5,
+            "structures": STRUCTURES,
+        }
+        | model,
+        "training": RECIPE | (training or {}),
+    }
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return _tiny_openkbp(tmp_path_factory.mktemp("openkbp") / "data")
+
+
+def _stop_after(trainer, step: int) -> None:
+    """Send SIGINT to ourselves once ``step`` steps are done, as Ctrl-C would."""
+    original = trainer.train_step
+
+    def step_then_signal():
+        terms = original()
+        if trainer.step + 1 == step:
+            os.kill(os.getpid(), signal.SIGINT)
+        return terms
+
+    trainer.train_step = step_then_signal
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)["modules"]["network"]
+
+
+def test_a_stopped_run_goes_on_as_if_never_stopped(tmp_path, data):
+    config = _config(tmp_path / "recipe.json")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: the same order of sums in every run
+    try:
+        whole = make_trainer(config, data, tmp_path / "whole")
+        assert whole.run_training() is not None
+
+        stopped = make_trainer(config, data, tmp_path / "pieces", tmp_path / "state")
+        _stop_after(stopped, 3)
+        assert stopped.run_training() is None  # stopped, state saved
+        assert stopped.step == 3 and (tmp_path / "state" / "recipe.pt").exists()
+        resumed = make_trainer(config, data, tmp_path / "pieces", tmp_path / "state")
+        assert resumed.run_training() is not None
+    finally:
+        torch.set_num_threads(threads)
+
+    a = _weights(tmp_path / "whole" / "recipe" / "last.pt")
+    b = _weights(tmp_path / "pieces" / "recipe" / "last.pt")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_portable_state_alone_resumes_on_a_fresh_machine(tmp_path, data):
+    config = _config(tmp_path / "recipe.json", {"steps": 8, "val_every": 2})
+    first = make_trainer(config, data, tmp_path / "machine-a", tmp_path / "state")
+    _stop_after(first, 3)
+    assert first.run_training() is None
+    exact = torch.load(tmp_path / "machine-a" / "recipe" / "last.pt", weights_only=False)
+
+    fresh = make_trainer(config, data, tmp_path / "machine-b", tmp_path / "state")
+    fresh.setup()
+    fresh.resume()
+    assert fresh.step == 3 and fresh.hours == exact["hours"]
+    own = fresh.network.state_dict()
+    assert all(torch.equal(own[k], exact["modules"]["network"][k]) for k in own)
+    # Momentum comes back from bfloat16: close, not equal.
+    momentum = fresh.optimizers["network"].state_dict()["state"]
+    for i, entry in exact["optimizers"]["network"]["state"].items():
+        assert momentum[i]["momentum_buffer"].dtype == torch.float32
+        assert torch.allclose(
+            momentum[i]["momentum_buffer"], entry["momentum_buffer"], rtol=1e-2, atol=1e-6
+        )
+    assert fresh.scheduler.last_epoch == 3
+    assert (tmp_path / "machine-b" / "recipe" / "best.pt").exists()  # restored
+    assert [r["step"] for r in fresh.log if "val" in r] == [2]
+
+
+def test_the_portable_state_has_a_size_limit(tmp_path, data, monkeypatch):
+    monkeypatch.setattr(trainer_module, "MAX_PORTABLE_MB", 0.001)
+    config = _config(tmp_path / "recipe.json", {"steps": 2, "val_every": 2})
+    with pytest.raises(TrainingConfigError, match="portable state"):
+        make_trainer(config, data, tmp_path / "runs", tmp_path / "state").run_training()
+
+
+def test_a_short_run_with_the_full_recipe_lowers_the_loss(tmp_path, data):
+    config = _config(
+        tmp_path / "recipe.json",
+        {"steps": 60, "val_every": 60, "batch": 4, "patch": 32, "lr": 3e-2},
+    )
+    metrics = make_trainer(config, data, tmp_path / "runs").run_training()
+    records = [
+        json.loads(line)
+        for line in (tmp_path / "runs" / "recipe" / "log.jsonl").read_text().splitlines()
+    ]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert losses[-1] < 0.8 * losses[0]
+    assert metrics["evaluation"]["n_cases"] == 2 and metrics["hours"] > 0
+
+
+@pytest.mark.parametrize(
+    "training, message",
+    [
+        ({"optimizer": "adam"}, "training.optimizer"),
+        ({"schedule": "weekly"}, "training.schedule"),
+        ({"patch": 18}, "training.patch"),
+        ({"stepz": 10}, "training.stepz"),
+        ({"splits": ["test"]}, "training.splits"),
+        ({"augment": {"rotate": 10}}, "training.augment.rotate"),
+        ({"augment": {"p_spatial": 2}}, "training.augment.p_spatial"),
+        ({"steps": 0}, "training.steps"),
+        ({"fg_fraction": 1.5}, "training.fg_fraction"),
+    ],
+)
+def test_bad_configs_name_the_field(tmp_path, training, message):
+    with pytest.raises(TrainingConfigError, match=message):
+        load_segmentation_config(_config(tmp_path / "bad.json", training))
+
+
+def test_an_unreadable_config_names_the_file(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text("{not json")
+    with pytest.raises(TrainingConfigError, match="broken.json"):
+        load_segmentation_config(path)
+
+
+def test_mirroring_swaps_left_and_right_structures():
+    assert mirror_pairs(["Brainstem", "Parotid_R", "Parotid_L", "Mandible"]) == [0, 2, 1, 3]
+    image = np.zeros((1, 8, 4, 4), np.float32)
+    masks = np.zeros((2, 8, 4, 4), np.uint8)
+    masks[0, :2] = 1  # Parotid_R in the first two columns along the left-right axis
+    image[0, :2] = 1.0
+    augmenter = PatchAugmenter(
+        {"p_spatial": 0.0, "p_intensity": 0.0, "mirror": True}, ["Parotid_R", "Parotid_L"]
+    )
+    rng = np.random.default_rng(0)
+    flipped = [augmenter(image, masks, rng) for _ in range(20)]
+    mirrored = [(i, m) for i, m in flipped if i[0, -1].any()]
+    assert 0 < len(mirrored) < 20  # a coin per patch
+    for i, m in mirrored:
+        # The structure is now on the other side and called Parotid_L.
+        assert m[1, -2:].all() and not m[0].any() and i[0, -2:].all()
