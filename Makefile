@@ -7,7 +7,7 @@ PORT ?= 8000
 APT_PACKAGES := dicom3tools plastimatch dcm2niix chromium chromium-driver redis-server elastix
 APT_BINARIES := dciodvfy plastimatch dcm2niix chromium chromedriver redis-server elastix transformix
 
-.PHONY: run test install system-packages bench bench-load clean
+.PHONY: run test install system-packages bench bench-load train train-piece clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,20 @@ bench: install
 # 20 concurrent uploads, then a 50-job soak on two workers (PostgreSQL and Redis on 127.0.0.1).
 bench-load: install
 	$(PY) bench/load.py
+
+# Training: RUN names experiments/configs/RUN.json; it goes on from var/experiments/RUN or
+# experiments/state/RUN.pt and stops cleanly on Ctrl-C (docs/training.md).
+RUN ?= hn-oar
+DATA ?= ../shared/data/openkbp
+MINUTES ?= 7
+train: install
+	nice -n 10 $(PY) -m engine train experiments/configs/$(RUN).json --data $(DATA)
+
+# One piece of at most MINUTES minutes (a call on a lent GPU machine: CUDA and bfloat16
+# autocast are used when present), the portable state copied to $$OUT when that is set.
+train-piece:
+	python3 -m engine train experiments/configs/$(RUN).json --data $(DATA) --minutes $(MINUTES)
+	if [ -n "$$OUT" ]; then cp experiments/state/$(RUN).pt var/experiments/$(RUN)/log.jsonl "$$OUT"/; fi
 
 clean:
 	rm -rf $(VENV) var test-output

@@ -19,3 +19,19 @@ class Structure:
     name: str
     color: tuple[int, int, int]
     interpreted_type: str
+
+
+def mirror_order(names: list[str]) -> list[int]:
+    """The channel order after a left-right flip: TG-263 paired structures ``X_L`` and
+    ``X_R`` swap places, since a mirrored left parotid is a right one; the rest stay.
+
+    >>> mirror_order(["Brainstem", "Parotid_R", "Parotid_L"])
+    [0, 2, 1]
+    """
+    index = {n: i for i, n in enumerate(names)}
+    order = list(range(len(names)))
+    for i, n in enumerate(names):
+        for a, b in (("_L", "_R"), ("_R", "_L")):
+            if n.endswith(a) and n[: -len(a)] + b in index:
+                order[i] = index[n[: -len(a)] + b]
+    return order

@@ -9,28 +9,52 @@ import torch
 from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
+from engine.structure import mirror_order
+
+
+def test_time_mirror(config: dict) -> list[int] | None:
+    """The channel order for test-time mirroring when a model's configuration asks for it
+    (``"test_time_mirror": true``), else None."""
+    if not config.get("test_time_mirror"):
+        return None
+    return mirror_order([s["name"] for s in config["structures"]])
+
 
 def predict_probabilities(
     network: torch.nn.Module,
     image: torch.Tensor,
     roi_size: Sequence[int],
     device: torch.device,
+    mirror: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """Sigmoid probabilities (B, C, X, Y, Z) for a normalised image (B, 1, X, Y, Z).
+    """Sigmoid probabilities (B, C, X, Y, Z) for a normalised image (B, 1, X, Y, Z) on a
+    RAS (or LPS) model grid, X running left-right.
 
     Sliding window of ``roi_size`` voxels, 25 % overlap, Gaussian blending (MONAI);
-    an image smaller than ``roi_size`` is padded to it.
+    an image smaller than ``roi_size`` is padded to it. ``mirror``: test-time mirroring
+    (nnU-Net): the probabilities are averaged with those of the left-right flipped image,
+    flipped back and its channels put in the order ``mirror`` gives
+    (``engine.structure.mirror_order``: left and right structures swap).
     """
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(
+            sliding_window_inference(
+                x.to(device),
+                roi_size=tuple(roi_size),
+                sw_batch_size=1,
+                predictor=network,
+                overlap=0.25,
+                mode="gaussian",
+            )
+        ).cpu()
+
     with torch.no_grad():
-        logits = sliding_window_inference(
-            image.to(device),
-            roi_size=tuple(roi_size),
-            sw_batch_size=1,
-            predictor=network,
-            overlap=0.25,
-            mode="gaussian",
-        )
-    return torch.sigmoid(logits).cpu()
+        prob = predict(image)
+        if mirror is not None:
+            flipped = predict(torch.flip(image, dims=(2,))).flip(dims=(2,))
+            prob = (prob + flipped[:, list(mirror)]) / 2
+    return prob
 
 
 def keep_largest_component(probabilities: np.ndarray, threshold: float) -> np.ndarray:

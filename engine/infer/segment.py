@@ -20,7 +20,11 @@ import torch
 from monai.data import MetaTensor
 
 from engine.infer.grid import image_to_model_grid, probabilities_to_input_grid
-from engine.infer.predict import keep_largest_component, predict_probabilities
+from engine.infer.predict import (
+    keep_largest_component,
+    predict_probabilities,
+    test_time_mirror,
+)
 from engine.io.atomic import write_atomically
 from engine.io.dicom_seg import build_segmentation, write_segmentation
 from engine.io.dicom_series import DicomSeries
@@ -76,7 +80,7 @@ def segment_volume(
     )
     report("network", STAGE_END["preprocess"])
     prob = predict_probabilities(
-        model.network, image[None], cfg["roi_size"], model.device
+        model.network, image[None], cfg["roi_size"], model.device, test_time_mirror(cfg)
     )[0]
     report("export", STAGE_END["network"])
     cleaned = keep_largest_component(prob.numpy(), cfg["threshold"])

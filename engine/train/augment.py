@@ -26,6 +26,7 @@ from monai.transforms import (
     RandScaleIntensityd,
 )
 
+from engine.structure import mirror_order
 from engine.train.config import TrainingConfigError
 
 AUGMENT_DEFAULTS = {
@@ -50,21 +51,6 @@ def check_augment(augment: dict) -> None:
             )
 
 
-def mirror_pairs(names: list[str]) -> list[int]:
-    """The channel order after a left-right flip: ``X_L`` and ``X_R`` swap places.
-
-    >>> mirror_pairs(["Brainstem", "Parotid_R", "Parotid_L"])
-    [0, 2, 1]
-    """
-    index = {n: i for i, n in enumerate(names)}
-    order = list(range(len(names)))
-    for i, n in enumerate(names):
-        for a, b in (("_L", "_R"), ("_R", "_L")):
-            if n.endswith(a) and n[: -len(a)] + b in index:
-                order[i] = index[n[: -len(a)] + b]
-    return order
-
-
 class PatchAugmenter:
     """Augments one (image, masks) patch.
 
@@ -81,7 +67,7 @@ class PatchAugmenter:
     def __init__(self, augment: dict, structure_names: list[str], lr_axis: int = 0):
         a = {**AUGMENT_DEFAULTS, **augment}
         self.mirror, self.lr_axis = bool(a["mirror"]), lr_axis
-        self.swap = mirror_pairs(structure_names)
+        self.swap = mirror_order(structure_names)
         angle = math.radians(a["rotate_deg"])
         p, q = a["p_spatial"], a["p_intensity"]
         keys = ["image", "masks"]

@@ -26,7 +26,7 @@ from monai.losses import DiceLoss
 
 from engine.data_openkbp import case_rois, load_case, load_split, masks_to_bitfield
 from engine.infer.grid import image_to_model_grid, labels_to_model_grid
-from engine.infer.predict import predict_probabilities
+from engine.infer.predict import predict_probabilities, test_time_mirror
 from engine.models.registry import LoadedModel, build_network, sha256_of
 from engine.train.augment import PatchAugmenter
 from engine.train.config import TrainingConfigError
@@ -210,6 +210,7 @@ def validation_dice(
             torch.as_tensor(c["image"][None, None].astype(np.float32)),
             config["roi_size"],
             device,
+            test_time_mirror(config),
         )[0].numpy()
         for i, s in enumerate(config["structures"]):
             if c["available"][i]:

@@ -13,8 +13,9 @@ A run can stop at any moment and go on anywhere:
   log): resuming from it gives the same next step as an uninterrupted run.
 * ``experiments/state/NAME.pt`` (``state_root``) holds the same state in at most
   ``MAX_PORTABLE_MB``: the network in float32, the optimiser's moments in bfloat16 (a
-  half-precision copy where exactness is not needed), and the best network in
-  bfloat16. It is written at every checkpoint and is meant to be committed when work
+  half-precision copy where exactness is not needed) and, when it still fits, the best
+  network in bfloat16 (without it, checkpoint selection starts again on the new
+  machine). It is written at every checkpoint and is meant to be committed when work
   on the run stops, so the run continues on a fresh machine: resuming takes whichever
   of the two holds the later step.
 * SIGINT or SIGTERM ends the current step, writes both, and returns; ``minutes`` bounds
@@ -301,9 +302,14 @@ class Trainer:
         portable["optimizers"] = _half(state["optimizers"])
         best = self.out / "best.pt"
         if best.exists():
-            portable["best_network"] = _half(
-                torch.load(best, map_location="cpu", weights_only=True)
-            )
+            with_best = portable | {
+                "best_network": _half(
+                    torch.load(best, map_location="cpu", weights_only=True)
+                )
+            }
+            _atomic_save(with_best, self.portable)
+            if self.portable.stat().st_size / 1e6 <= MAX_PORTABLE_MB:
+                return
         _atomic_save(portable, self.portable)
         size_mb = self.portable.stat().st_size / 1e6
         if size_mb > MAX_PORTABLE_MB:
@@ -343,12 +349,15 @@ class Trainer:
         (self.out / "log.jsonl").write_text(
             "".join(json.dumps(r) + "\n" for r in self.log)
         )
-        if "best_network" in state and not (self.out / "best.pt").exists():
-            network = self.modules["network"]
-            _atomic_save(
-                _to_float32(state["best_network"], network.state_dict()),
-                self.out / "best.pt",
-            )
+        if not (self.out / "best.pt").exists():
+            if "best_network" in state:
+                network = self.modules["network"]
+                _atomic_save(
+                    _to_float32(state["best_network"], network.state_dict()),
+                    self.out / "best.pt",
+                )
+            else:  # the best network did not fit the portable state: select anew
+                self.best = -math.inf
         print(
             f"{self.name}: resumed at step {step} ({self.hours:.2f} h) from {path}",
             flush=True,

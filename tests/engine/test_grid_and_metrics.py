@@ -63,3 +63,31 @@ def test_dice_and_hd95_in_mm():
     assert dice == pytest.approx(0.6)
     assert hd95 == pytest.approx(6.0)
     assert np.isnan(score_case(a, np.zeros_like(a), (1.0, 1.0, 1.0))[1])
+
+
+def test_test_time_mirroring_swaps_left_and_right_back():
+    """A network that sees only the left half: mirrored inference finds the structure on
+    both sides, each under its own name."""
+    import torch
+
+    from engine.infer.predict import predict_probabilities, test_time_mirror
+
+    class LeftHalf(torch.nn.Module):
+        def forward(self, x):  # channel 0 "Parotid_R" where x > 0.5 in the first half of X
+            out = torch.full((x.shape[0], 2, *x.shape[2:]), -20.0)
+            half = x.shape[2] // 2
+            out[:, 0, :half] = torch.where(x[:, 0, :half] > 0.5, 20.0, -20.0)
+            return out
+
+    image = torch.zeros(1, 1, 16, 8, 8)
+    image[0, 0, 2:4] = 1.0  # in the half the network sees
+    image[0, 0, 12:14] = 1.0  # its mirror image
+    config = {"structures": [{"name": "Parotid_R"}, {"name": "Parotid_L"}], "test_time_mirror": True}
+    plain = predict_probabilities(LeftHalf(), image, (16, 8, 8), torch.device("cpu"))
+    mirrored = predict_probabilities(
+        LeftHalf(), image, (16, 8, 8), torch.device("cpu"), test_time_mirror(config)
+    )
+    assert plain[0, 1].max() < 0.01  # without mirroring no Parotid_L at all
+    assert mirrored[0, 0, 2:4].min() > 0.49 and mirrored[0, 1, 12:14].min() > 0.49
+    assert mirrored[0, 0, 12:14].max() < 0.01 and mirrored[0, 1, 2:4].max() < 0.01
+    assert test_time_mirror({"structures": config["structures"]}) is None

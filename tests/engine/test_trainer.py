@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from engine.train import trainer as trainer_module
-from engine.train.augment import PatchAugmenter, mirror_pairs
+from engine.structure import mirror_order
+from engine.train.augment import PatchAugmenter
 from engine.train.config import TrainingConfigError, load_segmentation_config
 from engine.train.experiment import make_trainer
 from tests.engine.test_experiment_runs import STRUCTURES, _tiny_openkbp
@@ -171,7 +172,7 @@ def test_an_unreadable_config_names_the_file(tmp_path):
 
 
 def test_mirroring_swaps_left_and_right_structures():
-    assert mirror_pairs(["Brainstem", "Parotid_R", "Parotid_L", "Mandible"]) == [0, 2, 1, 3]
+    assert mirror_order(["Brainstem", "Parotid_R", "Parotid_L", "Mandible"]) == [0, 2, 1, 3]
     image = np.zeros((1, 8, 4, 4), np.float32)
     masks = np.zeros((2, 8, 4, 4), np.uint8)
     masks[0, :2] = 1  # Parotid_R in the first two columns along the left-right axis
@@ -186,3 +187,21 @@ def test_mirroring_swaps_left_and_right_structures():
     for i, m in mirrored:
         # The structure is now on the other side and called Parotid_L.
         assert m[1, -2:].all() and not m[0].any() and i[0, -2:].all()
+
+
+def test_a_portable_state_without_room_for_the_best_network_selects_anew(
+    tmp_path, data, monkeypatch
+):
+    config = _config(tmp_path / "recipe.json", {"steps": 4, "val_every": 2})
+    first = make_trainer(config, data, tmp_path / "machine-a", tmp_path / "state")
+    _stop_after(first, 3)
+    assert first.run_training() is None
+    full = (tmp_path / "state" / "recipe.pt").stat().st_size / 1e6
+    # Room for the network and optimiser, not for the best network too.
+    monkeypatch.setattr(trainer_module, "MAX_PORTABLE_MB", full * 0.9)
+    first.save_checkpoint()
+    state = torch.load(tmp_path / "state" / "recipe.pt", weights_only=False)
+    assert "best_network" not in state
+    fresh = make_trainer(config, data, tmp_path / "machine-b", tmp_path / "state")
+    assert fresh.run_training() is not None  # finishes, with a best.pt of its own
+    assert (tmp_path / "machine-b" / "recipe" / "best.pt").exists()

@@ -1,0 +1,75 @@
+"""Seconds per training step of the Res-UNet + SE on random data, per configuration.
+
+One step = forward, Dice + BCE loss over 10 structures, backward, SGD update, on a batch
+of 2 patches; the first step is a warm-up and not counted. Compares float32 with
+bfloat16 autocast on the CPU (issue 13: use it only if it is faster), the
+full-resolution first level and patch sizes. Run it on an otherwise idle machine:
+
+    .venv/bin/python bench/train_step.py [--steps 3] [--threads 2]
+
+Prints a Markdown table for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine.models.res_se_unet import ResSEUNet  # noqa: E402
+from engine.train.segmentation import deep_supervision_loss  # noqa: E402
+
+CHANNELS = (16, 32, 64, 96, 128)
+CASES = [  # (label, full_resolution_channels + deep supervision, patch, autocast)
+    ("hn-oar's network", 0, 96, None),
+    ("hn-oar's network, bfloat16 autocast", 0, 96, "bfloat16"),
+    ("hn-oar's network", 0, 80, None),
+    ("full-resolution level (8) + deep supervision", 8, 80, None),
+    ("full-resolution level (8) + deep supervision, bfloat16 autocast", 8, 80, "bfloat16"),
+    ("full-resolution level (8) + deep supervision", 8, 96, None),
+]
+
+
+def seconds_per_step(full: int, patch: int, autocast: str | None, steps: int) -> float:
+    torch.manual_seed(0)
+    net = ResSEUNet(1, 10, channels=CHANNELS, full_resolution_channels=full, deep_supervision=bool(full))
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
+    x = torch.rand(2, 1, patch, patch, patch)
+    y = (torch.rand(2, 10, patch, patch, patch) > 0.9).float()
+    available = torch.ones(2, 10, dtype=torch.bool)
+    times = []
+    for i in range(steps + 1):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast == "bfloat16"):
+            outputs = net(x)
+        loss = deep_supervision_loss(outputs, y, available).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i:
+            times.append(time.perf_counter() - start)
+    return sum(times) / len(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads")
+    print("| network | patch | precision | s/step |")
+    print("|---|---|---|---|")
+    for label, full, patch, autocast in CASES:
+        s = seconds_per_step(full, patch, autocast, args.steps)
+        print(f"| {label} | {patch}^3 | {autocast or 'float32'} | {s:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
