@@ -261,12 +261,20 @@ def write_ct_series(
 
 
 def zip_series(written: WrittenSeries, zip_path: str | os.PathLike) -> Path:
-    """Zip the series' files as ``<folder name>/CT_0001.dcm`` ... (deflate; atomic write)."""
+    """Zip the series' files as ``<folder name>/CT_0001.dcm`` ... (deflate; atomic write).
+
+    Entries carry a fixed date (1980-01-01), not the files' modification times, so the
+    same series always gives the same archive (a job run again gives the same checksums).
+    """
 
     def write(tmp: str) -> None:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for path in written.paths:
-                archive.write(path, f"{written.directory.name}/{path.name}")
+                entry = zipfile.ZipInfo(
+                    f"{written.directory.name}/{path.name}", date_time=(1980, 1, 1, 0, 0, 0)
+                )
+                entry.external_attr = 0o640 << 16
+                archive.writestr(entry, path.read_bytes(), zipfile.ZIP_DEFLATED)
 
     return write_atomically(zip_path, write)
 
