@@ -11,10 +11,17 @@ def read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def write_curve(out: Path, title: str | None = None) -> Path:
-    """``curve.html`` and ``curve.png`` in the run folder ``out``: training loss against
-    steps; validation mean Dice (and QAM weights, where logged) against steps, and
-    against hours of training where the log has them.
+def write_curve(
+    out: Path,
+    title: str | None = None,
+    records: list[dict] | None = None,
+    stem: str = "curve",
+    html: bool = True,
+) -> Path:
+    """``STEM.html`` and ``STEM.png`` in the folder ``out``: training loss against steps;
+    validation mean Dice (and QAM weights, where logged) against steps, and against
+    hours of training where the log has them. ``records``: the log (default: the run
+    folder's ``log.jsonl``); ``html=False`` writes the PNG alone.
 
     Returns the PNG's path. Raises whatever kaleido raises when no Chromium is found
     (the HTML is written first).
@@ -22,7 +29,8 @@ def write_curve(out: Path, title: str | None = None) -> Path:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    records = read_log(out / "log.jsonl")
+    if records is None:
+        records = read_log(out / "log.jsonl")
     train = [r for r in records if "loss" in r]
     val = [r for r in records if "val" in r]
     timed = [r for r in val if "hours" in r]
@@ -69,6 +77,7 @@ def write_curve(out: Path, title: str | None = None) -> Path:
             3,
         )
     fig.update_layout(title=title or out.name, width=1400 if timed else 1000, height=400)
-    fig.write_html(out / "curve.html", include_plotlyjs=True)
-    fig.write_image(out / "curve.png")
-    return out / "curve.png"
+    if html:
+        fig.write_html(out / f"{stem}.html", include_plotlyjs=True)
+    fig.write_image(out / f"{stem}.png")
+    return out / f"{stem}.png"
