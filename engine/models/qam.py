@@ -20,31 +20,36 @@ from torch import nn
 
 
 class QualityAwarenessModule(nn.Module):
-    """A 3D CNN scoring an (image, label) pair: (B, 1 + C, X, Y, Z) -> (B,) raw scores.
+    """A CNN scoring an (image, label) pair: (B, 1 + C, X, Y, Z) -> (B,) raw scores
+    (``spatial_dims=2``: (B, 1 + C, X, Y)).
 
-    Four strided 3x3x3 convolutions (instance norm, leaky ReLU) then global average
-    pooling and a linear layer, as the QAM of Zhu et al. (2019), in 3D. The input is the
+    VGG-like, as the QAM of Zhu et al. (2019): strided 3x3(x3) convolutions (instance
+    norm, leaky ReLU), then global average pooling and a linear layer. The input is the
     image concatenated with the C label channels (0/1) of the structures being scored.
 
     Raises:
         ValueError: ``in_channels`` < 2 (it needs the image and at least one label), or
-            (in ``forward``) an input that is not 5D with ``in_channels`` channels.
+            (in ``forward``) an input that is not (2 + spatial_dims)-D with
+            ``in_channels`` channels.
     """
 
     def __init__(
-        self, in_channels: int, channels: tuple[int, ...] = (8, 16, 32, 32)
+        self,
+        in_channels: int,
+        channels: tuple[int, ...] = (8, 16, 32, 32),
+        spatial_dims: int = 3,
     ) -> None:
         super().__init__()
         if in_channels < 2:
             raise ValueError(
                 f"the QAM needs the image and at least one label channel, got {in_channels}"
             )
-        self.in_channels = in_channels
+        self.in_channels, self.spatial_dims = in_channels, spatial_dims
         layers, c_prev = [], in_channels
         for c in channels:
             layers.append(
                 Convolution(
-                    3,
+                    spatial_dims,
                     c_prev,
                     c,
                     strides=2,
@@ -58,11 +63,11 @@ class QualityAwarenessModule(nn.Module):
         self.score = nn.Linear(c_prev, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 5 or x.shape[1] != self.in_channels:
+        if x.ndim != 2 + self.spatial_dims or x.shape[1] != self.in_channels:
             raise ValueError(
-                f"expected (B, {self.in_channels}, X, Y, Z), got {tuple(x.shape)}"
+                f"expected (B, {self.in_channels}) + {self.spatial_dims} spatial axes, got {tuple(x.shape)}"
             )
-        return self.score(self.features(x).mean(dim=(2, 3, 4)))[:, 0]
+        return self.score(self.features(x).flatten(2).mean(dim=2))[:, 0]
 
 
 def overfitting_control(scores: torch.Tensor, lam: float) -> torch.Tensor:

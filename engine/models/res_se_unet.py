@@ -14,11 +14,12 @@ from collections.abc import Sequence
 
 import torch
 from monai.networks.blocks import ChannelSELayer, Convolution
+from monai.networks.layers.utils import get_norm_layer
 from torch import nn
 
 
 class ResSEBlock(nn.Module):
-    """SE-ResNet block: (B, C_in, X, Y, Z) -> (B, C_out, X, Y, Z).
+    """SE-ResNet block: (B, C_in, X, Y, Z) -> (B, C_out, X, Y, Z) (or (B, C, X, Y) in 2D).
 
     ``residual=False`` drops the identity path and ``se=False`` the SE layer (the
     ablation of the thesis: U-Net, + residual, + SE); with both off it is the plain
@@ -32,20 +33,22 @@ class ResSEBlock(nn.Module):
         se_ratio: int = 4,
         residual: bool = True,
         se: bool = True,
+        spatial_dims: int = 3,
     ) -> None:
         super().__init__()
         self.residual = residual
+        d = spatial_dims
         self.conv1 = Convolution(
-            3, in_channels, out_channels, act="LEAKYRELU", norm="INSTANCE"
+            d, in_channels, out_channels, act="LEAKYRELU", norm="INSTANCE"
         )
-        self.conv2 = Convolution(3, out_channels, out_channels, conv_only=True)
-        self.norm2 = nn.InstanceNorm3d(out_channels, affine=True)
-        self.se = ChannelSELayer(3, out_channels, r=se_ratio) if se else nn.Identity()
+        self.conv2 = Convolution(d, out_channels, out_channels, conv_only=True)
+        self.norm2 = get_norm_layer(("instance", {"affine": True}), d, out_channels)
+        self.se = ChannelSELayer(d, out_channels, r=se_ratio) if se else nn.Identity()
         self.skip = (
             nn.Identity()
             if in_channels == out_channels or not residual
             else Convolution(
-                3, in_channels, out_channels, kernel_size=1, conv_only=True
+                d, in_channels, out_channels, kernel_size=1, conv_only=True
             )
         )
         self.act = nn.LeakyReLU(inplace=True)
@@ -79,6 +82,8 @@ class ResSEUNet(nn.Module):
             False gives the plain U-Net baseline of the ablation.
         full_resolution_channels: width of the full-resolution level; 0 for none.
         deep_supervision: add the 1/2 and 1/4 resolution heads.
+        spatial_dims: 3 (volumes, 3x3x3 kernels) or 2 (slices or radiographs, 3x3
+            kernels, input (B, in_channels, X, Y)), as the thesis ran it on radiographs.
 
     Input (B, in_channels, X, Y, Z) with X, Y, Z divisible by ``divisor`` =
     ``2 ** (len(channels) - 1)``; output (B, out_channels, X, Y, Z) logits (in training
@@ -86,7 +91,7 @@ class ResSEUNet(nn.Module):
 
     Raises:
         ValueError: fewer than three levels, a non-positive width, a negative
-            ``full_resolution_channels``, or (in ``forward``) an input that is not 5D or
+            ``full_resolution_channels``, ``spatial_dims`` not 2 or 3, or (in ``forward``) an input that is not 5D or
             not divisible by ``divisor``.
     """
 
@@ -99,8 +104,12 @@ class ResSEUNet(nn.Module):
         se: bool = True,
         full_resolution_channels: int = 0,
         deep_supervision: bool = False,
+        spatial_dims: int = 3,
     ) -> None:
         super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        d = self.spatial_dims = spatial_dims
         if full_resolution_channels < 0:
             raise ValueError(
                 f"full_resolution_channels must be >= 0, got {full_resolution_channels}"
@@ -116,16 +125,15 @@ class ResSEUNet(nn.Module):
         self.divisor = 2 ** (len(channels) - 1)
         widths = list(channels)
         full = full_resolution_channels
-        self.stem = (
-            ResSEBlock(in_channels, full, residual=residual, se=se) if full else None
-        )
+        block = {"residual": residual, "se": se, "spatial_dims": d}
+        self.stem = ResSEBlock(in_channels, full, **block) if full else None
         self.down = nn.ModuleList()
         self.encoders = nn.ModuleList()
         c_prev = full or in_channels
         for c in widths[:-1]:
             self.down.append(
                 Convolution(
-                    3,
+                    d,
                     c_prev,
                     c,
                     strides=2,
@@ -134,9 +142,9 @@ class ResSEUNet(nn.Module):
                     norm="INSTANCE",
                 )
             )
-            self.encoders.append(ResSEBlock(c, c, residual=residual, se=se))
+            self.encoders.append(ResSEBlock(c, c, **block))
             c_prev = c
-        self.bottom = ResSEBlock(widths[-2], widths[-1], residual=residual, se=se)
+        self.bottom = ResSEBlock(widths[-2], widths[-1], **block)
         self.decoders = nn.ModuleList()
         self.up = nn.ModuleList()
         c_deep = widths[-1]
@@ -144,13 +152,13 @@ class ResSEUNet(nn.Module):
             c_skip = widths[level]
             c_out = widths[level - 1] if level > 0 else widths[0]
             self.decoders.append(
-                ResSEBlock(c_deep + c_skip, c_out, residual=residual, se=se)
+                ResSEBlock(c_deep + c_skip, c_out, **block)
             )
             # Without a full-resolution level the last transposed convolution gives logits.
             final = level == 0 and not full
             self.up.append(
                 Convolution(
-                    3,
+                    d,
                     c_out,
                     out_channels if final else (full if level == 0 else c_out),
                     strides=2,
@@ -166,19 +174,20 @@ class ResSEUNet(nn.Module):
             c_deep = c_out
         self.full_decoder = self.head = None
         if full:
-            self.full_decoder = ResSEBlock(2 * full, full, residual=residual, se=se)
-            self.head = Convolution(3, full, out_channels, kernel_size=1, conv_only=True)
+            self.full_decoder = ResSEBlock(2 * full, full, **block)
+            self.head = Convolution(d, full, out_channels, kernel_size=1, conv_only=True)
         # Deep supervision heads on the decoder outputs at 1/2 and 1/4 resolution (the
         # decoders of levels 0 and 1 both give widths[0] channels).
         self.deep_heads = nn.ModuleList(
-            Convolution(3, widths[0], out_channels, kernel_size=1, conv_only=True)
+            Convolution(d, widths[0], out_channels, kernel_size=1, conv_only=True)
             for _ in range(2 if deep_supervision else 0)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 5 or any(s % self.divisor for s in x.shape[2:]):
+        if x.ndim != 2 + self.spatial_dims or any(s % self.divisor for s in x.shape[2:]):
+            axes = "X, Y, Z" if self.spatial_dims == 3 else "X, Y"
             raise ValueError(
-                f"expected (B, C, X, Y, Z) with X, Y, Z divisible by {self.divisor}, got {tuple(x.shape)}"
+                f"expected (B, C, {axes}) with {axes} divisible by {self.divisor}, got {tuple(x.shape)}"
             )
         h = x if self.stem is None else self.stem(x)
         full_skip = h

@@ -1,6 +1,7 @@
 """Run configurations: one JSON file per training run (``experiments/configs/NAME.json``).
 
-A configuration has a ``name``, a ``model`` (a model card's configuration: architecture,
+A configuration has a ``name``, a ``kind`` ("segmentation", the default; "slices2d" for the
+2D Pick-and-Learn experiments; "joint"), a ``model`` (a model card's configuration: architecture,
 channels, ``full_resolution_channels``, ``deep_supervision``, spacing_mm, window_hu,
 axcodes, roi_size, threshold, structures) and ``training``; joint registration runs
 also have ``"kind": "joint"`` and ``loss`` (``engine.train.joint``).
@@ -101,6 +102,10 @@ def check_segmentation_config(config: dict) -> dict:
     """
     from engine.train.label_noise import RANGES_MM
 
+    if config.get("kind", "segmentation") not in ("segmentation", "slices2d"):
+        raise TrainingConfigError(
+            f"kind must be 'segmentation', 'slices2d' or 'joint', got {config['kind']!r}"
+        )
     training = config.get("training", {})
     unknown = sorted(set(training) - set(SEGMENTATION_DEFAULTS))
     if unknown:

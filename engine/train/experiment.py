@@ -2,9 +2,10 @@
 
 One JSON file describes a run (``experiments/configs/NAME.json``; fields in
 ``engine.train.config`` and, for joint registration runs, ``engine.train.joint``).
-The trainer is chosen from it: ``JointTrainer`` for ``"kind": "joint"``, ``QAMTrainer``
-when the run has ``noise`` or ``qam`` (Pick-and-Learn, docs/noisy-labels.md),
-``SegmentationTrainer`` otherwise.
+The trainer is chosen from it: ``JointTrainer`` for ``"kind": "joint"``, ``SliceTrainer``
+for ``"kind": "slices2d"`` (Pick-and-Learn on 2D slices, ``engine.train.pick_and_learn_2d``),
+``QAMTrainer`` when a 3D run has ``noise`` or ``qam`` (Pick-and-Learn,
+docs/noisy-labels.md), ``SegmentationTrainer`` otherwise.
 
 The run directory ``var/experiments/NAME`` gets ``config.json`` (as run), ``log.jsonl``
 (loss, learning rate, QAM weights where used, validation Dice with hours of training),
@@ -40,6 +41,10 @@ def make_trainer(
     if is_joint_config(config_path):
         return JointTrainer(load_joint_config(config_path), data, out_root, state_root, minutes)
     config = load_segmentation_config(config_path)
+    if config.get("kind") == "slices2d":
+        from engine.train.pick_and_learn_2d import SliceTrainer
+
+        return SliceTrainer(config, data, out_root, state_root, minutes)
     if config.get("noise") or config.get("qam"):
         from engine.train.pick_and_learn import QAMTrainer
 

@@ -20,6 +20,8 @@ import numpy as np
 from scipy import ndimage
 
 RANGES_MM = {"small": (2.0, 8.0), "large": (5.0, 13.0)}
+# The thesis's ranges in pixels, for 2D slices (whole pixels: 1-8 and 5-13).
+RANGES_PX = {"small": (1, 8), "large": (5, 13)}
 
 
 @dataclass(frozen=True)
@@ -52,12 +54,16 @@ def corrupt_masks(
     radius_range_mm: tuple[float, float],
     rng: np.random.Generator,
     available: np.ndarray | None = None,
+    whole_units: bool = False,
 ) -> tuple[np.ndarray, list[Corruption]]:
     """Dilate or erode each structure of one case; returns the new masks and what was done.
 
-    ``masks`` (C, X, Y, Z) 0/1 on a grid of ``spacing_mm``; structures not ``available``
-    (not contoured in this case) are left alone. Structures are corrupted independently,
-    as a physician's imprecise contour of one organ says nothing of the next.
+    ``masks`` (C, X, Y, Z) 0/1 on a grid of ``spacing_mm`` (or (C, X, Y) for a slice, with
+    two spacings; (1.0, 1.0) and ``RANGES_PX`` for radii in pixels); structures not
+    ``available`` (not contoured in this case) are left alone. Structures are corrupted
+    independently, as a physician's imprecise contour of one organ says nothing of the
+    next. ``whole_units``: radii are whole numbers (pixels, as the thesis drew them),
+    uniform over ``low..high`` inclusive.
     """
     low, high = radius_range_mm
     out = masks.copy()
@@ -65,7 +71,10 @@ def corrupt_masks(
     for c in range(masks.shape[0]):
         if (available is not None and not available[c]) or not masks[c].any():
             continue
-        radius = float(rng.uniform(low, high))
+        if whole_units:
+            radius = float(rng.integers(low, high + 1))
+        else:
+            radius = float(rng.uniform(low, high))
         operation = "dilate" if rng.random() < 0.5 else "erode"
         inside = masks[c] > 0
         if operation == "dilate":

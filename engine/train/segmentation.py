@@ -147,11 +147,13 @@ def per_sample_loss(
     """Segmentation loss per sample (B,): mean over the structures contoured in it of
     soft Dice + binary cross-entropy (or cross-entropy alone with ``dice=False``).
 
-    logits, target: (B, C, X, Y, Z); available: (B, C) bool.
+    logits, target: (B, C, X, Y, Z) or, for slices, (B, C, X, Y); available: (B, C) bool.
     """
     logits = logits.float()
-    terms = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(
-        dim=(2, 3, 4)
+    terms = (
+        F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        .flatten(2)
+        .mean(dim=2)
     )
     if dice:
         terms = terms + DiceLoss(sigmoid=True, reduction="none")(
