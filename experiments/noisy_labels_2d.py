@@ -14,6 +14,7 @@ summarised into ``experiments/results/NAME.json`` (committed: var/ is not).
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -144,11 +145,15 @@ def save_result(name: str) -> Path:
 
 
 def run_all(names: list[str]) -> None:
-    from engine.train.experiment import run
-
+    """Each run in its own process (``python -m engine train``), so that one run's cases
+    leave memory before the next loads its own."""
     for name in names or list(all_configs()):
         if not (RUNS / name / "metrics.json").exists():
-            if run(CONFIGS / f"{name}.json", DATA, RUNS) is None:
+            command = [sys.executable, "-m", "engine", "train", str(CONFIGS / f"{name}.json")]
+            command += ["--data", str(DATA), "--experiments", str(RUNS), "--no-state"]
+            if subprocess.run(command, cwd=ROOT).returncode != 0:
+                sys.exit(f"{name} failed")
+            if not (RUNS / name / "metrics.json").exists():
                 return  # stopped by a signal: the same command goes on
         save_result(name)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -144,13 +145,16 @@ def save_result(name: str) -> Path:
 
 
 def run_all(names: list[str]) -> None:
-    from engine.train.experiment import run
-
+    """Each run in its own process (``python -m engine train``), so that one run's cases
+    leave memory before the next loads its own."""
     for name in names or list(all_configs()):
-        if (RUNS / name / "metrics.json").exists():
-            print(f"{name}: done", flush=True)
-        elif run(CONFIGS / f"{name}.json", DATA, RUNS) is None:
-            return  # stopped by a signal: the same command goes on
+        if not (RUNS / name / "metrics.json").exists():
+            command = [sys.executable, "-m", "engine", "train", str(CONFIGS / f"{name}.json")]
+            command += ["--data", str(DATA), "--experiments", str(RUNS), "--no-state"]
+            if subprocess.run(command, cwd=ROOT).returncode != 0:
+                sys.exit(f"{name} failed")
+            if not (RUNS / name / "metrics.json").exists():
+                return  # stopped by a signal: the same command goes on
         save_result(name)
 
 
