@@ -21,18 +21,20 @@ from engine.models.registry import WEIGHTS_DIR, sha256_of
 def publish(
     run_dir: Path, name: str, training: dict, weights_dir: Path = WEIGHTS_DIR
 ) -> Path:
-    """Copy ``run_dir/best.pt`` (state dict, float32) and its config into ``weights_dir``."""
+    """Copy ``run_dir/best.pt`` (state dict, float32) and its config into ``weights_dir``
+    as model ``name`` (a run may be published under another name than its own, e.g. one
+    network serving two model names; the card records the run's name)."""
     config = json.loads((run_dir / "config.json").read_text())
     if config.get("kind") == "joint":
         return publish_joint(run_dir, name, training, weights_dir)
     if "model" in config:  # a run of a config file (engine.train.experiment)
         training = {
             **training,
+            "run": config["name"],
             "run_config": {k: v for k, v in config.items() if k != "model"},
         }
-        config = {**config["model"], "name": config["name"]}
-    if config["name"] != name:
-        raise ValueError(f"run {run_dir} trained {config['name']!r}, not {name!r}")
+        config = config["model"]
+    config = {**config, "name": name}
     weights_dir.mkdir(parents=True, exist_ok=True)
     state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
     torch.save(state, weights_dir / f"{name}.pt")
@@ -50,6 +52,8 @@ def publish(
             "weights_sha256": sha256_of(weights_dir / f"{name}.pt"),
             "training": {
                 **training,
+                "steps": vals[-1]["step"] if vals else None,
+                "hours": vals[-1].get("hours") if vals else None,
                 "best_val_step": best["step"] if best else None,
                 "val_dice": best["val"] if best else None,
             },
@@ -132,6 +136,11 @@ def write_markdown(card: dict, path: Path) -> None:
         f"- Procedure: {t['procedure']}",
         f"- Hardware and time: {t['hardware']}",
     ]
+    if t.get("hours") is not None:
+        lines.append(
+            f"- Trained {t['steps']} steps in {t['hours']:.2f} hours (the trainer's own count, "
+            "summed over the pieces of the run)."
+        )
     if t.get("notes"):
         lines.append(f"- Notes: {t['notes']}")
     if t.get("val_dice"):

@@ -205,3 +205,21 @@ def test_a_portable_state_without_room_for_the_best_network_selects_anew(
     fresh = make_trainer(config, data, tmp_path / "machine-b", tmp_path / "state")
     assert fresh.run_training() is not None  # finishes, with a best.pt of its own
     assert (tmp_path / "machine-b" / "recipe" / "best.pt").exists()
+
+
+def test_a_finished_run_is_published_under_the_model_name_it_serves(tmp_path, data):
+    from engine.model_card import publish
+    from engine.models.registry import load_model, sha256_of
+
+    config = _config(tmp_path / "recipe.json", {"steps": 2, "val_every": 2})
+    make_trainer(config, data, tmp_path / "runs").run_training()
+    weights = tmp_path / "weights"
+    training = {k: "tiny" for k in ("data", "split", "command", "procedure", "hardware")}
+    publish(tmp_path / "runs" / "recipe", "tiny-organs", training, weights)
+    card = json.loads((weights / "tiny-organs.json").read_text())
+    assert card["name"] == "tiny-organs" and card["card"]["training"]["run"] == "recipe"
+    assert card["card"]["weights_sha256"] == sha256_of(weights / "tiny-organs.pt")
+    loaded = load_model("tiny-organs", weights, torch.device("cpu"))
+    assert [s.name for s in loaded.structures] == ["PTV70", "Mandible"]
+    assert card["card"]["training"]["steps"] == 2 and card["card"]["training"]["hours"] > 0
+    assert "Trained 2 steps" in (weights / "tiny-organs.md").read_text()
