@@ -162,6 +162,10 @@ DELINEO_MAX_UPLOAD_FILES = env_int("DELINEO_MAX_UPLOAD_FILES", 5000, minimum=1)
 DELINEO_ZIP_MAX_ENTRIES = env_int("DELINEO_ZIP_MAX_ENTRIES", 10000, minimum=1)
 DELINEO_ZIP_MAX_UNPACKED_BYTES = env_bytes("DELINEO_ZIP_MAX_UNPACKED_BYTES", 8 * DELINEO_MAX_UPLOAD_BYTES)
 DELINEO_ZIP_MAX_RATIO = env_int("DELINEO_ZIP_MAX_RATIO", 100, minimum=1)
+# A .nii.gz upload: its gzip stream is unpacked piece by piece and counted before the
+# image is read; refused above this size, or above this ratio to its compressed size.
+DELINEO_GZIP_MAX_UNPACKED_BYTES = env_bytes("DELINEO_GZIP_MAX_UNPACKED_BYTES", DELINEO_MAX_UPLOAD_BYTES)
+DELINEO_GZIP_MAX_RATIO = env_int("DELINEO_GZIP_MAX_RATIO", 100, minimum=1)
 # Read the volume at upload time so a series that cannot be assembled is refused
 # with a message before a job is queued.
 DELINEO_UPLOAD_PREFLIGHT = env_bool("DELINEO_UPLOAD_PREFLIGHT", True)

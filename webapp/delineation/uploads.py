@@ -304,13 +304,55 @@ def _check_zip(path: Path, shown_name: str) -> dict:
     return {"zip_members": len(members)}
 
 
+# Below this unpacked size the ratio is not checked: a small file cannot exhaust memory,
+# and gzip's fixed overhead makes tiny files look highly compressed.
+_GZIP_RATIO_FLOOR = 1 << 20
+
+
+def check_gzip_stream(path: Path, shown_name: str) -> int:
+    """Unpack a ``.gz`` file's stream in 1 MiB pieces that are counted and dropped, never
+    held together, and stop at ``DELINEO_GZIP_MAX_UNPACKED_BYTES`` or at
+    ``DELINEO_GZIP_MAX_RATIO`` times the file's size (a "gzip bomb": a few megabytes that
+    unpack to gigabytes), before anything reads the image.
+
+    Returns:
+        The unpacked size.
+    Raises:
+        UploadError: too large unpacked, too compressed, not gzip or damaged.
+    """
+    compressed = path.stat().st_size
+    size_limit = settings.DELINEO_GZIP_MAX_UNPACKED_BYTES
+    ratio_limit = settings.DELINEO_GZIP_MAX_RATIO
+    allowed = min(size_limit, max(ratio_limit * compressed, _GZIP_RATIO_FLOOR))
+    unpacked = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                unpacked += len(chunk)
+                if unpacked > allowed:
+                    break
+    except EOFError:
+        raise UploadError(f"{shown_name!r} ends early: its gzip stream is truncated or damaged.") from None
+    except (OSError, zlib.error):  # BadGzipFile is an OSError; its text may hold the path
+        raise UploadError(f"{shown_name!r} is named .nii.gz but is not gzip-compressed (or is damaged).") from None
+    if unpacked > size_limit:
+        raise UploadError(
+            f"{shown_name!r} unpacks to more than {_human(size_limit)}; the limit on this server is "
+            f"{_human(size_limit)}. Ask the administrator to raise the limit if it is a genuine scan.",
+            status=413,
+        )
+    if unpacked > allowed:
+        raise UploadError(
+            f"{shown_name!r} unpacks to more than {ratio_limit} times its size. Scans do not compress that much, "
+            "so it was refused as a possible 'gzip bomb'. If it is a genuine scan, upload it as .nii "
+            "(not compressed) instead."
+        )
+    return unpacked
+
+
 def _check_nifti(path: Path, shown_name: str) -> dict:
     if path.name.lower().endswith(".gz"):
-        try:
-            with gzip.open(path) as f:
-                f.read(16)
-        except (OSError, EOFError, zlib.error):
-            raise UploadError(f"{shown_name!r} is named .nii.gz but is not gzip-compressed (or is damaged).") from None
+        check_gzip_stream(path, shown_name)
     try:
         image = nib.load(path)
         shape = tuple(int(n) for n in image.shape)
