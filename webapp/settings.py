@@ -8,6 +8,7 @@ SQLAlchemy transport). At scale set ``DATABASE_URL`` (PostgreSQL) and
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dj_database_url
@@ -15,6 +16,12 @@ import plotly
 from django.core.exceptions import ImproperlyConfigured
 
 from webapp.env import check_production, env_bool, env_bytes, env_choice, env_int, env_list, env_str
+
+# Patient data on disk is readable by the service user and its group only: every file this
+# process creates (uploads, job outputs, the SQLite files) is at most 640, every folder at
+# most 750, whatever the shell's umask (docs/security.md, "Patient data on disk"). The
+# database file, which holds API tokens, is made 600 when it is opened (apps.py).
+os.umask(0o027)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
