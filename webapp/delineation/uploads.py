@@ -22,6 +22,7 @@ only its directory is checked (:func:`check_zip_members`) before the engine read
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import shutil
@@ -158,7 +159,30 @@ def safe_relative_path(raw: str) -> PurePosixPath:
     parts = [p for p in text.split("/") if p not in ("", ".")]
     if not parts or any(p == ".." for p in parts) or ":" in parts[0] or any("\x00" in p for p in parts):
         raise UploadError(f"The file path {raw!r} is not a valid relative path inside the uploaded folder.")
+    long = next((p for p in parts if len(p.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES), None)
+    if long is not None:
+        raise UploadError(
+            f"The file or folder name {long[:40]!r}... is longer than {MAX_NAME_BYTES} characters, more than "
+            "a disk can store. Shorten it, or upload the folder as a zip."
+        )
     return PurePosixPath(*parts)
+
+
+# The longest file or folder name most file systems store (bytes of UTF-8).
+MAX_NAME_BYTES = 255
+
+
+def _check_nesting(relative: Sequence[PurePosixPath]) -> None:
+    """Refuse a folder upload where one path is a file and another needs it as a folder
+    (``a/x.dcm`` and ``a/x.dcm/y.dcm``): both cannot exist on a disk."""
+    files = set(relative)
+    for rel in relative:
+        for parent in rel.parents:
+            if parent in files:
+                raise UploadError(
+                    f"{str(parent)!r} is sent both as a file and as a folder holding {str(rel)!r}; "
+                    "a name cannot be both. Upload the folder as a zip, or send each file's relative path in 'paths'."
+                )
 
 
 def _check_size(total: int) -> None:
@@ -444,8 +468,18 @@ def _store(
                 "or send each file's relative path in 'paths'."
             )
         seen.add(rel)
+    _check_nesting(relative)
     for upload, rel in zip(files, relative, strict=True):
-        _write(upload, original.joinpath(*rel.parts))
+        try:
+            _write(upload, original.joinpath(*rel.parts))
+        except OSError as exc:
+            if exc.errno not in (errno.ENAMETOOLONG, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise
+            # Not the exception's text: it holds the path on the server.
+            raise UploadError(
+                f"The file {str(rel)!r} cannot be stored under its path in the folder (the path is too long, or "
+                "clashes with another file's). Upload the folder as a zip."
+            ) from None
     dicom = [rel for rel in relative if is_dicom(original.joinpath(*rel.parts))]
     if not dicom:
         raise UploadError(
