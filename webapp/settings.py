@@ -15,7 +15,7 @@ import dj_database_url
 import plotly
 from django.core.exceptions import ImproperlyConfigured
 
-from webapp.env import check_production, env_bool, env_bytes, env_choice, env_int, env_list, env_str
+from webapp.env import check_production, env_bool, env_bytes, env_choice, env_int, env_list, env_rate, env_str
 
 # Patient data on disk is readable by the service user and its group only: every file this
 # process creates (uploads, job outputs, the SQLite files) is at most 640, every folder at
@@ -211,6 +211,15 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": None,
+    # Sign-in attempts (token endpoint and login page, throttling.py; docs/security.md,
+    # "Sign-in attempts"): per client address, and per username from any address.
+    "DEFAULT_THROTTLE_RATES": {
+        "login": env_rate("DELINEO_LOGIN_RATE", "10/min"),
+        "login_username": env_rate("DELINEO_LOGIN_USERNAME_RATE", "30/hour"),
+    },
+    # The client's address is REMOTE_ADDR, never a header it could send itself; behind the
+    # TLS proxy, the address that proxy puts last in X-Forwarded-For.
+    "NUM_PROXIES": 1 if SECURE_PROXY_SSL_HEADER else 0,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Delineo API",
