@@ -315,9 +315,14 @@ LOGGING = {
         "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["withhold_exception_messages"]}
     },
     # On these loggers, not on a handler: every handler then gets the records without the values.
+    # pydicom and highdicom log UIDs and file names at INFO and DEBUG: WARNING and above only.
+    # Django's own "django" handlers (a console handler with DEBUG on, mail to ADMINS without)
+    # are removed: its records go to the root handler above, once, redacted.
     "loggers": {
-        "pydicom": {"filters": ["withhold_dicom_values"]},
+        "pydicom": {"filters": ["withhold_dicom_values"], "level": "WARNING"},
+        "highdicom": {"level": "WARNING"},
         "py.warnings": {"filters": ["withhold_dicom_values"]},
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
     },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
