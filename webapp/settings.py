@@ -122,8 +122,17 @@ try:
 except ValueError as exc:  # dj-database-url raises ValueError for unknown schemes
     raise ImproperlyConfigured(f"DATABASE_URL={DATABASE_URL!r} is not a usable database URL: {exc}") from None
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # A worker and the web process share the file: wait for locks instead of failing.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
+    # The web server's threads and a worker share the file (docs/deployment.md, "SQLite"):
+    # - WAL: readers never wait for the writer, nor the writer for readers;
+    # - IMMEDIATE: a transaction takes the write lock when it begins, so two transactions
+    #   that read then write wait for each other (the busy timeout) instead of one failing
+    #   at once with "database is locked" (SQLite's answer to a read lock it cannot upgrade);
+    # - a busy timeout of 30 s for the write lock.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        timeout=30,
+        transaction_mode="IMMEDIATE",
+        init_command="PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+    )
     if DATABASE_URL == _DEFAULT_DATABASE_URL:
         VAR_DIR.mkdir(exist_ok=True)
 
