@@ -281,6 +281,14 @@ elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
             "worker, which starts it over"
         )
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+# The job reaper (webapp/delineation/reaper.py): in the worker, at start-up and every
+# DELINEO_REAPER_INTERVAL seconds, a running job whose worker died is queued again (or failed
+# when it has no attempt left), a queued job whose message is lost (older than
+# DELINEO_REAPER_GRACE seconds) is sent again, and the broker's used messages are deleted.
+# On by default with the SQLite broker, which has no visibility timeout.
+DELINEO_REAPER = env_bool("DELINEO_REAPER", CELERY_BROKER_URL.startswith("sqla+"))
+DELINEO_REAPER_INTERVAL = env_int("DELINEO_REAPER_INTERVAL", 60, minimum=1)
+DELINEO_REAPER_GRACE = env_int("DELINEO_REAPER_GRACE", 60, minimum=0)
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", "") or None  # job state lives in the Job table
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_TASK_DEFAULT_QUEUE", "delineo")
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
