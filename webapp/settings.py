@@ -198,7 +198,9 @@ DELINEO_AUDIT_RETENTION_DAYS = env_int("DELINEO_AUDIT_RETENTION_DAYS", 0, minimu
 FILE_UPLOAD_HANDLERS = [
     "webapp.delineation.uploads.UploadLimitHandler",  # first: stops the upload at the limits, with a message
     "django.core.files.uploadhandler.MemoryFileUploadHandler",
-    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+    # Files over FILE_UPLOAD_MAX_MEMORY_SIZE: spooled to a file without a name, which the
+    # kernel frees however the request ends (a killed server leaves none behind).
+    "webapp.delineation.uploads.AnonymousTemporaryFileUploadHandler",
 ]
 # Django's own refusal (a bare 400) one file later than UploadLimitHandler's, which says why.
 DATA_UPLOAD_MAX_NUMBER_FILES = DELINEO_MAX_UPLOAD_FILES + 1

@@ -28,6 +28,7 @@ import os
 import shutil
 import stat
 import struct
+import tempfile
 import uuid
 import zipfile
 import zlib
@@ -128,6 +129,31 @@ class UploadLimitHandler(FileUploadHandler):
         if self.request is not None:
             setattr(self.request, _REFUSAL, error)
         raise StopUpload(connection_reset=reset)
+
+
+class AnonymousTemporaryFileUploadHandler(FileUploadHandler):
+    """Django's ``TemporaryFileUploadHandler`` without a name on disk: each file of a request
+    larger than ``FILE_UPLOAD_MAX_MEMORY_SIZE`` is spooled to ``tempfile.TemporaryFile`` in
+    ``FILE_UPLOAD_TEMP_DIR``, which has no directory entry (``O_TMPFILE``, or unlinked as
+    soon as it is made). The kernel frees it when the file is closed or its process ends,
+    however it ends: a web server killed in the middle of a 2 GB upload leaves nothing."""
+
+    def new_file(self, *args, **kwargs) -> None:
+        super().new_file(*args, **kwargs)
+        spool = tempfile.TemporaryFile(dir=settings.FILE_UPLOAD_TEMP_DIR)
+        self.file = UploadedFile(spool, self.file_name, self.content_type, 0, self.charset, self.content_type_extra)
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> None:
+        self.file.write(raw_data)
+
+    def file_complete(self, file_size: int) -> UploadedFile:
+        self.file.seek(0)
+        self.file.size = file_size
+        return self.file
+
+    def upload_interrupted(self) -> None:
+        if hasattr(self, "file"):
+            self.file.close()
 
 
 def refusal_of(request) -> UploadError | None:
