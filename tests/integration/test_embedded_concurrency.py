@@ -1,5 +1,5 @@
-"""The embedded default under concurrent use: `make run`'s web server and a worker beside it
-on SQLite and the SQLite broker. Uploads at once while many GETs run get no 5xx (no
+"""The embedded default under concurrent use: `make run`'s web server (gunicorn, threads,
+static files by WhiteNoise) and a worker beside it on SQLite and the SQLite broker. Uploads at once while many GETs run get no 5xx (no
 "database is locked") and no refused or reset connection."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def test_concurrent_uploads_and_gets_get_no_5xx_and_no_reset(embedded):
         return "" if response.status == 201 else f"upload: {response.status} {response.data[:300]!r}"
 
     def get(n: int) -> str:
-        path = ("/api/scans/", "/api/jobs/", "/api/models/", "/accounts/login/")[n % 4]
+        path = ("/api/scans/", "/api/jobs/", "/api/models/", "/accounts/login/", "/static/css/app.css")[n % 5]
         try:
             response = embedded.api("GET", path, token)
         except Exception as exc:
