@@ -182,6 +182,10 @@ DELINEO_ZIP_MAX_RATIO = env_int("DELINEO_ZIP_MAX_RATIO", 100, minimum=1)
 # image is read; refused above this size, or above this ratio to its compressed size.
 DELINEO_GZIP_MAX_UNPACKED_BYTES = env_bytes("DELINEO_GZIP_MAX_UNPACKED_BYTES", DELINEO_MAX_UPLOAD_BYTES)
 DELINEO_GZIP_MAX_RATIO = env_int("DELINEO_GZIP_MAX_RATIO", 100, minimum=1)
+# Uploads one web-server process stores and checks at once (a check may read a whole volume
+# into memory), and seconds another waits for its turn before it is answered 503.
+DELINEO_UPLOAD_CHECKS_AT_ONCE = env_int("DELINEO_UPLOAD_CHECKS_AT_ONCE", 2, minimum=1)
+DELINEO_UPLOAD_CHECK_WAIT = env_int("DELINEO_UPLOAD_CHECK_WAIT", 300, minimum=0)
 # Read the volume at upload time so a series that cannot be assembled is refused
 # with a message before a job is queued.
 DELINEO_UPLOAD_PREFLIGHT = env_bool("DELINEO_UPLOAD_PREFLIGHT", True)

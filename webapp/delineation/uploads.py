@@ -29,10 +29,12 @@ import shutil
 import stat
 import struct
 import tempfile
+import threading
 import uuid
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -600,6 +602,38 @@ def accept_upload(
         entered = clean_patient_id(patient_id)
     except PatientIdError as exc:
         raise UploadError(str(exc)) from None
+    with _checking_slot():
+        return _accept(owner, single, files, paths, name, entered, patient_label, deidentify)
+
+
+# How many uploads one web-server process stores and checks at once (each check may read a
+# whole volume into memory); the others wait for a slot, at most DELINEO_UPLOAD_CHECK_WAIT s.
+_slots: threading.BoundedSemaphore | None = None
+_slots_size = 0
+_slots_lock = threading.Lock()
+
+
+@contextmanager
+def _checking_slot() -> Iterator[None]:
+    global _slots, _slots_size
+    with _slots_lock:
+        if _slots is None or _slots_size != settings.DELINEO_UPLOAD_CHECKS_AT_ONCE:
+            _slots_size = settings.DELINEO_UPLOAD_CHECKS_AT_ONCE
+            _slots = threading.BoundedSemaphore(_slots_size)
+        slots = _slots
+    if not slots.acquire(timeout=settings.DELINEO_UPLOAD_CHECK_WAIT):
+        raise UploadError(
+            "The server is busy checking other uploads and could not take this one. "
+            "Nothing of it was kept; send it again in a few minutes.",
+            status=503,
+        )
+    try:
+        yield
+    finally:
+        slots.release()
+
+
+def _accept(owner, single, files, paths, name, entered, patient_label, deidentify) -> Scan:  # noqa: ANN001
     scan_id = uuid.uuid4()
     directory = scan_dir(scan_id)
     given_name = name.strip()[:255]
