@@ -32,7 +32,7 @@ run: install
 	@echo "Open http://$(HOST):$(PORT)/ and log in with the account above."
 	$(VENV)/bin/celery -A webapp worker -c 1 -l info > var/worker.log 2>&1 & \
 	worker=$$!; trap "kill $$worker 2>/dev/null" EXIT INT TERM; \
-	$(PY) manage.py runserver $(HOST):$(PORT) --noreload
+	$(VENV)/bin/gunicorn -c webapp/gunicorn.conf.py -b $(HOST):$(PORT)
 
 test: install system-packages
 	$(PY) -m pytest

@@ -1,6 +1,6 @@
 """Load: 20 concurrent uploads while jobs run, then a soak of N jobs on two workers.
 
-Starts the web server (runserver) and two Celery workers (one pool process each) on a
+Starts the web server (gunicorn, as `make run`) and two Celery workers (one pool process each) on a
 fresh PostgreSQL database and Redis (tests/stack.py; ``--embedded`` for SQLite and the
 SQLite broker instead), then:
 
@@ -231,7 +231,7 @@ def summarise(result: dict) -> str:
     r = result
     lines = [
         f"Machine: {r['machine']}; load average before the run {r['load_before']}, after {r['load_after']}.",
-        f"Stack: runserver, 2 Celery workers x 1 pool process, {r['backend']}; scans: {r['scans']}.",
+        f"Stack: gunicorn (1 process, 16 threads), 2 Celery workers x 1 pool process, {r['backend']}; scans: {r['scans']}.",
         "",
         "| phase | requests | failed | result |",
         "|---|---|---|---|",

@@ -1,7 +1,7 @@
 """Time from upload to RTSTRUCT, per stage, and the worker's peak memory.
 
 Starts the application as `make run` does (SQLite database, SQLite broker, one Celery
-worker, runserver) in a temporary folder, then for each case: uploads it through the
+worker, gunicorn) in a temporary folder, then for each case: uploads it through the
 REST API, queues an `hn-oar` job, waits for it, downloads the RTSTRUCT. The stack is
 restarted for each case so the worker's peak resident memory (VmHWM of the worker and
 its pool process) belongs to that case alone.

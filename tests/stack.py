@@ -1,4 +1,5 @@
-"""A running Delineo stack for the slow tests: ``runserver`` and a Celery worker as
+"""A running Delineo stack for the slow tests: the web server (gunicorn, as `make run`
+starts it) and a Celery worker as
 subprocesses sharing one database, one broker and one MEDIA_ROOT, as in production.
 
 Not pytest-django's test database: the worker is another process, so both must see the
@@ -162,13 +163,16 @@ class Stack:
         """Migrate, then start the web server and ``workers`` workers (``worker``,
         ``worker-2``, ...); returns when all answer."""
         self.manage("migrate", "--noinput")
+        # The web server as `make run` starts it (Makefile, webapp/gunicorn.conf.py).
         self._spawn(
             "web",
             [
                 sys.executable,
-                "manage.py",
-                "runserver",
-                "--noreload",
+                "-m",
+                "gunicorn",
+                "-c",
+                "webapp/gunicorn.conf.py",
+                "-b",
                 f"127.0.0.1:{self.port}",
             ],
         )

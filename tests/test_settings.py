@@ -40,6 +40,8 @@ VARIABLES = (
     "MEDIA_ROOT",
     "DELINEO_MAX_UPLOAD_BYTES",
     "DELINEO_MAX_UPLOAD_FILES",
+    "DELINEO_LOGIN_RATE",
+    "DELINEO_LOGIN_USERNAME_RATE",
 )
 
 
@@ -96,6 +98,8 @@ def test_postgresql_redis_and_media_from_environment(tmp_path):
         ({"DATABASE_URL": "mongodb://x/y"}, "DATABASE_URL"),
         ({"DELINEO_MAX_UPLOAD_BYTES": "lots"}, "DELINEO_MAX_UPLOAD_BYTES='lots' is not a size"),
         ({"DELINEO_MAX_UPLOAD_FILES": "0"}, "DELINEO_MAX_UPLOAD_FILES=0 is below the minimum"),
+        ({"DELINEO_LOGIN_RATE": "ten"}, "DELINEO_LOGIN_RATE='ten' is not a rate"),
+        ({"DELINEO_LOGIN_USERNAME_RATE": "5/fortnight"}, "DELINEO_LOGIN_USERNAME_RATE='5/fortnight' is not a rate"),
     ],
 )
 def test_bad_values_fail_loudly(env, message):

@@ -8,6 +8,7 @@ typo in a deployment fails at start-up instead of silently falling back to a def
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Collection, Mapping
 
 from django.core.exceptions import ImproperlyConfigured
@@ -141,3 +142,16 @@ def check_production(
                 f"{name} must be true {where}: login and CSRF cookies are sent over HTTPS only. "
                 "For a plain-HTTP test install leave DJANGO_ENV unset."
             )
+
+
+_RATE = re.compile(r"^[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)$")
+
+
+def env_rate(name: str, default: str, environ: Mapping[str, str] | None = None) -> str:
+    """A request rate as DRF's throttles read it: ``10/min``, ``30/hour``, ``5/s``, ``100/day``."""
+    value = _raw(name, environ)
+    if value is None:
+        return default
+    if not _RATE.match(value):
+        raise ImproperlyConfigured(f"{name}={value!r} is not a rate such as 10/min, 30/hour or 100/day")
+    return value

@@ -8,13 +8,20 @@ SQLAlchemy transport). At scale set ``DATABASE_URL`` (PostgreSQL) and
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dj_database_url
 import plotly
 from django.core.exceptions import ImproperlyConfigured
 
-from webapp.env import check_production, env_bool, env_bytes, env_choice, env_int, env_list, env_str
+from webapp.env import check_production, env_bool, env_bytes, env_choice, env_int, env_list, env_rate, env_str
+
+# Patient data on disk is readable by the service user and its group only: every file this
+# process creates (uploads, job outputs, the SQLite files) is at most 640, every folder at
+# most 750, whatever the shell's umask (docs/security.md, "Patient data on disk"). The
+# database file, which holds API tokens, is made 600 when it is opened (apps.py).
+os.umask(0o027)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -85,8 +92,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
-if not DEBUG:  # runserver serves static files itself when DEBUG is true
-    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
+# Static files are served by WhiteNoise, with DEBUG on too: `make run` serves with gunicorn.
+MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
 WHITENOISE_USE_FINDERS = True  # also works before collectstatic
 
 ROOT_URLCONF = "webapp.urls"
@@ -115,8 +122,17 @@ try:
 except ValueError as exc:  # dj-database-url raises ValueError for unknown schemes
     raise ImproperlyConfigured(f"DATABASE_URL={DATABASE_URL!r} is not a usable database URL: {exc}") from None
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # A worker and the web process share the file: wait for locks instead of failing.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
+    # The web server's threads and a worker share the file (docs/deployment.md, "SQLite"):
+    # - WAL: readers never wait for the writer, nor the writer for readers;
+    # - IMMEDIATE: a transaction takes the write lock when it begins, so two transactions
+    #   that read then write wait for each other (the busy timeout) instead of one failing
+    #   at once with "database is locked" (SQLite's answer to a read lock it cannot upgrade);
+    # - a busy timeout of 30 s for the write lock.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        timeout=30,
+        transaction_mode="IMMEDIATE",
+        init_command="PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+    )
     if DATABASE_URL == _DEFAULT_DATABASE_URL:
         VAR_DIR.mkdir(exist_ok=True)
 
@@ -162,6 +178,14 @@ DELINEO_MAX_UPLOAD_FILES = env_int("DELINEO_MAX_UPLOAD_FILES", 5000, minimum=1)
 DELINEO_ZIP_MAX_ENTRIES = env_int("DELINEO_ZIP_MAX_ENTRIES", 10000, minimum=1)
 DELINEO_ZIP_MAX_UNPACKED_BYTES = env_bytes("DELINEO_ZIP_MAX_UNPACKED_BYTES", 8 * DELINEO_MAX_UPLOAD_BYTES)
 DELINEO_ZIP_MAX_RATIO = env_int("DELINEO_ZIP_MAX_RATIO", 100, minimum=1)
+# A .nii.gz upload: its gzip stream is unpacked piece by piece and counted before the
+# image is read; refused above this size, or above this ratio to its compressed size.
+DELINEO_GZIP_MAX_UNPACKED_BYTES = env_bytes("DELINEO_GZIP_MAX_UNPACKED_BYTES", DELINEO_MAX_UPLOAD_BYTES)
+DELINEO_GZIP_MAX_RATIO = env_int("DELINEO_GZIP_MAX_RATIO", 100, minimum=1)
+# Uploads one web-server process stores and checks at once (a check may read a whole volume
+# into memory), and seconds another waits for its turn before it is answered 503.
+DELINEO_UPLOAD_CHECKS_AT_ONCE = env_int("DELINEO_UPLOAD_CHECKS_AT_ONCE", 2, minimum=1)
+DELINEO_UPLOAD_CHECK_WAIT = env_int("DELINEO_UPLOAD_CHECK_WAIT", 300, minimum=0)
 # Read the volume at upload time so a series that cannot be assembled is refused
 # with a message before a job is queued.
 DELINEO_UPLOAD_PREFLIGHT = env_bool("DELINEO_UPLOAD_PREFLIGHT", True)
@@ -178,7 +202,9 @@ DELINEO_AUDIT_RETENTION_DAYS = env_int("DELINEO_AUDIT_RETENTION_DAYS", 0, minimu
 FILE_UPLOAD_HANDLERS = [
     "webapp.delineation.uploads.UploadLimitHandler",  # first: stops the upload at the limits, with a message
     "django.core.files.uploadhandler.MemoryFileUploadHandler",
-    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+    # Files over FILE_UPLOAD_MAX_MEMORY_SIZE: spooled to a file without a name, which the
+    # kernel frees however the request ends (a killed server leaves none behind).
+    "webapp.delineation.uploads.AnonymousTemporaryFileUploadHandler",
 ]
 # Django's own refusal (a bare 400) one file later than UploadLimitHandler's, which says why.
 DATA_UPLOAD_MAX_NUMBER_FILES = DELINEO_MAX_UPLOAD_FILES + 1
@@ -200,6 +226,15 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": None,
+    # Sign-in attempts (token endpoint and login page, throttling.py; docs/security.md,
+    # "Sign-in attempts"): per client address, and per username from any address.
+    "DEFAULT_THROTTLE_RATES": {
+        "login": env_rate("DELINEO_LOGIN_RATE", "10/min"),
+        "login_username": env_rate("DELINEO_LOGIN_USERNAME_RATE", "30/hour"),
+    },
+    # The client's address is REMOTE_ADDR, never a header it could send itself; behind the
+    # TLS proxy, the address that proxy puts last in X-Forwarded-For.
+    "NUM_PROXIES": 1 if SECURE_PROXY_SSL_HEADER else 0,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Delineo API",
@@ -252,6 +287,14 @@ elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
             "worker, which starts it over"
         )
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+# The job reaper (webapp/delineation/reaper.py): in the worker, at start-up and every
+# DELINEO_REAPER_INTERVAL seconds, a running job whose worker died is queued again (or failed
+# when it has no attempt left), a queued job whose message is lost (older than
+# DELINEO_REAPER_GRACE seconds) is sent again, and the broker's used messages are deleted.
+# On by default with the SQLite broker, which has no visibility timeout.
+DELINEO_REAPER = env_bool("DELINEO_REAPER", CELERY_BROKER_URL.startswith("sqla+"))
+DELINEO_REAPER_INTERVAL = env_int("DELINEO_REAPER_INTERVAL", 60, minimum=1)
+DELINEO_REAPER_GRACE = env_int("DELINEO_REAPER_GRACE", 60, minimum=0)
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", "") or None  # job state lives in the Job table
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_TASK_DEFAULT_QUEUE", "delineo")
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
@@ -295,9 +338,14 @@ LOGGING = {
         "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["withhold_exception_messages"]}
     },
     # On these loggers, not on a handler: every handler then gets the records without the values.
+    # pydicom and highdicom log UIDs and file names at INFO and DEBUG: WARNING and above only.
+    # Django's own "django" handlers (a console handler with DEBUG on, mail to ADMINS without)
+    # are removed: its records go to the root handler above, once, redacted.
     "loggers": {
-        "pydicom": {"filters": ["withhold_dicom_values"]},
+        "pydicom": {"filters": ["withhold_dicom_values"], "level": "WARNING"},
+        "highdicom": {"level": "WARNING"},
         "py.warnings": {"filters": ["withhold_dicom_values"]},
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
     },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }

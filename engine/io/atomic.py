@@ -21,7 +21,8 @@ def _fsync(path: str | os.PathLike, directory: bool = False) -> None:
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path`` (mode 0644).
+    """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path`` (mode 0640: outputs
+    hold patient data, readable by their owner and its group only).
 
     The temporary file is hidden (``.<name>.<random><suffixes>``, so a glob such as
     ``*.nii.gz`` does not pick it up) and keeps ``path``'s suffixes (writers such as
@@ -37,7 +38,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> P
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary files
+        os.chmod(tmp, 0o640)  # mkstemp makes 0600; the group (a backup user) may read
         _fsync(tmp)
         os.replace(tmp, path)
     finally:

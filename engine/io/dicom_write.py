@@ -234,7 +234,7 @@ def write_ct_series(
             ds.file_meta = meta
             name = f"CT_{k + 1:04d}.dcm"
             ds.save_as(tmp / name, enforce_file_format=True)
-            os.chmod(tmp / name, 0o644)
+            os.chmod(tmp / name, 0o640)
             paths.append(directory / name)
             slices.append(
                 SliceRef(
@@ -243,7 +243,7 @@ def write_ct_series(
                     tuple(float(v) for v in ds.ImagePositionPatient),
                 )
             )
-        os.chmod(tmp, 0o755)
+        os.chmod(tmp, 0o750)
         _replace_directory(tmp, directory)
     finally:
         if tmp.exists():

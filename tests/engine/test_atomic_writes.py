@@ -82,7 +82,7 @@ def test_the_new_file_replaces_the_old_whole_with_ordinary_permissions(out):
     write_nifti(_labels(2), target)
     assert os.listdir(out) == ["labels.nii.gz"]
     np.testing.assert_array_equal(nib.load(target).get_fdata(), 2)
-    assert target.stat().st_mode & 0o777 == 0o644
+    assert target.stat().st_mode & 0o777 == 0o640
 
 
 def test_the_temporary_file_is_hidden_keeps_the_suffixes_and_is_synced(

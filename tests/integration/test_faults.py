@@ -1,4 +1,4 @@
-"""Fault tests of "No lost work" (docs/security.md) on a real stack: runserver and Celery
+"""Fault tests of "No lost work" (docs/security.md) on a real stack: the web server (gunicorn) and Celery
 worker subprocesses, PostgreSQL, and a Redis broker of the test's own (a ``redis-server``
 started here, so that stopping it disturbs nobody) with append-only persistence.
 

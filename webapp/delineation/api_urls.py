@@ -1,10 +1,10 @@
 from django.http import JsonResponse
 from django.urls import path, re_path
 from django.views.decorators.csrf import csrf_exempt
-from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import SimpleRouter
 
 from webapp.delineation import api
+from webapp.delineation.throttling import ThrottledObtainAuthToken
 
 router = SimpleRouter()
 router.trailing_slash = "/?"  # optional slash: /api/jobs/<id>/labels.nii.gz works as written
@@ -17,7 +17,7 @@ urlpatterns = [
     path("propagation-models/", api.PropagationModelsView.as_view(), name="api-propagation-models"),
     path("audit-log/", api.AccessEventList.as_view(), name="api-audit-log"),
     path("teams/", api.TeamList.as_view(), name="api-team-list"),
-    path("auth/token/", obtain_auth_token, name="api-token"),
+    path("auth/token/", ThrottledObtainAuthToken.as_view(), name="api-token"),
     *router.urls,
 ]
 

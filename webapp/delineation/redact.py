@@ -108,10 +108,35 @@ class WithholdDicomValues(logging.Filter):
         return True
 
 
+def withhold_exception_at_creation(record: logging.LogRecord) -> logging.LogRecord:
+    """Replace a record's exception by :func:`traceback_without_messages` (as ``exc_text``)."""
+    if record.exc_info and record.exc_info[1] is not None:
+        record.exc_text = traceback_without_messages(record.exc_info[1])
+        record.exc_info = None
+    return record
+
+
+def _install_record_factory() -> None:
+    """Every log record is made without its exception's message, before any handler sees
+    it: handlers that a library adds later (Django's console handler, Celery's, an error
+    reporter's) get the same redacted record as ours. Installed once per process."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "withholds_exception_messages", False):
+        return
+
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        return withhold_exception_at_creation(previous(*args, **kwargs))
+
+    factory.withholds_exception_messages = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
 def configure_logging(config: dict) -> None:
     """settings.LOGGING_CONFIG, for every process (web server, Celery worker, manage.py):
-    ``config`` applied, then Python's warnings logged to ``py.warnings`` instead of printed to
-    stderr as they are, so that pydicom's warnings pass :class:`WithholdDicomValues` (the
-    Celery worker logs them so too)."""
+    ``config`` applied, every record made without its exception's message
+    (:func:`_install_record_factory`), then Python's warnings logged to ``py.warnings``
+    instead of printed to stderr as they are, so that pydicom's warnings pass
+    :class:`WithholdDicomValues` (the Celery worker logs them so too)."""
     logging.config.dictConfig(config)
+    _install_record_factory()
     logging.captureWarnings(True)

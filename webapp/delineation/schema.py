@@ -18,13 +18,14 @@ _ERRORS = {
     "401": "Not logged in: no session and no valid token.",
     "404": "No such object among yours (another user's object is not found either).",
     "415": "The request body's content type is not one this operation reads.",
+    "429": "Too many sign-in attempts: wait the minutes the message says.",
 }
 
 
 def document_error_responses(result: dict, generator, request, public) -> dict:
     """Add to each operation the error responses the API can give but drf-spectacular does
     not list: 400 where there is input to validate, 401 where login is needed, 404 on an
-    object's URL, 415 where there is a body. A response the view documents is kept."""
+    object's URL, 415 where there is a body, 429 on sign-in. A response the view documents is kept."""
     error = {"application/json": {"schema": {"type": "object", "additionalProperties": {}}}}
     for path, item in result["paths"].items():
         for operation in item.values():
@@ -36,6 +37,7 @@ def document_error_responses(result: dict, generator, request, public) -> dict:
                 "401": bool(operation.get("security")) and path != "/api/auth/token/",
                 "404": "{" in path,
                 "415": "requestBody" in operation,
+                "429": path == "/api/auth/token/",  # the sign-in throttles (throttling.py)
             }
             for code, needed in wanted.items():
                 if needed and code not in operation["responses"]:

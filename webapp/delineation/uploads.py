@@ -22,15 +22,19 @@ only its directory is checked (:func:`check_zip_members`) before the engine read
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import shutil
 import stat
 import struct
+import tempfile
+import threading
 import uuid
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -129,6 +133,31 @@ class UploadLimitHandler(FileUploadHandler):
         raise StopUpload(connection_reset=reset)
 
 
+class AnonymousTemporaryFileUploadHandler(FileUploadHandler):
+    """Django's ``TemporaryFileUploadHandler`` without a name on disk: each file of a request
+    larger than ``FILE_UPLOAD_MAX_MEMORY_SIZE`` is spooled to ``tempfile.TemporaryFile`` in
+    ``FILE_UPLOAD_TEMP_DIR``, which has no directory entry (``O_TMPFILE``, or unlinked as
+    soon as it is made). The kernel frees it when the file is closed or its process ends,
+    however it ends: a web server killed in the middle of a 2 GB upload leaves nothing."""
+
+    def new_file(self, *args, **kwargs) -> None:
+        super().new_file(*args, **kwargs)
+        spool = tempfile.TemporaryFile(dir=settings.FILE_UPLOAD_TEMP_DIR)
+        self.file = UploadedFile(spool, self.file_name, self.content_type, 0, self.charset, self.content_type_extra)
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> None:
+        self.file.write(raw_data)
+
+    def file_complete(self, file_size: int) -> UploadedFile:
+        self.file.seek(0)
+        self.file.size = file_size
+        return self.file
+
+    def upload_interrupted(self) -> None:
+        if hasattr(self, "file"):
+            self.file.close()
+
+
 def refusal_of(request) -> UploadError | None:
     """The refusal :class:`UploadLimitHandler` left on ``request`` (a Django or DRF request),
     once its body has been read (``request.FILES``)."""
@@ -158,7 +187,30 @@ def safe_relative_path(raw: str) -> PurePosixPath:
     parts = [p for p in text.split("/") if p not in ("", ".")]
     if not parts or any(p == ".." for p in parts) or ":" in parts[0] or any("\x00" in p for p in parts):
         raise UploadError(f"The file path {raw!r} is not a valid relative path inside the uploaded folder.")
+    long = next((p for p in parts if len(p.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES), None)
+    if long is not None:
+        raise UploadError(
+            f"The file or folder name {long[:40]!r}... is longer than {MAX_NAME_BYTES} characters, more than "
+            "a disk can store. Shorten it, or upload the folder as a zip."
+        )
     return PurePosixPath(*parts)
+
+
+# The longest file or folder name most file systems store (bytes of UTF-8).
+MAX_NAME_BYTES = 255
+
+
+def _check_nesting(relative: Sequence[PurePosixPath]) -> None:
+    """Refuse a folder upload where one path is a file and another needs it as a folder
+    (``a/x.dcm`` and ``a/x.dcm/y.dcm``): both cannot exist on a disk."""
+    files = set(relative)
+    for rel in relative:
+        for parent in rel.parents:
+            if parent in files:
+                raise UploadError(
+                    f"{str(parent)!r} is sent both as a file and as a folder holding {str(rel)!r}; "
+                    "a name cannot be both. Upload the folder as a zip, or send each file's relative path in 'paths'."
+                )
 
 
 def _check_size(total: int) -> None:
@@ -304,13 +356,55 @@ def _check_zip(path: Path, shown_name: str) -> dict:
     return {"zip_members": len(members)}
 
 
+# Below this unpacked size the ratio is not checked: a small file cannot exhaust memory,
+# and gzip's fixed overhead makes tiny files look highly compressed.
+_GZIP_RATIO_FLOOR = 1 << 20
+
+
+def check_gzip_stream(path: Path, shown_name: str) -> int:
+    """Unpack a ``.gz`` file's stream in 1 MiB pieces that are counted and dropped, never
+    held together, and stop at ``DELINEO_GZIP_MAX_UNPACKED_BYTES`` or at
+    ``DELINEO_GZIP_MAX_RATIO`` times the file's size (a "gzip bomb": a few megabytes that
+    unpack to gigabytes), before anything reads the image.
+
+    Returns:
+        The unpacked size.
+    Raises:
+        UploadError: too large unpacked, too compressed, not gzip or damaged.
+    """
+    compressed = path.stat().st_size
+    size_limit = settings.DELINEO_GZIP_MAX_UNPACKED_BYTES
+    ratio_limit = settings.DELINEO_GZIP_MAX_RATIO
+    allowed = min(size_limit, max(ratio_limit * compressed, _GZIP_RATIO_FLOOR))
+    unpacked = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                unpacked += len(chunk)
+                if unpacked > allowed:
+                    break
+    except EOFError:
+        raise UploadError(f"{shown_name!r} ends early: its gzip stream is truncated or damaged.") from None
+    except (OSError, zlib.error):  # BadGzipFile is an OSError; its text may hold the path
+        raise UploadError(f"{shown_name!r} is named .nii.gz but is not gzip-compressed (or is damaged).") from None
+    if unpacked > size_limit:
+        raise UploadError(
+            f"{shown_name!r} unpacks to more than {_human(size_limit)}; the limit on this server is "
+            f"{_human(size_limit)}. Ask the administrator to raise the limit if it is a genuine scan.",
+            status=413,
+        )
+    if unpacked > allowed:
+        raise UploadError(
+            f"{shown_name!r} unpacks to more than {ratio_limit} times its size. Scans do not compress that much, "
+            "so it was refused as a possible 'gzip bomb'. If it is a genuine scan, upload it as .nii "
+            "(not compressed) instead."
+        )
+    return unpacked
+
+
 def _check_nifti(path: Path, shown_name: str) -> dict:
     if path.name.lower().endswith(".gz"):
-        try:
-            with gzip.open(path) as f:
-                f.read(16)
-        except (OSError, EOFError, zlib.error):
-            raise UploadError(f"{shown_name!r} is named .nii.gz but is not gzip-compressed (or is damaged).") from None
+        check_gzip_stream(path, shown_name)
     try:
         image = nib.load(path)
         shape = tuple(int(n) for n in image.shape)
@@ -402,8 +496,18 @@ def _store(
                 "or send each file's relative path in 'paths'."
             )
         seen.add(rel)
+    _check_nesting(relative)
     for upload, rel in zip(files, relative, strict=True):
-        _write(upload, original.joinpath(*rel.parts))
+        try:
+            _write(upload, original.joinpath(*rel.parts))
+        except OSError as exc:
+            if exc.errno not in (errno.ENAMETOOLONG, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise
+            # Not the exception's text: it holds the path on the server.
+            raise UploadError(
+                f"The file {str(rel)!r} cannot be stored under its path in the folder (the path is too long, or "
+                "clashes with another file's). Upload the folder as a zip."
+            ) from None
     dicom = [rel for rel in relative if is_dicom(original.joinpath(*rel.parts))]
     if not dicom:
         raise UploadError(
@@ -498,6 +602,38 @@ def accept_upload(
         entered = clean_patient_id(patient_id)
     except PatientIdError as exc:
         raise UploadError(str(exc)) from None
+    with _checking_slot():
+        return _accept(owner, single, files, paths, name, entered, patient_label, deidentify)
+
+
+# How many uploads one web-server process stores and checks at once (each check may read a
+# whole volume into memory); the others wait for a slot, at most DELINEO_UPLOAD_CHECK_WAIT s.
+_slots: threading.BoundedSemaphore | None = None
+_slots_size = 0
+_slots_lock = threading.Lock()
+
+
+@contextmanager
+def _checking_slot() -> Iterator[None]:
+    global _slots, _slots_size
+    with _slots_lock:
+        if _slots is None or _slots_size != settings.DELINEO_UPLOAD_CHECKS_AT_ONCE:
+            _slots_size = settings.DELINEO_UPLOAD_CHECKS_AT_ONCE
+            _slots = threading.BoundedSemaphore(_slots_size)
+        slots = _slots
+    if not slots.acquire(timeout=settings.DELINEO_UPLOAD_CHECK_WAIT):
+        raise UploadError(
+            "The server is busy checking other uploads and could not take this one. "
+            "Nothing of it was kept; send it again in a few minutes.",
+            status=503,
+        )
+    try:
+        yield
+    finally:
+        slots.release()
+
+
+def _accept(owner, single, files, paths, name, entered, patient_label, deidentify) -> Scan:  # noqa: ANN001
     scan_id = uuid.uuid4()
     directory = scan_dir(scan_id)
     given_name = name.strip()[:255]
