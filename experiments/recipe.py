@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -145,17 +144,9 @@ def save_result(name: str) -> Path:
 
 
 def run_all(names: list[str]) -> None:
-    """Each run in its own process (``python -m engine train``), so that one run's cases
-    leave memory before the next loads its own."""
-    for name in names or list(all_configs()):
-        if not (RUNS / name / "metrics.json").exists():
-            command = [sys.executable, "-m", "engine", "train", str(CONFIGS / f"{name}.json")]
-            command += ["--data", str(DATA), "--experiments", str(RUNS), "--no-state"]
-            if subprocess.run(command, cwd=ROOT).returncode != 0:
-                sys.exit(f"{name} failed")
-            if not (RUNS / name / "metrics.json").exists():
-                return  # stopped by a signal: the same command goes on
-        save_result(name)
+    from experiments.run_queue import run_in_order
+
+    run_in_order(names or list(all_configs()), CONFIGS, RUNS, DATA, ROOT, save_result)
 
 
 def table() -> str:
