@@ -105,12 +105,9 @@ def all_configs() -> dict[str, dict]:
 
 
 def write_configs() -> list[Path]:
-    paths = []
-    for name, config in all_configs().items():
-        path = CONFIGS / f"{name}.json"
-        path.write_text(json.dumps(config, indent=1) + "\n")
-        paths.append(path)
-    return paths
+    from experiments.run_queue import write_configs as write
+
+    return write(all_configs(), CONFIGS)
 
 
 def _weights(name: str) -> list[float] | None:

@@ -1,13 +1,25 @@
-"""Runs a list of config runs one after another, each in its own process, for the
-experiment drivers (recipe.py, noisy_labels_2d.py): one run's cases leave memory before
-the next loads its own, finished runs are skipped, and a stopped run ends the queue."""
+"""Writes and runs the config runs of the experiment drivers (recipe.py,
+noisy_labels_2d.py): runs one after another, each in its own process, so one run's cases
+leave memory before the next loads its own; finished runs are skipped, and a stopped run
+ends the queue."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+
+def write_configs(configs: dict[str, dict], folder: Path) -> list[Path]:
+    """``folder/NAME.json`` for each configuration; returns the paths."""
+    paths = []
+    for name, config in configs.items():
+        path = folder / f"{name}.json"
+        path.write_text(json.dumps(config, indent=1) + "\n")
+        paths.append(path)
+    return paths
 
 
 def run_in_order(
