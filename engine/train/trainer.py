@@ -237,7 +237,7 @@ class Trainer:
             val = self.validate()
         for module in self.modules.values():
             module.train()
-        self.write_log({"step": self.step, "hours": round(self.hours, 4), "val": val})
+        self.write_log({"step": self.step, "hours": self.hours, "val": val})
         print(
             f"{self.name} step {self.step} ({self.hours:.2f} h): val mean Dice {val['mean']:.3f}",
             flush=True,
