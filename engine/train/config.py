@@ -11,7 +11,8 @@ configurations written before a field existed train as they did then):
 
 * steps, patch (voxels per side), batch, cuda_batch (samples per step on a GPU; null:
   batch), lr, val_every, seed, threads, train_cases (keep the first N), autocast
-  (null or "bfloat16", CPU only; docs/training.md measures it), evaluate_test (false:
+  (CPU only: null for float32, "bfloat16", or "auto": bfloat16 where the CPU has native
+  bfloat16 instructions, float32 elsewhere; docs/training.md measures both), evaluate_test (false:
   the run ends without scoring the test split, for paired runs tuned on val);
 * splits: the training splits of ``split.json`` (["train"] or ["train", "train_extra"]);
 * optimizer: "adamw" (weight decay 1e-5) or "sgd" (Nesterov momentum 0.99, weight decay
@@ -122,7 +123,7 @@ def check_segmentation_config(config: dict) -> dict:
     _check_choice(training, "optimizer", OPTIMIZERS)
     _check_choice(training, "schedule", SCHEDULES)
     _check_choice(training, "loss", LOSSES)
-    _check_choice(training, "autocast", (None, "bfloat16"))
+    _check_choice(training, "autocast", (None, "bfloat16", "auto"))
     if not training["splits"] or any(s not in SPLITS for s in training["splits"]):
         raise TrainingConfigError(
             f"training.splits must be a non-empty list of {SPLITS}, got {training['splits']!r}"

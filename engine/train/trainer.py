@@ -70,6 +70,24 @@ def _to_float32(value: Any, like: Any) -> Any:
     return value
 
 
+def cpu_has_native_bfloat16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU lists AVX512-BF16 or AMX-BF16 among its flags (Linux).
+
+    A training step of our network under bfloat16 autocast is about 1.8 times faster than
+    float32 on a CPU with these instructions and about 29 times slower on one without
+    (docs/training.md), so ``autocast: "auto"`` asks the CPU rather than the config.
+    """
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     """torch.save under a temporary name, then rename: a kill never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,8 +107,8 @@ class Trainer:
     Args:
         config: the run configuration (``name``, ``model``, ``training`` with at least
             ``steps``, ``val_every``, ``seed``; optional ``threads``, ``cuda_batch``,
-            ``autocast``: "bfloat16" or null, applied on the CPU; CUDA always runs
-            under bfloat16 autocast).
+            ``autocast``: null, "bfloat16" or "auto" (``cpu_has_native_bfloat16``),
+            applied on the CPU; CUDA always runs under bfloat16 autocast).
         data: the data root (``../shared/data/openkbp``).
         out_root: where ``NAME/`` is written (``var/experiments``).
         state_root: where the portable ``NAME.pt`` is kept (``experiments/state``), or
@@ -157,8 +175,13 @@ class Trainer:
         """bfloat16 autocast on CUDA, and on the CPU when ``training.autocast`` says so."""
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
-        enabled = self.training.get("autocast") == "bfloat16"
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_bfloat16)
+
+    @property
+    def cpu_bfloat16(self) -> bool:
+        """Whether CPU steps run under bfloat16 autocast (``training.autocast``)."""
+        choice = self.training.get("autocast")
+        return choice == "bfloat16" or (choice == "auto" and cpu_has_native_bfloat16())
 
     # -- the loop --------------------------------------------------------------------
     def run_training(self) -> dict | None:
@@ -172,6 +195,8 @@ class Trainer:
         if self.training.get("threads"):
             torch.set_num_threads(int(self.training["threads"]))
         torch.manual_seed(self.seed)
+        precision = "bfloat16 autocast" if self.device.type == "cuda" or self.cpu_bfloat16 else "float32"
+        print(f"{self.name}: training on {self.device.type} in {precision}", flush=True)
         self.setup()
         for module in self.modules.values():
             module.to(self.device)

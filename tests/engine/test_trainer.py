@@ -157,6 +157,7 @@ def test_a_short_run_with_the_full_recipe_lowers_the_loss(tmp_path, data):
         ({"augment": {"p_spatial": 2}}, "training.augment.p_spatial"),
         ({"steps": 0}, "training.steps"),
         ({"fg_fraction": 1.5}, "training.fg_fraction"),
+        ({"autocast": "float16"}, "training.autocast"),
     ],
 )
 def test_bad_configs_name_the_field(tmp_path, training, message):
@@ -223,3 +224,15 @@ def test_a_finished_run_is_published_under_the_model_name_it_serves(tmp_path, da
     assert [s.name for s in loaded.structures] == ["PTV70", "Mandible"]
     assert card["card"]["training"]["steps"] == 2 and card["card"]["training"]["hours"] > 0
     assert "Trained 2 steps" in (weights / "tiny-organs.md").read_text()
+
+
+def test_auto_autocast_follows_the_cpus_bfloat16_flags(tmp_path):
+    from engine.train.trainer import cpu_has_native_bfloat16
+
+    with_bf16 = tmp_path / "with"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    without = tmp_path / "without"
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2\n")
+    assert cpu_has_native_bfloat16(with_bf16)
+    assert not cpu_has_native_bfloat16(without)
+    assert not cpu_has_native_bfloat16(tmp_path / "missing")
