@@ -49,7 +49,7 @@ bench-load: install
 RUN ?= hn-oar
 DATA ?= ../shared/data/openkbp
 MINUTES ?= 7
-train: install
+train: install system-packages
 	nice -n 10 $(PY) -m engine train experiments/configs/$(RUN).json --data $(DATA)
 
 # One piece of at most MINUTES minutes (a call on a lent GPU machine: CUDA and bfloat16

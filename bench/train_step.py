@@ -24,20 +24,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.models.res_se_unet import ResSEUNet  # noqa: E402
 from engine.train.segmentation import deep_supervision_loss  # noqa: E402
+from engine.train.trainer import cpu_has_native_bfloat16  # noqa: E402
 
 CHANNELS = (16, 32, 64, 96, 128)
-CASES = [  # (label, full_resolution_channels + deep supervision, patch, autocast)
-    ("hn-oar's network", 0, 96, None),
-    ("hn-oar's network, bfloat16 autocast", 0, 96, "bfloat16"),
-    ("hn-oar's network", 0, 80, None),
-    ("full-resolution level (8) + deep supervision", 8, 80, None),
-    ("full-resolution level (8) + deep supervision", 8, 96, None),
+SLIM = (16, 32, 48, 64, 96)  # experiments/configs/hn.json
+NETWORKS = [  # (label, channels, full_resolution_channels + deep supervision, patch)
+    ("hn-oar's network", CHANNELS, 0, 96),
+    ("hn-oar's network", CHANNELS, 0, 80),
+    ("full-resolution level (8) + deep supervision", CHANNELS, 8, 80),
+    ("full-resolution level (8) + deep supervision", CHANNELS, 8, 96),
+    ("hn's network (slim, full-resolution level, deep supervision)", SLIM, 8, 80),
 ]
 
 
-def seconds_per_step(full: int, patch: int, autocast: str | None, steps: int) -> float:
+def seconds_per_step(
+    channels: tuple, full: int, patch: int, autocast: str | None, steps: int
+) -> float:
     torch.manual_seed(0)
-    net = ResSEUNet(1, 10, channels=CHANNELS, full_resolution_channels=full, deep_supervision=bool(full))
+    net = ResSEUNet(1, 10, channels=channels, full_resolution_channels=full, deep_supervision=bool(full))
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
     x = torch.rand(2, 1, patch, patch, patch)
     y = (torch.rand(2, 10, patch, patch, patch) > 0.9).float()
@@ -62,12 +66,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads")
-    print("| network | patch | precision | s/step |")
+    print(
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{args.threads} threads, native bfloat16: {cpu_has_native_bfloat16()}"
+    )
+    print("| network | patch | float32 s/step | bfloat16 autocast s/step |")
     print("|---|---|---|---|")
-    for label, full, patch, autocast in CASES:
-        s = seconds_per_step(full, patch, autocast, args.steps)
-        print(f"| {label} | {patch}^3 | {autocast or 'float32'} | {s:.2f} |", flush=True)
+    for label, channels, full, patch in NETWORKS:
+        fp32, bf16 = (
+            seconds_per_step(channels, full, patch, autocast, args.steps)
+            for autocast in (None, "bfloat16")
+        )
+        print(f"| {label} | {patch}^3 | {fp32:.2f} | {bf16:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

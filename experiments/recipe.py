@@ -86,6 +86,12 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
         {"channels": [16, 32, 48, 64, 96]},
         {},
     ),
+    "base-float32": (
+        "base again, float32, on the AVX512-BF16 machine that ran bfloat16 (its pair; base "
+        "itself ran on an AVX2 machine)",
+        {},
+        {},
+    ),
     "bfloat16": (
         "bfloat16 autocast on the CPU (AVX512-BF16 machine; training step 1.75x faster, "
         "docs/benchmarks.md)",

@@ -72,6 +72,8 @@ def run(
     """
     trainer = make_trainer(config_path, data, out_root, state_root, minutes)
     metrics = trainer.run_training()
-    # After metrics.json: a missing Chromium for kaleido loses no result.
-    write_curve(trainer.out)
+    # After metrics.json: a missing Chromium for kaleido loses no result. A run stopped
+    # before its first 20 steps has no log yet.
+    if (trainer.out / "log.jsonl").exists():
+        write_curve(trainer.out)
     return metrics

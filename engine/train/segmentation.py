@@ -105,8 +105,11 @@ class PatchSampler:
         )
         self.augmenter = augmenter
         self.rng = np.random.default_rng(seed)
+        # Flat int32 indices in C order (those of np.argwhere, a sixth of its memory: 153
+        # cases of 10 structures held 3 GB as coordinates).
         self.fg_voxels = [
-            [np.argwhere(m) if m.any() else None for m in c["masks"]] for c in cases
+            [np.flatnonzero(m).astype(np.int32) if m.any() else None for m in c["masks"]]
+            for c in cases
         ]
 
     def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -120,7 +123,9 @@ class PatchSampler:
             w = self.weights[present] / self.weights[present].sum()
             s = present[int(self.rng.choice(len(present), p=w))]
             vox = self.fg_voxels[k][s]
-            centre = vox[self.rng.integers(len(vox))] + self.rng.integers(
+            centre = np.array(
+                np.unravel_index(vox[self.rng.integers(len(vox))], shape)
+            ) + self.rng.integers(
                 -p // 4, p // 4 + 1, size=3
             )
         start = [

@@ -98,6 +98,15 @@ def test_a_stopped_run_goes_on_as_if_never_stopped(tmp_path, data):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_run_stopped_before_its_first_log_record_stops_cleanly(tmp_path, data):
+    from engine.train.experiment import run
+
+    config = _config(tmp_path / "recipe.json")
+    assert run(config, data, tmp_path / "runs", tmp_path / "state", minutes=1e-6) is None
+    assert (tmp_path / "state" / "recipe.pt").exists()
+    assert not (tmp_path / "runs" / "recipe" / "log.jsonl").exists()
+
+
 def test_the_portable_state_alone_resumes_on_a_fresh_machine(tmp_path, data):
     config = _config(tmp_path / "recipe.json", {"steps": 8, "val_every": 2})
     first = make_trainer(config, data, tmp_path / "machine-a", tmp_path / "state")
