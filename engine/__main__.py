@@ -131,7 +131,7 @@ def _publish(args: argparse.Namespace) -> int:
     from engine.model_card import publish
 
     training = json.loads(args.training.read_text())
-    print(f"published {publish(args.run, args.model, training)}")
+    print(f"published {publish(args.run, args.model, training, structures=args.structures)}")
     return 0
 
 
@@ -258,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         required=True,
         help="JSON: data, split, command, procedure, hardware",
+    )
+    p.add_argument(
+        "--structures",
+        nargs="+",
+        help="serve only these of the run's structures (e.g. hn-oar's organs from hn)",
     )
     p.set_defaults(func=_publish)
 

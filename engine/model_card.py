@@ -19,11 +19,23 @@ from engine.models.registry import WEIGHTS_DIR, sha256_of
 
 
 def publish(
-    run_dir: Path, name: str, training: dict, weights_dir: Path = WEIGHTS_DIR
+    run_dir: Path,
+    name: str,
+    training: dict,
+    weights_dir: Path = WEIGHTS_DIR,
+    structures: list[str] | None = None,
 ) -> Path:
     """Copy ``run_dir/best.pt`` (state dict, float32) and its config into ``weights_dir``
     as model ``name`` (a run may be published under another name than its own, e.g. one
-    network serving two model names; the card records the run's name)."""
+    network serving two model names; the card records the run's name).
+
+    ``structures``: serve only these of the run's structures (e.g. the organs of a network
+    trained on organs and targets); the network keeps just their output channels
+    (``ResSEUNet.keep_outputs``), so they give the same contours as the whole network.
+
+    Raises:
+        ValueError: a name in ``structures`` that the run does not segment.
+    """
     config = json.loads((run_dir / "config.json").read_text())
     if config.get("kind") == "joint":
         return publish_joint(run_dir, name, training, weights_dir)
@@ -37,6 +49,9 @@ def publish(
     config = {**config, "name": name}
     weights_dir.mkdir(parents=True, exist_ok=True)
     state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
+    if structures is not None:
+        config, state = _serve_structures(config, state, structures)
+        training = {**training, "served_structures": list(structures)}
     torch.save(state, weights_dir / f"{name}.pt")
     log = [
         json.loads(line)
@@ -67,6 +82,25 @@ def publish(
     (weights_dir / f"{name}.json").write_text(json.dumps(card, indent=1))
     write_markdown(card, weights_dir / f"{name}.md")
     return weights_dir / f"{name}.pt"
+
+
+def _serve_structures(
+    config: dict, state: dict, names: list[str]
+) -> tuple[dict, dict]:
+    """The configuration and state dict of the network restricted to ``names``."""
+    from engine.models.registry import build_network
+
+    known = [s["name"] for s in config["structures"]]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise ValueError(
+            f"the run segments {', '.join(known)}; cannot serve {', '.join(unknown) or 'nothing'}"
+        )
+    network = build_network(config)
+    network.load_state_dict(state)
+    network.keep_outputs([known.index(n) for n in names])
+    kept = [next(s for s in config["structures"] if s["name"] == n) for n in names]
+    return {**config, "structures": kept}, network.state_dict()
 
 
 def _publish_critic(

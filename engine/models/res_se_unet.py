@@ -183,6 +183,32 @@ class ResSEUNet(nn.Module):
             for _ in range(2 if deep_supervision else 0)
         )
 
+    def keep_outputs(self, indices: Sequence[int]) -> None:
+        """Keep only the output channels ``indices`` (in that order), in place.
+
+        The outputs are independent sigmoid channels and the last layer is a convolution,
+        so the kept channels give exactly the logits they gave before: one network trained
+        on organs and targets can be served as an organs-only model.
+
+        Raises:
+            ValueError: an index outside the network's output channels, or none given.
+        """
+        heads = [self.head] if self.head is not None else []
+        heads += list(self.deep_heads)
+        outputs = [(h.conv, 0) for h in heads]
+        if self.head is None:  # the last transposed convolution gives the logits
+            outputs.append((self.up[-1].conv, 1))  # ConvTranspose weight: (in, out, ...)
+        n = outputs[0][0].weight.shape[outputs[0][1]]
+        index = list(indices)
+        if not index or any(not 0 <= i < n for i in index):
+            raise ValueError(f"output channels must be in 0..{n - 1}, got {index}")
+        keep = torch.tensor(index)
+        for conv, axis in outputs:
+            conv.weight = nn.Parameter(conv.weight.detach().index_select(axis, keep).clone())
+            if conv.bias is not None:
+                conv.bias = nn.Parameter(conv.bias.detach().index_select(0, keep).clone())
+            conv.out_channels = len(index)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 2 + self.spatial_dims or any(s % self.divisor for s in x.shape[2:]):
             axes = "X, Y, Z" if self.spatial_dims == 3 else "X, Y"

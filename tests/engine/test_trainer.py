@@ -234,6 +234,18 @@ def test_a_finished_run_is_published_under_the_model_name_it_serves(tmp_path, da
     assert card["card"]["training"]["steps"] == 2 and card["card"]["training"]["hours"] > 0
     assert "Trained 2 steps" in (weights / "tiny-organs.md").read_text()
 
+    # The same network served as a one-structure model gives that structure's logits.
+    publish(tmp_path / "runs" / "recipe", "tiny-mandible", training, weights, ["Mandible"])
+    mandible = load_model("tiny-mandible", weights, torch.device("cpu"))
+    assert [s.name for s in mandible.structures] == ["Mandible"]
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        whole, alone = loaded.network(x), mandible.network(x)
+    assert alone.shape[1] == 1
+    assert torch.allclose(alone[:, 0], whole[:, 1], atol=1e-5)
+    with pytest.raises(ValueError, match="cannot serve Parotid_L"):
+        publish(tmp_path / "runs" / "recipe", "bad", training, weights, ["Parotid_L"])
+
 
 def test_auto_autocast_follows_the_cpus_bfloat16_flags(tmp_path):
     from engine.train.trainer import cpu_has_native_bfloat16
