@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from engine.infer.grid import image_to_model_grid, probabilities_to_input_grid
+from engine.infer.grid import image_to_model_grid, labels_to_input_grid
 from engine.infer.predict import (
     keep_largest_component,
     predict_probabilities,
@@ -70,7 +70,8 @@ def segment_volume(
     ``volume.array`` is (I, J, K) in HU with any RAS affine; the result is a uint8
     (I, J, K) label map on the same grid. Labels follow ``model.config['structures']``
     (0 = background); where structures overlap, the voxel goes to the most probable one.
-    Memory: about 4 bytes x structures x I x J x K for the probabilities on the input grid.
+    Memory: the probabilities on the model grid, one uint8 (I, J, K) grid and one
+    float32 box per structure around it (``engine.infer.grid.labels_to_input_grid``).
     """
     cfg = model.config
     report = progress or (lambda stage, pct: None)
@@ -85,13 +86,8 @@ def segment_volume(
     report("export", STAGE_END["network"])
     cleaned = keep_largest_component(prob.numpy(), cfg["threshold"])
     prob = MetaTensor(torch.as_tensor(cleaned), affine=prob.affine)
-    on_input = probabilities_to_input_grid(prob, volume).numpy()
-    best = on_input.argmax(axis=0)
-    labels = np.zeros(volume.array.shape, dtype=np.uint8)
-    fg = on_input.max(axis=0) > cfg["threshold"]
-    label_values = np.array([s["label"] for s in cfg["structures"]], dtype=np.uint8)
-    labels[fg] = label_values[best[fg]]
-    return LabelMap(labels, volume.affine)
+    label_values = [s["label"] for s in cfg["structures"]]
+    return labels_to_input_grid(prob, volume, label_values, cfg["threshold"])
 
 
 def structure_table(labels: LabelMap, model: LoadedModel) -> list[dict]:
