@@ -90,9 +90,19 @@ def segment_volume(
     return labels_to_input_grid(prob, volume, label_values, cfg["threshold"])
 
 
+def _as_int16(hu: np.ndarray) -> np.ndarray:
+    """(I, J, K) HU rounded and clipped to int16, in Fortran order (NIfTI's), converted
+    one slice at a time so that no float copy of the whole volume is made."""
+    out = np.empty(hu.shape, dtype=np.int16, order="F")
+    for k in range(hu.shape[2]):
+        out[:, :, k] = np.clip(np.rint(hu[:, :, k]), -32768, 32767)
+    return out
+
+
 def structure_table(labels: LabelMap, model: LoadedModel) -> list[dict]:
     """One entry per structure: label, name, colour [r, g, b] and volume in cm3."""
-    counts = np.bincount(labels.array.ravel(), minlength=256)
+    # order="K": a view of a Fortran-order array, not a copy.
+    counts = np.bincount(labels.array.ravel(order="K"), minlength=256)
     return [
         {
             "label": s.label,
@@ -211,12 +221,13 @@ def segment_file(
     model = load_model(model_name)
     volume, dicom = read_input(input_path, series)
     labels = segment_volume(volume, model, on_stage)
-    image = np.clip(np.rint(volume.array), -32768, 32767).astype(np.int16)
-    write_nifti(Volume(image, volume.affine), out / "image.nii.gz")
+    write_nifti(Volume(_as_int16(volume.array), volume.affine), out / "image.nii.gz")
     write_nifti(labels, out / "labels.nii.gz")
     table = structure_table(labels, model)
     for s in table:
-        mask = (labels.array == s["label"]).astype(np.uint8)
+        box, inside = labels.mask_in_box(s["label"])
+        mask = np.zeros(labels.array.shape, dtype=np.uint8, order="F")
+        mask[box] = inside
         write_nifti(
             LabelMap(mask, labels.affine), out / "structures" / f"{s['name']}.nii.gz"
         )

@@ -181,7 +181,10 @@ def build_rtstruct(
         DicomSequence(),
     )
     for number, structure in enumerate(structures, start=1):
-        mask = labels.array == structure.label
+        # Traced inside the structure's box only: on a 512 x 512 grid most of each slice
+        # is empty, and a mask of the whole grid per structure costs 50 MB or more.
+        box, mask = labels.mask_in_box(structure.label)
+        corner = np.array([box[0].start, box[1].start], dtype=float)
         roi = Dataset()
         roi.ROINumber = number
         roi.ReferencedFrameOfReferenceUID = series.frame_of_reference_uid
@@ -191,9 +194,10 @@ def build_rtstruct(
         roi_set.append(roi)
 
         contours = DicomSequence()
-        for k in np.flatnonzero(mask.any(axis=(0, 1))):
-            ref = series.slices[k]
-            for polygon in slice_polygons(mask[:, :, k]):
+        for k_box in np.flatnonzero(mask.any(axis=(0, 1))):
+            ref = series.slices[box[2].start + k_box]
+            for in_box in slice_polygons(mask[:, :, k_box]):
+                polygon = in_box + corner  # (i, j) voxel indices of the whole slice
                 # On slice k's own plane: its position plus in-plane column/row steps.
                 points = (
                     np.asarray(ref.position_lps, dtype=float)
