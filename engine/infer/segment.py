@@ -101,19 +101,37 @@ def _as_int16(hu: np.ndarray) -> np.ndarray:
 
 def structure_table(labels: LabelMap, model: LoadedModel) -> list[dict]:
     """One entry per structure: label, name, colour [r, g, b] and volume in cm3."""
-    # order="K": a view of a Fortran-order array, not a copy.
-    counts = np.bincount(labels.array.ravel(order="K"), minlength=256)
+    # Counted inside each structure's box: np.bincount would copy the grid as int64.
+    counts = {
+        s.label: int(np.count_nonzero(labels.mask_in_box(s.label)[1]))
+        for s in model.structures
+    }
     return [
         {
             "label": s.label,
             "name": s.name,
             "color": list(s.color),
-            "volume_cm3": round(
-                float(counts[s.label]) * labels.voxel_volume_mm3 / 1000.0, 3
-            ),
+            "volume_cm3": round(counts[s.label] * labels.voxel_volume_mm3 / 1000.0, 3),
         }
         for s in model.structures
     ]
+
+
+def write_nifti_outputs(
+    volume: Volume, labels: LabelMap, table: list[dict], out: Path
+) -> None:
+    """Write ``image.nii.gz`` (``volume`` as int16 HU), ``labels.nii.gz`` and
+    ``structures/<name>.nii.gz`` per entry of ``table`` (``structure_table``): uint8
+    0/1 masks (I, J, K) of the whole grid, each filled from its structure's box."""
+    write_nifti(Volume(_as_int16(volume.array), volume.affine), out / "image.nii.gz")
+    write_nifti(labels, out / "labels.nii.gz")
+    for s in table:
+        box, inside = labels.mask_in_box(s["label"])
+        mask = np.zeros(labels.array.shape, dtype=np.uint8, order="F")
+        mask[box] = inside
+        write_nifti(
+            LabelMap(mask, labels.affine), out / "structures" / f"{s['name']}.nii.gz"
+        )
 
 
 @dataclass
@@ -221,16 +239,8 @@ def segment_file(
     model = load_model(model_name)
     volume, dicom = read_input(input_path, series)
     labels = segment_volume(volume, model, on_stage)
-    write_nifti(Volume(_as_int16(volume.array), volume.affine), out / "image.nii.gz")
-    write_nifti(labels, out / "labels.nii.gz")
     table = structure_table(labels, model)
-    for s in table:
-        box, inside = labels.mask_in_box(s["label"])
-        mask = np.zeros(labels.array.shape, dtype=np.uint8, order="F")
-        mask[box] = inside
-        write_nifti(
-            LabelMap(mask, labels.affine), out / "structures" / f"{s['name']}.nii.gz"
-        )
+    write_nifti_outputs(volume, labels, table, out)
     input_kind = "dicom" if dicom is not None else "nifti"
     exports = write_dicom_outputs(
         labels, volume, dicom, model.structures, model.name, model.weights_sha256, out
