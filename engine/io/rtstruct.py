@@ -7,8 +7,8 @@ Observations and SOP Common modules.
 Contours: CLOSED_PLANAR polygons traced per slice at the 0.5 iso-line of each
 structure's mask (marching squares, scikit-image ``find_contours``, inside the
 structure's box; points on the straight line between their neighbours dropped), one
-contour per connected boundary: an island is its own contour, and a hole is its own CLOSED_PLANAR
-contour inside its island. Readers fill them with the even-odd rule (a point is inside
+contour per connected boundary: an island is its own contour, and a hole is its own
+CLOSED_PLANAR contour inside its island. Readers fill them with the even-odd rule (a point is inside
 when it lies inside an odd number of the slice's contours), which is how planning
 systems and ``engine.io.rtstruct_import`` rasterise them. Polygons with fewer than 3
 distinct points or zero area are not written.
