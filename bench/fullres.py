@@ -90,14 +90,16 @@ def run_segment(series_dir: Path, model: str, out: Path) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"engine segment --model {model} failed:\n{done.stderr}")
     result = json.loads(done.stdout)
-    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)[1])
-    wall = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", done.stderr)
+    peak_kb = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)[1]
+    wall = re.search(
+        r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", done.stderr
+    )
     hours, minutes, seconds = (float(g) if g else 0.0 for g in wall.groups())
     return {
         "model": model,
         "timings_s": result["timings_s"],
         "wall_s": round(3600 * hours + 60 * minutes + seconds, 1),
-        "peak_rss_mb": round(peak_kb / 1024),
+        "peak_rss_mb": round(int(peak_kb) / 1024),
         "rtstruct_roundtrip_dice": result["rtstruct_roundtrip_dice"],
     }
 
@@ -118,7 +120,7 @@ def dice_against(out: Path, reference: Path) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", default="pt_104")
-    parser.add_argument("--out", type=Path, default=REPO / "var" / "bench" / "fullres")
+    parser.add_argument("--out", type=Path, default=REPO / "var/bench/fullres")
     parser.add_argument("--reference", type=Path)
     parser.add_argument("--models", nargs="*", default=available_models())
     args = parser.parse_args()
@@ -146,8 +148,10 @@ def main() -> int:
     (args.out / "fullres.json").write_text(json.dumps(report, indent=1))
 
     print(f"openkbp {args.case}, {report['grid']}\n")
-    print("| model | ingest | preprocess | network | export | wall | peak RSS | min Dice vs reference |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| model | ingest | preprocess | network | export | wall | peak RSS "
+        "| min Dice vs reference |\n|---|---|---|---|---|---|---|---|"
+    )
     for row in rows:
         t = row["timings_s"]
         dice = row.get("dice_vs_reference")
