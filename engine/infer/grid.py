@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 from monai.data import MetaTensor
 from monai.transforms import Orientation, ResampleToMatch, ScaleIntensityRange, Spacing
 
@@ -52,19 +53,113 @@ def labels_to_model_grid(
     return Spacing(pixdim=tuple(spacing_mm), mode="nearest")(lab)
 
 
-def probabilities_to_input_grid(
-    probabilities: MetaTensor, reference: Volume
-) -> torch.Tensor:
-    """Resample (C, X, Y, Z) probabilities on the model grid onto ``reference``'s grid.
+def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
+    """Box of a bool array's True voxels grown by ``margin``; None when there are none."""
+    found = ndimage.find_objects(mask.view(np.uint8))
+    if not found:
+        return None
+    return tuple(
+        slice(max(s.start - margin, 0), min(s.stop + margin, n))
+        for s, n in zip(found[0], mask.shape, strict=True)
+    )
 
-    Returns a float32 tensor of shape (C, I, J, K) on the reference grid (linear
-    interpolation, zero outside the model's field of view).
+
+def _shifted(affine: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
+    """The affine of the sub-grid starting at ``box``'s first voxel."""
+    shift = np.eye(4)
+    shift[:3, 3] = [s.start for s in box]
+    return np.asarray(affine, dtype=np.float64) @ shift
+
+
+def _within(inner: tuple[slice, ...], outer: tuple[slice, ...]) -> tuple[slice, ...]:
+    """``inner`` as indices into an array cropped to ``outer`` (which contains it)."""
+    return tuple(
+        slice(i.start - o.start, i.stop - o.start)
+        for i, o in zip(inner, outer, strict=True)
+    )
+
+
+def _input_box(
+    model_box: tuple[slice, ...], model_affine: np.ndarray, reference: Volume
+) -> tuple[slice, ...] | None:
+    """The reference voxels whose centres fall within ``model_box`` (model voxels), as a
+    box of the reference grid; None when it misses the grid."""
+    ends = [(b.start, b.stop - 1) for b in model_box]
+    corners = np.array(
+        [[ends[a][bit] for a, bit in enumerate(bits)] for bits in np.ndindex(2, 2, 2)],
+        dtype=np.float64,
+    )
+    to_input = np.linalg.inv(reference.affine) @ model_affine
+    ijk = corners @ to_input[:3, :3].T + to_input[:3, 3]
+    lo = np.maximum(np.floor(ijk.min(axis=0)).astype(int), 0)
+    hi = np.minimum(np.ceil(ijk.max(axis=0)).astype(int) + 1, reference.array.shape)
+    if np.any(hi <= lo):
+        return None
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+
+
+def labels_to_input_grid(
+    probabilities: MetaTensor,
+    reference: Volume,
+    label_values: Sequence[int],
+    threshold: float,
+) -> LabelMap:
+    """Probabilities (C, X, Y, Z) on the model grid -> label map on ``reference``'s grid.
+
+    Returns a uint8 ``LabelMap`` of ``reference``'s shape (I, J, K) and affine (Fortran
+    order, as NIfTI stores it). A voxel gets ``label_values[c]`` of the channel with the
+    highest probability there, resampled linearly (zero outside the model's field of
+    view), when that probability is above ``threshold``; 0 elsewhere. Ties go to the
+    first channel, as ``argmax`` gives them.
+
+    Each channel is resampled only inside the box of its model voxels above
+    ``threshold``, grown by the reach of linear interpolation and mapped onto the
+    reference grid: no voxel outside it can exceed ``threshold``. Memory and time
+    follow the structures' size, not the reference grid's: one uint8 grid plus a
+    float32 box per structure.
     """
-    template = MetaTensor(
-        torch.zeros((1, *reference.array.shape), dtype=torch.float32),
-        affine=torch.as_tensor(reference.affine, dtype=torch.float64),
-    )
-    out = ResampleToMatch(mode="bilinear", padding_mode="zeros")(
-        probabilities, img_dst=template
-    )
-    return out.as_tensor().float()
+    model_affine = np.asarray(probabilities.affine, dtype=np.float64)
+    prob = probabilities.as_tensor()
+    labels = np.zeros(reference.array.shape, dtype=np.uint8, order="F")
+    done: list[tuple[tuple[slice, ...], np.ndarray, int]] = []
+    for c, value in enumerate(label_values):
+        above = prob[c].numpy() > threshold
+        # Linear interpolation exceeds the threshold at most one model voxel away from a
+        # voxel above it; the source keeps two, so that every value inside the output
+        # box is interpolated from the same neighbours as on the whole grid.
+        reach = _box(above, 1)
+        box = None if reach is None else _input_box(reach, model_affine, reference)
+        if box is None:
+            continue
+        source_box = _box(above, 2)
+        source = MetaTensor(
+            prob[c : c + 1][(slice(None), *source_box)],
+            affine=torch.as_tensor(_shifted(model_affine, source_box)),
+        )
+        template = MetaTensor(
+            torch.zeros((1, *(s.stop - s.start for s in box)), dtype=torch.float32),
+            affine=torch.as_tensor(_shifted(reference.affine, box)),
+        )
+        values = (
+            ResampleToMatch(mode="bilinear", padding_mode="zeros")(
+                source, img_dst=template
+            )
+            .as_tensor()[0]
+            .float()
+            .numpy()
+        )
+        wins = values > threshold
+        for other_box, other_values, other_value in done:
+            overlap = tuple(
+                slice(max(a.start, b.start), min(a.stop, b.stop))
+                for a, b in zip(box, other_box, strict=True)
+            )
+            if any(s.stop <= s.start for s in overlap):
+                continue
+            here, there = _within(overlap, box), _within(overlap, other_box)
+            # An earlier channel keeps its voxels unless this one is more probable there.
+            taken = labels[overlap] == other_value
+            wins[here] &= ~taken | (values[here] > other_values[there])
+        labels[box][wins] = value
+        done.append((box, values, value))
+    return LabelMap(labels, np.asarray(reference.affine, dtype=np.float64))

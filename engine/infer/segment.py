@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from engine.infer.grid import image_to_model_grid, probabilities_to_input_grid
+from engine.infer.grid import image_to_model_grid, labels_to_input_grid
 from engine.infer.predict import (
     keep_largest_component,
     predict_probabilities,
@@ -70,7 +70,8 @@ def segment_volume(
     ``volume.array`` is (I, J, K) in HU with any RAS affine; the result is a uint8
     (I, J, K) label map on the same grid. Labels follow ``model.config['structures']``
     (0 = background); where structures overlap, the voxel goes to the most probable one.
-    Memory: about 4 bytes x structures x I x J x K for the probabilities on the input grid.
+    Memory: the probabilities on the model grid, one uint8 (I, J, K) grid and one
+    float32 box per structure around it (``engine.infer.grid.labels_to_input_grid``).
     """
     cfg = model.config
     report = progress or (lambda stage, pct: None)
@@ -85,29 +86,52 @@ def segment_volume(
     report("export", STAGE_END["network"])
     cleaned = keep_largest_component(prob.numpy(), cfg["threshold"])
     prob = MetaTensor(torch.as_tensor(cleaned), affine=prob.affine)
-    on_input = probabilities_to_input_grid(prob, volume).numpy()
-    best = on_input.argmax(axis=0)
-    labels = np.zeros(volume.array.shape, dtype=np.uint8)
-    fg = on_input.max(axis=0) > cfg["threshold"]
-    label_values = np.array([s["label"] for s in cfg["structures"]], dtype=np.uint8)
-    labels[fg] = label_values[best[fg]]
-    return LabelMap(labels, volume.affine)
+    label_values = [s["label"] for s in cfg["structures"]]
+    return labels_to_input_grid(prob, volume, label_values, cfg["threshold"])
+
+
+def _as_int16(hu: np.ndarray) -> np.ndarray:
+    """(I, J, K) HU rounded and clipped to int16, in Fortran order (NIfTI's), converted
+    one slice at a time so that no float copy of the whole volume is made."""
+    out = np.empty(hu.shape, dtype=np.int16, order="F")
+    for k in range(hu.shape[2]):
+        out[:, :, k] = np.clip(np.rint(hu[:, :, k]), -32768, 32767)
+    return out
 
 
 def structure_table(labels: LabelMap, model: LoadedModel) -> list[dict]:
     """One entry per structure: label, name, colour [r, g, b] and volume in cm3."""
-    counts = np.bincount(labels.array.ravel(), minlength=256)
+    # Counted inside each structure's box: np.bincount would copy the grid as int64.
+    counts = {
+        s.label: int(np.count_nonzero(labels.mask_in_box(s.label)[1]))
+        for s in model.structures
+    }
     return [
         {
             "label": s.label,
             "name": s.name,
             "color": list(s.color),
-            "volume_cm3": round(
-                float(counts[s.label]) * labels.voxel_volume_mm3 / 1000.0, 3
-            ),
+            "volume_cm3": round(counts[s.label] * labels.voxel_volume_mm3 / 1000.0, 3),
         }
         for s in model.structures
     ]
+
+
+def write_nifti_outputs(
+    volume: Volume, labels: LabelMap, table: list[dict], out: Path
+) -> None:
+    """Write ``image.nii.gz`` (``volume`` as int16 HU), ``labels.nii.gz`` and
+    ``structures/<name>.nii.gz`` per entry of ``table`` (``structure_table``): uint8
+    0/1 masks (I, J, K) of the whole grid, each filled from its structure's box."""
+    write_nifti(Volume(_as_int16(volume.array), volume.affine), out / "image.nii.gz")
+    write_nifti(labels, out / "labels.nii.gz")
+    for s in table:
+        box, inside = labels.mask_in_box(s["label"])
+        mask = np.zeros(labels.array.shape, dtype=np.uint8, order="F")
+        mask[box] = inside
+        write_nifti(
+            LabelMap(mask, labels.affine), out / "structures" / f"{s['name']}.nii.gz"
+        )
 
 
 @dataclass
@@ -215,15 +239,8 @@ def segment_file(
     model = load_model(model_name)
     volume, dicom = read_input(input_path, series)
     labels = segment_volume(volume, model, on_stage)
-    image = np.clip(np.rint(volume.array), -32768, 32767).astype(np.int16)
-    write_nifti(Volume(image, volume.affine), out / "image.nii.gz")
-    write_nifti(labels, out / "labels.nii.gz")
     table = structure_table(labels, model)
-    for s in table:
-        mask = (labels.array == s["label"]).astype(np.uint8)
-        write_nifti(
-            LabelMap(mask, labels.affine), out / "structures" / f"{s['name']}.nii.gz"
-        )
+    write_nifti_outputs(volume, labels, table, out)
     input_kind = "dicom" if dicom is not None else "nifti"
     exports = write_dicom_outputs(
         labels, volume, dicom, model.structures, model.name, model.weights_sha256, out

@@ -217,7 +217,7 @@ def build_segmentation(
     )
     for number, structure in enumerate(structures, start=1):
         lut[structure.label] = number
-    numbers = lut[labels.array.astype(np.intp)]  # (I, J, K)
+    numbers = lut[labels.array]  # (I, J, K); integer arrays index directly, no copy
     planes = numbers.transpose(2, 1, 0)[_frame_order(series)]  # source frame order
     seg = hd.seg.Segmentation(
         source_images=source_datasets(series),

@@ -46,6 +46,28 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     )
 
 
+def _union(boxes: list[tuple[slice, ...]]) -> tuple[slice, ...]:
+    """The smallest box holding every box of ``boxes`` (an empty box for none)."""
+    if not boxes:
+        return (slice(0, 0),) * 3
+    return tuple(
+        slice(min(s.start for s in axis), max(s.stop for s in axis))
+        for axis in zip(*boxes, strict=True)
+    )
+
+
+def _in_box(
+    mask: np.ndarray, box: tuple[slice, ...], target: tuple[slice, ...]
+) -> np.ndarray:
+    """``mask`` (the voxels of ``box``) as a bool array of box ``target``, which holds
+    ``box`` whenever the mask has any voxel."""
+    out = np.zeros(tuple(s.stop - s.start for s in target), dtype=bool)
+    if mask.any():
+        inner = zip(box, target, strict=True)
+        out[tuple(slice(b.start - t.start, b.stop - t.start) for b, t in inner)] = mask
+    return out
+
+
 def roundtrip_dice(
     ds: Dataset, labels: LabelMap, series: DicomSeries, structures: Sequence[Structure]
 ) -> dict[str, float]:
@@ -63,9 +85,19 @@ def roundtrip_dice(
         ) from exc
     scores = {}
     for s in structures:
-        expected = labels.array == s.label
         roi = rois.get(s.name)
-        scores[s.name] = _dice(roi.mask, expected) if roi is not None else 0.0
+        if roi is None:
+            scores[s.name] = 0.0
+            continue
+        # Compared inside the union of the two boxes: the rest of the grid is empty in both.
+        expected_box, expected = labels.mask_in_box(s.label)
+        read_box = roi.box or tuple(slice(0, n) for n in labels.array.shape)
+        union = _union(
+            [b for b, m in ((expected_box, expected), (read_box, roi.crop)) if m.any()]
+        )
+        scores[s.name] = _dice(
+            _in_box(roi.crop, read_box, union), _in_box(expected, expected_box, union)
+        )
     return scores
 
 

@@ -49,22 +49,36 @@ class ImportedROI:
     """One ROI of a structure set, rasterised on the reference series' grid.
 
     ``mask`` is bool (I, J, K) = (column, row, slice) on the series' voxel grid (the
-    grid of ``series.volume``, RAS affine ``series.volume.affine``); ``contours`` counts
-    the contours filled into it; ``notes`` say what was matched by position, skipped
-    or clipped. ``color`` is ROI Display Color (r, g, b), None when absent;
-    ``interpreted_type`` is RT ROI Interpreted Type, "" when absent.
+    grid of ``series.volume``, RAS affine ``series.volume.affine``), made on each read
+    from ``crop``: the mask inside ``box`` (I, J, K slices of that grid; None: ``crop``
+    is the whole grid), which is all the importer keeps, as a 512 x 512 grid makes a
+    whole mask 50 MB or more per ROI. ``contours`` counts the contours filled into it;
+    ``notes`` say what was matched by position, skipped or clipped. ``color`` is ROI
+    Display Color (r, g, b), None when absent; ``interpreted_type`` is RT ROI
+    Interpreted Type, "" when absent.
     """
 
     roi_number: int
     name: str
     interpreted_type: str
     color: tuple[int, int, int] | None
-    mask: np.ndarray
+    crop: np.ndarray
     contours: int
     notes: list[str] = field(default_factory=list)
+    box: tuple[slice, slice, slice] | None = None
+    grid_shape: tuple[int, int, int] | None = None
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The ROI on the whole grid (I, J, K), a new array on each read."""
+        if self.box is None:
+            return self.crop
+        mask = np.zeros(self.grid_shape, dtype=bool)
+        mask[self.box] = self.crop
+        return mask
 
     def volume_cm3(self, voxel_volume_mm3: float) -> float:
-        return float(self.mask.sum()) * voxel_volume_mm3 / 1000.0
+        return float(self.crop.sum()) * voxel_volume_mm3 / 1000.0
 
 
 def read_rtstruct(path: str | os.PathLike) -> Dataset:
@@ -239,32 +253,62 @@ def _place(
     return nearest
 
 
-def _fill(mask_k: np.ndarray, ij: np.ndarray, tally: _Tally) -> None:
-    """XOR the pixels whose centres lie inside polygon ``ij`` (N, 2) into ``mask_k`` (I, J)."""
+def _fill(
+    crop_k: np.ndarray,
+    corner: tuple[int, int],
+    ij: np.ndarray,
+    grid_ij: tuple[int, int],
+    tally: _Tally,
+) -> None:
+    """XOR the pixels whose centres lie inside polygon ``ij`` (N, 2; whole-slice voxel
+    indices, of a slice of ``grid_ij`` pixels) into ``crop_k``, the part of the slice
+    from ``corner`` on."""
     if (
         ij.min(initial=0.0) < -0.5
-        or np.any(ij[:, 0] > mask_k.shape[0] - 0.5)
-        or np.any(ij[:, 1] > mask_k.shape[1] - 0.5)
+        or np.any(ij[:, 0] > grid_ij[0] - 0.5)
+        or np.any(ij[:, 1] > grid_ij[1] - 0.5)
     ):
         tally.add("clipped")
     # skimage.draw.polygon tests integer coordinates = pixel centres; indices are unique.
-    ii, jj = polygon_pixels(ij[:, 0], ij[:, 1], shape=mask_k.shape)
+    ii, jj = polygon_pixels(
+        ij[:, 0] - corner[0], ij[:, 1] - corner[1], shape=crop_k.shape
+    )
     if ii.size == 0:
         tally.add("empty")
     # Even-odd: a second polygon over a pixel (a hole) removes it again.
-    mask_k[ii, jj] ^= True
+    crop_k[ii, jj] ^= True
+
+
+def _box(
+    placed: list[tuple[int, np.ndarray]], shape: tuple[int, ...]
+) -> tuple[slice, slice, slice]:
+    """The box of the grid (I, J, K slices) holding every pixel centre the polygons
+    ``(k, ij)`` can enclose; empty when there are none."""
+    if not placed:
+        return (slice(0, 0),) * 3
+    points = np.concatenate([ij for _, ij in placed])
+    lo = np.clip(np.floor(points.min(axis=0)).astype(int), 0, shape[:2])
+    hi = np.clip(np.ceil(points.max(axis=0)).astype(int) + 1, lo, shape[:2])
+    ks = [k for k, _ in placed]
+    return (
+        slice(int(lo[0]), int(hi[0])),
+        slice(int(lo[1]), int(hi[1])),
+        slice(min(ks), max(ks) + 1),
+    )
 
 
 def _rasterise(
     roi_contour: Dataset | None, name: str, geometry: _SliceGeometry
-) -> tuple[np.ndarray, int, list[str]]:
-    mask = np.zeros(geometry.shape, dtype=bool)
+) -> tuple[tuple[slice, slice, slice], np.ndarray, int, list[str]]:
+    """(box, mask inside it, contours filled, notes) of one ROI."""
     contours = (
         list(roi_contour.get("ContourSequence", [])) if roi_contour is not None else []
     )
     if not contours:
-        return mask, 0, ["no contours: empty mask"]
-    tally, filled = _Tally(), 0
+        empty = np.zeros((0, 0, 0), dtype=bool)
+        return (slice(0, 0),) * 3, empty, 0, ["no contours: empty mask"]
+    tally = _Tally()
+    placed = []
     for index, contour in enumerate(contours, start=1):
         if str(contour.get("ContourGeometricType", "")).upper() != "CLOSED_PLANAR":
             tally.add("not_closed")
@@ -274,11 +318,14 @@ def _rasterise(
             tally.add("few_points")
             continue
         k = _place(geometry, contour, points, tally)
-        if k is None:
-            continue
-        _fill(mask[:, :, k], geometry.in_plane(points, k), tally)
-        filled += 1
-    return mask, filled, tally.notes(len(contours))
+        if k is not None:
+            placed.append((k, geometry.in_plane(points, k)))
+    box = _box(placed, geometry.shape)
+    crop = np.zeros(tuple(s.stop - s.start for s in box), dtype=bool)
+    corner = (box[0].start, box[1].start)
+    for k, ij in placed:
+        _fill(crop[:, :, k - box[2].start], corner, ij, geometry.shape[:2], tally)
+    return box, crop, len(placed), tally.notes(len(contours))
 
 
 def _color(roi_contour: Dataset | None) -> tuple[int, int, int] | None:
@@ -345,7 +392,7 @@ def import_rtstruct(
     ``source`` is an RTSTRUCT dataset or file path. Returns one :class:`ImportedROI`
     per Structure Set ROI, in file order, each with a bool mask of shape (I, J, K) =
     (column, row, slice) of ``series.volume`` (spacing in mm, RAS affine
-    ``series.volume.affine``). Standard: DICOM PS3.3 A.19, C.8.8.5 (Structure Set),
+    ``series.volume.affine``), kept as its box only (``ImportedROI.crop``). Standard: DICOM PS3.3 A.19, C.8.8.5 (Structure Set),
     C.8.8.6 (ROI Contour), C.8.8.8 (RT ROI Observations). See the module docstring for
     the slice matching, fill rule and which problems are notes rather than errors.
 
@@ -389,16 +436,20 @@ def import_rtstruct(
     rois = []
     for number, roi in zip(numbers, ds.StructureSetROISequence, strict=True):
         name = str(roi.get("ROIName", "") or "")
-        mask, filled, notes = _rasterise(contours_by_roi.get(number), name, geometry)
+        box, crop, filled, notes = _rasterise(
+            contours_by_roi.get(number), name, geometry
+        )
         rois.append(
             ImportedROI(
                 roi_number=number,
                 name=name,
                 interpreted_type=types.get(number, ""),
                 color=_color(contours_by_roi.get(number)),
-                mask=mask,
+                crop=crop,
                 contours=filled,
                 notes=common_notes + notes,
+                box=box,
+                grid_shape=geometry.shape,
             )
         )
     return rois

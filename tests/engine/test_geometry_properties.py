@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
-from engine.infer.grid import labels_to_model_grid, probabilities_to_input_grid
+from engine.infer.grid import labels_to_input_grid, labels_to_model_grid
 from engine.io.dicom_series import LPS_TO_RAS, read_series
 from engine.volume import LabelMap, Volume
 from tests.engine.phantom import write_phantom_series
@@ -113,10 +113,10 @@ def test_reorienting_to_the_model_grid_and_back_is_exact_at_the_same_spacing(
     assert on_model[0][tuple(marker_on_model)] == 1
     one_hot = on_model.float()
     back = (
-        probabilities_to_input_grid(one_hot, Volume(labels.astype(np.float32), affine))[
-            0
-        ].numpy()
-        > 0.5
+        labels_to_input_grid(
+            one_hot, Volume(labels.astype(np.float32), affine), [1], 0.5
+        ).array
+        == 1
     )
     np.testing.assert_array_equal(back, labels.astype(bool))
 
@@ -141,10 +141,10 @@ def test_a_structure_resampled_to_a_coarser_grid_and_back_keeps_its_place_and_sh
     # Labels go to the model grid by nearest neighbour, come back as probabilities.
     probabilities = on_model.float()
     back = (
-        probabilities_to_input_grid(
-            probabilities, Volume(ball.astype(np.float32), affine)
-        )[0].numpy()
-        > 0.5
+        labels_to_input_grid(
+            probabilities, Volume(ball.astype(np.float32), affine), [1], 0.5
+        ).array
+        == 1
     )
     dice = 2 * np.sum(back & (ball > 0)) / (back.sum() + ball.sum())
     assert dice >= 0.85

@@ -8,7 +8,7 @@ import torch
 from monai.data import MetaTensor
 
 from engine.evaluate import score_case
-from engine.infer.grid import image_to_model_grid, probabilities_to_input_grid
+from engine.infer.grid import image_to_model_grid, labels_to_input_grid
 from engine.volume import Volume
 
 LPS_AXES_AFFINE = np.array(
@@ -40,19 +40,55 @@ def test_model_grid_is_ras_at_the_model_spacing():
     )
 
 
-def test_probabilities_come_back_to_the_input_grid():
+def test_probabilities_come_back_to_the_input_grid_as_labels():
     shape = (60, 50, 20)
     truth = _sphere(shape, LPS_AXES_AFFINE, (20.0, 10.0, 0.0), 8)
     model_affine = np.diag([2.0, 2.0, 2.0, 1.0])
     model_affine[:3, 3] = (-10.0, -15.0, -20.0)
     prob = _sphere((30, 30, 20), model_affine, (20.0, 10.0, 0.0), 8).astype(np.float32)
-    back = probabilities_to_input_grid(
+    back = labels_to_input_grid(
         MetaTensor(torch.as_tensor(prob)[None], affine=torch.as_tensor(model_affine)),
         Volume(np.zeros(shape, np.float32), LPS_AXES_AFFINE),
+        [3],
+        0.5,
     )
-    assert back.shape == (1, *shape)
-    pred = back[0].numpy() > 0.5
+    assert back.array.shape == shape and back.array.dtype == np.uint8
+    np.testing.assert_array_equal(back.affine, LPS_AXES_AFFINE)
+    assert set(np.unique(back.array)) == {0, 3}
+    pred = back.array == 3
     assert 2 * (pred & truth).sum() / (pred.sum() + truth.sum()) > 0.9
+
+
+def test_labels_per_structure_box_equal_resampling_the_whole_grid():
+    """Three overlapping blobs: resampling each inside its own box gives the voxels that
+    resampling every channel on the whole input grid and taking the argmax gives."""
+    from monai.transforms import ResampleToMatch
+
+    rng = np.random.default_rng(0)
+    model_affine = np.diag([3.5, 3.5, 2.5, 1.0])
+    model_affine[:3, 3] = (-40.0, -30.0, -25.0)
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in (24, 20, 22)], indexing="ij"))
+    centres = ((10, 9, 10), (13, 10, 11), (6, 14, 8))
+    prob = np.stack(
+        [
+            np.exp(-np.sum((ijk - np.reshape(c, (3, 1, 1, 1))) ** 2, axis=0) / 18.0)
+            + rng.uniform(0, 0.05, ijk.shape[1:])
+            for c in centres
+        ]
+    ).astype(np.float32)
+    prob_mt = MetaTensor(torch.as_tensor(prob), affine=torch.as_tensor(model_affine))
+    reference = Volume(np.zeros((70, 64, 40), np.float32), LPS_AXES_AFFINE)
+    template = MetaTensor(
+        torch.zeros((1, *reference.array.shape)),
+        affine=torch.as_tensor(reference.affine),
+    )
+    whole = ResampleToMatch(mode="bilinear", padding_mode="zeros")(
+        prob_mt, img_dst=template
+    ).numpy()
+    expected = np.where(whole.max(axis=0) > 0.5, np.array([2, 5, 7])[whole.argmax(0)], 0)
+    got = labels_to_input_grid(prob_mt, reference, [2, 5, 7], 0.5).array
+    assert set(np.unique(expected)) == {0, 2, 5, 7}
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_dice_and_hd95_in_mm():
