@@ -1,0 +1,124 @@
+"""Peers of the DICOM node: ``manage.py dicom_peer add/list/remove``, the admin, and who
+may associate (webapp/delineation/dicom/peers.py): a configured AE title from its host;
+anything else is rejected and written to the access log without patient data."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from tests.dicom_peers import free_port, scu
+from webapp.delineation.dicom import peers
+from webapp.delineation.dicom.models import DicomPeer
+from webapp.delineation.dicom.scp import Node
+from webapp.delineation.models import AccessEvent
+
+pytestmark = pytest.mark.django_db
+
+
+def add(*args: str) -> str:
+    from io import StringIO
+
+    out = StringIO()
+    call_command("dicom_peer", "add", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_add_list_remove(alice, fake_engine, capsys):
+    text = add("CT_SIM", "--ae-title", "CTSIM1", "--host", "127.0.0.1", "--port", "104", "--owner", "alice",
+               "--model", "hn-oar", "--send-results")  # fmt: skip
+    assert "CT_SIM: AE title CTSIM1 at 127.0.0.1:104, owner alice, model hn-oar, results sent back" in text
+    peer = DicomPeer.objects.get(name="CT_SIM")
+    assert (peer.ae_title, peer.port, peer.owner, peer.model_name, peer.send_results) == ("CTSIM1", 104, alice, "hn-oar", True)
+    assert peer.deidentify is False  # the server's default, DELINEO_DEIDENTIFY_DEFAULT
+    add("PACS", "--ae-title", "PACS", "--host", "pacs.local", "--port", "11112", "--owner", "alice", "--deidentify")
+    assert DicomPeer.objects.get(name="PACS").deidentify is True
+    call_command("dicom_peer", "list")
+    listed = capsys.readouterr().out
+    assert "CT_SIM:" in listed and "PACS: AE title PACS at pacs.local:11112, owner alice, no job, de-identified" in listed
+    call_command("dicom_peer", "remove", "PACS")
+    assert list(DicomPeer.objects.values_list("name", flat=True)) == ["CT_SIM"]
+    with pytest.raises(CommandError, match="no DICOM peer named 'PACS'"):
+        call_command("dicom_peer", "remove", "PACS")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--owner", "nobody"], "no user 'nobody'"),
+        (["--owner", "alice", "--ae-title", "A" * 17], "ae_title"),
+        (["--owner", "alice", "--ae-title", "BAD\\AE"], "not an AE title"),
+        (["--owner", "alice", "--port", "70000"], "port"),
+        (["--owner", "alice", "--model", "no-such-model"], "Unknown model 'no-such-model'"),
+        (["--owner", "alice", "--send-results"], "give --model too"),
+    ],
+)
+def test_add_refuses_bad_values(alice, fake_engine, args, message):
+    base = {"--ae-title": "CTSIM1", "--host": "127.0.0.1", "--port": "104"}
+    given = dict(zip(args[::2], args[1::2], strict=False))
+    flags = [a for a in args if a == "--send-results"]
+    merged = {**base, **{k: v for k, v in given.items() if k != "--send-results"}}
+    with pytest.raises(CommandError, match=message):
+        add("CT_SIM", *[x for kv in merged.items() for x in kv], *flags)
+    assert not DicomPeer.objects.exists()
+
+
+def test_authorise_a_configured_ae_title_from_its_host(alice):
+    peer = DicomPeer.objects.create(name="CT", ae_title="CTSIM1", host="127.0.0.1", port=104, owner=alice)
+    assert peers.authorise("CTSIM1", "127.0.0.1") == peer
+    assert not AccessEvent.objects.exists()
+
+
+def test_unknown_ae_title_or_wrong_address_is_rejected_and_logged(alice, settings):
+    DicomPeer.objects.create(name="CT", ae_title="CTSIM1", host="192.0.2.7", port=104, owner=alice)
+    assert peers.authorise("INTRUDER", "127.0.0.1") is None
+    assert peers.authorise("CTSIM1", "127.0.0.1") is None  # the right name from another machine
+    events = list(AccessEvent.objects.order_by("id").values("action", "object_type", "calling_ae", "client_ip", "object_id", "user"))
+    assert events == [
+        {"action": "dicom_rejected", "object_type": "dicom", "calling_ae": ae, "client_ip": "127.0.0.1", "object_id": None, "user": None}
+        for ae in ("INTRUDER", "CTSIM1")
+    ]
+    settings.DICOM_NODE_CHECK_PEER_HOST = False  # behind NAT: the AE title alone
+    assert peers.authorise("CTSIM1", "127.0.0.1") is not None
+
+
+class PeersOnly:
+    """The node's association check, with storage left out."""
+
+    authorise = staticmethod(peers.authorise)
+
+    def store(self, *args) -> int:
+        return 0
+
+    def association_ended(self, *args) -> None:
+        pass
+
+
+@pytest.mark.django_db(transaction=True)  # the node's threads use their own connections
+def test_the_node_rejects_an_unconfigured_ae_title_and_logs_it(django_user_model):
+    owner = django_user_model.objects.create_user("alice")
+    DicomPeer.objects.create(name="CT", ae_title="CTSIM1", host="127.0.0.1", port=104, owner=owner)
+    node = Node(PeersOnly(), "DELINEO", "127.0.0.1", free_port(), timeout_s=10)
+    node.start()
+    try:
+        assoc = scu("CTSIM1").associate("127.0.0.1", node.port, ae_title="DELINEO")
+        assert assoc.is_established and assoc.send_c_echo().Status == 0
+        assoc.release()
+        rejected = scu("OTHER").associate("127.0.0.1", node.port, ae_title="DELINEO")
+        assert rejected.is_rejected
+    finally:
+        node.stop()
+    (event,) = AccessEvent.objects.all()
+    assert (event.action, event.calling_ae, event.client_ip) == ("dicom_rejected", "OTHER", "127.0.0.1")
+
+
+def test_admin_edits_peers(admin_client, alice):
+    assert admin_client.get("/admin/delineation/dicompeer/add/").status_code == 200
+    response = admin_client.post(
+        "/admin/delineation/dicompeer/add/",
+        {"name": "TPS", "ae_title": "ECLIPSE", "host": "10.0.0.9", "port": "104", "owner": alice.pk, "model_name": ""},
+    )
+    assert response.status_code == 302, response.content
+    assert DicomPeer.objects.get(name="TPS").ae_title == "ECLIPSE"
+    assert admin_client.get("/admin/delineation/dicomreceipt/").status_code == 200
+    assert admin_client.get("/admin/delineation/resultsend/").status_code == 200
