@@ -12,6 +12,7 @@ of the dataset (Patient's Name, Patient ID, UIDs) nor its pixel data.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Protocol
 
 from django.db import connections
@@ -23,6 +24,8 @@ from webapp.delineation.redact import traceback_without_messages
 
 logger = logging.getLogger(__name__)
 
+# After its connection closed, how long an association may take to report its release or abort.
+_LATE_END_S = 5.0
 # A-ASSOCIATE-RJ: rejected-permanent, by the service user, calling AE title not recognised.
 _REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 
@@ -101,6 +104,7 @@ class Node:
             assoc.acse.send_reject(*_REJECT_CALLING_AE)
             evt.trigger(assoc, evt.EVT_REJECTED, {})
             assoc.kill()  # as pynetdicom does after its own rejections: waits until the A-ASSOCIATE-RJ is out
+            connections.close_all()
             return
         self._peers[id(assoc)] = peer
         logger.info("association from %r at %s accepted", calling, address)
@@ -130,11 +134,15 @@ class Node:
             return conformance.PROCESSING_FAILURE
 
     def _ended(self, event, released: bool) -> None:
-        peer = self._peers.pop(id(event.assoc), None)
+        self._end(event.assoc, released)
+        connections.close_all()  # the database connections of this association's thread
+
+    def _end(self, assoc, released: bool) -> None:
+        peer = self._peers.pop(id(assoc), None)
         if peer is None:
             return
         try:
-            self.receiver.association_ended(peer, id(event.assoc), released)
+            self.receiver.association_ended(peer, id(assoc), released)
         except Exception as exc:
             logger.error("recording the end of an association failed:\n%s", traceback_without_messages(exc))
 
@@ -146,6 +154,14 @@ class Node:
         self._ended(event, released=False)
 
     def _on_closed(self, event) -> None:
-        # A connection lost without A-ABORT or A-RELEASE ends the association too (as dropped).
-        self._ended(event, released=False)
-        connections.close_all()  # the database connections of this association's thread
+        # Fired by the connection's own thread, which may run before the association's thread
+        # has marked a release (the peer closes as soon as it has the A-RELEASE-RP). An
+        # association whose connection is gone without either event ends as dropped, later.
+        if id(event.assoc) in self._peers:
+            timer = threading.Timer(_LATE_END_S, self._end_late, (event.assoc,))
+            timer.daemon = True
+            timer.start()
+
+    def _end_late(self, assoc) -> None:
+        self._end(assoc, released=False)
+        connections.close_all()
