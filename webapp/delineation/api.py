@@ -211,7 +211,7 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation
             return Job.objects.none()
-        queryset = Job.objects.visible_to(self.request.user).select_related("scan", "scan__owner", "planning_scan")
+        queryset = Job.objects.visible_to(self.request.user).select_related("scan", "scan__owner", "planning_scan").prefetch_related("sends")
         scan = self.request.query_params.get("scan")
         if scan and self.action == "list":
             try:

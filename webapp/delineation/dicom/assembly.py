@@ -178,9 +178,13 @@ class Assembly:
             return
         from webapp.delineation import tasks  # Celery tasks import this module's callers
 
+        from webapp.delineation.dicom import send
+
         for key in services.usable_series(scan.preflight):
             try:
-                tasks.queue_job(scan.owner, scan, peer.model_name, key)
+                with transaction.atomic():  # the send is planned before the job can finish
+                    job, _ = tasks.queue_job(scan.owner, scan, peer.model_name, key)
+                    send.plan_sends(job, peer)
             except Exception as exc:
                 logger.error("queueing a job on scan %s failed:\n%s", scan.pk, traceback_without_messages(exc))
 

@@ -1,0 +1,144 @@
+"""Sending a job's result to a DICOM peer (C-STORE SCU), one ``ResultSend`` per result.
+
+A peer with ``send_results`` gets a ``ResultSend`` (queued) for each job its rule queued;
+when the job succeeds the Celery task ``delineation.send_result`` sends the RTSTRUCT,
+checked against the checksum recorded when the job finished. A refused association, a
+peer that does not answer or a failure status is tried again after a wait that doubles
+(``DICOM_SEND_RETRY_DELAY_S`` up to ``DICOM_SEND_MAX_DELAY_S``), at most
+``DICOM_SEND_ATTEMPTS`` times; then the send is failed with the peer's status and message.
+The result stays on the server either way: nothing is lost by a destination that is down.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pydicom
+from django.conf import settings
+from django.utils import timezone
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+
+from webapp.delineation import services
+from webapp.delineation.dicom.models import DicomPeer, ResultSend
+
+logger = logging.getLogger(__name__)
+
+# C-STORE statuses that mean stored (PS3.4 B.2.3: success, and the warnings "coercion of
+# data elements", "elements discarded", "data set does not match SOP class").
+STORED = {0x0000, 0xB000, 0xB006, 0xB007}
+
+
+class SendFailed(Exception):
+    """One attempt failed; ``status`` is the peer's C-STORE status, None when there was none."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message, self.status = message, status
+
+
+def plan_sends(job, peer: DicomPeer) -> None:  # noqa: ANN001 (a Job)
+    """Record that ``job``'s RTSTRUCT goes to ``peer`` once it succeeds (the peer's rule)."""
+    if peer.send_results:
+        ResultSend.objects.get_or_create(job=job, peer=peer, defaults={"destination": peer.name})
+
+
+def job_finished(job) -> None:  # noqa: ANN001 (a Job)
+    """Queue the planned sends of a succeeded job; fail those of a failed one."""
+    from webapp.delineation.tasks import submit_send
+
+    if job.status == job.Status.SUCCEEDED:
+        for send_id in ResultSend.objects.filter(job=job, state=ResultSend.State.QUEUED).values_list("pk", flat=True):
+            submit_send(send_id)
+    else:
+        ResultSend.objects.filter(job=job, state=ResultSend.State.QUEUED).update(
+            state=ResultSend.State.FAILED, message="The job failed: there is no result to send.", finished=timezone.now()
+        )
+
+
+def retry_delay(attempts: int) -> int:
+    """Seconds before attempt ``attempts + 1``: doubling from DICOM_SEND_RETRY_DELAY_S."""
+    return min(settings.DICOM_SEND_RETRY_DELAY_S * 2 ** max(attempts - 1, 0), settings.DICOM_SEND_MAX_DELAY_S)
+
+
+def attempt(send_id: int) -> int | None:
+    """Make one attempt at a queued send. Returns the seconds to wait before the next, or
+    None when there is nothing more to do (sent, failed for good, or not queued)."""
+    send = ResultSend.objects.select_related("job", "peer").filter(pk=send_id, state=ResultSend.State.QUEUED).first()
+    if send is None or send.job.status != send.job.Status.SUCCEEDED:
+        return None
+    if send.peer is None:
+        _finish(send, ResultSend.State.FAILED, "The destination was removed before the result could be sent.")
+        return None
+    try:
+        dataset = _result(send)
+    except SendFailed as exc:
+        _finish(send, ResultSend.State.FAILED, exc.message)
+        return None
+    send.attempts += 1
+    try:
+        status = c_store(send.peer, dataset)
+    except SendFailed as exc:
+        logger.warning("sending job %s's result to %s failed (attempt %d)", send.job_id, send.destination, send.attempts)
+        send.status, send.message = exc.status, exc.message
+        if send.attempts >= settings.DICOM_SEND_ATTEMPTS:
+            _finish(send, ResultSend.State.FAILED, f"{exc.message} (after {send.attempts} attempts)", exc.status)
+            return None
+        send.save(update_fields=["attempts", "status", "message"])
+        return retry_delay(send.attempts)
+    _finish(send, ResultSend.State.SENT, "", status)
+    logger.info("job %s's %s sent to %s", send.job_id, send.filename, send.destination)
+    return None
+
+
+def _finish(send: ResultSend, state: str, message: str, status: int | None = None) -> None:
+    send.state, send.message, send.finished = state, message, timezone.now()
+    if status is not None:
+        send.status = status
+    send.save(update_fields=["state", "message", "status", "attempts", "finished"])
+
+
+def _result(send: ResultSend) -> pydicom.Dataset:
+    job = send.job
+    if job.result_path is None:
+        raise SendFailed("The job has no result folder.")
+    try:
+        with services.open_verified(job.result_path, send.filename, job.checksums) as handle:
+            return pydicom.dcmread(handle)
+    except FileNotFoundError:
+        raise SendFailed(f"The job wrote no {send.filename}, so there is nothing to send.") from None
+    except services.DamagedOutput:
+        raise SendFailed(f"The stored {send.filename} no longer matches the file the job wrote; it was not sent.") from None
+    except InvalidDicomError:
+        raise SendFailed(f"The stored {send.filename} is not a DICOM file; it was not sent.") from None
+
+
+def c_store(peer: DicomPeer, dataset: pydicom.Dataset) -> int:
+    """Send ``dataset`` to ``peer`` in one association; returns the peer's status (stored).
+
+    Raises:
+        SendFailed: no association, no answer, or a failure status.
+    """
+    ae = AE(ae_title=settings.DICOM_NODE_AE_TITLE)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = settings.DICOM_NETWORK_TIMEOUT_S
+    syntax = dataset.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)
+    ae.add_requested_context(dataset.SOPClassUID, list(dict.fromkeys([syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian])))
+    where = f"{peer.ae_title} at {peer.host}:{peer.port}"
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    if assoc.is_rejected:
+        raise SendFailed(f"{where} rejected the association (is the node's AE title {ae.ae_title} known there?)")
+    if not assoc.is_established:
+        raise SendFailed(f"No association with {where}: it did not answer, or refused the connection.")
+    try:
+        response = assoc.send_c_store(dataset)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    if "Status" not in response:
+        raise SendFailed(f"{where} did not answer the C-STORE (timeout or aborted association).")
+    status = int(response.Status)
+    if status not in STORED:
+        comment = str(response.get("ErrorComment", "") or "")
+        raise SendFailed(f"{where} refused the object with status 0x{status:04X}{': ' + comment if comment else ''}", status)
+    return status
