@@ -6,6 +6,7 @@ pre-flight refuses is recorded with its refusal on its scan page."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import stat
 import subprocess
@@ -80,7 +81,8 @@ def send_datasets(port: int, paths, abort_after: int | None = None) -> list[int]
 
 
 @pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is installed by make system-packages")
-def test_a_case_sent_with_storescu_becomes_a_scan_of_the_peers_owner(node, alice, django_user_model):
+def test_a_case_sent_with_storescu_becomes_a_scan_of_the_peers_owner(node, alice, django_user_model, caplog):
+    caplog.set_level(logging.DEBUG)  # what the configured loggers let through, from every thread
     images, rtstruct = case_files("pt_104")
     sent = subprocess.run(
         ["storescu", "-aet", "CTSIM1", "-aec", "DELINEO", "+sd", "127.0.0.1", str(node.port), str(images[0].parent)],
@@ -94,6 +96,11 @@ def test_a_case_sent_with_storescu_becomes_a_scan_of_the_peers_owner(node, alice
     assert series["status"] == "ok" and series["images"] == 128
     assert [o["modality"] for o in scan.preflight["other_objects"]] == ["RTSTRUCT"]
     assert scan.patient is not None and scan.patient.owner == alice
+    # No patient data in the logs: names, IDs, UIDs of what was sent.
+    first = pydicom.dcmread(images[0])
+    secrets = {str(first.PatientName), first.PatientID, first.StudyInstanceUID, first.SeriesInstanceUID,
+               first.SOPInstanceUID, pydicom.dcmread(rtstruct).SOPInstanceUID} - {""}  # fmt: skip
+    assert "scan" in caplog.text and [s for s in secrets if s in caplog.text] == []
     # The objects as sent: same SOP Instance UIDs and pixel data.
     stored = {ds.SOPInstanceUID: ds for ds in map(pydicom.dcmread, sorted(original_dir(scan.id).iterdir()))}
     for path in (images[0], images[77], rtstruct):
@@ -165,3 +172,19 @@ def test_the_owners_default_de_identifies_what_the_peer_sends(node, peer):
     for path in (scan.directory / "deidentified").iterdir():
         ds = pydicom.dcmread(path)
         assert ds.PatientID != sent.PatientID and ds.SOPInstanceUID != sent.SOPInstanceUID
+
+
+def test_a_non_image_sop_class_is_refused_with_a_status_and_not_kept(node):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ImplicitVRLittleEndian, RTDoseStorage, generate_uid
+
+    dose = Dataset()
+    dose.SOPClassUID, dose.SOPInstanceUID, dose.StudyInstanceUID = RTDoseStorage, generate_uid(), generate_uid()
+    dose.Modality = "RTDOSE"
+    dose.file_meta = FileMetaDataset()
+    dose.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    assoc = scu("CTSIM1", [RTDoseStorage]).associate("127.0.0.1", node.port, ae_title="DELINEO")
+    assert assoc.send_c_store(dose).Status == 0x0122  # Refused: SOP Class not supported
+    assoc.release()
+    time.sleep(QUIET_S + 1)
+    assert not DicomReceipt.objects.exists() and not Scan.objects.exists()

@@ -366,6 +366,9 @@ LOGGING = {
     "loggers": {
         "pydicom": {"filters": ["withhold_dicom_values"], "level": "WARNING"},
         "highdicom": {"level": "WARNING"},
+        # pynetdicom dumps each DIMSE request (SOP Instance UIDs) at INFO and DEBUG; the node
+        # logs associations and statuses itself (webapp/delineation/dicom/scp.py).
+        "pynetdicom": {"filters": ["withhold_dicom_values"], "level": "WARNING"},
         "py.warnings": {"filters": ["withhold_dicom_values"]},
         "django": {"handlers": [], "level": "INFO", "propagate": True},
     },
