@@ -4,8 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
-APT_PACKAGES := dicom3tools plastimatch dcm2niix chromium chromium-driver redis-server elastix dcmtk
-APT_BINARIES := dciodvfy plastimatch dcm2niix chromium chromedriver redis-server elastix transformix storescu storescp echoscu
+APT_PACKAGES := dicom3tools plastimatch dcm2niix chromium chromium-driver redis-server elastix dcmtk orthanc orthanc-dicomweb
+APT_BINARIES := dciodvfy plastimatch dcm2niix chromium chromedriver redis-server elastix transformix storescu storescp echoscu Orthanc
+APT_FILES := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 
 .PHONY: run test install system-packages bench bench-load train train-piece clean
 
@@ -18,9 +19,11 @@ $(VENV)/.installed: requirements.txt
 install: $(VENV)/.installed
 
 # Debian tools the tests use: dciodvfy, plastimatch, dcm2niix, headless Chromium, redis-server (fault tests), elastix,
-# dcmtk (storescu, storescp, echoscu: real DICOM peers of the node's tests).
+# dcmtk (storescu, storescp, echoscu) and Orthanc with its DICOMweb plugin: real DICOM peers of the node's tests
+# (each test starts its own Orthanc on free loopback ports; the Debian package's own service is not used).
 system-packages:
 	@missing=""; for b in $(APT_BINARIES); do command -v $$b >/dev/null || missing=1; done; \
+	for f in $(APT_FILES); do test -e $$f || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(APT_PACKAGES); \
 	fi

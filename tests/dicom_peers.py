@@ -4,6 +4,7 @@ and pynetdicom SCUs. dcmtk's tools (echoscu, storescu) are used where installed 
 
 from __future__ import annotations
 
+import shutil
 import socket
 from pathlib import Path
 
@@ -50,3 +51,11 @@ def send(calling: str, port: int, paths: list[Path], called: str = "DELINEO") ->
         return [int(assoc.send_c_store(ds).Status) for ds in datasets]
     finally:
         assoc.release()
+
+
+def need_dcmtk() -> None:
+    """dcmtk's storescu, storescp and echoscu (make system-packages); skipped without, failed under CI=true."""
+    from tests.stack import require
+
+    require(all(shutil.which(t) for t in ("storescu", "storescp", "echoscu")),
+            "dcmtk (storescu, storescp, echoscu) is installed by make system-packages")  # fmt: skip

@@ -15,7 +15,8 @@ import requests
 
 from tests.dicom_peers import free_port
 
-ORTHANC = shutil.which("Orthanc")
+# /usr/sbin is not on every user's PATH.
+ORTHANC = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
@@ -89,3 +90,10 @@ def stop_orthanc(orthanc: Orthanc) -> None:
         orthanc.process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         orthanc.process.kill()
+
+
+def need_orthanc() -> None:
+    """Orthanc and its DICOMweb plugin (make system-packages); skipped without, failed under CI=true."""
+    from tests.stack import require
+
+    require(ORTHANC is not None and DICOMWEB_PLUGIN.exists(), "Orthanc and orthanc-dicomweb are installed by make system-packages")

@@ -5,7 +5,6 @@ the peer; the study becomes a scan, and SIGTERM stops the node cleanly."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -15,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.dicom_peers import case_files, free_port
+from tests.dicom_peers import case_files, free_port, need_dcmtk
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is installed by make system-packages")
 
 
 def manage(env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -31,6 +29,7 @@ def manage(env: dict, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_dicom_node_command_receives_a_study_and_stops_on_sigterm(tmp_path):
+    need_dcmtk()
     database, port = tmp_path / "db.sqlite3", free_port()
     env = {
         **os.environ,

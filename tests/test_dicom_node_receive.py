@@ -7,7 +7,6 @@ pre-flight refuses is recorded with its refusal on its scan page."""
 from __future__ import annotations
 
 import logging
-import shutil
 import stat
 import subprocess
 import time
@@ -16,7 +15,7 @@ import pydicom
 import pytest
 from django.test import Client
 
-from tests.dicom_peers import case_files, free_port, scu
+from tests.dicom_peers import case_files, free_port, need_dcmtk, scu
 from webapp.delineation.dicom.assembly import Assembly, original_dir
 from webapp.delineation.dicom.models import DicomPeer, DicomReceipt
 from webapp.delineation.dicom.scp import Node
@@ -80,8 +79,8 @@ def send_datasets(port: int, paths, abort_after: int | None = None) -> list[int]
     return statuses
 
 
-@pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is installed by make system-packages")
 def test_a_case_sent_with_storescu_becomes_a_scan_of_the_peers_owner(node, alice, django_user_model, caplog):
+    need_dcmtk()
     caplog.set_level(logging.DEBUG)  # what the configured loggers let through, from every thread
     images, rtstruct = case_files("pt_104")
     sent = subprocess.run(

@@ -4,7 +4,6 @@ that remembers what it was given; peers, storage and ingest have their own tests
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import pydicom
@@ -12,7 +11,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ImplicitVRLittleEndian, RTPlanStorage, generate_uid
 
-from tests.dicom_peers import case_files, free_port, scu, send
+from tests.dicom_peers import case_files, free_port, need_dcmtk, scu, send
 from webapp.delineation.dicom import conformance
 from webapp.delineation.dicom.scp import Node
 
@@ -92,8 +91,8 @@ def test_a_receiver_failure_is_a_failure_status_and_the_node_serves_on():
         scp.stop()
 
 
-@pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is installed by make system-packages")
 def test_dcmtk_echoscu_and_storescu(node):
+    need_dcmtk()
     images, _ = case_files()
     echo = subprocess.run(
         ["echoscu", "-aet", "CT_SIM", "-aec", "DELINEO", "127.0.0.1", str(node.port)], capture_output=True, timeout=30

@@ -15,7 +15,7 @@ import pytest
 from django.test import Client
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
-from tests.dicom_peers import case_files, free_port
+from tests.dicom_peers import case_files, free_port, need_dcmtk
 from tests.test_dicom_node_receive import QUIET_S, send_datasets, wait_for
 from webapp.delineation import services
 from webapp.delineation.dicom import send
@@ -63,8 +63,8 @@ def peer_scp(ae_title: str, port: int, status: int):
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.skipif(shutil.which("storescp") is None, reason="dcmtk is installed by make system-packages")
 def test_a_peer_with_a_model_gets_a_job_and_its_rtstruct_back(django_user_model, engine_with_rtstruct, tmp_path):
+    need_dcmtk()
     alice = django_user_model.objects.create_user("alice")
     peer_port = free_port()
     DicomPeer.objects.create(name="TPS", ae_title="CTSIM1", host="127.0.0.1", port=peer_port, owner=alice,
