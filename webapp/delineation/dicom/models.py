@@ -39,6 +39,9 @@ class DicomPeer(models.Model):
     model_name = models.CharField(max_length=100, blank=True, default="")
     # The RTSTRUCT of each such job is sent back to the peer.
     send_results = models.BooleanField(default=False)
+    # Send results by DICOMweb STOW-RS to this service root (e.g. https://pacs/dicom-web)
+    # instead of C-STORE to host:port; empty: C-STORE.
+    stow_url = models.URLField(max_length=500, blank=True, default="", verbose_name="STOW-RS URL")
     # De-identify what the peer sends before it is stored, as the upload box does.
     deidentify = models.BooleanField(default=False)
     created = models.DateTimeField(auto_now_add=True)

@@ -1,4 +1,5 @@
-"""Sending a job's result to a DICOM peer (C-STORE SCU), one ``ResultSend`` per result.
+"""Sending a job's result to a DICOM peer (C-STORE SCU, or DICOMweb STOW-RS to the peer's
+``stow_url``), one ``ResultSend`` per result.
 
 A peer with ``send_results`` gets a ``ResultSend`` (queued) for each job its rule queued;
 when the job succeeds the Celery task ``delineation.send_result`` sends the RTSTRUCT,
@@ -78,7 +79,7 @@ def attempt(send_id: int) -> int | None:
         return None
     send.attempts += 1
     try:
-        status = c_store(send.peer, dataset)
+        status = stow(send.peer, dataset) if send.peer.stow_url else c_store(send.peer, dataset)
     except SendFailed as exc:
         logger.warning("sending job %s's result to %s failed (attempt %d)", send.job_id, send.destination, send.attempts)
         send.status, send.message = exc.status, exc.message
@@ -142,3 +143,33 @@ def c_store(peer: DicomPeer, dataset: pydicom.Dataset) -> int:
         comment = str(response.get("ErrorComment", "") or "")
         raise SendFailed(f"{where} refused the object with status 0x{status:04X}{': ' + comment if comment else ''}", status)
     return status
+
+
+def stow(peer: DicomPeer, dataset: pydicom.Dataset) -> int:
+    """Send ``dataset`` by DICOMweb STOW-RS to ``peer.stow_url`` (dicomweb-client); returns 0 (stored).
+
+    Raises:
+        SendFailed: the server cannot be reached, answers an HTTP error, or lists the
+            object as failed (``status``: its Failure Reason, a C-STORE status).
+    """
+    import requests
+    from dicomweb_client.api import DICOMwebClient
+
+    client = DICOMwebClient(url=peer.stow_url, timeout=settings.DICOM_NETWORK_TIMEOUT_S)
+    client.set_http_retry_params(retry=False)  # the task retries, with its back-off and a record of each attempt
+    try:
+        response = client.store_instances([dataset])
+    except requests.HTTPError as exc:
+        code = exc.response.status_code if exc.response is not None else "?"
+        raise SendFailed(f"The DICOMweb server at {peer.stow_url} answered HTTP {code} to the STOW-RS request.") from None
+    except requests.RequestException as exc:
+        raise SendFailed(f"No answer from the DICOMweb server at {peer.stow_url} ({type(exc).__name__}).") from None
+    failed = response.get("FailedSOPSequence") if response is not None else None
+    if failed:
+        reason = failed[0].get("FailureReason")
+        raise SendFailed(
+            f"The DICOMweb server at {peer.stow_url} did not store the object"
+            + (f" (failure reason 0x{int(reason):04X})" if reason is not None else ""),
+            int(reason) if reason is not None else None,
+        )
+    return 0

@@ -34,6 +34,9 @@ class Command(BaseCommand):
         add.add_argument("--model", default="", help="Queue a job with this model for every complete image series.")
         add.add_argument("--send-results", action="store_true", help="Send each job's RTSTRUCT back to the peer.")
         add.add_argument(
+            "--stow-url", default="", help="Send results by DICOMweb STOW-RS to this service root instead of C-STORE."
+        )
+        add.add_argument(
             "--deidentify",
             action="store_true",
             default=None,
@@ -48,7 +51,7 @@ class Command(BaseCommand):
         getattr(self, f"_{action}")(**options)
 
     def _add(self, name: str, ae_title: str, host: str, port: int, owner: str, model: str, send_results: bool,
-             deidentify: bool | None, **options) -> None:  # fmt: skip
+             deidentify: bool | None, stow_url: str, **options) -> None:  # fmt: skip
         user = get_user_model().objects.filter(username=owner).first()
         if user is None:
             raise CommandError(f"There is no user {owner!r}; create the account first.")
@@ -64,6 +67,7 @@ class Command(BaseCommand):
             owner=user,
             model_name=model,
             send_results=send_results,
+            stow_url=stow_url,
             deidentify=settings.DELINEO_DEIDENTIFY_DEFAULT if deidentify is None else deidentify,
         )
         try:
@@ -90,6 +94,6 @@ class Command(BaseCommand):
     def _describe(peer: DicomPeer) -> str:
         rule = f"model {peer.model_name}" if peer.model_name else "no job"
         if peer.send_results:
-            rule += ", results sent back"
+            rule += f", results sent by STOW-RS to {peer.stow_url}" if peer.stow_url else ", results sent back"
         deid = ", de-identified" if peer.deidentify else ""
         return f"{peer.name}: AE title {peer.ae_title} at {peer.host}:{peer.port}, owner {peer.owner.get_username()}, {rule}{deid}"
