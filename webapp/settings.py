@@ -203,6 +203,8 @@ if len(DICOM_NODE_AE_TITLE) > 16 or not DICOM_NODE_AE_TITLE.isascii() or "\\" in
 # Loopback unless set: a node reachable from the hospital network is a decision (0.0.0.0 in the Dockerfile).
 DICOM_NODE_HOST = env_str("DICOM_NODE_HOST", "127.0.0.1")
 DICOM_NODE_PORT = env_int("DICOM_NODE_PORT", 11112, minimum=1)
+if DICOM_NODE_PORT > 65535:
+    raise ImproperlyConfigured(f"DICOM_NODE_PORT={DICOM_NODE_PORT} is not a TCP port (1 to 65535)")
 # An association as a peer's AE title must come from an address of that peer's host.
 DICOM_NODE_CHECK_PEER_HOST = env_bool("DICOM_NODE_CHECK_PEER_HOST", True)
 # A study is complete once its association was released and nothing arrived for this long.
