@@ -308,6 +308,8 @@ class AccessEvent(models.Model):
         SHARE = "share", "Share with a team"
         UNSHARE = "unshare", "Stop sharing with a team"
         PURGE = "purge", "Delete old events of this log"
+        # A job's result sent to a DICOM destination ("Send to", API): ``filename`` is the output sent.
+        SEND = "send", "Send to a DICOM destination"
         # The DICOM node refused an association: the calling AE title is not a configured peer.
         DICOM_REJECTED = "dicom_rejected", "DICOM association rejected"
 

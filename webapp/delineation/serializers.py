@@ -373,6 +373,12 @@ class ResultSendSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class SendRequestSerializer(serializers.Serializer):
+    destination = serializers.CharField(
+        max_length=64, help_text="The name of one of your DICOM destinations (peers an administrator configured for you)."
+    )
+
+
 class JobSerializer(serializers.ModelSerializer):
     sends = ResultSendSerializer(many=True, read_only=True)
     model = serializers.CharField(source="model_name", read_only=True)

@@ -45,6 +45,48 @@ def plan_sends(job, peer: DicomPeer) -> None:  # noqa: ANN001 (a Job)
         ResultSend.objects.get_or_create(job=job, peer=peer, defaults={"destination": peer.name})
 
 
+class SendRefused(Exception):
+    """A "Send to" request that is not done: ``message`` for the user, ``status`` 400, 403 or 409."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.message, self.status = message, status
+
+
+def destinations_of(user) -> list[DicomPeer]:  # noqa: ANN001 (a user)
+    """The destinations ``user`` may send results to: the DICOM peers they own."""
+    return list(DicomPeer.objects.filter(owner=user)) if user is not None and user.is_authenticated else []
+
+
+def send_on_request(job, user, destination: str) -> tuple[ResultSend, bool]:  # noqa: ANN001 (a Job, a user)
+    """The "Send to" button and ``POST /api/jobs/{id}/send/``: send the RTSTRUCT of a
+    finished job of ``user``'s to one of their destinations (``destinations_of``). Returns
+    the send and whether it is new: the same request while one is queued returns that one.
+
+    Raises:
+        SendRefused: not the scan's owner (403), no result to send (409), unknown destination (400).
+    """
+    from webapp.delineation import sharing
+    from webapp.delineation.tasks import submit_send
+
+    try:
+        sharing.check_owner(job.scan, user, "send the results of")
+    except sharing.SharingRefused as exc:
+        raise SendRefused(exc.message, exc.status) from None
+    if job.status != job.Status.SUCCEEDED or "rtstruct.dcm" not in (job.checksums or {}):
+        raise SendRefused("This job has no RTSTRUCT to send (it has not succeeded, or wrote none).", 409)
+    peer = DicomPeer.objects.filter(owner=user, name=destination).first()
+    if peer is None:
+        names = ", ".join(p.name for p in destinations_of(user)) or "none; an administrator configures them"
+        raise SendRefused(f"You have no destination named {destination!r}. Your destinations: {names}.", 400)
+    queued = ResultSend.objects.filter(job=job, peer=peer, state=ResultSend.State.QUEUED).first()
+    if queued is not None:
+        return queued, False
+    record = ResultSend.objects.create(job=job, peer=peer, destination=peer.name)
+    submit_send(record.pk)
+    return record, True
+
+
 def job_finished(job) -> None:  # noqa: ANN001 (a Job)
     """Queue the planned sends of a succeeded job; fail those of a failed one."""
     from webapp.delineation.tasks import submit_send
