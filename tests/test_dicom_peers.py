@@ -27,7 +27,7 @@ def add(*args: str) -> str:
 def test_add_list_remove(alice, fake_engine, capsys):
     text = add("CT_SIM", "--ae-title", "CTSIM1", "--host", "127.0.0.1", "--port", "104", "--owner", "alice",
                "--model", "hn-oar", "--send-results")  # fmt: skip
-    assert "CT_SIM: AE title CTSIM1 at 127.0.0.1:104, owner alice, model hn-oar, results sent back" in text
+    assert "CT_SIM: AE title CTSIM1 at 127.0.0.1:104, owner alice, model hn-oar, RTSTRUCT sent back" in text
     peer = DicomPeer.objects.get(name="CT_SIM")
     assert (peer.ae_title, peer.port, peer.owner, peer.model_name, peer.send_results) == ("CTSIM1", 104, alice, "hn-oar", True)
     assert peer.deidentify is False  # the server's default, DELINEO_DEIDENTIFY_DEFAULT
@@ -51,16 +51,28 @@ def test_add_list_remove(alice, fake_engine, capsys):
         (["--owner", "alice", "--port", "70000"], "port"),
         (["--owner", "alice", "--model", "no-such-model"], "Unknown model 'no-such-model'"),
         (["--owner", "alice", "--send-results"], "give --model too"),
+        (["--owner", "alice", "--model", "hn-oar", "--send-seg"], "give --send-results too"),
+        (["--owner", "alice", "--model", "hn-oar", "--send-results", "--results-to", "NOWHERE"], "no DICOM peer named 'NOWHERE'"),
     ],
 )
 def test_add_refuses_bad_values(alice, fake_engine, args, message):
     base = {"--ae-title": "CTSIM1", "--host": "127.0.0.1", "--port": "104"}
-    given = dict(zip(args[::2], args[1::2], strict=False))
-    flags = [a for a in args if a == "--send-results"]
-    merged = {**base, **{k: v for k, v in given.items() if k != "--send-results"}}
+    switches = ("--send-results", "--send-seg")
+    flags = [a for a in args if a in switches]
+    valued = [a for a in args if a not in switches]
+    merged = {**base, **dict(zip(valued[::2], valued[1::2], strict=True))}
     with pytest.raises(CommandError, match=message):
         add("CT_SIM", *[x for kv in merged.items() for x in kv], *flags)
     assert not DicomPeer.objects.exists()
+
+
+def test_results_to_another_peer_with_the_seg(alice, fake_engine):
+    add("TPS", "--ae-title", "ECLIPSE", "--host", "127.0.0.1", "--port", "105", "--owner", "alice")
+    text = add("CT_SIM", "--ae-title", "CTSIM1", "--host", "127.0.0.1", "--port", "104", "--owner", "alice",
+               "--model", "hn-oar", "--send-results", "--send-seg", "--results-to", "TPS")  # fmt: skip
+    assert "model hn-oar, RTSTRUCT and SEG sent to TPS" in text
+    peer = DicomPeer.objects.get(name="CT_SIM")
+    assert peer.send_seg and peer.results_to == DicomPeer.objects.get(name="TPS")
 
 
 def test_authorise_a_configured_ae_title_from_its_host(alice):

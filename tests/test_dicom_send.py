@@ -172,6 +172,27 @@ def test_a_peer_back_up_between_attempts_gets_the_result(succeeded_job, fast_ret
 
 
 @pytest.mark.django_db
+def test_results_to_another_destination_with_the_seg(succeeded_job, fast_retries, django_capture_on_commit_callbacks):
+    port = free_port()
+    server, received = peer_scp("TPS1", port, 0x0000)
+    try:
+        tps = DicomPeer.objects.create(name="TPS", ae_title="TPS1", host="127.0.0.1", port=port, owner=succeeded_job.owner)
+        scanner = DicomPeer.objects.create(name="CT", ae_title="CTSIM1", host="127.0.0.1", port=free_port(),
+                                           owner=succeeded_job.owner, model_name="hn-oar", send_results=True,
+                                           send_seg=True, results_to=tps)  # fmt: skip
+        send.plan_sends(succeeded_job, scanner)
+        with django_capture_on_commit_callbacks(execute=True):
+            send.job_finished(succeeded_job)
+    finally:
+        server.shutdown()
+    sends = {s.filename: s for s in ResultSend.objects.all()}
+    assert {s.peer for s in sends.values()} == {tps}
+    assert sends["rtstruct.dcm"].state == "sent" and len(received) == 1
+    # The fake engine's seg.dcm is not DICOM: refused at once, with why, and never sent.
+    assert sends["seg.dcm"].state == "failed" and "not a DICOM file" in sends["seg.dcm"].message
+
+
+@pytest.mark.django_db
 def test_a_damaged_result_is_not_sent(succeeded_job, fast_retries, django_capture_on_commit_callbacks):
     record = planned(succeeded_job, free_port())
     (succeeded_job.result_path / "rtstruct.dcm").write_bytes(b"changed")
@@ -202,3 +223,19 @@ def test_a_failed_job_fails_its_sends(alice, alice_dicom_scan, monkeypatch, fake
 def test_back_off_doubles_up_to_the_maximum(settings):
     settings.DICOM_SEND_RETRY_DELAY_S, settings.DICOM_SEND_MAX_DELAY_S = 30, 600
     assert [send.retry_delay(n) for n in range(1, 8)] == [30, 60, 120, 240, 480, 600, 600]
+
+
+@pytest.mark.django_db
+def test_a_bug_while_sending_is_a_failed_attempt_not_a_send_left_queued(succeeded_job, fast_retries, monkeypatch,
+                                                                        django_capture_on_commit_callbacks):  # fmt: skip
+    record = planned(succeeded_job, free_port())
+
+    def broken(peer, dataset):
+        raise RuntimeError("Patient^Name in a message that must not reach the send's record")
+
+    monkeypatch.setattr(send, "c_store", broken)
+    with django_capture_on_commit_callbacks(execute=True):
+        send.job_finished(succeeded_job)
+    record.refresh_from_db()
+    assert (record.state, record.attempts) == ("failed", 3)
+    assert "Internal error while sending (RuntimeError)" in record.message and "Patient" not in record.message

@@ -74,5 +74,5 @@ def test_dicom_peer_add_takes_a_stow_url(alice, fake_engine):
     call_command("dicom_peer", "add", "ARCHIVE", "--ae-title", "ARCH", "--host", "127.0.0.1", "--port", "104",
                  "--owner", "alice", "--model", "hn-oar", "--send-results", "--stow-url", "https://pacs.example/dicom-web",
                  stdout=out)  # fmt: skip
-    assert "results sent by STOW-RS to https://pacs.example/dicom-web" in out.getvalue()
+    assert "RTSTRUCT sent by STOW-RS to https://pacs.example/dicom-web" in out.getvalue()
     assert DicomPeer.objects.get().stow_url == "https://pacs.example/dicom-web"

@@ -67,7 +67,10 @@ class AccessEventAdmin(admin.ModelAdmin):
 class DicomPeerAdmin(admin.ModelAdmin):
     """The peers allowed to associate with the DICOM node (also ``manage.py dicom_peer``)."""
 
-    list_display = ("name", "ae_title", "host", "port", "owner", "model_name", "send_results", "stow_url", "deidentify")
+    list_display = (
+        "name", "ae_title", "host", "port", "owner", "model_name", "send_results", "send_seg", "results_to", "stow_url",
+        "deidentify",
+    )  # fmt: skip
     search_fields = ("name", "ae_title", "host", "owner__username")
 
 

@@ -39,6 +39,12 @@ class DicomPeer(models.Model):
     model_name = models.CharField(max_length=100, blank=True, default="")
     # The RTSTRUCT of each such job is sent back to the peer.
     send_results = models.BooleanField(default=False)
+    # Also send the job's DICOM SEG (when the job wrote one).
+    send_seg = models.BooleanField(default=False)
+    # Send results to this destination instead of back to the peer (e.g. scanner in, TPS out).
+    results_to = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", verbose_name="send results to"
+    )
     # Send results by DICOMweb STOW-RS to this service root (e.g. https://pacs/dicom-web)
     # instead of C-STORE to host:port; empty: C-STORE.
     stow_url = models.URLField(max_length=500, blank=True, default="", verbose_name="STOW-RS URL")

@@ -23,6 +23,7 @@ from pynetdicom import AE
 
 from webapp.delineation import services
 from webapp.delineation.dicom.models import DicomPeer, ResultSend
+from webapp.delineation.redact import traceback_without_messages
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +41,15 @@ class SendFailed(Exception):
 
 
 def plan_sends(job, peer: DicomPeer) -> None:  # noqa: ANN001 (a Job)
-    """Record that ``job``'s RTSTRUCT goes to ``peer`` once it succeeds (the peer's rule)."""
-    if peer.send_results:
-        ResultSend.objects.get_or_create(job=job, peer=peer, defaults={"destination": peer.name})
+    """Record what of ``job`` is sent once it succeeds, by the rule of ``peer`` (the sender):
+    its RTSTRUCT, and its SEG with ``send_seg``, to ``results_to`` or else back to the peer."""
+    if not peer.send_results:
+        return
+    destination = peer.results_to or peer
+    for filename in ("rtstruct.dcm", "seg.dcm") if peer.send_seg else ("rtstruct.dcm",):
+        ResultSend.objects.get_or_create(
+            job=job, peer=destination, filename=filename, defaults={"destination": destination.name}
+        )
 
 
 class SendRefused(Exception):
@@ -122,7 +129,10 @@ def attempt(send_id: int) -> int | None:
     send.attempts += 1
     try:
         status = stow(send.peer, dataset) if send.peer.stow_url else c_store(send.peer, dataset)
-    except SendFailed as exc:
+    except Exception as exc:  # SendFailed, or a bug: either way an attempt that failed, never a send left queued
+        if not isinstance(exc, SendFailed):
+            logger.error("sending job %s's result failed:\n%s", send.job_id, traceback_without_messages(exc))
+            exc = SendFailed(f"Internal error while sending ({type(exc).__name__}).")
         logger.warning("sending job %s's result to %s failed (attempt %d)", send.job_id, send.destination, send.attempts)
         send.status, send.message = exc.status, exc.message
         if send.attempts >= settings.DICOM_SEND_ATTEMPTS:
@@ -148,7 +158,10 @@ def _result(send: ResultSend) -> pydicom.Dataset:
         raise SendFailed("The job has no result folder.")
     try:
         with services.open_verified(job.result_path, send.filename, job.checksums) as handle:
-            return pydicom.dcmread(handle)
+            dataset = pydicom.dcmread(handle)
+        if not dataset.get("SOPClassUID") or not dataset.get("SOPInstanceUID"):
+            raise InvalidDicomError("no SOP Class or SOP Instance UID")
+        return dataset
     except FileNotFoundError:
         raise SendFailed(f"The job wrote no {send.filename}, so there is nothing to send.") from None
     except services.DamagedOutput:

@@ -33,6 +33,8 @@ class Command(BaseCommand):
         add.add_argument("--owner", required=True, help="The user who owns what the peer sends.")
         add.add_argument("--model", default="", help="Queue a job with this model for every complete image series.")
         add.add_argument("--send-results", action="store_true", help="Send each job's RTSTRUCT back to the peer.")
+        add.add_argument("--send-seg", action="store_true", help="Also send each job's DICOM SEG.")
+        add.add_argument("--results-to", default="", help="Send the results to this other peer instead of back.")
         add.add_argument(
             "--stow-url", default="", help="Send results by DICOMweb STOW-RS to this service root instead of C-STORE."
         )
@@ -51,7 +53,7 @@ class Command(BaseCommand):
         getattr(self, f"_{action}")(**options)
 
     def _add(self, name: str, ae_title: str, host: str, port: int, owner: str, model: str, send_results: bool,
-             deidentify: bool | None, stow_url: str, **options) -> None:  # fmt: skip
+             deidentify: bool | None, stow_url: str, send_seg: bool, results_to: str, **options) -> None:  # fmt: skip
         user = get_user_model().objects.filter(username=owner).first()
         if user is None:
             raise CommandError(f"There is no user {owner!r}; create the account first.")
@@ -59,6 +61,11 @@ class Command(BaseCommand):
             raise CommandError(f"Unknown model {model!r}; models on this server: {', '.join(services.available_models())}.")
         if send_results and not model:
             raise CommandError("--send-results sends the results of the jobs --model queues: give --model too.")
+        if (send_seg or results_to) and not send_results:
+            raise CommandError("--send-seg and --results-to say how results are sent: give --send-results too.")
+        destination = DicomPeer.objects.filter(name=results_to).first() if results_to else None
+        if results_to and destination is None:
+            raise CommandError(f"There is no DICOM peer named {results_to!r} to send results to; add it first.")
         peer = DicomPeer(
             name=name,
             ae_title=ae_title,
@@ -68,6 +75,8 @@ class Command(BaseCommand):
             model_name=model,
             send_results=send_results,
             stow_url=stow_url,
+            send_seg=send_seg,
+            results_to=destination,
             deidentify=settings.DELINEO_DEIDENTIFY_DEFAULT if deidentify is None else deidentify,
         )
         try:
@@ -94,6 +103,11 @@ class Command(BaseCommand):
     def _describe(peer: DicomPeer) -> str:
         rule = f"model {peer.model_name}" if peer.model_name else "no job"
         if peer.send_results:
-            rule += f", results sent by STOW-RS to {peer.stow_url}" if peer.stow_url else ", results sent back"
+            what = "RTSTRUCT and SEG" if peer.send_seg else "RTSTRUCT"
+            to = peer.results_to
+            if to is not None:
+                rule += f", {what} sent to {to.name}"
+            else:
+                rule += f", {what} sent by STOW-RS to {peer.stow_url}" if peer.stow_url else f", {what} sent back"
         deid = ", de-identified" if peer.deidentify else ""
         return f"{peer.name}: AE title {peer.ae_title} at {peer.host}:{peer.port}, owner {peer.owner.get_username()}, {rule}{deid}"
