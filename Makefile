@@ -4,8 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
-APT_PACKAGES := dicom3tools plastimatch dcm2niix chromium chromium-driver redis-server elastix dcmtk orthanc orthanc-dicomweb
-APT_BINARIES := dciodvfy plastimatch dcm2niix chromium chromedriver redis-server elastix transformix storescu storescp echoscu Orthanc
+APT_PACKAGES := dicom3tools plastimatch dcm2niix chromium chromium-driver redis-server elastix dcmtk orthanc orthanc-dicomweb openssl
+APT_BINARIES := dciodvfy plastimatch dcm2niix chromium chromedriver redis-server elastix transformix storescu storescp echoscu Orthanc openssl
 APT_FILES := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 
 .PHONY: run test install system-packages bench bench-load train train-piece clean
@@ -20,7 +20,8 @@ install: $(VENV)/.installed
 
 # Debian tools the tests use: dciodvfy, plastimatch, dcm2niix, headless Chromium, redis-server (fault tests), elastix,
 # dcmtk (storescu, storescp, echoscu) and Orthanc with its DICOMweb plugin: real DICOM peers of the node's tests
-# (each test starts its own Orthanc on free loopback ports; the Debian package's own service is not used).
+# (each test starts its own Orthanc on free loopback ports; the Debian package's own service is not used);
+# openssl makes the certificates of the DICOM TLS tests.
 system-packages:
 	@missing=""; for b in $(APT_BINARIES); do command -v $$b >/dev/null || missing=1; done; \
 	for f in $(APT_FILES); do test -e $$f || missing=1; done; \

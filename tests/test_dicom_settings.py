@@ -52,6 +52,7 @@ def test_defaults():
         ({"DICOM_NODE_PORT": "eleven"}, "DICOM_NODE_PORT='eleven' is not an integer"),
         ({"DICOM_NODE_SERIES_QUIET_S": "-1"}, "DICOM_NODE_SERIES_QUIET_S=-1 is below the minimum"),
         ({"DICOM_NODE_CHECK_PEER_HOST": "perhaps"}, "is not a boolean"),
+        ({"DICOM_NODE_TLS_CERT": "/etc/delineo/node.pem"}, "DICOM_NODE_TLS_CERT and DICOM_NODE_TLS_KEY go together"),
     ],
 )
 def test_bad_values_fail_loudly(env, message):

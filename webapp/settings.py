@@ -207,6 +207,13 @@ if DICOM_NODE_PORT > 65535:
     raise ImproperlyConfigured(f"DICOM_NODE_PORT={DICOM_NODE_PORT} is not a TCP port (1 to 65535)")
 # An association as a peer's AE title must come from an address of that peer's host.
 DICOM_NODE_CHECK_PEER_HOST = env_bool("DICOM_NODE_CHECK_PEER_HOST", True)
+# DICOM over TLS (webapp/delineation/dicom/tls.py): the node's certificate and key (PEM);
+# with both, it accepts TLS only. With a CA file, peers must present a certificate it signed.
+DICOM_NODE_TLS_CERT = env_str("DICOM_NODE_TLS_CERT", "")
+DICOM_NODE_TLS_KEY = env_str("DICOM_NODE_TLS_KEY", "")
+DICOM_NODE_TLS_CA = env_str("DICOM_NODE_TLS_CA", "")
+if bool(DICOM_NODE_TLS_CERT) != bool(DICOM_NODE_TLS_KEY):
+    raise ImproperlyConfigured("DICOM_NODE_TLS_CERT and DICOM_NODE_TLS_KEY go together: set both, or neither")
 # A study is complete once its association was released and nothing arrived for this long.
 DICOM_NODE_SERIES_QUIET_S = env_int("DICOM_NODE_SERIES_QUIET_S", 10, minimum=0)
 # Sending results to a peer (C-STORE SCU): attempts, and the first wait between them in

@@ -45,6 +45,8 @@ class DicomPeer(models.Model):
     results_to = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", verbose_name="send results to"
     )
+    # Results are sent to this peer over TLS (dicom/tls.py).
+    tls = models.BooleanField(default=False, verbose_name="TLS")
     # Send results by DICOMweb STOW-RS to this service root (e.g. https://pacs/dicom-web)
     # instead of C-STORE to host:port; empty: C-STORE.
     stow_url = models.URLField(max_length=500, blank=True, default="", verbose_name="STOW-RS URL")

@@ -52,8 +52,11 @@ def sop_class_name(uid: str) -> str:
 class Node:
     """The SCP: an AE title, the address it listens on, and a ``Receiver``."""
 
-    def __init__(self, receiver: Receiver, ae_title: str, host: str, port: int, timeout_s: float = 30) -> None:
+    def __init__(
+        self, receiver: Receiver, ae_title: str, host: str, port: int, timeout_s: float = 30, ssl_context=None
+    ) -> None:
         self.receiver = receiver
+        self.ssl_context = ssl_context  # TLS only when given (dicom/tls.py)
         self.ae = AE(ae_title=ae_title)
         self.ae.supported_contexts = conformance.supported_contexts()
         # A sender that stops mid-association is dropped after this long; what it sent stays.
@@ -75,8 +78,11 @@ class Node:
 
     def start(self, block: bool = False):
         """Listen; ``block=False`` returns the server (``shutdown()`` stops it), else serves until interrupted."""
-        logger.info("DICOM node %s listening on %s:%d", self.ae.ae_title, self.host, self.port)
-        self._server = self.ae.start_server((self.host, self.port), block=block, evt_handlers=self.handlers())
+        logger.info("DICOM node %s listening on %s:%d%s", self.ae.ae_title, self.host, self.port,
+                    " (TLS)" if self.ssl_context else "")  # fmt: skip
+        self._server = self.ae.start_server(
+            (self.host, self.port), block=block, evt_handlers=self.handlers(), ssl_context=self.ssl_context
+        )
         return self._server
 
     def stop(self) -> None:

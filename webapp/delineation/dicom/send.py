@@ -23,6 +23,7 @@ from pynetdicom import AE
 
 from webapp.delineation import services
 from webapp.delineation.dicom.models import DicomPeer, ResultSend
+from webapp.delineation.dicom.tls import client_context
 from webapp.delineation.redact import traceback_without_messages
 
 logger = logging.getLogger(__name__)
@@ -180,8 +181,9 @@ def c_store(peer: DicomPeer, dataset: pydicom.Dataset) -> int:
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = settings.DICOM_NETWORK_TIMEOUT_S
     syntax = dataset.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)
     ae.add_requested_context(dataset.SOPClassUID, list(dict.fromkeys([syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian])))
-    where = f"{peer.ae_title} at {peer.host}:{peer.port}"
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    where = f"{peer.ae_title} at {peer.host}:{peer.port}{' (TLS)' if peer.tls else ''}"
+    tls_args = (client_context(), peer.host) if peer.tls else None
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
     if assoc.is_rejected:
         raise SendFailed(f"{where} rejected the association (is the node's AE title {ae.ae_title} known there?)")
     if not assoc.is_established:

@@ -11,6 +11,7 @@ import threading
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from webapp.delineation.dicom import tls
 from webapp.delineation.dicom.assembly import Assembly
 from webapp.delineation.dicom.models import DicomPeer
 from webapp.delineation.dicom.scp import Node
@@ -26,7 +27,11 @@ class Command(BaseCommand):
     def handle(self, *args, host: str, port: int, **options) -> None:
         assembly = Assembly()
         assembly.recover()
-        node = Node(assembly, settings.DICOM_NODE_AE_TITLE, host, port, timeout_s=settings.DICOM_NETWORK_TIMEOUT_S)
+        context = tls.server_context()
+        node = Node(
+            assembly, settings.DICOM_NODE_AE_TITLE, host, port, timeout_s=settings.DICOM_NETWORK_TIMEOUT_S,
+            ssl_context=context,
+        )  # fmt: skip
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
@@ -34,7 +39,8 @@ class Command(BaseCommand):
         assembly.start()
         peers = DicomPeer.objects.count()
         self.stdout.write(
-            f"DICOM node {settings.DICOM_NODE_AE_TITLE} listening on {host}:{node.bound_port}; "
+            f"DICOM node {settings.DICOM_NODE_AE_TITLE} listening on {host}:{node.bound_port}"
+            f"{' (TLS only)' if context else ''}; "
             f"{peers} configured peer(s) (python manage.py dicom_peer list).",
         )
         self.stdout.flush()

@@ -33,6 +33,7 @@ class Command(BaseCommand):
         add.add_argument("--owner", required=True, help="The user who owns what the peer sends.")
         add.add_argument("--model", default="", help="Queue a job with this model for every complete image series.")
         add.add_argument("--send-results", action="store_true", help="Send each job's RTSTRUCT back to the peer.")
+        add.add_argument("--tls", action="store_true", help="Send results to the peer over TLS (DICOM_NODE_TLS_*).")
         add.add_argument("--send-seg", action="store_true", help="Also send each job's DICOM SEG.")
         add.add_argument("--results-to", default="", help="Send the results to this other peer instead of back.")
         add.add_argument(
@@ -53,7 +54,7 @@ class Command(BaseCommand):
         getattr(self, f"_{action}")(**options)
 
     def _add(self, name: str, ae_title: str, host: str, port: int, owner: str, model: str, send_results: bool,
-             deidentify: bool | None, stow_url: str, send_seg: bool, results_to: str, **options) -> None:  # fmt: skip
+             deidentify: bool | None, stow_url: str, send_seg: bool, results_to: str, tls: bool, **options) -> None:  # fmt: skip
         user = get_user_model().objects.filter(username=owner).first()
         if user is None:
             raise CommandError(f"There is no user {owner!r}; create the account first.")
@@ -76,6 +77,7 @@ class Command(BaseCommand):
             send_results=send_results,
             stow_url=stow_url,
             send_seg=send_seg,
+            tls=tls,
             results_to=destination,
             deidentify=settings.DELINEO_DEIDENTIFY_DEFAULT if deidentify is None else deidentify,
         )
