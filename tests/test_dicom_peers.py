@@ -134,3 +134,30 @@ def test_admin_edits_peers(admin_client, alice):
     assert DicomPeer.objects.get(name="TPS").ae_title == "ECLIPSE"
     assert admin_client.get("/admin/delineation/dicomreceipt/").status_code == 200
     assert admin_client.get("/admin/delineation/resultsend/").status_code == 200
+
+
+def test_retention_removes_studies_that_never_became_a_scan(alice, django_capture_on_commit_callbacks):
+    """A refused or never completed study is patient data on disk like a scan: the retention
+    purge deletes it, its files too; a recent one stays."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from webapp.delineation import retention
+    from webapp.delineation.dicom.assembly import original_dir
+    from webapp.delineation.dicom.models import DicomReceipt
+
+    peer = DicomPeer.objects.create(name="CT", ae_title="CTSIM1", host="127.0.0.1", port=104, owner=alice)
+    old_time = timezone.now() - timedelta(days=40)
+    old = DicomReceipt.objects.create(peer=peer, owner=alice, calling_ae="CTSIM1", study_key="a", state="failed")
+    recent = DicomReceipt.objects.create(peer=peer, owner=alice, calling_ae="CTSIM1", study_key="b")
+    DicomReceipt.objects.filter(pk=old.pk).update(created=old_time, last_received=old_time)
+    for receipt in (old, recent):
+        original_dir(receipt.id).mkdir(parents=True)
+        (original_dir(receipt.id) / "x.dcm").write_bytes(b"patient data")
+    assert retention.purge(30, dry_run=True).receipts == 1 and DicomReceipt.objects.count() == 2
+    with django_capture_on_commit_callbacks(execute=True):
+        result = retention.purge(30)
+    assert result.receipts == 1
+    assert list(DicomReceipt.objects.values_list("pk", flat=True)) == [recent.pk]
+    assert not original_dir(old.id).exists() and (original_dir(recent.id) / "x.dcm").exists()
