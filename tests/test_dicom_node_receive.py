@@ -140,8 +140,8 @@ def test_a_dropped_association_keeps_what_arrived_and_completes_when_the_rest_is
     assert (receipt.state, receipt.instances, receipt.released, receipt.open_associations) == ("receiving", 40, False, 0)
     assert len(list(original_dir(receipt.id).glob("*.dcm"))) == 40
     assert not Scan.objects.exists()
-    # The sender sends the whole series again: the 40 are stored once.
-    assert send_datasets(node.port, images) == [0] * len(images)
+    # The sender sends the rest, from a little before where it stopped: those 10 are stored once.
+    assert send_datasets(node.port, images[30:]) == [0] * (len(images) - 30)
     scan = ingested_scan()
     assert scan.id == receipt.id and scan.file_count == len(images)
     assert scan.preflight["series"][0]["status"] == "ok"
@@ -187,3 +187,11 @@ def test_a_non_image_sop_class_is_refused_with_a_status_and_not_kept(node):
     assoc.release()
     time.sleep(QUIET_S + 1)
     assert not DicomReceipt.objects.exists() and not Scan.objects.exists()
+
+
+def test_a_study_is_bounded_by_the_upload_limits(node, settings):
+    settings.DELINEO_MAX_UPLOAD_FILES = 5
+    images, _ = case_files("pt_121")
+    assert send_datasets(node.port, images[:8]) == [0] * 5 + [0xA700] * 3  # Refused: out of resources
+    scan = ingested_scan()
+    assert scan.file_count == 5

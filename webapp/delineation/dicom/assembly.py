@@ -74,6 +74,8 @@ class Assembly:
         receipt_id = self._receipt(peer, association, study_key)
         path = original_dir(receipt_id) / f"{_sha256(sop_uid)[:40]}.dcm"
         new = not path.exists()
+        if new and self._over_limits(receipt_id, len(encoded)):
+            return conformance.OUT_OF_RESOURCES
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, lambda tmp: Path(tmp).write_bytes(encoded))
         DicomReceipt.objects.filter(pk=receipt_id).update(
@@ -82,6 +84,17 @@ class Assembly:
             last_received=timezone.now(),
         )
         return conformance.SUCCESS
+
+    @staticmethod
+    def _over_limits(receipt_id: UUID, size: int) -> bool:
+        """A study is an upload: the upload limits bound it (DELINEO_MAX_UPLOAD_FILES and
+        _BYTES), so that no sender fills the disk; what is over them is refused, not stored."""
+        counts = DicomReceipt.objects.filter(pk=receipt_id).values("instances", "size_bytes").first() or {}
+        files, stored = counts.get("instances", 0), counts.get("size_bytes", 0)
+        if files >= settings.DELINEO_MAX_UPLOAD_FILES or stored + size > settings.DELINEO_MAX_UPLOAD_BYTES:
+            logger.warning("a study reached the upload limits (%d objects, %d bytes): object refused", files, stored)
+            return True
+        return False
 
     def association_ended(self, peer: DicomPeer, association: int, released: bool) -> None:
         with self._lock:
