@@ -198,7 +198,8 @@ DELINEO_DEIDENTIFY_DEFAULT = env_bool("DELINEO_DEIDENTIFY_DEFAULT", False)
 DICOM_NODE_AE_TITLE = env_str("DICOM_NODE_AE_TITLE", "DELINEO")
 if len(DICOM_NODE_AE_TITLE) > 16 or not DICOM_NODE_AE_TITLE.isascii() or "\\" in DICOM_NODE_AE_TITLE:
     raise ImproperlyConfigured(
-        f"DICOM_NODE_AE_TITLE={DICOM_NODE_AE_TITLE!r} is not a DICOM AE title (at most 16 ASCII characters, no backslash)"
+        f"DICOM_NODE_AE_TITLE={DICOM_NODE_AE_TITLE!r} is not a DICOM AE title "
+        "(at most 16 ASCII characters, no backslash)"
     )
 # Loopback unless set: a node reachable from the hospital network is a decision (0.0.0.0 in the Dockerfile).
 DICOM_NODE_HOST = env_str("DICOM_NODE_HOST", "127.0.0.1")

@@ -213,7 +213,11 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation
             return Job.objects.none()
-        queryset = Job.objects.visible_to(self.request.user).select_related("scan", "scan__owner", "planning_scan").prefetch_related("sends")
+        queryset = (
+            Job.objects.visible_to(self.request.user)
+            .select_related("scan", "scan__owner", "planning_scan")
+            .prefetch_related("sends")
+        )
         scan = self.request.query_params.get("scan")
         if scan and self.action == "list":
             try:
@@ -284,7 +288,8 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
         if created:
             audit.record(request, AccessEvent.Action.SEND, job, filename=record.filename)
         record.refresh_from_db()
-        return Response(ResultSendSerializer(record).data, status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK)
+        code = status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
+        return Response(ResultSendSerializer(record).data, status=code)
 
     def _result_file(self, name: str) -> tuple[Job, Response | None]:
         job = self.get_object()

@@ -375,7 +375,8 @@ class ResultSendSerializer(serializers.ModelSerializer):
 
 class SendRequestSerializer(serializers.Serializer):
     destination = serializers.CharField(
-        max_length=64, help_text="The name of one of your DICOM destinations (peers an administrator configured for you)."
+        max_length=64,
+        help_text="The name of one of your DICOM destinations (peers an administrator configured for you).",
     )
 
 

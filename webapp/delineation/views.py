@@ -272,7 +272,9 @@ def viewer(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
 def _viewer_context(request: HttpRequest, job: Job, send_error: str = "") -> dict:
     from webapp.delineation.dicom.send import destinations_of
 
-    can_send = job.scan.is_owner(request.user) and job.status == Job.Status.SUCCEEDED and "rtstruct.dcm" in job.checksums
+    can_send = (
+        job.scan.is_owner(request.user) and job.status == Job.Status.SUCCEEDED and "rtstruct.dcm" in job.checksums
+    )
     return {"job": job, "destinations": destinations_of(request.user) if can_send else [], "send_error": send_error}
 
 

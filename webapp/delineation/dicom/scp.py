@@ -128,7 +128,8 @@ class Node:
             dataset.file_meta = event.file_meta
             encoded = event.encoded_dataset(include_meta=True)
         except Exception as exc:
-            logger.warning("C-STORE of %s: the dataset cannot be decoded (%s)", sop_class_name(sop_class), type(exc).__name__)
+            what = sop_class_name(sop_class)
+            logger.warning("C-STORE of %s: the dataset cannot be decoded (%s)", what, type(exc).__name__)
             return conformance.CANNOT_UNDERSTAND
         try:
             return self.receiver.store(peer, id(event.assoc), dataset, encoded)

@@ -104,7 +104,9 @@ def job_finished(job) -> None:  # noqa: ANN001 (a Job)
             submit_send(send_id)
     else:
         ResultSend.objects.filter(job=job, state=ResultSend.State.QUEUED).update(
-            state=ResultSend.State.FAILED, message="The job failed: there is no result to send.", finished=timezone.now()
+            state=ResultSend.State.FAILED,
+            message="The job failed: there is no result to send.",
+            finished=timezone.now(),
         )
 
 
@@ -134,7 +136,9 @@ def attempt(send_id: int) -> int | None:
         if not isinstance(exc, SendFailed):
             logger.error("sending job %s's result failed:\n%s", send.job_id, traceback_without_messages(exc))
             exc = SendFailed(f"Internal error while sending ({type(exc).__name__}).")
-        logger.warning("sending job %s's result to %s failed (attempt %d)", send.job_id, send.destination, send.attempts)
+        logger.warning(
+            "sending job %s's result to %s failed (attempt %d)", send.job_id, send.destination, send.attempts
+        )
         send.status, send.message = exc.status, exc.message
         if send.attempts >= settings.DICOM_SEND_ATTEMPTS:
             _finish(send, ResultSend.State.FAILED, f"{exc.message} (after {send.attempts} attempts)", exc.status)
@@ -166,7 +170,9 @@ def _result(send: ResultSend) -> pydicom.Dataset:
     except FileNotFoundError:
         raise SendFailed(f"The job wrote no {send.filename}, so there is nothing to send.") from None
     except services.DamagedOutput:
-        raise SendFailed(f"The stored {send.filename} no longer matches the file the job wrote; it was not sent.") from None
+        raise SendFailed(
+            f"The stored {send.filename} no longer matches the file the job wrote; it was not sent."
+        ) from None
     except InvalidDicomError:
         raise SendFailed(f"The stored {send.filename} is not a DICOM file; it was not sent.") from None
 
@@ -180,7 +186,8 @@ def c_store(peer: DicomPeer, dataset: pydicom.Dataset) -> int:
     ae = AE(ae_title=settings.DICOM_NODE_AE_TITLE)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = settings.DICOM_NETWORK_TIMEOUT_S
     syntax = dataset.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)
-    ae.add_requested_context(dataset.SOPClassUID, list(dict.fromkeys([syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian])))
+    syntaxes = list(dict.fromkeys([syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+    ae.add_requested_context(dataset.SOPClassUID, syntaxes)
     where = f"{peer.ae_title} at {peer.host}:{peer.port}{' (TLS)' if peer.tls else ''}"
     tls_args = (client_context(), peer.host) if peer.tls else None
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
@@ -198,7 +205,8 @@ def c_store(peer: DicomPeer, dataset: pydicom.Dataset) -> int:
     status = int(response.Status)
     if status not in STORED:
         comment = str(response.get("ErrorComment", "") or "")
-        raise SendFailed(f"{where} refused the object with status 0x{status:04X}{': ' + comment if comment else ''}", status)
+        detail = f": {comment}" if comment else ""
+        raise SendFailed(f"{where} refused the object with status 0x{status:04X}{detail}", status)
     return status
 
 
@@ -218,7 +226,9 @@ def stow(peer: DicomPeer, dataset: pydicom.Dataset) -> int:
         response = client.store_instances([dataset])
     except requests.HTTPError as exc:
         code = exc.response.status_code if exc.response is not None else "?"
-        raise SendFailed(f"The DICOMweb server at {peer.stow_url} answered HTTP {code} to the STOW-RS request.") from None
+        raise SendFailed(
+            f"The DICOMweb server at {peer.stow_url} answered HTTP {code} to the STOW-RS request."
+        ) from None
     except requests.RequestException as exc:
         raise SendFailed(f"No answer from the DICOMweb server at {peer.stow_url} ({type(exc).__name__}).") from None
     failed = response.get("FailedSOPSequence") if response is not None else None

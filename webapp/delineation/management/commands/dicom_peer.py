@@ -27,7 +27,9 @@ class Command(BaseCommand):
         sub = parser.add_subparsers(dest="action", required=True)
         add = sub.add_parser("add", help="Allow a peer (its calling AE title) to send to the node.")
         add.add_argument("name", help="A name for the peer (e.g. CT_SIM, PACS, ECLIPSE).")
-        add.add_argument("--ae-title", required=True, help="The peer's AE title (calling AE title of its associations).")
+        add.add_argument(
+            "--ae-title", required=True, help="The peer's AE title (the calling AE title of its associations)."
+        )
         add.add_argument("--host", required=True, help="The peer's host name or address.")
         add.add_argument("--port", required=True, type=int, help="The port the peer's own SCP listens on.")
         add.add_argument("--owner", required=True, help="The user who owns what the peer sends.")
@@ -53,13 +55,28 @@ class Command(BaseCommand):
     def handle(self, *args, action: str, **options) -> None:
         getattr(self, f"_{action}")(**options)
 
-    def _add(self, name: str, ae_title: str, host: str, port: int, owner: str, model: str, send_results: bool,
-             deidentify: bool | None, stow_url: str, send_seg: bool, results_to: str, tls: bool, **options) -> None:  # fmt: skip
+    def _add(
+        self,
+        name: str,
+        ae_title: str,
+        host: str,
+        port: int,
+        owner: str,
+        model: str,
+        send_results: bool,
+        deidentify: bool | None,
+        stow_url: str,
+        send_seg: bool,
+        results_to: str,
+        tls: bool,
+        **options,
+    ) -> None:
         user = get_user_model().objects.filter(username=owner).first()
         if user is None:
             raise CommandError(f"There is no user {owner!r}; create the account first.")
         if model and model not in services.available_models():
-            raise CommandError(f"Unknown model {model!r}; models on this server: {', '.join(services.available_models())}.")
+            known = ", ".join(services.available_models())
+            raise CommandError(f"Unknown model {model!r}; models on this server: {known}.")
         if send_results and not model:
             raise CommandError("--send-results sends the results of the jobs --model queues: give --model too.")
         if (send_seg or results_to) and not send_results:
@@ -112,4 +129,5 @@ class Command(BaseCommand):
             else:
                 rule += f", {what} sent by STOW-RS to {peer.stow_url}" if peer.stow_url else f", {what} sent back"
         deid = ", de-identified" if peer.deidentify else ""
-        return f"{peer.name}: AE title {peer.ae_title} at {peer.host}:{peer.port}, owner {peer.owner.get_username()}, {rule}{deid}"
+        where = f"AE title {peer.ae_title} at {peer.host}:{peer.port}"
+        return f"{peer.name}: {where}, owner {peer.owner.get_username()}, {rule}{deid}"
