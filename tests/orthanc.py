@@ -96,4 +96,7 @@ def need_orthanc() -> None:
     """Orthanc and its DICOMweb plugin (make system-packages); skipped without, failed under CI=true."""
     from tests.stack import require
 
-    require(ORTHANC is not None and DICOMWEB_PLUGIN.exists(), "Orthanc and orthanc-dicomweb are installed by make system-packages")
+    require(
+        ORTHANC is not None and DICOMWEB_PLUGIN.exists(),
+        "Orthanc and orthanc-dicomweb are installed by make system-packages",
+    )

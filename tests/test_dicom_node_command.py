@@ -47,7 +47,12 @@ def test_dicom_node_command_receives_a_study_and_stops_on_sigterm(tmp_path):
                    "--port", "104", "--owner", "alice")  # fmt: skip
     assert "AE title CTSIM1" in added.stdout
     node = subprocess.Popen(
-        [sys.executable, "manage.py", "dicom_node"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "manage.py", "dicom_node"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         line = node.stdout.readline()
@@ -56,7 +61,8 @@ def test_dicom_node_command_receives_a_study_and_stops_on_sigterm(tmp_path):
         assert f"DICOM node DELINEO listening on 127.0.0.1:{port}; 1 configured peer(s)" in line
         echo = ["echoscu", "-aec", "DELINEO", "127.0.0.1", str(port)]
         assert subprocess.run([*echo[:1], "-aet", "CTSIM1", *echo[1:]], capture_output=True, timeout=30).returncode == 0
-        assert subprocess.run([*echo[:1], "-aet", "STRANGER", *echo[1:]], capture_output=True, timeout=30).returncode != 0
+        stranger = subprocess.run([*echo[:1], "-aet", "STRANGER", *echo[1:]], capture_output=True, timeout=30)
+        assert stranger.returncode != 0
         images, _ = case_files("pt_11")
         store = ["storescu", "-aet", "CTSIM1", "-aec", "DELINEO", "127.0.0.1", str(port), *map(str, images[:5])]
         assert subprocess.run(store, capture_output=True, timeout=60).returncode == 0
@@ -69,7 +75,8 @@ def test_dicom_node_command_receives_a_study_and_stops_on_sigterm(tmp_path):
             time.sleep(0.5)
         assert len(rows) == 1 and rows[0][:2] == ("ingested", 5) and rows[0][2]
         with sqlite3.connect(database) as db:
-            rejected = db.execute("SELECT calling_ae FROM delineation_accessevent WHERE action='dicom_rejected'").fetchall()
+            query = "SELECT calling_ae FROM delineation_accessevent WHERE action='dicom_rejected'"
+            rejected = db.execute(query).fetchall()
         assert rejected == [("STRANGER",)]
     finally:
         node.send_signal(signal.SIGTERM)

@@ -108,7 +108,8 @@ def test_a_case_sent_with_storescu_becomes_a_scan_of_the_peers_owner(node, alice
     for path in [scan.directory, *scan.directory.rglob("*")]:
         assert stat.S_IMODE(path.stat().st_mode) == (0o750 if path.is_dir() else 0o640), path
     event = AccessEvent.objects.get(action="upload")
-    assert (event.username, event.calling_ae, event.object_id, event.object_owner) == ("dicom:CT_SIM", "CTSIM1", scan.id, alice)
+    assert (event.username, event.calling_ae, event.object_id) == ("dicom:CT_SIM", "CTSIM1", scan.id)
+    assert event.object_owner == alice
     # Alice's, like an upload: Bob finds nothing.
     bob = django_user_model.objects.create_user("bob")
     client = Client()
@@ -137,7 +138,8 @@ def test_a_dropped_association_keeps_what_arrived_and_completes_when_the_rest_is
     assert send_datasets(node.port, images, abort_after=40) == [0] * 40
     time.sleep(QUIET_S + 1.5)
     receipt = DicomReceipt.objects.get()
-    assert (receipt.state, receipt.instances, receipt.released, receipt.open_associations) == ("receiving", 40, False, 0)
+    assert (receipt.state, receipt.instances, receipt.released) == ("receiving", 40, False)
+    assert receipt.open_associations == 0
     assert len(list(original_dir(receipt.id).glob("*.dcm"))) == 40
     assert not Scan.objects.exists()
     # The sender sends the rest, from a little before where it stopped: those 10 are stored once.

@@ -176,7 +176,8 @@ def test_results_to_another_destination_with_the_seg(succeeded_job, fast_retries
     port = free_port()
     server, received = peer_scp("TPS1", port, 0x0000)
     try:
-        tps = DicomPeer.objects.create(name="TPS", ae_title="TPS1", host="127.0.0.1", port=port, owner=succeeded_job.owner)
+        owner = succeeded_job.owner
+        tps = DicomPeer.objects.create(name="TPS", ae_title="TPS1", host="127.0.0.1", port=port, owner=owner)
         scanner = DicomPeer.objects.create(name="CT", ae_title="CTSIM1", host="127.0.0.1", port=free_port(),
                                            owner=succeeded_job.owner, model_name="hn-oar", send_results=True,
                                            send_seg=True, results_to=tps)  # fmt: skip
@@ -203,7 +204,9 @@ def test_a_damaged_result_is_not_sent(succeeded_job, fast_retries, django_captur
 
 
 @pytest.mark.django_db
-def test_a_failed_job_fails_its_sends(alice, alice_dicom_scan, monkeypatch, fake_engine, django_capture_on_commit_callbacks):
+def test_a_failed_job_fails_its_sends(
+    alice, alice_dicom_scan, monkeypatch, fake_engine, django_capture_on_commit_callbacks
+):
     from webapp.delineation import tasks
     from webapp.delineation.models import Scan
 
@@ -226,8 +229,9 @@ def test_back_off_doubles_up_to_the_maximum(settings):
 
 
 @pytest.mark.django_db
-def test_a_bug_while_sending_is_a_failed_attempt_not_a_send_left_queued(succeeded_job, fast_retries, monkeypatch,
-                                                                        django_capture_on_commit_callbacks):  # fmt: skip
+def test_a_bug_while_sending_is_a_failed_attempt_not_a_send_left_queued(
+    succeeded_job, fast_retries, monkeypatch, django_capture_on_commit_callbacks
+):
     record = planned(succeeded_job, free_port())
 
     def broken(peer, dataset):

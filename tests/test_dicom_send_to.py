@@ -43,7 +43,8 @@ def test_unknown_or_anothers_destination_is_refused(succeeded_job, destination, 
     for name in ("NOWHERE", "BOBS_TPS"):
         response = alice_api.post(f"/api/jobs/{succeeded_job.id}/send/", {"destination": name}, format="json")
         assert response.status_code == 400
-        assert f"no destination named {name!r}" in response.json()["detail"] and "Your destinations: TPS." in response.json()["detail"]
+        detail = response.json()["detail"]
+        assert f"no destination named {name!r}" in detail and "Your destinations: TPS." in detail
     assert not ResultSend.objects.exists()
 
 
@@ -64,7 +65,13 @@ def test_a_job_without_a_result_cannot_be_sent(succeeded_job, destination, alice
     assert response.status_code == 409
 
 
-def test_the_send_to_button(succeeded_job, destination, alice, charlie, django_capture_on_commit_callbacks):  # noqa: F811
+def test_the_send_to_button(
+    succeeded_job,  # noqa: F811
+    destination,
+    alice,
+    charlie,
+    django_capture_on_commit_callbacks,
+):
     client = Client()
     client.force_login(alice)
     page = client.get(f"/jobs/{succeeded_job.id}/").content.decode()

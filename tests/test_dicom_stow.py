@@ -34,7 +34,12 @@ def stow_peer(job, url: str) -> ResultSend:
     return ResultSend.objects.get(job=job)
 
 
-def test_stow_rs_into_orthancs_dicomweb(orthanc, succeeded_job, alice_api, django_capture_on_commit_callbacks):  # noqa: F811
+def test_stow_rs_into_orthancs_dicomweb(
+    orthanc,
+    succeeded_job,  # noqa: F811
+    alice_api,
+    django_capture_on_commit_callbacks,
+):
     record = stow_peer(succeeded_job, f"{orthanc.url}/dicom-web")
     with django_capture_on_commit_callbacks(execute=True):
         send.job_finished(succeeded_job)
@@ -46,8 +51,11 @@ def test_stow_rs_into_orthancs_dicomweb(orthanc, succeeded_job, alice_api, djang
     assert alice_api.get(f"/api/jobs/{succeeded_job.id}/").json()["sends"][0]["state"] == "sent"
 
 
-def test_a_dicomweb_server_that_is_down_gets_retries_then_a_failed_send(succeeded_job, fast_retries,  # noqa: F811
-                                                                        django_capture_on_commit_callbacks):  # fmt: skip
+def test_a_dicomweb_server_that_is_down_gets_retries_then_a_failed_send(
+    succeeded_job,  # noqa: F811
+    fast_retries,  # noqa: F811
+    django_capture_on_commit_callbacks,
+):
     record = stow_peer(succeeded_job, f"http://127.0.0.1:{free_port()}/dicom-web")
     with django_capture_on_commit_callbacks(execute=True):
         send.job_finished(succeeded_job)
@@ -56,7 +64,12 @@ def test_a_dicomweb_server_that_is_down_gets_retries_then_a_failed_send(succeede
     assert "No answer from the DICOMweb server" in record.message and "after 3 attempts" in record.message
 
 
-def test_an_http_error_is_a_failed_attempt(orthanc, succeeded_job, fast_retries, django_capture_on_commit_callbacks):  # noqa: F811
+def test_an_http_error_is_a_failed_attempt(
+    orthanc,
+    succeeded_job,  # noqa: F811
+    fast_retries,  # noqa: F811
+    django_capture_on_commit_callbacks,
+):
     record = stow_peer(succeeded_job, f"{orthanc.url}/no-such-root")
     with django_capture_on_commit_callbacks(execute=True):
         send.job_finished(succeeded_job)
@@ -71,8 +84,8 @@ def test_dicom_peer_add_takes_a_stow_url(alice, fake_engine):
     from django.core.management import call_command
 
     out = StringIO()
-    call_command("dicom_peer", "add", "ARCHIVE", "--ae-title", "ARCH", "--host", "127.0.0.1", "--port", "104",
-                 "--owner", "alice", "--model", "hn-oar", "--send-results", "--stow-url", "https://pacs.example/dicom-web",
-                 stdout=out)  # fmt: skip
+    args = ["ARCHIVE", "--ae-title", "ARCH", "--host", "127.0.0.1", "--port", "104", "--owner", "alice"]
+    args += ["--model", "hn-oar", "--send-results", "--stow-url", "https://pacs.example/dicom-web"]
+    call_command("dicom_peer", "add", *args, stdout=out)
     assert "RTSTRUCT sent by STOW-RS to https://pacs.example/dicom-web" in out.getvalue()
     assert DicomPeer.objects.get().stow_url == "https://pacs.example/dicom-web"

@@ -72,14 +72,14 @@ def test_the_node_accepts_tls_peers_with_a_certificate_only(tls_settings):
     node = Node(Anyone(), "DELINEO", "127.0.0.1", free_port(), timeout_s=10, ssl_context=tls.server_context())
     node.start()
     try:
-        assoc = scu("CTSIM1").associate("127.0.0.1", node.port, ae_title="DELINEO", tls_args=(peer_context(pki), "127.0.0.1"))
+        with_certificate = (peer_context(pki), "127.0.0.1")
+        assoc = scu("CTSIM1").associate("127.0.0.1", node.port, ae_title="DELINEO", tls_args=with_certificate)
         assert assoc.is_established and assoc.send_c_echo().Status == 0
         assoc.release()
         plain = scu("CTSIM1").associate("127.0.0.1", node.port, ae_title="DELINEO")
         assert not plain.is_established  # plain TCP to a TLS node
-        anonymous = scu("CTSIM1").associate(
-            "127.0.0.1", node.port, ae_title="DELINEO", tls_args=(peer_context(pki, with_certificate=False), "127.0.0.1")
-        )
+        without = (peer_context(pki, with_certificate=False), "127.0.0.1")
+        anonymous = scu("CTSIM1").associate("127.0.0.1", node.port, ae_title="DELINEO", tls_args=without)
         assert not anonymous.is_established  # TLS without a certificate the CA signed
     finally:
         node.stop()
