@@ -243,3 +243,18 @@ def test_a_bug_while_sending_is_a_failed_attempt_not_a_send_left_queued(
     record.refresh_from_db()
     assert (record.state, record.attempts) == ("failed", 3)
     assert "Internal error while sending (RuntimeError)" in record.message and "Patient" not in record.message
+
+
+@pytest.mark.django_db
+def test_a_job_killed_at_its_time_limit_fails_its_sends(alice, alice_dicom_scan, fake_engine):
+    from webapp.delineation import tasks
+    from webapp.delineation.models import Scan
+
+    peer = DicomPeer.objects.create(name="TPS", ae_title="TPS1", host="127.0.0.1", port=104, owner=alice,
+                                    model_name="hn-oar", send_results=True)  # fmt: skip
+    job = Job.objects.create(owner=alice, scan=Scan.objects.get(pk=alice_dicom_scan["id"]), model_name="hn-oar",
+                             status="running")  # fmt: skip
+    send.plan_sends(job, peer)
+    tasks.fail_after_time_limit(job.id, 600)
+    record = ResultSend.objects.get()
+    assert record.state == "failed" and "The job failed" in record.message

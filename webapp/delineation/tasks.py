@@ -141,6 +141,7 @@ def fail_after_time_limit(job_id: str | UUID, seconds: float) -> None:
     if updated:
         logger.warning("job %s killed at its hard time limit (%ss)", job_id, seconds)
         services.remove_tree(job.output_dir)
+        _results_to_send(Job.objects.get(pk=job_id))
 
 
 class JobRequest(Request):
@@ -178,9 +179,10 @@ class JobTask(Task):
             error = time_limit_message(kind, settings.DELINEO_JOB_SOFT_TIME_LIMIT)
         else:
             error = f"The job stopped unexpectedly ({type(exc).__name__}). Please try again."
-        Job.objects.filter(pk=job_id).exclude(status__in=Job.FINISHED).update(
+        if Job.objects.filter(pk=job_id).exclude(status__in=Job.FINISHED).update(
             status=Job.Status.FAILED, error=error, finished=timezone.now()
-        )
+        ):
+            _results_to_send(Job.objects.get(pk=job_id))
 
 
 def _fail(job: Job, message: str, timings: dict) -> None:
