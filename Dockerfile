@@ -3,6 +3,9 @@
 # proxy with HTTPS in front (BEHIND_TLS_PROXY=true; docs/security.md).
 #   web:    docker run -p 127.0.0.1:8000:8000 -v delineo-data:/data --env-file delineo.env delineo
 #   worker: docker run -v delineo-data:/data --env-file delineo.env delineo celery -A webapp worker -c 1 -l info
+#   DICOM node: docker run -p 11112:11112 -v delineo-data:/data --env-file delineo.env delineo python manage.py dicom_node
+#     (listens on all addresses inside the container; publish the port to the hospital network
+#     only, docs/dicom-networking.md "Security")
 # Web and worker share /data (patient data, and the embedded SQLite database and broker
 # unless DATABASE_URL / CELERY_BROKER_URL point at PostgreSQL and Redis; docs/deployment.md).
 FROM python:3.11-slim
@@ -15,7 +18,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MEDIA_ROOT=/data/media \
     DATABASE_URL=sqlite:////data/db.sqlite3 \
     CELERY_BROKER_URL=sqla+sqlite:////data/celery-broker.sqlite3 \
-    STATIC_ROOT=/app/var/static
+    STATIC_ROOT=/app/var/static \
+    DICOM_NODE_HOST=0.0.0.0 \
+    DICOM_NODE_PORT=11112
 
 WORKDIR /app
 
@@ -41,7 +46,7 @@ RUN useradd --create-home --uid 1000 delineo \
 USER delineo
 
 VOLUME ["/data"]
-EXPOSE 8000
+EXPOSE 8000 11112
 
 # Web. Run `python manage.py migrate` (and `ensure_local_account`) once before, e.g. as a
 # one-off container. Worker: override the command with `celery -A webapp worker -c 1 -l info`.

@@ -1,11 +1,12 @@
-# Delineo: `make run` (web server + one Celery worker) and `make test` set themselves up.
+# Delineo: `make run` (web server + one Celery worker + the DICOM node) and `make test` set themselves up.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
-APT_PACKAGES := dicom3tools plastimatch dcm2niix chromium chromium-driver redis-server elastix
-APT_BINARIES := dciodvfy plastimatch dcm2niix chromium chromedriver redis-server elastix transformix
+APT_PACKAGES := dicom3tools plastimatch dcm2niix chromium chromium-driver redis-server elastix dcmtk orthanc orthanc-dicomweb openssl
+APT_BINARIES := dciodvfy plastimatch dcm2niix chromium chromedriver redis-server elastix transformix storescu storescp echoscu Orthanc openssl
+APT_FILES := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 
 .PHONY: run test install system-packages bench bench-load train train-piece clean
 
@@ -17,9 +18,13 @@ $(VENV)/.installed: requirements.txt
 
 install: $(VENV)/.installed
 
-# Debian tools the tests use: dciodvfy, plastimatch, dcm2niix, headless Chromium, redis-server (fault tests), elastix.
+# Debian tools the tests use: dciodvfy, plastimatch, dcm2niix, headless Chromium, redis-server (fault tests), elastix,
+# dcmtk (storescu, storescp, echoscu) and Orthanc with its DICOMweb plugin: real DICOM peers of the node's tests
+# (each test starts its own Orthanc on free loopback ports; the Debian package's own service is not used);
+# openssl makes the certificates of the DICOM TLS tests.
 system-packages:
 	@missing=""; for b in $(APT_BINARIES); do command -v $$b >/dev/null || missing=1; done; \
+	for f in $(APT_FILES); do test -e $$f || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(APT_PACKAGES); \
 	fi
@@ -28,10 +33,13 @@ run: install
 	mkdir -p var
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py ensure_local_account
-	@echo "Starting one Celery worker (log: var/worker.log) and the web server."
+	@echo "Starting one Celery worker (log: var/worker.log), the DICOM node (log: var/dicom-node.log) and the web server."
 	@echo "Open http://$(HOST):$(PORT)/ and log in with the account above."
+	@echo "DICOM node: AE title $${DICOM_NODE_AE_TITLE:-DELINEO} on $${DICOM_NODE_HOST:-127.0.0.1}:$${DICOM_NODE_PORT:-11112}; add peers with $(PY) manage.py dicom_peer add (docs/dicom-networking.md)."
 	$(VENV)/bin/celery -A webapp worker -c 1 -l info > var/worker.log 2>&1 & \
-	worker=$$!; trap "kill $$worker 2>/dev/null" EXIT INT TERM; \
+	worker=$$!; \
+	$(PY) manage.py dicom_node > var/dicom-node.log 2>&1 & \
+	node=$$!; trap "kill $$worker $$node 2>/dev/null" EXIT INT TERM; \
 	$(VENV)/bin/gunicorn -c webapp/gunicorn.conf.py -b $(HOST):$(PORT)
 
 test: install system-packages

@@ -17,6 +17,7 @@ from rest_framework.test import APIClient
 from tests import factories
 from tests.test_adapt_workflow import daily, planning, propagate, rtstruct_uid  # noqa: F401  (fixtures)
 from tests.test_audit_job import auditing, post_audit  # noqa: F401  (``auditing`` is a fixture)
+from webapp.delineation.dicom.models import DicomPeer
 from webapp.delineation.models import AccessEvent, Job, Patient, Scan, Team
 
 pytestmark = pytest.mark.django_db
@@ -32,10 +33,12 @@ OBJECT_URLS = {
     "scan-share": ("scan", {"post": (302, 403)}),
     "scan-unshare": ("scan", {"post": (302, 403)}),
     "job-viewer": ("job", {"get": (200, 200)}),
+    "job-send": ("job", {"post": (302, 403)}),  # "Send to": the RTSTRUCT to one of the owner's DICOM destinations
     "api-scan-detail": ("scan", {"get": (200, 200), "delete": (204, 403), "patch": (200, 403)}),  # PATCH: patient
     "api-scan-share": ("scan", {"post": (200, 403)}),
     "api-scan-unshare": ("scan", {"post": (200, 403)}),
     "api-job-detail": ("job", {"get": (200, 200)}),
+    "api-job-send": ("job", {"post": (202, 403)}),
     "api-job-labels": ("job", {"get": (200, 200)}),
     "api-job-structures-zip": ("job", {"get": (200, 200)}),
     "api-job-rtstruct": ("job", {"get": (200, 200)}),
@@ -63,6 +66,8 @@ BODIES = {
     "api-scan-detail": {"patient_id": "PAT-0002"},
     "api-job-choices": {"choices": {"Brainstem": "direct"}},
     "api-patient-detail": {"label": "Head and neck 1"},
+    "job-send": {"destination": "TPS"},
+    "api-job-send": {"destination": "TPS"},
 }
 # Lists of the user's data: Alice's ids appear only in hers (and in Bob's while shared, except
 # the audit log, which shows each user the events on the data they own).
@@ -146,6 +151,8 @@ def alice_data(alice_api, fake_engine, django_capture_on_commit_callbacks) -> di
         job = alice_api.post("/api/jobs/", {"scan": scan["id"], "model": "hn-oar"}, format="json").json()
     assert Job.objects.get(pk=job["id"]).status == Job.Status.SUCCEEDED
     patient = Patient.objects.get(patient_id=PATIENT_ID)
+    # Alice's DICOM destination for "Send to" (nothing is sent: the send stays queued here).
+    DicomPeer.objects.create(name="TPS", ae_title="TPS1", host="127.0.0.1", port=104, owner=patient.owner)
     return {"scan": scan["id"], "job": job["id"], "job_scan": scan["id"], "patient": str(patient.id)}
 
 

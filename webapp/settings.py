@@ -192,6 +192,38 @@ DELINEO_UPLOAD_PREFLIGHT = env_bool("DELINEO_UPLOAD_PREFLIGHT", True)
 # Whether the upload form's "De-identify" box starts ticked, and the API's default for
 # `deidentify` (docs/security.md, "De-identification").
 DELINEO_DEIDENTIFY_DEFAULT = env_bool("DELINEO_DEIDENTIFY_DEFAULT", False)
+# --- DICOM node (docs/dicom-networking.md) ---------------------------------------------
+# `manage.py dicom_node`: a Storage SCP that peers configured by an administrator
+# (`manage.py dicom_peer`) send scans to, and the SCU that sends results back.
+DICOM_NODE_AE_TITLE = env_str("DICOM_NODE_AE_TITLE", "DELINEO")
+if len(DICOM_NODE_AE_TITLE) > 16 or not DICOM_NODE_AE_TITLE.isascii() or "\\" in DICOM_NODE_AE_TITLE:
+    raise ImproperlyConfigured(
+        f"DICOM_NODE_AE_TITLE={DICOM_NODE_AE_TITLE!r} is not a DICOM AE title "
+        "(at most 16 ASCII characters, no backslash)"
+    )
+# Loopback unless set: a node reachable from the hospital network is a decision (0.0.0.0 in the Dockerfile).
+DICOM_NODE_HOST = env_str("DICOM_NODE_HOST", "127.0.0.1")
+DICOM_NODE_PORT = env_int("DICOM_NODE_PORT", 11112, minimum=1)
+if DICOM_NODE_PORT > 65535:
+    raise ImproperlyConfigured(f"DICOM_NODE_PORT={DICOM_NODE_PORT} is not a TCP port (1 to 65535)")
+# An association as a peer's AE title must come from an address of that peer's host.
+DICOM_NODE_CHECK_PEER_HOST = env_bool("DICOM_NODE_CHECK_PEER_HOST", True)
+# DICOM over TLS (webapp/delineation/dicom/tls.py): the node's certificate and key (PEM);
+# with both, it accepts TLS only. With a CA file, peers must present a certificate it signed.
+DICOM_NODE_TLS_CERT = env_str("DICOM_NODE_TLS_CERT", "")
+DICOM_NODE_TLS_KEY = env_str("DICOM_NODE_TLS_KEY", "")
+DICOM_NODE_TLS_CA = env_str("DICOM_NODE_TLS_CA", "")
+if bool(DICOM_NODE_TLS_CERT) != bool(DICOM_NODE_TLS_KEY):
+    raise ImproperlyConfigured("DICOM_NODE_TLS_CERT and DICOM_NODE_TLS_KEY go together: set both, or neither")
+# A study is complete once its association was released and nothing arrived for this long.
+DICOM_NODE_SERIES_QUIET_S = env_int("DICOM_NODE_SERIES_QUIET_S", 10, minimum=0)
+# Sending results to a peer (C-STORE SCU): attempts, and the first wait between them in
+# seconds (doubled each time, at most DICOM_SEND_MAX_DELAY_S).
+DICOM_SEND_ATTEMPTS = env_int("DICOM_SEND_ATTEMPTS", 5, minimum=1)
+DICOM_SEND_RETRY_DELAY_S = env_int("DICOM_SEND_RETRY_DELAY_S", 30, minimum=0)
+DICOM_SEND_MAX_DELAY_S = env_int("DICOM_SEND_MAX_DELAY_S", 600, minimum=0)
+# Seconds to wait for a peer's answers (association, DIMSE, network) before giving up.
+DICOM_NETWORK_TIMEOUT_S = env_int("DICOM_NETWORK_TIMEOUT_S", 30, minimum=1)
 # --- Retention (docs/security.md, "Retention") -------------------------------------------
 # Days a scan (with its jobs and files) is kept; `manage.py purge_old_data` deletes older ones.
 # Unset or 0: kept until deleted by hand.
@@ -344,6 +376,9 @@ LOGGING = {
     "loggers": {
         "pydicom": {"filters": ["withhold_dicom_values"], "level": "WARNING"},
         "highdicom": {"level": "WARNING"},
+        # pynetdicom dumps each DIMSE request (SOP Instance UIDs) at INFO and DEBUG; the node
+        # logs associations and statuses itself (webapp/delineation/dicom/scp.py).
+        "pynetdicom": {"filters": ["withhold_dicom_values"], "level": "WARNING"},
         "py.warnings": {"filters": ["withhold_dicom_values"]},
         "django": {"handlers": [], "level": "INFO", "propagate": True},
     },

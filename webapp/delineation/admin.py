@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from webapp.delineation.models import AccessEvent, Job, Scan, Team
+from webapp.delineation.models import AccessEvent, DicomPeer, DicomReceipt, Job, ResultSend, Scan, Team
 
 
 @admin.register(Team)
@@ -46,6 +46,7 @@ class AccessEventAdmin(admin.ModelAdmin):
         "filename",
         "team",
         "client_ip",
+        "calling_ae",
         "count",
     )
     list_filter = ("action", "object_type")
@@ -59,4 +60,37 @@ class AccessEventAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(DicomPeer)
+class DicomPeerAdmin(admin.ModelAdmin):
+    """The peers allowed to associate with the DICOM node (also ``manage.py dicom_peer``)."""
+
+    list_display = (
+        "name", "ae_title", "host", "port", "owner", "model_name", "send_results", "send_seg", "results_to", "stow_url",
+        "deidentify",
+    )  # fmt: skip
+    search_fields = ("name", "ae_title", "host", "owner__username")
+
+
+@admin.register(DicomReceipt)
+class DicomReceiptAdmin(admin.ModelAdmin):
+    """Studies being received, and what became of them: read-only (the node writes them)."""
+
+    list_display = ("created", "calling_ae", "owner", "state", "instances", "size_bytes", "last_received", "scan")
+    list_filter = ("state",)
+    readonly_fields = [f.name for f in DicomReceipt._meta.fields]
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(ResultSend)
+class ResultSendAdmin(admin.ModelAdmin):
+    list_display = ("created", "job", "destination", "filename", "state", "status", "attempts", "finished")
+    list_filter = ("state",)
+    readonly_fields = [f.name for f in ResultSend._meta.fields]
+
+    def has_add_permission(self, request, obj=None) -> bool:
         return False

@@ -38,9 +38,11 @@ from webapp.delineation.serializers import (
     JobCreateSerializer,
     JobSerializer,
     PatientSerializer,
+    ResultSendSerializer,
     ScanPatientSerializer,
     ScanSerializer,
     ScanUploadSerializer,
+    SendRequestSerializer,
     ShareSerializer,
     TeamSerializer,
     propagation_fields,
@@ -211,7 +213,11 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation
             return Job.objects.none()
-        queryset = Job.objects.visible_to(self.request.user).select_related("scan", "scan__owner", "planning_scan")
+        queryset = (
+            Job.objects.visible_to(self.request.user)
+            .select_related("scan", "scan__owner", "planning_scan")
+            .prefetch_related("sends")
+        )
         scan = self.request.query_params.get("scan")
         if scan and self.action == "list":
             try:
@@ -255,6 +261,35 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
     @extend_schema(parameters=[OpenApiParameter("scan", OpenApiTypes.UUID, description="Only the jobs of this scan.")])
     def list(self, request: Request, *args, **kwargs) -> Response:
         return super().list(request, *args, **kwargs)
+
+    @extend_schema(
+        request=SendRequestSerializer,
+        responses={
+            202: ResultSendSerializer,
+            200: OpenApiResponse(ResultSendSerializer, description="The same send is already queued: that one."),
+            400: _DETAIL,
+            403: _DETAIL,
+            409: _DETAIL,
+        },
+    )
+    @action(detail=True, methods=["post"], url_path="send", url_name="send")
+    def send(self, request: Request, pk: str | None = None) -> Response:
+        """Send the job's RTSTRUCT to one of your DICOM destinations (C-STORE, or STOW-RS);
+        its progress is in the job's ``sends``. Owner of the scan only; recorded as ``send``."""
+        from webapp.delineation.dicom import send as dicom_send
+
+        job = self.get_object()
+        data = SendRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            record, created = dicom_send.send_on_request(job, request.user, data.validated_data["destination"])
+        except dicom_send.SendRefused as exc:
+            return _detail(exc.message, exc.status)
+        if created:
+            audit.record(request, AccessEvent.Action.SEND, job, filename=record.filename)
+        record.refresh_from_db()
+        code = status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
+        return Response(ResultSendSerializer(record).data, status=code)
 
     def _result_file(self, name: str) -> tuple[Job, Response | None]:
         job = self.get_object()

@@ -50,3 +50,33 @@ def record_purge(count: int) -> AccessEvent:
     return AccessEvent.objects.create(
         action=AccessEvent.Action.PURGE, object_type=AccessEvent.ObjectType.AUDIT_LOG, count=count
     )
+
+
+def record_dicom_rejected(calling_ae: str, address: str) -> AccessEvent:
+    """Record an association the DICOM node rejected: the calling AE title and address only."""
+    return AccessEvent.objects.create(
+        action=AccessEvent.Action.DICOM_REJECTED,
+        object_type=AccessEvent.ObjectType.DICOM_NODE,
+        calling_ae=calling_ae[:16],
+        client_ip=_address(address),
+    )
+
+
+def record_dicom_upload(peer, scan: Scan, address: str = "") -> AccessEvent:  # noqa: ANN001 (a DicomPeer)
+    """Record a scan received from a DICOM peer: an upload by the system on behalf of the peer's owner."""
+    return AccessEvent.objects.create(
+        username=f"dicom:{peer.name}"[:150],
+        action=AccessEvent.Action.UPLOAD,
+        object_type=AccessEvent.ObjectType.SCAN,
+        object_id=scan.pk,
+        object_owner_id=scan.owner_id,
+        calling_ae=peer.ae_title,
+        client_ip=_address(address),
+    )
+
+
+def _address(address: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return None

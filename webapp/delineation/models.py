@@ -308,12 +308,17 @@ class AccessEvent(models.Model):
         SHARE = "share", "Share with a team"
         UNSHARE = "unshare", "Stop sharing with a team"
         PURGE = "purge", "Delete old events of this log"
+        # A job's result sent to a DICOM destination ("Send to", API): ``filename`` is the output sent.
+        SEND = "send", "Send to a DICOM destination"
+        # The DICOM node refused an association: the calling AE title is not a configured peer.
+        DICOM_REJECTED = "dicom_rejected", "DICOM association rejected"
 
     class ObjectType(models.TextChoices):
         SCAN = "scan", "Scan"
         JOB = "job", "Job"
         PATIENT = "patient", "Patient"
         AUDIT_LOG = "log", "Audit log"
+        DICOM_NODE = "dicom", "DICOM node"
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="access_events"
@@ -330,6 +335,8 @@ class AccessEvent(models.Model):
     # Share and unshare: the team's name then (it stays when the team is renamed or deleted).
     team = models.CharField(max_length=150, blank=True, default="")
     client_ip = models.GenericIPAddressField(null=True, blank=True)
+    # A DICOM association: the calling AE title (an upload by a peer, or a rejected association).
+    calling_ae = models.CharField(max_length=16, blank=True, default="")
     count = models.PositiveIntegerField(null=True, blank=True)  # a purge: the events it deleted
     created = models.DateTimeField(auto_now_add=True, db_index=True)
 
@@ -340,3 +347,7 @@ class AccessEvent(models.Model):
     def __str__(self) -> str:
         what = f"{self.count} event(s)" if self.action == self.Action.PURGE else self.object_id
         return f"{self.username or 'system'} {self.action} {self.object_type} {what}"
+
+
+# The DICOM node's models live in their own module; imported here so that Django registers them.
+from webapp.delineation.dicom.models import DicomPeer, DicomReceipt, ResultSend  # noqa: E402, F401

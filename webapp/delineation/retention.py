@@ -22,6 +22,7 @@ class PurgeResult:
     scans: int  # deleted (or, in a dry run, that would be)
     jobs: int  # their jobs
     skipped: int  # old scans left for now: a job is running on them
+    receipts: int = 0  # studies from DICOM peers that never became a scan (refused, or never completed)
 
 
 def purge(days: int, dry_run: bool = False, now: datetime | None = None) -> PurgeResult:
@@ -52,16 +53,37 @@ def purge(days: int, dry_run: bool = False, now: datetime | None = None) -> Purg
             if not dry_run:
                 audit.record(None, AccessEvent.Action.DELETE, scan)
                 scan.delete()
+    receipts = _purge_receipts(cutoff, dry_run)
     logger.info(
-        "retention %s: %d scan(s) and %d job(s) older than %d day(s) %s; %d skipped (a job is running)",
+        "retention %s: %d scan(s) and %d job(s) older than %d day(s) %s; %d skipped (a job is running); "
+        "%d DICOM receipt(s) without a scan",
         "dry run" if dry_run else "purge",
         scans,
         jobs,
         days,
         "would be deleted" if dry_run else "deleted",
         skipped,
+        receipts,
     )
-    return PurgeResult(scans=scans, jobs=jobs, skipped=skipped)
+    return PurgeResult(scans=scans, jobs=jobs, skipped=skipped, receipts=receipts)
+
+
+def _purge_receipts(cutoff: datetime, dry_run: bool) -> int:
+    """Studies received by the DICOM node that never became a scan (its check failed, or the
+    sender never completed it), with nothing received since ``cutoff``: their files are patient
+    data too (removed with the row, models.DicomReceipt). A study being checked is left alone."""
+    from webapp.delineation.dicom.models import DicomReceipt
+
+    old = DicomReceipt.objects.filter(scan__isnull=True, created__lt=cutoff).exclude(state="ingesting")
+    old = old.filter(Q(last_received__isnull=True) | Q(last_received__lt=cutoff))
+    if dry_run:
+        return old.count()
+    count = 0
+    for receipt in old:
+        with transaction.atomic():
+            receipt.delete()
+        count += 1
+    return count
 
 
 def purge_audit_log(days: int, dry_run: bool = False, now: datetime | None = None) -> int:

@@ -8,7 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import exceptions, serializers
 
 from webapp.delineation import services, sharing
-from webapp.delineation.models import AccessEvent, Job, Patient, Scan, Team
+from webapp.delineation.models import AccessEvent, Job, Patient, ResultSend, Scan, Team
 from webapp.delineation.patients import PatientIdError, clean_patient_id
 
 
@@ -359,7 +359,29 @@ def propagation_fields(validated: dict) -> dict:
     }
 
 
+class ResultSendSerializer(serializers.ModelSerializer):
+    """A result sent to a DICOM destination (``dicom.send``): queued, sent, or failed with the peer's status."""
+
+    file = serializers.CharField(source="filename", read_only=True)
+    status = serializers.IntegerField(
+        read_only=True, allow_null=True, help_text="The destination's C-STORE status (0 = stored); null: none yet."
+    )
+
+    class Meta:
+        model = ResultSend
+        fields = ["destination", "file", "state", "status", "message", "attempts", "created", "finished"]
+        read_only_fields = fields
+
+
+class SendRequestSerializer(serializers.Serializer):
+    destination = serializers.CharField(
+        max_length=64,
+        help_text="The name of one of your DICOM destinations (peers an administrator configured for you).",
+    )
+
+
 class JobSerializer(serializers.ModelSerializer):
+    sends = ResultSendSerializer(many=True, read_only=True)
     model = serializers.CharField(source="model_name", read_only=True)
     series = serializers.CharField(source="series_key", read_only=True)
     scan_name = serializers.CharField(source="scan.name", read_only=True)
@@ -401,6 +423,7 @@ class JobSerializer(serializers.ModelSerializer):
             "contours_job",
             "choices",
             "propagation",
+            "sends",
         ]
         read_only_fields = fields
 

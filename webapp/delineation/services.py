@@ -164,14 +164,15 @@ def audit_models() -> list[str]:
     return [card["name"] for card in model_cards() if card.get("audit")]
 
 
-def preflight(path: Path) -> dict | None:
+def preflight(path: Path, keep_refused: bool = False) -> dict | None:
     """The engine's pre-flight report of an upload (``engine.io.preflight.inspect_input``).
 
     Returns the report (series with geometry and status, skipped files, other DICOM
     objects, ``selected``, and ``patient_ids``: the DICOM Patient ID of each series, to be
     taken out before the report is stored, see ``dicom_patient_id``), or None when the
     engine is not installed. Raises :class:`PreflightError` when nothing in the upload can
-    be delineated.
+    be delineated; with ``keep_refused`` only when nothing can be read, and a report whose
+    every series is refused gets ``refused``, the reasons in a sentence.
     """
     try:
         from engine.io.preflight import inspect_input
@@ -188,7 +189,10 @@ def preflight(path: Path) -> dict | None:
         logger.error("pre-flight read of an upload failed:\n%s", traceback_without_messages(exc))
         raise PreflightError(f"The upload could not be read as an image ({type(exc).__name__}: {exc}).") from None
     refused = [s for s in report["series"] if s["status"] != "ok"]
-    if len(refused) == len(report["series"]):
+    if len(refused) == len(report["series"]) and keep_refused:
+        reasons = "; ".join(s["reason"] for s in refused) or "no image series"
+        report["refused"] = f"Nothing in it can be delineated: {reasons}"
+    elif len(refused) == len(report["series"]):
         if len(refused) == 1:
             raise PreflightError(refused[0]["reason"])
         reasons = "; ".join(f"{s['key']}: {s['reason']}" for s in refused)

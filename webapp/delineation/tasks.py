@@ -141,6 +141,7 @@ def fail_after_time_limit(job_id: str | UUID, seconds: float) -> None:
     if updated:
         logger.warning("job %s killed at its hard time limit (%ss)", job_id, seconds)
         services.remove_tree(job.output_dir)
+        _results_to_send(Job.objects.get(pk=job_id))
 
 
 class JobRequest(Request):
@@ -178,9 +179,10 @@ class JobTask(Task):
             error = time_limit_message(kind, settings.DELINEO_JOB_SOFT_TIME_LIMIT)
         else:
             error = f"The job stopped unexpectedly ({type(exc).__name__}). Please try again."
-        Job.objects.filter(pk=job_id).exclude(status__in=Job.FINISHED).update(
+        if Job.objects.filter(pk=job_id).exclude(status__in=Job.FINISHED).update(
             status=Job.Status.FAILED, error=error, finished=timezone.now()
-        )
+        ):
+            _results_to_send(Job.objects.get(pk=job_id))
 
 
 def _fail(job: Job, message: str, timings: dict) -> None:
@@ -192,6 +194,7 @@ def _fail(job: Job, message: str, timings: dict) -> None:
     job.timings = timings
     job.finished = timezone.now()
     job.save(update_fields=["status", "error", "timings", "finished"])
+    _results_to_send(job)
 
 
 @contextmanager
@@ -346,7 +349,19 @@ def _run(job_id: str | UUID) -> str:
     job.checksums = checksums
     job.finished = timezone.now()
     job.save()
+    _results_to_send(job)
     return Job.Status.SUCCEEDED
+
+
+def _results_to_send(job: Job) -> None:
+    """Queue (succeeded) or fail (failed) the DICOM sends planned for ``job``; a problem here
+    never changes the job's own outcome."""
+    try:
+        from webapp.delineation.dicom import send
+
+        send.job_finished(job)
+    except Exception as exc:
+        logger.error("job %s: its result sends could not be queued:\n%s", job.id, traceback_without_messages(exc))
 
 
 def _propagate(job: Job, out_dir: Path, progress: ProgressRecorder) -> services.PropagationEngineResult:
@@ -443,3 +458,32 @@ def submit(job: Job) -> None:
             )
 
     transaction.on_commit(send)
+
+
+@shared_task(bind=True, name="delineation.send_result", acks_late=True, max_retries=None)
+def send_result(self: Task, send_id: int) -> None:
+    """One attempt at sending a job's result to a DICOM destination (``dicom.send.attempt``);
+    tried again after the back-off it returns. Idempotent: a send no longer queued is left alone."""
+    from webapp.delineation.dicom import send
+
+    delay = send.attempt(send_id)
+    if delay is not None:
+        raise self.retry(countdown=delay)
+
+
+def submit_send(send_id: int) -> None:
+    """Queue a result send once the current transaction commits."""
+
+    def go() -> None:
+        try:
+            send_result.delay(send_id)
+        except Exception as exc:  # broker down: the send says so instead of staying queued
+            logger.exception("could not queue result send %s", send_id)
+            from webapp.delineation.dicom.models import ResultSend
+
+            ResultSend.objects.filter(pk=send_id, state="queued").update(
+                state="failed", message=f"The send could not be queued (task queue unavailable: {type(exc).__name__}).",
+                finished=timezone.now(),
+            )
+
+    transaction.on_commit(go)

@@ -508,10 +508,21 @@ def _store(
                 f"The file {str(rel)!r} cannot be stored under its path in the folder (the path is too long, or "
                 "clashes with another file's). Upload the folder as a zip."
             ) from None
+    return stored_folder(original, relative, name)
+
+
+def stored_folder(original: Path, relative: Sequence[PurePosixPath], name: str = "") -> StoredUpload:
+    """The files written under ``original`` (paths ``relative`` to it) as a DICOM folder
+    upload: counts, size, default name. Used for browser uploads and for what the DICOM
+    node received (``dicom.assembly``).
+
+    Raises:
+        UploadError: none of the files is DICOM.
+    """
     dicom = [rel for rel in relative if is_dicom(original.joinpath(*rel.parts))]
     if not dicom:
         raise UploadError(
-            f"None of the {len(files)} files is a DICOM file. Upload the folder of a DICOM series, "
+            f"None of the {len(relative)} files is a DICOM file. Upload the folder of a DICOM series, "
             "a zip of it, or a NIfTI file."
         )
     others = sorted(str(rel) for rel in relative if rel not in set(dicom))
@@ -521,7 +532,7 @@ def _store(
     tops = {rel.parts[0] for rel in relative if len(rel.parts) > 1}
     default_name = tops.pop() if len(tops) == 1 and all(len(r.parts) > 1 for r in relative) else "DICOM folder"
     total = sum(original.joinpath(*rel.parts).stat().st_size for rel in relative)
-    return StoredUpload(name or default_name, "dicom_folder", original, len(files), total, notes)
+    return StoredUpload(name or default_name, "dicom_folder", original, len(relative), total, notes)
 
 
 NIFTI_NOT_APPLICABLE = (
@@ -638,11 +649,39 @@ def _accept(owner, single, files, paths, name, entered, patient_label, deidentif
     directory = scan_dir(scan_id)
     given_name = name.strip()[:255]
     stored = store_upload(directory, single, files, paths, name=given_name)
+    return record_stored(owner, scan_id, stored, given_name, entered, patient_label, deidentify)
+
+
+def record_stored(  # noqa: ANN001 (a user)
+    owner,
+    scan_id: uuid.UUID,
+    stored: StoredUpload,
+    given_name: str = "",
+    entered: str = "",
+    patient_label: str = "",
+    deidentify: bool = False,
+    keep_refused: bool = False,
+) -> Scan:
+    """What every upload goes through once its files are under ``scan_dir(scan_id)``:
+    de-identification when asked (:func:`deidentify_stored`), the pre-flight check, and the
+    ``Scan`` record with its patient. The browser and API uploads (``accept_upload``) and
+    the DICOM node (``dicom.assembly``) share it.
+
+    ``keep_refused``: an upload that nothing can be delineated from is still recorded, with
+    its refusals in the pre-flight report (``refused``, and each series' reason) for its scan
+    page; the DICOM node uses it, as its sender cannot be shown a message and no object it
+    was told was stored may be lost. Otherwise it is refused and nothing is kept.
+
+    Raises:
+        UploadError: refused (pre-flight without ``keep_refused``, or de-identification failed);
+            the folder is removed, except with ``keep_refused``.
+    """
+    directory = scan_dir(scan_id)
     try:
         deidentification = None
         if deidentify:
             stored, deidentification = deidentify_stored(directory, stored, given_name)
-        preflight = services.preflight(stored.input_path) if settings.DELINEO_UPLOAD_PREFLIGHT else None
+        preflight = _preflight(stored.input_path, keep_refused) if settings.DELINEO_UPLOAD_PREFLIGHT else None
         found_ids = (preflight.pop("patient_ids", None) or {}) if preflight else {}
         info = {**(preflight or {}), "upload": stored.notes} if preflight or stored.notes else None
         with transaction.atomic():
@@ -662,5 +701,15 @@ def _accept(owner, single, files, paths, name, entered, patient_label, deidentif
         shutil.rmtree(directory, ignore_errors=True)
         raise UploadError(f"The upload was not accepted: {exc.message}") from None
     except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)
+        if not keep_refused:  # the node keeps what it acknowledged, to be checked again
+            shutil.rmtree(directory, ignore_errors=True)
         raise
+
+
+def _preflight(path: Path, keep_refused: bool) -> dict | None:
+    if not keep_refused:
+        return services.preflight(path)
+    try:
+        return services.preflight(path, keep_refused=True)
+    except services.PreflightError as exc:  # not even one series could be read
+        return {"kind": "dicom", "series": [], "refused": exc.message}

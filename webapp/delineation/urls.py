@@ -12,4 +12,5 @@ urlpatterns = [
     path("patients/<uuid:patient_id>/", views.patient_detail, name="patient-detail"),
     path("jobs/", views.job_list, name="job-list"),
     path("jobs/<uuid:job_id>/", views.viewer, name="job-viewer"),
+    path("jobs/<uuid:job_id>/send/", views.job_send, name="job-send"),
 ]

@@ -266,4 +266,32 @@ def job_list(request: HttpRequest) -> HttpResponse:
 def viewer(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
     job = get_object_or_404(Job.objects.visible_to(request.user).select_related("scan"), pk=job_id)
     audit.record(request, AccessEvent.Action.VIEW, job)
-    return render(request, "delineation/viewer.html", {"job": job})
+    return render(request, "delineation/viewer.html", _viewer_context(request, job))
+
+
+def _viewer_context(request: HttpRequest, job: Job, send_error: str = "") -> dict:
+    from webapp.delineation.dicom.send import destinations_of
+
+    can_send = (
+        job.scan.is_owner(request.user) and job.status == Job.Status.SUCCEEDED and "rtstruct.dcm" in job.checksums
+    )
+    return {"job": job, "destinations": destinations_of(request.user) if can_send else [], "send_error": send_error}
+
+
+@login_required
+@require_POST
+def job_send(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
+    """The viewer's "Send to" button: the job's RTSTRUCT to one of the user's DICOM destinations."""
+    from webapp.delineation.dicom import send as dicom_send
+
+    job = get_object_or_404(Job.objects.visible_to(request.user).select_related("scan", "scan__owner"), pk=job_id)
+    try:
+        record, created = dicom_send.send_on_request(job, request.user, request.POST.get("destination", ""))
+    except dicom_send.SendRefused as exc:
+        return render(request, "delineation/viewer.html", _viewer_context(request, job, exc.message), status=exc.status)
+    if created:
+        audit.record(request, AccessEvent.Action.SEND, job, filename=record.filename)
+        messages.success(request, f"The RTSTRUCT is queued to be sent to {record.destination}.")
+    else:
+        messages.info(request, f"The RTSTRUCT is already queued to be sent to {record.destination}.")
+    return redirect("job-viewer", job_id=job.id)

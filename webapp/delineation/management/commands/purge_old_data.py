@@ -49,6 +49,7 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"{result.scans} scan(s) and {result.jobs} job(s) older than {days} day(s) {verb}; "
                 f"{result.skipped} skipped because a job is running on them."
+                + (f" {result.receipts} DICOM receipt(s) that never became a scan {verb}." if result.receipts else "")
             )
         if audit_days is None:
             self.stdout.write(
