@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import shutil
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
@@ -22,6 +24,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def running_node(quiet_s: float) -> Iterator:
+    """The node (AE title DELINEO) on a free loopback port with its series assembly, in
+    threads of this process; stopped on exit."""
+    from webapp.delineation.dicom.assembly import Assembly
+    from webapp.delineation.dicom.scp import Node
+
+    assembly = Assembly(quiet_s=quiet_s, poll_s=0.2)
+    node = Node(assembly, "DELINEO", "127.0.0.1", free_port(), timeout_s=20)
+    node.start()
+    assembly.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+        assembly.stop()
 
 
 def case_files(case: str = "pt_104") -> tuple[list[Path], Path]:

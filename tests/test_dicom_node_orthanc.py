@@ -12,13 +12,11 @@ import pydicom
 import pytest
 import requests
 
-from tests.dicom_peers import case_files, free_port
+from tests.dicom_peers import case_files, running_node
 from tests.dicom_tools import dciodvfy_errors
 from tests.orthanc import need_orthanc, start_orthanc, stop_orthanc
 from tests.test_dicom_node_receive import QUIET_S, wait_for
-from webapp.delineation.dicom.assembly import Assembly
 from webapp.delineation.dicom.models import DicomPeer, DicomReceipt, ResultSend
-from webapp.delineation.dicom.scp import Node
 from webapp.delineation.models import Job
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,13 +24,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def node():
-    assembly = Assembly(quiet_s=QUIET_S, poll_s=0.2)
-    scp = Node(assembly, "DELINEO", "127.0.0.1", free_port(), timeout_s=20)
-    scp.start()
-    assembly.start()
-    yield scp
-    scp.stop()
-    assembly.stop()
+    with running_node(QUIET_S) as scp:
+        yield scp
 
 
 @pytest.fixture

@@ -15,10 +15,9 @@ import pydicom
 import pytest
 from django.test import Client
 
-from tests.dicom_peers import case_files, free_port, need_dcmtk, scu
-from webapp.delineation.dicom.assembly import Assembly, original_dir
+from tests.dicom_peers import case_files, need_dcmtk, running_node, scu
+from webapp.delineation.dicom.assembly import original_dir
 from webapp.delineation.dicom.models import DicomPeer, DicomReceipt
-from webapp.delineation.dicom.scp import Node
 from webapp.delineation.models import AccessEvent, Scan
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the node's threads use their own connections
@@ -38,13 +37,8 @@ def peer(alice):
 
 @pytest.fixture
 def node(peer):
-    assembly = Assembly(quiet_s=QUIET_S, poll_s=0.2)
-    scp = Node(assembly, "DELINEO", "127.0.0.1", free_port(), timeout_s=20)
-    scp.start()
-    assembly.start()
-    yield scp
-    scp.stop()
-    assembly.stop()
+    with running_node(QUIET_S) as scp:
+        yield scp
 
 
 def wait_for(predicate, timeout: float = 90.0):

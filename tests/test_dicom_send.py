@@ -15,13 +15,11 @@ import pytest
 from django.test import Client
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
-from tests.dicom_peers import case_files, free_port, need_dcmtk
+from tests.dicom_peers import case_files, free_port, need_dcmtk, running_node
 from tests.test_dicom_node_receive import QUIET_S, send_datasets, wait_for
 from webapp.delineation import services
 from webapp.delineation.dicom import send
-from webapp.delineation.dicom.assembly import Assembly
 from webapp.delineation.dicom.models import DicomPeer, ResultSend
-from webapp.delineation.dicom.scp import Node
 from webapp.delineation.models import Job
 
 _, RTSTRUCT = case_files("pt_104")
@@ -72,19 +70,14 @@ def test_a_peer_with_a_model_gets_a_job_and_its_rtstruct_back(django_user_model,
     inbox = tmp_path / "peer-inbox"
     inbox.mkdir()
     storescp = subprocess.Popen(["storescp", "-aet", "CTSIM1", "-od", str(inbox), str(peer_port)])
-    assembly = Assembly(quiet_s=QUIET_S, poll_s=0.2)
-    node = Node(assembly, "DELINEO", "127.0.0.1", free_port(), timeout_s=20)
-    node.start()
-    assembly.start()
     try:
-        images, _ = case_files("pt_104")
-        assert send_datasets(node.port, images) == [0] * len(images)
-        sent = wait_for(lambda: ResultSend.objects.exclude(state="queued").first())
-        assert sent.state == "sent", sent.message
-        assert sent.status == 0 and sent.attempts == 1
+        with running_node(QUIET_S) as node:
+            images, _ = case_files("pt_104")
+            assert send_datasets(node.port, images) == [0] * len(images)
+            sent = wait_for(lambda: ResultSend.objects.exclude(state="queued").first())
+            assert sent.state == "sent", sent.message
+            assert sent.status == 0 and sent.attempts == 1
     finally:
-        node.stop()
-        assembly.stop()
         storescp.terminate()
         storescp.wait(timeout=30)
     job = Job.objects.get()
