@@ -29,16 +29,18 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from webapp.delineation import audit, services, sharing, tasks
-from webapp.delineation.models import AccessEvent, Job, Patient, Scan, Team
+from webapp.delineation import audit, revisions, services, sharing, tasks
+from webapp.delineation.models import AccessEvent, Job, Patient, Revision, Scan, Team
 from webapp.delineation.patients import patient_for
 from webapp.delineation.serializers import (
     AccessEventSerializer,
+    ApproveSerializer,
     ChoicesSerializer,
     JobCreateSerializer,
     JobSerializer,
     PatientSerializer,
     ResultSendSerializer,
+    RevisionSerializer,
     ScanPatientSerializer,
     ScanSerializer,
     ScanUploadSerializer,
@@ -50,6 +52,9 @@ from webapp.delineation.serializers import (
 from webapp.delineation.uploads import UploadError, accept_upload, refusal_of
 
 _DETAIL = inline_serializer("Detail", {"detail": serializers.CharField()})
+_REVISION = OpenApiParameter(
+    "revision", int, description="A revision of the label map (0: the model's output); default: the latest."
+)
 logger = logging.getLogger(__name__)
 
 
@@ -299,12 +304,15 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
             return job, _detail(f"The job has not finished yet (status: {job.status}); try again later.", 409)
         return job, None
 
-    def _download(self, job: Job, filename: str, content_type: str) -> FileResponse | Response:
+    def _download(
+        self, job: Job, filename: str, content_type: str, checksums: dict[str, str] | None = None
+    ) -> FileResponse | Response:
         """The output ``filename`` of a succeeded job, if it still matches the SHA-256 recorded
         when the job finished; otherwise 409 with a message (and the job id in the log). Outputs
         are renamed into place whole, so the file opened is never a partial one."""
         try:
-            handle = services.open_verified(job.result_path, filename, job.checksums)
+            recorded = job.checksums if checksums is None else checksums
+            handle = services.open_verified(job.result_path, filename, recorded)
         except services.DamagedOutput as exc:
             logger.error("job %s: stored output refused: %s", job.id, exc)
             return _detail(
@@ -315,21 +323,37 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
             )
         audit.record(self.request, AccessEvent.Action.DOWNLOAD, job, filename=filename)
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", job.scan.name).strip("._")[:80] or "scan"
-        return FileResponse(handle, as_attachment=True, filename=f"{safe}_{filename}", content_type=content_type)
+        served = filename.replace("revisions/", "revision").replace("/", "_")  # revisions/2/x: revision2_x
+        return FileResponse(handle, as_attachment=True, filename=f"{safe}_{served}", content_type=content_type)
+
+    def _revision(self, job: Job) -> tuple[Revision | None, Response | None]:
+        """The revision asked for with ``?revision=N`` (default: the latest), or a 400 answer."""
+        try:
+            return revisions.find(job, self.request.query_params.get("revision")), None
+        except revisions.EditError as exc:
+            return None, _detail(exc.message, 400)
 
     @extend_schema(
+        parameters=[_REVISION],
         responses={
             (200, "application/gzip"): OpenApiResponse(OpenApiTypes.BINARY, description="uint8 label map, NIfTI"),
+            400: _DETAIL,
             409: _DETAIL,
-        }
+        },
     )
     @action(detail=True, methods=["get"], url_path="labels.nii.gz", url_name="labels")
     def labels(self, request: Request, pk: str | None = None):
-        """The label map (uint8, on the grid of the input image) as NIfTI."""
+        """The label map (uint8, on the grid of the input image) as NIfTI: of the latest revision, or
+        of ``?revision=N`` (0: the model's output)."""
         job, problem = self._result_file("labels.nii.gz")
         if problem:
             return problem
-        return self._download(job, "labels.nii.gz", "application/gzip")
+        revision, problem = self._revision(job)
+        if problem:
+            return problem
+        if revision.number == 0:
+            return self._download(job, "labels.nii.gz", "application/gzip")
+        return self._download(job, revision.labels_file, "application/gzip", revision.checksums)
 
     @extend_schema(
         responses={
@@ -524,6 +548,7 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
         parameters=[
             OpenApiParameter("plane", str, enum=[*services.PLANES], default="axial"),
             OpenApiParameter("index", int, description="Slice index; default: through the structures' centre."),
+            _REVISION,
         ],
         responses={200: OpenApiTypes.OBJECT, 400: _DETAIL, 409: _DETAIL},
     )
@@ -541,10 +566,74 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
             index = int(raw_index) if raw_index not in (None, "") else None
         except ValueError:
             return _detail("index must be an integer", 400)
+        revision, problem = self._revision(job)
+        if problem:
+            return problem
+        labels = None if revision.number == 0 else revisions.labels_of(job, revision)
         try:
-            return Response(services.slice_of(job.result_path, plane, index))
+            body = services.slice_of(job.result_path, plane, index, labels)
         except ValueError as exc:
             return _detail(str(exc), 400)
+        return Response({**body, "revision": revision.number})
+
+    def _edited_job(self, request: Request, what: str) -> tuple[Job, Response | None]:
+        """The job, and a refusal: 403 for a team member (owners edit and approve), 400 for a job
+        without contours to edit."""
+        job = self.get_object()
+        try:
+            sharing.check_owner(job.scan, request.user, what)
+            revisions.check_editable(job)
+        except sharing.SharingRefused as exc:
+            return job, _detail(exc.message, exc.status)
+        except revisions.EditError as exc:
+            return job, _detail(exc.message, 400)
+        return job, None
+
+    @extend_schema(
+        request=OpenApiTypes.OBJECT,
+        responses={201: RevisionSerializer, 400: _DETAIL, 403: _DETAIL},
+        description="Correct the contours: the edit is applied to the latest revision and saved as a new "
+        "one (the model's output stays revision 0). Modes: `add` and `erase` (`structure`, `plane`, `index`, "
+        "and `polygon` [[row, column], ...] in the slice endpoint's pixels or `mask`, run lengths over the "
+        "slice's pixels row by row, outside first); `delete` and `interpolate` (`structure`, `plane`, `first`, "
+        "`last`); `restore` (`revision`: undo back to it). Owner of the scan only; recorded as `edit`.",
+    )
+    @action(detail=True, methods=["post"], url_path="edits", url_name="edits")
+    def edits(self, request: Request, pk: str | None = None) -> Response:
+        job, problem = self._edited_job(request, "edit the contours of")
+        if problem:
+            return problem
+        try:
+            revision = revisions.apply_edit(job, request.user, request.data)
+        except revisions.EditError as exc:
+            return _detail(exc.message, 400)
+        audit.record(request, AccessEvent.Action.EDIT, job, filename=revision.labels_file)
+        return Response(RevisionSerializer(revision).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses={200: RevisionSerializer(many=True), 409: _DETAIL})
+    @action(detail=True, methods=["get"], url_path="revisions", url_name="revisions")
+    def revision_list(self, request: Request, pk: str | None = None) -> Response:
+        """The revisions of the job's label map, oldest first: 0 is the model's output."""
+        job, problem = self._result_file("revisions")
+        if problem:
+            return problem
+        revisions.original(job)
+        return Response(RevisionSerializer(job.revisions.select_related("parent"), many=True).data)
+
+    @extend_schema(request=ApproveSerializer, responses={200: RevisionSerializer, 400: _DETAIL, 403: _DETAIL})
+    @action(detail=True, methods=["post"], url_path="approve", url_name="approve")
+    def approve(self, request: Request, pk: str | None = None) -> Response:
+        """Approve the latest revision, as its reviewer, with an optional ``comment``: its RTSTRUCT then
+        says APPROVED with your name and the time. An edit after it makes a new, unapproved revision.
+        Owner of the scan only; recorded as ``approve``."""
+        job, problem = self._edited_job(request, "approve the contours of")
+        if problem:
+            return problem
+        data = ApproveSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        revision = revisions.approve(job, request.user, data.validated_data["comment"])
+        audit.record(request, AccessEvent.Action.APPROVE, job, filename=revision.labels_file)
+        return Response(RevisionSerializer(revision).data)
 
 
 class PatientViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):

@@ -8,7 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import exceptions, serializers
 
 from webapp.delineation import services, sharing
-from webapp.delineation.models import AccessEvent, Job, Patient, ResultSend, Scan, Team
+from webapp.delineation.models import AccessEvent, Job, Patient, ResultSend, Revision, Scan, Team
 from webapp.delineation.patients import PatientIdError, clean_patient_id
 
 
@@ -563,3 +563,37 @@ class AccessEventSerializer(serializers.ModelSerializer):
             "count",
         ]
         read_only_fields = fields
+
+
+class RevisionSerializer(serializers.ModelSerializer):
+    """A revision of a job's label map: who made it (null for revision 0, the model's output),
+    what the edit did, the structures it changed, per structure ``measures`` against the
+    model's output (edited, Dice, added path length in mm, volume in cm3) and its approval."""
+
+    author = serializers.CharField(source="author_name", read_only=True)
+    parent = serializers.IntegerField(source="parent.number", allow_null=True, read_only=True)
+    approved_by = serializers.CharField(source="reviewer_name", read_only=True)
+    edited = serializers.ListField(source="edited_structures", child=serializers.CharField(), read_only=True)
+
+    class Meta:
+        model = Revision
+        fields = [
+            "number",
+            "author",
+            "created",
+            "parent",
+            "edit",
+            "changed",
+            "edited",
+            "measures",
+            "approved",
+            "approved_by",
+            "approval_comment",
+        ]
+        read_only_fields = fields
+
+
+class ApproveSerializer(serializers.Serializer):
+    """Body of ``POST /api/jobs/{id}/approve/``."""
+
+    comment = serializers.CharField(required=False, allow_blank=True, max_length=1000, default="")

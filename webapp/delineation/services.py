@@ -624,8 +624,9 @@ def plane_count(meta: dict, plane: str) -> int:
     return {"axial": nz, "coronal": ny, "sagittal": nx}[plane]
 
 
-def _orient(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
-    """The displayed 2D slice (rows top to bottom, columns left to right); see module doc."""
+def oriented_slice(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
+    """The displayed 2D slice (rows top to bottom, columns left to right) of a canonical
+    (X, Y, Z) volume; see module doc. A view: writing to it writes ``volume``."""
     if plane == "axial":  # rows A->P, columns R->L
         return volume[::-1, ::-1, index].T
     if plane == "coronal":  # rows S->I, columns R->L
@@ -650,10 +651,11 @@ def _encode(array: np.ndarray, dtype: str) -> dict:
     }
 
 
-def slice_of(result_dir: Path, plane: str, index: int | None) -> dict:
+def slice_of(result_dir: Path, plane: str, index: int | None, labels: np.ndarray | None = None) -> dict:
     """One displayed slice of the CT (int16 HU) and the label map (uint8), and for a
     propagation with a direct segmentation ``direct_labels`` (uint8, same label values)
-    with ``direct_present``; see module doc.
+    with ``direct_present``; see module doc. ``labels``: a revision's label map (canonical
+    X, Y, Z) instead of the model's.
 
     ``index`` counts along the canonical axis of the plane's normal: axial 0 = most
     inferior, coronal 0 = most posterior, sagittal 0 = patient's leftmost. None gives
@@ -664,7 +666,8 @@ def slice_of(result_dir: Path, plane: str, index: int | None) -> dict:
     """
     if plane not in PLANES:
         raise ValueError(f"plane must be one of {', '.join(PLANES)}")
-    meta, image, labels, direct = viewer_volume(result_dir)
+    meta, image, model_labels, direct = viewer_volume(result_dir)
+    labels = model_labels if labels is None else labels
     count = plane_count(meta, plane)
     axis = {"sagittal": 0, "coronal": 1, "axial": 2}[plane]
     if index is None:
@@ -674,8 +677,8 @@ def slice_of(result_dir: Path, plane: str, index: int | None) -> dict:
         raise ValueError(f"index must be between 0 and {count - 1} for the {plane} plane")
     sx, sy, sz = meta["spacing_mm"]
     row_col = {"axial": (sy, sx), "coronal": (sz, sx), "sagittal": (sz, sy)}[plane]
-    ct = _orient(image, plane, index)
-    lab = _orient(labels, plane, index)
+    ct = oriented_slice(image, plane, index)
+    lab = oriented_slice(labels, plane, index)
     voxel = [0, 0, 0]
     voxel[axis] = index
     position = (np.asarray(meta["affine"]) @ np.array([*voxel, 1.0]))[axis]
@@ -697,7 +700,7 @@ def slice_of(result_dir: Path, plane: str, index: int | None) -> dict:
         "labels": _encode(lab, "uint8"),
     }
     if direct is not None:  # a propagation's direct segmentation of the daily scan, same label values
-        direct_slice = _orient(direct, plane, index)
+        direct_slice = oriented_slice(direct, plane, index)
         result["direct_labels"] = _encode(direct_slice, "uint8")
         result["direct_present"] = sorted(int(v) for v in np.unique(direct_slice) if v)
     return result
