@@ -356,17 +356,34 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
         return self._download(job, revision.labels_file, "application/gzip", revision.checksums)
 
     @extend_schema(
+        parameters=[_REVISION],
         responses={
             (200, "application/dicom"): OpenApiResponse(OpenApiTypes.BINARY, description="RT Structure Set"),
+            400: _DETAIL,
             404: _DETAIL,
             409: _DETAIL,
-        }
+        },
     )
     @action(detail=True, methods=["get"], url_path="rtstruct.dcm", url_name="rtstruct")
     def rtstruct(self, request: Request, pk: str | None = None):
         """The RTSTRUCT referencing the uploaded DICOM series (for NIfTI input: the CT
-        exported as DICOM, ``ct_dicom.zip``). It passed its round-trip check."""
-        return self._optional_download("rtstruct.dcm", "RTSTRUCT", "application/dicom")
+        exported as DICOM, ``ct_dicom.zip``), of the latest revision or of ``?revision=N``. It
+        passed its round-trip check. An approved revision's says APPROVED with the reviewer;
+        the structures corrected since the model's output have ROI Generation Algorithm MANUAL."""
+        job, problem = self._result_file("rtstruct.dcm")
+        if problem:
+            return problem
+        revision, problem = self._revision(job)
+        if problem:
+            return problem
+        if revision.number == 0 and not revision.is_approved:
+            return self._optional_download("rtstruct.dcm", "RTSTRUCT", "application/dicom")
+        try:
+            name, checksums = revisions.rtstruct_of(job, revision)
+        except services.DelineationError as exc:
+            logger.warning("job %s: RTSTRUCT of revision %s not written", job.id, revision.number)
+            return _detail(f"The RTSTRUCT of revision {revision.number} could not be written: {exc.message}", 409)
+        return self._download(job, name, "application/dicom", checksums)
 
     @extend_schema(
         responses={

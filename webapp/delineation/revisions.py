@@ -31,6 +31,7 @@ from webapp.delineation.editing import EditError
 from webapp.delineation.models import Job, Revision
 
 MODES = ("add", "erase", "delete", "interpolate", "restore")
+_RTSTRUCT_FILES = ("/rtstruct.dcm", "/rtstruct_check.json")
 
 
 def check_editable(job: Job) -> None:
@@ -184,10 +185,55 @@ def approve(job: Job, user, comment: str = "") -> Revision:
     with transaction.atomic():
         job = Job.objects.select_for_update().get(pk=job.pk)
         revision = latest(job)
-        revision.approved_by, revision.reviewer_name = user, user.get_username()
+        revision.approved_by, revision.reviewer_name = user, reviewer_name(user)
         revision.approved, revision.approval_comment = timezone.now(), comment
-        revision.save(update_fields=["approved_by", "reviewer_name", "approved", "approval_comment"])
+        # Its RTSTRUCT said UNAPPROVED (or named another approval): built again on download.
+        revision.checksums = {k: v for k, v in revision.checksums.items() if not k.endswith(_RTSTRUCT_FILES)}
+        revision.save(update_fields=["approved_by", "reviewer_name", "approved", "approval_comment", "checksums"])
         return revision
+
+
+def reviewer_name(user) -> str:
+    """The user as a DICOM Person Name (Family^Given), or the user name when no name is set."""
+    if user.last_name or user.first_name:
+        return f"{user.last_name}^{user.first_name}"[:64]
+    return user.get_username()[:64]
+
+
+def rtstruct_of(job: Job, revision: Revision) -> tuple[str, dict[str, str]]:
+    """The RTSTRUCT of ``revision``: its path relative to the job's folder and the checksums to
+    verify it with. Revision 0 unapproved is the job's own RTSTRUCT; any other is written on first
+    use (``services.write_revision_rtstruct``: MANUAL for the structures edited since the model's
+    output, APPROVED with the reviewer once approved, Structure Set Label ``Delineo r<N>``).
+
+    Raises:
+        services.DelineationError: it cannot be written (message for the physician).
+    """
+    if revision.number == 0 and not revision.is_approved:
+        return "rtstruct.dcm", job.checksums
+    folder = f"revisions/{revision.number}"
+    name = f"{folder}/rtstruct.dcm"
+    with transaction.atomic():
+        revision = Revision.objects.select_for_update().get(pk=revision.pk)  # one build at a time
+        if name not in revision.checksums:
+            approval = None
+            if revision.is_approved:
+                approval = services.Approval(revision.reviewer_name, timezone.localtime(revision.approved))
+            written = services.write_revision_rtstruct(
+                job.result_path,
+                job.scan.engine_input,
+                job.series_key,
+                revision.labels_file,
+                folder,
+                job.structures,
+                (job.model_name, job.weights_sha256),
+                f"Delineo r{revision.number}",
+                revision.edited_structures,
+                approval,
+            )
+            revision.checksums = {**revision.checksums, **written}
+            revision.save(update_fields=["checksums"])
+    return name, revision.checksums
 
 
 def find(job: Job, number: object) -> Revision:

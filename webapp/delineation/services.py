@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import datetime
 import hashlib
 import json
 import logging
+import os
 import shutil
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -463,6 +465,25 @@ def _interpreted_type(name: str) -> str:
     return next((p for p in _TARGET_PREFIXES if name.upper().startswith(p)), "ORGAN")
 
 
+def _referenced_series(result_dir: Path, scan_input: Path, series_key: str, what: str):
+    """The DICOM series an RTSTRUCT of a job references: the uploaded series, or for a NIfTI
+    scan the CT series the engine wrote (``ct_dicom/``).
+
+    Raises:
+        DelineationError: a NIfTI scan without that series.
+    """
+    from engine.io.dicom_series import read_series
+    from engine.io.reader import is_nifti
+
+    if is_nifti(scan_input):
+        if not (result_dir / "ct_dicom").is_dir():
+            raise DelineationError(
+                f"No RTSTRUCT can be written: the {what} is NIfTI and the engine wrote no DICOM series for it."
+            )
+        return read_series(result_dir / "ct_dicom")
+    return read_series(scan_input, series_key or None)
+
+
 def write_final_rtstruct(
     result_dir: Path,
     daily_input: Path,
@@ -487,10 +508,8 @@ def write_final_rtstruct(
         DelineationError: no DICOM series to reference, a "direct" choice without a direct
             segmentation, or a structure whose contours fail the round-trip check.
     """
-    from engine.io.dicom_series import read_series
     from engine.io.dicom_write import DicomWriteError, labels_on_series_grid
     from engine.io.nifti import read_labels, write_nifti
-    from engine.io.reader import is_nifti
     from engine.io.rtstruct import build_rtstruct, write_rtstruct
     from engine.io.rtstruct_check import RTStructExportError, check_rtstruct
     from engine.structure import Structure
@@ -510,14 +529,7 @@ def write_final_rtstruct(
         merged[(direct if source == "direct" else propagated).array == s["label"]] = s["label"]
         kept[s["name"]] = source
     labels = LabelMap(merged, propagated.affine)
-    if is_nifti(Path(daily_input)):
-        if not (result_dir / "ct_dicom").is_dir():
-            raise DelineationError(
-                "No RTSTRUCT can be written: the daily scan is NIfTI and the engine wrote no DICOM series for it."
-            )
-        series = read_series(result_dir / "ct_dicom")
-    else:
-        series = read_series(Path(daily_input), series_key or None)
+    series = _referenced_series(result_dir, Path(daily_input), series_key, "daily scan")
     try:
         on_series = labels_on_series_grid(labels, series)
     except DicomWriteError:
@@ -541,6 +553,81 @@ def write_final_rtstruct(
     write_atomically(out / "choices.json", lambda tmp: Path(tmp).write_text(text))
     write_rtstruct(ds, out / "rtstruct.dcm")
     return {f"{FINAL_DIR}/{name}": digest for name, digest in output_checksums(out).items()}
+
+
+@dataclass(frozen=True)
+class Approval:
+    """Who approved a structure set and when: DICOM Reviewer Name (PN) and Review Date/Time."""
+
+    reviewer: str
+    reviewed: datetime.datetime
+
+
+def write_revision_rtstruct(
+    result_dir: Path,
+    scan_input: Path,
+    series_key: str,
+    labels_file: str,
+    out_folder: str,
+    structures: list[dict],
+    provenance: tuple[str, str],
+    set_label: str,
+    edited: Collection[str],
+    approval: Approval | None,
+) -> dict[str, str]:
+    """The RTSTRUCT of a revision of a job's label map: ``labels_file`` (path relative to
+    ``result_dir``, uint8 on the scan's grid) written as ``<out_folder>/rtstruct.dcm`` after
+    its round-trip check (``<out_folder>/rtstruct_check.json``), on the series the job's
+    own RTSTRUCT references. ``structures``: as structures.json; ``provenance``: (model
+    name, weights SHA-256). Each structure of ``edited`` has ROI Generation Algorithm
+    MANUAL, the others AUTOMATIC; each ROI Description keeps the model and weights.
+    Structure Set Label ``set_label`` (at most 16 characters); a new SOP Instance UID on
+    every call. With an ``approval``, Approval Status APPROVED with Reviewer Name and
+    Review Date/Time (PS3.3 C.8.8.16); UNAPPROVED otherwise. Returns the SHA-256 of the
+    two files by path relative to ``result_dir``.
+
+    Raises:
+        DelineationError: no DICOM series to reference, labels off its grid, or a structure
+            whose contours fail the round-trip check.
+    """
+    from engine.io.dicom_write import DicomWriteError, labels_on_series_grid
+    from engine.io.nifti import read_labels
+    from engine.io.rtstruct import build_rtstruct, write_rtstruct
+    from engine.io.rtstruct_check import RTStructExportError, check_rtstruct
+    from engine.structure import Structure
+
+    result_dir = Path(result_dir)
+    model_name, weights_sha256 = provenance
+    series = _referenced_series(result_dir, Path(scan_input), series_key, "scan")
+    try:
+        on_series = labels_on_series_grid(read_labels(result_dir / labels_file), series)
+    except DicomWriteError:
+        raise DelineationError("The corrected contours are not on the grid of the scan's DICOM series.") from None
+    table = [Structure(s["label"], s["name"], tuple(s["color"]), _interpreted_type(s["name"])) for s in structures]
+    ds = build_rtstruct(on_series, series, table, model_name, weights_sha256 or "none")
+    ds.StructureSetLabel = set_label[:16]
+    ds.StructureSetName = ds.SeriesDescription = f"Delineo {model_name} {set_label}"[:64]
+    for roi in ds.StructureSetROISequence:
+        if roi.ROIName in edited:
+            roi.ROIGenerationAlgorithm = "MANUAL"
+            roi.ROIGenerationDescription = "model contours corrected by hand in Delineo"
+    if approval is not None:
+        ds.ApprovalStatus = "APPROVED"
+        ds.ReviewerName = approval.reviewer
+        ds.ReviewDate = approval.reviewed.strftime("%Y%m%d")
+        ds.ReviewTime = approval.reviewed.strftime("%H%M%S")
+    out = result_dir / out_folder
+    os.makedirs(out, mode=0o750, exist_ok=True)
+    try:
+        check_rtstruct(ds, on_series, series, table, out / "rtstruct_check.json")
+    except RTStructExportError as exc:
+        raise DelineationError(str(exc)) from None
+    write_rtstruct(ds, out / "rtstruct.dcm")
+    digests = {}
+    for name in ("rtstruct.dcm", "rtstruct_check.json"):
+        with open(out / name, "rb") as handle:
+            digests[f"{out_folder}/{name}"] = sha256_of(handle)
+    return digests
 
 
 # --- Outputs for the pages ------------------------------------------------------------
