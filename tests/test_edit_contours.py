@@ -239,3 +239,14 @@ def test_a_revision_keeps_the_voxel_order_of_the_model_output(alice_api, alice):
     expected = labels.copy()
     expected[:, :, 3] = 0
     assert (np.asarray(saved.dataobj) == expected).all()
+
+
+def test_the_job_says_which_revision_is_served_and_whether_it_is_approved(alice_api, alice_job):
+    job_id = alice_job["id"]
+    assert alice_job["review"] == {
+        "revision": 0, "approved": False, "approved_by": "", "revisions": f"/api/jobs/{job_id}/revisions/"
+    }
+    edit(alice_api, job_id, structure="Brainstem", plane="axial", index=4, mode="erase", polygon=AROUND_BRAINSTEM)
+    alice_api.post(f"/api/jobs/{job_id}/approve/", {}, format="json")
+    review = alice_api.get(f"/api/jobs/{job_id}/").json()["review"]
+    assert (review["revision"], review["approved"], review["approved_by"]) == (1, True, "alice")

@@ -391,6 +391,7 @@ class JobSerializer(serializers.ModelSerializer):
     rtstruct_check = serializers.SerializerMethodField()
     audit = serializers.SerializerMethodField()
     propagation = serializers.SerializerMethodField()
+    review = serializers.SerializerMethodField()
 
     class Meta:
         model = Job
@@ -417,6 +418,7 @@ class JobSerializer(serializers.ModelSerializer):
             "finished",
             "downloads",
             "viewer",
+            "review",
             "audit",
             "planning_scan",
             "contours_rtstruct",
@@ -487,6 +489,21 @@ class JobSerializer(serializers.ModelSerializer):
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_viewer(self, job: Job) -> str | None:
         return reverse("job-viewer", args=[job.id]) if job.status == Job.Status.SUCCEEDED else None
+
+    @extend_schema_field(serializers.DictField(allow_null=True))
+    def get_review(self, job: Job) -> dict | None:
+        """A succeeded job: the latest ``revision`` of its label map (0: the model's output, as the
+        downloads serve by default), whether it is ``approved`` and by whom (``approved_by``), and
+        the ``revisions`` URL (the history)."""
+        if job.status != Job.Status.SUCCEEDED:
+            return None
+        latest = job.revisions.order_by("-number").first()  # none saved yet: the model's output, unapproved
+        return {
+            "revision": latest.number if latest else 0,
+            "approved": bool(latest and latest.is_approved),
+            "approved_by": latest.reviewer_name if latest else "",
+            "revisions": reverse("api-job-revisions", args=[job.id]).rstrip("/") + "/",
+        }
 
 
 class ChoicesSerializer(serializers.Serializer):
