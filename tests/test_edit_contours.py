@@ -250,3 +250,17 @@ def test_the_job_says_which_revision_is_served_and_whether_it_is_approved(alice_
     alice_api.post(f"/api/jobs/{job_id}/approve/", {}, format="json")
     review = alice_api.get(f"/api/jobs/{job_id}/").json()["review"]
     assert (review["revision"], review["approved"], review["approved_by"]) == (1, True, "alice")
+
+
+def test_the_viewer_offers_editing_to_the_owner_and_the_history_to_the_team(client, alice, bob, alice_job):
+    url = f"/jobs/{alice_job['id']}/"
+    client.force_login(alice)
+    page = client.get(url).content.decode()
+    assert 'id="editor"' in page and f"/api/jobs/{alice_job['id']}/edits" in page and 'id="approve"' in page
+    assert 'id="revision-history"' in page and "/static/js/editor.js" in page
+    team = Team.objects.create(name="H&N")
+    team.members.add(bob)
+    Scan.objects.get(pk=alice_job["scan"]).shared_with.add(team)
+    client.force_login(bob)
+    page = client.get(url).content.decode()
+    assert 'id="editor"' not in page and 'id="revision-history"' in page
