@@ -1,0 +1,116 @@
+"""In headless Chromium: an eraser stroke across a structure on one axial slice of the viewer,
+saved as a revision, then approved; the structure changed on that slice only.
+
+The engine is the fake one of tests/conftest.py (``fake_engine``), the server Django's live
+server in this process. Prerequisites: chromium + chromedriver (/usr/bin); missing ones skip
+the test, or fail it when CI=true.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from rest_framework.test import APIClient
+
+from tests import factories
+from tests.stack import require
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture
+def driver(tmp_path):
+    require(CHROMIUM.exists() and CHROMEDRIVER.exists(), "chromium and chromedriver are not installed in /usr/bin")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    browser.set_page_load_timeout(120)
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+def wait_for(condition, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.3)
+    return value
+
+
+def axial(api: APIClient, job_id: str, index: int, revision: int | None = None) -> np.ndarray:
+    params = {"plane": "axial", "index": index, **({} if revision is None else {"revision": revision})}
+    body = api.get(f"/api/jobs/{job_id}/slice/", params).json()
+    return np.frombuffer(base64.b64decode(body["labels"]["data"]), np.uint8).reshape(body["rows"], body["columns"])
+
+
+def test_an_eraser_stroke_saved_and_approved(live_server, driver, alice, fake_engine):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    api = APIClient()
+    api.force_login(alice)
+    upload = SimpleUploadedFile("ct.nii.gz", factories.nifti_bytes(), content_type="application/gzip")
+    scan = api.post("/api/scans/", {"file": upload}, format="multipart").json()
+    job_id = api.post("/api/jobs/", {"scan": scan["id"], "model": "hn-oar"}, format="json").json()["id"]
+    assert api.get(f"/api/jobs/{job_id}/").json()["status"] == "succeeded"
+
+    driver.get(f"{live_server.url}/accounts/login/")
+    driver.add_cookie({"name": "sessionid", "value": api.cookies["sessionid"].value, "path": "/"})
+    driver.get(f"{live_server.url}/jobs/{job_id}/")
+    plot = driver.find_element(By.ID, "plot")
+    wait_for(lambda: "Brainstem" in (plot.get_attribute("data-structures") or ""), 60, "the contours drawn")
+    wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#revision-history li[data-revision='0']"), 30, "history")
+    index = int(plot.get_attribute("data-index"))
+    assert index == 4  # through the structures' centre: Brainstem covers axial slices 3 to 5
+    Select(driver.find_element(By.ID, "edit-structure")).select_by_value("Brainstem")
+    driver.find_element(By.ID, "tool-eraser").click()
+    radius = driver.find_element(By.ID, "brush-radius")
+    radius.clear()
+    radius.send_keys("3")
+    # Brainstem covers rows 12-17, columns 10-13 of this slice: a stroke along row 14.5 from column 7 to 16.
+    to_screen = """
+        const [plot, row, col] = arguments; const l = plot._fullLayout; const [dy, dx] = [2, 2];
+        const box = plot.getBoundingClientRect();
+        return [l.xaxis.l2p(col * dx) + l._size.l - box.width / 2, l.yaxis.l2p(row * dy) + l._size.t - box.height / 2];
+    """
+    start = driver.execute_script(to_screen, plot, 14.5, 7)
+    end = driver.execute_script(to_screen, plot, 14.5, 16)
+    actions = ActionChains(driver).move_to_element_with_offset(plot, int(start[0]), int(start[1])).click_and_hold()
+    for t in np.linspace(0, 1, 8)[1:]:
+        x, y = start[0] + t * (end[0] - start[0]), start[1] + t * (end[1] - start[1])
+        actions = actions.move_to_element_with_offset(plot, int(x), int(y))
+    actions.release().perform()
+    status = driver.find_element(By.ID, "edit-status")
+    wait_for(lambda: "Saved as revision 1" in status.text, 30, "the edit saved")
+    driver.find_element(By.ID, "approve-comment").send_keys("Checked")
+    driver.find_element(By.ID, "approve").click()
+    wait_for(lambda: "approved by alice" in status.text, 30, "the approval")
+    wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#revision-history li[data-revision='1'] .badge"), 30,
+             "the approval in the history")
+
+    before, after = axial(api, job_id, 4, revision=0), axial(api, job_id, 4)
+    assert (before == 1).sum() > (after == 1).sum() > 0  # a band erased across the structure
+    assert not (after[14:16, 10:14] == 1).any()
+    for other in (3, 5):
+        assert (axial(api, job_id, other) == axial(api, job_id, other, revision=0)).all()
+    (revision,) = [r for r in api.get(f"/api/jobs/{job_id}/revisions/").json() if r["number"] == 1]
+    assert revision["edit"]["mode"] == "erase" and revision["changed"] == ["Brainstem"]
+    assert revision["approved_by"] == "alice" and revision["approval_comment"] == "Checked"
