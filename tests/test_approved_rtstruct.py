@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import subprocess
+import zipfile
 from pathlib import Path
 
 import nibabel as nib
@@ -124,3 +127,31 @@ def test_a_tampered_revision_rtstruct_is_not_served(alice_api, job):
 def test_an_unknown_revision_is_refused(alice_api, job):
     response = alice_api.get(f"/api/jobs/{job['id']}/rtstruct.dcm?revision=3")
     assert response.status_code == 400 and "no revision 3" in response.json()["detail"]
+
+
+def test_the_approved_rtstruct_passes_dciodvfy_and_plastimatch_reads_the_correction(alice_api, job, tmp_path):
+    from tests.dicom_tools import dciodvfy_errors
+    from tests.stack import require
+
+    require(shutil.which("plastimatch") is not None, "plastimatch is not installed")
+    alice_api.post(f"/api/jobs/{job['id']}/edits/", {
+        "structure": "Brainstem", "plane": "axial", "index": 3, "mode": "erase", "polygon": AROUND_BRAINSTEM,
+    }, format="json")
+    alice_api.post(f"/api/jobs/{job['id']}/approve/", {}, format="json")
+    (tmp_path / "rtstruct.dcm").write_bytes(download(alice_api, job))
+    assert dciodvfy_errors(tmp_path / "rtstruct.dcm") == []
+    with zipfile.ZipFile(Scan.objects.get(pk=job["scan"]).engine_input) as archive:
+        archive.extractall(tmp_path / "upload")
+    result = subprocess.run(
+        ["plastimatch", "convert", "--input", str(tmp_path / "rtstruct.dcm"), "--referenced-ct",
+         str(tmp_path / "upload" / "CT"), "--output-prefix", str(tmp_path / "read"), "--prefix-format", "nii.gz"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    stored = Job.objects.get(pk=job["id"]).result_path / "revisions" / "1" / "labels.nii.gz"
+    revision = nib.as_closest_canonical(nib.load(stored))
+    theirs = nib.as_closest_canonical(nib.load(tmp_path / "read" / "Brainstem.nii.gz"))
+    assert np.allclose(theirs.affine, revision.affine, atol=1e-3)
+    ours, read = np.asarray(revision.dataobj) == 1, np.asarray(theirs.dataobj) > 0
+    assert 2 * (ours & read).sum() / (ours.sum() + read.sum()) >= 0.95
+    assert not read[:, :, 3].any() and read[:, :, 2].any() and read[:, :, 4].any()  # erased on slice 3 only
