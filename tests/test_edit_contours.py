@@ -264,3 +264,14 @@ def test_the_viewer_offers_editing_to_the_owner_and_the_history_to_the_team(clie
     client.force_login(bob)
     page = client.get(url).content.decode()
     assert 'id="editor"' not in page and 'id="revision-history"' in page
+
+
+def test_a_scan_with_revisions_is_deleted_with_them(alice_api, alice_job, django_capture_on_commit_callbacks):
+    job_id = alice_job["id"]
+    edit(alice_api, job_id, structure="Brainstem", plane="axial", index=4, mode="erase", polygon=AROUND_BRAINSTEM)
+    edit(alice_api, job_id, structure="Mandible", plane="axial", mode="delete", first=0, last=9)
+    folder = Job.objects.get(pk=job_id).result_path
+    with django_capture_on_commit_callbacks(execute=True):  # the folder goes once the deletion commits
+        response = alice_api.delete(f"/api/scans/{alice_job['scan']}/")
+    assert response.status_code == 204, response.content
+    assert not Job.objects.filter(pk=job_id).exists() and not folder.exists()

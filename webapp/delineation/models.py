@@ -292,7 +292,8 @@ class Revision(models.Model):
     )  # null: the model (revision 0)
     author_name = models.CharField(max_length=150, blank=True, default="")  # kept when the user is deleted
     created = models.DateTimeField(auto_now_add=True)
-    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    # CASCADE: a revision goes only with its job, and all its revisions with it.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
     changed = models.JSONField(default=list, blank=True)  # structure names this edit changed (vs its parent)
     edit = models.JSONField(default=dict, blank=True)
     measures = models.JSONField(default=dict, blank=True)
