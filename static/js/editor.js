@@ -193,7 +193,10 @@
     });
     plot.addEventListener("mousemove", (event) => {
       if (!stroke) return;
-      stroke.push(pixelOf(event));
+      const point = pixelOf(event);
+      const last = stroke[stroke.length - 1];
+      if (Math.hypot(point[0] - last[0], point[1] - last[1]) < 1) return; // a point per pixel is enough
+      stroke.push(point);
       showStroke();
     });
     window.addEventListener("mouseup", () => { if (stroke) finishStroke(); });

@@ -20,9 +20,10 @@ from skimage.draw import polygon2mask
 
 from webapp.delineation.services import PLANES, oriented_slice
 
-# A brush stroke of a few hundred points is typical; the self-intersection check is
-# quadratic in the number of points.
+# A closed stroke of a few hundred points is typical; the self-intersection check is
+# quadratic in the number of points (done in blocks of edges).
 MAX_POLYGON_POINTS = 2000
+_CROSSING_ROWS = 256
 PLANE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 
@@ -51,7 +52,7 @@ def check_slice(shape: tuple[int, int, int], plane: str, index: object) -> int:
 
 
 def _segments_cross(points: np.ndarray) -> bool:
-    """Whether two non-adjacent edges of the closed polygon ``points`` (N, 2) touch or cross."""
+    """Whether two non-adjacent edges of the closed polygon ``points`` (N, 2) cross."""
     a, b = points, np.roll(points, -1, axis=0)
     n = len(points)
 
@@ -59,14 +60,17 @@ def _segments_cross(points: np.ndarray) -> bool:
         pq, pr = q - p, r - p
         return np.sign(pq[..., 0] * pr[..., 1] - pq[..., 1] * pr[..., 0])
 
-    ai, bi, aj, bj = a[:, None], b[:, None], a[None, :], b[None, :]
-    o1, o2 = orient(ai, bi, aj), orient(ai, bi, bj)
-    o3, o4 = orient(aj, bj, ai), orient(aj, bj, bi)
-    crossing = (o1 * o2 < 0) & (o3 * o4 < 0)
-    i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
-    # Adjacent edges share a vertex and always "touch": only pairs at least two apart count.
-    apart = (j > i + 1) & ~((i == 0) & (j == n - 1))
-    return bool((crossing & apart).any())
+    aj, bj = a[None, :], b[None, :]
+    j = np.arange(n)[None, :]
+    for start in range(0, n, _CROSSING_ROWS):  # edges in blocks: memory grows with N, not N^2
+        i = np.arange(start, min(n, start + _CROSSING_ROWS))[:, None]
+        ai, bi = a[i[:, 0]][:, None], b[i[:, 0]][:, None]
+        crossing = (orient(ai, bi, aj) * orient(ai, bi, bj) < 0) & (orient(aj, bj, ai) * orient(aj, bj, bi) < 0)
+        # Adjacent edges share a vertex and always "touch": only pairs at least two apart count.
+        apart = (j > i + 1) & ~((i == 0) & (j == n - 1))
+        if (crossing & apart).any():
+            return True
+    return False
 
 
 def polygon_mask(polygon: object, slice_shape: tuple[int, int]) -> np.ndarray:
