@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import base64
 import gzip
+import io
 import os
 import stat
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from django.conf import settings
 
+from tests.conftest import fake_propagation_masks
+from tests.test_adapt_workflow import alice_propagation, daily, planning  # noqa: F401  (fixtures)
 from webapp.delineation.models import AccessEvent, Job, Scan, Team
 
 pytestmark = pytest.mark.django_db
@@ -169,7 +173,7 @@ def test_edits_and_approvals_are_in_the_access_log(alice_api, alice_job):
         ({"structure": "Brainstem", "plane": "axial", "index": 4, "mode": "add", "mask": [1, 2, 3]},
          "add up to 6 pixels; the slice has 24 x 20 = 480"),
         ({"structure": "Brainstem", "plane": "axial", "index": 4, "mode": "paint", "polygon": AROUND_BRAINSTEM},
-         "The mode must be one of add, erase, delete, interpolate, restore"),
+         "The mode must be one of add, erase, delete, interpolate, restore, direct"),
         ({"structure": "Brainstem", "plane": "axial", "mode": "interpolate", "first": 3, "last": 4},
          "at least one slice between"),
         ({"structure": "Brainstem", "plane": "axial", "mode": "interpolate", "first": 0, "last": 5},
@@ -275,3 +279,25 @@ def test_a_scan_with_revisions_is_deleted_with_them(alice_api, alice_job, django
         response = alice_api.delete(f"/api/scans/{alice_job['scan']}/")
     assert response.status_code == 204, response.content
     assert not Job.objects.filter(pk=job_id).exists() and not folder.exists()
+
+
+def test_a_propagation_is_corrected_from_its_direct_segmentation_and_approved(alice_api, alice_propagation):
+    job_id = alice_propagation["id"]
+    response = edit(alice_api, job_id, mode="direct", structure="Brainstem")
+    assert response.status_code == 201, response.content
+    assert response.json()["changed"] == ["Brainstem"] and response.json()["edit"] == {
+        "mode": "direct", "structure": "Brainstem"
+    }
+    labels = labels_download(alice_api, job_id)
+    propagated, direct = fake_propagation_masks(labels.shape)
+    assert ((labels == 1) == (direct == 1)).all() and ((labels == 2) == (propagated == 2)).all()
+    assert alice_api.post(f"/api/jobs/{job_id}/approve/", {}, format="json").status_code == 200
+    response = alice_api.get(f"/api/jobs/{job_id}/rtstruct.dcm")
+    assert response.status_code == 200, response.content
+    ds = pydicom.dcmread(io.BytesIO(b"".join(response.streaming_content)))
+    assert ds.ApprovalStatus == "APPROVED" and ds.StructureSetLabel == "Delineo r1"
+
+
+def test_a_delineation_has_no_direct_segmentation_to_take(alice_api, alice_job):
+    response = edit(alice_api, alice_job["id"], mode="direct", structure="Brainstem")
+    assert response.status_code == 400 and "no direct segmentation" in response.json()["detail"]

@@ -28,6 +28,7 @@
     if (r.number === 0) return "The model's output";
     const e = r.edit || {};
     if (e.mode === "restore") return `Back to revision ${e.revision}`;
+    if (e.mode === "direct") return `${e.structure} from the direct segmentation`;
     const where = e.index !== undefined ? `${e.plane} slice ${e.index}` : `${e.plane} slices ${e.first}-${e.last}`;
     return `${e.mode} ${e.structure}, ${where}`;
   }
@@ -166,6 +167,8 @@
     document.querySelectorAll("#editor button.tool").forEach((b) => b.addEventListener("click", () => setTool(b.dataset.tool)));
     document.getElementById("delete-range").addEventListener("click", () => rangeEdit("delete"));
     document.getElementById("interpolate-range").addEventListener("click", () => rangeEdit("interpolate"));
+    const takeDirect = document.getElementById("take-direct");
+    if (takeDirect) takeDirect.addEventListener("click", () => send({ mode: "direct", structure: structure() }));
     document.getElementById("undo").addEventListener("click", () => {
       if (current && current.parent !== null) {
         redo.push(current.number);

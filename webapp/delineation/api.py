@@ -613,7 +613,8 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
         "one (the model's output stays revision 0). Modes: `add` and `erase` (`structure`, `plane`, `index`, "
         "and `polygon` [[row, column], ...] in the slice endpoint's pixels or `mask`, run lengths over the "
         "slice's pixels row by row, outside first); `delete` and `interpolate` (`structure`, `plane`, `first`, "
-        "`last`); `restore` (`revision`: undo back to it). Owner of the scan only; recorded as `edit`.",
+        "`last`); `restore` (`revision`: undo back to it); `direct` (`structure`; a contour propagation only: take the "
+        "model's direct segmentation of the daily scan). Owner of the scan only; recorded as `edit`.",
     )
     @action(detail=True, methods=["post"], url_path="edits", url_name="edits")
     def edits(self, request: Request, pk: str | None = None) -> Response:

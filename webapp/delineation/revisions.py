@@ -9,7 +9,10 @@ An edit body (``POST /api/jobs/{id}/edits/``), by ``mode``:
 * ``delete``: ``structure``, ``plane``, ``first``, ``last``: the structure off those slices;
 * ``interpolate``: ``structure``, ``plane``, ``first``, ``last``: the slices between redrawn
   from those two (``editing.interpolate``);
-* ``restore``: ``revision``: a new revision equal to an earlier one (undo).
+* ``restore``: ``revision``: a new revision equal to an earlier one (undo);
+* ``direct`` (a contour propagation whose model also segments the daily scan): ``structure``:
+  the structure replaced by the model's direct segmentation of the daily scan, to correct
+  further from there.
 
 Edits and approvals lock the job's row, so revision numbers follow each other. Approving
 approves the latest revision; an edit after it makes a new, unapproved one.
@@ -30,7 +33,7 @@ from webapp.delineation import editing, services
 from webapp.delineation.editing import EditError
 from webapp.delineation.models import Job, Revision
 
-MODES = ("add", "erase", "delete", "interpolate", "restore")
+MODES = ("add", "erase", "delete", "interpolate", "restore", "direct")
 _RTSTRUCT_FILES = ("/rtstruct.dcm", "/rtstruct_check.json")
 
 
@@ -92,6 +95,13 @@ def _apply(job: Job, labels: np.ndarray, body: dict) -> dict:
         labels[...] = labels_of(job, source)
         return {"mode": mode, "revision": number}
     label = _label_of(job, body.get("structure"))
+    if mode == "direct":
+        direct = services.viewer_volume(job.result_path)[3]
+        if direct is None:
+            raise EditError("This job has no direct segmentation of the daily scan to take the structure from.")
+        labels[labels == label] = 0
+        labels[direct == label] = label
+        return {"mode": mode, "structure": body["structure"]}
     plane = body.get("plane")
     edit = {"mode": mode, "structure": body["structure"], "plane": plane}
     if mode in ("delete", "interpolate"):
