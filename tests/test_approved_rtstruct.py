@@ -155,3 +155,37 @@ def test_the_approved_rtstruct_passes_dciodvfy_and_plastimatch_reads_the_correct
     ours, read = np.asarray(revision.dataobj) == 1, np.asarray(theirs.dataobj) > 0
     assert 2 * (ours & read).sum() / (ours.sum() + read.sum()) >= 0.95
     assert not read[:, :, 3].any() and read[:, :, 2].any() and read[:, :, 4].any()  # erased on slice 3 only
+
+
+def test_send_to_sends_the_approved_revision(alice, alice_api, job, django_capture_on_commit_callbacks):
+    from pynetdicom import AE, evt
+    from pynetdicom.presentation import AllStoragePresentationContexts
+
+    from tests.dicom_peers import free_port
+    from webapp.delineation.dicom.models import DicomPeer
+
+    received = []
+
+    def on_store(event):
+        received.append(event.dataset)
+        return 0x0000
+
+    port = free_port()
+    ae = AE(ae_title="TPS1")
+    ae.supported_contexts = AllStoragePresentationContexts
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        DicomPeer.objects.create(name="TPS", ae_title="TPS1", host="127.0.0.1", port=port, owner=alice)
+        alice_api.post(f"/api/jobs/{job['id']}/edits/", {
+            "structure": "Brainstem", "plane": "axial", "index": 3, "mode": "erase", "polygon": AROUND_BRAINSTEM,
+        }, format="json")
+        alice_api.post(f"/api/jobs/{job['id']}/approve/", {}, format="json")
+        with django_capture_on_commit_callbacks(execute=True):
+            response = alice_api.post(f"/api/jobs/{job['id']}/send/", {"destination": "TPS"}, format="json")
+        assert response.status_code == 202, response.content
+        (state,) = alice_api.get(f"/api/jobs/{job['id']}/").json()["sends"]
+        assert (state["state"], state["file"]) == ("sent", "revisions/1/rtstruct.dcm")
+        (sent,) = received
+        assert sent.ApprovalStatus == "APPROVED" and sent.StructureSetLabel == "Delineo r1"
+    finally:
+        server.shutdown()
