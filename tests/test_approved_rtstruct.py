@@ -41,8 +41,9 @@ def _segment_on_the_series_grid(input_path, model_name, out_dir, progress=None, 
     table = [{**s, "volume_cm3": round(float((labels == s["label"]).sum()) * 12 / 1000, 3)} for s in FAKE_STRUCTURES]
     (out_dir / "structures.json").write_text(json.dumps(table))
     (out_dir / "rtstruct.dcm").write_bytes(b"\0" * 128 + b"DICM the model's own")
+    (out_dir / "seg.dcm").write_bytes(b"\0" * 128 + b"DICM the model's own SEG")
     return services.EngineResult(
-        structures=table, timings_s={}, rtstruct=out_dir / "rtstruct.dcm", input_kind="dicom",
+        structures=table, timings_s={}, rtstruct=out_dir / "rtstruct.dcm", seg=out_dir / "seg.dcm", input_kind="dicom",
         model_name=model_name, weights_sha256="cd" * 32,
     )
 
@@ -189,3 +190,20 @@ def test_send_to_sends_the_approved_revision(alice, alice_api, job, django_captu
         assert sent.ApprovalStatus == "APPROVED" and sent.StructureSetLabel == "Delineo r1"
     finally:
         server.shutdown()
+
+
+def test_the_seg_of_a_revision(alice_api, job):
+    alice_api.post(f"/api/jobs/{job['id']}/edits/", {
+        "structure": "Brainstem", "plane": "axial", "index": 3, "mode": "erase", "polygon": AROUND_BRAINSTEM,
+    }, format="json")
+    response = alice_api.get(f"/api/jobs/{job['id']}/seg.dcm")
+    assert response.status_code == 200, response.content
+    seg = pydicom.dcmread(io.BytesIO(b"".join(response.streaming_content)))
+    assert seg.Modality == "SEG"
+    assert [(s.SegmentLabel, s.SegmentAlgorithmType) for s in seg.SegmentSequence] == [
+        ("Brainstem", "SEMIAUTOMATIC"), ("Mandible", "AUTOMATIC")
+    ]
+    frames = [f.SegmentIdentificationSequence[0].ReferencedSegmentNumber for f in seg.PerFrameFunctionalGroupsSequence]
+    assert frames.count(1) == 2 and frames.count(2) == 3  # Brainstem erased on one of its three slices
+    response = alice_api.get(f"/api/jobs/{job['id']}/seg.dcm?revision=0")
+    assert b"".join(response.streaming_content).endswith(b"DICM the model's own SEG")

@@ -370,32 +370,44 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
         exported as DICOM, ``ct_dicom.zip``), of the latest revision or of ``?revision=N``. It
         passed its round-trip check. An approved revision's says APPROVED with the reviewer;
         the structures corrected since the model's output have ROI Generation Algorithm MANUAL."""
-        job, problem = self._result_file("rtstruct.dcm")
+        return self._revision_export("rtstruct.dcm", "RTSTRUCT")
+
+    def _revision_export(self, filename: str, what: str):
+        """``filename`` of the revision asked for (``?revision=N``, default: the latest); the
+        model's output for revision 0 (``revisions.export_of``)."""
+        job, problem = self._result_file(filename)
         if problem:
             return problem
         revision, problem = self._revision(job)
         if problem:
             return problem
-        if revision.number == 0 and not revision.is_approved:
-            return self._optional_download("rtstruct.dcm", "RTSTRUCT", "application/dicom")
-        try:
-            name, checksums = revisions.rtstruct_of(job, revision)
-        except services.DelineationError as exc:
-            logger.warning("job %s: RTSTRUCT of revision %s not written", job.id, revision.number)
-            return _detail(f"The RTSTRUCT of revision {revision.number} could not be written: {exc.message}", 409)
+        name, checksums = filename, job.checksums
+        if revision.number > 0 or revision.is_approved:
+            if not (job.result_path / filename).exists() and filename not in job.checksums:
+                return self._optional_download(filename, what, "application/dicom")  # none for the model's either
+            try:
+                name, checksums = revisions.export_of(job, revision, filename)
+            except services.DelineationError as exc:
+                logger.warning("job %s: %s of revision %s not written", job.id, filename, revision.number)
+                return _detail(f"The {what} of revision {revision.number} could not be written: {exc.message}", 409)
+        if name == filename:
+            return self._optional_download(filename, what, "application/dicom")
         return self._download(job, name, "application/dicom", checksums)
 
     @extend_schema(
+        parameters=[_REVISION],
         responses={
             (200, "application/dicom"): OpenApiResponse(OpenApiTypes.BINARY, description="DICOM Segmentation"),
+            400: _DETAIL,
             404: _DETAIL,
             409: _DETAIL,
-        }
+        },
     )
     @action(detail=True, methods=["get"], url_path="seg.dcm", url_name="seg")
     def seg(self, request: Request, pk: str | None = None):
-        """The structures as a DICOM Segmentation (SEG) referencing the same series as the RTSTRUCT."""
-        return self._optional_download("seg.dcm", "DICOM SEG", "application/dicom")
+        """The structures as a DICOM Segmentation (SEG) referencing the same series as the RTSTRUCT,
+        of the latest revision or of ``?revision=N``; corrected structures' segments are SEMIAUTOMATIC."""
+        return self._revision_export("seg.dcm", "DICOM SEG")
 
     @extend_schema(
         responses={

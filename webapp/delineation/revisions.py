@@ -210,37 +210,42 @@ def reviewer_name(user) -> str:
     return user.get_username()[:64]
 
 
-def rtstruct_of(job: Job, revision: Revision) -> tuple[str, dict[str, str]]:
-    """The RTSTRUCT of ``revision``: its path relative to the job's folder and the checksums to
-    verify it with. Revision 0 unapproved is the job's own RTSTRUCT; any other is written on first
-    use (``services.write_revision_rtstruct``: MANUAL for the structures edited since the model's
-    output, APPROVED with the reviewer once approved, Structure Set Label ``Delineo r<N>``).
+def export_of(job: Job, revision: Revision, filename: str) -> tuple[str, dict[str, str]]:
+    """The DICOM export ``filename`` ("rtstruct.dcm" or "seg.dcm") of ``revision``: its path
+    relative to the job's folder and the checksums to verify it with. Revision 0 is the job's
+    own file (for the RTSTRUCT: until it is approved); any other is written on first use:
+    ``services.write_revision_rtstruct`` (MANUAL for the structures edited since the model's
+    output, APPROVED with the reviewer once approved, Structure Set Label ``Delineo r<N>``) or
+    ``services.write_revision_seg``.
 
     Raises:
         services.DelineationError: it cannot be written (message for the physician).
     """
-    if revision.number == 0 and not revision.is_approved:
-        return "rtstruct.dcm", job.checksums
+    if revision.number == 0 and (filename == "seg.dcm" or not revision.is_approved):
+        return filename, job.checksums
     folder = f"revisions/{revision.number}"
-    name = f"{folder}/rtstruct.dcm"
+    name = f"{folder}/{filename}"
     with transaction.atomic():
         revision = Revision.objects.select_for_update().get(pk=revision.pk)  # one build at a time
         if name not in revision.checksums:
-            approval = None
-            if revision.is_approved:
-                approval = services.Approval(revision.reviewer_name, timezone.localtime(revision.approved))
-            written = services.write_revision_rtstruct(
-                job.result_path,
-                job.scan.engine_input,
-                job.series_key,
-                revision.labels_file,
-                folder,
-                job.structures,
-                (job.model_name, job.weights_sha256),
-                f"Delineo r{revision.number}",
-                revision.edited_structures,
-                approval,
-            )
+            common = (job.result_path, job.scan.engine_input, job.series_key, revision.labels_file, folder)
+            provenance = (job.model_name, job.weights_sha256)
+            if filename == "seg.dcm":
+                written = services.write_revision_seg(
+                    *common, job.structures, provenance, revision.edited_structures
+                )
+            else:
+                approval = None
+                if revision.is_approved:
+                    approval = services.Approval(revision.reviewer_name, timezone.localtime(revision.approved))
+                written = services.write_revision_rtstruct(
+                    *common,
+                    job.structures,
+                    provenance,
+                    f"Delineo r{revision.number}",
+                    revision.edited_structures,
+                    approval,
+                )
             revision.checksums = {**revision.checksums, **written}
             revision.save(update_fields=["checksums"])
     return name, revision.checksums

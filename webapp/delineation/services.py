@@ -590,20 +590,12 @@ def write_revision_rtstruct(
         DelineationError: no DICOM series to reference, labels off its grid, or a structure
             whose contours fail the round-trip check.
     """
-    from engine.io.dicom_write import DicomWriteError, labels_on_series_grid
-    from engine.io.nifti import read_labels
     from engine.io.rtstruct import build_rtstruct, write_rtstruct
     from engine.io.rtstruct_check import RTStructExportError, check_rtstruct
-    from engine.structure import Structure
 
     result_dir = Path(result_dir)
     model_name, weights_sha256 = provenance
-    series = _referenced_series(result_dir, Path(scan_input), series_key, "scan")
-    try:
-        on_series = labels_on_series_grid(read_labels(result_dir / labels_file), series)
-    except DicomWriteError:
-        raise DelineationError("The corrected contours are not on the grid of the scan's DICOM series.") from None
-    table = [Structure(s["label"], s["name"], tuple(s["color"]), _interpreted_type(s["name"])) for s in structures]
+    series, on_series, table = _revision_on_series(result_dir, scan_input, series_key, labels_file, structures)
     ds = build_rtstruct(on_series, series, table, model_name, weights_sha256 or "none")
     ds.StructureSetLabel = set_label[:16]
     ds.StructureSetName = ds.SeriesDescription = f"Delineo {model_name} {set_label}"[:64]
@@ -623,11 +615,67 @@ def write_revision_rtstruct(
     except RTStructExportError as exc:
         raise DelineationError(str(exc)) from None
     write_rtstruct(ds, out / "rtstruct.dcm")
+    return _digests(result_dir, out_folder, ("rtstruct.dcm", "rtstruct_check.json"))
+
+
+def _digests(result_dir: Path, folder: str, names: tuple[str, ...]) -> dict[str, str]:
     digests = {}
-    for name in ("rtstruct.dcm", "rtstruct_check.json"):
-        with open(out / name, "rb") as handle:
-            digests[f"{out_folder}/{name}"] = sha256_of(handle)
+    for name in names:
+        with open(result_dir / folder / name, "rb") as handle:
+            digests[f"{folder}/{name}"] = sha256_of(handle)
     return digests
+
+
+def _revision_on_series(result_dir: Path, scan_input: Path, series_key: str, labels_file: str, structures: list[dict]):
+    """(series, the label map ``labels_file`` on its grid, the engine's structure table)."""
+    from engine.io.dicom_write import DicomWriteError, labels_on_series_grid
+    from engine.io.nifti import read_labels
+    from engine.structure import Structure
+
+    series = _referenced_series(result_dir, Path(scan_input), series_key, "scan")
+    try:
+        on_series = labels_on_series_grid(read_labels(result_dir / labels_file), series)
+    except DicomWriteError:
+        raise DelineationError("The corrected contours are not on the grid of the scan's DICOM series.") from None
+    table = [Structure(s["label"], s["name"], tuple(s["color"]), _interpreted_type(s["name"])) for s in structures]
+    return series, on_series, table
+
+
+def write_revision_seg(
+    result_dir: Path,
+    scan_input: Path,
+    series_key: str,
+    labels_file: str,
+    out_folder: str,
+    structures: list[dict],
+    provenance: tuple[str, str],
+    edited: Collection[str],
+) -> dict[str, str]:
+    """The DICOM SEG of a revision of a job's label map (``labels_file``, relative to
+    ``result_dir``) as ``<out_folder>/seg.dcm``, on the series the job's own SEG references.
+    Segments of the ``edited`` structures have Segment Algorithm Type SEMIAUTOMATIC (the
+    model's output corrected by hand; the model stays named as the algorithm), the others
+    AUTOMATIC. Returns its SHA-256 by path relative to ``result_dir``.
+
+    Raises:
+        DelineationError: no DICOM series to reference, or the series cannot be referenced
+            by a SEG (no Study or Series Instance UID).
+    """
+    from engine.io.dicom_seg import DicomSegError, build_segmentation, write_segmentation
+
+    result_dir = Path(result_dir)
+    model_name, weights_sha256 = provenance
+    series, on_series, table = _revision_on_series(result_dir, scan_input, series_key, labels_file, structures)
+    try:
+        seg = build_segmentation(on_series, series, table, model_name, weights_sha256 or "none")
+    except DicomSegError as exc:
+        raise DelineationError(f"No DICOM SEG can be written: {exc}.") from None
+    for segment in seg.SegmentSequence:
+        if segment.SegmentLabel in edited:
+            segment.SegmentAlgorithmType = "SEMIAUTOMATIC"
+    os.makedirs(result_dir / out_folder, mode=0o750, exist_ok=True)
+    write_segmentation(seg, result_dir / out_folder / "seg.dcm")
+    return _digests(result_dir, out_folder, ("seg.dcm",))
 
 
 # --- Outputs for the pages ------------------------------------------------------------

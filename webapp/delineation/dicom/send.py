@@ -109,7 +109,7 @@ def _latest_rtstruct(job) -> str:  # noqa: ANN001 (a Job)
 
     revision = revisions.latest(job)
     try:
-        return revisions.rtstruct_of(job, revision)[0]
+        return revisions.export_of(job, revision, "rtstruct.dcm")[0]
     except services.DelineationError as exc:
         message = f"The RTSTRUCT of revision {revision.number} could not be written: {exc.message}"
         raise SendRefused(message, 409) from None
