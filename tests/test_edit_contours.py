@@ -6,8 +6,10 @@ from __future__ import annotations
 import base64
 import gzip
 import io
+import json
 import os
 import stat
+import zipfile
 
 import nibabel as nib
 import numpy as np
@@ -301,3 +303,24 @@ def test_a_propagation_is_corrected_from_its_direct_segmentation_and_approved(al
 def test_a_delineation_has_no_direct_segmentation_to_take(alice_api, alice_job):
     response = edit(alice_api, alice_job["id"], mode="direct", structure="Brainstem")
     assert response.status_code == 400 and "no direct segmentation" in response.json()["detail"]
+
+
+def test_the_masks_zip_of_a_revision(alice_api, alice_job):
+    job_id = alice_job["id"]
+    edit(alice_api, job_id, structure="Brainstem", plane="axial", index=4, mode="erase", polygon=AROUND_BRAINSTEM)
+
+    def masks(revision=None):
+        url = f"/api/jobs/{job_id}/structures.zip" + ("" if revision is None else f"?revision={revision}")
+        response = alice_api.get(url)
+        assert response.status_code == 200, response.content
+        archive = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
+        brainstem = nib.Nifti1Image.from_bytes(gzip.decompress(archive.read("structures/Brainstem.nii.gz")))
+        return np.asarray(brainstem.dataobj), json.loads(archive.read("structures.json"))
+
+    latest, table = masks()
+    model, _ = masks(0)
+    assert latest.sum() == 48 and model.sum() == 72 and not latest[:, :, 4].any()
+    assert [s["volume_cm3"] for s in table] == [pytest.approx(48 * 12 / 1000), pytest.approx(36 * 12 / 1000)]
+    folder = Job.objects.get(pk=job_id).result_path / "revisions" / "1"
+    assert stat.S_IMODE(os.stat(folder / "structures").st_mode) == 0o750
+    assert stat.S_IMODE(os.stat(folder / "structures.zip").st_mode) == 0o640

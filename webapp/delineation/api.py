@@ -552,15 +552,18 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
         return self._download(job, filename, content_type)
 
     @extend_schema(
+        parameters=[_REVISION],
         responses={
             (200, "application/zip"): OpenApiResponse(OpenApiTypes.BINARY, description="structures/<name>.nii.gz"),
+            400: _DETAIL,
             404: _DETAIL,
             409: _DETAIL,
-        }
+        },
     )
     @action(detail=True, methods=["get"], url_path="structures.zip", url_name="structures-zip")
     def structures_zip(self, request: Request, pk: str | None = None):
-        """One NIfTI mask per structure (uint8 0/1, input grid) plus structures.json, zipped."""
+        """One NIfTI mask per structure (uint8 0/1, input grid) plus structures.json, zipped: of the
+        latest revision, or of ``?revision=N``."""
         job, problem = self._result_file("structures.zip")
         if problem:
             return problem
@@ -571,7 +574,11 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
         if not job.checksums and not (job.result_path / "structures.zip").exists():
             # A job finished before the zip was built with the outputs (and checksums recorded).
             services.structures_zip(job.result_path, job.result_path / "structures.zip")
-        return self._download(job, "structures.zip", "application/zip")
+        revision, problem = self._revision(job)
+        if problem:
+            return problem
+        name, checksums = revisions.export_of(job, revision, "structures.zip")
+        return self._download(job, name, "application/zip", checksums)
 
     @extend_schema(
         parameters=[

@@ -211,17 +211,17 @@ def reviewer_name(user) -> str:
 
 
 def export_of(job: Job, revision: Revision, filename: str) -> tuple[str, dict[str, str]]:
-    """The DICOM export ``filename`` ("rtstruct.dcm" or "seg.dcm") of ``revision``: its path
+    """The export ``filename`` ("rtstruct.dcm", "seg.dcm" or "structures.zip") of ``revision``: its path
     relative to the job's folder and the checksums to verify it with. Revision 0 is the job's
     own file (for the RTSTRUCT: until it is approved); any other is written on first use:
     ``services.write_revision_rtstruct`` (MANUAL for the structures edited since the model's
     output, APPROVED with the reviewer once approved, Structure Set Label ``Delineo r<N>``) or
-    ``services.write_revision_seg``.
+    ``services.write_revision_seg`` or ``services.write_revision_structures``.
 
     Raises:
         services.DelineationError: it cannot be written (message for the physician).
     """
-    if revision.number == 0 and (filename == "seg.dcm" or not revision.is_approved):
+    if revision.number == 0 and (filename != "rtstruct.dcm" or not revision.is_approved):
         return filename, job.checksums
     folder = f"revisions/{revision.number}"
     name = f"{folder}/{filename}"
@@ -230,7 +230,11 @@ def export_of(job: Job, revision: Revision, filename: str) -> tuple[str, dict[st
         if name not in revision.checksums:
             common = (job.result_path, job.scan.engine_input, job.series_key, revision.labels_file, folder)
             provenance = (job.model_name, job.weights_sha256)
-            if filename == "seg.dcm":
+            if filename == "structures.zip":
+                written = services.write_revision_structures(
+                    job.result_path, revision.labels_file, folder, job.structures
+                )
+            elif filename == "seg.dcm":
                 written = services.write_revision_seg(
                     *common, job.structures, provenance, revision.edited_structures
                 )

@@ -864,6 +864,31 @@ def structures_zip(result_dir: Path, destination: Path) -> Path:
     return write_atomically(destination, write)
 
 
+def write_revision_structures(
+    result_dir: Path, labels_file: str, out_folder: str, structures: list[dict]
+) -> dict[str, str]:
+    """One mask per structure of the label map ``labels_file`` (uint8 0/1, its grid), as the
+    job's own outputs: ``<out_folder>/structures/<name>.nii.gz``, ``structures.json`` with each
+    ``volume_cm3``, and both zipped in ``<out_folder>/structures.zip``. Returns the SHA-256 of
+    the zip by path relative to ``result_dir``."""
+    result_dir = Path(result_dir)
+    labels = nib.load(result_dir / labels_file)
+    array = np.asarray(labels.dataobj)
+    voxel_cm3 = float(np.prod(labels.header.get_zooms()[:3])) / 1000
+    out = result_dir / out_folder
+    os.makedirs(out / "structures", mode=0o750, exist_ok=True)
+    table = []
+    for s in structures:
+        mask = (array == s["label"]).astype(np.uint8)
+        image = nib.Nifti1Image(mask, labels.affine)
+        write_atomically(out / "structures" / f"{s['name']}.nii.gz", lambda tmp, image=image: nib.save(image, tmp))
+        table.append({**s, "volume_cm3": round(int(mask.sum()) * voxel_cm3, 3)})
+    text = json.dumps(table)
+    write_atomically(out / "structures.json", lambda tmp: Path(tmp).write_text(text))
+    structures_zip(out, out / "structures.zip")
+    return _digests(result_dir, out_folder, ("structures.zip",))
+
+
 # --- Checksums of stored outputs ----------------------------------------------------
 
 
