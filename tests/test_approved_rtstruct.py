@@ -27,7 +27,7 @@ pytestmark = pytest.mark.django_db
 AROUND_BRAINSTEM = [[3, 3], [3, 8.5], [9.5, 8.5], [9.5, 3]]
 
 
-def _segment_on_the_series_grid(input_path, model_name, out_dir, progress=None, series=None):
+def segment_on_the_series_grid(input_path, model_name, out_dir, progress=None, series=None):
     """Stands in for the engine: Brainstem and Mandible on the uploaded series' own grid."""
     from engine.io.reader import read_input
 
@@ -53,7 +53,7 @@ def job(alice, alice_api, alice_dicom_scan, monkeypatch, django_capture_on_commi
     alice.first_name, alice.last_name = "Alice", "Smith"
     alice.save()
     monkeypatch.setattr(services, "available_models", lambda: ["hn-oar"])
-    monkeypatch.setattr(services, "run_segmentation", _segment_on_the_series_grid)
+    monkeypatch.setattr(services, "run_segmentation", segment_on_the_series_grid)
     with django_capture_on_commit_callbacks(execute=True):
         response = alice_api.post("/api/jobs/", {"scan": alice_dicom_scan["id"], "model": "hn-oar"}, format="json")
     job = alice_api.get(f"/api/jobs/{response.json()['id']}/").json()
