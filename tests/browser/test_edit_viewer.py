@@ -78,7 +78,8 @@ def test_an_eraser_stroke_saved_and_approved(live_server, driver, alice, monkeyp
     monkeypatch.setattr(services, "run_segmentation", segment_on_the_series_grid)
     api = APIClient()
     api.force_login(alice)
-    upload = SimpleUploadedFile("ct.zip", factories.dicom_zip_bytes(tmp_path / "series"), content_type="application/zip")
+    archive = factories.dicom_zip_bytes(tmp_path / "series")
+    upload = SimpleUploadedFile("ct.zip", archive, content_type="application/zip")
     scan = api.post("/api/scans/", {"file": upload}, format="multipart").json()
     job_id = api.post("/api/jobs/", {"scan": scan["id"], "model": "hn-oar"}, format="json").json()["id"]
     assert api.get(f"/api/jobs/{job_id}/").json()["status"] == "succeeded"
