@@ -225,6 +225,10 @@ def measures(
     out = {}
     for s in structures:
         before, after = original == s["label"], edited == s["label"]
+        either = np.nonzero(before | after)
+        if either[0].size:  # the box around both, one voxel wider: the boundary needs its neighbours
+            box = tuple(slice(max(int(ix.min()) - 1, 0), int(ix.max()) + 2) for ix in either)
+            before, after = before[box], after[box]
         out[s["name"]] = {
             "edited": bool((before != after).any()),
             "dice": round(_dice(before, after), 4),

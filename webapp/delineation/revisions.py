@@ -166,12 +166,19 @@ def apply_edit(job: Job, user, body: object) -> Revision:
         labels = np.array(labels_of(job, parent))
         edit = _apply(job, labels, body)
         before = labels_of(job, parent)
-        changed = [s["name"] for s in job.structures if ((before == s["label"]) != (labels == s["label"])).any()]
+        differs = before != labels
+        touched = set(np.unique(before[differs]).tolist()) | set(np.unique(labels[differs]).tolist())
+        changed = [s["name"] for s in job.structures if s["label"] in touched]
         if not changed:
             raise EditError("This edit changes no contour, so no revision was saved.")
         number = parent.number + 1
         checksums = _write_files(job, number, labels)
-        measures = editing.measures(labels_of(job, original(job)), labels, job.structures, _spacing(job))
+        # Measured again for the structures this edit changed only: each costs passes over the volume.
+        redo = [s for s in job.structures if s["name"] in changed]
+        measures = {
+            **parent.measures,
+            **editing.measures(labels_of(job, original(job)), labels, redo, _spacing(job)),
+        }
         return Revision.objects.create(
             job=job,
             number=number,
