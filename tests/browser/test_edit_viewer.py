@@ -24,7 +24,7 @@ from rest_framework.test import APIClient
 
 from tests import factories
 from tests.dicom_tools import dciodvfy_errors
-from tests.stack import require
+from tests.stack import REPO, require
 from tests.test_approved_rtstruct import segment_on_the_series_grid, read_back
 from webapp.delineation import services
 from webapp.delineation.models import Job
@@ -33,6 +33,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
+OUTPUT = REPO / "test-output"  # screenshots (git-ignored)
 
 
 @pytest.fixture
@@ -117,6 +118,8 @@ def test_an_eraser_stroke_saved_and_approved(live_server, driver, alice, monkeyp
     wait_for(lambda: "approved by alice" in status.text, 30, "the approval")
     wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#revision-history li[data-revision='1'] .badge"), 30,
              "the approval in the history")
+    OUTPUT.mkdir(exist_ok=True)
+    driver.save_screenshot(str(OUTPUT / "viewer-edited-and-approved.png"))
 
     before, after = axial(api, job_id, 4, revision=0), axial(api, job_id, 4)
     assert (before == 1).sum() > (after == 1).sum() > 0  # a band erased across the structure
