@@ -221,7 +221,7 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
         queryset = (
             Job.objects.visible_to(self.request.user)
             .select_related("scan", "scan__owner", "planning_scan")
-            .prefetch_related("sends")
+            .prefetch_related("sends", "revisions")
         )
         scan = self.request.query_params.get("scan")
         if scan and self.action == "list":

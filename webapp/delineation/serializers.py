@@ -497,7 +497,8 @@ class JobSerializer(serializers.ModelSerializer):
         the ``revisions`` URL (the history)."""
         if job.status != Job.Status.SUCCEEDED:
             return None
-        latest = job.revisions.order_by("-number").first()  # none saved yet: the model's output, unapproved
+        # all(): prefetched by the API's job lists. None saved yet: the model's output, unapproved.
+        latest = max(job.revisions.all(), key=lambda r: r.number, default=None)
         return {
             "revision": latest.number if latest else 0,
             "approved": bool(latest and latest.is_approved),
