@@ -45,6 +45,9 @@ OBJECT_URLS = {
     "api-job-seg": ("job", {"get": (200, 200)}),
     "api-job-ct-dicom": ("job", {"get": (200, 200)}),
     "api-job-slice": ("job", {"get": (200, 200)}),
+    "api-job-edits": ("job", {"post": (201, 403)}),  # owners edit, team members read
+    "api-job-revisions": ("job", {"get": (200, 200)}),
+    "api-job-approve": ("job", {"post": (200, 403)}),
     "api-job-audit-json": ("audit_job", {"get": (200, 200)}),
     "api-job-propagation-json": ("propagation", {"get": (200, 200)}),
     "api-job-ddf": ("propagation", {"get": (200, 200)}),
@@ -65,6 +68,8 @@ OBJECT_FIXTURES = {
 BODIES = {
     "api-scan-detail": {"patient_id": "PAT-0002"},
     "api-job-choices": {"choices": {"Brainstem": "direct"}},
+    "api-job-edits": {"structure": "Brainstem", "plane": "axial", "mode": "delete", "first": 0, "last": 7},
+    "api-job-approve": {"comment": "Checked"},
     "api-patient-detail": {"label": "Head and neck 1"},
     "job-send": {"destination": "TPS"},
     "api-job-send": {"destination": "TPS"},

@@ -26,6 +26,7 @@
     slice: null,
     job: null,
     showDirect: true, // a propagation's direct segmentation, drawn dashed
+    editing: false, // a brush, eraser or fill tool is on (editor.js): dragging draws, not zooms
   };
   const cache = new Map();
   const CACHE_SIZE = 256;
@@ -170,7 +171,7 @@
       paper_bgcolor: "#000",
       plot_bgcolor: "#000",
       showlegend: false,
-      dragmode: "zoom",
+      dragmode: state.editing ? false : "zoom",
       uirevision: `${s.plane}:${s.rows}x${s.columns}`,
       xaxis: { visible: false, range: [-dx / 2, (s.columns - 0.5) * dx], constrain: "domain" },
       yaxis: {
@@ -439,5 +440,24 @@
     await show("axial", null);
   }
 
-  start();
+  // For the contour editor (editor.js): the state, and a redraw after an edit saved a revision.
+  Delineo.viewer = {
+    state,
+    plot,
+    showError,
+    async reload(revision) {
+      cache.clear();
+      if (revision) {
+        for (const st of state.structures) {
+          const m = revision.measures[st.name];
+          if (m && m.volume_cm3 !== null && m.volume_cm3 !== undefined) st.volume_cm3 = m.volume_cm3;
+        }
+        structureTable();
+      }
+      await show(state.plane, state.index);
+    },
+    redraw: draw,
+  };
+
+  start().then(() => document.dispatchEvent(new CustomEvent("delineo:viewer-ready")));
 })();

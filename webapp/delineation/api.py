@@ -29,16 +29,18 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from webapp.delineation import audit, services, sharing, tasks
-from webapp.delineation.models import AccessEvent, Job, Patient, Scan, Team
+from webapp.delineation import audit, revisions, services, sharing, tasks
+from webapp.delineation.models import AccessEvent, Job, Patient, Revision, Scan, Team
 from webapp.delineation.patients import patient_for
 from webapp.delineation.serializers import (
     AccessEventSerializer,
+    ApproveSerializer,
     ChoicesSerializer,
     JobCreateSerializer,
     JobSerializer,
     PatientSerializer,
     ResultSendSerializer,
+    RevisionSerializer,
     ScanPatientSerializer,
     ScanSerializer,
     ScanUploadSerializer,
@@ -50,6 +52,9 @@ from webapp.delineation.serializers import (
 from webapp.delineation.uploads import UploadError, accept_upload, refusal_of
 
 _DETAIL = inline_serializer("Detail", {"detail": serializers.CharField()})
+_REVISION = OpenApiParameter(
+    "revision", int, description="A revision of the label map (0: the model's output); default: the latest."
+)
 logger = logging.getLogger(__name__)
 
 
@@ -216,7 +221,7 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
         queryset = (
             Job.objects.visible_to(self.request.user)
             .select_related("scan", "scan__owner", "planning_scan")
-            .prefetch_related("sends")
+            .prefetch_related("sends", "revisions")
         )
         scan = self.request.query_params.get("scan")
         if scan and self.action == "list":
@@ -299,12 +304,15 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
             return job, _detail(f"The job has not finished yet (status: {job.status}); try again later.", 409)
         return job, None
 
-    def _download(self, job: Job, filename: str, content_type: str) -> FileResponse | Response:
+    def _download(
+        self, job: Job, filename: str, content_type: str, checksums: dict[str, str] | None = None
+    ) -> FileResponse | Response:
         """The output ``filename`` of a succeeded job, if it still matches the SHA-256 recorded
         when the job finished; otherwise 409 with a message (and the job id in the log). Outputs
         are renamed into place whole, so the file opened is never a partial one."""
         try:
-            handle = services.open_verified(job.result_path, filename, job.checksums)
+            recorded = job.checksums if checksums is None else checksums
+            handle = services.open_verified(job.result_path, filename, recorded)
         except services.DamagedOutput as exc:
             logger.error("job %s: stored output refused: %s", job.id, exc)
             return _detail(
@@ -315,46 +323,91 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
             )
         audit.record(self.request, AccessEvent.Action.DOWNLOAD, job, filename=filename)
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", job.scan.name).strip("._")[:80] or "scan"
-        return FileResponse(handle, as_attachment=True, filename=f"{safe}_{filename}", content_type=content_type)
+        served = filename.replace("revisions/", "revision").replace("/", "_")  # revisions/2/x: revision2_x
+        return FileResponse(handle, as_attachment=True, filename=f"{safe}_{served}", content_type=content_type)
+
+    def _revision(self, job: Job) -> tuple[Revision | None, Response | None]:
+        """The revision asked for with ``?revision=N`` (default: the latest), or a 400 answer."""
+        try:
+            return revisions.find(job, self.request.query_params.get("revision")), None
+        except revisions.EditError as exc:
+            return None, _detail(exc.message, 400)
 
     @extend_schema(
+        parameters=[_REVISION],
         responses={
             (200, "application/gzip"): OpenApiResponse(OpenApiTypes.BINARY, description="uint8 label map, NIfTI"),
+            400: _DETAIL,
             409: _DETAIL,
-        }
+        },
     )
     @action(detail=True, methods=["get"], url_path="labels.nii.gz", url_name="labels")
     def labels(self, request: Request, pk: str | None = None):
-        """The label map (uint8, on the grid of the input image) as NIfTI."""
+        """The label map (uint8, on the grid of the input image) as NIfTI: of the latest revision, or
+        of ``?revision=N`` (0: the model's output)."""
         job, problem = self._result_file("labels.nii.gz")
         if problem:
             return problem
-        return self._download(job, "labels.nii.gz", "application/gzip")
+        revision, problem = self._revision(job)
+        if problem:
+            return problem
+        if revision.number == 0:
+            return self._download(job, "labels.nii.gz", "application/gzip")
+        return self._download(job, revision.labels_file, "application/gzip", revision.checksums)
 
     @extend_schema(
+        parameters=[_REVISION],
         responses={
             (200, "application/dicom"): OpenApiResponse(OpenApiTypes.BINARY, description="RT Structure Set"),
+            400: _DETAIL,
             404: _DETAIL,
             409: _DETAIL,
-        }
+        },
     )
     @action(detail=True, methods=["get"], url_path="rtstruct.dcm", url_name="rtstruct")
     def rtstruct(self, request: Request, pk: str | None = None):
         """The RTSTRUCT referencing the uploaded DICOM series (for NIfTI input: the CT
-        exported as DICOM, ``ct_dicom.zip``). It passed its round-trip check."""
-        return self._optional_download("rtstruct.dcm", "RTSTRUCT", "application/dicom")
+        exported as DICOM, ``ct_dicom.zip``), of the latest revision or of ``?revision=N``. It
+        passed its round-trip check. An approved revision's says APPROVED with the reviewer;
+        the structures corrected since the model's output have ROI Generation Algorithm MANUAL."""
+        return self._revision_export("rtstruct.dcm", "RTSTRUCT")
+
+    def _revision_export(self, filename: str, what: str):
+        """``filename`` of the revision asked for (``?revision=N``, default: the latest); the
+        model's output for revision 0 (``revisions.export_of``)."""
+        job, problem = self._result_file(filename)
+        if problem:
+            return problem
+        revision, problem = self._revision(job)
+        if problem:
+            return problem
+        name, checksums = filename, job.checksums
+        if revision.number > 0 or revision.is_approved:
+            if not (job.result_path / filename).exists() and filename not in job.checksums:
+                return self._optional_download(filename, what, "application/dicom")  # none for the model's either
+            try:
+                name, checksums = revisions.export_of(job, revision, filename)
+            except services.DelineationError as exc:
+                logger.warning("job %s: %s of revision %s not written", job.id, filename, revision.number)
+                return _detail(f"The {what} of revision {revision.number} could not be written: {exc.message}", 409)
+        if name == filename:
+            return self._optional_download(filename, what, "application/dicom")
+        return self._download(job, name, "application/dicom", checksums)
 
     @extend_schema(
+        parameters=[_REVISION],
         responses={
             (200, "application/dicom"): OpenApiResponse(OpenApiTypes.BINARY, description="DICOM Segmentation"),
+            400: _DETAIL,
             404: _DETAIL,
             409: _DETAIL,
-        }
+        },
     )
     @action(detail=True, methods=["get"], url_path="seg.dcm", url_name="seg")
     def seg(self, request: Request, pk: str | None = None):
-        """The structures as a DICOM Segmentation (SEG) referencing the same series as the RTSTRUCT."""
-        return self._optional_download("seg.dcm", "DICOM SEG", "application/dicom")
+        """The structures as a DICOM Segmentation (SEG) referencing the same series as the RTSTRUCT,
+        of the latest revision or of ``?revision=N``; corrected structures' segments are SEMIAUTOMATIC."""
+        return self._revision_export("seg.dcm", "DICOM SEG")
 
     @extend_schema(
         responses={
@@ -499,15 +552,18 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
         return self._download(job, filename, content_type)
 
     @extend_schema(
+        parameters=[_REVISION],
         responses={
             (200, "application/zip"): OpenApiResponse(OpenApiTypes.BINARY, description="structures/<name>.nii.gz"),
+            400: _DETAIL,
             404: _DETAIL,
             409: _DETAIL,
-        }
+        },
     )
     @action(detail=True, methods=["get"], url_path="structures.zip", url_name="structures-zip")
     def structures_zip(self, request: Request, pk: str | None = None):
-        """One NIfTI mask per structure (uint8 0/1, input grid) plus structures.json, zipped."""
+        """One NIfTI mask per structure (uint8 0/1, input grid) plus structures.json, zipped: of the
+        latest revision, or of ``?revision=N``."""
         job, problem = self._result_file("structures.zip")
         if problem:
             return problem
@@ -518,12 +574,17 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
         if not job.checksums and not (job.result_path / "structures.zip").exists():
             # A job finished before the zip was built with the outputs (and checksums recorded).
             services.structures_zip(job.result_path, job.result_path / "structures.zip")
-        return self._download(job, "structures.zip", "application/zip")
+        revision, problem = self._revision(job)
+        if problem:
+            return problem
+        name, checksums = revisions.export_of(job, revision, "structures.zip")
+        return self._download(job, name, "application/zip", checksums)
 
     @extend_schema(
         parameters=[
             OpenApiParameter("plane", str, enum=[*services.PLANES], default="axial"),
             OpenApiParameter("index", int, description="Slice index; default: through the structures' centre."),
+            _REVISION,
         ],
         responses={200: OpenApiTypes.OBJECT, 400: _DETAIL, 409: _DETAIL},
     )
@@ -541,10 +602,75 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
             index = int(raw_index) if raw_index not in (None, "") else None
         except ValueError:
             return _detail("index must be an integer", 400)
+        revision, problem = self._revision(job)
+        if problem:
+            return problem
+        labels = None if revision.number == 0 else revisions.labels_of(job, revision)
         try:
-            return Response(services.slice_of(job.result_path, plane, index))
+            body = services.slice_of(job.result_path, plane, index, labels)
         except ValueError as exc:
             return _detail(str(exc), 400)
+        return Response({**body, "revision": revision.number})
+
+    def _edited_job(self, request: Request, what: str) -> tuple[Job, Response | None]:
+        """The job, and a refusal: 403 for a team member (owners edit and approve), 400 for a job
+        without contours to edit."""
+        job = self.get_object()
+        try:
+            sharing.check_owner(job.scan, request.user, what)
+            revisions.check_editable(job)
+        except sharing.SharingRefused as exc:
+            return job, _detail(exc.message, exc.status)
+        except revisions.EditError as exc:
+            return job, _detail(exc.message, 400)
+        return job, None
+
+    @extend_schema(
+        request=OpenApiTypes.OBJECT,
+        responses={201: RevisionSerializer, 400: _DETAIL, 403: _DETAIL},
+        description="Correct the contours: the edit is applied to the latest revision and saved as a new "
+        "one (the model's output stays revision 0). Modes: `add` and `erase` (`structure`, `plane`, `index`, "
+        "and `polygon` [[row, column], ...] in the slice endpoint's pixels or `mask`, run lengths over the "
+        "slice's pixels row by row, outside first); `delete` and `interpolate` (`structure`, `plane`, `first`, "
+        "`last`); `restore` (`revision`: undo back to it); `direct` (`structure`; a contour propagation only: take the "
+        "model's direct segmentation of the daily scan). Owner of the scan only; recorded as `edit`.",
+    )
+    @action(detail=True, methods=["post"], url_path="edits", url_name="edits")
+    def edits(self, request: Request, pk: str | None = None) -> Response:
+        job, problem = self._edited_job(request, "edit the contours of")
+        if problem:
+            return problem
+        try:
+            revision = revisions.apply_edit(job, request.user, request.data)
+        except revisions.EditError as exc:
+            return _detail(exc.message, 400)
+        audit.record(request, AccessEvent.Action.EDIT, job, filename=revision.labels_file)
+        return Response(RevisionSerializer(revision).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses={200: RevisionSerializer(many=True), 409: _DETAIL})
+    @action(detail=True, methods=["get"], url_path="revisions", url_name="revisions")
+    def revision_list(self, request: Request, pk: str | None = None) -> Response:
+        """The revisions of the job's label map, oldest first: 0 is the model's output."""
+        job, problem = self._result_file("revisions")
+        if problem:
+            return problem
+        revisions.original(job)
+        return Response(RevisionSerializer(job.revisions.select_related("parent"), many=True).data)
+
+    @extend_schema(request=ApproveSerializer, responses={200: RevisionSerializer, 400: _DETAIL, 403: _DETAIL})
+    @action(detail=True, methods=["post"], url_path="approve", url_name="approve")
+    def approve(self, request: Request, pk: str | None = None) -> Response:
+        """Approve the latest revision, as its reviewer, with an optional ``comment``: its RTSTRUCT then
+        says APPROVED with your name and the time. An edit after it makes a new, unapproved revision.
+        Owner of the scan only; recorded as ``approve``."""
+        job, problem = self._edited_job(request, "approve the contours of")
+        if problem:
+            return problem
+        data = ApproveSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        revision = revisions.approve(job, request.user, data.validated_data["comment"])
+        audit.record(request, AccessEvent.Action.APPROVE, job, filename=revision.labels_file)
+        return Response(RevisionSerializer(revision).data)
 
 
 class PatientViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):

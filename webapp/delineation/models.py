@@ -273,6 +273,65 @@ class Job(models.Model):
         return self.status in self.FINISHED
 
 
+class Revision(models.Model):
+    """One revision of a job's label map: the model's output (number 0, no author) or a
+    physician's correction of its parent, never overwritten (``webapp.delineation.revisions``).
+
+    Files under the job's folder, ``revisions/<number>/``: ``labels.nii.gz`` (uint8, the
+    grid and voxel order of the job's ``labels.nii.gz``), ``labels.npy`` (canonical RAS, for
+    the viewer), and once asked for ``rtstruct.dcm``; revision 0 is the job's own files.
+    ``measures``, per structure name: ``edited`` (differs from the model's output), ``dice``
+    and ``added_path_length_mm`` against it, ``volume_cm3``. ``edit``: what was done (mode,
+    plane, slices, structure; no pixel data).
+    """
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="revisions")
+    number = models.PositiveIntegerField()
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )  # null: the model (revision 0)
+    author_name = models.CharField(max_length=150, blank=True, default="")  # kept when the user is deleted
+    created = models.DateTimeField(auto_now_add=True)
+    # CASCADE: a revision goes only with its job, and all its revisions with it.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
+    changed = models.JSONField(default=list, blank=True)  # structure names this edit changed (vs its parent)
+    edit = models.JSONField(default=dict, blank=True)
+    measures = models.JSONField(default=dict, blank=True)
+    # SHA-256 of the revision's files by path relative to the job's folder, checked on download.
+    checksums = models.JSONField(default=dict, blank=True)
+    approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reviewer_name = models.CharField(max_length=150, blank=True, default="")  # DICOM Reviewer Name
+    approved = models.DateTimeField(null=True, blank=True)
+    approval_comment = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["job", "number"]
+        constraints = [models.UniqueConstraint(fields=["job", "number"], name="one_revision_number_per_job")]
+
+    def __str__(self) -> str:
+        return f"revision {self.number} of job {self.job_id}"
+
+    @property
+    def is_approved(self) -> bool:
+        return self.approved is not None
+
+    @property
+    def folder(self) -> str:
+        """The revision's folder relative to the job's output folder ("" for revision 0)."""
+        return f"revisions/{self.number}" if self.number else ""
+
+    @property
+    def labels_file(self) -> str:
+        """The revision's label map (NIfTI), relative to the job's output folder."""
+        return f"{self.folder}/labels.nii.gz" if self.number else "labels.nii.gz"
+
+    @property
+    def edited_structures(self) -> list[str]:
+        return [name for name, m in self.measures.items() if m.get("edited")]
+
+
 @receiver(post_delete, sender=Scan)
 def _remove_scan_files(sender, instance: Scan, **kwargs) -> None:
     """Deleting a scan (API, admin, or its owner's account) deletes its folder once committed."""
@@ -312,6 +371,9 @@ class AccessEvent(models.Model):
         SEND = "send", "Send to a DICOM destination"
         # The DICOM node refused an association: the calling AE title is not a configured peer.
         DICOM_REJECTED = "dicom_rejected", "DICOM association rejected"
+        # A job's contours corrected (a new revision; ``filename``: its label map) or approved.
+        EDIT = "edit", "Edit contours"
+        APPROVE = "approve", "Approve contours"
 
     class ObjectType(models.TextChoices):
         SCAN = "scan", "Scan"

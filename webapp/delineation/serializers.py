@@ -8,7 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import exceptions, serializers
 
 from webapp.delineation import services, sharing
-from webapp.delineation.models import AccessEvent, Job, Patient, ResultSend, Scan, Team
+from webapp.delineation.models import AccessEvent, Job, Patient, ResultSend, Revision, Scan, Team
 from webapp.delineation.patients import PatientIdError, clean_patient_id
 
 
@@ -391,6 +391,7 @@ class JobSerializer(serializers.ModelSerializer):
     rtstruct_check = serializers.SerializerMethodField()
     audit = serializers.SerializerMethodField()
     propagation = serializers.SerializerMethodField()
+    review = serializers.SerializerMethodField()
 
     class Meta:
         model = Job
@@ -417,6 +418,7 @@ class JobSerializer(serializers.ModelSerializer):
             "finished",
             "downloads",
             "viewer",
+            "review",
             "audit",
             "planning_scan",
             "contours_rtstruct",
@@ -487,6 +489,22 @@ class JobSerializer(serializers.ModelSerializer):
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_viewer(self, job: Job) -> str | None:
         return reverse("job-viewer", args=[job.id]) if job.status == Job.Status.SUCCEEDED else None
+
+    @extend_schema_field(serializers.DictField(allow_null=True))
+    def get_review(self, job: Job) -> dict | None:
+        """A succeeded job: the latest ``revision`` of its label map (0: the model's output, as the
+        downloads serve by default), whether it is ``approved`` and by whom (``approved_by``), and
+        the ``revisions`` URL (the history)."""
+        if job.status != Job.Status.SUCCEEDED:
+            return None
+        # all(): prefetched by the API's job lists. None saved yet: the model's output, unapproved.
+        latest = max(job.revisions.all(), key=lambda r: r.number, default=None)
+        return {
+            "revision": latest.number if latest else 0,
+            "approved": bool(latest and latest.is_approved),
+            "approved_by": latest.reviewer_name if latest else "",
+            "revisions": reverse("api-job-revisions", args=[job.id]).rstrip("/") + "/",
+        }
 
 
 class ChoicesSerializer(serializers.Serializer):
@@ -563,3 +581,37 @@ class AccessEventSerializer(serializers.ModelSerializer):
             "count",
         ]
         read_only_fields = fields
+
+
+class RevisionSerializer(serializers.ModelSerializer):
+    """A revision of a job's label map: who made it (null for revision 0, the model's output),
+    what the edit did, the structures it changed, per structure ``measures`` against the
+    model's output (edited, Dice, added path length in mm, volume in cm3) and its approval."""
+
+    author = serializers.CharField(source="author_name", read_only=True)
+    parent = serializers.IntegerField(source="parent.number", allow_null=True, read_only=True)
+    approved_by = serializers.CharField(source="reviewer_name", read_only=True)
+    edited = serializers.ListField(source="edited_structures", child=serializers.CharField(), read_only=True)
+
+    class Meta:
+        model = Revision
+        fields = [
+            "number",
+            "author",
+            "created",
+            "parent",
+            "edit",
+            "changed",
+            "edited",
+            "measures",
+            "approved",
+            "approved_by",
+            "approval_comment",
+        ]
+        read_only_fields = fields
+
+
+class ApproveSerializer(serializers.Serializer):
+    """Body of ``POST /api/jobs/{id}/approve/``."""
+
+    comment = serializers.CharField(required=False, allow_blank=True, max_length=1000, default="")

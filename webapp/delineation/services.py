@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import datetime
 import hashlib
 import json
 import logging
+import os
 import shutil
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -463,6 +465,25 @@ def _interpreted_type(name: str) -> str:
     return next((p for p in _TARGET_PREFIXES if name.upper().startswith(p)), "ORGAN")
 
 
+def _referenced_series(result_dir: Path, scan_input: Path, series_key: str, what: str):
+    """The DICOM series an RTSTRUCT of a job references: the uploaded series, or for a NIfTI
+    scan the CT series the engine wrote (``ct_dicom/``).
+
+    Raises:
+        DelineationError: a NIfTI scan without that series.
+    """
+    from engine.io.dicom_series import read_series
+    from engine.io.reader import is_nifti
+
+    if is_nifti(scan_input):
+        if not (result_dir / "ct_dicom").is_dir():
+            raise DelineationError(
+                f"No RTSTRUCT can be written: the {what} is NIfTI and the engine wrote no DICOM series for it."
+            )
+        return read_series(result_dir / "ct_dicom")
+    return read_series(scan_input, series_key or None)
+
+
 def write_final_rtstruct(
     result_dir: Path,
     daily_input: Path,
@@ -487,10 +508,8 @@ def write_final_rtstruct(
         DelineationError: no DICOM series to reference, a "direct" choice without a direct
             segmentation, or a structure whose contours fail the round-trip check.
     """
-    from engine.io.dicom_series import read_series
     from engine.io.dicom_write import DicomWriteError, labels_on_series_grid
     from engine.io.nifti import read_labels, write_nifti
-    from engine.io.reader import is_nifti
     from engine.io.rtstruct import build_rtstruct, write_rtstruct
     from engine.io.rtstruct_check import RTStructExportError, check_rtstruct
     from engine.structure import Structure
@@ -510,14 +529,7 @@ def write_final_rtstruct(
         merged[(direct if source == "direct" else propagated).array == s["label"]] = s["label"]
         kept[s["name"]] = source
     labels = LabelMap(merged, propagated.affine)
-    if is_nifti(Path(daily_input)):
-        if not (result_dir / "ct_dicom").is_dir():
-            raise DelineationError(
-                "No RTSTRUCT can be written: the daily scan is NIfTI and the engine wrote no DICOM series for it."
-            )
-        series = read_series(result_dir / "ct_dicom")
-    else:
-        series = read_series(Path(daily_input), series_key or None)
+    series = _referenced_series(result_dir, Path(daily_input), series_key, "daily scan")
     try:
         on_series = labels_on_series_grid(labels, series)
     except DicomWriteError:
@@ -541,6 +553,129 @@ def write_final_rtstruct(
     write_atomically(out / "choices.json", lambda tmp: Path(tmp).write_text(text))
     write_rtstruct(ds, out / "rtstruct.dcm")
     return {f"{FINAL_DIR}/{name}": digest for name, digest in output_checksums(out).items()}
+
+
+@dataclass(frozen=True)
+class Approval:
+    """Who approved a structure set and when: DICOM Reviewer Name (PN) and Review Date/Time."""
+
+    reviewer: str
+    reviewed: datetime.datetime
+
+
+def write_revision_rtstruct(
+    result_dir: Path,
+    scan_input: Path,
+    series_key: str,
+    labels_file: str,
+    out_folder: str,
+    structures: list[dict],
+    provenance: tuple[str, str],
+    set_label: str,
+    edited: Collection[str],
+    approval: Approval | None,
+) -> dict[str, str]:
+    """The RTSTRUCT of a revision of a job's label map: ``labels_file`` (path relative to
+    ``result_dir``, uint8 on the scan's grid) written as ``<out_folder>/rtstruct.dcm`` after
+    its round-trip check (``<out_folder>/rtstruct_check.json``), on the series the job's
+    own RTSTRUCT references. ``structures``: as structures.json; ``provenance``: (model
+    name, weights SHA-256). Each structure of ``edited`` has ROI Generation Algorithm
+    MANUAL, the others AUTOMATIC; each ROI Description keeps the model and weights.
+    Structure Set Label ``set_label`` (at most 16 characters); a new SOP Instance UID on
+    every call. With an ``approval``, Approval Status APPROVED with Reviewer Name and
+    Review Date/Time (PS3.3 C.8.8.16); UNAPPROVED otherwise. Returns the SHA-256 of the
+    two files by path relative to ``result_dir``.
+
+    Raises:
+        DelineationError: no DICOM series to reference, labels off its grid, or a structure
+            whose contours fail the round-trip check.
+    """
+    from engine.io.rtstruct import build_rtstruct, write_rtstruct
+    from engine.io.rtstruct_check import RTStructExportError, check_rtstruct
+
+    result_dir = Path(result_dir)
+    model_name, weights_sha256 = provenance
+    series, on_series, table = _revision_on_series(result_dir, scan_input, series_key, labels_file, structures)
+    ds = build_rtstruct(on_series, series, table, model_name, weights_sha256 or "none")
+    ds.StructureSetLabel = set_label[:16]
+    ds.StructureSetName = ds.SeriesDescription = f"Delineo {model_name} {set_label}"[:64]
+    for roi in ds.StructureSetROISequence:
+        if roi.ROIName in edited:
+            roi.ROIGenerationAlgorithm = "MANUAL"
+            roi.ROIGenerationDescription = "model contours corrected by hand in Delineo"
+    if approval is not None:
+        ds.ApprovalStatus = "APPROVED"
+        ds.ReviewerName = approval.reviewer
+        ds.ReviewDate = approval.reviewed.strftime("%Y%m%d")
+        ds.ReviewTime = approval.reviewed.strftime("%H%M%S")
+    out = result_dir / out_folder
+    os.makedirs(out, mode=0o750, exist_ok=True)
+    try:
+        check_rtstruct(ds, on_series, series, table, out / "rtstruct_check.json")
+    except RTStructExportError as exc:
+        raise DelineationError(str(exc)) from None
+    write_rtstruct(ds, out / "rtstruct.dcm")
+    return _digests(result_dir, out_folder, ("rtstruct.dcm", "rtstruct_check.json"))
+
+
+def _digests(result_dir: Path, folder: str, names: tuple[str, ...]) -> dict[str, str]:
+    digests = {}
+    for name in names:
+        with open(result_dir / folder / name, "rb") as handle:
+            digests[f"{folder}/{name}"] = sha256_of(handle)
+    return digests
+
+
+def _revision_on_series(result_dir: Path, scan_input: Path, series_key: str, labels_file: str, structures: list[dict]):
+    """(series, the label map ``labels_file`` on its grid, the engine's structure table)."""
+    from engine.io.dicom_write import DicomWriteError, labels_on_series_grid
+    from engine.io.nifti import read_labels
+    from engine.structure import Structure
+
+    series = _referenced_series(result_dir, Path(scan_input), series_key, "scan")
+    try:
+        on_series = labels_on_series_grid(read_labels(result_dir / labels_file), series)
+    except DicomWriteError:
+        raise DelineationError("The corrected contours are not on the grid of the scan's DICOM series.") from None
+    table = [Structure(s["label"], s["name"], tuple(s["color"]), _interpreted_type(s["name"])) for s in structures]
+    return series, on_series, table
+
+
+def write_revision_seg(
+    result_dir: Path,
+    scan_input: Path,
+    series_key: str,
+    labels_file: str,
+    out_folder: str,
+    structures: list[dict],
+    provenance: tuple[str, str],
+    edited: Collection[str],
+) -> dict[str, str]:
+    """The DICOM SEG of a revision of a job's label map (``labels_file``, relative to
+    ``result_dir``) as ``<out_folder>/seg.dcm``, on the series the job's own SEG references.
+    Segments of the ``edited`` structures have Segment Algorithm Type SEMIAUTOMATIC (the
+    model's output corrected by hand; the model stays named as the algorithm), the others
+    AUTOMATIC. Returns its SHA-256 by path relative to ``result_dir``.
+
+    Raises:
+        DelineationError: no DICOM series to reference, or the series cannot be referenced
+            by a SEG (no Study or Series Instance UID).
+    """
+    from engine.io.dicom_seg import DicomSegError, build_segmentation, write_segmentation
+
+    result_dir = Path(result_dir)
+    model_name, weights_sha256 = provenance
+    series, on_series, table = _revision_on_series(result_dir, scan_input, series_key, labels_file, structures)
+    try:
+        seg = build_segmentation(on_series, series, table, model_name, weights_sha256 or "none")
+    except DicomSegError as exc:
+        raise DelineationError(f"No DICOM SEG can be written: {exc}.") from None
+    for segment in seg.SegmentSequence:
+        if segment.SegmentLabel in edited:
+            segment.SegmentAlgorithmType = "SEMIAUTOMATIC"
+    os.makedirs(result_dir / out_folder, mode=0o750, exist_ok=True)
+    write_segmentation(seg, result_dir / out_folder / "seg.dcm")
+    return _digests(result_dir, out_folder, ("seg.dcm",))
 
 
 # --- Outputs for the pages ------------------------------------------------------------
@@ -624,8 +759,9 @@ def plane_count(meta: dict, plane: str) -> int:
     return {"axial": nz, "coronal": ny, "sagittal": nx}[plane]
 
 
-def _orient(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
-    """The displayed 2D slice (rows top to bottom, columns left to right); see module doc."""
+def oriented_slice(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
+    """The displayed 2D slice (rows top to bottom, columns left to right) of a canonical
+    (X, Y, Z) volume; see module doc. A view: writing to it writes ``volume``."""
     if plane == "axial":  # rows A->P, columns R->L
         return volume[::-1, ::-1, index].T
     if plane == "coronal":  # rows S->I, columns R->L
@@ -650,10 +786,11 @@ def _encode(array: np.ndarray, dtype: str) -> dict:
     }
 
 
-def slice_of(result_dir: Path, plane: str, index: int | None) -> dict:
+def slice_of(result_dir: Path, plane: str, index: int | None, labels: np.ndarray | None = None) -> dict:
     """One displayed slice of the CT (int16 HU) and the label map (uint8), and for a
     propagation with a direct segmentation ``direct_labels`` (uint8, same label values)
-    with ``direct_present``; see module doc.
+    with ``direct_present``; see module doc. ``labels``: a revision's label map (canonical
+    X, Y, Z) instead of the model's.
 
     ``index`` counts along the canonical axis of the plane's normal: axial 0 = most
     inferior, coronal 0 = most posterior, sagittal 0 = patient's leftmost. None gives
@@ -664,7 +801,8 @@ def slice_of(result_dir: Path, plane: str, index: int | None) -> dict:
     """
     if plane not in PLANES:
         raise ValueError(f"plane must be one of {', '.join(PLANES)}")
-    meta, image, labels, direct = viewer_volume(result_dir)
+    meta, image, model_labels, direct = viewer_volume(result_dir)
+    labels = model_labels if labels is None else labels
     count = plane_count(meta, plane)
     axis = {"sagittal": 0, "coronal": 1, "axial": 2}[plane]
     if index is None:
@@ -674,8 +812,8 @@ def slice_of(result_dir: Path, plane: str, index: int | None) -> dict:
         raise ValueError(f"index must be between 0 and {count - 1} for the {plane} plane")
     sx, sy, sz = meta["spacing_mm"]
     row_col = {"axial": (sy, sx), "coronal": (sz, sx), "sagittal": (sz, sy)}[plane]
-    ct = _orient(image, plane, index)
-    lab = _orient(labels, plane, index)
+    ct = oriented_slice(image, plane, index)
+    lab = oriented_slice(labels, plane, index)
     voxel = [0, 0, 0]
     voxel[axis] = index
     position = (np.asarray(meta["affine"]) @ np.array([*voxel, 1.0]))[axis]
@@ -697,7 +835,7 @@ def slice_of(result_dir: Path, plane: str, index: int | None) -> dict:
         "labels": _encode(lab, "uint8"),
     }
     if direct is not None:  # a propagation's direct segmentation of the daily scan, same label values
-        direct_slice = _orient(direct, plane, index)
+        direct_slice = oriented_slice(direct, plane, index)
         result["direct_labels"] = _encode(direct_slice, "uint8")
         result["direct_present"] = sorted(int(v) for v in np.unique(direct_slice) if v)
     return result
@@ -724,6 +862,31 @@ def structures_zip(result_dir: Path, destination: Path) -> Path:
                     shutil.copyfileobj(src, dst, 1 << 20)
 
     return write_atomically(destination, write)
+
+
+def write_revision_structures(
+    result_dir: Path, labels_file: str, out_folder: str, structures: list[dict]
+) -> dict[str, str]:
+    """One mask per structure of the label map ``labels_file`` (uint8 0/1, its grid), as the
+    job's own outputs: ``<out_folder>/structures/<name>.nii.gz``, ``structures.json`` with each
+    ``volume_cm3``, and both zipped in ``<out_folder>/structures.zip``. Returns the SHA-256 of
+    the zip by path relative to ``result_dir``."""
+    result_dir = Path(result_dir)
+    labels = nib.load(result_dir / labels_file)
+    array = np.asarray(labels.dataobj)
+    voxel_cm3 = float(np.prod(labels.header.get_zooms()[:3])) / 1000
+    out = result_dir / out_folder
+    os.makedirs(out / "structures", mode=0o750, exist_ok=True)
+    table = []
+    for s in structures:
+        mask = (array == s["label"]).astype(np.uint8)
+        image = nib.Nifti1Image(mask, labels.affine)
+        write_atomically(out / "structures" / f"{s['name']}.nii.gz", lambda tmp, image=image: nib.save(image, tmp))
+        table.append({**s, "volume_cm3": round(int(mask.sum()) * voxel_cm3, 3)})
+    text = json.dumps(table)
+    write_atomically(out / "structures.json", lambda tmp: Path(tmp).write_text(text))
+    structures_zip(out, out / "structures.zip")
+    return _digests(result_dir, out_folder, ("structures.zip",))
 
 
 # --- Checksums of stored outputs ----------------------------------------------------

@@ -275,7 +275,14 @@ def _viewer_context(request: HttpRequest, job: Job, send_error: str = "") -> dic
     can_send = (
         job.scan.is_owner(request.user) and job.status == Job.Status.SUCCEEDED and "rtstruct.dcm" in job.checksums
     )
-    return {"job": job, "destinations": destinations_of(request.user) if can_send else [], "send_error": send_error}
+    # Owners correct and approve contours; team members see the revision history only.
+    can_edit = job.scan.is_owner(request.user) and job.status == Job.Status.SUCCEEDED and not job.is_audit
+    return {
+        "job": job,
+        "destinations": destinations_of(request.user) if can_send else [],
+        "send_error": send_error,
+        "can_edit": can_edit,
+    }
 
 
 @login_required

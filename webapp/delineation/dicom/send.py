@@ -68,11 +68,13 @@ def destinations_of(user) -> list[DicomPeer]:  # noqa: ANN001 (a user)
 
 def send_on_request(job, user, destination: str) -> tuple[ResultSend, bool]:  # noqa: ANN001 (a Job, a user)
     """The "Send to" button and ``POST /api/jobs/{id}/send/``: send the RTSTRUCT of a
-    finished job of ``user``'s to one of their destinations (``destinations_of``). Returns
+    finished job of ``user``'s, of its latest revision, to one of their destinations
+    (``destinations_of``). Returns
     the send and whether it is new: the same request while one is queued returns that one.
 
     Raises:
-        SendRefused: not the scan's owner (403), no result to send (409), unknown destination (400).
+        SendRefused: not the scan's owner (403), no result to send or its RTSTRUCT cannot be
+            written (409), unknown destination (400).
     """
     from webapp.delineation import sharing
     from webapp.delineation.tasks import submit_send
@@ -87,12 +89,39 @@ def send_on_request(job, user, destination: str) -> tuple[ResultSend, bool]:  # 
     if peer is None:
         names = ", ".join(p.name for p in destinations_of(user)) or "none; an administrator configures them"
         raise SendRefused(f"You have no destination named {destination!r}. Your destinations: {names}.", 400)
-    queued = ResultSend.objects.filter(job=job, peer=peer, state=ResultSend.State.QUEUED).first()
+    filename = _latest_rtstruct(job)
+    queued = ResultSend.objects.filter(job=job, peer=peer, filename=filename, state=ResultSend.State.QUEUED).first()
     if queued is not None:
         return queued, False
-    record = ResultSend.objects.create(job=job, peer=peer, destination=peer.name)
+    record = ResultSend.objects.create(job=job, peer=peer, destination=peer.name, filename=filename)
     submit_send(record.pk)
     return record, True
+
+
+def _latest_rtstruct(job) -> str:  # noqa: ANN001 (a Job)
+    """The RTSTRUCT of the job's latest revision (the corrected, approved contours when there
+    are some; the model's own otherwise), written now if it was not yet.
+
+    Raises:
+        SendRefused: it cannot be written (409).
+    """
+    from webapp.delineation import revisions
+
+    revision = revisions.latest(job)
+    try:
+        return revisions.export_of(job, revision, "rtstruct.dcm")[0]
+    except services.DelineationError as exc:
+        message = f"The RTSTRUCT of revision {revision.number} could not be written: {exc.message}"
+        raise SendRefused(message, 409) from None
+
+
+def _checksums_of(send: ResultSend) -> dict[str, str]:
+    """The checksums a sent file is verified with: its revision's, or the job's own outputs'."""
+    parts = send.filename.split("/")
+    if parts[0] == "revisions" and len(parts) == 3 and parts[1].isdigit():
+        revision = send.job.revisions.filter(number=int(parts[1])).first()
+        return revision.checksums if revision is not None else {}
+    return send.job.checksums
 
 
 def job_finished(job) -> None:  # noqa: ANN001 (a Job)
@@ -162,7 +191,7 @@ def _result(send: ResultSend) -> pydicom.Dataset:
     if job.result_path is None:
         raise SendFailed("The job has no result folder.")
     try:
-        with services.open_verified(job.result_path, send.filename, job.checksums) as handle:
+        with services.open_verified(job.result_path, send.filename, _checksums_of(send)) as handle:
             dataset = pydicom.dcmread(handle)
         if not dataset.get("SOPClassUID") or not dataset.get("SOPInstanceUID"):
             raise InvalidDicomError("no SOP Class or SOP Instance UID")

@@ -1,0 +1,209 @@
+"""The RTSTRUCT of a revision: MANUAL for the structures corrected, APPROVED with the reviewer
+once approved, a Structure Set Label and SOP Instance UID of its own, read back by the engine's
+importer (the round-trip gate) on the uploaded series."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from tests.conftest import FAKE_STRUCTURES
+from webapp.delineation import services
+from webapp.delineation.models import Job, Scan
+
+pytestmark = pytest.mark.django_db
+
+# On the 16 x 16 x 8 test series (tests/factories.py: LPS, 2 x 2 x 3 mm) an axial slice's row r
+# and column c show voxel (i, j) = (c, r): Brainstem covers rows 4-8, columns 4-7 of slices 2-4.
+AROUND_BRAINSTEM = [[3, 3], [3, 8.5], [9.5, 8.5], [9.5, 3]]
+
+
+def segment_on_the_series_grid(input_path, model_name, out_dir, progress=None, series=None):
+    """Stands in for the engine: Brainstem and Mandible on the uploaded series' own grid."""
+    from engine.io.reader import read_input
+
+    volume, _ = read_input(Path(input_path))
+    labels = np.zeros(volume.array.shape, np.uint8)
+    labels[4:8, 4:9, 2:5] = 1
+    labels[9:13, 8:13, 3:6] = 2
+    out_dir = Path(out_dir)
+    nib.save(nib.Nifti1Image(np.zeros(labels.shape, np.int16), volume.affine), out_dir / "image.nii.gz")
+    nib.save(nib.Nifti1Image(labels, volume.affine), out_dir / "labels.nii.gz")
+    table = [{**s, "volume_cm3": round(float((labels == s["label"]).sum()) * 12 / 1000, 3)} for s in FAKE_STRUCTURES]
+    (out_dir / "structures.json").write_text(json.dumps(table))
+    (out_dir / "rtstruct.dcm").write_bytes(b"\0" * 128 + b"DICM the model's own")
+    (out_dir / "seg.dcm").write_bytes(b"\0" * 128 + b"DICM the model's own SEG")
+    return services.EngineResult(
+        structures=table, timings_s={}, rtstruct=out_dir / "rtstruct.dcm", seg=out_dir / "seg.dcm", input_kind="dicom",
+        model_name=model_name, weights_sha256="cd" * 32,
+    )
+
+
+@pytest.fixture
+def job(alice, alice_api, alice_dicom_scan, monkeypatch, django_capture_on_commit_callbacks) -> dict:
+    alice.first_name, alice.last_name = "Alice", "Smith"
+    alice.save()
+    monkeypatch.setattr(services, "available_models", lambda: ["hn-oar"])
+    monkeypatch.setattr(services, "run_segmentation", segment_on_the_series_grid)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = alice_api.post("/api/jobs/", {"scan": alice_dicom_scan["id"], "model": "hn-oar"}, format="json")
+    job = alice_api.get(f"/api/jobs/{response.json()['id']}/").json()
+    assert job["status"] == "succeeded", job
+    return job
+
+
+def download(client, job, revision=None) -> bytes:
+    url = f"/api/jobs/{job['id']}/rtstruct.dcm" + ("" if revision is None else f"?revision={revision}")
+    response = client.get(url)
+    assert response.status_code == 200, response.content
+    return b"".join(response.streaming_content)
+
+
+def read_back(data: bytes, job: dict) -> dict[str, np.ndarray]:
+    from engine.io.dicom_series import read_series
+    from engine.io.rtstruct_import import import_rtstruct
+
+    series = read_series(Scan.objects.get(pk=job["scan"]).engine_input)
+    return {roi.name: roi.mask for roi in import_rtstruct(pydicom.dcmread(io.BytesIO(data)), series)}
+
+
+def test_an_approved_correction(alice_api, job):
+    response = alice_api.post(f"/api/jobs/{job['id']}/edits/", {
+        "structure": "Brainstem", "plane": "axial", "index": 3, "mode": "erase", "polygon": AROUND_BRAINSTEM,
+    }, format="json")
+    assert response.status_code == 201, response.content
+    unapproved = pydicom.dcmread(io.BytesIO(download(alice_api, job)))
+    assert unapproved.ApprovalStatus == "UNAPPROVED" and "ReviewerName" not in unapproved
+    response = alice_api.post(f"/api/jobs/{job['id']}/approve/", {"comment": "All slices checked"}, format="json")
+    assert response.status_code == 200, response.content
+    data = download(alice_api, job)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    assert ds.ApprovalStatus == "APPROVED" and str(ds.ReviewerName) == "Smith^Alice"
+    assert len(ds.ReviewDate) == 8 and len(ds.ReviewTime) == 6
+    assert ds.StructureSetLabel == "Delineo r1" and ds.SOPInstanceUID != unapproved.SOPInstanceUID
+    rois = {roi.ROIName: roi for roi in ds.StructureSetROISequence}
+    assert rois["Brainstem"].ROIGenerationAlgorithm == "MANUAL"
+    assert rois["Mandible"].ROIGenerationAlgorithm == "AUTOMATIC"
+    assert all("cd" * 32 in roi.ROIDescription for roi in rois.values())  # the model's weights kept
+    masks = read_back(data, job)
+    assert not masks["Brainstem"][:, :, 3].any()
+    assert masks["Brainstem"][:, :, [2, 4]].sum() == 2 * 4 * 5
+    assert masks["Mandible"].sum() == 4 * 5 * 3
+    # The model's output is still offered as it was written.
+    assert download(alice_api, job, revision=0).endswith(b"DICM the model's own")
+
+
+def test_editing_an_approved_set_makes_an_unapproved_revision(alice_api, job):
+    assert alice_api.post(f"/api/jobs/{job['id']}/approve/", {}, format="json").json()["number"] == 0
+    approved = pydicom.dcmread(io.BytesIO(download(alice_api, job)))
+    assert approved.ApprovalStatus == "APPROVED" and approved.StructureSetLabel == "Delineo r0"
+    assert {roi.ROIGenerationAlgorithm for roi in approved.StructureSetROISequence} == {"AUTOMATIC"}
+    response = alice_api.post(f"/api/jobs/{job['id']}/edits/", {
+        "structure": "Mandible", "plane": "axial", "mode": "delete", "first": 3, "last": 3,
+    }, format="json")
+    assert response.status_code == 201
+    latest = pydicom.dcmread(io.BytesIO(download(alice_api, job)))
+    assert latest.ApprovalStatus == "UNAPPROVED" and latest.StructureSetLabel == "Delineo r1"
+    assert pydicom.dcmread(io.BytesIO(download(alice_api, job, revision=0))).ApprovalStatus == "APPROVED"
+
+
+def test_a_tampered_revision_rtstruct_is_not_served(alice_api, job):
+    alice_api.post(f"/api/jobs/{job['id']}/approve/", {}, format="json")
+    download(alice_api, job)
+    path = Job.objects.get(pk=job["id"]).result_path / "revisions" / "0" / "rtstruct.dcm"
+    path.write_bytes(path.read_bytes() + b"\0")
+    response = alice_api.get(f"/api/jobs/{job['id']}/rtstruct.dcm")
+    assert response.status_code == 409 and "damaged" in response.json()["detail"]
+
+
+def test_an_unknown_revision_is_refused(alice_api, job):
+    response = alice_api.get(f"/api/jobs/{job['id']}/rtstruct.dcm?revision=3")
+    assert response.status_code == 400 and "no revision 3" in response.json()["detail"]
+
+
+def test_the_approved_rtstruct_passes_dciodvfy_and_plastimatch_reads_the_correction(alice_api, job, tmp_path):
+    from tests.dicom_tools import dciodvfy_errors
+    from tests.stack import require
+
+    require(shutil.which("plastimatch") is not None, "plastimatch is not installed")
+    alice_api.post(f"/api/jobs/{job['id']}/edits/", {
+        "structure": "Brainstem", "plane": "axial", "index": 3, "mode": "erase", "polygon": AROUND_BRAINSTEM,
+    }, format="json")
+    alice_api.post(f"/api/jobs/{job['id']}/approve/", {}, format="json")
+    (tmp_path / "rtstruct.dcm").write_bytes(download(alice_api, job))
+    assert dciodvfy_errors(tmp_path / "rtstruct.dcm") == []
+    with zipfile.ZipFile(Scan.objects.get(pk=job["scan"]).engine_input) as archive:
+        archive.extractall(tmp_path / "upload")
+    result = subprocess.run(
+        ["plastimatch", "convert", "--input", str(tmp_path / "rtstruct.dcm"), "--referenced-ct",
+         str(tmp_path / "upload" / "CT"), "--output-prefix", str(tmp_path / "read"), "--prefix-format", "nii.gz"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    stored = Job.objects.get(pk=job["id"]).result_path / "revisions" / "1" / "labels.nii.gz"
+    revision = nib.as_closest_canonical(nib.load(stored))
+    theirs = nib.as_closest_canonical(nib.load(tmp_path / "read" / "Brainstem.nii.gz"))
+    assert np.allclose(theirs.affine, revision.affine, atol=1e-3)
+    ours, read = np.asarray(revision.dataobj) == 1, np.asarray(theirs.dataobj) > 0
+    assert 2 * (ours & read).sum() / (ours.sum() + read.sum()) >= 0.95
+    assert not read[:, :, 3].any() and read[:, :, 2].any() and read[:, :, 4].any()  # erased on slice 3 only
+
+
+def test_send_to_sends_the_approved_revision(alice, alice_api, job, django_capture_on_commit_callbacks):
+    from pynetdicom import AE, evt
+    from pynetdicom.presentation import AllStoragePresentationContexts
+
+    from tests.dicom_peers import free_port
+    from webapp.delineation.dicom.models import DicomPeer
+
+    received = []
+
+    def on_store(event):
+        received.append(event.dataset)
+        return 0x0000
+
+    port = free_port()
+    ae = AE(ae_title="TPS1")
+    ae.supported_contexts = AllStoragePresentationContexts
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        DicomPeer.objects.create(name="TPS", ae_title="TPS1", host="127.0.0.1", port=port, owner=alice)
+        alice_api.post(f"/api/jobs/{job['id']}/edits/", {
+            "structure": "Brainstem", "plane": "axial", "index": 3, "mode": "erase", "polygon": AROUND_BRAINSTEM,
+        }, format="json")
+        alice_api.post(f"/api/jobs/{job['id']}/approve/", {}, format="json")
+        with django_capture_on_commit_callbacks(execute=True):
+            response = alice_api.post(f"/api/jobs/{job['id']}/send/", {"destination": "TPS"}, format="json")
+        assert response.status_code == 202, response.content
+        (state,) = alice_api.get(f"/api/jobs/{job['id']}/").json()["sends"]
+        assert (state["state"], state["file"]) == ("sent", "revisions/1/rtstruct.dcm")
+        (sent,) = received
+        assert sent.ApprovalStatus == "APPROVED" and sent.StructureSetLabel == "Delineo r1"
+    finally:
+        server.shutdown()
+
+
+def test_the_seg_of_a_revision(alice_api, job):
+    alice_api.post(f"/api/jobs/{job['id']}/edits/", {
+        "structure": "Brainstem", "plane": "axial", "index": 3, "mode": "erase", "polygon": AROUND_BRAINSTEM,
+    }, format="json")
+    response = alice_api.get(f"/api/jobs/{job['id']}/seg.dcm")
+    assert response.status_code == 200, response.content
+    seg = pydicom.dcmread(io.BytesIO(b"".join(response.streaming_content)))
+    assert seg.Modality == "SEG"
+    assert [(s.SegmentLabel, s.SegmentAlgorithmType) for s in seg.SegmentSequence] == [
+        ("Brainstem", "SEMIAUTOMATIC"), ("Mandible", "AUTOMATIC")
+    ]
+    frames = [f.SegmentIdentificationSequence[0].ReferencedSegmentNumber for f in seg.PerFrameFunctionalGroupsSequence]
+    assert frames.count(1) == 2 and frames.count(2) == 3  # Brainstem erased on one of its three slices
+    response = alice_api.get(f"/api/jobs/{job['id']}/seg.dcm?revision=0")
+    assert b"".join(response.streaming_content).endswith(b"DICM the model's own SEG")
