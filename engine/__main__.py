@@ -31,6 +31,8 @@ def _segment(args: argparse.Namespace) -> int:
     result = segment_file(
         args.input, args.model, args.out, progress, series=args.series
     )
+    if result.domain and not result.domain["in_domain"]:
+        print("WARNING: " + "; ".join(result.domain["reasons"]), file=sys.stderr)
     print(
         json.dumps(
             {
@@ -44,6 +46,7 @@ def _segment(args: argparse.Namespace) -> int:
                 else None,
                 "rtstruct_roundtrip_dice": result.rtstruct_roundtrip,
                 "notes": result.notes,
+                "domain": result.domain,
             },
             indent=1,
         )

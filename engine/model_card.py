@@ -74,6 +74,10 @@ def publish(
             },
         },
     }
+    previous = weights_dir / f"{name}.json"
+    if previous.exists() and "domain" in json.loads(previous.read_text()):
+        # The domain describes the data, not the weights: a new run keeps it.
+        card["domain"] = json.loads(previous.read_text())["domain"]
     calibration = run_dir / "qam_auc.json"
     if (run_dir / "qam_best.pt").exists() and calibration.exists():
         card["qam"] = _publish_critic(
@@ -144,6 +148,41 @@ def add_evaluation(
     }
     path.write_text(json.dumps(card, indent=1))
     write_markdown(card, weights_dir / f"{name}.md")
+
+
+def add_domain(name: str, domain: dict, weights_dir: Path = WEIGHTS_DIR) -> None:
+    """Store the card's ``domain`` section (``experiments/domain_thresholds.py``), read by
+    ``engine.infer.domain``; the weights and their hash are unchanged."""
+    path = weights_dir / f"{name}.json"
+    card = json.loads(path.read_text())
+    card["domain"] = domain
+    path.write_text(json.dumps(card, indent=1))
+    write_markdown(card, weights_dir / f"{name}.md")
+
+
+def _domain_lines(d: dict) -> list[str]:
+    return [
+        "",
+        "## Domain (checked on every job, `engine.infer.domain`)",
+        (
+            f"- {d['modality']} of the {d['region']}, {d['field_of_view']}; other DICOM "
+            "modalities are refused, other scans flagged."
+        ),
+        (
+            f"- Superior-inferior extent at least {d['extent_mm']['threshold']:.0f} mm "
+            f"(training {d['extent_mm']['train_range'][0]:.0f} to {d['extent_mm']['train_range'][1]:.0f} mm)."
+        ),
+        (
+            f"- Body HU histogram (HU > -500) within total-variation distance "
+            f"{d['hu_histogram']['threshold']:.3f} of the training mean."
+        ),
+        f"- Structures a scan of the region must show: {', '.join(d['expected_structures'])}.",
+        (
+            f"- No structure larger than {d['volume_factor']:g}x the 99th percentile of the training contours; "
+            f"positions: {'; '.join(d['relations'])}."
+        ),
+        f"- Thresholds from the val split: `{d['command']}`.",
+    ]
 
 
 def write_markdown(card: dict, path: Path) -> None:
@@ -226,6 +265,8 @@ def write_markdown(card: dict, path: Path) -> None:
             ),
             "- The audit flags by this score only when the AUC reaches 0.8; below, it shows the score and flags nothing.",
         ]
+    if card.get("domain"):
+        lines += _domain_lines(card["domain"])
     lines += [
         "",
         "## Limits",

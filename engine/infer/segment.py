@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
+from engine.infer.domain import DOMAIN_FILE, check_domain, check_modality
 from engine.infer.grid import image_to_model_grid, labels_to_input_grid
 from engine.infer.predict import (
     keep_largest_component,
@@ -60,6 +61,8 @@ class SegmentationResult:
     seg: Path | None = None  # DICOM SEG
     ct_dicom_zip: Path | None = None  # NIfTI input exported as a DICOM CT series
     notes: list[str] = field(default_factory=list)  # what was not exported, and why
+    # engine.infer.domain.check_domain's result; None for a card without a domain.
+    domain: dict | None = None
 
 
 def segment_volume(
@@ -210,13 +213,16 @@ def segment_file(
     Writes ``image.nii.gz`` (input as int16 NIfTI), ``labels.nii.gz`` (uint8, input grid),
     ``structures/<name>.nii.gz``, ``structures.json``, ``rtstruct.dcm`` with
     ``rtstruct_check.json`` (its round-trip Dice per structure, see
-    ``engine.io.rtstruct_check``) and ``seg.dcm`` (DICOM SEG). These reference the input
+    ``engine.io.rtstruct_check``), ``seg.dcm`` (DICOM SEG) and ``domain.json`` (whether
+    the scan is inside the model's domain, ``engine.infer.domain``). These reference the input
     series; for NIfTI input they reference the image written as a new DICOM CT series,
     ``ct_dicom/`` and ``ct_dicom.zip`` (``engine.io.dicom_write``; anonymous patient), so
     a planning system can import both. Exceptions to this: see ``write_dicom_outputs``.
 
     Raises:
         engine.io.reader.InputError: the input cannot be read as one 3D volume.
+        engine.infer.domain.DomainError: a DICOM series of another modality than the
+            model's (e.g. MR into a CT model); nothing is written.
         engine.models.registry.UnknownModelError: ``model_name`` is not shipped.
         engine.io.rtstruct_check.RTStructExportError: the RTSTRUCT's contours do not
             reproduce a structure (Dice < 0.98); ``rtstruct.dcm`` is then not written.
@@ -238,8 +244,17 @@ def segment_file(
     report("ingest", 0)
     model = load_model(model_name)
     volume, dicom = read_input(input_path, series)
+    card_domain = model.config.get("domain")
+    if card_domain and dicom is not None:
+        check_modality(str(dicom.header.get("Modality", "")), card_domain, model.name)
     labels = segment_volume(volume, model, on_stage)
     table = structure_table(labels, model)
+    domain = None
+    if card_domain:
+        names = {s.label: s.name for s in model.structures}
+        domain = check_domain(volume, labels, names, card_domain, model.name)
+        text = json.dumps(domain, indent=1)
+        write_atomically(out / DOMAIN_FILE, lambda tmp: Path(tmp).write_text(text))
     write_nifti_outputs(volume, labels, table, out)
     input_kind = "dicom" if dicom is not None else "nifti"
     exports = write_dicom_outputs(
@@ -260,4 +275,5 @@ def segment_file(
         seg=exports.seg,
         ct_dicom_zip=exports.ct_dicom_zip,
         notes=exports.notes,
+        domain=domain,
     )

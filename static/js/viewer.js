@@ -240,6 +240,19 @@
     return el("div", { class: "hint", id: "rtstruct-check", text });
   }
 
+  // Outside the model's domain the RTSTRUCT and SEG download only once the warning's box is
+  // ticked; the API records the acknowledgement in the access log.
+  function acknowledged(job, link) {
+    if (!job.outside_domain) return link;
+    link.href += "?acknowledge=outside-domain";
+    link.addEventListener("click", (event) => {
+      if (document.getElementById("acknowledge-domain").checked) return;
+      event.preventDefault();
+      alert("Tick \"I have read this warning\" above the viewer first.");
+    });
+    return link;
+  }
+
   function sidePanel(job) {
     const links = document.getElementById("downloads");
     links.replaceChildren();
@@ -247,9 +260,9 @@
     if (d.labels) links.append(el("li", {}, el("a", { href: d.labels, id: "download-labels", text: "Label map (NIfTI)" })));
     if (d.structures_zip) links.append(el("li", {}, el("a", { href: d.structures_zip, id: "download-structures", text: "One mask per structure (zip of NIfTI)" })));
     const rtstructText = job.kind === "propagate" ? "RTSTRUCT of the propagated contours only (DICOM)" : "RTSTRUCT (DICOM)";
-    if (d.rtstruct) links.append(el("li", {}, el("a", { href: d.rtstruct, id: "download-rtstruct", text: rtstructText }),
+    if (d.rtstruct) links.append(el("li", {}, acknowledged(job, el("a", { href: d.rtstruct, id: "download-rtstruct", text: rtstructText })),
       roundtripNote(job.rtstruct_check)));
-    if (d.seg) links.append(el("li", {}, el("a", { href: d.seg, id: "download-seg", text: "Segmentation (DICOM SEG)" })));
+    if (d.seg) links.append(el("li", {}, acknowledged(job, el("a", { href: d.seg, id: "download-seg", text: "Segmentation (DICOM SEG)" }))));
     if (d.ct_dicom) links.append(el("li", {}, el("a", { href: d.ct_dicom, id: "download-ct-dicom", text: "CT as a DICOM series (zip), referenced by the RTSTRUCT and SEG" })));
     if (d.audit) links.append(el("li", {}, el("a", { href: d.audit, id: "download-audit", text: "Contour audit (JSON)" })));
     if (d.final_rtstruct) links.append(el("li", {}, el("a", { href: d.final_rtstruct, id: "download-final", text: "RTSTRUCT for the daily scan, with the contours kept (DICOM)" })));

@@ -62,6 +62,10 @@ def _detail(message: str, code: int) -> Response:
     return Response({"detail": message}, status=code)
 
 
+# The outputs a planning system imports: a job outside its domain needs an acknowledgement.
+ACKNOWLEDGED_OUTPUTS = ("rtstruct.dcm", "seg.dcm")
+
+
 class ScanViewSet(
     mixins.CreateModelMixin,
     mixins.ListModelMixin,
@@ -537,6 +541,17 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
         job, problem = self._result_file(filename)
         if problem:
             return problem
+        if filename in ACKNOWLEDGED_OUTPUTS and job.outside_domain:
+            # A planning system would import these contours like any others: the physician
+            # must say they read why the scan looks outside the model's domain.
+            if self.request.query_params.get("acknowledge") != "outside-domain":
+                return _detail(
+                    f"This scan looks outside what {job.model_name} was trained for: "
+                    + "; ".join(job.domain.get("reasons", []))
+                    + f". To download the {what} anyway, acknowledge this warning (add ?acknowledge=outside-domain).",
+                    409,
+                )
+            audit.record(self.request, AccessEvent.Action.ACKNOWLEDGE, job, filename=filename)
         path = job.result_path / filename
         if not path.exists() and filename not in job.checksums:  # a recorded output gone missing is damage
             why = " ".join(job.notes) if job.notes else ""

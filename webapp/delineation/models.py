@@ -217,6 +217,10 @@ class Job(models.Model):
     # ("labels.nii.gz", "structures/Brainstem.nii.gz", "viewer/image.npy", ...), recorded when
     # the job succeeded and checked on every download. Empty for jobs finished before checksums existed.
     checksums = models.JSONField(default=dict, blank=True)
+    # Whether the scan is inside the model's domain (engine.infer.domain, domain.json):
+    # {"in_domain", "reasons", "structures", "signals"}; empty for jobs without the check.
+    # A succeeded job outside it is "succeeded with warnings" (``outside_domain``).
+    domain = models.JSONField(default=dict, blank=True)
     # How many times a worker started the job (more than 1: it was delivered again after its worker died).
     attempts = models.PositiveSmallIntegerField(default=0)
     created = models.DateTimeField(auto_now_add=True)
@@ -271,6 +275,16 @@ class Job(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
+
+    @property
+    def outside_domain(self) -> bool:
+        """Succeeded with warnings: the scan looks outside what the model was trained for,
+        so its RTSTRUCT and SEG are downloaded only after an acknowledgement."""
+        return self.status == self.Status.SUCCEEDED and self.domain.get("in_domain") is False
+
+    @property
+    def status_label(self) -> str:
+        return "Succeeded with warnings" if self.outside_domain else self.get_status_display()
 
 
 class Revision(models.Model):
@@ -369,6 +383,8 @@ class AccessEvent(models.Model):
         PURGE = "purge", "Delete old events of this log"
         # A job's result sent to a DICOM destination ("Send to", API): ``filename`` is the output sent.
         SEND = "send", "Send to a DICOM destination"
+        # A download of a job outside its model's domain, after the warning was acknowledged.
+        ACKNOWLEDGE = "acknowledge", "Acknowledged a domain warning"
         # The DICOM node refused an association: the calling AE title is not a configured peer.
         DICOM_REJECTED = "dicom_rejected", "DICOM association rejected"
         # A job's contours corrected (a new revision; ``filename``: its label map) or approved.

@@ -392,6 +392,14 @@ class JobSerializer(serializers.ModelSerializer):
     audit = serializers.SerializerMethodField()
     propagation = serializers.SerializerMethodField()
     review = serializers.SerializerMethodField()
+    status_label = serializers.CharField(
+        read_only=True, help_text='"Succeeded with warnings" for a job outside its model\'s domain.'
+    )
+    outside_domain = serializers.BooleanField(
+        read_only=True,
+        help_text="The scan looks outside what the model was trained for (``domain.reasons`` say why); "
+        "its RTSTRUCT and SEG need ``?acknowledge=outside-domain``.",
+    )
 
     class Meta:
         model = Job
@@ -413,6 +421,9 @@ class JobSerializer(serializers.ModelSerializer):
             "input_kind",
             "rtstruct_check",
             "notes",
+            "status_label",
+            "outside_domain",
+            "domain",
             "created",
             "started",
             "finished",

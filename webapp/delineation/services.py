@@ -96,6 +96,7 @@ class EngineResult:
     seg: Path | None = None  # DICOM SEG of the structures
     ct_dicom_zip: Path | None = None  # NIfTI input as a DICOM CT series, for seg/rtstruct
     notes: list[str] = field(default_factory=list)  # outputs not written, and why
+    domain: dict = field(default_factory=dict)  # engine.infer.domain.check_domain, domain.json
 
 
 @dataclass
@@ -329,6 +330,7 @@ def run_segmentation(
         seg=Path(result.seg) if result.seg else None,
         ct_dicom_zip=Path(result.ct_dicom_zip) if result.ct_dicom_zip else None,
         notes=[str(n) for n in result.notes],
+        domain=dict(result.domain or {}),
     )
 
 

@@ -345,6 +345,7 @@ def _run(job_id: str | UUID) -> str:
     else:
         job.input_kind = result.input_kind
         job.rtstruct_roundtrip = result.rtstruct_roundtrip
+        job.domain = result.domain
     job.result_dir = str(out_dir.relative_to(settings.MEDIA_ROOT))
     job.checksums = checksums
     job.finished = timezone.now()

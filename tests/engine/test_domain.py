@@ -1,0 +1,150 @@
+"""engine.infer.domain on synthetic volumes: each signal fires alone, with its reason."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from engine.infer.domain import (
+    HU_BINS,
+    DomainError,
+    body_histogram,
+    check_domain,
+    check_modality,
+    superior_extent_mm,
+)
+from engine.models.registry import WEIGHTS_DIR
+from engine.volume import LabelMap, Volume
+
+NAMES = {1: "Brainstem", 2: "SpinalCord", 3: "Parotid_R", 4: "Parotid_L", 7: "Mandible"}
+AFFINE = np.diag([2.0, 2.0, 2.5, 1.0])  # RAS, 2 x 2 x 2.5 mm
+SHAPE = (40, 40, 40)  # 80 x 80 x 100 mm
+
+
+def _ct() -> Volume:
+    hu = np.full(SHAPE, -1000.0, dtype=np.float32)
+    hu[5:35, 5:35, :] = 40.0  # soft tissue
+    hu[18:22, 18:22, :] = 700.0  # bone
+    return Volume(hu, AFFINE)
+
+
+def _domain() -> dict:
+    return {
+        "modality": "CT",
+        "region": "head and neck",
+        "field_of_view": "from above the brainstem to below the larynx",
+        "extent_mm": {"threshold": 60.0},
+        "hu_histogram": {"threshold": 0.2, "reference": list(body_histogram(_ct().array))},
+        "expected_structures": ["Brainstem", "SpinalCord", "Mandible"],
+        "volume_cm3": {name: [0.1, 10.0] for name in NAMES.values()},
+    }
+
+
+def _labels(swap_cord: bool = False, parotids_swapped: bool = False) -> LabelMap:
+    lab = np.zeros(SHAPE, dtype=np.uint8)
+    brainstem, cord = (slice(28, 34), slice(5, 11))
+    if swap_cord:
+        brainstem, cord = cord, brainstem
+    lab[18:22, 15:19, brainstem] = 1
+    lab[18:22, 15:19, cord] = 2
+    right, left = (slice(30, 34), slice(6, 10))  # RAS: right = larger x
+    if parotids_swapped:
+        right, left = left, right
+    lab[right, 18:22, 25:29] = 3
+    lab[left, 18:22, 25:29] = 4
+    lab[12:28, 28:32, 20:24] = 7  # anterior: larger y
+    return LabelMap(lab, AFFINE)
+
+
+def test_in_domain_scan_passes():
+    result = check_domain(_ct(), _labels(), NAMES, _domain(), "hn-rt")
+    assert result["in_domain"], result["reasons"]
+    assert result["signals"]["extent_mm"] == pytest.approx(100.0)
+    assert result["signals"]["hu_histogram_distance"] == 0.0
+
+
+@pytest.mark.parametrize("modality", ["MR", "PT"])
+def test_other_modality_is_refused(modality):
+    with pytest.raises(DomainError, match=f"this is a {modality} series; hn-rt"):
+        check_modality(modality, _domain(), "hn-rt")
+    check_modality("CT", _domain(), "hn-rt")
+    check_modality("", _domain(), "hn-rt")  # no tag (NIfTI-like): left to the other signals
+
+
+def test_short_scan_is_flagged_with_its_extent():
+    ct = _ct()
+    short = Volume(ct.array[:, :, :16].copy(), AFFINE)
+    result = check_domain(short, LabelMap(_labels().array[:, :, :16].copy(), AFFINE), NAMES, _domain(), "hn-rt")
+    assert not result["in_domain"]
+    assert any("covers 40 mm from top to bottom" in r for r in result["reasons"])
+    assert superior_extent_mm(short) == pytest.approx(40.0)
+
+
+def test_other_densities_are_flagged():
+    ct = _ct()
+    mr_like = Volume(np.where(ct.array > -500, 300.0, 0.0).astype(np.float32), AFFINE)
+    result = check_domain(mr_like, _labels(), NAMES, _domain(), "hn-rt")
+    assert any("densities do not look like a head and neck CT" in r for r in result["reasons"])
+    assert len(body_histogram(ct.array)) == len(HU_BINS) - 1
+
+
+def test_missing_structures_are_named():
+    lab = _labels()
+    lab.array[lab.array == 1] = 0
+    result = check_domain(_ct(), lab, NAMES, _domain(), "hn-rt")
+    assert any(r.startswith("no Brainstem found") for r in result["reasons"])
+    assert result["structures"]["Brainstem"] == "not found"
+
+
+def test_implausible_volume_is_marked():
+    domain = _domain()
+    domain["volume_cm3"]["Mandible"] = [50.0, 100.0]
+    result = check_domain(_ct(), _labels(), NAMES, domain, "hn-rt")
+    assert "outside 50.0 to 100.0 cm3" in result["structures"]["Mandible"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, text",
+    [
+        ({"swap_cord": True}, "the brainstem is not above the spinal cord"),
+        ({"parotids_swapped": True}, "the left parotid is not left of the right one"),
+    ],
+)
+def test_wrong_relative_positions_are_flagged(kwargs, text):
+    result = check_domain(_ct(), _labels(**kwargs), NAMES, _domain(), "hn-rt")
+    assert text in result["reasons"]
+
+
+@pytest.mark.parametrize("name", ["hn-oar", "hn-rt"])
+def test_shipped_cards_declare_a_domain(name):
+    domain = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())["domain"]
+    assert domain["modality"] == "CT" and domain["region"] == "head and neck"
+    assert len(domain["hu_histogram"]["reference"]) == len(HU_BINS) - 1
+    assert {"Brainstem", "SpinalCord", "Mandible"} <= set(domain["expected_structures"])
+
+
+def test_publish_keeps_the_domain_of_the_card_it_replaces(tmp_path):
+    import torch
+
+    from engine.model_card import add_domain, publish
+    from engine.models.registry import build_network, model_config, sha256_of
+
+    config = {k: v for k, v in model_config("hn-oar").items() if k not in ("domain", "qam")}
+    config = {**config, "channels": [4, 8, 8, 8, 8]}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "log.jsonl").write_text("")
+    torch.save(build_network(config).state_dict(), run / "best.pt")
+    weights = tmp_path / "weights"
+    training = {k: "tiny" for k in ("data", "split", "command", "procedure", "hardware")}
+    publish(run, "tiny", training, weights)
+    domain = model_config("hn-oar")["domain"]
+    add_domain("tiny", domain, weights)
+    publish(run, "tiny", training, weights)  # a new run under the same name
+    card = json.loads((weights / "tiny.json").read_text())
+    assert card["domain"] == domain
+    assert card["card"]["weights_sha256"] == sha256_of(weights / "tiny.pt")
+    assert "## Domain" in (weights / "tiny.md").read_text()
