@@ -97,7 +97,7 @@ def test_a_structure_missing_from_the_file_scores_zero(ct):
 
 def _fake_engine(monkeypatch, labels, writer=None):
     model = SimpleNamespace(
-        name="fake", weights_sha256="ab" * 32, structures=STRUCTURES
+        name="fake", weights_sha256="ab" * 32, structures=STRUCTURES, config={}
     )
     monkeypatch.setattr(segment, "load_model", lambda name: model)
     monkeypatch.setattr(

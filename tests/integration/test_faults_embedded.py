@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests import factories
-from tests.integration.test_faults import DOWNLOADS, get_job, job_folder, wait_for_stage
+from tests.integration.test_faults import ACKNOWLEDGED, DOWNLOADS, get_job, job_folder, wait_for_stage
 from tests.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -78,7 +78,7 @@ def test_a_job_whose_whole_worker_is_killed_ends_once_and_whole(embedded, tmp_pa
     for name, path in on_disk.items():
         assert hashlib.sha256(path.read_bytes()).hexdigest() == recorded[name], name
     for name in DOWNLOADS:
-        assert embedded.api("GET", f"/api/jobs/{job_id}/{name}", token).status == 200, name
+        assert embedded.api("GET", f"/api/jobs/{job_id}/{name}{ACKNOWLEDGED}", token).status == 200, name
 
     deadline = time.monotonic() + 30  # the next reaper pass deletes the used messages
     while broker_rows(embedded) and time.monotonic() < deadline:
