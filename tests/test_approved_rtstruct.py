@@ -207,3 +207,16 @@ def test_the_seg_of_a_revision(alice_api, job):
     assert frames.count(1) == 2 and frames.count(2) == 3  # Brainstem erased on one of its three slices
     response = alice_api.get(f"/api/jobs/{job['id']}/seg.dcm?revision=0")
     assert b"".join(response.streaming_content).endswith(b"DICM the model's own SEG")
+
+
+def test_a_corrected_revision_of_a_job_outside_its_domain_still_needs_the_acknowledgement(alice_api, job):
+    response = alice_api.post(f"/api/jobs/{job['id']}/edits/", {
+        "structure": "Brainstem", "plane": "axial", "index": 3, "mode": "erase", "polygon": AROUND_BRAINSTEM,
+    }, format="json")
+    assert response.status_code == 201, response.content
+    Job.objects.filter(pk=job["id"]).update(domain={"in_domain": False, "reasons": ["the scan covers 40 mm"]})
+    for name in ("rtstruct.dcm", "seg.dcm"):
+        refused = alice_api.get(f"/api/jobs/{job['id']}/{name}?revision=1")
+        assert refused.status_code == 409 and "covers 40 mm" in refused.json()["detail"]
+        served = alice_api.get(f"/api/jobs/{job['id']}/{name}?revision=1&acknowledge=outside-domain")
+        assert served.status_code == 200

@@ -86,3 +86,49 @@ def test_the_send_to_button(
     assert refused.status_code == 400 and "no destination named" in refused.content.decode()
     client.force_login(charlie)
     assert client.post(f"/jobs/{succeeded_job.id}/send/", {"destination": "TPS"}).status_code == 404
+
+
+OUTSIDE = {"in_domain": False, "reasons": ["the scan covers 40 mm from top to bottom"], "signals": {}}
+
+
+def test_a_job_outside_its_domain_is_sent_only_once_acknowledged(succeeded_job, destination, alice_api,  # noqa: F811
+                                                                 django_capture_on_commit_callbacks):  # fmt: skip
+    from webapp.delineation.models import Job
+
+    Job.objects.filter(pk=succeeded_job.pk).update(domain=OUTSIDE)
+    peer, received = destination
+    url = f"/api/jobs/{succeeded_job.id}/send/"
+    refused = alice_api.post(url, {"destination": "TPS"}, format="json")
+    assert refused.status_code == 409 and "covers 40 mm" in refused.json()["detail"]
+    assert not ResultSend.objects.exists() and not received
+    with django_capture_on_commit_callbacks(execute=True):
+        sent = alice_api.post(url + "?acknowledge=outside-domain", {"destination": "TPS"}, format="json")
+    assert sent.status_code == 202, sent.content
+    assert len(received) == 1
+    assert AccessEvent.objects.filter(action="acknowledge", filename="rtstruct.dcm").count() == 1
+
+
+def test_the_send_to_form_asks_for_the_acknowledgement(succeeded_job, destination, alice):  # noqa: F811
+    from webapp.delineation.models import Job
+
+    Job.objects.filter(pk=succeeded_job.pk).update(domain=OUTSIDE)
+    client = Client()
+    client.force_login(alice)
+    assert 'id="acknowledge-send"' in client.get(f"/jobs/{succeeded_job.id}/").content.decode()
+    refused = client.post(f"/jobs/{succeeded_job.id}/send/", {"destination": "TPS"})
+    assert refused.status_code == 409 and "covers 40 mm" in refused.content.decode()
+    assert not ResultSend.objects.exists()
+
+
+def test_a_peers_rule_holds_back_the_results_of_a_job_outside_its_domain(succeeded_job):  # noqa: F811
+    from tests.test_dicom_send import planned
+    from webapp.delineation.dicom import send
+    from webapp.delineation.models import Job
+
+    record = planned(succeeded_job, free_port())  # nothing listens there: nothing may be sent
+    Job.objects.filter(pk=succeeded_job.pk).update(domain=OUTSIDE)
+    succeeded_job.refresh_from_db()
+    send.job_finished(succeeded_job)
+    record.refresh_from_db()
+    assert record.state == "failed" and "covers 40 mm" in record.message and "Send to" in record.message
+    assert record.attempts == 0

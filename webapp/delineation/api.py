@@ -291,10 +291,15 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
         data = SendRequestSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         try:
-            record, created = dicom_send.send_on_request(job, request.user, data.validated_data["destination"])
+            acknowledged = request.query_params.get("acknowledge") == Job.ACKNOWLEDGE_OUTSIDE_DOMAIN
+            record, created = dicom_send.send_on_request(
+                job, request.user, data.validated_data["destination"], acknowledged
+            )
         except dicom_send.SendRefused as exc:
             return _detail(exc.message, exc.status)
         if created:
+            if job.outside_domain:
+                audit.record(request, AccessEvent.Action.ACKNOWLEDGE, job, filename=record.filename)
             audit.record(request, AccessEvent.Action.SEND, job, filename=record.filename)
         record.refresh_from_db()
         code = status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
@@ -396,6 +401,9 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
                 return _detail(f"The {what} of revision {revision.number} could not be written: {exc.message}", 409)
         if name == filename:
             return self._optional_download(filename, what, "application/dicom")
+        problem = self._unacknowledged(job, filename, what)
+        if problem:
+            return problem
         return self._download(job, name, "application/dicom", checksums)
 
     @extend_schema(
@@ -537,21 +545,29 @@ class JobViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrieve
                         return problem
         return self._download(job, services.FINAL_RTSTRUCT, "application/dicom")
 
+    def _unacknowledged(self, job: Job, filename: str, what: str) -> Response | None:
+        """409 for the RTSTRUCT or SEG (of any revision) of a job outside its model's domain
+        unless the request acknowledges the warning; an acknowledgement is recorded."""
+        if filename not in ACKNOWLEDGED_OUTPUTS or not job.outside_domain:
+            return None
+        # A planning system would import these contours like any others: the physician
+        # must say they read why the scan looks outside the model's domain.
+        if self.request.query_params.get("acknowledge") != Job.ACKNOWLEDGE_OUTSIDE_DOMAIN:
+            return _detail(
+                f"{job.domain_warning}. To download the {what} anyway, acknowledge "
+                f"this warning (add ?acknowledge={Job.ACKNOWLEDGE_OUTSIDE_DOMAIN}).",
+                409,
+            )
+        audit.record(self.request, AccessEvent.Action.ACKNOWLEDGE, job, filename=filename)
+        return None
+
     def _optional_download(self, filename: str, what: str, content_type: str):
         job, problem = self._result_file(filename)
         if problem:
             return problem
-        if filename in ACKNOWLEDGED_OUTPUTS and job.outside_domain:
-            # A planning system would import these contours like any others: the physician
-            # must say they read why the scan looks outside the model's domain.
-            if self.request.query_params.get("acknowledge") != "outside-domain":
-                return _detail(
-                    f"This scan looks outside what {job.model_name} was trained for: "
-                    + "; ".join(job.domain.get("reasons", []))
-                    + f". To download the {what} anyway, acknowledge this warning (add ?acknowledge=outside-domain).",
-                    409,
-                )
-            audit.record(self.request, AccessEvent.Action.ACKNOWLEDGE, job, filename=filename)
+        problem = self._unacknowledged(job, filename, what)
+        if problem:
+            return problem
         path = job.result_path / filename
         if not path.exists() and filename not in job.checksums:  # a recorded output gone missing is damage
             why = " ".join(job.notes) if job.notes else ""

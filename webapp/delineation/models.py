@@ -276,11 +276,20 @@ class Job(models.Model):
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
 
+    # The value of ``acknowledge`` (query or form field) that accepts a domain warning.
+    ACKNOWLEDGE_OUTSIDE_DOMAIN = "outside-domain"
+
     @property
     def outside_domain(self) -> bool:
         """Succeeded with warnings: the scan looks outside what the model was trained for,
         so its RTSTRUCT and SEG are downloaded only after an acknowledgement."""
         return self.status == self.Status.SUCCEEDED and self.domain.get("in_domain") is False
+
+    @property
+    def domain_warning(self) -> str:
+        """Why the scan looks outside what the model was trained for, in one sentence."""
+        reasons = "; ".join(self.domain.get("reasons", [])) or "see the job page"
+        return f"This scan looks outside what {self.model_name} was trained for: {reasons}"
 
     @property
     def status_label(self) -> str:

@@ -293,10 +293,13 @@ def job_send(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
 
     job = get_object_or_404(Job.objects.visible_to(request.user).select_related("scan", "scan__owner"), pk=job_id)
     try:
-        record, created = dicom_send.send_on_request(job, request.user, request.POST.get("destination", ""))
+        acknowledged = request.POST.get("acknowledge") == Job.ACKNOWLEDGE_OUTSIDE_DOMAIN
+        record, created = dicom_send.send_on_request(job, request.user, request.POST.get("destination", ""), acknowledged)
     except dicom_send.SendRefused as exc:
         return render(request, "delineation/viewer.html", _viewer_context(request, job, exc.message), status=exc.status)
     if created:
+        if job.outside_domain:
+            audit.record(request, AccessEvent.Action.ACKNOWLEDGE, job, filename=record.filename)
         audit.record(request, AccessEvent.Action.SEND, job, filename=record.filename)
         messages.success(request, f"The RTSTRUCT is queued to be sent to {record.destination}.")
     else:

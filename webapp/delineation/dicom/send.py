@@ -66,15 +66,19 @@ def destinations_of(user) -> list[DicomPeer]:  # noqa: ANN001 (a user)
     return list(DicomPeer.objects.filter(owner=user)) if user is not None and user.is_authenticated else []
 
 
-def send_on_request(job, user, destination: str) -> tuple[ResultSend, bool]:  # noqa: ANN001 (a Job, a user)
+def send_on_request(  # noqa: ANN001 (a Job, a user)
+    job, user, destination: str, acknowledged: bool = False
+) -> tuple[ResultSend, bool]:
     """The "Send to" button and ``POST /api/jobs/{id}/send/``: send the RTSTRUCT of a
     finished job of ``user``'s, of its latest revision, to one of their destinations
     (``destinations_of``). Returns
     the send and whether it is new: the same request while one is queued returns that one.
+    ``acknowledged``: the user ticked the warning of a job outside its model's domain.
 
     Raises:
         SendRefused: not the scan's owner (403), no result to send or its RTSTRUCT cannot be
-            written (409), unknown destination (400).
+            written (409), a job outside its model's domain not acknowledged (409), unknown
+            destination (400).
     """
     from webapp.delineation import sharing
     from webapp.delineation.tasks import submit_send
@@ -85,6 +89,10 @@ def send_on_request(job, user, destination: str) -> tuple[ResultSend, bool]:  # 
         raise SendRefused(exc.message, exc.status) from None
     if job.status != job.Status.SUCCEEDED or "rtstruct.dcm" not in (job.checksums or {}):
         raise SendRefused("This job has no RTSTRUCT to send (it has not succeeded, or wrote none).", 409)
+    if job.outside_domain and not acknowledged:
+        raise SendRefused(
+            f"{job.domain_warning}. To send its RTSTRUCT anyway, acknowledge this warning.", 409
+        )
     peer = DicomPeer.objects.filter(owner=user, name=destination).first()
     if peer is None:
         names = ", ".join(p.name for p in destinations_of(user)) or "none; an administrator configures them"
@@ -125,10 +133,18 @@ def _checksums_of(send: ResultSend) -> dict[str, str]:
 
 
 def job_finished(job) -> None:  # noqa: ANN001 (a Job)
-    """Queue the planned sends of a succeeded job; fail those of a failed one."""
+    """Queue the planned sends of a succeeded job; fail those of a failed one, and hold back
+    (as failed, with the reason) those of a job outside its model's domain: a planning system
+    would import its contours like any others, so a physician reviews it and uses Send to."""
     from webapp.delineation.tasks import submit_send
 
-    if job.status == job.Status.SUCCEEDED:
+    if job.outside_domain:
+        ResultSend.objects.filter(job=job, state=ResultSend.State.QUEUED).update(
+            state=ResultSend.State.FAILED,
+            message=f"Not sent: {job.domain_warning}. Review it, then use Send to.",
+            finished=timezone.now(),
+        )
+    elif job.status == job.Status.SUCCEEDED:
         for send_id in ResultSend.objects.filter(job=job, state=ResultSend.State.QUEUED).values_list("pk", flat=True):
             submit_send(send_id)
     else:
