@@ -79,5 +79,5 @@ def write_curve(
     fig.update_layout(title=title or out.name, width=1400 if timed else 1000, height=400)
     if html:
         fig.write_html(out / f"{stem}.html", include_plotlyjs=True)
-    fig.write_image(out / f"{stem}.png")
+    fig.write_image(out / f"{stem}.png", width=1500, height=450)  # room for three titled panels
     return out / f"{stem}.png"
