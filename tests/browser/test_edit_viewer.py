@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import io
 import time
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -24,35 +23,15 @@ from rest_framework.test import APIClient
 
 from tests import factories
 from tests.dicom_tools import dciodvfy_errors
-from tests.stack import REPO, require
+from tests.stack import REPO
+from tests.browser.test_viewer import driver  # noqa: F401 (a fixture)
 from tests.test_approved_rtstruct import segment_on_the_series_grid, read_back
 from webapp.delineation import services
 from webapp.delineation.models import Job
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 OUTPUT = REPO / "test-output"  # screenshots (git-ignored)
-
-
-@pytest.fixture
-def driver(tmp_path):
-    require(CHROMIUM.exists() and CHROMEDRIVER.exists(), "chromium and chromedriver are not installed in /usr/bin")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
-    browser = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    browser.set_page_load_timeout(120)
-    try:
-        yield browser
-    finally:
-        browser.quit()
 
 
 def wait_for(condition, timeout_s: float, what: str):
