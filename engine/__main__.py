@@ -18,8 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from engine.io.reader import InputError
-from engine.models.registry import UnknownModelError
+from engine.errors import ExportError, InputError, ModelError, ToolError
 
 
 def _segment(args: argparse.Namespace) -> int:
@@ -302,28 +301,15 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_train)
 
     args = parser.parse_args(argv)
-    from engine.infer.audit import AuditError
-    from engine.infer.elastix import ElastixError
-    from engine.io.rtstruct_check import RTStructExportError
-    from engine.io.rtstruct_import import RTStructImportError
-    from engine.train.config import TrainingConfigError
-
     try:
         return args.func(args)
-    except (
-        InputError,
-        UnknownModelError,
-        RTStructImportError,
-        TrainingConfigError,
-        AuditError,
-    ) as exc:
+    except (InputError, ModelError) as exc:  # the user's input or choice of model
         print(f"error: {exc}", file=sys.stderr)
         return 2
     # Our output failed its own check or a tool failed: not the user's input, so not 2.
-    except (RTStructExportError, ElastixError) as exc:
+    except (ExportError, ToolError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

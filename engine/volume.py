@@ -17,8 +17,10 @@ from functools import cached_property
 import numpy as np
 from scipy import ndimage
 
+from engine.errors import InputError
 
-class GeometryError(ValueError):
+
+class GeometryError(InputError):
     """An array or affine that cannot describe a 3D image in patient space."""
 
 

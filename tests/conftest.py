@@ -259,7 +259,8 @@ def fake_propagate_files(fixed, moving, contours, model, out_dir, progress=None)
     on the grid of the fixed (daily) scan as the engine reads it (ddf.nii.gz, labels.nii.gz,
     structures.json, structures/, rtstruct.dcm, report.json; direct_labels.nii.gz for the
     model that segments, dual-head). Refuses contours that are neither an RTSTRUCT nor a
-    labels.nii.gz + structures.json folder, as the engine would (ValueError)."""
+    labels.nii.gz + structures.json folder, as the engine would (InputError)."""
+    from engine.errors import InputError
     from engine.io.reader import read_input
 
     report = progress or (lambda stage, pct: None)
@@ -268,9 +269,9 @@ def fake_propagate_files(fixed, moving, contours, model, out_dir, progress=None)
     contours = Path(contours)
     if contours.is_dir():
         if not ((contours / "labels.nii.gz").exists() and (contours / "structures.json").exists()):
-            raise ValueError("the contours folder holds no labels.nii.gz with structures.json")
+            raise InputError("the contours folder holds no labels.nii.gz with structures.json")
     elif pydicom.dcmread(contours).Modality != "RTSTRUCT":
-        raise ValueError("the contours file is not an RTSTRUCT")
+        raise InputError("the contours file is not an RTSTRUCT")
     volume, _ = read_input(Path(fixed))
     propagated, direct = fake_propagation_masks(volume.array.shape)
     report("register", 30)

@@ -19,6 +19,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 
+from engine.errors import InputError
 from tests import factories
 from tests.conftest import FAKE_PROPAGATION_REPORT, fake_propagation_masks
 from webapp.delineation import retention, services, tasks
@@ -310,7 +311,7 @@ def test_damaged_contours_of_a_delineation_fail_the_job(
 
 def test_the_engines_refusal_fails_the_job_with_its_message(alice, planning, daily, monkeypatch, fake_propagation):
     def refuse(*args, **kwargs):
-        raise ValueError("the contours hold no structure inside the planning image")
+        raise InputError("the contours hold no structure inside the planning image")
 
     monkeypatch.setattr(sys.modules["engine.infer.propagate"], "propagate_files", refuse)
     job = Job.objects.create(
@@ -325,6 +326,26 @@ def test_the_engines_refusal_fails_the_job_with_its_message(alice, planning, dai
     job.refresh_from_db()
     assert job.error == "The contours could not be propagated: the contours hold no structure inside the planning image"
     assert not job.output_dir.with_name(f"{job.id}.inputs").exists()
+
+
+def test_a_bug_in_the_engine_is_an_internal_error_not_a_refusal(alice, planning, daily, monkeypatch, fake_propagation):
+    def broken(*args, **kwargs):
+        raise ValueError("operands could not be broadcast together")
+
+    monkeypatch.setattr(sys.modules["engine.infer.propagate"], "propagate_files", broken)
+    job = Job.objects.create(
+        owner=alice,
+        scan_id=daily["id"],
+        planning_scan_id=planning["id"],
+        contours_rtstruct=rtstruct_uid(planning),
+        model_name="rigid",
+        kind=Job.Kind.PROPAGATE,
+    )
+    with pytest.raises(tasks.JobFailed):
+        tasks.execute_job(job.id)
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED
+    assert job.error.startswith("Internal error during ") and "could not be propagated" not in job.error
 
 
 def test_a_running_propagation_keeps_its_planning_scan(alice, alice_api, planning, daily):

@@ -34,12 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.errors import InputError
 from engine.infer.grid import image_to_model_grid, labels_to_model_grid
 from engine.infer.segment import STAGE_END, segment_volume, structure_table
 from engine.io.atomic import write_atomically
 from engine.io.dicom_files import read_upload
 from engine.io.nifti import write_nifti
-from engine.io.reader import InputError, read_input
+from engine.io.reader import read_input
 from engine.io.rtstruct_import import ImportedROI, import_rtstruct, read_rtstruct
 from engine.metrics import surface_metrics
 from engine.models.qam import QualityAwarenessModule, overfitting_control
@@ -55,7 +56,7 @@ FALLBACK_MIN_DICE = 0.5
 MIN_AUC_TO_FLAG = 0.8
 
 
-class AuditError(ValueError):
+class AuditError(InputError):
     """The audit cannot run: no structure set, no model structure in it, or no critic."""
 
 

@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from engine.io.reader import InputError
+from engine.errors import InputError
 from engine.volume import LabelMap, Volume
 
 DOMAIN_FILE = "domain.json"

@@ -48,6 +48,7 @@ from monai.networks.blocks import Warp
 from monai.transforms import ResampleToMatch, ScaleIntensityRange
 from scipy.ndimage import binary_dilation
 
+from engine.errors import ModelError
 from engine.infer import elastix
 from engine.infer.displacement import (
     Grid,
@@ -165,7 +166,7 @@ def load_method(name: str, weights_dir: Path | None = None) -> PropagationMethod
 
     Raises:
         UnknownModelError: neither a classical method nor a shipped joint model.
-        ValueError: a joint model's card names an unknown ``prealign``.
+        ModelError: a joint model's card names an unknown ``prealign``.
     """
     if name in CLASSICAL_METHODS:
         return PropagationMethod(
@@ -187,7 +188,7 @@ def load_method(name: str, weights_dir: Path | None = None) -> PropagationMethod
     network, config = load_joint_model(name, weights_dir)
     prealign = config.get("prealign", DEFAULT_JOINT_PREALIGN)
     if prealign not in JOINT_PREALIGN_CHOICES:
-        raise ValueError(
+        raise ModelError(
             f"joint model {name!r}: prealign must be one of "
             f"{', '.join(JOINT_PREALIGN_CHOICES)}, got {prealign!r}"
         )
@@ -553,7 +554,7 @@ def propagate_files(
     folding_percent, min_jacobian, timings, notes, rtstruct}.
 
     Raises:
-        engine.io.reader.InputError: an unreadable scan or contours.
+        engine.errors.InputError: an unreadable scan or contours.
         engine.io.rtstruct_import.RTStructImportError: an RTSTRUCT that does not fit the
             planning series.
         UnknownModelError: ``model`` is not a propagation model.

@@ -220,7 +220,7 @@ def segment_file(
     a planning system can import both. Exceptions to this: see ``write_dicom_outputs``.
 
     Raises:
-        engine.io.reader.InputError: the input cannot be read as one 3D volume.
+        engine.errors.InputError: the input cannot be read as one 3D volume.
         engine.infer.domain.DomainError: a DICOM series of another modality than the
             model's (e.g. MR into a CT model); nothing is written.
         engine.models.registry.UnknownModelError: ``model_name`` is not shipped.

@@ -23,7 +23,8 @@ import numpy as np
 
 from engine.io.dicom_series import DicomSeries
 from engine.io.nifti import NiftiError, read_labels
-from engine.io.reader import InputError, is_nifti
+from engine.errors import InputError
+from engine.io.reader import is_nifti
 from engine.io.rtstruct_import import import_rtstruct, read_rtstruct
 from engine.volume import LabelMap
 

@@ -64,6 +64,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from engine.errors import InputError
 from engine.io.dicom_files import claims_dicom, iter_sources, why_unreadable
 
 TABLE_EDITION = "2024b"  # DICOM PS3.15 edition of Table E.1-1
@@ -105,7 +106,7 @@ _NUMERIC_VRS = {"FD", "FL", "SS", "US", "SL", "UL", "SV", "UV", "AT"}
 _BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 
 
-class DeidentificationError(ValueError):
+class DeidentificationError(InputError):
     """A file that could not be de-identified; the message names it and says why."""
 
 

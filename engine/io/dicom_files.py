@@ -21,6 +21,8 @@ from typing import BinaryIO
 import pydicom
 from pydicom import uid
 
+from engine.errors import InputError
+
 IMAGE_MODALITIES = {"CT", "MR", "PT"}
 # The storage SOP classes of CT, MR and PET images (PS3.4 B.5): such an object without
 # pixel data is a damaged image (a truncated slice), not another kind of object.
@@ -38,7 +40,7 @@ IMAGE_SOP_CLASSES = {
 _DICM_OFFSET = 128  # PS3.10 7.1: a 128-byte preamble, then "DICM"
 
 
-class DicomFilesError(ValueError):
+class DicomFilesError(InputError):
     """An upload whose container itself is unusable (for example an unsafe zip entry)."""
 
 

@@ -43,6 +43,7 @@ from pydicom.sr.codedict import codes
 from pydicom.valuerep import format_number_as_ds
 
 import engine
+from engine.errors import ExportError
 from engine.io.atomic import write_atomically
 from engine.io.dicom_series import DicomSeries
 from engine.structure import Structure
@@ -81,7 +82,7 @@ _TYPE2_FROM_SOURCE = (
 )
 
 
-class DicomSegError(ValueError):
+class DicomSegError(ExportError):
     """A label map or series that cannot be written as a DICOM SEG; the message says why."""
 
 

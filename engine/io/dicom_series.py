@@ -37,6 +37,7 @@ import pydicom
 from pydicom.datadict import dictionary_description
 from pydicom.uid import ImplicitVRLittleEndian, UncompressedTransferSyntaxes
 
+from engine.errors import InputError
 from engine.io.dicom_files import IMAGE_SOP_CLASSES, damaged_files_message, read_upload
 from engine.volume import GeometryError, Volume, check_input_grid
 
@@ -52,7 +53,7 @@ _INPLANE_FRACTION = (
 )
 
 
-class DicomSeriesError(ValueError):
+class DicomSeriesError(InputError):
     """Files that cannot be assembled into one 3D volume; the message says why."""
 
 

@@ -52,6 +52,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
 import engine
+from engine.errors import ExportError
 from engine.io.atomic import write_atomically
 from engine.io.dicom_series import LPS_TO_RAS, DicomSeries, SliceRef
 from engine.volume import LabelMap, Volume
@@ -61,7 +62,7 @@ from engine.volume import LabelMap, Volume
 SHEAR_TOLERANCE = 1e-4
 
 
-class DicomWriteError(ValueError):
+class DicomWriteError(ExportError):
     """A volume that cannot be written as a DICOM image series; the message says why."""
 
 

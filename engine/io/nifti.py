@@ -11,11 +11,12 @@ import nibabel as nib
 import numpy as np
 from nibabel.spatialimages import HeaderDataError
 
+from engine.errors import InputError
 from engine.io.atomic import write_atomically
 from engine.volume import GeometryError, LabelMap, Volume, check_input_grid
 
 
-class NiftiError(ValueError):
+class NiftiError(InputError):
     """A file that is not a readable 3D NIfTI image."""
 
 

@@ -27,7 +27,8 @@ from engine.io.dicom_series import (
     plan_geometry,
 )
 from engine.io.nifti import NiftiError, read_volume
-from engine.io.reader import InputError, is_nifti
+from engine.errors import InputError
+from engine.io.reader import is_nifti
 
 
 def _plane(normal: np.ndarray) -> str:

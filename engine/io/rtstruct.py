@@ -38,6 +38,7 @@ from pydicom.valuerep import format_number_as_ds
 from skimage.measure import find_contours
 
 import engine
+from engine.errors import ExportError
 from engine.io.atomic import write_atomically
 from engine.io.dicom_series import RTSTRUCT_SOP_CLASS, DicomSeries
 from engine.structure import Structure
@@ -59,7 +60,7 @@ _COPIED_PATIENT_STUDY = (
 )
 
 
-class RTStructError(ValueError):
+class RTStructError(ExportError):
     """A label map that does not lie on the referenced series' grid."""
 
 

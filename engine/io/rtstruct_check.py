@@ -19,6 +19,7 @@ import torch
 from monai.metrics import compute_dice
 from pydicom.dataset import Dataset
 
+from engine.errors import ExportError
 from engine.io.atomic import write_atomically
 from engine.io.dicom_series import DicomSeries
 from engine.io.rtstruct_import import RTStructImportError, import_rtstruct
@@ -28,7 +29,7 @@ from engine.volume import LabelMap
 ROUNDTRIP_MIN_DICE = 0.98
 
 
-class RTStructExportError(RuntimeError):
+class RTStructExportError(ExportError):
     """An RTSTRUCT whose contours do not reproduce the label map; the message names the structure."""
 
 

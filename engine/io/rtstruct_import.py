@@ -34,13 +34,14 @@ import pydicom
 from pydicom.dataset import Dataset
 from skimage.draw import polygon as polygon_pixels
 
+from engine.errors import InputError
 from engine.io.dicom_series import RTSTRUCT_SOP_CLASS, DicomSeries
 
 # Exporters round Contour Data to 0.01-0.1 mm; a contour this close to a slice plane lies on it.
 PLANE_TOLERANCE_MM = 0.1
 
 
-class RTStructImportError(ValueError):
+class RTStructImportError(InputError):
     """An RTSTRUCT that cannot be imported onto the series; the message says why."""
 
 

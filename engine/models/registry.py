@@ -13,13 +13,14 @@ from pathlib import Path
 
 import torch
 
+from engine.errors import ModelError
 from engine.models.res_se_unet import ResSEUNet
 from engine.structure import Structure
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(ModelError):
     """The requested model name is not shipped in ``engine/weights``."""
 
 

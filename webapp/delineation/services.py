@@ -178,8 +178,8 @@ def preflight(path: Path, keep_refused: bool = False) -> dict | None:
     every series is refused gets ``refused``, the reasons in a sentence.
     """
     try:
+        from engine.errors import InputError
         from engine.io.preflight import inspect_input
-        from engine.io.reader import InputError
     except ImportError:
         logger.warning("engine.io.preflight unavailable: upload accepted without pre-flight check")
         return None
@@ -305,20 +305,16 @@ def run_segmentation(
 ) -> EngineResult:
     """Run ``engine.infer.segment.segment_file``; engine input errors become DelineationError."""
     try:
+        from engine.errors import EngineError, ModelError
         from engine.infer.segment import segment_file
-        from engine.io.reader import InputError
-        from engine.io.rtstruct_check import RTStructExportError
-        from engine.models.registry import UnknownModelError
     except ImportError as exc:
         raise DelineationError(f"The delineation engine is not available on this worker ({exc}).") from exc
     try:
         result = segment_file(Path(input_path), model_name, Path(out_dir), progress=progress, series=series)
-    except InputError as exc:
-        raise DelineationError(str(exc)) from None
-    except UnknownModelError as exc:
-        raise DelineationError(f"Unknown model: {exc}") from None
-    except RTStructExportError as exc:
-        raise DelineationError(str(exc)) from None
+    except ModelError as exc:
+        raise DelineationError(f"Unknown model: {exc.message}") from None
+    except EngineError as exc:
+        raise DelineationError(exc.message) from None
     return EngineResult(
         structures=[dict(s) for s in result.structures],
         timings_s={k: float(v) for k, v in dict(result.timings_s).items()},
@@ -345,22 +341,21 @@ def run_audit(
     errors (no structure set, no structure the model knows, no critic, NIfTI input, an
     unreadable RTSTRUCT, an unknown model) become DelineationError."""
     try:
+        from engine.errors import EngineError, ModelError
         from engine.infer.audit import AuditError, audit_file
-        from engine.io.reader import InputError
         from engine.io.rtstruct_import import RTStructImportError
-        from engine.models.registry import UnknownModelError
     except ImportError as exc:
         raise DelineationError(f"The delineation engine is not available on this worker ({exc}).") from exc
     try:
         result = audit_file(Path(input_path), model_name, Path(out_dir), progress=progress, series=series)
     except AuditError as exc:
-        raise DelineationError(f"The contours cannot be audited: {exc}.") from None
+        raise DelineationError(f"The contours cannot be audited: {exc.message}.") from None
     except RTStructImportError as exc:
-        raise DelineationError(f"The structure set (RTSTRUCT) could not be read: {exc}") from None
-    except InputError as exc:
-        raise DelineationError(str(exc)) from None
-    except UnknownModelError as exc:
-        raise DelineationError(f"Unknown model: {exc}") from None
+        raise DelineationError(f"The structure set (RTSTRUCT) could not be read: {exc.message}") from None
+    except ModelError as exc:
+        raise DelineationError(f"Unknown model: {exc.message}") from None
+    except EngineError as exc:
+        raise DelineationError(exc.message) from None
     structures = json.loads((Path(out_dir) / "structures.json").read_text())
     return AuditEngineResult(
         structures=[dict(s) for s in structures],
@@ -430,11 +425,10 @@ def run_propagation(
     RTSTRUCT failing its round-trip check) become DelineationError.
     """
     try:
-        from engine.infer.elastix import ElastixError
+        from engine.errors import EngineError, ExportError, ToolError
         from engine.infer.propagate import propagate_files
         from engine.io.nifti import write_nifti
         from engine.io.reader import is_nifti, read_input
-        from engine.io.rtstruct_check import RTStructExportError
         from engine.volume import Volume
     except ImportError as exc:
         raise DelineationError(f"The contour propagation engine is not available on this worker ({exc}).") from exc
@@ -445,12 +439,12 @@ def run_propagation(
             volume, _ = read_input(Path(fixed))
             image = np.clip(np.rint(volume.array), -32768, 32767).astype(np.int16)
             write_nifti(Volume(image, volume.affine), out_dir / "image.nii.gz")
-    except RTStructExportError as exc:
-        raise DelineationError(str(exc)) from None
-    except ElastixError as exc:
-        raise DelineationError(f"The registration failed: {exc}") from None
-    except ValueError as exc:  # the engine's input errors (InputError, RTStructImportError, UnknownModelError, ...)
-        raise DelineationError(f"The contours could not be propagated: {exc}") from None
+    except ExportError as exc:
+        raise DelineationError(exc.message) from None
+    except ToolError as exc:
+        raise DelineationError(f"The registration failed: {exc.message}") from None
+    except EngineError as exc:  # the scans, the contours or the model cannot be used; a bug is not caught
+        raise DelineationError(f"The contours could not be propagated: {exc.message}") from None
     structures = json.loads((out_dir / "structures.json").read_text())
     return PropagationEngineResult(
         structures=[dict(s) for s in structures],

@@ -23,6 +23,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from engine.errors import ToolError
 from engine.infer.displacement import Grid
 
 PARAMETER_DIR = Path(__file__).resolve().parent
@@ -36,7 +37,7 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 TIMEOUT_S = 3600
 
 
-class ElastixError(RuntimeError):
+class ElastixError(ToolError):
     """elastix or transformix is missing, failed, or wrote a field we cannot use."""
 
 
