@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from engine.errors import ExportError, InputError, ModelError, ToolError
+from engine.results import ResultFolder
 
 
 def _segment(args: argparse.Namespace) -> int:
@@ -87,7 +88,7 @@ def _audit(args: argparse.Namespace) -> int:
         args.input, args.model, args.out, contours=args.contours, series=args.series
     )
     print(format_audit(result))
-    print(f"written: {args.out / 'audit.json'}", file=sys.stderr)
+    print(f"written: {ResultFolder(args.out) / ResultFolder.AUDIT}", file=sys.stderr)
     return 0
 
 

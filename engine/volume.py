@@ -79,6 +79,16 @@ def check_input_grid(shape: tuple[int, ...], affine: np.ndarray) -> None:
         )
 
 
+def hu_as_int16(hu: np.ndarray) -> np.ndarray:
+    """(I, J, K) intensities rounded and clipped to int16 (HU for CT, as the outputs and
+    DICOM export store them), in Fortran order (NIfTI's), converted one slice at a time so
+    that no float copy of the whole volume is made."""
+    out = np.empty(hu.shape, dtype=np.int16, order="F")
+    for k in range(hu.shape[2]):
+        out[:, :, k] = np.clip(np.rint(hu[:, :, k]), -32768, 32767)
+    return out
+
+
 def _mm(values: np.ndarray) -> str:
     return " x ".join(f"{v:.4g}" for v in values)
 

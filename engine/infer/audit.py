@@ -24,7 +24,6 @@ review; it does not replace one.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable
@@ -36,15 +35,14 @@ import torch
 
 from engine.errors import InputError
 from engine.infer.grid import image_to_model_grid, labels_to_model_grid
-from engine.infer.segment import STAGE_END, segment_volume, structure_table
-from engine.io.atomic import write_atomically
+from engine.infer.segment import STAGE_END, segment_volume
 from engine.io.dicom_files import read_upload
-from engine.io.nifti import write_nifti
 from engine.io.reader import read_input
 from engine.io.rtstruct_import import ImportedROI, import_rtstruct, read_rtstruct
 from engine.metrics import surface_metrics
 from engine.models.qam import QualityAwarenessModule, overfitting_control
 from engine.models.registry import WEIGHTS_DIR, LoadedModel, load_model, sha256_of
+from engine.results import ResultFolder
 from engine.volume import LabelMap, Volume
 
 Progress = Callable[[str, int], None]
@@ -336,7 +334,7 @@ def audit_file(
         UnknownModelError: ``model_name`` is not shipped.
     """
     report = progress or (lambda stage, pct: None)
-    input_path, out = Path(input_path), Path(out_dir)
+    input_path, out = Path(input_path), ResultFolder(out_dir)
     t0 = time.perf_counter()
     report("ingest", 0)
     volume, dicom = read_input(input_path, series)
@@ -358,12 +356,10 @@ def audit_file(
     t1 = time.perf_counter()
     results, notes, labels = audit_volume(volume, rois, model, critic, report)
     t2 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    image = np.clip(np.rint(volume.array), -32768, 32767).astype(np.int16)
-    write_nifti(Volume(image, volume.affine), out / "image.nii.gz")
-    write_nifti(labels, out / "labels.nii.gz")
-    table = json.dumps(structure_table(labels, model), indent=1)
-    write_atomically(out / "structures.json", lambda tmp: Path(tmp).write_text(table))
+    out.path.mkdir(parents=True, exist_ok=True)
+    out.write_image(volume)
+    out.write_labels(labels)
+    out.write_structures(labels, model.structures, masks=False)
     result = AuditResult(
         results,
         notes + list(dicom.notes),
@@ -373,9 +369,7 @@ def audit_file(
         critic.threshold,
         {"ingest": round(t1 - t0, 2), "audit": round(t2 - t1, 2)},
     )
-    document = asdict(result) | {"input": input_path.name}
-    text = json.dumps(document, indent=1, allow_nan=False)
-    write_atomically(out / "audit.json", lambda tmp: Path(tmp).write_text(text))
+    out.write_json(out.AUDIT, asdict(result) | {"input": input_path.name})
     report("export", STAGE_END["export"])
     return result
 

@@ -24,7 +24,6 @@ from scipy import ndimage
 from engine.errors import InputError
 from engine.volume import LabelMap, Volume
 
-DOMAIN_FILE = "domain.json"
 
 # Body voxels and histogram bins (HU): shared by the check and the threshold script.
 BODY_HU = -500.0

@@ -33,7 +33,6 @@ because the direct segmentation is itself a model with errors of its own.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable
@@ -60,11 +59,9 @@ from engine.infer.displacement import (
     working_grid,
 )
 from engine.infer.segment import write_dicom_outputs
-from engine.io.atomic import write_atomically
 from engine.io.contour_input import read_contours
-from engine.io.nifti import write_displacement_field, write_nifti
+from engine.io.nifti import write_displacement_field
 from engine.io.reader import read_input
-from engine.io.structure_files import safe_file_stem
 from engine.metrics import surface_metrics
 from engine.models.registry import (
     WEIGHTS_DIR,
@@ -73,6 +70,7 @@ from engine.models.registry import (
     default_device,
     sha256_of,
 )
+from engine.results import ResultFolder
 from engine.volume import LabelMap, Volume
 
 Progress = Callable[[str, int], None]
@@ -497,32 +495,24 @@ def propagate(
     return PropagationResult(ddf_mm, labels, direct, entries, timings, folding)
 
 
-def _write_outputs(result: PropagationResult, fixed: Volume, out: Path) -> list[dict]:
-    """NIfTI outputs as ``segment`` writes them, plus ``ddf.nii.gz``; returns the
-    ``structures.json`` entries."""
-    image = np.clip(np.rint(fixed.array), -32768, 32767).astype(np.int16)
-    write_nifti(Volume(image, fixed.affine), out / "image.nii.gz")
-    write_displacement_field(result.ddf_mm, fixed.affine, out / "ddf.nii.gz")
-    write_nifti(result.labels, out / "labels.nii.gz")
+def _write_outputs(
+    result: PropagationResult, fixed: Volume, out: ResultFolder
+) -> list[dict]:
+    """NIfTI outputs as ``segment`` writes them, plus ``ddf.nii.gz`` and, for a joint
+    model, ``direct_labels.nii.gz``; returns the ``structures.json`` entries."""
+    out.write_image(fixed)
+    write_displacement_field(result.ddf_mm, fixed.affine, out / out.DDF)
+    out.write_labels(result.labels)
     if result.direct_labels is not None:
-        write_nifti(result.direct_labels, out / "direct_labels.nii.gz")
-    table, taken = [], {"structures"}
-    for s in result.structures:
-        file = f"structures/{safe_file_stem(s['name'], s['label'], taken)}.nii.gz"
-        mask = (result.labels.array == s["label"]).astype(np.uint8)
-        write_nifti(LabelMap(mask, fixed.affine), out / file)
-        table.append(
-            {
-                "label": s["label"],
-                "name": s["name"],
-                "color": s["color"],
-                "volume_cm3": s["volume_ml"],
-                "file": file,
-            }
-        )
-    text = json.dumps(table, indent=1)
-    write_atomically(out / "structures.json", lambda tmp: Path(tmp).write_text(text))
-    return table
+        out.write_labels(result.direct_labels, out.DIRECT_LABELS)
+    return out.write_structures(result.labels, _structures(result))
+
+
+def _structures(result: PropagationResult) -> list[Structure]:
+    return [
+        Structure(s["label"], s["name"], tuple(s["color"]), s["type"])
+        for s in result.structures
+    ]
 
 
 def propagate_files(
@@ -563,7 +553,7 @@ def propagate_files(
             reproduce the propagated contours (then no ``rtstruct.dcm``).
     """
     report = progress or (lambda stage, pct: None)
-    out = Path(out_dir)
+    out = ResultFolder(out_dir)
     report("ingest", 0)
     t0 = time.perf_counter()
     method = load_method(model)
@@ -575,16 +565,13 @@ def propagate_files(
         fixed_volume, moving_volume, contour_labels, structures, method, report
     )
     t1 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    out.path.mkdir(parents=True, exist_ok=True)
     _write_outputs(result, fixed_volume, out)
     exports = write_dicom_outputs(
         result.labels,
         fixed_volume,
         fixed_dicom,
-        [
-            Structure(s["label"], s["name"], tuple(s["color"]), s["type"])
-            for s in result.structures
-        ],
+        _structures(result),
         f"propagate {method.name}",
         method.sha256,
         out,
@@ -606,14 +593,13 @@ def propagate_files(
         "min_jacobian": result.folding["min_jacobian"],
         "timings": timings,
         "notes": notes + exports.notes,
-        "rtstruct": "rtstruct.dcm" if exports.rtstruct else None,
+        "rtstruct": out.RTSTRUCT if exports.rtstruct else None,
         "references_daily_series": fixed_dicom is not None,
         "thresholds": {
             "min_dice_vs_direct": MIN_DICE_VS_DIRECT,
             "max_msd_mm_vs_direct": MAX_MSD_MM_VS_DIRECT,
         },
     }
-    text = json.dumps(document, indent=1, allow_nan=False)
-    write_atomically(out / "report.json", lambda tmp: Path(tmp).write_text(text))
+    out.write_json(out.PROPAGATION, document)
     report("export", STAGE_END["export"])
     return document
