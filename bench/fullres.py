@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from engine.io.dicom_write import write_ct_series
 from engine.io.nifti import read_volume
+from engine.metrics import dice
 from engine.models.registry import available_models
 from engine.results import ResultFolder
 from engine.volume import Volume
@@ -112,9 +113,7 @@ def dice_against(out: Path, reference: Path) -> dict[str, float]:
     theirs = ResultFolder(reference).read_labels().array
     scores = {}
     for s in table:
-        a, b = ours == s["label"], theirs == s["label"]
-        total = int(a.sum()) + int(b.sum())
-        scores[s["name"]] = round(2 * int((a & b).sum()) / total, 4) if total else 1.0
+        scores[s["name"]] = round(dice(ours == s["label"], theirs == s["label"]), 4)
     return scores
 
 

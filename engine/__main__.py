@@ -113,8 +113,8 @@ def _propagate(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from engine.evaluate import evaluate, format_table, write_json
     from engine.models.registry import load_model
+    from engine.train.evaluate import evaluate, format_table, write_json
 
     result = evaluate(load_model(args.model), Path(args.data), args.split)
     print(format_table(result))
@@ -122,7 +122,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     write_json(result, out)
     print(f"written {out}")
     if args.card:
-        from engine.model_card import add_evaluation
+        from engine.train.publish import add_evaluation
 
         command = f"python -m engine evaluate --model {args.model} --data {args.data} --split {args.split}"
         add_evaluation(args.model, result, command)
@@ -131,7 +131,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from engine.model_card import publish
+    from engine.train.publish import publish
 
     training = json.loads(args.training.read_text())
     print(f"published {publish(args.run, args.model, training, structures=args.structures)}")

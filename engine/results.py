@@ -42,7 +42,7 @@ import numpy as np
 
 from engine.io.atomic import write_atomically
 from engine.io.nifti import read_labels, write_nifti
-from engine.structure import Structure, interpreted_type_of
+from engine.structure import Structure
 from engine.volume import LabelMap, Volume, hu_as_int16
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
@@ -155,10 +155,7 @@ class ResultFolder:
 
     def structures(self) -> list[Structure]:
         """``structures.json`` as structures (interpreted type from each TG-263 name)."""
-        return [
-            Structure(int(s["label"]), str(s["name"]), tuple(s["color"]), interpreted_type_of(s["name"]))
-            for s in self.read_structures()
-        ]
+        return [Structure.from_entry(s) for s in self.read_structures()]
 
     # --- reports --------------------------------------------------------------------
 

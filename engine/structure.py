@@ -7,7 +7,9 @@ does not load them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,14 @@ class Structure:
     name: str
     color: tuple[int, int, int]
     interpreted_type: str
+
+    @classmethod
+    def from_entry(cls, entry: Mapping[str, Any]) -> Structure:
+        """An entry of a ``structures.json`` (label, name, color): its interpreted type
+        from the TG-263 name (``interpreted_type_of``)."""
+        name = str(entry["name"])
+        r, g, b = (int(c) for c in entry["color"])
+        return cls(int(entry["label"]), name, (r, g, b), interpreted_type_of(name))
 
 
 # TG-263 target-volume prefixes: their RT ROI Interpreted Type is the prefix itself.

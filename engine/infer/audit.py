@@ -13,7 +13,7 @@ For every ROI of the structure set whose name is one of the model's structures:
   the threshold under which a contour is called implausible was chosen on the
   validation split (``experiments/qam_auc.py``) and is stored in the model card;
 * Dice, mean surface distance (MSD, symmetric) and HD95 in mm against the model's
-  delineation of the same structure (MONAI metrics), on the CT's own grid.
+  delineation of the same structure (``engine.metrics``), on the CT's own grid.
 
 A structure is flagged when the QAM calls it implausible (only with a critic whose ROC
 AUC on corrupted test contours reaches ``MIN_AUC_TO_FLAG``), or when its Dice with the
@@ -94,26 +94,19 @@ def load_critic(model: LoadedModel, weights_dir: Path = WEIGHTS_DIR) -> Critic:
     Raises:
         AuditError: the model ships no QAM, or its weights do not match the card.
     """
-    card = model.config.get("qam")
-    if not card:
+    card = model.card.critic
+    if card is None:
         raise AuditError(
             f"model {model.name!r} has no contour-quality critic; use a model that "
             "ships one (hn-rt)"
         )
-    path = weights_dir / card["weights"]
-    if not path.exists() or sha256_of(path) != card["sha256"]:
-        raise AuditError(
-            f"{card['weights']}: missing or not the weights the card names"
-        )
+    path = weights_dir / card.weights
+    if not path.exists() or sha256_of(path) != card.sha256:
+        raise AuditError(f"{card.weights}: missing or not the weights the card names")
     network = QualityAwarenessModule(1 + len(model.config["structures"]))
     network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return Critic(
-        network.eval(),
-        float(card["lambda"]),
-        int(card["patch"]),
-        float(card["threshold"]),
-        card["sha256"],
-        float(card["roc_auc_test"]["both"]),
+        network.eval(), card.lam, card.patch, card.threshold, card.sha256, card.auc
     )
 
 
@@ -168,15 +161,11 @@ def match_structures(roi_names: list[str], model: LoadedModel) -> dict[str, int]
 
 
 def _min_dice(model: LoadedModel, name: str) -> float:
-    per = (
-        model.config.get("card", {})
-        .get("evaluation_test", {})
-        .get("per_structure", {})
-        .get(name)
-    )
-    if not per or per.get("dice_std") is None:
+    recorded = model.card.test_dice(name)
+    if recorded is None:
         return FALLBACK_MIN_DICE
-    return max(0.0, float(per["dice_mean"]) - 2.0 * float(per["dice_std"]))
+    mean, std = recorded
+    return max(0.0, mean - 2.0 * std)
 
 
 def audit_volume(

@@ -24,7 +24,6 @@ from scipy import ndimage
 from engine.errors import InputError
 from engine.volume import LabelMap, Volume
 
-
 # Body voxels and histogram bins (HU): shared by the check and the threshold script.
 BODY_HU = -500.0
 HU_BINS = np.arange(-500.0, 1550.0, 50.0)

@@ -58,6 +58,11 @@ from engine.infer.displacement import (
     warp_labels,
     working_grid,
 )
+from engine.infer.methods import (
+    CLASSICAL_METHODS,
+    METHOD_PARAMETERS,
+    propagation_models,
+)
 from engine.infer.segment import write_dicom_outputs
 from engine.io.contour_input import read_contours
 from engine.io.nifti import write_displacement_field
@@ -77,7 +82,6 @@ Progress = Callable[[str, int], None]
 _warp_border = Warp(mode="bilinear", padding_mode="border")
 _warp_zeros = Warp(mode="bilinear", padding_mode="zeros")
 
-CLASSICAL_METHODS = tuple(elastix.METHOD_PARAMETERS)
 # Working grid of the classical methods: fine enough for a 20 mm B-spline grid and
 # sub-voxel rigid accuracy, coarse enough for a few seconds per elastix level on 2 cores.
 CLASSICAL_SPACING_MM = (2.5, 2.5, 2.5)
@@ -147,9 +151,7 @@ class PropagationResult:
 
 def PROPAGATION_MODELS(weights_dir: Path | None = None) -> list[str]:
     """Names ``propagate`` accepts: the classical methods, then the shipped joint models."""
-    from engine.models.joint import available_joint_models
-
-    return [*CLASSICAL_METHODS, *available_joint_models(weights_dir or WEIGHTS_DIR)]
+    return propagation_models(weights_dir or WEIGHTS_DIR)
 
 
 def _spacing(value) -> tuple[float, float, float]:
@@ -173,7 +175,7 @@ def load_method(name: str, weights_dir: Path | None = None) -> PropagationMethod
             CLASSICAL_SPACING_MM,
             CLASSICAL_WINDOW_HU,
             elastix.parameters_sha256(name),
-            {"parameters": list(elastix.METHOD_PARAMETERS[name])},
+            {"parameters": list(METHOD_PARAMETERS[name])},
         )
     from engine.models.joint import load_joint_model
 

@@ -55,7 +55,7 @@ import engine
 from engine.errors import ExportError
 from engine.io.atomic import write_atomically
 from engine.io.dicom_series import LPS_TO_RAS, DicomSeries, SliceRef
-from engine.volume import LabelMap, Volume
+from engine.volume import LabelMap, Volume, hu_as_int16
 
 # Largest |cosine| between two voxel axes still taken as orthogonal (about 0.006 degrees):
 # float32 NIfTI affines are orthogonal to about 1e-7; anything larger is a real shear.
@@ -198,7 +198,7 @@ def write_ct_series(
     if not np.all(np.isfinite(volume.array)):
         raise DicomWriteError("the image holds NaN or infinite values")
     array, affine_lps = _written_grid(volume)
-    stored = np.clip(np.rint(array), -32768, 32767).astype(np.int16)
+    stored = hu_as_int16(array)
     spacing = np.linalg.norm(affine_lps[:3, :3], axis=0)
     row_dir, col_dir = affine_lps[:3, 0] / spacing[0], affine_lps[:3, 1] / spacing[1]
     patient = patient or PatientInfo()

@@ -3,7 +3,7 @@
 Every RTSTRUCT Delineo writes is rasterised back onto the series' grid with
 ``engine.io.rtstruct_import`` (even-odd fill at pixel centres, as a planning system
 reads it) and compared per structure with the label map it was written from (Dice,
-MONAI ``compute_dice``). A structure below ``ROUNDTRIP_MIN_DICE`` fails the export: the
+``engine.metrics.dice``). A structure below ``ROUNDTRIP_MIN_DICE`` fails the export: the
 file would show the physician something else than the delineation on screen.
 """
 
@@ -15,14 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-from monai.metrics import compute_dice
 from pydicom.dataset import Dataset
 
 from engine.errors import ExportError
 from engine.io.atomic import write_atomically
 from engine.io.dicom_series import DicomSeries
 from engine.io.rtstruct_import import RTStructImportError, import_rtstruct
+from engine.metrics import dice
 from engine.structure import Structure
 from engine.volume import LabelMap
 
@@ -31,20 +30,6 @@ ROUNDTRIP_MIN_DICE = 0.98
 
 class RTStructExportError(ExportError):
     """An RTSTRUCT whose contours do not reproduce the label map; the message names the structure."""
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two bool masks (I, J, K); 1.0 when both are empty (nothing to miss)."""
-    both = a | b
-    if not both.any():
-        return 1.0
-    # Dice only depends on the voxels where either mask is set: crop to their box.
-    box = tuple(slice(int(ix.min()), int(ix.max()) + 1) for ix in np.nonzero(both))
-    pred = torch.as_tensor(a[box], dtype=torch.float32)[None, None]
-    ref = torch.as_tensor(b[box], dtype=torch.float32)[None, None]
-    return float(
-        compute_dice(pred, ref, include_background=True, ignore_empty=False)[0, 0]
-    )
 
 
 def _union(boxes: list[tuple[slice, ...]]) -> tuple[slice, ...]:
@@ -96,7 +81,7 @@ def roundtrip_dice(
         union = _union(
             [b for b, m in ((expected_box, expected), (read_box, roi.crop)) if m.any()]
         )
-        scores[s.name] = _dice(
+        scores[s.name] = dice(
             _in_box(roi.crop, read_box, union), _in_box(expected, expected_box, union)
         )
     return scores

@@ -13,6 +13,7 @@ from engine.io.rtstruct_import import ImportedROI
 from engine.results import ResultFolder, safe_file_stem
 from engine.volume import LabelMap
 
+
 def write_roi_masks(
     rois: Sequence[ImportedROI], affine: np.ndarray, out_dir: str | os.PathLike
 ) -> list[dict]:

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 
 from engine.infer.displacement import folding_percent
+from engine.metrics import agreement
 from engine.models.joint import JOINT_LOSSES, JOINT_MODELS, build_joint_model
 from engine.models.joint.base import warp_labels
 from engine.models.registry import sha256_of
@@ -100,15 +100,10 @@ def load_joint_config(path: str | Path) -> dict:
 
 
 def _surface_metrics(pred: torch.Tensor, truth: torch.Tensor, spacing: float) -> dict:
-    """Dice, HD95 and MSD (mm) of two (D, H, W) bool masks; distances None if one is empty."""
-    denom = pred.sum() + truth.sum()
-    dice = float(2 * (pred & truth).sum() / denom) if denom else 1.0
-    if not pred.any() or not truth.any():
-        return {"dice": dice, "hd95_mm": None, "msd_mm": None}
-    p, t = pred[None, None].float(), truth[None, None].float()
-    hd95 = compute_hausdorff_distance(p, t, percentile=95, spacing=spacing)
-    msd = compute_average_surface_distance(p, t, symmetric=True, spacing=spacing)
-    return {"dice": dice, "hd95_mm": float(hd95), "msd_mm": float(msd)}
+    """Dice, HD95 and MSD (mm, ``engine.metrics``) of two (D, H, W) bool masks on an
+    isotropic grid; distances None if one is empty."""
+    found = agreement(pred.cpu().numpy(), truth.cpu().numpy(), (spacing,) * 3)
+    return {"dice": found.dice, "hd95_mm": found.hd95_mm, "msd_mm": found.msd_mm}
 
 
 def _summary(rows: list[dict]) -> dict:

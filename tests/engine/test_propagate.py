@@ -14,6 +14,7 @@ import torch
 from monai.networks.blocks import Warp
 
 from engine.__main__ import main
+from engine.errors import InputError, ModelError
 from engine.infer import propagate as propagate_module
 from engine.infer.displacement import (
     Grid,
@@ -34,13 +35,12 @@ from engine.infer.propagate import (
 )
 from engine.io.contour_input import read_contours
 from engine.io.dicom_series import read_series
-from engine.errors import InputError, ModelError
 from engine.io.rtstruct import build_rtstruct, write_rtstruct
 from engine.io.rtstruct_import import import_rtstruct
 from engine.metrics import surface_metrics
 from engine.models.joint.base import JointOutput
 from engine.models.registry import Structure, UnknownModelError
-from engine.synthetic_deformation import make_pair
+from engine.train.synthetic_deformation import make_pair
 from engine.volume import LabelMap, Volume
 from tests.engine.phantom import write_phantom_series
 

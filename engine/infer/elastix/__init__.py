@@ -25,13 +25,9 @@ import torch
 
 from engine.errors import ToolError
 from engine.infer.displacement import Grid
+from engine.infer.methods import METHOD_PARAMETERS
 
 PARAMETER_DIR = Path(__file__).resolve().parent
-METHOD_PARAMETERS: dict[str, tuple[str, ...]] = {
-    "rigid": ("rigid.txt",),
-    "affine": ("affine.txt",),
-    "elastix-bspline": ("affine.txt", "bspline.txt"),
-}
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 # A run longer than this is stuck; the job fails with a message instead of hanging.
 TIMEOUT_S = 3600
