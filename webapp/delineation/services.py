@@ -140,8 +140,9 @@ def available_models() -> list[str]:
 
 def model_cards() -> list[dict]:
     """For each shipped model: its name and structures (label, name, colour) from its card,
-    and ``audit``: whether it ships a contour-quality critic (card key ``qam``), so it can
-    audit a structure set (``engine.infer.audit.load_critic``)."""
+    ``audit``: whether it ships a contour-quality critic (card key ``qam``), so it can
+    audit a structure set (``engine.infer.audit.load_critic``), and ``domain``: the scans
+    it was trained for (card key ``domain``, ``engine.infer.domain``; absent if none)."""
     cards = []
     for name in available_models():
         entry: dict = {"name": name, "structures": [], "audit": False}
@@ -156,10 +157,30 @@ def model_cards() -> list[dict]:
                 if isinstance(card.get(key), str):
                     entry[key] = card[key]
             entry["audit"] = bool(card.get("qam"))
+            if isinstance(card.get("domain"), dict):
+                entry["domain"] = card["domain"]
         except (ImportError, OSError, ValueError, KeyError, TypeError):
             logger.warning("could not read the card of model %s", name)
         cards.append(entry)
     return cards
+
+
+def domain_notes(report: dict) -> list[dict]:
+    """Before a job is queued: for each usable series of a pre-flight ``report`` and each
+    model with a domain, what its headers already say against that domain
+    (``engine.infer.domain.preflight_findings``): ``{"series", "model", "reasons"}``."""
+    from engine.infer.domain import preflight_findings
+
+    notes = []
+    for card in model_cards():
+        if "domain" not in card:
+            continue
+        for series in report.get("series", []):
+            if series.get("status") == "ok":
+                reasons = preflight_findings(series, card["domain"], card["name"])
+                if reasons:
+                    notes.append({"series": series.get("key") or "", "model": card["name"], "reasons": reasons})
+    return notes
 
 
 def audit_models() -> list[str]:

@@ -92,6 +92,7 @@ def _scan_page(request: HttpRequest, scan: Scan, error: str = "", status: int = 
             "usable": usable,
             "selected": request.POST.get("series") or report.get("selected") or (usable[0] if len(usable) == 1 else ""),
             "models": services.available_models(),
+            "domain_notes": services.domain_notes(report),
             "structure_sets": structure_sets,
             "audit_models": services.audit_models() if structure_sets else [],
             "audit_needs_critic": services.AUDIT_NEEDS_CRITIC,
