@@ -60,10 +60,13 @@ MINUTES ?= 7
 train: install system-packages
 	nice -n 10 $(PY) -m engine train experiments/configs/$(RUN).json --data $(DATA)
 
-# One piece of at most MINUTES minutes (a call on a lent GPU machine: CUDA and bfloat16
-# autocast are used when present), the portable state copied to $$OUT when that is set.
+# One piece of at most MINUTES minutes on a lent GPU machine (CUDA and bfloat16 autocast
+# are used when present), from the data and wheels of experiments/gpu_pack.py carried in
+# .gpu/ (docs/training.md, "On a GPU"); the portable state is copied to $$OUT.
 train-piece:
-	python3 -m engine train experiments/configs/$(RUN).json --data $(DATA) --minutes $(MINUTES)
+	python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/wheels/*.whl
+	python3 experiments/gpu_pack.py unpack /tmp/openkbp
+	PYTHONPATH=/tmp/site python3 -m engine train experiments/configs/$(RUN).json --data /tmp/openkbp --minutes $(MINUTES)
 	if [ -n "$$OUT" ]; then cp experiments/state/$(RUN).pt var/experiments/$(RUN)/log.jsonl "$$OUT"/; fi
 
 clean:

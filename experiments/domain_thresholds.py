@@ -10,6 +10,7 @@ Thresholds (20 val cases: "at most 1 % flagged" means none, so each threshold is
 least strict value that flags no val case; the output signals are measured on each
 model's own delineation of the val and test CTs, engine.infer.segment.segment_volume):
 - extent: the smallest val superior-inferior extent, times 0.9;
+- body volume (voxels above -500 HU): the smallest val body volume, times 0.9;
 - HU histogram: the largest val distance to the training mean histogram, times 1.1;
 - expected structures: those of ANATOMY that both models find on every val CT;
 - volumes: at most the 99th percentile of the training contours per structure (contours,
@@ -35,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from engine.infer.domain import (  # noqa: E402 (after the path is set)
     RELATIONS,
     body_histogram,
+    body_volume_cm3,
     histogram_distance,
     output_findings,
     structure_measures,
@@ -73,7 +75,9 @@ def case_figures(case: str, models: dict) -> dict:
         own = {s.label: s.name for s in model.structures}
         predicted[name] = structure_measures(segment_volume(volume, model), own)
     return {
+        "case": case,
         "extent_mm": superior_extent_mm(volume),
+        "body_cm3": body_volume_cm3(volume),
         "histogram": body_histogram(volume.array),
         "measures": structure_measures(LabelMap(labels, img.affine), names),
         "predicted": predicted,
@@ -81,9 +85,11 @@ def case_figures(case: str, models: dict) -> dict:
 
 
 def image_flags(case: dict, domain: dict) -> bool:
-    """Whether the image signals (extent, HU histogram) of a case flag it."""
-    return case["extent_mm"] < domain["extent_mm"]["threshold"] or (
-        histogram_distance(case["histogram"], domain["hu_histogram"]["reference"])
+    """Whether the image signals (extent, body volume, HU histogram) of a case flag it."""
+    return (
+        case["extent_mm"] < domain["extent_mm"]["threshold"]
+        or case["body_cm3"] < domain["body_cm3"]["threshold"]
+        or histogram_distance(case["histogram"], domain["hu_histogram"]["reference"])
         > domain["hu_histogram"]["threshold"]
     )
 
@@ -125,6 +131,10 @@ def main() -> None:
             "threshold": round(0.9 * min(c["extent_mm"] for c in val), 1),
             "train_range": [round(f(c["extent_mm"] for c in train), 1) for f in (min, max)],
         },
+        "body_cm3": {
+            "threshold": round(0.9 * min(c["body_cm3"] for c in val), 1),
+            "train_range": [round(f(c["body_cm3"] for c in train), 1) for f in (min, max)],
+        },
         "hu_histogram": {
             "bins_hu": [-500, 1500, 50],
             "threshold": round(1.1 * max(val_dist), 3),
@@ -145,7 +155,11 @@ def main() -> None:
 
     def rates(cases: list[dict]) -> dict:
         image = [image_flags(c, domain) for c in cases]
-        out: dict = {"n": len(cases), "flagged_image": int(sum(image))}
+        out: dict = {
+            "n": len(cases),
+            "flagged_image": int(sum(image)),
+            "flagged_image_cases": [c["case"] for c, f in zip(cases, image) if f],
+        }
         for m in MODELS:
             output = [bool(output_findings(c["predicted"][m], domain)[0]) for c in cases]
             either = [a or b for a, b in zip(image, output)]
@@ -153,6 +167,7 @@ def main() -> None:
                 "flagged_output": int(sum(output)),
                 "flagged_any": int(sum(either)),
                 "rate_any": round(sum(either) / len(cases), 4),
+                "flagged_cases": [c["case"] for c, f in zip(cases, either) if f],
                 "reasons": sorted(
                     {r for c in cases for r in output_findings(c["predicted"][m], domain)[0]}
                 ),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from webapp.delineation.models import AccessEvent, Job
+from webapp.delineation.models import AccessEvent, Job, Scan
 
 pytestmark = pytest.mark.django_db
 
@@ -56,3 +56,24 @@ def test_viewer_shows_the_banner(client, alice, flagged_job):
     assert 'id="domain-warning"' in page and "covers 40 mm from top to bottom" in page
     assert "Brainstem (not found)" in page and 'id="acknowledge-domain"' in page
     assert "Succeeded with warnings" in page
+
+
+def test_scan_page_names_the_mismatch_before_a_job(client, alice, alice_job):
+    """The pre-flight report's headers against each model's domain (hn-oar's card: CT of
+    the head and neck, at least 230 mm from top to bottom), shown before anything is queued."""
+    scan = Scan.objects.get(pk=alice_job["scan"])
+    report = dict(scan.preflight)
+    short = {**report["series"][0], "size": [512, 512, 20], "spacing_mm": [0.8, 0.8, 2.0], "axcodes": "LPS"}
+    mr = {**short, "key": "1.2.3.4", "modality": "MR", "size": [256, 256, 160]}
+    Scan.objects.filter(pk=scan.pk).update(preflight={**report, "series": [short, mr]})
+    client.force_login(alice)
+    page = client.get(f"/scans/{scan.pk}/").content.decode()
+    assert 'id="domain-notes"' in page
+    assert "the scan covers 40 mm from top to bottom; the head and neck" in page
+    assert "this is a MR series; hn-oar delineates head and neck CT scans only, so the job would be refused" in page
+
+
+def test_job_lists_say_succeeded_with_warnings(client, alice, flagged_job):
+    client.force_login(alice)
+    page = client.get("/jobs/").content.decode()
+    assert "Succeeded with warnings" in page and "badge succeeded warning" in page

@@ -6,6 +6,8 @@ train split, thresholds set on the val split):
 
 - the DICOM Modality tag: another modality than the card's is refused (``DomainError``);
 - the scan's superior-inferior extent in mm (too short to hold the region);
+- the volume of body in it (voxels above -500 HU, cm3): too little tissue to show the
+  region, e.g. a CT blanked outside a few structures;
 - the HU histogram of the body (HU > -500) against the training set's mean histogram,
   as total-variation distance (0 = same, 1 = no overlap);
 - the model's own output: expected structures found, volume per structure within the
@@ -62,6 +64,46 @@ def superior_extent_mm(volume: Volume) -> float:
     return step * volume.array.shape[axis]
 
 
+def body_volume_cm3(volume: Volume) -> float:
+    """Volume in cm3 of the voxels of ``volume`` (HU) above ``BODY_HU``."""
+    voxel_mm3 = abs(float(np.linalg.det(volume.affine[:3, :3])))
+    return float(np.count_nonzero(volume.array > BODY_HU)) * voxel_mm3 / 1000.0
+
+
+def _extent_reason(extent: float, domain: dict) -> list[str]:
+    """The sentence for a scan ``extent`` mm long from top to bottom, if too short."""
+    if extent >= domain["extent_mm"]["threshold"]:
+        return []
+    return [
+        f"the scan covers {extent:.0f} mm from top to bottom; the "
+        f"{domain['region']} ({domain['field_of_view']}) needs at least "
+        f"{domain['extent_mm']['threshold']:.0f} mm"
+    ]
+
+
+def preflight_findings(series: dict, domain: dict, model_name: str) -> list[str]:
+    """What one series' pre-flight report already says before a job is queued: its
+    Modality tag against the card's (the job would be refused) and its extent.
+
+    ``series``: ``engine.io.preflight.series_report``'s entry (``modality``, ``size``
+    and ``spacing_mm`` per voxel axis, ``axcodes``), read from the headers only.
+    Returns sentences for a physician (empty when nothing is known to be wrong).
+    """
+    reasons = []
+    modality = series.get("modality") or ""
+    if modality and modality.upper() != domain["modality"]:
+        reasons.append(
+            f"this is a {modality} series; {model_name} delineates {domain['region']} "
+            f"{domain['modality']} scans only, so the job would be refused"
+        )
+    axcodes, size, spacing = (series.get(k) for k in ("axcodes", "size", "spacing_mm"))
+    if axcodes and size and spacing:
+        axis = next((i for i, c in enumerate(axcodes) if c in "SI"), None)
+        if axis is not None:
+            reasons += _extent_reason(size[axis] * spacing[axis], domain)
+    return reasons
+
+
 def body_histogram(hu: np.ndarray) -> np.ndarray:
     """Normalised histogram over ``HU_BINS`` of the voxels above ``BODY_HU``
     (``hu``: any shape, HU); all zeros when no voxel is above."""
@@ -100,15 +142,16 @@ def image_findings(volume: Volume, domain: dict) -> tuple[dict, list[str]]:
     """The image signals of ``volume`` (float32 (I, J, K), HU, RAS affine) and the
     reasons (sentences for a physician) those outside the card's thresholds give."""
     extent = superior_extent_mm(volume)
+    body = body_volume_cm3(volume)
     distance = histogram_distance(
         body_histogram(volume.array), domain["hu_histogram"]["reference"]
     )
-    reasons = []
-    if extent < domain["extent_mm"]["threshold"]:
+    reasons = _extent_reason(extent, domain)
+    if body < domain["body_cm3"]["threshold"]:
         reasons.append(
-            f"the scan covers {extent:.0f} mm from top to bottom; the "
-            f"{domain['region']} ({domain['field_of_view']}) needs at least "
-            f"{domain['extent_mm']['threshold']:.0f} mm"
+            f"the scan shows only {body:.0f} cm3 of tissue; a {domain['region']} "
+            f"{domain['modality']} ({domain['field_of_view']}) shows at least "
+            f"{domain['body_cm3']['threshold']:.0f} cm3"
         )
     if distance > domain["hu_histogram"]["threshold"]:
         reasons.append(
@@ -116,7 +159,11 @@ def image_findings(volume: Volume, domain: dict) -> tuple[dict, list[str]]:
             f"{domain['modality']} (HU histogram distance {distance:.2f}, "
             f"limit {domain['hu_histogram']['threshold']:.2f})"
         )
-    signals = {"extent_mm": round(extent, 1), "hu_histogram_distance": round(distance, 3)}
+    signals = {
+        "extent_mm": round(extent, 1),
+        "body_cm3": round(body, 1),
+        "hu_histogram_distance": round(distance, 3),
+    }
     return signals, reasons
 
 

@@ -9,8 +9,10 @@
   let timer = null;
 
   function statusCell(job) {
-    const label = { queued: "Queued", running: "Running", succeeded: "Done", failed: "Failed" }[job.status] || job.status;
-    return el("td", {}, el("span", { class: `badge ${job.status}`, "data-status": job.status, text: label }));
+    const label = job.outside_domain ? job.status_label
+      : { queued: "Queued", running: "Running", succeeded: "Done", failed: "Failed" }[job.status] || job.status;
+    const badge = `badge ${job.status}${job.outside_domain ? " warning" : ""}`;
+    return el("td", {}, el("span", { class: badge, "data-status": job.status, title: job.outside_domain ? job.domain.reasons.join("; ") : null, text: label }));
   }
 
   const KIND = { segment: "Delineation", audit: "Contour audit", propagate: "Contour propagation" };

@@ -1,6 +1,6 @@
 /* Slice viewer: CT slices with structure overlays, drawn with plotly.js (served locally).
    Slices come from GET /api/jobs/<id>/slice/?plane=&index= already in display
-   orientation (radiological; see webapp/delineation/services.py), with pixel spacing
+   orientation (radiological; see webapp/delineation/viewer.py), with pixel spacing
    (row, column) in mm: heatmaps are drawn in mm so the aspect ratio is physical. */
 "use strict";
 
@@ -210,8 +210,11 @@
   function structureTable() {
     const body = document.querySelector("#structures-table tbody");
     body.replaceChildren();
+    // The domain check's implausible structures (engine.infer.domain): marked, with why.
+    const implausible = (state.job && state.job.outside_domain && state.job.domain.structures) || {};
     for (const st of state.structures) {
       const found = st.volume_cm3 > 0;
+      const why = implausible[st.name];
       const toggle = el("input", { type: "checkbox", checked: st.visible, "data-label": st.label, "aria-label": `Show ${st.name}` });
       toggle.addEventListener("change", () => { st.visible = toggle.checked; draw(); });
       const opacity = el("input", { type: "range", min: 0, max: 100, value: Math.round(st.opacity * 100), "aria-label": `${st.name} opacity` });
@@ -221,9 +224,11 @@
         const centre = state.slice && state.slice.centres[String(st.label)];
         if (centre) show(state.plane, centre[AXIS[state.plane]]);
       });
-      body.append(el("tr", { "data-structure": st.name, class: found ? null : "absent" },
+      const rowClass = [found ? null : "absent", why ? "implausible" : null].filter(Boolean).join(" ") || null;
+      body.append(el("tr", { "data-structure": st.name, class: rowClass, title: why ? `Implausible: ${why}` : null },
         el("td", {}, toggle),
-        el("td", {}, el("span", { class: "swatch", style: `background:${rgb(st.color)}` }), ` ${st.name}`),
+        el("td", {}, el("span", { class: "swatch", style: `background:${rgb(st.color)}` }), ` ${st.name}`,
+          why ? el("span", { class: "implausible-mark", text: " ⚠ implausible" }) : null),
         el("td", { class: "num", text: found ? st.volume_cm3.toFixed(1) : "not found" }),
         el("td", {}, opacity),
         el("td", {}, goTo)));
@@ -436,8 +441,8 @@
       return;
     }
     const badge = document.getElementById("job-status");
-    badge.className = `badge ${job.status}`;
-    badge.textContent = job.status;
+    badge.className = `badge ${job.status}${job.outside_domain ? " warning" : ""}`;
+    badge.textContent = job.status_label;
     if (job.status === "queued" || job.status === "running") {
       showError(`The job is ${job.status} (${job.stage} ${job.progress}%); the slices appear when it is done.`);
       setTimeout(start, 2000);

@@ -250,3 +250,73 @@ def test_upload_and_view_contours(stack, driver, tmp_path):
     screenshot(driver, "viewer_audit.png")
     errors = driver.find_element(By.ID, "viewer-error").text
     assert not errors, errors
+
+
+def test_abdominal_ct_warns_before_its_rtstruct_is_downloaded(stack, driver, tmp_path):
+    """The totalseg example (an abdominal CT, 512 x 512 x 20) through the browser with
+    hn-rt: the scan page says before the job that the series is too short for a head and
+    neck CT, the job is "Succeeded with warnings", the viewer shows the banner with the
+    reasons and marks implausible structures, and the RTSTRUCT downloads only once the
+    warning's box is ticked (the API refuses it without the acknowledgement: 409).
+    Runs after test_upload_and_view_contours, whose login the driver keeps."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    folder = tmp_path / "abdomen"
+    shutil.copytree(data_dir("totalseg_example", "example_ct_dicom"), folder)
+    driver.get(f"{stack.base_url}/upload/")
+    if "/accounts/login/" in driver.current_url:  # run on its own: log in first
+        username, password = stack.create_account()
+        driver.find_element(By.ID, "id_username").send_keys(username)
+        driver.find_element(By.ID, "id_password").send_keys(password)
+        driver.find_element(By.CSS_SELECTOR, "#login-form button[type=submit]").click()
+        wait_for(lambda: "/upload/" in driver.current_url and "/accounts/" not in driver.current_url, 30, "upload page")
+    driver.find_element(By.ID, "folder-input").send_keys(str(folder))
+    driver.find_element(By.ID, "upload-button").click()
+    wait_for(lambda: "/scans/" in driver.current_url or driver.find_element(By.ID, "upload-error").text, 180, "upload")
+    assert "/scans/" in driver.current_url, driver.find_element(By.ID, "upload-error").text
+
+    # Before any job: the pre-flight already names the mismatch, from the headers.
+    notes = driver.find_element(By.ID, "domain-notes").text
+    assert "hn-rt" in notes and "covers 40 mm from top to bottom" in notes, notes
+    Select(driver.find_element(By.ID, "id_model")).select_by_value("hn-rt")
+    driver.find_element(By.ID, "delineate-button").click()
+    wait_for(lambda: "/jobs/?new=" in driver.current_url, 60, "the job list after queueing")
+    job_id = driver.current_url.split("new=")[1]
+    assert "succeeded" in wait_for_job(driver, job_id)
+    badge = driver.find_element(By.CSS_SELECTOR, f"tr[data-job-id='{job_id}'] .badge").text
+    assert badge == "Succeeded with warnings", badge
+
+    driver.get(f"{stack.base_url}/jobs/{job_id}/")
+    wait_for(lambda: driver.find_element(By.ID, "job-status").text == "Succeeded with warnings", 30, "the badge")
+    banner = driver.find_element(By.ID, "domain-warning").text
+    assert "hn-rt delineates head and neck CT scans" in banner and "covers 40 mm" in banner, banner
+    wait_for(lambda: driver.find_elements(By.ID, "download-rtstruct"), 60, "the download links")
+    marked = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#structures-table tr.implausible'), r => r.dataset.structure);"
+    )
+    job = driver.execute_script("return window.fetch(arguments[0]).then(r => r.json());", f"/api/jobs/{job_id}/")
+    assert job["outside_domain"] and set(marked) == set(job["domain"]["structures"]), (marked, job["domain"])
+    screenshot(driver, "viewer_outside_domain.png")
+
+    link = driver.find_element(By.ID, "download-rtstruct")
+    href = link.get_attribute("href")
+    assert href.endswith("?acknowledge=outside-domain"), href
+    plain = driver.execute_script("return window.fetch(arguments[0]).then(r => r.status);", href.split("?")[0])
+    assert plain == 409
+    link.click()  # not ticked: the page stops the download and says why
+    alert = wait_for(lambda: _alert(driver), 10, "the alert")
+    assert "I have read this warning" in alert.text
+    alert.accept()
+    driver.find_element(By.ID, "acknowledge-domain").click()
+    status = driver.execute_script("return window.fetch(arguments[0]).then(r => r.status);", href)
+    assert status == 200
+
+
+def _alert(driver):
+    from selenium.common.exceptions import NoAlertPresentException
+
+    try:
+        return driver.switch_to.alert
+    except NoAlertPresentException:
+        return None

@@ -11,8 +11,10 @@ from engine.infer.domain import (
     HU_BINS,
     DomainError,
     body_histogram,
+    body_volume_cm3,
     check_domain,
     check_modality,
+    preflight_findings,
     superior_extent_mm,
 )
 from engine.models.registry import WEIGHTS_DIR
@@ -36,6 +38,7 @@ def _domain() -> dict:
         "region": "head and neck",
         "field_of_view": "from above the brainstem to below the larynx",
         "extent_mm": {"threshold": 60.0},
+        "body_cm3": {"threshold": 200.0},  # the phantom holds 360 cm3 of body
         "hu_histogram": {"threshold": 0.2, "reference": list(body_histogram(_ct().array))},
         "expected_structures": ["Brainstem", "SpinalCord", "Mandible"],
         "volume_cm3": {name: [0.1, 10.0] for name in NAMES.values()},
@@ -80,6 +83,34 @@ def test_short_scan_is_flagged_with_its_extent():
     assert not result["in_domain"]
     assert any("covers 40 mm from top to bottom" in r for r in result["reasons"])
     assert superior_extent_mm(short) == pytest.approx(40.0)
+
+
+def test_too_little_tissue_is_flagged_with_its_volume():
+    ct = _ct()
+    assert body_volume_cm3(ct) == pytest.approx(30 * 30 * 40 * 10 / 1000)
+    sliver = ct.array.copy()
+    sliver[5:35, 5:20, :] = -1024.0  # blanked outside a strip, as some OpenKBP CTs are
+    result = check_domain(Volume(sliver, AFFINE), _labels(), NAMES, _domain(), "hn-rt")
+    assert any("shows only 180 cm3 of tissue" in r and "at least 200 cm3" in r for r in result["reasons"])
+    assert result["signals"]["body_cm3"] == pytest.approx(180.0)
+
+
+def _series(modality: str, size: list[int], spacing: list[float], axcodes: str) -> dict:
+    return {"modality": modality, "size": size, "spacing_mm": spacing, "axcodes": axcodes, "status": "ok"}
+
+
+def test_preflight_names_modality_and_extent_from_the_headers():
+    assert preflight_findings(_series("CT", [512, 512, 100], [1.0, 1.0, 2.0], "LPS"), _domain(), "hn-rt") == []
+    # The superior-inferior axis is the one whose code is S or I, wherever it is.
+    short = preflight_findings(_series("CT", [20, 512, 512], [2.0, 1.0, 1.0], "SRA"), _domain(), "hn-rt")
+    assert short == [
+        "the scan covers 40 mm from top to bottom; the head and neck (from above the brainstem "
+        "to below the larynx) needs at least 60 mm"
+    ]
+    mr = preflight_findings(_series("MR", [256, 256, 100], [1.0, 1.0, 1.0], "RAS"), _domain(), "hn-rt")
+    assert mr == ["this is a MR series; hn-rt delineates head and neck CT scans only, so the job would be refused"]
+    # A NIfTI volume has no Modality: nothing to say from it.
+    assert preflight_findings(_series("", [64, 64, 64], [2.0, 2.0, 2.0], "RAS"), _domain(), "hn-rt") == []
 
 
 def test_other_densities_are_flagged():

@@ -81,20 +81,37 @@ def test_neck_without_the_head_is_flagged_on_the_brainstem():
     assert "Brainstem" in result["structures"]
 
 
-def test_openkbp_test_split_image_signals_never_fire():
+def test_head_without_the_neck_is_flagged_on_its_extent():
+    case = data_dir("openkbp", "pt_104")
+    volume = read_volume(case / "ct.nii.gz")
+    mandible = read_labels(case / "mask_Mandible.nii.gz").array > 0
+    lowest = int(np.nonzero(mandible.any(axis=(0, 1)))[0].min())
+    head = type(volume)(volume.array[:, :, lowest:].copy(), volume.affine)
+    _, reasons = image_findings(head, DOMAIN)
+    assert any(
+        "covers 213 mm from top to bottom" in r and "to below the larynx) needs at least 230 mm" in r
+        for r in reasons
+    ), reasons
+
+
+def test_openkbp_test_split_flags_only_the_blanked_ct():
+    """Of the 30 test CTs the image signals flag one, pt_143: the OpenKBP release blanked
+    it (-1024 HU) outside a strip around the cervical spine, so it shows no brainstem,
+    mandible or parotid (none is contoured either): outside the domain, rightly flagged.
+    None of the other 29 is flagged (<= 1 %)."""
     split = json.loads(data_dir("openkbp", "split.json").read_text())["test"]
-    flagged = [
-        c
+    flagged = {
+        c: reasons
         for c in split
-        if image_findings(read_volume(data_dir("openkbp", c) / "ct.nii.gz"), DOMAIN)[1]
-    ]
-    assert len(flagged) / len(split) <= 0.01, flagged
+        if (reasons := image_findings(read_volume(data_dir("openkbp", c) / "ct.nii.gz"), DOMAIN)[1])
+    }
+    assert list(flagged) == ["pt_143"], flagged
+    assert any("shows only 546 cm3 of tissue" in r for r in flagged["pt_143"]), flagged
     # The output signals need the network on every case: their rate is the committed
     # output of experiments/domain_thresholds.py for the weights on the cards.
     recorded = json.loads((REPO / "experiments" / "results" / "domain-hn.json").read_text())
     assert recorded["domain"] == DOMAIN
-    assert recorded["weights_sha256"]["hn-oar"] == load_model("hn-oar").weights_sha256
-    assert recorded["test"]["hn-oar"]["rate_any"] <= 0.01
-    # hn-rt misses the brainstem of 1 of the 30 test CTs (3.3 %): above the 1 % the
-    # issue asks for; kept visible here rather than loosened.
-    assert recorded["test"]["hn-rt"]["flagged_any"] <= 1
+    for model in ("hn-oar", "hn-rt"):
+        assert recorded["weights_sha256"][model] == load_model(model).weights_sha256
+        assert recorded["test"][model]["flagged_cases"] == ["pt_143"]
+        assert recorded["val"][model]["flagged_any"] == 0

@@ -94,6 +94,7 @@ def _scan_page(request: HttpRequest, scan: Scan, error: str = "", status: int = 
             "usable": usable,
             "selected": request.POST.get("series") or report.get("selected") or (usable[0] if len(usable) == 1 else ""),
             "models": engine_client.available_models(),
+            "domain_notes": engine_client.domain_notes(report),
             "structure_sets": structure_sets,
             "audit_models": engine_client.audit_models() if structure_sets else [],
             "audit_needs_critic": rules.AUDIT_NEEDS_CRITIC,
