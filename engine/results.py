@@ -128,7 +128,7 @@ class ResultFolder:
         table, taken = [], {self.MASKS}
         for s in structures:
             box, inside = labels.mask_in_box(s.label)
-            entry = {
+            entry: dict[str, Any] = {
                 "label": s.label,
                 "name": s.name,
                 "color": list(s.color),

@@ -107,7 +107,8 @@ class Volume:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel spacing in mm along I, J, K."""
-        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+        x, y, z = (float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+        return (x, y, z)
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,8 @@ class LabelMap:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel spacing in mm along I, J, K."""
-        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+        x, y, z = (float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+        return (x, y, z)
 
     @property
     def voxel_volume_mm3(self) -> float:

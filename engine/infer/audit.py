@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -120,7 +121,9 @@ def _crop_centred(array: np.ndarray, centre: np.ndarray, size: int) -> np.ndarra
         lo, hi = max(start, 0), min(start + size, n)
         src.append(slice(lo, hi))
         dst.append(slice(lo - start, hi - start))
-    out[(..., *dst)] = array[(..., *src)]
+    into: tuple[Any, ...] = (..., *dst)
+    taken: tuple[Any, ...] = (..., *src)
+    out[into] = array[taken]
     return out
 
 

@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -154,8 +155,8 @@ def PROPAGATION_MODELS(weights_dir: Path | None = None) -> list[str]:
     return propagation_models(weights_dir or WEIGHTS_DIR)
 
 
-def _spacing(value) -> tuple[float, float, float]:
-    values = [float(value)] * 3 if np.isscalar(value) else [float(v) for v in value]
+def _spacing(value: Any) -> tuple[float, float, float]:
+    values = [float(value)] * 3 if isinstance(value, int | float) else [float(v) for v in value]
     if len(values) != 3:
         raise ValueError(f"spacing_mm must be a number or three numbers, got {value}")
     return (values[0], values[1], values[2])
@@ -251,7 +252,7 @@ def compose_ddf(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
 
 
 def network_region(
-    shape: tuple[int, int, int], centre: np.ndarray
+    shape: tuple[int, ...], centre: np.ndarray
 ) -> tuple[slice, slice, slice]:
     """The box of the working grid a joint network sees: ``JOINT_REGION_VOXELS`` (or the
     whole axis where the grid is smaller) around ``centre`` (voxels), kept inside."""
@@ -263,7 +264,7 @@ def network_region(
     return (box[0], box[1], box[2])
 
 
-def taper(shape: tuple[int, int, int], region: tuple[slice, ...]) -> torch.Tensor:
+def taper(shape: tuple[int, ...], region: tuple[slice, ...]) -> torch.Tensor:
     """Weights (X', Y', Z') of ``region``: 1 inside, falling to 0 along a half cosine over
     the ``TAPER_VOXELS`` next to each face of the box that is inside the grid (a face on
     the grid's edge keeps 1), so a field that is zero outside the box stays continuous."""

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
+from engine.errors import InputError
 from engine.io.dicom_series import DicomSeries
 from engine.io.nifti import NiftiError, read_labels
-from engine.errors import InputError
 from engine.io.reader import is_nifti
 from engine.io.rtstruct_import import import_rtstruct, read_rtstruct
 from engine.results import ResultFolder
@@ -145,7 +146,7 @@ def _from_mask_folder(folder: Path):
         stem = path.name[: -len(".nii.gz")] if path.name.endswith(".gz") else path.stem
         masks.append(mask.array > 0)
         entries.append(_entry(n, names.get(path.name, stem), None))
-    return _paint(masks, entries, affine)
+    return _paint(masks, entries, cast(np.ndarray, affine))  # the folder holds a mask
 
 
 def read_contours(

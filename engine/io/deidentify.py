@@ -230,7 +230,8 @@ class Deidentifier:
                 action = "U"
             if action == "X/Z/U*":
                 action = "K" if elem.VR == "SQ" else "U" if elem.VR == "UI" else "Z"
-            action = _RESOLVED.get(action, action)
+            if action is not None:
+                action = _RESOLVED.get(action, action)
             if elem.tag == _ROI_NAME:
                 self._roi_name(ds, elem)
             elif action == "X":

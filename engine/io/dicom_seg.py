@@ -34,6 +34,7 @@ import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -155,11 +156,12 @@ def _frame_order(series: DicomSeries) -> np.ndarray:
     if all(f is None for f in frames):
         return np.arange(len(frames))
     n_frames = int(series.header.get("NumberOfFrames", 0) or 0)
-    if None in frames or sorted(frames) != list(range(1, n_frames + 1)):
+    numbers = [f for f in frames if f is not None]
+    if len(numbers) < len(frames) or sorted(numbers) != list(range(1, n_frames + 1)):
         raise DicomSegError(
             "the multi-frame source's frames are not exactly the volume's slices"
         )
-    return np.argsort(frames)
+    return np.argsort(numbers)
 
 
 def segment_description(
@@ -220,6 +222,9 @@ def build_segmentation(
         lut[structure.label] = number
     numbers = lut[labels.array]  # (I, J, K); integer arrays index directly, no copy
     planes = numbers.transpose(2, 1, 0)[_frame_order(series)]  # source frame order
+    # A list of values, as DICOM Software Versions (LO, VM 1-n) takes; highdicom's
+    # annotation names a single string or a 1-tuple only.
+    software_versions: Any = [f"delineo {engine.__version__}", f"weights sha256 {weights_sha256[:16]}"]
     seg = hd.seg.Segmentation(
         source_images=source_datasets(series),
         pixel_array=np.ascontiguousarray(planes),
@@ -234,10 +239,7 @@ def build_segmentation(
         instance_number=1,
         manufacturer="Delineo",
         manufacturer_model_name=model_name,
-        software_versions=[
-            f"delineo {engine.__version__}",
-            f"weights sha256 {weights_sha256[:16]}",
-        ],
+        software_versions=software_versions,
         device_serial_number="none",
         content_label="DELINEO",
         content_description=f"Delineo {model_name}"[:64],

@@ -67,7 +67,7 @@ class SliceRef:
 
     sop_class_uid: str
     sop_instance_uid: str
-    position_lps: tuple[float, float, float]
+    position_lps: tuple[float, ...]  # (x, y, z)
     frame_number: int | None = None
 
 

@@ -43,6 +43,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -252,11 +253,11 @@ def write_ct_series(
     # The positions as written (Decimal Strings), so the affine is what a reader gets.
     written_affine = affine_lps.copy()
     written_affine[:3, 3] = slices[0].position_lps
-    meta = {"source": "dicom-export", "modality": "CT", "notes": []}
+    exported = {"source": "dicom-export", "modality": "CT", "notes": []}
     series = DicomSeries(
-        Volume(stored.astype(np.float32), LPS_TO_RAS @ written_affine, meta=meta),
+        Volume(stored.astype(np.float32), LPS_TO_RAS @ written_affine, meta=exported),
         slices,
-        header,
+        cast(pydicom.Dataset, header),  # set from the first slice written
     )
     return WrittenSeries(series, paths, directory)
 

@@ -28,6 +28,7 @@ from engine.results import ResultFolder
 from engine.structure import Structure
 from engine.volume import LabelMap
 
+
 @dataclass(frozen=True)
 class Approval:
     """Who approved a structure set and when: DICOM Reviewer Name (PN) and Review Date/Time."""
@@ -93,7 +94,8 @@ def write_final_rtstruct(
         source = choices.get(s.name, "propagated")
         if source == "direct" and direct is None:
             raise InputError(f"{s.name}: this model made no direct segmentation of the daily scan.")
-        merged[(direct if source == "direct" else propagated).array == s.label] = s.label
+        chosen = direct if source == "direct" and direct is not None else propagated
+        merged[chosen.array == s.label] = s.label
         kept[s.name] = source
     labels = LabelMap(merged, propagated.affine)
     series = referenced_series(folder, daily_input, series_key, "daily scan")

@@ -28,6 +28,7 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pydicom
@@ -74,7 +75,7 @@ class ImportedROI:
         """The ROI on the whole grid (I, J, K), a new array on each read."""
         if self.box is None:
             return self.crop
-        mask = np.zeros(self.grid_shape, dtype=bool)
+        mask = np.zeros(cast(tuple[int, int, int], self.grid_shape), dtype=bool)
         mask[self.box] = self.crop
         return mask
 

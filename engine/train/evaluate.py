@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ def evaluate(model: LoadedModel, data: Path, split: str) -> dict:
             continue
         ct, masks, available = load_case(data, case, structures)
         labels = segment_volume(ct, model).array
-        row = {"case": case}
+        row: dict[str, Any] = {"case": case}
         for i, s in enumerate(structures):
             if available[i]:
                 found = agreement(labels == s["label"], masks[i], ct.spacing)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,7 +109,7 @@ def _surface_metrics(pred: torch.Tensor, truth: torch.Tensor, spacing: float) ->
 
 def _summary(rows: list[dict]) -> dict:
     """Mean of each metric over the rows where it exists."""
-    out = {"n": len(rows)}
+    out: dict[str, Any] = {"n": len(rows)}
     for key in ("dice", "hd95_mm", "msd_mm"):
         values = [r[key] for r in rows if r.get(key) is not None]
         out[key] = round(float(np.mean(values)), 4) if values else None
@@ -136,7 +137,7 @@ def evaluate_pairs(
     rows: dict[str, dict[str, list[dict]]] = {
         kind: {n: [] for n in names} for kind in ("propagated", "identity", "direct")
     }
-    per_pair = []
+    per_pair: list[dict[str, Any]] = []
     for pair_name, pair in pairs:
         fixed, moving = pair["fixed"][None], pair["moving"][None]
         start = time.perf_counter()
@@ -191,7 +192,7 @@ def evaluate_pairs(
         values = [p[key] for p in per_pair if p.get(key) is not None]
         return round(float(np.mean(values)), 4) if values else None
 
-    result = {
+    result: dict[str, Any] = {
         "n_pairs": len(pairs),
         "propagated": table("propagated"),
         "identity": table("identity"),
@@ -256,7 +257,8 @@ class JointTrainer(Trainer):
         self.val_pairs = evaluation_pairs(
             load_cases(self.data, "val", model, cache),
             training["eval_patch"],
-            *training["val_pairs"],
+            training["val_pairs"][0],
+            training["val_pairs"][1],
             self.seed,
         )
         self.sampler = PairSampler(
@@ -299,7 +301,7 @@ class JointTrainer(Trainer):
         )
         test_cases = load_cases(self.data, self.evaluate_split, model, self.cache)
         test = evaluation_pairs(
-            test_cases, training["eval_patch"], *training["test_pairs"], self.seed + 1
+            test_cases, training["eval_patch"], training["test_pairs"][0], training["test_pairs"][1], self.seed + 1
         )
         best_val = max(
             (r for r in self.log if "val" in r), key=lambda r: r["val"]["mean"]

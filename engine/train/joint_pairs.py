@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,7 +80,8 @@ def crop(
         lo, hi = max(start, 0), min(start + s, n)
         src.append(slice(lo, hi))
         dst.append(slice(lo - start, hi - start))
-    out_i[(0, *dst)] = image[tuple(src)]
+    into: tuple[Any, ...] = (0, *dst)
+    out_i[into] = image[tuple(src)]
     out_m[(slice(None), *dst)] = masks[(slice(None), *src)]
     return out_i, out_m
 

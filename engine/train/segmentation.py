@@ -18,6 +18,7 @@ import copy
 import hashlib
 import json
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -123,7 +124,7 @@ class PatchSampler:
         if present and self.rng.random() < self.fg:
             w = self.weights[present] / self.weights[present].sum()
             s = present[int(self.rng.choice(len(present), p=w))]
-            vox = self.fg_voxels[k][s]
+            vox = cast(np.ndarray, self.fg_voxels[k][s])  # present: not None
             centre = np.array(
                 np.unravel_index(vox[self.rng.integers(len(vox))], shape)
             ) + self.rng.integers(

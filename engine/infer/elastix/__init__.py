@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -76,7 +77,7 @@ def read_deformation_field(path: Path, grid: Grid) -> torch.Tensor:
     Raises:
         ElastixError: the field is not on ``grid``.
     """
-    image = nib.load(path)
+    image = cast(nib.Nifti1Image, nib.load(path))
     field = np.asarray(image.dataobj, dtype=np.float64).reshape(*image.shape[:3], 3)
     if field.shape[:3] != tuple(grid.shape) or not np.allclose(
         image.affine, grid.affine, atol=1e-3
