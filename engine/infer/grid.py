@@ -37,7 +37,7 @@ def image_to_model_grid(
     Returns a MetaTensor of shape (1, X, Y, Z), float32, HU clipped to ``window_hu`` and
     scaled to [0, 1], whose ``affine`` maps model voxels to RAS mm.
     """
-    img = _meta(volume.array.astype(np.float32), volume.affine)
+    img = _meta(np.asarray(volume.array, dtype=np.float32), volume.affine)
     img = Orientation(axcodes=axcodes)(img)
     img = Spacing(pixdim=tuple(spacing_mm), mode="bilinear", padding_mode="border")(img)
     lo, hi = window_hu

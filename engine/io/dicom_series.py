@@ -647,7 +647,8 @@ def _pixels(frame: Frame, cache: dict[int, np.ndarray]) -> np.ndarray:
 def assemble_series(
     candidate: SeriesCandidate, notes: list[str] | None = None
 ) -> DicomSeries:
-    """Assemble one series candidate into a ``DicomSeries``; volume.array is float32 (I, J, K).
+    """Assemble one series candidate into a ``DicomSeries``; volume.array is float32
+    (I, J, K), in Fortran order.
 
     Raises:
         DicomSeriesError: see ``plan_geometry``; also pixel data that cannot be decoded
@@ -656,7 +657,10 @@ def assemble_series(
     geometry = plan_geometry(candidate)
     ordered = geometry.frames
     first = ordered[0]
-    array = np.empty((first.columns, first.rows, len(ordered)), dtype=np.float32)
+    # Fortran order (NIfTI's): each slice is contiguous, so filling it, writing the
+    # NIfTI and cutting axial slices read memory in order.
+    shape = (first.columns, first.rows, len(ordered))
+    array = np.empty(shape, dtype=np.float32, order="F")
     cache: dict[int, np.ndarray] = {}
     for k, frame in enumerate(ordered):
         pixels = _pixels(frame, cache).astype(np.float32)
