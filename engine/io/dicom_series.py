@@ -37,7 +37,12 @@ import pydicom
 from pydicom.datadict import dictionary_description
 from pydicom.uid import ImplicitVRLittleEndian, UncompressedTransferSyntaxes
 
-from engine.io.dicom_files import IMAGE_SOP_CLASSES, damaged_files_message, read_upload
+from engine.io.dicom_files import (
+    IMAGE_SOP_CLASSES,
+    damaged_files_message,
+    pixel_data_length,
+    read_upload,
+)
 from engine.volume import GeometryError, Volume, check_input_grid
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -488,7 +493,7 @@ def pixel_data_problem(ds: pydicom.Dataset) -> str | None:
     if representation not in (0, 1):
         return f"{name}: Pixel Representation is {representation}; it must be 0 (unsigned) or 1 (signed)"
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    length = len(ds.get("PixelData") or b"")
+    length = pixel_data_length(ds)
     if (syntax or ImplicitVRLittleEndian) in UncompressedTransferSyntaxes:
         needed = rows * columns * frames * samples * bits // 8
         if length < needed:
