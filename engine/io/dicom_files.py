@@ -140,6 +140,7 @@ def _read_dataset(source: Path | BinaryIO, pixels: bool = True) -> pydicom.Datas
     if element is not None and element.value is None:
         held = max(_source_size(source) - element.value_tell, 0)
         ds[PIXEL_DATA] = element._replace(length=min(element.length, held))
+    ds.buffer = None  # a zip entry's bytes: kept for a deferred read, which never comes
     return ds
 
 
@@ -149,9 +150,9 @@ def pixel_data_length(ds: pydicom.Dataset) -> int:
     element = ds.get_item(PIXEL_DATA, keep_deferred=True)
     if element is None:
         return 0
-    if element.value is None:  # deferred: its length is what the file holds
+    if element.is_raw and element.value is None:  # deferred: its length is what the file holds
         return int(element.length)
-    return len(element.value)
+    return len(element.value or b"")
 
 
 def read_upload(path: str | Path, pixels: bool = True) -> DicomUpload:
