@@ -76,7 +76,10 @@ def main() -> int:
             if args.reference is not None:
                 scores = compare(out, args.reference / case.name / model, series)
                 rows.append((case.name, model, scores))
-                print(json.dumps({"case": case.name, "model": model, **scores}), flush=True)
+                print(
+                    json.dumps({"case": case.name, "model": model, **scores}),
+                    flush=True,
+                )
     if rows:
         print("\n| case | model | min Dice, labels | min Dice, RTSTRUCT read back |")
         print("|---|---|---|---|")

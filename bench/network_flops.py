@@ -75,7 +75,9 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     peak = matmul_gflops(args.repeats)
-    print(f"{args.threads} threads; 4096 x 4096 float32 matrix product: {peak:.0f} GFLOP/s\n")
+    print(
+        f"{args.threads} threads; 4096 x 4096 float32 matrix product: {peak:.0f} GFLOP/s\n"
+    )
     print(
         "| model | window | windows on the grid | GFLOP per window | first window | "
         "no_grad | inference_mode | GFLOP/s (inference_mode) | of the matrix-product "

@@ -26,10 +26,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.fullres import fullres_ct
-from engine.io.dicom_write import write_ct_series
-from engine.io.nifti import read_volume
-from tests.stack import DATA, Stack, zip_folder
+from bench.fullres import fullres_ct  # noqa: E402
+from engine.io.dicom_write import write_ct_series  # noqa: E402
+from engine.io.nifti import read_volume  # noqa: E402
+from tests.stack import DATA, Stack, zip_folder  # noqa: E402
 
 FULLRES = "openkbp pt_104 resampled (512x512x192, 0.977x0.977x2 mm)"
 CASES = {

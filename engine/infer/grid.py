@@ -53,7 +53,9 @@ def image_to_model_grid(
     img = Spacing(
         pixdim=tuple(spacing_mm), mode="bilinear", padding_mode="border", lazy=True
     )(img)
-    img, _ = apply_pending(img, overrides={"mode": "bilinear", "padding_mode": "border"})
+    img, _ = apply_pending(
+        img, overrides={"mode": "bilinear", "padding_mode": "border"}
+    )
     lo, hi = window_hu
     return ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)(img)
 

@@ -150,7 +150,9 @@ def pixel_data_length(ds: pydicom.Dataset) -> int:
     element = ds.get_item(PIXEL_DATA, keep_deferred=True)
     if element is None:
         return 0
-    if element.is_raw and element.value is None:  # deferred: its length is what the file holds
+    if (
+        element.is_raw and element.value is None
+    ):  # deferred: its length is what the file holds
         return int(element.length)
     return len(element.value or b"")
 

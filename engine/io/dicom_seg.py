@@ -143,7 +143,9 @@ def source_datasets(series: DicomSeries) -> list[Dataset]:
     # per slice took half of a 512 x 512 x 200 CT's SEG): highdicom only reads them.
     # The per-slice attributes are left out of the shared ones, so that setting them
     # makes new elements instead of changing a shared one.
-    per_slice = {Tag(k) for k in ("SOPClassUID", "SOPInstanceUID", "ImagePositionPatient")}
+    per_slice = {
+        Tag(k) for k in ("SOPClassUID", "SOPInstanceUID", "ImagePositionPatient")
+    }
     shared = {tag: element for tag, element in header.items() if tag not in per_slice}
     datasets = []
     for s in series.slices:

@@ -190,7 +190,9 @@ def _contour_values(contour: Dataset) -> np.ndarray:
     """
     element = contour.get_item(CONTOUR_DATA)
     if element is not None and element.is_raw and element.value:
-        text = element.value.rstrip(b"\x00 ")  # padding: a space, or NUL by some writers
+        text = element.value.rstrip(
+            b"\x00 "
+        )  # padding: a space, or NUL by some writers
         if text:
             return np.array(text.split(b"\\"), dtype=float)
     return np.atleast_1d(np.asarray(contour.get("ContourData", []), dtype=float))

@@ -183,7 +183,9 @@ def test_contour_data_that_is_not_numbers_is_refused(axial):
     series, labels = axial
     ds = _export(series, labels)
     _raw_contour_data(ds.ROIContourSequence[0].ContourSequence[0], b"1.0\\abc\\2.0 ")
-    with pytest.raises(RTStructImportError, match="Contour Data is not a list of numbers"):
+    with pytest.raises(
+        RTStructImportError, match="Contour Data is not a list of numbers"
+    ):
         import_rtstruct(ds, series)
 
 
