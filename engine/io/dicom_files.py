@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 import pydicom
 from pydicom import uid
+from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 
 IMAGE_MODALITIES = {"CT", "MR", "PT"}
@@ -137,7 +138,7 @@ def _read_dataset(source: Path | BinaryIO, pixels: bool = True) -> pydicom.Datas
         if tag != PIXEL_DATA:
             ds[tag]  # converts a raw element, and reads a deferred one now
     element = ds.get_item(PIXEL_DATA, keep_deferred=True)
-    if element is not None and element.value is None:
+    if isinstance(element, RawDataElement) and element.value is None:
         held = max(_source_size(source) - element.value_tell, 0)
         ds[PIXEL_DATA] = element._replace(length=min(element.length, held))
     ds.buffer = None  # a zip entry's bytes: kept for a deferred read, which never comes
@@ -150,10 +151,8 @@ def pixel_data_length(ds: pydicom.Dataset) -> int:
     element = ds.get_item(PIXEL_DATA, keep_deferred=True)
     if element is None:
         return 0
-    if (
-        element.is_raw and element.value is None
-    ):  # deferred: its length is what the file holds
-        return int(element.length)
+    if isinstance(element, RawDataElement) and element.value is None:
+        return int(element.length)  # deferred: its length is what the file holds
     return len(element.value or b"")
 
 
