@@ -58,7 +58,7 @@ from engine.infer.displacement import (
     warp_labels,
     working_grid,
 )
-from engine.infer.segment import write_dicom_outputs
+from engine.infer.segment import hu_as_int16, write_dicom_outputs
 from engine.io.atomic import write_atomically
 from engine.io.contour_input import read_contours
 from engine.io.nifti import write_displacement_field, write_nifti
@@ -376,7 +376,9 @@ def _direct_labels(
         for name in (s["name"], s.get("source", s["name"])):
             lut[c] = by_key.get(_key(name), lut[c])
     channel = argmax_on_fixed(torch.softmax(logits, dim=0), grid, fixed)
-    return lut[channel]
+    # In the smallest type of the label values: an int64 grid of a 512 x 512 x 200 CT
+    # is 400 MB.
+    return lut.astype(np.min_scalar_type(int(lut.max())))[channel]
 
 
 def _warning(entry: dict) -> str | None:
@@ -499,8 +501,7 @@ def propagate(
 def _write_outputs(result: PropagationResult, fixed: Volume, out: Path) -> list[dict]:
     """NIfTI outputs as ``segment`` writes them, plus ``ddf.nii.gz``; returns the
     ``structures.json`` entries."""
-    image = np.clip(np.rint(fixed.array), -32768, 32767).astype(np.int16)
-    write_nifti(Volume(image, fixed.affine), out / "image.nii.gz")
+    write_nifti(Volume(hu_as_int16(fixed.array), fixed.affine), out / "image.nii.gz")
     write_displacement_field(result.ddf_mm, fixed.affine, out / "ddf.nii.gz")
     write_nifti(result.labels, out / "labels.nii.gz")
     if result.direct_labels is not None:

@@ -93,7 +93,7 @@ def segment_volume(
     return labels_to_input_grid(prob, volume, label_values, cfg["threshold"])
 
 
-def _as_int16(hu: np.ndarray) -> np.ndarray:
+def hu_as_int16(hu: np.ndarray) -> np.ndarray:
     """(I, J, K) HU rounded and clipped to int16, in Fortran order (NIfTI's), converted
     one slice at a time so that no float copy of the whole volume is made."""
     out = np.empty(hu.shape, dtype=np.int16, order="F")
@@ -126,7 +126,7 @@ def write_nifti_outputs(
     """Write ``image.nii.gz`` (``volume`` as int16 HU), ``labels.nii.gz`` and
     ``structures/<name>.nii.gz`` per entry of ``table`` (``structure_table``): uint8
     0/1 masks (I, J, K) of the whole grid, each filled from its structure's box."""
-    write_nifti(Volume(_as_int16(volume.array), volume.affine), out / "image.nii.gz")
+    write_nifti(Volume(hu_as_int16(volume.array), volume.affine), out / "image.nii.gz")
     write_nifti(labels, out / "labels.nii.gz")
     for s in table:
         box, inside = labels.mask_in_box(s["label"])

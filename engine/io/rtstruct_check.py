@@ -2,8 +2,7 @@
 
 Every RTSTRUCT Delineo writes is rasterised back onto the series' grid with
 ``engine.io.rtstruct_import`` (even-odd fill at pixel centres, as a planning system
-reads it) and compared per structure with the label map it was written from (Dice,
-MONAI ``compute_dice``). A structure below ``ROUNDTRIP_MIN_DICE`` fails the export: the
+reads it) and compared per structure with the label map it was written from (Dice). A structure below ``ROUNDTRIP_MIN_DICE`` fails the export: the
 file would show the physician something else than the delineation on screen.
 """
 
@@ -15,8 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-from monai.metrics import compute_dice
 from pydicom.dataset import Dataset
 
 from engine.io.atomic import write_atomically
@@ -33,17 +30,13 @@ class RTStructExportError(RuntimeError):
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two bool masks (I, J, K); 1.0 when both are empty (nothing to miss)."""
-    both = a | b
-    if not both.any():
+    """Dice 2|A & B| / (|A| + |B|) of two bool masks of one shape; 1.0 when both are
+    empty (nothing to miss). Counted on the bool arrays: MONAI's ``compute_dice`` copied
+    each box as a float32 tensor, a second per check of a 512 x 512 CT's PTVs."""
+    total = np.count_nonzero(a) + np.count_nonzero(b)
+    if total == 0:
         return 1.0
-    # Dice only depends on the voxels where either mask is set: crop to their box.
-    box = tuple(slice(int(ix.min()), int(ix.max()) + 1) for ix in np.nonzero(both))
-    pred = torch.as_tensor(a[box], dtype=torch.float32)[None, None]
-    ref = torch.as_tensor(b[box], dtype=torch.float32)[None, None]
-    return float(
-        compute_dice(pred, ref, include_background=True, ignore_empty=False)[0, 0]
-    )
+    return 2.0 * np.count_nonzero(a & b) / total
 
 
 def _union(boxes: list[tuple[slice, ...]]) -> tuple[slice, ...]:
