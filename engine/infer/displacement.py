@@ -150,9 +150,11 @@ def ddf_voxels_to_mm(ddf: torch.Tensor, grid: Grid, fixed: Grid) -> np.ndarray:
 
 def argmax_on_fixed(probabilities: torch.Tensor, grid: Grid, fixed: Grid) -> np.ndarray:
     """Channel of highest probability at each fixed voxel, from working-grid
-    probabilities (C, X, Y, Z) interpolated trilinearly -> int64 (I, J, K); channel 0
-    outside the working grid."""
-    out = np.empty(fixed.shape, dtype=np.int64)
+    probabilities (C, X, Y, Z) interpolated trilinearly -> (I, J, K) uint8 (uint16 for
+    more than 256 channels, as ``np.min_scalar_type`` picks); channel 0 outside the
+    working grid."""
+    dtype = np.min_scalar_type(max(probabilities.shape[0] - 1, 0))
+    out = np.empty(fixed.shape, dtype=dtype)
     for k0, k1, p in _on_fixed(probabilities, grid, fixed, "bilinear", "zeros"):
         out[:, :, k0:k1] = p.argmax(dim=0).numpy()
     return out
@@ -206,14 +208,13 @@ def warp_labels(
     """
     crops = []
     for value in values:
-        mask = labels.array == value
-        if not mask.any():
+        box, inside = labels.mask_in_box(value)
+        if not inside.any():
             continue
         # The structure's bounding box only (+1 voxel of zeros): far less to sample.
-        where = np.argwhere(mask)
-        lo = np.maximum(where.min(axis=0) - 1, 0)
-        hi = np.minimum(where.max(axis=0) + 2, mask.shape)
-        crop = mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+        lo = np.maximum([b.start - 1 for b in box], 0)
+        hi = np.minimum([b.stop + 1 for b in box], labels.array.shape)
+        crop = labels.array[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] == value
         shift = torch.as_tensor(lo, dtype=torch.float64).reshape(3, 1, 1, 1)
         crops.append((value, torch.as_tensor(crop)[None].float(), shift))
     result = np.zeros(fixed.shape, dtype=labels.array.dtype)

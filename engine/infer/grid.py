@@ -15,6 +15,7 @@ import torch
 from scipy import ndimage
 from monai.data import MetaTensor
 from monai.transforms import Orientation, ResampleToMatch, ScaleIntensityRange, Spacing
+from monai.transforms.lazy.functional import apply_pending
 
 from engine.volume import LabelMap, Volume
 
@@ -36,10 +37,25 @@ def image_to_model_grid(
 
     Returns a MetaTensor of shape (1, X, Y, Z), float32, HU clipped to ``window_hu`` and
     scaled to [0, 1], whose ``affine`` maps model voxels to RAS mm.
+
+    Orientation and spacing are one resampling (MONAI's lazy transforms, applied
+    together): the same values as reorienting first, without a reoriented copy of the
+    input. A Fortran-order volume (as ``engine.io`` assembles DICOM) goes in as its
+    (K, J, I) view, which is C-contiguous as the resampling needs it: no transposing
+    copy either.
     """
-    img = _meta(volume.array.astype(np.float32), volume.affine)
-    img = Orientation(axcodes=axcodes)(img)
-    img = Spacing(pixdim=tuple(spacing_mm), mode="bilinear", padding_mode="border")(img)
+    array = np.asarray(volume.array, dtype=np.float32)
+    affine = np.asarray(volume.affine, dtype=np.float64)
+    if array.flags.f_contiguous and not array.flags.c_contiguous:
+        array, affine = array.T, affine[:, [2, 1, 0, 3]]
+    img = _meta(array, affine)
+    img = Orientation(axcodes=axcodes, lazy=True)(img)
+    img = Spacing(
+        pixdim=tuple(spacing_mm), mode="bilinear", padding_mode="border", lazy=True
+    )(img)
+    img, _ = apply_pending(
+        img, overrides={"mode": "bilinear", "padding_mode": "border"}
+    )
     lo, hi = window_hu
     return ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)(img)
 

@@ -60,11 +60,18 @@ def predict_probabilities(
 def keep_largest_component(probabilities: np.ndarray, threshold: float) -> np.ndarray:
     """Zero each channel of (C, X, Y, Z) outside the largest connected component of
     ``probabilities > threshold``: every structure we delineate is one connected organ,
-    so isolated islands are false positives."""
+    so isolated islands are false positives. Components are labelled inside the box of
+    the channel's voxels above ``threshold`` (no component reaches beyond it)."""
     out = probabilities.copy()
     for c in range(out.shape[0]):
-        components, n = ndimage.label(out[c] > threshold)
+        above = out[c] > threshold
+        found = ndimage.find_objects(above.view(np.uint8))
+        if not found:
+            continue
+        box = found[0]
+        components, n = ndimage.label(above[box])
         if n > 1:
             sizes = np.bincount(components.ravel())[1:]
-            out[c][(components != 0) & (components != 1 + int(np.argmax(sizes)))] = 0
+            region = out[c][box]  # a view: zeroing it zeroes ``out``
+            region[(components != 0) & (components != 1 + int(np.argmax(sizes)))] = 0
     return out

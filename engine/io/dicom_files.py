@@ -20,6 +20,8 @@ from typing import BinaryIO
 
 import pydicom
 from pydicom import uid
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
 
 from engine.errors import InputError
 
@@ -38,6 +40,10 @@ IMAGE_SOP_CLASSES = {
     uid.LegacyConvertedEnhancedPETImageStorage,
 }
 _DICM_OFFSET = 128  # PS3.10 7.1: a 128-byte preamble, then "DICM"
+PIXEL_DATA = Tag(0x7FE0, 0x0010)
+# Headers only: values longer than this are left in the file until read. Any but Pixel
+# Data are read at once (_read_dataset); a slice's pixels (8 KiB and more) stay there.
+_DEFER_BYTES = 4096
 
 
 class DicomFilesError(InputError):
@@ -110,17 +116,57 @@ def claims_dicom(name: str, source: Path | BinaryIO) -> bool:
     return magic
 
 
-def _read_dataset(source: Path | BinaryIO) -> pydicom.Dataset:
+def _source_size(source: Path | BinaryIO) -> int:
+    if isinstance(source, Path):
+        return source.stat().st_size
+    return source.seek(0, io.SEEK_END)
+
+
+def _read_dataset(source: Path | BinaryIO, pixels: bool = True) -> pydicom.Dataset:
     """pydicom's dataset with every top-level attribute decoded now, so that a value
-    that cannot be decoded fails here (as an unreadable file) rather than later."""
-    ds = pydicom.dcmread(source)
-    for _ in ds:  # iterating converts each raw element (pixel data stays bytes)
-        pass
+    that cannot be decoded fails here (as an unreadable file) rather than later.
+
+    With ``pixels=False`` the Pixel Data value is left in the file (pydicom's deferred
+    read), with its length cut to the bytes the file holds, as a full read would give
+    them: see ``pixel_data_length``. Every other value is read.
+    """
+    if pixels:
+        ds = pydicom.dcmread(source)
+        for _ in ds:  # iterating converts each raw element (pixel data stays bytes)
+            pass
+        return ds
+    ds = pydicom.dcmread(source, defer_size=_DEFER_BYTES)
+    for tag in list(ds.keys()):
+        if tag != PIXEL_DATA:
+            ds[tag]  # converts a raw element, and reads a deferred one now
+    element = ds.get_item(PIXEL_DATA, keep_deferred=True)
+    if isinstance(element, RawDataElement) and element.value is None:
+        held = max(_source_size(source) - element.value_tell, 0)
+        ds[PIXEL_DATA] = element._replace(length=min(element.length, held))
+    ds.buffer = None  # a zip entry's bytes: kept for a deferred read, which never comes
     return ds
 
 
-def read_upload(path: str | Path) -> DicomUpload:
+def pixel_data_length(ds: pydicom.Dataset) -> int:
+    """Bytes of Pixel Data in ``ds``'s file (0 without Pixel Data), without reading a
+    value that ``read_upload(..., pixels=False)`` left in the file."""
+    element = ds.get_item(PIXEL_DATA, keep_deferred=True)
+    if element is None:
+        return 0
+    if isinstance(element, RawDataElement) and element.value is None:
+        return int(element.length)  # deferred: its length is what the file holds
+    return len(element.value or b"")
+
+
+def read_upload(path: str | Path, pixels: bool = True) -> DicomUpload:
     """Read every DICOM object in ``path`` (folder, zip or single file).
+
+    ``pixels=False`` reads headers only: each image's Pixel Data stays in its file
+    (``pixel_data_length`` tells its size), so that memory does not grow with the
+    upload (the pre-flight check of a 300-slice CT holds no slice's pixels). The
+    datasets are then for their headers: an image's pixels cannot be decoded, nor a
+    value over 4 KiB inside a sequence (an RTSTRUCT's Contour Data) be read; read the
+    upload with ``pixels=True`` for those.
 
     A file pydicom cannot read is a note in ``skipped``, and also in ``damaged`` when it
     starts like a DICOM file; whatever pydicom raises (it raises many types on damaged
@@ -138,7 +184,7 @@ def read_upload(path: str | Path) -> DicomUpload:
             upload.skipped.append(f"{name}: DICOMDIR ignored (an index, not an image)")
             continue
         try:
-            ds = _read_dataset(source)
+            ds = _read_dataset(source, pixels)
             is_image = "PixelData" in ds and ds.get("Modality") in IMAGE_MODALITIES
             has_sop_class = "SOPClassUID" in ds
             meta = getattr(ds, "file_meta", None) or pydicom.Dataset()

@@ -38,7 +38,12 @@ from pydicom.datadict import dictionary_description
 from pydicom.uid import ImplicitVRLittleEndian, UncompressedTransferSyntaxes
 
 from engine.errors import InputError
-from engine.io.dicom_files import IMAGE_SOP_CLASSES, damaged_files_message, read_upload
+from engine.io.dicom_files import (
+    IMAGE_SOP_CLASSES,
+    damaged_files_message,
+    pixel_data_length,
+    read_upload,
+)
 from engine.volume import GeometryError, Volume, check_input_grid
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -489,7 +494,7 @@ def pixel_data_problem(ds: pydicom.Dataset) -> str | None:
     if representation not in (0, 1):
         return f"{name}: Pixel Representation is {representation}; it must be 0 (unsigned) or 1 (signed)"
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    length = len(ds.get("PixelData") or b"")
+    length = pixel_data_length(ds)
     if (syntax or ImplicitVRLittleEndian) in UncompressedTransferSyntaxes:
         needed = rows * columns * frames * samples * bits // 8
         if length < needed:
@@ -648,7 +653,8 @@ def _pixels(frame: Frame, cache: dict[int, np.ndarray]) -> np.ndarray:
 def assemble_series(
     candidate: SeriesCandidate, notes: list[str] | None = None
 ) -> DicomSeries:
-    """Assemble one series candidate into a ``DicomSeries``; volume.array is float32 (I, J, K).
+    """Assemble one series candidate into a ``DicomSeries``; volume.array is float32
+    (I, J, K), in Fortran order.
 
     Raises:
         DicomSeriesError: see ``plan_geometry``; also pixel data that cannot be decoded
@@ -657,7 +663,10 @@ def assemble_series(
     geometry = plan_geometry(candidate)
     ordered = geometry.frames
     first = ordered[0]
-    array = np.empty((first.columns, first.rows, len(ordered)), dtype=np.float32)
+    # Fortran order (NIfTI's): each slice is contiguous, so filling it, writing the
+    # NIfTI and cutting axial slices read memory in order.
+    shape = (first.columns, first.rows, len(ordered))
+    array = np.empty(shape, dtype=np.float32, order="F")
     cache: dict[int, np.ndarray] = {}
     for k, frame in enumerate(ordered):
         pixels = _pixels(frame, cache).astype(np.float32)

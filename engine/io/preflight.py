@@ -209,7 +209,7 @@ def inspect_input(path: str | Path, patient_ids: bool = False) -> dict:
     ):
         raise InputError(f"{path.name}: not a valid zip archive")
     try:
-        upload = read_upload(path)
+        upload = read_upload(path, pixels=False)
     except (DicomFilesError, zipfile.BadZipFile) as exc:
         raise InputError(f"{path.name}: {exc}") from exc
     damaged = damaged_files_message(upload)

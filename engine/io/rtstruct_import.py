@@ -33,11 +33,13 @@ from typing import cast
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from skimage.draw import polygon as polygon_pixels
 
 from engine.errors import InputError
 from engine.io.dicom_series import RTSTRUCT_SOP_CLASS, DicomSeries
 
+CONTOUR_DATA = Tag(0x3006, 0x0050)
 # Exporters round Contour Data to 0.01-0.1 mm; a contour this close to a slice plane lies on it.
 PLANE_TOLERANCE_MM = 0.1
 
@@ -103,13 +105,24 @@ def read_rtstruct(path: str | os.PathLike) -> Dataset:
 
 def _decode_all(ds: Dataset) -> None:
     """Decode every attribute now, nested ones too: pydicom decodes a value when it is
-    first read, and a damaged one would otherwise fail wherever that happens."""
+    first read, and a damaged one would otherwise fail wherever that happens. Contour
+    Data is left encoded: ``_contour_points`` parses it, and says which contour is bad."""
     try:
-        ds.walk(lambda dataset, element: None)
+        _decode(ds)
     except Exception as exc:  # pydicom raises many types for a value it cannot decode
         raise RTStructImportError(
             f"the structure set is damaged: an attribute cannot be decoded ({exc})"
         ) from exc
+
+
+def _decode(ds: Dataset) -> None:
+    for tag in list(ds.keys()):
+        if tag == CONTOUR_DATA:
+            continue
+        element = ds[tag]  # decodes a raw element
+        if element.VR == "SQ":
+            for item in element.value:
+                _decode(item)
 
 
 def _check_is_rtstruct(ds: Dataset) -> None:
@@ -169,10 +182,28 @@ class _SliceGeometry:
         )
 
 
+def _contour_values(contour: Dataset) -> np.ndarray:
+    """Contour Data as a float array. Still encoded (as read from a file, or as
+    ``engine.io.rtstruct`` makes it), its bytes are parsed by NumPy at once rather than
+    by pydicom into one object per coordinate.
+
+    Raises:
+        TypeError, ValueError: a value that is not a number.
+    """
+    element = contour.get_item(CONTOUR_DATA)
+    if element is not None and element.is_raw and element.value:
+        text = element.value.rstrip(
+            b"\x00 "
+        )  # padding: a space, or NUL by some writers
+        if text:
+            return np.array(text.split(b"\\"), dtype=float)
+    return np.atleast_1d(np.asarray(contour.get("ContourData", []), dtype=float))
+
+
 def _contour_points(contour: Dataset, roi_name: str, index: int) -> np.ndarray:
     """Contour Data as (N, 3) LPS mm; raises on a malformed value list."""
     try:
-        values = np.atleast_1d(np.asarray(contour.get("ContourData", []), dtype=float))
+        values = _contour_values(contour)
     except (TypeError, ValueError) as exc:
         raise RTStructImportError(
             f"ROI {roi_name!r}, contour {index}: Contour Data is not a list of numbers"

@@ -8,7 +8,7 @@ import pytest
 from skimage.draw import polygon2mask
 
 from engine.io.dicom_series import read_series
-from engine.io.rtstruct import RTStructError, _ds, build_rtstruct, write_rtstruct
+from engine.io.rtstruct import RTStructError, _ds, build_rtstruct, contour_data_bytes, write_rtstruct
 from engine.models.registry import Structure
 from engine.volume import LabelMap
 from tests.dicom_tools import dciodvfy_errors
@@ -133,6 +133,46 @@ def test_decimal_strings_fit_16_characters(value):
 def test_non_finite_coordinate_is_refused():
     with pytest.raises(RTStructError, match="not a finite number"):
         _ds(float("nan"))
+    with pytest.raises(ValueError, match="not a finite number"):
+        contour_data_bytes(np.array([1.0, float("inf"), 2.0]))
+
+
+@pytest.mark.parametrize(
+    "value", [0.0, -0.001, -0.005, 0.004999, 2.675, -98765.4321, 1.23e13, 4e300]
+)
+def test_contour_data_bytes_are_each_values_decimal_string(value):
+    # Fixed-point values are formatted all at once, beyond 1e12 mm one by one (_ds).
+    data = contour_data_bytes(np.array([value, 1.0, -2.5]))
+    assert len(data) % 2 == 0
+    assert data.rstrip(b" ").decode("ascii").split("\\") == [
+        _ds(value),
+        _ds(1.0),
+        _ds(-2.5),
+    ]
+
+
+def test_contour_data_is_written_as_built(series_and_labels, tmp_path):
+    series, labels = series_and_labels
+    ds = build_rtstruct(labels, series, STRUCTURES, "m", SHA)
+    built = [
+        np.asarray(c.ContourData, dtype=float)
+        for roi in ds.ROIContourSequence
+        for c in roi.ContourSequence
+    ]
+    read = pydicom.dcmread(write_rtstruct(ds, tmp_path / "rs.dcm"))
+    assert all(
+        c["ContourData"].VR == "DS"
+        for roi in read.ROIContourSequence
+        for c in roi.ContourSequence
+    )
+    written = [
+        np.asarray(c.ContourData, dtype=float)
+        for roi in read.ROIContourSequence
+        for c in roi.ContourSequence
+    ]
+    assert len(written) == len(built)
+    for a, b in zip(written, built, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_provenance_is_recorded_in_full(series_and_labels):

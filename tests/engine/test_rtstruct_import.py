@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis.extra.numpy import arrays
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
 from pydicom.uid import generate_uid
 
 from engine.__main__ import main
@@ -156,6 +158,35 @@ def test_contour_beyond_the_image_in_plane_is_clipped_and_reported(axial):
     roi = _rois(ds, series)["One slice"]
     assert any("beyond the image in-plane; clipped" in n for n in roi.notes)
     assert roi.mask[23, 1:3, 0].all() and roi.mask.sum() == 2
+
+
+def _raw_contour_data(contour, data: bytes) -> None:
+    """Contour Data as a file holds it, undecoded (as pydicom reads it)."""
+    tag = 0x30060050
+    contour[tag] = RawDataElement(Tag(tag), "DS", len(data), data, 0, False, True)
+
+
+def test_contour_data_padded_with_nul_is_read(axial):
+    series, labels = axial
+    ds = _export(series, labels)
+    for roi in ds.ROIContourSequence:
+        for contour in roi.get("ContourSequence", []):
+            text = "\\".join(_ds(float(v)) for v in contour.ContourData)
+            data = text.encode() + b"\x00" * (2 - len(text) % 2)  # NUL, to even length
+            _raw_contour_data(contour, data)
+    rois = _rois(ds, series)
+    for s in STRUCTURES:
+        np.testing.assert_array_equal(rois[s.name].mask, labels.array == s.label)
+
+
+def test_contour_data_that_is_not_numbers_is_refused(axial):
+    series, labels = axial
+    ds = _export(series, labels)
+    _raw_contour_data(ds.ROIContourSequence[0].ContourSequence[0], b"1.0\\abc\\2.0 ")
+    with pytest.raises(
+        RTStructImportError, match="Contour Data is not a list of numbers"
+    ):
+        import_rtstruct(ds, series)
 
 
 def test_other_frame_of_reference_is_refused(axial):

@@ -1,0 +1,26 @@
+"""keep_largest_component: each channel keeps its largest component above the
+threshold; islands go to zero, everything else (below the threshold too) is kept."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.infer.predict import keep_largest_component
+
+
+def test_islands_are_zeroed_and_the_rest_kept():
+    rng = np.random.default_rng(0)
+    prob = rng.uniform(0.0, 0.4, (3, 30, 28, 26)).astype(np.float32)
+    prob[0, 5:15, 5:15, 5:15] = 0.9  # the organ
+    prob[0, 25:27, 20:22, 20:22] = 0.8  # an island far from it
+    prob[0, 16:18, 5:7, 5:7] = 0.7  # an island next to it
+    prob[1, 2:4, 2:4, 2:4] = 0.6  # one component only
+    before = prob.copy()
+
+    out = keep_largest_component(prob, 0.5)
+
+    np.testing.assert_array_equal(prob, before)  # the input is not changed
+    expected = before.copy()
+    expected[0, 25:27, 20:22, 20:22] = 0
+    expected[0, 16:18, 5:7, 5:7] = 0
+    np.testing.assert_array_equal(out, expected)
