@@ -14,6 +14,7 @@ import json
 import pydicom
 import pytest
 
+from tests.conftest import get_export
 from tests.realdata.test_propagate_real import BEST_JOINT_MODEL
 from tests.test_adapt_workflow import content, daily, planning, propagate, rtstruct_uid  # noqa: F401 (fixtures)
 
@@ -37,7 +38,7 @@ def test_a_propagation_runs_on_the_real_engine(alice_api, planning, daily, djang
     assert {s["name"] for s in report["structures"]} == {"Brainstem", "Mandible"}
     assert all(s["volume_ml"] > 0 for s in report["structures"]), report["structures"]
     assert report["folding_percent"] == 0.0
-    final = alice_api.get(f"/api/jobs/{job['id']}/final_rtstruct.dcm")
+    final = get_export(alice_api, f"/api/jobs/{job['id']}/final_rtstruct.dcm", django_capture_on_commit_callbacks)
     assert final.status_code == 200
     rtstruct = pydicom.dcmread(io.BytesIO(content(final)))
     assert sorted(r.ROIName for r in rtstruct.StructureSetROISequence) == ["Brainstem", "Mandible"]
