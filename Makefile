@@ -8,9 +8,9 @@ APT_PACKAGES := dicom3tools plastimatch dcm2niix chromium chromium-driver redis-
 APT_BINARIES := dciodvfy plastimatch dcm2niix chromium chromedriver redis-server elastix transformix storescu storescp echoscu Orthanc openssl
 APT_FILES := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 
-.PHONY: run test install system-packages bench bench-load train train-piece clean
+.PHONY: run test lint install system-packages bench bench-load train train-piece clean
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
@@ -42,8 +42,14 @@ run: install
 	node=$$!; trap "kill $$worker $$node 2>/dev/null" EXIT INT TERM; \
 	$(VENV)/bin/gunicorn -c webapp/gunicorn.conf.py -b $(HOST):$(PORT)
 
-test: install system-packages
+test: install system-packages lint
 	$(PY) -m pytest
+
+# Lint, format check and type check of engine/ (settings in pyproject.toml).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: install
 	$(PY) bench/upload_to_rtstruct.py

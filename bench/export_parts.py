@@ -1,7 +1,7 @@
 """Time each part of the export alone, on a label map that `bench/fullres.py` wrote.
 
 Reads the DICOM series ``RUN/ct_dicom`` and ``RUN/MODEL/labels.nii.gz``, then times, in
-this process and one after the other: the structure table, the NIfTI outputs, the
+this process and one after the other: the NIfTI outputs (with the structure table), the
 RTSTRUCT (build, round-trip check, write) and the DICOM SEG (build, write). Outputs go
 to a temporary folder.
 
@@ -21,13 +21,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from engine.infer.segment import structure_table, write_nifti_outputs
+from engine.infer.segment import write_nifti_outputs
 from engine.io.dicom_seg import build_segmentation, write_segmentation
 from engine.io.dicom_series import read_series
-from engine.io.nifti import read_labels
 from engine.io.rtstruct import build_rtstruct, write_rtstruct
 from engine.io.rtstruct_check import check_rtstruct
 from engine.models.registry import load_model
+from engine.results import ResultFolder
 from engine.volume import LabelMap
 
 
@@ -37,12 +37,13 @@ def main() -> int:
     parser.add_argument("--model", default="hn-rt")
     args = parser.parse_args()
 
-    series = read_series(args.run / "ct_dicom")
-    read = read_labels(args.run / args.model / "labels.nii.gz")
+    run = ResultFolder(args.run)
+    series = read_series(run / run.CT_DICOM)
+    read = run.sub(args.model).read_labels()
     # Fortran order, as segment_volume makes it.
     labels = LabelMap(np.asfortranarray(read.array), read.affine)
     model = load_model(args.model)
-    out = Path(tempfile.mkdtemp(prefix="export_parts."))
+    out = ResultFolder(tempfile.mkdtemp(prefix="export_parts."))
     rows = []
 
     def timed(name, make):
@@ -52,8 +53,10 @@ def main() -> int:
         return result
 
     timed("structure boxes (find_objects)", lambda: labels.boxes)
-    table = timed("structure table", lambda: structure_table(labels, model))
-    timed("NIfTI outputs", lambda: write_nifti_outputs(series.volume, labels, table, out))
+    timed(
+        "NIfTI outputs",
+        lambda: write_nifti_outputs(series.volume, labels, model.structures, out),
+    )
     ds = timed(
         "RTSTRUCT build",
         lambda: build_rtstruct(labels, series, model.structures, model.name, "0" * 64),
@@ -62,20 +65,20 @@ def main() -> int:
         "RTSTRUCT round-trip check",
         lambda: check_rtstruct(ds, labels, series, model.structures),
     )
-    timed("RTSTRUCT write", lambda: write_rtstruct(ds, out / "rtstruct.dcm"))
+    timed("RTSTRUCT write", lambda: write_rtstruct(ds, out / out.RTSTRUCT))
     seg = timed(
         "SEG build",
         lambda: build_segmentation(
             labels, series, model.structures, model.name, "0" * 64
         ),
     )
-    timed("SEG write", lambda: write_segmentation(seg, out / "seg.dcm"))
+    timed("SEG write", lambda: write_segmentation(seg, out / out.SEG))
     points = sum(
         int(c.NumberOfContourPoints)
         for roi in ds.ROIContourSequence
         for c in roi.get("ContourSequence", [])
     )
-    print(f"{args.model} on {args.run / 'ct_dicom'}: {points} contour points\n")
+    print(f"{args.model} on {run / run.CT_DICOM}: {points} contour points\n")
     print("| part | time |\n|---|---|")
     for name, seconds in rows:
         print(f"| {name} | {seconds:.2f} s |")

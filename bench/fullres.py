@@ -35,8 +35,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from engine.io.dicom_write import write_ct_series
-from engine.io.nifti import read_labels, read_volume
+from engine.io.nifti import read_volume
+from engine.metrics import dice
 from engine.models.registry import available_models
+from engine.results import ResultFolder
 from engine.volume import Volume
 
 DATA = REPO.parent / "shared" / "data"
@@ -106,14 +108,12 @@ def run_segment(series_dir: Path, model: str, out: Path) -> dict:
 
 def dice_against(out: Path, reference: Path) -> dict[str, float]:
     """Dice per structure between ``out/labels.nii.gz`` and ``reference``'s."""
-    table = json.loads((out / "structures.json").read_text())
-    ours = read_labels(out / "labels.nii.gz").array
-    theirs = read_labels(reference / "labels.nii.gz").array
+    table = ResultFolder(out).read_structures()
+    ours = ResultFolder(out).read_labels().array
+    theirs = ResultFolder(reference).read_labels().array
     scores = {}
     for s in table:
-        a, b = ours == s["label"], theirs == s["label"]
-        total = int(a.sum()) + int(b.sum())
-        scores[s["name"]] = round(2 * int((a & b).sum()) / total, 4) if total else 1.0
+        scores[s["name"]] = round(dice(ours == s["label"], theirs == s["label"]), 4)
     return scores
 
 
@@ -126,7 +126,7 @@ def main() -> int:
     args = parser.parse_args()
 
     ct = fullres_ct(read_volume(DATA / "openkbp" / args.case / "ct.nii.gz"))
-    series_dir = args.out / "ct_dicom"
+    series_dir = args.out / ResultFolder.CT_DICOM
     write_ct_series(ct, series_dir, description=f"openkbp {args.case} full-res")
     shape = "x".join(str(n) for n in ct.array.shape)
     del ct

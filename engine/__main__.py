@@ -18,8 +18,8 @@ import json
 import sys
 from pathlib import Path
 
-from engine.io.reader import InputError
-from engine.models.registry import UnknownModelError
+from engine.errors import ExportError, InputError, ModelError, ToolError
+from engine.results import ResultFolder
 
 
 def _segment(args: argparse.Namespace) -> int:
@@ -88,7 +88,7 @@ def _audit(args: argparse.Namespace) -> int:
         args.input, args.model, args.out, contours=args.contours, series=args.series
     )
     print(format_audit(result))
-    print(f"written: {args.out / 'audit.json'}", file=sys.stderr)
+    print(f"written: {ResultFolder(args.out) / ResultFolder.AUDIT}", file=sys.stderr)
     return 0
 
 
@@ -113,8 +113,8 @@ def _propagate(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from engine.evaluate import evaluate, format_table, write_json
     from engine.models.registry import load_model
+    from engine.train.evaluate import evaluate, format_table, write_json
 
     result = evaluate(load_model(args.model), Path(args.data), args.split)
     print(format_table(result))
@@ -122,7 +122,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     write_json(result, out)
     print(f"written {out}")
     if args.card:
-        from engine.model_card import add_evaluation
+        from engine.train.publish import add_evaluation
 
         command = f"python -m engine evaluate --model {args.model} --data {args.data} --split {args.split}"
         add_evaluation(args.model, result, command)
@@ -131,7 +131,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from engine.model_card import publish
+    from engine.train.publish import publish
 
     training = json.loads(args.training.read_text())
     print(f"published {publish(args.run, args.model, training, structures=args.structures)}")
@@ -302,28 +302,15 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_train)
 
     args = parser.parse_args(argv)
-    from engine.infer.audit import AuditError
-    from engine.infer.elastix import ElastixError
-    from engine.io.rtstruct_check import RTStructExportError
-    from engine.io.rtstruct_import import RTStructImportError
-    from engine.train.config import TrainingConfigError
-
     try:
         return args.func(args)
-    except (
-        InputError,
-        UnknownModelError,
-        RTStructImportError,
-        TrainingConfigError,
-        AuditError,
-    ) as exc:
+    except (InputError, ModelError) as exc:  # the user's input or choice of model
         print(f"error: {exc}", file=sys.stderr)
         return 2
     # Our output failed its own check or a tool failed: not the user's input, so not 2.
-    except (RTStructExportError, ElastixError) as exc:
+    except (ExportError, ToolError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

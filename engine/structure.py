@@ -1,13 +1,15 @@
 """One delineated structure of a model or a structure set, without the model code.
 
 Kept apart from ``engine.models.registry`` (which imports PyTorch and MONAI) so that
-writing or checking an RTSTRUCT or DICOM SEG, as the web process does for the final
-RTSTRUCT of a propagation, does not load them.
+reading a result folder (``engine.results``) or a model card (``engine.models.card``)
+does not load them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,28 @@ class Structure:
     name: str
     color: tuple[int, int, int]
     interpreted_type: str
+
+    @classmethod
+    def from_entry(cls, entry: Mapping[str, Any]) -> Structure:
+        """An entry of a ``structures.json`` (label, name, color): its interpreted type
+        from the TG-263 name (``interpreted_type_of``)."""
+        name = str(entry["name"])
+        r, g, b = (int(c) for c in entry["color"])
+        return cls(int(entry["label"]), name, (r, g, b), interpreted_type_of(name))
+
+
+# TG-263 target-volume prefixes: their RT ROI Interpreted Type is the prefix itself.
+TARGET_PREFIXES = ("PTV", "CTV", "GTV", "ITV")
+
+
+def interpreted_type_of(name: str) -> str:
+    """The RT ROI Interpreted Type of a TG-263 name: PTV, CTV, GTV or ITV for a target
+    volume of that prefix, ORGAN otherwise.
+
+    >>> interpreted_type_of("PTV70"), interpreted_type_of("Parotid_L")
+    ('PTV', 'ORGAN')
+    """
+    return next((p for p in TARGET_PREFIXES if name.upper().startswith(p)), "ORGAN")
 
 
 def mirror_order(names: list[str]) -> list[int]:

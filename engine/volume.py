@@ -17,8 +17,10 @@ from functools import cached_property
 import numpy as np
 from scipy import ndimage
 
+from engine.errors import InputError
 
-class GeometryError(ValueError):
+
+class GeometryError(InputError):
     """An array or affine that cannot describe a 3D image in patient space."""
 
 
@@ -77,6 +79,16 @@ def check_input_grid(shape: tuple[int, ...], affine: np.ndarray) -> None:
         )
 
 
+def hu_as_int16(hu: np.ndarray) -> np.ndarray:
+    """(I, J, K) intensities rounded and clipped to int16 (HU for CT, as the outputs and
+    DICOM export store them), in Fortran order (NIfTI's), converted one slice at a time so
+    that no float copy of the whole volume is made."""
+    out = np.empty(hu.shape, dtype=np.int16, order="F")
+    for k in range(hu.shape[2]):
+        out[:, :, k] = np.clip(np.rint(hu[:, :, k]), -32768, 32767)
+    return out
+
+
 def _mm(values: np.ndarray) -> str:
     return " x ".join(f"{v:.4g}" for v in values)
 
@@ -95,7 +107,8 @@ class Volume:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel spacing in mm along I, J, K."""
-        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+        x, y, z = (float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+        return (x, y, z)
 
 
 @dataclass(frozen=True)
@@ -113,7 +126,8 @@ class LabelMap:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel spacing in mm along I, J, K."""
-        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+        x, y, z = (float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+        return (x, y, z)
 
     @property
     def voxel_volume_mm3(self) -> float:

@@ -4,7 +4,7 @@ training cases, thresholds from the val split, false-alarm rates on val and test
     python experiments/domain_thresholds.py [--write-cards]
 
 Writes experiments/results/domain-hn.json; ``--write-cards`` also stores the ``domain``
-section in engine/weights/hn-oar.json and hn-rt.json (``engine.model_card.add_domain``).
+section in engine/weights/hn-oar.json and hn-rt.json (``engine.train.publish.add_domain``).
 
 Thresholds (20 val cases: "at most 1 % flagged" means none, so each threshold is the
 least strict value that flags no val case; the output signals are measured on each
@@ -183,7 +183,7 @@ def main() -> None:
     OUT.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: result[k] for k in ("val", "test")}, indent=1))
     if args.write_cards:
-        from engine.model_card import add_domain
+        from engine.train.publish import add_domain
 
         for name in ("hn-oar", "hn-rt"):
             add_domain(name, domain)

@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from monai.metrics import compute_roc_auc
 
-from engine.data_openkbp import case_rois, load_split
 from engine.infer.audit import Critic, qam_score
 from engine.models.qam import QualityAwarenessModule
 from engine.models.registry import sha256_of
 from engine.train.label_noise import RANGES_MM, corrupt_masks
+from engine.train.openkbp import case_rois, load_split
 from engine.train.segmentation import cache_case, cache_dir
 
 CLEAN_FLAGGED = 0.10  # share of sound contours the audit may call implausible

@@ -9,7 +9,7 @@ Pairs, all from the OpenKBP test split (never tuned on):
 
 * inter-patient (atlas-style): fixed = test case 2i, moving = test case 2i + 1; truth =
   the fixed case's own contours; no DVF truth;
-* synthetic daily scans: fixed = ``engine.synthetic_deformation.make_pair`` of a test
+* synthetic daily scans: fixed = ``engine.train.synthetic_deformation.make_pair`` of a test
   case (seed = pair number, default field parameters), moving = that case; truth = its
   contours warped by the known field, and the field itself.
 
@@ -38,13 +38,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.data_openkbp import case_rois, load_split
 from engine.infer.displacement import Grid, warp_labels
 from engine.infer.propagate import propagate
 from engine.io.nifti import read_labels, read_volume
 from engine.metrics import surface_metrics
 from engine.models.registry import model_config
-from engine.synthetic_deformation import DEFAULTS, make_pair
+from engine.train.openkbp import case_rois, load_split
+from engine.train.synthetic_deformation import DEFAULTS, make_pair
 
 DATA = ROOT.parent / "shared" / "data" / "openkbp"
 RESULTS = ROOT / "experiments" / "results"

@@ -20,7 +20,7 @@ from rest_framework.test import APIClient
 
 from tests import factories
 from webapp.celery import app as celery_app
-from webapp.delineation import services
+from webapp.delineation import engine_client
 
 FAKE_STRUCTURES = [
     {"label": 1, "name": "Brainstem", "color": [255, 170, 0]},
@@ -115,7 +115,7 @@ def dicom_zip(tmp_path) -> bytes:
 
 def fake_segmentation(
     input_path: Path, model_name: str, out_dir: Path, progress=None, series=None
-) -> services.EngineResult:
+) -> engine_client.EngineResult:
     """Stands in for the engine: writes the documented outputs for a 20x24x10 grid."""
     report = progress or (lambda stage, pct: None)
     out_dir = Path(out_dir)
@@ -154,17 +154,33 @@ def fake_segmentation(
         json.dumps({"min_dice": min(roundtrip.values()), "threshold": 0.98, "structures": roundtrip})
     )
     report("done", 100)
-    return services.EngineResult(
+    return engine_client.EngineResult(
         structures=table,
         timings_s={"ingest": 0.1, "preprocess": 0.2, "network": 0.3, "export": 0.4},
-        rtstruct=rtstruct,
         input_kind="dicom" if is_dicom else "nifti",
         model_name=model_name,
         weights_sha256="ab" * 32,
         rtstruct_roundtrip=roundtrip,
-        seg=seg,
-        ct_dicom_zip=ct_dicom_zip,
     )
+
+
+def get_export(api, url: str, capture):
+    """GET a file the worker writes after its job (``webapp.delineation.exports``): the
+    first request queues it (202), the eager task writes it when the request's transaction
+    commits (``capture``: pytest-django's ``django_capture_on_commit_callbacks``), and the
+    next request downloads it."""
+    with capture(execute=True):
+        first = api.get(url)
+    return api.get(url) if first.status_code == 202 else first
+
+
+@pytest.fixture
+def exports_at_once(monkeypatch):
+    """The exports a request queues (``webapp.delineation.exports``) written at once, as the
+    worker would: for tests of what they hold rather than of their queueing."""
+    from webapp.delineation import exports, tasks
+
+    monkeypatch.setattr(tasks, "submit_export", exports.run)
 
 
 @pytest.fixture
@@ -178,8 +194,8 @@ def fake_engine(monkeypatch):
         )
         return fake_segmentation(input_path, model_name, out_dir, progress, series)
 
-    monkeypatch.setattr(services, "available_models", lambda: ["hn-oar"])
-    monkeypatch.setattr(services, "run_segmentation", run)
+    monkeypatch.setattr(engine_client, "available_models", lambda: ["hn-oar"])
+    monkeypatch.setattr(engine_client, "run_segmentation", run)
     return calls
 
 
@@ -256,10 +272,11 @@ def fake_propagation_masks(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.
 
 def fake_propagate_files(fixed, moving, contours, model, out_dir, progress=None) -> dict:
     """Stands in for ``engine.infer.propagate.propagate_files``: writes the contract's files
-    on the grid of the fixed (daily) scan as the engine reads it (ddf.nii.gz, labels.nii.gz,
+    on the grid of the fixed (daily) scan as the engine reads it (image.nii.gz, ddf.nii.gz, labels.nii.gz,
     structures.json, structures/, rtstruct.dcm, report.json; direct_labels.nii.gz for the
     model that segments, dual-head). Refuses contours that are neither an RTSTRUCT nor a
-    labels.nii.gz + structures.json folder, as the engine would (ValueError)."""
+    labels.nii.gz + structures.json folder, as the engine would (InputError)."""
+    from engine.errors import InputError
     from engine.io.reader import read_input
 
     report = progress or (lambda stage, pct: None)
@@ -268,10 +285,12 @@ def fake_propagate_files(fixed, moving, contours, model, out_dir, progress=None)
     contours = Path(contours)
     if contours.is_dir():
         if not ((contours / "labels.nii.gz").exists() and (contours / "structures.json").exists()):
-            raise ValueError("the contours folder holds no labels.nii.gz with structures.json")
+            raise InputError("the contours folder holds no labels.nii.gz with structures.json")
     elif pydicom.dcmread(contours).Modality != "RTSTRUCT":
-        raise ValueError("the contours file is not an RTSTRUCT")
+        raise InputError("the contours file is not an RTSTRUCT")
     volume, _ = read_input(Path(fixed))
+    image = volume.array.astype(np.int16)  # the factories write whole HU values
+    nib.save(nib.Nifti1Image(image, volume.affine), out_dir / "image.nii.gz")
     propagated, direct = fake_propagation_masks(volume.array.shape)
     report("register", 30)
     nib.save(nib.Nifti1Image(np.zeros((*volume.array.shape, 3), np.float32), volume.affine), out_dir / "ddf.nii.gz")
@@ -299,8 +318,8 @@ def fake_propagate_files(fixed, moving, contours, model, out_dir, progress=None)
 
 @pytest.fixture
 def fake_propagation(monkeypatch):
-    """``engine.infer.propagate`` replaced by a module with ``PROPAGATION_MODELS`` and
-    ``fake_propagate_files``; returns the calls (fixed, moving, contours and, for an
+    """``engine.infer.propagate`` replaced by a module with ``fake_propagate_files``, and the
+    propagation methods by ``FAKE_PROPAGATION_MODELS``; returns the calls (fixed, moving, contours and, for an
     RTSTRUCT, its ROI names, model)."""
     calls: list[dict] = []
 
@@ -311,7 +330,7 @@ def fake_propagation(monkeypatch):
         return fake_propagate_files(fixed, moving, contours, model, out_dir, progress)
 
     module = types.ModuleType("engine.infer.propagate")
-    module.PROPAGATION_MODELS = lambda: list(FAKE_PROPAGATION_MODELS)
     module.propagate_files = propagate_files
     monkeypatch.setitem(sys.modules, "engine.infer.propagate", module)
+    monkeypatch.setattr(engine_client, "propagation_models", lambda: list(FAKE_PROPAGATION_MODELS))
     return calls

@@ -1,4 +1,4 @@
-"""The access audit log: every upload, view, download, delete and queued job is recorded,
+"""The access log: every upload, view, download, delete and queued job is recorded,
 with ids only (never a scan's name, which can hold a patient's), and each user reads only
 the events on the data they own."""
 
@@ -106,28 +106,28 @@ def test_event_kept_with_username_when_the_user_is_deleted(alice, named_job):
 
 
 def test_owner_reads_own_events_other_user_only_theirs(alice_api, bob_api, bob, named_job, dicom_zip):
-    response = alice_api.get("/api/audit-log/")
+    response = alice_api.get("/api/access-log/")
     assert response.status_code == 200
     events = response.json()
     assert {e["action"] for e in events} == {"upload", "queue"}
     assert all(e["username"] == "alice" for e in events)
     assert PATIENT not in response.content.decode()
-    assert bob_api.get("/api/audit-log/").json() == []
+    assert bob_api.get("/api/access-log/").json() == []
     upload = SimpleUploadedFile("series.zip", dicom_zip, content_type="application/zip")
     assert bob_api.post("/api/scans/", {"file": upload}, format="multipart").status_code == 201
-    bob_events = bob_api.get("/api/audit-log/").json()
+    bob_events = bob_api.get("/api/access-log/").json()
     assert [(e["username"], e["action"]) for e in bob_events] == [("bob", "upload")]
-    assert len(alice_api.get("/api/audit-log/").json()) == 2
+    assert len(alice_api.get("/api/access-log/").json()) == 2
 
 
 def test_staff_read_everyones_events(alice_api, bob, bob_api, named_job):
     bob.is_staff = True
     bob.save()
-    assert {e["username"] for e in bob_api.get("/api/audit-log/").json()} == {"alice"}
+    assert {e["username"] for e in bob_api.get("/api/access-log/").json()} == {"alice"}
 
 
 def test_audit_log_needs_login(anon_api):
-    assert anon_api.get("/api/audit-log/").status_code == 401
+    assert anon_api.get("/api/access-log/").status_code == 401
 
 
 def test_admin_is_read_only(client, django_user_model, named_job):

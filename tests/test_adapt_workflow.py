@@ -19,10 +19,11 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 
+from engine.errors import InputError
 from tests import factories
-from tests.conftest import FAKE_PROPAGATION_REPORT, fake_propagation_masks
-from webapp.delineation import retention, services, tasks
-from webapp.delineation.models import Job, Scan
+from tests.conftest import FAKE_PROPAGATION_REPORT, fake_propagation_masks, get_export
+from webapp.delineation import engine_client, exports, retention, rules, runner
+from webapp.delineation.models import Export, Job, Scan
 
 pytestmark = pytest.mark.django_db
 
@@ -48,7 +49,7 @@ def daily(alice_api, tmp_path) -> dict:
 
 
 def rtstruct_uid(scan: dict) -> str:
-    (rs,) = services.structure_sets(scan["preflight"])
+    (rs,) = rules.structure_sets(scan["preflight"])
     return rs["sop_instance_uid"]
 
 
@@ -245,8 +246,8 @@ def test_unknown_method_lists_the_propagation_methods(alice_api, planning, daily
     assert "Unknown model 'hn-oar'" in message and "rigid, elastix-bspline, dual-head" in message
 
 
-def test_without_the_propagation_engine_no_method_is_offered(alice_api, planning, daily, monkeypatch):
-    monkeypatch.setitem(sys.modules, "engine.infer.propagate", None)  # import fails
+def test_without_a_propagation_method_none_is_offered(alice_api, planning, daily, monkeypatch):
+    monkeypatch.setattr(engine_client, "propagation_models", lambda: [])
     assert alice_api.get("/api/propagation-models/").json() == {"models": []}
     response = propagate(alice_api, daily["id"], planning["id"], contours_rtstruct=rtstruct_uid(planning))
     assert "no contour propagation method is installed" in response.json()["model"][0]
@@ -282,7 +283,7 @@ def test_a_deleted_planning_scan_fails_the_queued_job(alice, planning, daily, fa
         kind=Job.Kind.PROPAGATE,
     )
     Scan.objects.filter(pk=planning["id"]).delete()
-    assert tasks.execute_job(job.id) == Job.Status.FAILED
+    assert runner.execute_job(job.id) == Job.Status.FAILED
     job.refresh_from_db()
     assert job.error == "The planning scan of this propagation was deleted; start a new one."
     assert fake_propagation == []
@@ -303,14 +304,14 @@ def test_damaged_contours_of_a_delineation_fail_the_job(
         model_name="rigid",
         kind=Job.Kind.PROPAGATE,
     )
-    assert tasks.execute_job(job.id) == Job.Status.FAILED
+    assert runner.execute_job(job.id) == Job.Status.FAILED
     job.refresh_from_db()
     assert "is damaged" in job.error and fake_propagation == []
 
 
 def test_the_engines_refusal_fails_the_job_with_its_message(alice, planning, daily, monkeypatch, fake_propagation):
     def refuse(*args, **kwargs):
-        raise ValueError("the contours hold no structure inside the planning image")
+        raise InputError("the contours hold no structure inside the planning image")
 
     monkeypatch.setattr(sys.modules["engine.infer.propagate"], "propagate_files", refuse)
     job = Job.objects.create(
@@ -321,10 +322,30 @@ def test_the_engines_refusal_fails_the_job_with_its_message(alice, planning, dai
         model_name="rigid",
         kind=Job.Kind.PROPAGATE,
     )
-    assert tasks.execute_job(job.id) == Job.Status.FAILED
+    assert runner.execute_job(job.id) == Job.Status.FAILED
     job.refresh_from_db()
     assert job.error == "The contours could not be propagated: the contours hold no structure inside the planning image"
     assert not job.output_dir.with_name(f"{job.id}.inputs").exists()
+
+
+def test_a_bug_in_the_engine_is_an_internal_error_not_a_refusal(alice, planning, daily, monkeypatch, fake_propagation):
+    def broken(*args, **kwargs):
+        raise ValueError("operands could not be broadcast together")
+
+    monkeypatch.setattr(sys.modules["engine.infer.propagate"], "propagate_files", broken)
+    job = Job.objects.create(
+        owner=alice,
+        scan_id=daily["id"],
+        planning_scan_id=planning["id"],
+        contours_rtstruct=rtstruct_uid(planning),
+        model_name="rigid",
+        kind=Job.Kind.PROPAGATE,
+    )
+    with pytest.raises(runner.JobFailed):
+        runner.execute_job(job.id)
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED
+    assert job.error.startswith("Internal error during ") and "could not be propagated" not in job.error
 
 
 def test_a_running_propagation_keeps_its_planning_scan(alice, alice_api, planning, daily):
@@ -345,13 +366,17 @@ def test_a_running_propagation_keeps_its_planning_scan(alice, alice_api, plannin
 # --- Choices and the RTSTRUCT for the daily scan -----------------------------------------
 
 
-def test_the_kept_contours_are_in_the_downloaded_rtstruct(alice_api, alice_propagation, daily):
+def test_the_kept_contours_are_in_the_downloaded_rtstruct(
+    alice_api, alice_propagation, daily, django_capture_on_commit_callbacks
+):
     url = f"/api/jobs/{alice_propagation['id']}/"
-    response = alice_api.post(f"{url}choices/", {"choices": {"Brainstem": "direct"}}, format="json")
+    with django_capture_on_commit_callbacks(execute=True):  # the worker writes the RTSTRUCT then
+        response = alice_api.post(f"{url}choices/", {"choices": {"Brainstem": "direct"}}, format="json")
     assert response.status_code == 200, response.content
     job = response.json()
     assert job["choices"] == {"Brainstem": "direct"}
     assert [s["kept"] for s in job["propagation"]["structures"]] == ["direct", "propagated"]
+    assert [(e["file"], e["state"]) for e in job["exports"]] == [("final/rtstruct.dcm", "queued")]
     download = alice_api.get(job["downloads"]["final_rtstruct"])
     assert download.status_code == 200 and download["Content-Type"] == "application/dicom"
     data = content(download)
@@ -372,6 +397,9 @@ def test_the_kept_contours_are_in_the_downloaded_rtstruct(alice_api, alice_propa
     job = alice_api.post(f"{url}choices/", {"choices": {"Mandible": "direct"}}, format="json").json()
     assert job["choices"] == {"Brainstem": "direct", "Mandible": "direct"}
     job = alice_api.post(f"{url}choices/", {"choices": {"Brainstem": "propagated"}}, format="json").json()
+    waiting = alice_api.get(job["downloads"]["final_rtstruct"])  # queued after the last change
+    assert waiting.status_code == 202 and waiting.json()["export"]["state"] == "queued"
+    exports.run(Export.objects.get(job_id=job["id"], state="queued").pk)  # what the worker does
     masks = final_masks(content(alice_api.get(job["downloads"]["final_rtstruct"])), daily)
     np.testing.assert_array_equal(masks["Brainstem"], propagated == 1)
     stored = Job.objects.get(pk=job["id"])
@@ -382,8 +410,10 @@ def test_the_kept_contours_are_in_the_downloaded_rtstruct(alice_api, alice_propa
     }
 
 
-def test_without_choices_the_download_holds_the_propagated_contours(alice_api, alice_propagation, daily):
-    download = alice_api.get(alice_propagation["downloads"]["final_rtstruct"])
+def test_without_choices_the_download_holds_the_propagated_contours(
+    alice_api, alice_propagation, daily, django_capture_on_commit_callbacks
+):
+    download = get_export(alice_api, alice_propagation["downloads"]["final_rtstruct"], django_capture_on_commit_callbacks)
     assert download.status_code == 200
     masks = final_masks(content(download), daily)
     propagated, _ = fake_propagation_masks(masks["Brainstem"].shape)
@@ -391,9 +421,9 @@ def test_without_choices_the_download_holds_the_propagated_contours(alice_api, a
     assert "final/rtstruct.dcm" in Job.objects.get(pk=alice_propagation["id"]).checksums
 
 
-def test_a_tampered_final_rtstruct_is_not_served(alice_api, alice_propagation):
+def test_a_tampered_final_rtstruct_is_not_served(alice_api, alice_propagation, django_capture_on_commit_callbacks):
     url = alice_propagation["downloads"]["final_rtstruct"]
-    assert alice_api.get(url).status_code == 200
+    assert get_export(alice_api, url, django_capture_on_commit_callbacks).status_code == 200
     stored = Job.objects.get(pk=alice_propagation["id"])
     (stored.result_path / "final" / "rtstruct.dcm").write_bytes(b"\0" * 128 + b"DICM other")
     response = alice_api.get(url)
@@ -423,7 +453,9 @@ def test_a_delineation_has_no_choices_nor_final_rtstruct(alice_api, alice_job):
     assert alice_job["propagation"] is None and alice_job["downloads"]["final_rtstruct"] is None
 
 
-def test_charlie_gets_404_on_alices_propagation(alice_api, charlie_api, alice_propagation):
+def test_charlie_gets_404_on_alices_propagation(
+    alice_api, charlie_api, alice_propagation, django_capture_on_commit_callbacks
+):
     base = f"/api/jobs/{alice_propagation['id']}/"
     responses = [
         charlie_api.get(f"{base}{suffix}")
@@ -435,7 +467,7 @@ def test_charlie_gets_404_on_alices_propagation(alice_api, charlie_api, alice_pr
         assert "Brainstem" not in response.content.decode()
     assert Job.objects.get(pk=alice_propagation["id"]).choices == {}
     assert charlie_api.get("/api/jobs/").json() == []
-    assert alice_api.get(f"{base}final_rtstruct.dcm").status_code == 200
+    assert get_export(alice_api, f"{base}final_rtstruct.dcm", django_capture_on_commit_callbacks).status_code == 200
 
 
 # --- Pages -------------------------------------------------------------------------------

@@ -17,10 +17,10 @@ import pydicom
 import pytest
 
 from tests.conftest import FAKE_STRUCTURES
-from webapp.delineation import services
+from webapp.delineation import engine_client
 from webapp.delineation.models import Job, Scan
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("exports_at_once")]
 
 # On the 16 x 16 x 8 test series (tests/factories.py: LPS, 2 x 2 x 3 mm) an axial slice's row r
 # and column c show voxel (i, j) = (c, r): Brainstem covers rows 4-8, columns 4-7 of slices 2-4.
@@ -42,8 +42,8 @@ def segment_on_the_series_grid(input_path, model_name, out_dir, progress=None, s
     (out_dir / "structures.json").write_text(json.dumps(table))
     (out_dir / "rtstruct.dcm").write_bytes(b"\0" * 128 + b"DICM the model's own")
     (out_dir / "seg.dcm").write_bytes(b"\0" * 128 + b"DICM the model's own SEG")
-    return services.EngineResult(
-        structures=table, timings_s={}, rtstruct=out_dir / "rtstruct.dcm", seg=out_dir / "seg.dcm", input_kind="dicom",
+    return engine_client.EngineResult(
+        structures=table, timings_s={}, input_kind="dicom",
         model_name=model_name, weights_sha256="cd" * 32,
     )
 
@@ -52,8 +52,8 @@ def segment_on_the_series_grid(input_path, model_name, out_dir, progress=None, s
 def job(alice, alice_api, alice_dicom_scan, monkeypatch, django_capture_on_commit_callbacks) -> dict:
     alice.first_name, alice.last_name = "Alice", "Smith"
     alice.save()
-    monkeypatch.setattr(services, "available_models", lambda: ["hn-oar"])
-    monkeypatch.setattr(services, "run_segmentation", segment_on_the_series_grid)
+    monkeypatch.setattr(engine_client, "available_models", lambda: ["hn-oar"])
+    monkeypatch.setattr(engine_client, "run_segmentation", segment_on_the_series_grid)
     with django_capture_on_commit_callbacks(execute=True):
         response = alice_api.post("/api/jobs/", {"scan": alice_dicom_scan["id"], "model": "hn-oar"}, format="json")
     job = alice_api.get(f"/api/jobs/{response.json()['id']}/").json()

@@ -15,7 +15,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from tests import factories
 from tests.conftest import FAKE_STRUCTURES
-from webapp.delineation import services, tasks
+from webapp.delineation import engine_client, rules, runner
 from webapp.delineation.models import Job
 
 pytestmark = pytest.mark.django_db
@@ -57,7 +57,7 @@ AUDIT_DOCUMENT = {
 }
 
 
-def fake_audit(input_path, model_name, out_dir, progress=None, series=None) -> services.AuditEngineResult:
+def fake_audit(input_path, model_name, out_dir, progress=None, series=None) -> engine_client.AuditEngineResult:
     """Stands in for ``engine.infer.audit.audit_file``: the model's delineation as image.nii.gz,
     labels.nii.gz and structures.json, and ``AUDIT_DOCUMENT`` as audit.json."""
     report = progress or (lambda stage, pct: None)
@@ -74,7 +74,7 @@ def fake_audit(input_path, model_name, out_dir, progress=None, series=None) -> s
     (out_dir / "structures.json").write_text(json.dumps(table))
     (out_dir / "audit.json").write_text(json.dumps(AUDIT_DOCUMENT))
     report("export", 95)
-    return services.AuditEngineResult(
+    return engine_client.AuditEngineResult(
         structures=table,
         audit=AUDIT_DOCUMENT["structures"],
         qam_threshold=-0.2,
@@ -94,9 +94,9 @@ def auditing(monkeypatch, fake_engine):
         calls.append({"input_path": Path(input_path), "model_name": model_name, "series": series})
         return fake_audit(input_path, model_name, out_dir, progress, series)
 
-    monkeypatch.setattr(services, "available_models", lambda: ["hn-oar", "hn-rt"])
-    monkeypatch.setattr(services, "audit_models", lambda: ["hn-rt"])
-    monkeypatch.setattr(services, "run_audit", run)
+    monkeypatch.setattr(engine_client, "available_models", lambda: ["hn-oar", "hn-rt"])
+    monkeypatch.setattr(engine_client, "audit_models", lambda: ["hn-rt"])
+    monkeypatch.setattr(engine_client, "run_audit", run)
     return calls
 
 
@@ -137,7 +137,7 @@ def audit_job_on_disk(owner, scan_id, status=Job.Status.SUCCEEDED, kind=Job.Kind
 def test_audit_job_runs_and_shows_the_audit(
     alice_api, alice_rtstruct_scan, auditing, django_capture_on_commit_callbacks
 ):
-    (rs,) = services.structure_sets(alice_rtstruct_scan["preflight"])
+    (rs,) = rules.structure_sets(alice_rtstruct_scan["preflight"])
     assert rs["rois"] == ["Brainstem", "PTV70"]
     response = post_audit(alice_api, alice_rtstruct_scan["id"], capture=django_capture_on_commit_callbacks)
     assert response.status_code == 201, response.content
@@ -191,7 +191,7 @@ def test_model_without_a_critic_cannot_audit(alice_api, alice_rtstruct_scan, aud
 def test_without_any_auditing_model_the_message_names_what_is_needed(
     alice_api, alice_rtstruct_scan, auditing, monkeypatch
 ):
-    monkeypatch.setattr(services, "audit_models", lambda: [])
+    monkeypatch.setattr(engine_client, "audit_models", lambda: [])
     response = post_audit(alice_api, alice_rtstruct_scan["id"])
     assert response.status_code == 400
     (message,) = response.json()["model"]
@@ -199,7 +199,7 @@ def test_without_any_auditing_model_the_message_names_what_is_needed(
 
 
 def test_scan_without_a_structure_set_cannot_be_audited(alice_api, alice_dicom_scan, auditing):
-    assert services.structure_sets(alice_dicom_scan["preflight"]) == []
+    assert rules.structure_sets(alice_dicom_scan["preflight"]) == []
     response = post_audit(alice_api, alice_dicom_scan["id"])
     assert response.status_code == 400
     assert "no structure set (RTSTRUCT)" in response.json()["scan"][0]
@@ -233,10 +233,10 @@ def test_models_say_which_can_audit(alice_api, monkeypatch, tmp_path):
     card["qam"] = {"weights": "hn-rt-qam.pt", "sha256": "0" * 64, "lambda": 1.0, "patch": 64, "threshold": -0.2}
     (tmp_path / "hn-rt.json").write_text(json.dumps(card))
     monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
-    monkeypatch.setattr(services, "available_models", lambda: ["hn-oar", "hn-rt"])
+    monkeypatch.setattr(engine_client, "available_models", lambda: ["hn-oar", "hn-rt"])
     models = alice_api.get("/api/models/").json()
     assert {m["name"]: m["audit"] for m in models} == {"hn-oar": False, "hn-rt": True}
-    assert services.audit_models() == ["hn-rt"]
+    assert engine_client.audit_models() == ["hn-rt"]
 
 
 # --- What the API shows of an audit ------------------------------------------------------
@@ -283,7 +283,7 @@ def test_model_without_a_critic_fails_the_job_with_a_clear_message(alice, alice_
         kind=Job.Kind.AUDIT,
         series_key=alice_rtstruct_scan["preflight"]["selected"],
     )
-    assert tasks.execute_job(job.id) == Job.Status.FAILED
+    assert runner.execute_job(job.id) == Job.Status.FAILED
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED
     assert job.error == (
@@ -303,7 +303,7 @@ def test_model_without_a_critic_fails_the_job_with_a_clear_message(alice, alice_
 def test_engine_refusals_fail_the_job(request, alice, alice_api, scan_fixture, expected):
     scan = request.getfixturevalue(scan_fixture)
     job = Job.objects.create(owner=alice, scan_id=scan["id"], model_name="hn-oar", kind=Job.Kind.AUDIT)
-    assert tasks.execute_job(job.id) == Job.Status.FAILED
+    assert runner.execute_job(job.id) == Job.Status.FAILED
     shown = alice_api.get(f"/api/jobs/{job.id}/").json()
     assert shown["status"] == "failed" and expected in shown["error"]
     assert shown["audit"] is None and shown["downloads"] == {}
@@ -339,7 +339,7 @@ def test_scan_page_offers_the_audit_only_with_a_structure_set(
 def test_scan_page_says_a_critic_is_needed_when_no_model_can_audit(alice_browser, alice_rtstruct_scan, fake_engine):
     page = alice_browser.get(f"/scans/{alice_rtstruct_scan['id']}/").content.decode()
     assert 'id="audit-section"' in page and 'id="audit-button"' not in page
-    assert services.AUDIT_NEEDS_CRITIC in page and "hn-rt" in page
+    assert rules.AUDIT_NEEDS_CRITIC in page and "hn-rt" in page
 
 
 def test_scan_page_queues_an_audit(alice_browser, alice, alice_rtstruct_scan, auditing, django_capture_on_commit_callbacks):

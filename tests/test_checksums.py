@@ -12,7 +12,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from webapp.delineation import services
+from webapp.delineation import outputs, viewer
 from webapp.delineation.models import Job
 
 pytestmark = pytest.mark.django_db
@@ -94,7 +94,7 @@ def test_a_job_finished_before_checksums_is_served_unchecked(alice_api, alice_jo
 
 def test_the_file_served_is_the_one_checked(alice_job, tmp_path):
     job = Job.objects.get(pk=alice_job["id"])
-    handle = services.open_verified(job.result_path, "labels.nii.gz", job.checksums)
+    handle = outputs.open_verified(job.result_path, "labels.nii.gz", job.checksums)
     original = (job.result_path / "labels.nii.gz").read_bytes()
     replacement = tmp_path / "other"
     replacement.write_bytes(b"renamed over it after the check")
@@ -105,7 +105,7 @@ def test_the_file_served_is_the_one_checked(alice_job, tmp_path):
 
 def test_the_masks_zip_is_the_same_when_built_twice(alice_job, tmp_path):
     job = Job.objects.get(pk=alice_job["id"])
-    services.structures_zip(job.result_path, tmp_path / "again.zip")
+    outputs.structures_zip(job.result_path, tmp_path / "again.zip")
     assert (tmp_path / "again.zip").read_bytes() == (job.result_path / "structures.zip").read_bytes()
 
 
@@ -119,25 +119,25 @@ def test_a_failing_zip_write_keeps_the_old_zip_and_leaves_no_temporary(alice_job
         dst.write(src.read(10))
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(services.shutil, "copyfileobj", copy_then_fail)
+    monkeypatch.setattr(outputs.shutil, "copyfileobj", copy_then_fail)
     with pytest.raises(OSError, match="No space"):
-        services.structures_zip(job.result_path, target)
+        outputs.structures_zip(job.result_path, target)
     assert sorted(os.listdir(job.result_path)) == before
     assert target.read_bytes() == old
 
 
 def test_a_failing_viewer_write_keeps_the_old_array_and_leaves_no_temporary(alice_job, monkeypatch):
     job = Job.objects.get(pk=alice_job["id"])
-    viewer = job.result_path / "viewer"
-    old = (viewer / "labels.npy").read_bytes()
-    before = sorted(os.listdir(viewer))
+    folder = job.result_path / "viewer"
+    old = (folder / "labels.npy").read_bytes()
+    before = sorted(os.listdir(folder))
 
     def save_then_fail(file, array, **kwargs):
         file.write(b"\x93NUMPY partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(services.np, "save", save_then_fail)
+    monkeypatch.setattr(viewer.np, "save", save_then_fail)
     with pytest.raises(OSError, match="No space"):
-        services._atomic_save_npy(viewer / "labels.npy", np.zeros(3, np.uint8))
-    assert sorted(os.listdir(viewer)) == before
-    assert (viewer / "labels.npy").read_bytes() == old
+        viewer._atomic_save_npy(folder / "labels.npy", np.zeros(3, np.uint8))
+    assert sorted(os.listdir(folder)) == before
+    assert (folder / "labels.npy").read_bytes() == old

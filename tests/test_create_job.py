@@ -7,7 +7,7 @@ import zipfile
 import pytest
 
 from tests import factories
-from webapp.delineation import services
+from webapp.delineation import engine_client
 from webapp.delineation.models import Job
 
 pytestmark = pytest.mark.django_db
@@ -58,7 +58,7 @@ def test_unknown_model(alice_api, alice_scan, fake_engine):
 
 
 def test_no_model_installed(alice_api, alice_scan, monkeypatch):
-    monkeypatch.setattr(services, "available_models", lambda: [])
+    monkeypatch.setattr(engine_client, "available_models", lambda: [])
     response = create(alice_api, alice_scan["id"])
     assert response.status_code == 400
     assert "no delineation model is installed" in response.json()["model"][0]
@@ -89,9 +89,9 @@ def test_engine_input_error_fails_the_job_with_its_message(
 ):
     def refuse(input_path, model_name, out_dir, progress=None, series=None):
         progress("ingest", 0)
-        raise services.DelineationError("The series has a gantry tilt of 12 degrees, which is not supported.")
+        raise engine_client.DelineationError("The series has a gantry tilt of 12 degrees, which is not supported.")
 
-    monkeypatch.setattr(services, "run_segmentation", refuse)
+    monkeypatch.setattr(engine_client, "run_segmentation", refuse)
     response = create(alice_api, alice_scan["id"], capture=django_capture_on_commit_callbacks)
     job = alice_api.get(f"/api/jobs/{response.json()['id']}/").json()
     assert job["status"] == "failed"
@@ -106,7 +106,7 @@ def test_unexpected_engine_crash_fails_the_job(
         progress("network", 20)
         raise RuntimeError("CUDA out of memory")
 
-    monkeypatch.setattr(services, "run_segmentation", crash)
+    monkeypatch.setattr(engine_client, "run_segmentation", crash)
     response = create(alice_api, alice_scan["id"], capture=django_capture_on_commit_callbacks)
     job = alice_api.get(f"/api/jobs/{response.json()['id']}/").json()
     assert job["status"] == "failed"
@@ -124,7 +124,7 @@ def test_engine_not_installed(alice_api, alice_scan, monkeypatch, django_capture
             raise ImportError("No module named 'engine.infer.segment'")
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(services, "available_models", lambda: ["hn-oar"])
+    monkeypatch.setattr(engine_client, "available_models", lambda: ["hn-oar"])
     monkeypatch.setattr(builtins, "__import__", no_engine)
     response = create(alice_api, alice_scan["id"], capture=django_capture_on_commit_callbacks)
     job = alice_api.get(f"/api/jobs/{response.json()['id']}/").json()

@@ -17,7 +17,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from tests.dicom_peers import case_files, free_port, need_dcmtk, running_node
 from tests.test_dicom_node_receive import QUIET_S, send_datasets, wait_for
-from webapp.delineation import services
+from webapp.delineation import engine_client, runner
 from webapp.delineation.dicom import send
 from webapp.delineation.dicom.models import DicomPeer, ResultSend
 from webapp.delineation.models import Job
@@ -28,14 +28,14 @@ _, RTSTRUCT = case_files("pt_104")
 @pytest.fixture
 def engine_with_rtstruct(fake_engine, monkeypatch):
     """The fake engine, with a real RTSTRUCT (openkbp pt_104's, which references its CT) as its rtstruct.dcm."""
-    fake = services.run_segmentation
+    fake = engine_client.run_segmentation
 
     def run(input_path, model_name, out_dir, progress=None, series=None):
         result = fake(input_path, model_name, out_dir, progress, series)
         shutil.copyfile(RTSTRUCT, Path(out_dir) / "rtstruct.dcm")
         return result
 
-    monkeypatch.setattr(services, "run_segmentation", run)
+    monkeypatch.setattr(engine_client, "run_segmentation", run)
     return fake_engine
 
 
@@ -204,9 +204,9 @@ def test_a_failed_job_fails_its_sends(
     from webapp.delineation.models import Scan
 
     def broken(*args, **kwargs):
-        raise services.DelineationError("no usable series")
+        raise engine_client.DelineationError("no usable series")
 
-    monkeypatch.setattr(services, "run_segmentation", broken)
+    monkeypatch.setattr(engine_client, "run_segmentation", broken)
     peer = DicomPeer.objects.create(name="TPS", ae_title="TPS1", host="127.0.0.1", port=104, owner=alice,
                                     model_name="hn-oar", send_results=True)  # fmt: skip
     with django_capture_on_commit_callbacks(execute=True):
@@ -240,7 +240,6 @@ def test_a_bug_while_sending_is_a_failed_attempt_not_a_send_left_queued(
 
 @pytest.mark.django_db
 def test_a_job_killed_at_its_time_limit_fails_its_sends(alice, alice_dicom_scan, fake_engine):
-    from webapp.delineation import tasks
     from webapp.delineation.models import Scan
 
     peer = DicomPeer.objects.create(name="TPS", ae_title="TPS1", host="127.0.0.1", port=104, owner=alice,
@@ -248,6 +247,6 @@ def test_a_job_killed_at_its_time_limit_fails_its_sends(alice, alice_dicom_scan,
     job = Job.objects.create(owner=alice, scan=Scan.objects.get(pk=alice_dicom_scan["id"]), model_name="hn-oar",
                              status="running")  # fmt: skip
     send.plan_sends(job, peer)
-    tasks.fail_after_time_limit(job.id, 600)
+    runner.fail_after_time_limit(job.id, 600)
     record = ResultSend.objects.get()
     assert record.state == "failed" and "The job failed" in record.message

@@ -17,7 +17,7 @@ import pytest
 
 from engine.io.atomic import write_atomically
 from tests.conftest import fake_segmentation
-from webapp.delineation import services, tasks
+from webapp.delineation import engine_client, runner, tasks, viewer
 from webapp.delineation.models import Job
 
 pytestmark = pytest.mark.django_db
@@ -43,7 +43,7 @@ def disk_fills_at_rtstruct(monkeypatch, error: BaseException = ENOSPC) -> None:
 
         write_atomically(Path(out_dir) / "rtstruct.dcm", write)
 
-    monkeypatch.setattr(services, "run_segmentation", engine)
+    monkeypatch.setattr(engine_client, "run_segmentation", engine)
 
 
 def assert_failed_and_nothing_offered(alice_api, job: Job, message: str) -> None:
@@ -76,9 +76,9 @@ def test_no_space_for_the_viewer_arrays_too(alice_api, alice_queued, monkeypatch
         (Path(result_dir) / "viewer" / ".image.npy.abc.npy").write_bytes(b"partial")
         raise ENOSPC
 
-    monkeypatch.setattr(services, "prepare_viewer", full)
-    assert tasks.execute_job(alice_queued.id) == "failed"
-    assert_failed_and_nothing_offered(alice_api, alice_queued, tasks.disk_full_message("segment"))
+    monkeypatch.setattr(viewer, "prepare_viewer", full)
+    assert runner.execute_job(alice_queued.id) == "failed"
+    assert_failed_and_nothing_offered(alice_api, alice_queued, runner.disk_full_message("segment"))
 
 
 def test_a_quota_error_wrapped_by_a_library_is_recognised(alice_api, alice_queued, monkeypatch):
@@ -88,14 +88,14 @@ def test_a_quota_error_wrapped_by_a_library_is_recognised(alice_api, alice_queue
         wrapped = RuntimeError("could not write the DICOM file")
         wrapped.__cause__ = quota
     disk_fills_at_rtstruct(monkeypatch, wrapped)
-    assert tasks.execute_job(alice_queued.id) == "failed"
-    assert_failed_and_nothing_offered(alice_api, alice_queued, tasks.disk_full_message("segment"))
+    assert runner.execute_job(alice_queued.id) == "failed"
+    assert_failed_and_nothing_offered(alice_api, alice_queued, runner.disk_full_message("segment"))
 
 
 def test_another_write_error_is_an_internal_error_and_keeps_no_file_either(alice_api, alice_queued, monkeypatch):
     disk_fills_at_rtstruct(monkeypatch, OSError(errno.EIO, os.strerror(errno.EIO)))
-    with pytest.raises(tasks.JobFailed):
-        tasks.execute_job(alice_queued.id)
+    with pytest.raises(runner.JobFailed):
+        runner.execute_job(alice_queued.id)
     alice_queued.refresh_from_db()
     assert alice_queued.error.startswith("Internal error during ") and "Input/output error" in alice_queued.error
     assert_failed_and_nothing_offered(alice_api, alice_queued, alice_queued.error)
@@ -107,7 +107,7 @@ def test_no_space_even_for_the_lock_file(alice_api, alice_queued, monkeypatch, f
         raise ENOSPC
         yield
 
-    monkeypatch.setattr(tasks, "_run_lock", lock_file_not_created)
-    assert tasks.execute_job(alice_queued.id) == "failed"
-    assert_failed_and_nothing_offered(alice_api, alice_queued, tasks.disk_full_message("segment"))
+    monkeypatch.setattr(runner, "_run_lock", lock_file_not_created)
+    assert runner.execute_job(alice_queued.id) == "failed"
+    assert_failed_and_nothing_offered(alice_api, alice_queued, runner.disk_full_message("segment"))
     assert not fake_engine

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from django.db import IntegrityError, transaction
 
-from webapp.delineation import tasks
+from webapp.delineation import engine_client, tasks
 from webapp.delineation.models import AccessEvent, Job
 
 pytestmark = pytest.mark.django_db
@@ -52,7 +52,7 @@ def test_after_the_job_finished_the_same_request_queues_a_new_one(alice_api, ali
 
 
 def test_another_model_or_kind_is_another_job(alice_api, alice_scan, fake_engine, monkeypatch):
-    monkeypatch.setattr(tasks.services, "available_models", lambda: ["hn-oar", "hn-rt"])
+    monkeypatch.setattr(engine_client, "available_models", lambda: ["hn-oar", "hn-rt"])
     assert post(alice_api, alice_scan["id"], "hn-oar").status_code == 201
     assert post(alice_api, alice_scan["id"], "hn-rt").status_code == 201
     assert Job.objects.count() == 2

@@ -283,7 +283,9 @@ def test_a_scan_with_revisions_is_deleted_with_them(alice_api, alice_job, django
     assert not Job.objects.filter(pk=job_id).exists() and not folder.exists()
 
 
-def test_a_propagation_is_corrected_from_its_direct_segmentation_and_approved(alice_api, alice_propagation):
+def test_a_propagation_is_corrected_from_its_direct_segmentation_and_approved(
+    alice_api, alice_propagation, exports_at_once
+):
     job_id = alice_propagation["id"]
     response = edit(alice_api, job_id, mode="direct", structure="Brainstem")
     assert response.status_code == 201, response.content
@@ -324,3 +326,27 @@ def test_the_masks_zip_of_a_revision(alice_api, alice_job):
     folder = Job.objects.get(pk=job_id).result_path / "revisions" / "1"
     assert stat.S_IMODE(os.stat(folder / "structures").st_mode) == 0o750
     assert stat.S_IMODE(os.stat(folder / "structures.zip").st_mode) == 0o640
+
+
+def test_a_revisions_rtstruct_is_written_by_the_worker_and_its_failure_shown(alice_api, alice_job):
+    """The request queues the export (202) and returns; the worker writes it; a failure is the
+    answer from then on (409), with the reason for the physician."""
+    from webapp.delineation import exports
+    from webapp.delineation.models import Export
+
+    job_id = alice_job["id"]
+    edit(alice_api, job_id, structure="Brainstem", plane="axial", index=4, mode="erase", polygon=AROUND_BRAINSTEM)
+    url = f"/api/jobs/{job_id}/rtstruct.dcm"
+    queued = alice_api.get(url)
+    assert queued.status_code == 202 and queued.json()["export"]["file"] == "revisions/1/rtstruct.dcm"
+    assert alice_api.get(url).json()["export"] == queued.json()["export"]  # asked again: the same one
+    (export,) = Export.objects.filter(job_id=job_id)
+    assert alice_api.get(f"/api/jobs/{job_id}/").json()["exports"][0]["state"] == "queued"
+    assert exports.run(export.pk) == "failed"  # the fake engine's grid is not the series'
+    refused = alice_api.get(url)
+    assert refused.status_code == 409
+    assert refused.json()["detail"] == (
+        "The RTSTRUCT of revision 1 could not be written: "
+        "The corrected contours are not on the grid of the scan's DICOM series."
+    )
+    assert alice_api.get(f"/api/jobs/{job_id}/").json()["exports"][0]["state"] == "failed"

@@ -16,7 +16,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 
 from webapp.celery import app as celery_app
-from webapp.delineation import services, tasks
+from webapp.delineation import engine_client, runner, tasks, viewer
 from webapp.delineation.models import Job, Scan
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,20 +115,20 @@ def redelivered(job: Job, attempts: int) -> Job:
 def test_a_job_started_as_often_as_allowed_is_failed_with_a_message_not_run_again(queued_job, fake_engine, settings):
     settings.DELINEO_JOB_MAX_ATTEMPTS = 3
     redelivered(queued_job, attempts=3)
-    assert tasks.execute_job(queued_job.id) == "failed"
+    assert runner.execute_job(queued_job.id) == "failed"
     assert not fake_engine
     queued_job.refresh_from_db()
     assert queued_job.status == "failed" and queued_job.attempts == 3 and queued_job.finished
     assert "was started 3 times" in queued_job.error and "not started again" in queued_job.error
     assert not queued_job.output_dir.exists()
-    assert tasks.execute_job(queued_job.id) == "failed" and not fake_engine  # and stays failed
+    assert runner.execute_job(queued_job.id) == "failed" and not fake_engine  # and stays failed
 
 
 @pytest.mark.django_db
 def test_a_job_below_the_limit_starts_over(queued_job, fake_engine, settings):
     settings.DELINEO_JOB_MAX_ATTEMPTS = 3
     redelivered(queued_job, attempts=2)
-    assert tasks.execute_job(queued_job.id) == "succeeded"
+    assert runner.execute_job(queued_job.id) == "succeeded"
     queued_job.refresh_from_db()
     assert queued_job.attempts == 3 and len(fake_engine) == 1
 
@@ -144,8 +144,8 @@ def test_the_soft_time_limit_fails_the_job_with_a_message_and_offers_nothing(
         (Path(out_dir) / "image.nii.gz").write_bytes(b"written before the limit")
         raise SoftTimeLimitExceeded()
 
-    monkeypatch.setattr(services, "run_segmentation", slow)
-    assert tasks.execute_job(queued_job.id) == "failed"
+    monkeypatch.setattr(engine_client, "run_segmentation", slow)
+    assert runner.execute_job(queued_job.id) == "failed"
     queued_job.refresh_from_db()
     assert queued_job.status == "failed"
     assert queued_job.error.startswith("The delineation took longer than 30 minutes and was stopped.")
@@ -162,8 +162,8 @@ def test_the_soft_time_limit_during_the_viewer_stage_is_handled_too(queued_job, 
     def too_late(result_dir):
         raise SoftTimeLimitExceeded()
 
-    monkeypatch.setattr(services, "prepare_viewer", too_late)
-    assert tasks.execute_job(queued_job.id) == "failed"
+    monkeypatch.setattr(viewer, "prepare_viewer", too_late)
+    assert runner.execute_job(queued_job.id) == "failed"
     queued_job.refresh_from_db()
     assert "took longer than 60 minutes" in queued_job.error and not queued_job.output_dir.exists()
 
@@ -194,11 +194,11 @@ def test_the_hard_time_limit_fails_the_job_from_the_worker_main_process(queued_j
 
 @pytest.mark.django_db
 def test_the_hard_time_limit_leaves_a_finished_job_alone(queued_job, fake_engine):
-    tasks.execute_job(queued_job.id)
-    tasks.fail_after_time_limit(queued_job.id, 3900)
+    runner.execute_job(queued_job.id)
+    runner.fail_after_time_limit(queued_job.id, 3900)
     queued_job.refresh_from_db()
     assert queued_job.status == "succeeded" and queued_job.result_path.exists()
-    tasks.fail_after_time_limit("00000000-0000-0000-0000-000000000000", 3900)  # a deleted job: nothing to do
+    runner.fail_after_time_limit("00000000-0000-0000-0000-000000000000", 3900)  # a deleted job: nothing to do
 
 
 @pytest.mark.django_db
@@ -209,7 +209,7 @@ def test_an_engine_error_fails_once_and_is_not_retried(queued_job, monkeypatch):
         calls.append(1)
         raise ZeroDivisionError("a bug the input triggers")
 
-    monkeypatch.setattr(services, "run_segmentation", poison)
+    monkeypatch.setattr(engine_client, "run_segmentation", poison)
     result = tasks.run_job.delay(str(queued_job.id))  # eager, as a worker would run it
     assert result.failed() and len(calls) == 1
     queued_job.refresh_from_db()

@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 
 from webapp.celery import app as celery_app
 from webapp.celery import start_job_reaper
-from webapp.delineation import reaper, tasks
+from webapp.delineation import reaper, runner, tasks
 from webapp.delineation.models import Job, Scan
 
 pytestmark = pytest.mark.django_db
@@ -78,7 +78,7 @@ def test_a_running_job_whose_lock_is_free_runs_again(make_job, django_capture_on
 
 def test_a_running_job_whose_lock_is_held_is_left_alone(make_job, django_capture_on_commit_callbacks):
     job = make_job("running", attempts=1)
-    with tasks._run_lock(job) as mine, django_capture_on_commit_callbacks(execute=True) as sent:
+    with runner._run_lock(job) as mine, django_capture_on_commit_callbacks(execute=True) as sent:
         assert mine
         done = reaper.reap()
     assert done.requeued == [] and sent == []

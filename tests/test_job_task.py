@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from webapp.delineation import tasks
+from webapp.delineation import runner, tasks
 from webapp.delineation.models import Job, Scan
 
 pytestmark = pytest.mark.django_db
@@ -29,10 +29,10 @@ def test_task_takes_an_id_and_runs_the_job(queued_job, fake_engine):
 
 
 def test_a_finished_job_is_not_run_again(queued_job, fake_engine):
-    tasks.execute_job(queued_job.id)
+    runner.execute_job(queued_job.id)
     queued_job.refresh_from_db()
     first = (queued_job.checksums, queued_job.finished, queued_job.attempts)
-    assert tasks.execute_job(queued_job.id) == "succeeded"
+    assert runner.execute_job(queued_job.id) == "succeeded"
     assert len(fake_engine) == 1
     queued_job.refresh_from_db()
     assert (queued_job.checksums, queued_job.finished, queued_job.attempts) == first
@@ -43,11 +43,11 @@ def test_a_finished_job_is_not_run_again(queued_job, fake_engine):
 def test_running_a_job_again_gives_the_same_files(queued_job, fake_engine):
     """Its worker died after the outputs were written, before the job was marked done:
     the broker delivers it again and it starts over, ending with the same files."""
-    tasks.execute_job(queued_job.id)
+    runner.execute_job(queued_job.id)
     queued_job.refresh_from_db()
     first = queued_job.checksums
     Job.objects.filter(pk=queued_job.pk).update(status="running", checksums={})
-    assert tasks.execute_job(queued_job.id) == "succeeded"
+    assert runner.execute_job(queued_job.id) == "succeeded"
     queued_job.refresh_from_db()
     assert len(fake_engine) == 2 and queued_job.attempts == 2
     assert queued_job.checksums == first
@@ -58,20 +58,20 @@ def test_a_redelivered_running_job_starts_over(queued_job, fake_engine):
     stale = queued_job.output_dir
     stale.mkdir(parents=True)
     (stale / "partial.tmp").write_text("left by a dead worker")
-    assert tasks.execute_job(queued_job.id) == "succeeded"
+    assert runner.execute_job(queued_job.id) == "succeeded"
     queued_job.refresh_from_db()
     assert queued_job.attempts == 2
     assert not (stale / "partial.tmp").exists()
 
 
 def test_a_deleted_job_is_ignored(fake_engine):
-    assert tasks.execute_job("00000000-0000-0000-0000-000000000000") == "missing"
+    assert runner.execute_job("00000000-0000-0000-0000-000000000000") == "missing"
     assert not fake_engine
 
 
 def test_progress_is_written_to_the_job(queued_job):
     Job.objects.filter(pk=queued_job.pk).update(status="running")
-    recorder = tasks.ProgressRecorder(queued_job.id)
+    recorder = runner.ProgressRecorder(queued_job.id)
     recorder("preprocess", 10)
     queued_job.refresh_from_db()
     assert (queued_job.stage, queued_job.progress) == ("preprocess", 10)
@@ -132,7 +132,7 @@ def test_a_job_running_in_another_process_is_not_started_again(queued_job, fake_
     (queued_job.output_dir / "labels.nii.gz").write_bytes(b"being written by the first run")
     holder = _hold_lock_in_another_process(queued_job.output_dir.with_name(f"{queued_job.id}.lock"))
     try:
-        assert tasks.execute_job(queued_job.id) == "running"
+        assert runner.execute_job(queued_job.id) == "running"
         queued_job.refresh_from_db()
         assert (queued_job.status, queued_job.attempts, queued_job.stage) == ("running", 1, "network")
         assert (queued_job.output_dir / "labels.nii.gz").read_bytes() == b"being written by the first run"
@@ -140,19 +140,19 @@ def test_a_job_running_in_another_process_is_not_started_again(queued_job, fake_
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    assert tasks.execute_job(queued_job.id) == "succeeded"
+    assert runner.execute_job(queued_job.id) == "succeeded"
     queued_job.refresh_from_db()
     assert queued_job.attempts == 2 and len(fake_engine) == 1
 
 
 def test_a_job_of_a_scan_deleted_meanwhile_leaves_no_folder(queued_job, fake_engine, monkeypatch):
     scan_dir = queued_job.scan.directory
-    real_run = tasks._run
+    real_run = runner._run
 
     def scan_deleted_first(job_id):
         queued_job.scan.delete()
         return real_run(job_id)
 
-    monkeypatch.setattr(tasks, "_run", scan_deleted_first)
-    assert tasks.execute_job(queued_job.id) == "missing"
+    monkeypatch.setattr(runner, "_run", scan_deleted_first)
+    assert runner.execute_job(queued_job.id) == "missing"
     assert not scan_dir.exists() and not fake_engine

@@ -13,7 +13,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from tests.conftest import fake_segmentation
 from tests.malformed_corpus import AUDIT_FAILS, JOB_FAILS, REFUSED, Malformed, corpus
-from webapp.delineation import services, tasks
+from webapp.delineation import engine_client, runner
 from webapp.delineation.models import Job, Scan
 
 pytestmark = pytest.mark.django_db
@@ -104,8 +104,8 @@ def _assert_failed_cleanly(client, job_id: str, entry: Malformed, media_root) ->
 
 def _next_job_succeeds(client, monkeypatch, capture, scan_id: str) -> None:
     """The worker is still usable: a valid job queued after the failure runs to the end."""
-    monkeypatch.setattr(services, "available_models", lambda: ["hn-oar"])
-    monkeypatch.setattr(services, "run_segmentation", fake_segmentation)
+    monkeypatch.setattr(engine_client, "available_models", lambda: ["hn-oar"])
+    monkeypatch.setattr(engine_client, "run_segmentation", fake_segmentation)
     with capture(execute=True):
         response = client.post("/api/jobs/", {"scan": scan_id, "model": "hn-oar"}, format="json")
     assert response.status_code == 201, response.content
@@ -120,7 +120,7 @@ def test_accepted_upload_fails_its_job_with_a_clear_message(
     job = Job.objects.create(
         owner=alice, scan_id=scan["id"], model_name="hn-oar", series_key=scan["preflight"]["selected"]
     )
-    assert tasks.execute_job(job.id) == Job.Status.FAILED  # the real engine, in-process; nothing raised
+    assert runner.execute_job(job.id) == Job.Status.FAILED  # the real engine, in-process; nothing raised
     _assert_failed_cleanly(alice_api, str(job.id), entry, media_root)
     _next_job_succeeds(alice_api, monkeypatch, django_capture_on_commit_callbacks, alice_scan["id"])
 

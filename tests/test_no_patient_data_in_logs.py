@@ -12,7 +12,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from tests import factories
-from webapp.delineation import services
+from webapp.delineation import engine_client
 from webapp.delineation.redact import WithholdExceptionMessages
 
 pytestmark = pytest.mark.django_db
@@ -71,7 +71,7 @@ def test_upload_and_jobs_log_no_patient_name_or_id(
     def failing_engine(input_path, model_name, out_dir, progress=None, series=None):
         raise RuntimeError(f"cannot read {input_path}")  # an engine bug quoting the input path
 
-    monkeypatch.setattr(services, "run_segmentation", failing_engine)
+    monkeypatch.setattr(engine_client, "run_segmentation", failing_engine)
     with django_capture_on_commit_callbacks(execute=True):
         job = alice_api.post("/api/jobs/", {"scan": scan["id"], "model": "hn-oar"}, format="json").json()
     failed = alice_api.get(f"/api/jobs/{job['id']}/").json()

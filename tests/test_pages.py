@@ -28,9 +28,9 @@ def test_upload_page(alice_browser, fake_engine):
 
 
 def test_upload_page_without_models_says_so(alice_browser, monkeypatch):
-    from webapp.delineation import services
+    from webapp.delineation import engine_client
 
-    monkeypatch.setattr(services, "available_models", lambda: [])
+    monkeypatch.setattr(engine_client, "available_models", lambda: [])
     assert "No delineation model is installed" in alice_browser.get("/upload/").content.decode()
 
 

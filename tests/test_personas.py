@@ -51,7 +51,7 @@ OBJECT_URLS = {
     "api-job-audit-json": ("audit_job", {"get": (200, 200)}),
     "api-job-propagation-json": ("propagation", {"get": (200, 200)}),
     "api-job-ddf": ("propagation", {"get": (200, 200)}),
-    "api-job-final-rtstruct": ("propagation", {"get": (200, 200)}),
+    "api-job-final-rtstruct": ("propagation", {"get": (202, 202)}),  # queued: the worker writes it
     "api-job-choices": ("propagation", {"post": (200, 403)}),
     "patient-detail": ("patient", {"get": (200, 404), "post": (200, 404)}),  # POST: Adapt (refused, with why)
     "api-patient-detail": ("patient", {"get": (200, 404), "patch": (200, 404)}),
@@ -75,12 +75,12 @@ BODIES = {
     "api-job-send": {"destination": "TPS"},
 }
 # Lists of the user's data: Alice's ids appear only in hers (and in Bob's while shared, except
-# the audit log, which shows each user the events on the data they own).
+# the access log, which shows each user the events on the data they own).
 LIST_URLS = {
     "job-list": True,
     "api-scan-list": True,
     "api-job-list": True,
-    "api-audit-log": False,  # does Bob see Alice's ids while she shares with him?
+    "api-access-log": False,  # does Bob see Alice's ids while she shares with him?
     "api-team-list": False,
     "patient-list": False,  # patients are never shared
     "api-patient-list": False,
@@ -328,8 +328,8 @@ def test_share_and_unshare_api(personas, teams, alice_data):
         ("share", "alice", "scan", alice_data["scan"], "H&N"),
         ("unshare", "alice", "scan", alice_data["scan"], "H&N"),
     ]
-    assert {e["action"] for e in alice.get("/api/audit-log/").json()} >= {"share", "unshare"}
-    assert "Doe" not in alice.get("/api/audit-log/").content.decode()
+    assert {e["action"] for e in alice.get("/api/access-log/").json()} >= {"share", "unshare"}
+    assert "Doe" not in alice.get("/api/access-log/").content.decode()
 
 
 @pytest.mark.parametrize(
@@ -382,7 +382,7 @@ def test_share_page_answers_post_only(personas, alice_data):
     assert personas["alice"].get(f"/scans/{alice_data['scan']}/share/").status_code == 405
 
 
-# --- Team membership, audit log ---------------------------------------------------------
+# --- Team membership, access log ---------------------------------------------------------
 
 
 def test_leaving_the_team_ends_access(personas, teams, bob, alice_data):
@@ -397,13 +397,13 @@ def test_team_members_access_is_in_the_owners_log(personas, teams, alice_data):
     _share(alice_data["scan"], teams["hn"])
     assert personas["bob"].get(f"/api/jobs/{alice_data['job']}/rtstruct.dcm").status_code == 200
     assert personas["bob"].get(f"/jobs/{alice_data['job']}/").status_code == 200
-    alice_log = personas["alice"].get("/api/audit-log/").json()
+    alice_log = personas["alice"].get("/api/access-log/").json()
     assert {(e["username"], e["action"], e["object_id"]) for e in alice_log} >= {
         ("bob", "download", alice_data["job"]),
         ("bob", "view", alice_data["job"]),
     }
-    assert personas["bob"].get("/api/audit-log/").json() == []  # the log of Alice's data is Alice's
-    assert personas["charlie"].get("/api/audit-log/").json() == []
+    assert personas["bob"].get("/api/access-log/").json() == []  # the log of Alice's data is Alice's
+    assert personas["charlie"].get("/api/access-log/").json() == []
 
 
 def test_admin_creates_a_team(client, django_user_model, alice, bob, alice_data):

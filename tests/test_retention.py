@@ -1,6 +1,6 @@
 """Retention: ``manage.py purge_old_data`` deletes old scans with their jobs and folders,
 keeps recent ones, records a delete event per scan, and a job queued on a deleted scan
-does nothing when its task runs. On a period of its own it deletes old audit-log events,
+does nothing when its task runs. On a period of its own it deletes old access-log events,
 recording each purge with its count."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from tests import factories
-from webapp.delineation import tasks
+from webapp.delineation import runner, tasks
 from webapp.delineation.models import AccessEvent, Job, Scan
 
 pytestmark = pytest.mark.django_db
@@ -110,7 +110,7 @@ def test_queued_job_of_a_purged_scan_is_a_no_op(
     assert len(sent) == 1
     with django_capture_on_commit_callbacks(execute=True):
         assert "1 scan(s) and 2 job(s)" in _purge("--days", "30")
-    assert tasks.execute_job(job.id) == "missing"
+    assert runner.execute_job(job.id) == "missing"
     sent[0]()  # the task as the broker would deliver it
     assert len(fake_engine) == engine_runs  # the engine never ran
     assert not old.directory.exists() and not Job.objects.filter(pk=job.pk).exists()
@@ -129,7 +129,7 @@ def test_api_delete_takes_queued_jobs_and_their_task_does_nothing(
     assert not scan.directory.exists()
 
 
-# --- The audit log -----------------------------------------------------------------------
+# --- The access log -----------------------------------------------------------------------
 
 
 def _age(days: int, **lookup) -> int:
@@ -151,7 +151,7 @@ def old_events(settings, old_and_new) -> Scan:
 def test_audit_purge_deletes_old_events_keeps_recent_and_records_itself(old_events, caplog):
     caplog.set_level(logging.INFO)
     out = _purge("--audit-days", "365")
-    assert "2 audit-log event(s) older than 365 day(s) deleted." in out
+    assert "2 access-log event(s) older than 365 day(s) deleted." in out
     assert "no scan deleted" in out and Scan.objects.count() == 2
     assert [(e.action, e.object_id) for e in AccessEvent.objects.exclude(action="purge")] == [("upload", old_events.pk)]
     (purge,) = AccessEvent.objects.filter(action="purge")
@@ -164,7 +164,7 @@ def test_audit_purge_deletes_old_events_keeps_recent_and_records_itself(old_even
         "",
         None,
     )
-    assert "2 audit-log event(s) older than 365 day(s) deleted" in caplog.text  # counts only
+    assert "2 access-log event(s) older than 365 day(s) deleted" in caplog.text  # counts only
     assert "Doe" not in out + caplog.text
 
 
@@ -172,17 +172,17 @@ def test_audit_purge_record_is_read_by_staff_not_by_owners(old_events, alice_api
     _purge("--audit-days", "365")
     bob.is_staff = True
     bob.save()
-    (purge,) = [e for e in bob_api.get("/api/audit-log/").json() if e["action"] == "purge"]
+    (purge,) = [e for e in bob_api.get("/api/access-log/").json() if e["action"] == "purge"]
     assert (purge["username"], purge["object_type"], purge["object_id"], purge["count"]) == ("", "log", None, 2)
-    assert [e["action"] for e in alice_api.get("/api/audit-log/").json()] == ["upload"]
+    assert [e["action"] for e in alice_api.get("/api/access-log/").json()] == ["upload"]
 
 
 def test_audit_setting_is_the_default_period(settings, old_events):
     settings.DELINEO_AUDIT_RETENTION_DAYS = 500
-    assert "0 audit-log event(s) older than 500 day(s) deleted." in _purge()
+    assert "0 access-log event(s) older than 500 day(s) deleted." in _purge()
     assert AccessEvent.objects.count() == 3  # nothing deleted, nothing recorded
     settings.DELINEO_AUDIT_RETENTION_DAYS = 365
-    assert "2 audit-log event(s) older than 365 day(s) deleted." in _purge()
+    assert "2 access-log event(s) older than 365 day(s) deleted." in _purge()
     assert sorted(AccessEvent.objects.values_list("action", flat=True)) == ["purge", "upload"]
 
 
@@ -200,7 +200,7 @@ def test_without_an_audit_period_every_event_is_kept_while_scans_are_purged(
 
 def test_audit_dry_run_deletes_nothing(old_events):
     out = _purge("--audit-days", "365", "--dry-run")
-    assert "2 audit-log event(s) older than 365 day(s) would be deleted (dry run)." in out
+    assert "2 access-log event(s) older than 365 day(s) would be deleted (dry run)." in out
     assert AccessEvent.objects.count() == 3 and not AccessEvent.objects.filter(action="purge").exists()
 
 
@@ -214,5 +214,5 @@ def test_negative_audit_days_refused_before_anything_is_deleted(old_events, args
 def test_earlier_purge_records_are_kept(old_events):
     _purge("--audit-days", "365")
     assert _age(400, action__in=["purge", "upload"]) == 2
-    assert "1 audit-log event(s) older than 365 day(s) deleted." in _purge("--audit-days", "365")
+    assert "1 access-log event(s) older than 365 day(s) deleted." in _purge("--audit-days", "365")
     assert sorted(AccessEvent.objects.values_list("action", "count")) == [("purge", 1), ("purge", 2)]

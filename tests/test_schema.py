@@ -34,7 +34,7 @@ def test_schema(alice_api):
         "/api/scans/{id}/share/",
         "/api/scans/{id}/unshare/",
         "/api/teams/",
-        "/api/audit-log/",
+        "/api/access-log/",
     ):
         assert path in paths, sorted(paths)
     share = paths["/api/scans/{id}/share/"]["post"]

@@ -14,7 +14,8 @@ from django.test.client import BOUNDARY, MULTIPART_CONTENT, encode_multipart
 
 from tests import factories
 from webapp.delineation.models import Scan
-from webapp.delineation.uploads import UploadError, refusal_of, store_upload
+from webapp.delineation.upload_limits import refusal_of
+from webapp.delineation.uploads import UploadError, store_upload
 
 pytestmark = pytest.mark.django_db
 
@@ -58,7 +59,7 @@ class StoredBytes(FileUploadHandler):
 @pytest.fixture
 def stored_bytes(settings):
     handlers = list(settings.FILE_UPLOAD_HANDLERS)
-    assert handlers[0] == "webapp.delineation.uploads.UploadLimitHandler"
+    assert handlers[0] == "webapp.delineation.upload_limits.UploadLimitHandler"
     settings.FILE_UPLOAD_HANDLERS = [handlers[0], f"{__name__}.StoredBytes", *handlers[1:]]
     StoredBytes.count = 0
     return StoredBytes

@@ -14,7 +14,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from tests import factories
 from webapp.delineation.models import Scan
-from webapp.delineation.uploads import _declared_entries
+from webapp.delineation.upload_checks import _declared_entries
 
 pytestmark = pytest.mark.django_db
 

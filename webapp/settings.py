@@ -228,15 +228,15 @@ DICOM_NETWORK_TIMEOUT_S = env_int("DICOM_NETWORK_TIMEOUT_S", 30, minimum=1)
 # Days a scan (with its jobs and files) is kept; `manage.py purge_old_data` deletes older ones.
 # Unset or 0: kept until deleted by hand.
 DELINEO_RETENTION_DAYS = env_int("DELINEO_RETENTION_DAYS", 0, minimum=0) or None
-# Days an access audit-log event is kept; the same command deletes older ones. Its own period,
+# Days an access-log event is kept; the same command deletes older ones. Its own period,
 # not the scans': an audit trail usually has to outlive the data it describes. Unset or 0: kept.
 DELINEO_AUDIT_RETENTION_DAYS = env_int("DELINEO_AUDIT_RETENTION_DAYS", 0, minimum=0) or None
 FILE_UPLOAD_HANDLERS = [
-    "webapp.delineation.uploads.UploadLimitHandler",  # first: stops the upload at the limits, with a message
+    "webapp.delineation.upload_limits.UploadLimitHandler",  # first: stops the upload at the limits, with a message
     "django.core.files.uploadhandler.MemoryFileUploadHandler",
     # Files over FILE_UPLOAD_MAX_MEMORY_SIZE: spooled to a file without a name, which the
     # kernel frees however the request ends (a killed server leaves none behind).
-    "webapp.delineation.uploads.AnonymousTemporaryFileUploadHandler",
+    "webapp.delineation.upload_limits.AnonymousTemporaryFileUploadHandler",
 ]
 # Django's own refusal (a bare 400) one file later than UploadLimitHandler's, which says why.
 DATA_UPLOAD_MAX_NUMBER_FILES = DELINEO_MAX_UPLOAD_FILES + 1

@@ -13,7 +13,7 @@ For every ROI of the structure set whose name is one of the model's structures:
   the threshold under which a contour is called implausible was chosen on the
   validation split (``experiments/qam_auc.py``) and is stored in the model card;
 * Dice, mean surface distance (MSD, symmetric) and HD95 in mm against the model's
-  delineation of the same structure (MONAI metrics), on the CT's own grid.
+  delineation of the same structure (``engine.metrics``), on the CT's own grid.
 
 A structure is flagged when the QAM calls it implausible (only with a critic whose ROC
 AUC on corrupted test contours reaches ``MIN_AUC_TO_FLAG``), or when its Dice with the
@@ -24,26 +24,26 @@ review; it does not replace one.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from engine.errors import InputError
 from engine.infer.grid import image_to_model_grid, labels_to_model_grid
-from engine.infer.segment import STAGE_END, segment_volume, structure_table
-from engine.io.atomic import write_atomically
+from engine.infer.segment import STAGE_END, segment_volume
 from engine.io.dicom_files import read_upload
-from engine.io.nifti import write_nifti
-from engine.io.reader import InputError, read_input
+from engine.io.reader import read_input
 from engine.io.rtstruct_import import ImportedROI, import_rtstruct, read_rtstruct
 from engine.metrics import surface_metrics
 from engine.models.qam import QualityAwarenessModule, overfitting_control
 from engine.models.registry import WEIGHTS_DIR, LoadedModel, load_model, sha256_of
+from engine.results import ResultFolder
 from engine.volume import LabelMap, Volume
 
 Progress = Callable[[str, int], None]
@@ -55,7 +55,7 @@ FALLBACK_MIN_DICE = 0.5
 MIN_AUC_TO_FLAG = 0.8
 
 
-class AuditError(ValueError):
+class AuditError(InputError):
     """The audit cannot run: no structure set, no model structure in it, or no critic."""
 
 
@@ -95,26 +95,19 @@ def load_critic(model: LoadedModel, weights_dir: Path = WEIGHTS_DIR) -> Critic:
     Raises:
         AuditError: the model ships no QAM, or its weights do not match the card.
     """
-    card = model.config.get("qam")
-    if not card:
+    card = model.card.critic
+    if card is None:
         raise AuditError(
             f"model {model.name!r} has no contour-quality critic; use a model that "
             "ships one (hn-rt)"
         )
-    path = weights_dir / card["weights"]
-    if not path.exists() or sha256_of(path) != card["sha256"]:
-        raise AuditError(
-            f"{card['weights']}: missing or not the weights the card names"
-        )
+    path = weights_dir / card.weights
+    if not path.exists() or sha256_of(path) != card.sha256:
+        raise AuditError(f"{card.weights}: missing or not the weights the card names")
     network = QualityAwarenessModule(1 + len(model.config["structures"]))
     network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return Critic(
-        network.eval(),
-        float(card["lambda"]),
-        int(card["patch"]),
-        float(card["threshold"]),
-        card["sha256"],
-        float(card["roc_auc_test"]["both"]),
+        network.eval(), card.lam, card.patch, card.threshold, card.sha256, card.auc
     )
 
 
@@ -128,7 +121,9 @@ def _crop_centred(array: np.ndarray, centre: np.ndarray, size: int) -> np.ndarra
         lo, hi = max(start, 0), min(start + size, n)
         src.append(slice(lo, hi))
         dst.append(slice(lo - start, hi - start))
-    out[(..., *dst)] = array[(..., *src)]
+    into: tuple[Any, ...] = (..., *dst)
+    taken: tuple[Any, ...] = (..., *src)
+    out[into] = array[taken]
     return out
 
 
@@ -169,15 +164,11 @@ def match_structures(roi_names: list[str], model: LoadedModel) -> dict[str, int]
 
 
 def _min_dice(model: LoadedModel, name: str) -> float:
-    per = (
-        model.config.get("card", {})
-        .get("evaluation_test", {})
-        .get("per_structure", {})
-        .get(name)
-    )
-    if not per or per.get("dice_std") is None:
+    recorded = model.card.test_dice(name)
+    if recorded is None:
         return FALLBACK_MIN_DICE
-    return max(0.0, float(per["dice_mean"]) - 2.0 * float(per["dice_std"]))
+    mean, std = recorded
+    return max(0.0, mean - 2.0 * std)
 
 
 def audit_volume(
@@ -335,7 +326,7 @@ def audit_file(
         UnknownModelError: ``model_name`` is not shipped.
     """
     report = progress or (lambda stage, pct: None)
-    input_path, out = Path(input_path), Path(out_dir)
+    input_path, out = Path(input_path), ResultFolder(out_dir)
     t0 = time.perf_counter()
     report("ingest", 0)
     volume, dicom = read_input(input_path, series)
@@ -357,12 +348,10 @@ def audit_file(
     t1 = time.perf_counter()
     results, notes, labels = audit_volume(volume, rois, model, critic, report)
     t2 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    image = np.clip(np.rint(volume.array), -32768, 32767).astype(np.int16)
-    write_nifti(Volume(image, volume.affine), out / "image.nii.gz")
-    write_nifti(labels, out / "labels.nii.gz")
-    table = json.dumps(structure_table(labels, model), indent=1)
-    write_atomically(out / "structures.json", lambda tmp: Path(tmp).write_text(table))
+    out.path.mkdir(parents=True, exist_ok=True)
+    out.write_image(volume)
+    out.write_labels(labels)
+    out.write_structures(labels, model.structures, masks=False)
     result = AuditResult(
         results,
         notes + list(dicom.notes),
@@ -372,9 +361,7 @@ def audit_file(
         critic.threshold,
         {"ingest": round(t1 - t0, 2), "audit": round(t2 - t1, 2)},
     )
-    document = asdict(result) | {"input": input_path.name}
-    text = json.dumps(document, indent=1, allow_nan=False)
-    write_atomically(out / "audit.json", lambda tmp: Path(tmp).write_text(text))
+    out.write_json(out.AUDIT, asdict(result) | {"input": input_path.name})
     report("export", STAGE_END["export"])
     return result
 

@@ -35,7 +35,7 @@ _CHUNK_VOXELS = 1 << 22
 class Grid:
     """A voxel grid: ``shape`` (X, Y, Z) and ``affine`` (4, 4) voxel -> RAS mm."""
 
-    shape: tuple[int, int, int]
+    shape: tuple[int, ...]  # (X, Y, Z)
     affine: np.ndarray
 
 
@@ -112,7 +112,7 @@ def _voxel_chunks(shape: tuple[int, ...]):
         yield k0, min(shape[2], k0 + step)
 
 
-def _index_grid(shape: tuple[int, int, int], k0: int, k1: int) -> torch.Tensor:
+def _index_grid(shape: tuple[int, ...], k0: int, k1: int) -> torch.Tensor:
     """Homogeneous voxel indices (4, I, J, k1 - k0) of slab k0:k1, float64."""
     axes = [torch.arange(shape[0]), torch.arange(shape[1]), torch.arange(k0, k1)]
     ijk = torch.stack(torch.meshgrid(*axes, indexing="ij")).to(torch.float64)

@@ -23,10 +23,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from engine.io.reader import InputError
+from engine.errors import InputError
 from engine.volume import LabelMap, Volume
-
-DOMAIN_FILE = "domain.json"
 
 # Body voxels and histogram bins (HU): shared by the check and the threshold script.
 BODY_HU = -500.0

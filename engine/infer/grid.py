@@ -145,9 +145,9 @@ def labels_to_input_grid(
         # box is interpolated from the same neighbours as on the whole grid.
         reach = _box(above, 1)
         box = None if reach is None else _input_box(reach, model_affine, reference)
-        if box is None:
-            continue
         source_box = _box(above, 2)
+        if box is None or source_box is None:
+            continue
         source = MetaTensor(
             prob[c : c + 1][(slice(None), *source_box)],
             affine=torch.as_tensor(_shifted(model_affine, source_box)),

@@ -33,12 +33,12 @@ because the direct segmentation is itself a model with errors of its own.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,6 +48,7 @@ from monai.networks.blocks import Warp
 from monai.transforms import ResampleToMatch, ScaleIntensityRange
 from scipy.ndimage import binary_dilation
 
+from engine.errors import ModelError
 from engine.infer import elastix
 from engine.infer.displacement import (
     Grid,
@@ -58,12 +59,15 @@ from engine.infer.displacement import (
     warp_labels,
     working_grid,
 )
-from engine.infer.segment import hu_as_int16, write_dicom_outputs
-from engine.io.atomic import write_atomically
+from engine.infer.methods import (
+    CLASSICAL_METHODS,
+    METHOD_PARAMETERS,
+    propagation_models,
+)
+from engine.infer.segment import write_dicom_outputs
 from engine.io.contour_input import read_contours
-from engine.io.nifti import write_displacement_field, write_nifti
+from engine.io.nifti import write_displacement_field
 from engine.io.reader import read_input
-from engine.io.structure_files import safe_file_stem
 from engine.metrics import surface_metrics
 from engine.models.registry import (
     WEIGHTS_DIR,
@@ -72,13 +76,13 @@ from engine.models.registry import (
     default_device,
     sha256_of,
 )
+from engine.results import ResultFolder
 from engine.volume import LabelMap, Volume
 
 Progress = Callable[[str, int], None]
 _warp_border = Warp(mode="bilinear", padding_mode="border")
 _warp_zeros = Warp(mode="bilinear", padding_mode="zeros")
 
-CLASSICAL_METHODS = tuple(elastix.METHOD_PARAMETERS)
 # Working grid of the classical methods: fine enough for a 20 mm B-spline grid and
 # sub-voxel rigid accuracy, coarse enough for a few seconds per elastix level on 2 cores.
 CLASSICAL_SPACING_MM = (2.5, 2.5, 2.5)
@@ -148,13 +152,11 @@ class PropagationResult:
 
 def PROPAGATION_MODELS(weights_dir: Path | None = None) -> list[str]:
     """Names ``propagate`` accepts: the classical methods, then the shipped joint models."""
-    from engine.models.joint import available_joint_models
-
-    return [*CLASSICAL_METHODS, *available_joint_models(weights_dir or WEIGHTS_DIR)]
+    return propagation_models(weights_dir or WEIGHTS_DIR)
 
 
-def _spacing(value) -> tuple[float, float, float]:
-    values = [float(value)] * 3 if np.isscalar(value) else [float(v) for v in value]
+def _spacing(value: Any) -> tuple[float, float, float]:
+    values = [float(value)] * 3 if isinstance(value, int | float) else [float(v) for v in value]
     if len(values) != 3:
         raise ValueError(f"spacing_mm must be a number or three numbers, got {value}")
     return (values[0], values[1], values[2])
@@ -165,7 +167,7 @@ def load_method(name: str, weights_dir: Path | None = None) -> PropagationMethod
 
     Raises:
         UnknownModelError: neither a classical method nor a shipped joint model.
-        ValueError: a joint model's card names an unknown ``prealign``.
+        ModelError: a joint model's card names an unknown ``prealign``.
     """
     if name in CLASSICAL_METHODS:
         return PropagationMethod(
@@ -174,7 +176,7 @@ def load_method(name: str, weights_dir: Path | None = None) -> PropagationMethod
             CLASSICAL_SPACING_MM,
             CLASSICAL_WINDOW_HU,
             elastix.parameters_sha256(name),
-            {"parameters": list(elastix.METHOD_PARAMETERS[name])},
+            {"parameters": list(METHOD_PARAMETERS[name])},
         )
     from engine.models.joint import load_joint_model
 
@@ -187,7 +189,7 @@ def load_method(name: str, weights_dir: Path | None = None) -> PropagationMethod
     network, config = load_joint_model(name, weights_dir)
     prealign = config.get("prealign", DEFAULT_JOINT_PREALIGN)
     if prealign not in JOINT_PREALIGN_CHOICES:
-        raise ValueError(
+        raise ModelError(
             f"joint model {name!r}: prealign must be one of "
             f"{', '.join(JOINT_PREALIGN_CHOICES)}, got {prealign!r}"
         )
@@ -250,7 +252,7 @@ def compose_ddf(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
 
 
 def network_region(
-    shape: tuple[int, int, int], centre: np.ndarray
+    shape: tuple[int, ...], centre: np.ndarray
 ) -> tuple[slice, slice, slice]:
     """The box of the working grid a joint network sees: ``JOINT_REGION_VOXELS`` (or the
     whole axis where the grid is smaller) around ``centre`` (voxels), kept inside."""
@@ -262,7 +264,7 @@ def network_region(
     return (box[0], box[1], box[2])
 
 
-def taper(shape: tuple[int, int, int], region: tuple[slice, ...]) -> torch.Tensor:
+def taper(shape: tuple[int, ...], region: tuple[slice, ...]) -> torch.Tensor:
     """Weights (X', Y', Z') of ``region``: 1 inside, falling to 0 along a half cosine over
     the ``TAPER_VOXELS`` next to each face of the box that is inside the grid (a face on
     the grid's edge keeps 1), so a field that is zero outside the box stays continuous."""
@@ -498,31 +500,24 @@ def propagate(
     return PropagationResult(ddf_mm, labels, direct, entries, timings, folding)
 
 
-def _write_outputs(result: PropagationResult, fixed: Volume, out: Path) -> list[dict]:
-    """NIfTI outputs as ``segment`` writes them, plus ``ddf.nii.gz``; returns the
-    ``structures.json`` entries."""
-    write_nifti(Volume(hu_as_int16(fixed.array), fixed.affine), out / "image.nii.gz")
-    write_displacement_field(result.ddf_mm, fixed.affine, out / "ddf.nii.gz")
-    write_nifti(result.labels, out / "labels.nii.gz")
+def _write_outputs(
+    result: PropagationResult, fixed: Volume, out: ResultFolder
+) -> list[dict]:
+    """NIfTI outputs as ``segment`` writes them, plus ``ddf.nii.gz`` and, for a joint
+    model, ``direct_labels.nii.gz``; returns the ``structures.json`` entries."""
+    out.write_image(fixed)
+    write_displacement_field(result.ddf_mm, fixed.affine, out / out.DDF)
+    out.write_labels(result.labels)
     if result.direct_labels is not None:
-        write_nifti(result.direct_labels, out / "direct_labels.nii.gz")
-    table, taken = [], {"structures"}
-    for s in result.structures:
-        file = f"structures/{safe_file_stem(s['name'], s['label'], taken)}.nii.gz"
-        mask = (result.labels.array == s["label"]).astype(np.uint8)
-        write_nifti(LabelMap(mask, fixed.affine), out / file)
-        table.append(
-            {
-                "label": s["label"],
-                "name": s["name"],
-                "color": s["color"],
-                "volume_cm3": s["volume_ml"],
-                "file": file,
-            }
-        )
-    text = json.dumps(table, indent=1)
-    write_atomically(out / "structures.json", lambda tmp: Path(tmp).write_text(text))
-    return table
+        out.write_labels(result.direct_labels, out.DIRECT_LABELS)
+    return out.write_structures(result.labels, _structures(result))
+
+
+def _structures(result: PropagationResult) -> list[Structure]:
+    return [
+        Structure(s["label"], s["name"], tuple(s["color"]), s["type"])
+        for s in result.structures
+    ]
 
 
 def propagate_files(
@@ -554,7 +549,7 @@ def propagate_files(
     folding_percent, min_jacobian, timings, notes, rtstruct}.
 
     Raises:
-        engine.io.reader.InputError: an unreadable scan or contours.
+        engine.errors.InputError: an unreadable scan or contours.
         engine.io.rtstruct_import.RTStructImportError: an RTSTRUCT that does not fit the
             planning series.
         UnknownModelError: ``model`` is not a propagation model.
@@ -563,7 +558,7 @@ def propagate_files(
             reproduce the propagated contours (then no ``rtstruct.dcm``).
     """
     report = progress or (lambda stage, pct: None)
-    out = Path(out_dir)
+    out = ResultFolder(out_dir)
     report("ingest", 0)
     t0 = time.perf_counter()
     method = load_method(model)
@@ -575,16 +570,13 @@ def propagate_files(
         fixed_volume, moving_volume, contour_labels, structures, method, report
     )
     t1 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    out.path.mkdir(parents=True, exist_ok=True)
     _write_outputs(result, fixed_volume, out)
     exports = write_dicom_outputs(
         result.labels,
         fixed_volume,
         fixed_dicom,
-        [
-            Structure(s["label"], s["name"], tuple(s["color"]), s["type"])
-            for s in result.structures
-        ],
+        _structures(result),
         f"propagate {method.name}",
         method.sha256,
         out,
@@ -606,14 +598,13 @@ def propagate_files(
         "min_jacobian": result.folding["min_jacobian"],
         "timings": timings,
         "notes": notes + exports.notes,
-        "rtstruct": "rtstruct.dcm" if exports.rtstruct else None,
+        "rtstruct": out.RTSTRUCT if exports.rtstruct else None,
         "references_daily_series": fixed_dicom is not None,
         "thresholds": {
             "min_dice_vs_direct": MIN_DICE_VS_DIRECT,
             "max_msd_mm_vs_direct": MAX_MSD_MM_VS_DIRECT,
         },
     }
-    text = json.dumps(document, indent=1, allow_nan=False)
-    write_atomically(out / "report.json", lambda tmp: Path(tmp).write_text(text))
+    out.write_json(out.PROPAGATION, document)
     report("export", STAGE_END["export"])
     return document

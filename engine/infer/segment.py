@@ -9,24 +9,21 @@ the CT as a DICOM series for the RTSTRUCT and SEG to reference).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from engine.infer.domain import DOMAIN_FILE, check_domain, check_modality
+from engine.infer.domain import check_domain, check_modality
 from engine.infer.grid import image_to_model_grid, labels_to_input_grid
 from engine.infer.predict import (
     keep_largest_component,
     predict_probabilities,
     test_time_mirror,
 )
-from engine.io.atomic import write_atomically
 from engine.io.dicom_seg import build_segmentation, write_segmentation
 from engine.io.dicom_series import DicomSeries
 from engine.io.dicom_write import (
@@ -35,11 +32,11 @@ from engine.io.dicom_write import (
     write_ct_series,
     zip_series,
 )
-from engine.io.nifti import write_nifti
 from engine.io.reader import read_input
 from engine.io.rtstruct import build_rtstruct, write_rtstruct
 from engine.io.rtstruct_check import check_rtstruct
 from engine.models.registry import LoadedModel, Structure, load_model
+from engine.results import ResultFolder
 from engine.volume import LabelMap, Volume
 
 Progress = Callable[[str, int], None]
@@ -93,48 +90,15 @@ def segment_volume(
     return labels_to_input_grid(prob, volume, label_values, cfg["threshold"])
 
 
-def hu_as_int16(hu: np.ndarray) -> np.ndarray:
-    """(I, J, K) HU rounded and clipped to int16, in Fortran order (NIfTI's), converted
-    one slice at a time so that no float copy of the whole volume is made."""
-    out = np.empty(hu.shape, dtype=np.int16, order="F")
-    for k in range(hu.shape[2]):
-        out[:, :, k] = np.clip(np.rint(hu[:, :, k]), -32768, 32767)
-    return out
-
-
-def structure_table(labels: LabelMap, model: LoadedModel) -> list[dict]:
-    """One entry per structure: label, name, colour [r, g, b] and volume in cm3."""
-    # Counted inside each structure's box: np.bincount would copy the grid as int64.
-    counts = {
-        s.label: int(np.count_nonzero(labels.mask_in_box(s.label)[1]))
-        for s in model.structures
-    }
-    return [
-        {
-            "label": s.label,
-            "name": s.name,
-            "color": list(s.color),
-            "volume_cm3": round(counts[s.label] * labels.voxel_volume_mm3 / 1000.0, 3),
-        }
-        for s in model.structures
-    ]
-
-
 def write_nifti_outputs(
-    volume: Volume, labels: LabelMap, table: list[dict], out: Path
-) -> None:
-    """Write ``image.nii.gz`` (``volume`` as int16 HU), ``labels.nii.gz`` and
-    ``structures/<name>.nii.gz`` per entry of ``table`` (``structure_table``): uint8
-    0/1 masks (I, J, K) of the whole grid, each filled from its structure's box."""
-    write_nifti(Volume(hu_as_int16(volume.array), volume.affine), out / "image.nii.gz")
-    write_nifti(labels, out / "labels.nii.gz")
-    for s in table:
-        box, inside = labels.mask_in_box(s["label"])
-        mask = np.zeros(labels.array.shape, dtype=np.uint8, order="F")
-        mask[box] = inside
-        write_nifti(
-            LabelMap(mask, labels.affine), out / "structures" / f"{s['name']}.nii.gz"
-        )
+    volume: Volume, labels: LabelMap, structures: list[Structure], out: ResultFolder
+) -> list[dict]:
+    """Write ``image.nii.gz`` (``volume`` as int16 HU), ``labels.nii.gz``, one mask per
+    structure and ``structures.json`` (``ResultFolder.write_structures``); returns the
+    entries of ``structures.json``: label, name, colour [r, g, b], volume in cm3, file."""
+    out.write_image(volume)
+    out.write_labels(labels)
+    return out.write_structures(labels, structures)
 
 
 @dataclass
@@ -153,7 +117,7 @@ def write_dicom_outputs(
     structures: list[Structure],
     model_name: str,
     weights_sha256: str,
-    out: Path,
+    out: ResultFolder,
 ) -> DicomExports:
     """Write ``rtstruct.dcm`` (after its round-trip check) and ``seg.dcm``, and for NIfTI
     input (``series`` None) first the image as ``ct_dicom/`` + ``ct_dicom.zip`` for them
@@ -171,24 +135,24 @@ def write_dicom_outputs(
     if series is None:
         try:
             written = write_ct_series(
-                volume, out / "ct_dicom", description="Delineo CT"
+                volume, out / out.CT_DICOM, description="Delineo CT"
             )
         except DicomWriteError as exc:
             exports.notes.append(f"no DICOM export (CT series, RTSTRUCT, SEG): {exc}")
             return exports
-        exports.ct_dicom_zip = zip_series(written, out / "ct_dicom.zip")
+        exports.ct_dicom_zip = zip_series(written, out / out.CT_DICOM_ZIP)
         series = written.series
         labels = labels_on_series_grid(labels, series)  # rows reversed if left-handed
     ds = build_rtstruct(labels, series, structures, model_name, weights_sha256)
     # Checked before writing: a failing RTSTRUCT must never reach a planning system.
     exports.roundtrip = check_rtstruct(
-        ds, labels, series, structures, out / "rtstruct_check.json"
+        ds, labels, series, structures, out / out.RTSTRUCT_CHECK
     )
-    exports.rtstruct = write_rtstruct(ds, out / "rtstruct.dcm")
+    exports.rtstruct = write_rtstruct(ds, out / out.RTSTRUCT)
     if series.study_instance_uid and series.series_instance_uid:
         exports.seg = write_segmentation(
             build_segmentation(labels, series, structures, model_name, weights_sha256),
-            out / "seg.dcm",
+            out / out.SEG,
         )
     else:
         exports.notes.append(
@@ -220,7 +184,7 @@ def segment_file(
     a planning system can import both. Exceptions to this: see ``write_dicom_outputs``.
 
     Raises:
-        engine.io.reader.InputError: the input cannot be read as one 3D volume.
+        engine.errors.InputError: the input cannot be read as one 3D volume.
         engine.infer.domain.DomainError: a DICOM series of another modality than the
             model's (e.g. MR into a CT model); nothing is written.
         engine.models.registry.UnknownModelError: ``model_name`` is not shipped.
@@ -228,8 +192,8 @@ def segment_file(
             reproduce a structure (Dice < 0.98); ``rtstruct.dcm`` is then not written.
     """
     report = progress or (lambda stage, pct: None)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ResultFolder(out_dir)
+    out.path.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     stage_start = time.perf_counter()
     current = "ingest"
@@ -248,20 +212,16 @@ def segment_file(
     if card_domain and dicom is not None:
         check_modality(str(dicom.header.get("Modality", "")), card_domain, model.name)
     labels = segment_volume(volume, model, on_stage)
-    table = structure_table(labels, model)
     domain = None
     if card_domain:
         names = {s.label: s.name for s in model.structures}
         domain = check_domain(volume, labels, names, card_domain, model.name)
-        text = json.dumps(domain, indent=1)
-        write_atomically(out / DOMAIN_FILE, lambda tmp: Path(tmp).write_text(text))
-    write_nifti_outputs(volume, labels, table, out)
+        out.write_json(out.DOMAIN, domain, allow_nan=True)
+    table = write_nifti_outputs(volume, labels, model.structures, out)
     input_kind = "dicom" if dicom is not None else "nifti"
     exports = write_dicom_outputs(
         labels, volume, dicom, model.structures, model.name, model.weights_sha256, out
     )
-    text = json.dumps(table, indent=1)
-    write_atomically(out / "structures.json", lambda tmp: Path(tmp).write_text(text))
     on_stage("done", 100)
     timings.pop("done", None)
     return SegmentationResult(

@@ -20,7 +20,7 @@ def _fsync(path: str | os.PathLike, directory: bool = False) -> None:
         os.close(fd)
 
 
-def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+def write_atomically(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
     """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path`` (mode 0640: outputs
     hold patient data, readable by their owner and its group only).
 

@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from scipy import ndimage
 
+from engine.errors import InputError
 from engine.io.dicom_series import DicomSeries
 from engine.io.nifti import NiftiError, read_labels
-from engine.io.reader import InputError, is_nifti
+from engine.io.reader import is_nifti
 from engine.io.rtstruct_import import import_rtstruct, read_rtstruct
+from engine.results import ResultFolder
 from engine.volume import LabelMap
 
 # Colours for ROIs that come without one (RTSTRUCT ROI Display Color is optional).
@@ -136,7 +139,7 @@ def _from_mask_folder(folder: Path):
             f"{folder.name}: no labels.nii.gz and no NIfTI masks in the folder"
         )
     names = {}
-    index = folder / "structures.json"
+    index = ResultFolder(folder) / ResultFolder.STRUCTURES
     if index.exists():
         try:
             names = {
@@ -184,11 +187,12 @@ def read_contours(
         raise InputError(f"{path.name}: no such file or folder")
     try:
         if path.is_dir():
-            if (path / "labels.nii.gz").exists():
-                return _from_label_map(path / "labels.nii.gz", path / "structures.json")
+            folder = ResultFolder(path)
+            if folder.has(folder.LABELS):
+                return _from_label_map(folder / folder.LABELS, folder / folder.STRUCTURES)
             return _from_mask_folder(path)
         if is_nifti(path):
-            return _from_label_map(path, path.parent / "structures.json")
+            return _from_label_map(path, ResultFolder(path.parent) / ResultFolder.STRUCTURES)
     except NiftiError as exc:
         raise InputError(str(exc)) from exc
     return _from_rtstruct(path, moving_series)

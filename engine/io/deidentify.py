@@ -64,6 +64,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from engine.errors import InputError
 from engine.io.dicom_files import claims_dicom, iter_sources, why_unreadable
 
 TABLE_EDITION = "2024b"  # DICOM PS3.15 edition of Table E.1-1
@@ -105,7 +106,7 @@ _NUMERIC_VRS = {"FD", "FL", "SS", "US", "SL", "UL", "SV", "UV", "AT"}
 _BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 
 
-class DeidentificationError(ValueError):
+class DeidentificationError(InputError):
     """A file that could not be de-identified; the message names it and says why."""
 
 
@@ -229,7 +230,8 @@ class Deidentifier:
                 action = "U"
             if action == "X/Z/U*":
                 action = "K" if elem.VR == "SQ" else "U" if elem.VR == "UI" else "Z"
-            action = _RESOLVED.get(action, action)
+            if action is not None:
+                action = _RESOLVED.get(action, action)
             if elem.tag == _ROI_NAME:
                 self._roi_name(ds, elem)
             elif action == "X":

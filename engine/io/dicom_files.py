@@ -23,6 +23,8 @@ from pydicom import uid
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 
+from engine.errors import InputError
+
 IMAGE_MODALITIES = {"CT", "MR", "PT"}
 # The storage SOP classes of CT, MR and PET images (PS3.4 B.5): such an object without
 # pixel data is a damaged image (a truncated slice), not another kind of object.
@@ -44,7 +46,7 @@ PIXEL_DATA = Tag(0x7FE0, 0x0010)
 _DEFER_BYTES = 4096
 
 
-class DicomFilesError(ValueError):
+class DicomFilesError(InputError):
     """An upload whose container itself is unusable (for example an unsafe zip entry)."""
 
 

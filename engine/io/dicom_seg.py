@@ -34,6 +34,7 @@ import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -44,6 +45,7 @@ from pydicom.tag import Tag
 from pydicom.valuerep import format_number_as_ds
 
 import engine
+from engine.errors import ExportError
 from engine.io.atomic import write_atomically
 from engine.io.dicom_series import DicomSeries
 from engine.structure import Structure
@@ -82,7 +84,7 @@ _TYPE2_FROM_SOURCE = (
 )
 
 
-class DicomSegError(ValueError):
+class DicomSegError(ExportError):
     """A label map or series that cannot be written as a DICOM SEG; the message says why."""
 
 
@@ -163,11 +165,12 @@ def _frame_order(series: DicomSeries) -> np.ndarray:
     if all(f is None for f in frames):
         return np.arange(len(frames))
     n_frames = int(series.header.get("NumberOfFrames", 0) or 0)
-    if None in frames or sorted(frames) != list(range(1, n_frames + 1)):
+    numbers = [f for f in frames if f is not None]
+    if len(numbers) < len(frames) or sorted(numbers) != list(range(1, n_frames + 1)):
         raise DicomSegError(
             "the multi-frame source's frames are not exactly the volume's slices"
         )
-    return np.argsort(frames)
+    return np.argsort(numbers)
 
 
 def segment_description(
@@ -232,6 +235,9 @@ def build_segmentation(
     order = _frame_order(series)
     if not np.array_equal(order, np.arange(len(order))):
         planes = planes[order]  # source frame order
+    # A list of values, as DICOM Software Versions (LO, VM 1-n) takes; highdicom's
+    # annotation names a single string or a 1-tuple only.
+    software_versions: Any = [f"delineo {engine.__version__}", f"weights sha256 {weights_sha256[:16]}"]
     seg = hd.seg.Segmentation(
         source_images=source_datasets(series),
         pixel_array=np.ascontiguousarray(planes),
@@ -246,10 +252,7 @@ def build_segmentation(
         instance_number=1,
         manufacturer="Delineo",
         manufacturer_model_name=model_name,
-        software_versions=[
-            f"delineo {engine.__version__}",
-            f"weights sha256 {weights_sha256[:16]}",
-        ],
+        software_versions=software_versions,
         device_serial_number="none",
         content_label="DELINEO",
         content_description=f"Delineo {model_name}"[:64],

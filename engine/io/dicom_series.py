@@ -37,6 +37,7 @@ import pydicom
 from pydicom.datadict import dictionary_description
 from pydicom.uid import ImplicitVRLittleEndian, UncompressedTransferSyntaxes
 
+from engine.errors import InputError
 from engine.io.dicom_files import (
     IMAGE_SOP_CLASSES,
     damaged_files_message,
@@ -57,7 +58,7 @@ _INPLANE_FRACTION = (
 )
 
 
-class DicomSeriesError(ValueError):
+class DicomSeriesError(InputError):
     """Files that cannot be assembled into one 3D volume; the message says why."""
 
 
@@ -71,7 +72,7 @@ class SliceRef:
 
     sop_class_uid: str
     sop_instance_uid: str
-    position_lps: tuple[float, float, float]
+    position_lps: tuple[float, ...]  # (x, y, z)
     frame_number: int | None = None
 
 

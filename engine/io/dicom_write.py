@@ -43,6 +43,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -52,16 +53,17 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
 import engine
+from engine.errors import ExportError
 from engine.io.atomic import write_atomically
 from engine.io.dicom_series import LPS_TO_RAS, DicomSeries, SliceRef
-from engine.volume import LabelMap, Volume
+from engine.volume import LabelMap, Volume, hu_as_int16
 
 # Largest |cosine| between two voxel axes still taken as orthogonal (about 0.006 degrees):
 # float32 NIfTI affines are orthogonal to about 1e-7; anything larger is a real shear.
 SHEAR_TOLERANCE = 1e-4
 
 
-class DicomWriteError(ValueError):
+class DicomWriteError(ExportError):
     """A volume that cannot be written as a DICOM image series; the message says why."""
 
 
@@ -197,7 +199,7 @@ def write_ct_series(
     if not np.all(np.isfinite(volume.array)):
         raise DicomWriteError("the image holds NaN or infinite values")
     array, affine_lps = _written_grid(volume)
-    stored = np.clip(np.rint(array), -32768, 32767).astype(np.int16)
+    stored = hu_as_int16(array)
     spacing = np.linalg.norm(affine_lps[:3, :3], axis=0)
     row_dir, col_dir = affine_lps[:3, 0] / spacing[0], affine_lps[:3, 1] / spacing[1]
     patient = patient or PatientInfo()
@@ -251,11 +253,11 @@ def write_ct_series(
     # The positions as written (Decimal Strings), so the affine is what a reader gets.
     written_affine = affine_lps.copy()
     written_affine[:3, 3] = slices[0].position_lps
-    meta = {"source": "dicom-export", "modality": "CT", "notes": []}
+    exported = {"source": "dicom-export", "modality": "CT", "notes": []}
     series = DicomSeries(
-        Volume(stored.astype(np.float32), LPS_TO_RAS @ written_affine, meta=meta),
+        Volume(stored.astype(np.float32), LPS_TO_RAS @ written_affine, meta=exported),
         slices,
-        header,
+        cast(pydicom.Dataset, header),  # set from the first slice written
     )
     return WrittenSeries(series, paths, directory)
 

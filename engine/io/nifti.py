@@ -6,16 +6,18 @@ import gzip
 import os
 import zlib
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
 from nibabel.spatialimages import HeaderDataError
 
+from engine.errors import InputError
 from engine.io.atomic import write_atomically
 from engine.volume import GeometryError, LabelMap, Volume, check_input_grid
 
 
-class NiftiError(ValueError):
+class NiftiError(InputError):
     """A file that is not a readable 3D NIfTI image."""
 
 
@@ -68,7 +70,7 @@ def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
     are read (shape, data type, ``check_input_grid``)."""
     name = Path(path).name
     try:
-        img = nib.load(str(path))
+        img = cast(nib.Nifti1Image, nib.load(str(path)))
         shape = tuple(int(n) for n in img.shape)
         dtype = img.get_data_dtype()
         affine = np.asarray(
@@ -182,7 +184,7 @@ def read_displacement_field(path: str | os.PathLike) -> tuple[np.ndarray, np.nda
         NiftiError: unreadable, or not a field of three components per voxel.
     """
     try:
-        img = nib.load(str(path))
+        img = cast(nib.Nifti1Image, nib.load(str(path)))
         array = np.asarray(img.dataobj, dtype=np.float32)
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise NiftiError(

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 import pydicom
 from pydicom.pixels import get_decoder
 
+from engine.errors import InputError
 from engine.io.dicom_files import DicomFilesError, damaged_files_message, read_upload
 from engine.io.dicom_series import (
     LPS_TO_RAS,
@@ -27,7 +29,7 @@ from engine.io.dicom_series import (
     plan_geometry,
 )
 from engine.io.nifti import NiftiError, read_volume
-from engine.io.reader import InputError, is_nifti
+from engine.io.reader import is_nifti
 
 
 def _plane(normal: np.ndarray) -> str:
@@ -126,7 +128,7 @@ def _other_object(ds: pydicom.Dataset) -> dict:
 
 def _describe_object(ds: pydicom.Dataset) -> dict:
     sop_class = pydicom.uid.UID(str(ds.get("SOPClassUID", "")))
-    entry = {
+    entry: dict[str, Any] = {
         "file": str(ds.filename),
         "modality": str(ds.get("Modality", "")),
         "sop_class": sop_class.name if sop_class.is_valid else str(sop_class),

@@ -5,14 +5,11 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+from engine.errors import InputError
 from engine.io.dicom_files import DicomFilesError
 from engine.io.dicom_series import DicomSeries, DicomSeriesError, read_series
 from engine.io.nifti import NiftiError, read_volume
 from engine.volume import Volume
-
-
-class InputError(ValueError):
-    """An upload that cannot be read as one 3D image; the message is meant for a physician."""
 
 
 def is_nifti(path: Path) -> bool:

@@ -41,6 +41,7 @@ from pydicom.valuerep import format_number_as_ds
 from skimage.measure import find_contours
 
 import engine
+from engine.errors import ExportError
 from engine.io.atomic import write_atomically
 from engine.io.dicom_series import RTSTRUCT_SOP_CLASS, DicomSeries
 from engine.structure import Structure
@@ -67,7 +68,7 @@ CONTOUR_DATA = Tag(0x3006, 0x0050)  # Contour Data, DS
 _FIXED_POINT_LIMIT_MM = 1e12
 
 
-class RTStructError(ValueError):
+class RTStructError(ExportError):
     """A label map that does not lie on the referenced series' grid."""
 
 

@@ -2,7 +2,8 @@
 
 Every RTSTRUCT Delineo writes is rasterised back onto the series' grid with
 ``engine.io.rtstruct_import`` (even-odd fill at pixel centres, as a planning system
-reads it) and compared per structure with the label map it was written from (Dice). A structure below ``ROUNDTRIP_MIN_DICE`` fails the export: the
+reads it) and compared per structure with the label map it was written from (Dice,
+``engine.metrics.dice``). A structure below ``ROUNDTRIP_MIN_DICE`` fails the export: the
 file would show the physician something else than the delineation on screen.
 """
 
@@ -16,27 +17,19 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
+from engine.errors import ExportError
 from engine.io.atomic import write_atomically
 from engine.io.dicom_series import DicomSeries
 from engine.io.rtstruct_import import RTStructImportError, import_rtstruct
+from engine.metrics import dice
 from engine.structure import Structure
 from engine.volume import LabelMap
 
 ROUNDTRIP_MIN_DICE = 0.98
 
 
-class RTStructExportError(RuntimeError):
+class RTStructExportError(ExportError):
     """An RTSTRUCT whose contours do not reproduce the label map; the message names the structure."""
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice 2|A & B| / (|A| + |B|) of two bool masks of one shape; 1.0 when both are
-    empty (nothing to miss). Counted on the bool arrays: MONAI's ``compute_dice`` copied
-    each box as a float32 tensor, a second per check of a 512 x 512 CT's PTVs."""
-    total = np.count_nonzero(a) + np.count_nonzero(b)
-    if total == 0:
-        return 1.0
-    return 2.0 * np.count_nonzero(a & b) / total
 
 
 def _union(boxes: list[tuple[slice, ...]]) -> tuple[slice, ...]:
@@ -88,7 +81,7 @@ def roundtrip_dice(
         union = _union(
             [b for b, m in ((expected_box, expected), (read_box, roi.crop)) if m.any()]
         )
-        scores[s.name] = _dice(
+        scores[s.name] = dice(
             _in_box(roi.crop, read_box, union), _in_box(expected, expected_box, union)
         )
     return scores

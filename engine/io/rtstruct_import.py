@@ -28,6 +28,7 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pydicom
@@ -35,6 +36,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from skimage.draw import polygon as polygon_pixels
 
+from engine.errors import InputError
 from engine.io.dicom_series import RTSTRUCT_SOP_CLASS, DicomSeries
 
 CONTOUR_DATA = Tag(0x3006, 0x0050)
@@ -42,7 +44,7 @@ CONTOUR_DATA = Tag(0x3006, 0x0050)
 PLANE_TOLERANCE_MM = 0.1
 
 
-class RTStructImportError(ValueError):
+class RTStructImportError(InputError):
     """An RTSTRUCT that cannot be imported onto the series; the message says why."""
 
 
@@ -75,7 +77,7 @@ class ImportedROI:
         """The ROI on the whole grid (I, J, K), a new array on each read."""
         if self.box is None:
             return self.crop
-        mask = np.zeros(self.grid_shape, dtype=bool)
+        mask = np.zeros(cast(tuple[int, int, int], self.grid_shape), dtype=bool)
         mask[self.box] = self.crop
         return mask
 

@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from engine.io.atomic import write_atomically
 from engine.io.nifti import write_nifti
 from engine.io.rtstruct_import import ImportedROI
+from engine.results import ResultFolder, safe_file_stem
 from engine.volume import LabelMap
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
-
-
-def safe_file_stem(name: str, roi_number: int, taken: set[str]) -> str:
-    """A file name stem for an ROI name: letters, digits and ``._+-`` only, no leading
-    dot, at most 64 characters, unique (case-insensitively) among ``taken``, which is
-    updated. Falls back to ``roi_<number>`` for a name with nothing usable."""
-    stem = _UNSAFE.sub("_", name).strip("._")[:64] or f"roi_{roi_number}"
-    if stem.lower() in taken:
-        stem = f"{stem}_{roi_number}"
-    while stem.lower() in taken:  # the suffixed name may itself be an ROI's name
-        stem += "_"
-    taken.add(stem.lower())
-    return stem
 
 
 def write_roi_masks(
@@ -42,7 +25,8 @@ def write_roi_masks(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    taken: set[str] = {"structures"}  # keep structures.json for the index
+    folder = ResultFolder(out_dir)
+    taken = {Path(folder.STRUCTURES).stem}  # keep structures.json for the index
     entries = []
     for roi in rois:
         labels = LabelMap(roi.mask.astype(np.uint8), affine)
@@ -60,6 +44,5 @@ def write_roi_masks(
                 "notes": list(roi.notes),
             }
         )
-    text = json.dumps(entries, indent=1)
-    write_atomically(out / "structures.json", lambda tmp: Path(tmp).write_text(text))
+    folder.write_json(folder.STRUCTURES, entries)
     return entries

@@ -1,26 +1,27 @@
-"""Shipped models: their configuration (the model card JSON) and loading of weights.
+"""Shipped segmentation models: the network a card describes, loaded with its weights.
 
 Each model ``NAME`` lives in ``engine/weights/`` as ``NAME.pt`` (state dict),
-``NAME.json`` (configuration + model card, read here) and ``NAME.md`` (card for people).
+``NAME.json`` (configuration + model card, read by ``engine.models.card``) and
+``NAME.md`` (card for people).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from engine.models.card import (
+    WEIGHTS_DIR,
+    ModelCard,
+    UnknownModelError,
+    list_cards,
+    structures_of,
+)
 from engine.models.res_se_unet import ResSEUNet
 from engine.structure import Structure
-
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-
-
-class UnknownModelError(ValueError):
-    """The requested model name is not shipped in ``engine/weights``."""
 
 
 @dataclass(frozen=True)
@@ -35,23 +36,19 @@ class LoadedModel:
 
     @property
     def structures(self) -> list[Structure]:
-        return [
-            Structure(s["label"], s["name"], tuple(s["color"]), s.get("type", "ORGAN"))
-            for s in self.config["structures"]
-        ]
+        return structures_of(self.config)
+
+    @property
+    def card(self) -> ModelCard:
+        """Its card, typed (``config`` is the card's document)."""
+        return ModelCard(self.config, WEIGHTS_DIR / f"{self.name}.json")
 
 
 def available_models(weights_dir: Path = WEIGHTS_DIR) -> list[str]:
     """Names of the segmentation models whose weights and card are both shipped
     (joint registration models, cards of ``"kind": "joint"``, are listed by
     ``engine.models.joint.available_joint_models``)."""
-    return sorted(
-        p.stem
-        for p in weights_dir.glob("*.pt")
-        if p.with_suffix(".json").exists()
-        and json.loads(p.with_suffix(".json").read_text()).get("kind", "segmentation")
-        == "segmentation"
-    )
+    return [card.name for card in list_cards("segmentation", weights_dir)]
 
 
 def model_config(name: str, weights_dir: Path = WEIGHTS_DIR) -> dict:
@@ -60,10 +57,7 @@ def model_config(name: str, weights_dir: Path = WEIGHTS_DIR) -> dict:
     Raises:
         UnknownModelError: no ``NAME.json`` in ``weights_dir``.
     """
-    path = weights_dir / f"{name}.json"
-    if not path.exists():
-        raise UnknownModelError(f"model {name!r} has no card in {weights_dir}")
-    return {k: v for k, v in json.loads(path.read_text()).items() if k != "card"}
+    return ModelCard.load(name, weights_dir).config
 
 
 def build_network(config: dict) -> torch.nn.Module:
@@ -107,7 +101,7 @@ def load_model(
         raise UnknownModelError(
             f"model {name!r} is not available; shipped models: {', '.join(available_models(weights_dir)) or 'none'}"
         )
-    config = json.loads(card.read_text())
+    config = ModelCard.load(name, weights_dir).data
     device = device or default_device()
     network = build_network(config)
     network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))

@@ -11,6 +11,7 @@ residual units as in Kerfoot et al., 2018, MONAI ``UNet``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from monai.networks.blocks import ChannelSELayer, Convolution
@@ -125,7 +126,7 @@ class ResSEUNet(nn.Module):
         self.divisor = 2 ** (len(channels) - 1)
         widths = list(channels)
         full = full_resolution_channels
-        block = {"residual": residual, "se": se, "spatial_dims": d}
+        block: dict[str, Any] = {"residual": residual, "se": se, "spatial_dims": d}
         self.stem = ResSEBlock(in_channels, full, **block) if full else None
         self.down = nn.ModuleList()
         self.encoders = nn.ModuleList()
@@ -172,7 +173,8 @@ class ResSEUNet(nn.Module):
                 )
             )
             c_deep = c_out
-        self.full_decoder = self.head = None
+        self.full_decoder: nn.Module | None = None
+        self.head: nn.Module | None = None
         if full:
             self.full_decoder = ResSEBlock(2 * full, full, **block)
             self.head = Convolution(d, full, out_channels, kernel_size=1, conv_only=True)
@@ -229,7 +231,7 @@ class ResSEUNet(nn.Module):
             if i < len(self.up) - 1:
                 h = up(h)
         h = self.up[-1](h)
-        if self.full_decoder is not None:
+        if self.full_decoder is not None and self.head is not None:
             h = self.head(self.full_decoder(torch.cat([h, full_skip], dim=1)))
         if not (self.training and len(self.deep_heads)):
             return h

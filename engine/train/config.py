@@ -29,8 +29,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from engine.errors import InputError
 
-class TrainingConfigError(ValueError):
+
+class TrainingConfigError(InputError):
     """A run configuration with a missing or invalid field; the message names it."""
 
 

@@ -22,12 +22,13 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 
 from engine.infer.displacement import folding_percent
+from engine.metrics import agreement
 from engine.models.joint import JOINT_LOSSES, JOINT_MODELS, build_joint_model
 from engine.models.joint.base import warp_labels
 from engine.models.registry import sha256_of
@@ -100,20 +101,15 @@ def load_joint_config(path: str | Path) -> dict:
 
 
 def _surface_metrics(pred: torch.Tensor, truth: torch.Tensor, spacing: float) -> dict:
-    """Dice, HD95 and MSD (mm) of two (D, H, W) bool masks; distances None if one is empty."""
-    denom = pred.sum() + truth.sum()
-    dice = float(2 * (pred & truth).sum() / denom) if denom else 1.0
-    if not pred.any() or not truth.any():
-        return {"dice": dice, "hd95_mm": None, "msd_mm": None}
-    p, t = pred[None, None].float(), truth[None, None].float()
-    hd95 = compute_hausdorff_distance(p, t, percentile=95, spacing=spacing)
-    msd = compute_average_surface_distance(p, t, symmetric=True, spacing=spacing)
-    return {"dice": dice, "hd95_mm": float(hd95), "msd_mm": float(msd)}
+    """Dice, HD95 and MSD (mm, ``engine.metrics``) of two (D, H, W) bool masks on an
+    isotropic grid; distances None if one is empty."""
+    found = agreement(pred.cpu().numpy(), truth.cpu().numpy(), (spacing,) * 3)
+    return {"dice": found.dice, "hd95_mm": found.hd95_mm, "msd_mm": found.msd_mm}
 
 
 def _summary(rows: list[dict]) -> dict:
     """Mean of each metric over the rows where it exists."""
-    out = {"n": len(rows)}
+    out: dict[str, Any] = {"n": len(rows)}
     for key in ("dice", "hd95_mm", "msd_mm"):
         values = [r[key] for r in rows if r.get(key) is not None]
         out[key] = round(float(np.mean(values)), 4) if values else None
@@ -141,7 +137,7 @@ def evaluate_pairs(
     rows: dict[str, dict[str, list[dict]]] = {
         kind: {n: [] for n in names} for kind in ("propagated", "identity", "direct")
     }
-    per_pair = []
+    per_pair: list[dict[str, Any]] = []
     for pair_name, pair in pairs:
         fixed, moving = pair["fixed"][None], pair["moving"][None]
         start = time.perf_counter()
@@ -196,7 +192,7 @@ def evaluate_pairs(
         values = [p[key] for p in per_pair if p.get(key) is not None]
         return round(float(np.mean(values)), 4) if values else None
 
-    result = {
+    result: dict[str, Any] = {
         "n_pairs": len(pairs),
         "propagated": table("propagated"),
         "identity": table("identity"),
@@ -261,7 +257,8 @@ class JointTrainer(Trainer):
         self.val_pairs = evaluation_pairs(
             load_cases(self.data, "val", model, cache),
             training["eval_patch"],
-            *training["val_pairs"],
+            training["val_pairs"][0],
+            training["val_pairs"][1],
             self.seed,
         )
         self.sampler = PairSampler(
@@ -304,7 +301,7 @@ class JointTrainer(Trainer):
         )
         test_cases = load_cases(self.data, self.evaluate_split, model, self.cache)
         test = evaluation_pairs(
-            test_cases, training["eval_patch"], *training["test_pairs"], self.seed + 1
+            test_cases, training["eval_patch"], training["test_pairs"][0], training["test_pairs"][1], self.seed + 1
         )
         best_val = max(
             (r for r in self.log if "val" in r), key=lambda r: r["val"]["mean"]

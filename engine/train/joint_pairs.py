@@ -10,7 +10,7 @@ Two kinds of pair, both cropped to ``size`` voxels (D, H, W) of the cached 4 mm 
   optimistic about it.
 * synthetic daily scan: a case (moving) and the same case deformed by a known smooth
   random DDF plus a small rigid motion and noise (fixed), the field of the synthetic
-  daily scans of docs/registration.md (``engine.synthetic_deformation.random_field``),
+  daily scans of docs/registration.md (``engine.train.synthetic_deformation.random_field``),
   so the true DDF is known and a registration error in mm can be measured
   (``synthetic_ddf``).
 
@@ -22,15 +22,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from engine.data_openkbp import case_rois, load_split
 from engine.infer.displacement import Grid, ddf_mm_to_voxels
 from engine.models.joint.base import warp_image, warp_labels
-from engine.synthetic_deformation import DEFAULTS, random_field
+from engine.train.openkbp import case_rois, load_split
 from engine.train.segmentation import cache_case
+from engine.train.synthetic_deformation import DEFAULTS, random_field
 
 FIELD_PARAMETERS = ("max_mm", "smoothing_mm", "rotation_deg", "shift_mm")
 
@@ -79,7 +80,8 @@ def crop(
         lo, hi = max(start, 0), min(start + s, n)
         src.append(slice(lo, hi))
         dst.append(slice(lo - start, hi - start))
-    out_i[(0, *dst)] = image[tuple(src)]
+    into: tuple[Any, ...] = (0, *dst)
+    out_i[into] = image[tuple(src)]
     out_m[(slice(None), *dst)] = masks[(slice(None), *src)]
     return out_i, out_m
 
@@ -88,7 +90,7 @@ def synthetic_ddf(
     size: Sequence[int], rng: np.random.Generator, spacing_mm: float = 4.0
 ) -> torch.Tensor:
     """The ground-truth field of a synthetic daily scan on a crop of ``size`` voxels
-    (D, H, W) of ``spacing_mm``: ``engine.synthetic_deformation.random_field`` with its
+    (D, H, W) of ``spacing_mm``: ``engine.train.synthetic_deformation.random_field`` with its
     defaults (smooth field of 8 mm at most, sigma 20 mm; rotation up to 2 degrees,
     shift up to 4 mm per axis), the order of inter-fraction head-and-neck changes
     (parotid shrinkage, neck flexion, set-up error) -> (3, *size) in voxels."""

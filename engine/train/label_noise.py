@@ -72,7 +72,7 @@ def corrupt_masks(
         if (available is not None and not available[c]) or not masks[c].any():
             continue
         if whole_units:
-            radius = float(rng.integers(low, high + 1))
+            radius = float(rng.integers(int(low), int(high) + 1))
         else:
             radius = float(rng.uniform(low, high))
         operation = "dilate" if rng.random() < 0.5 else "erode"

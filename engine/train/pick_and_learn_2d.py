@@ -119,7 +119,7 @@ class SliceTrainer(Trainer):
             record[int(i)] = [vars(d) for d in done]
         (self.out / "corruption.json").write_text(json.dumps(record))
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> dict[str, float | None]:
         idx = self.sampler.sample(self.batch)
         x = torch.as_tensor(self.train_set["image"][idx].astype(np.float32)).to(self.device)
         y = torch.as_tensor(self.train_set["masks"][idx]).float().to(self.device)

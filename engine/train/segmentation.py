@@ -18,18 +18,20 @@ import copy
 import hashlib
 import json
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
 
-from engine.data_openkbp import case_rois, load_case, load_split, masks_to_bitfield
 from engine.infer.grid import image_to_model_grid, labels_to_model_grid
 from engine.infer.predict import predict_probabilities, test_time_mirror
+from engine.metrics import dice
 from engine.models.registry import LoadedModel, build_network, sha256_of
 from engine.train.augment import PatchAugmenter
 from engine.train.config import TrainingConfigError
+from engine.train.openkbp import case_rois, load_case, load_split, masks_to_bitfield
 from engine.train.trainer import Trainer
 
 
@@ -122,7 +124,7 @@ class PatchSampler:
         if present and self.rng.random() < self.fg:
             w = self.weights[present] / self.weights[present].sum()
             s = present[int(self.rng.choice(len(present), p=w))]
-            vox = self.fg_voxels[k][s]
+            vox = cast(np.ndarray, self.fg_voxels[k][s])  # present: not None
             centre = np.array(
                 np.unravel_index(vox[self.rng.integers(len(vox))], shape)
             ) + self.rng.integers(
@@ -221,10 +223,8 @@ def validation_dice(
         )[0].numpy()
         for i, s in enumerate(config["structures"]):
             if c["available"][i]:
-                p, t = prob[i] > config["threshold"], c["masks"][i] > 0
-                denom = p.sum() + t.sum()
                 scores[s["name"]].append(
-                    float(2 * (p & t).sum() / denom) if denom else 1.0
+                    dice(prob[i] > config["threshold"], c["masks"][i] > 0)
                 )
     per = {k: float(np.mean(v)) for k, v in scores.items() if v}
     return {"per_structure": per, "mean": float(np.mean(list(per.values())))}
@@ -392,7 +392,7 @@ class SegmentationTrainer(Trainer):
         return validation_dice(self.network, self.val_cases, self.config["model"], self.device)
 
     def finish(self) -> dict:
-        from engine.evaluate import evaluate
+        from engine.train.evaluate import evaluate
 
         summary = {
             "name": self.name,

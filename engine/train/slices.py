@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.data_openkbp import case_rois, load_case, load_split
+from engine.train.openkbp import case_rois, load_case, load_split
 
 
 def _window(hu: np.ndarray, window_hu: list[float]) -> np.ndarray:

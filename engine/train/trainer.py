@@ -29,6 +29,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,7 @@ class Trainer:
         """Load data, build modules, optimisers, scheduler and samplers."""
         raise NotImplementedError
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> Mapping[str, float | None]:
         """One optimisation step; returns the terms to log (at least ``loss``)."""
         raise NotImplementedError
 

@@ -39,6 +39,36 @@ const Delineo = {
     return `The server answered ${response ? response.status : "nothing"}; please try again.`;
   },
 
+  /** Make ``link`` wait for a file the worker writes after its job (a revision's RTSTRUCT or
+   * SEG, the RTSTRUCT for the daily scan): the server answers 202 while it is queued or being
+   * written, so ask with HEAD every 2 s, say so in ``status``, and download it once it is there. */
+  exportLink(link, status) {
+    const say = (text) => { if (status) status.textContent = text; };
+    link.addEventListener("click", async (event) => {
+      if (event.defaultPrevented) return;  // e.g. the domain warning was not acknowledged
+      event.preventDefault();
+      for (let tries = 0; tries < 150; tries++) {
+        const head = await fetch(link.href, { method: "HEAD", credentials: "same-origin" });
+        if (head.status !== 202) {
+          if (head.ok) {
+            say("");
+            window.location.href = link.href;
+            return;
+          }
+          const response = await fetch(link.href, { credentials: "same-origin", headers: { Accept: "application/json" } });
+          let data = null;
+          try { data = await response.json(); } catch (e) { data = null; }
+          say(Delineo.errorMessage(data, response));
+          return;
+        }
+        say("The worker is writing this file; it downloads as soon as it is ready…");
+        await new Promise((resolve) => setTimeout(resolve, 2000));
+      }
+      say("The file is still being written; try again in a minute.");
+    });
+    return link;
+  },
+
   formatBytes(n) {
     if (n < 1024) return `${n} B`;
     if (n < 1024 ** 2) return `${(n / 1024).toFixed(0)} KB`;

@@ -35,14 +35,14 @@
       el("a", { href: job.viewer, class: "view-link", text: VIEW[job.kind] || "View" }),
       d.labels ? el("a", { href: d.labels, text: "Labels" }) : null,
       d.structures_zip ? el("a", { href: d.structures_zip, text: "Masks" }) : null,
-      d.rtstruct ? el("a", {
+      d.rtstruct ? Delineo.exportLink(el("a", {
         href: d.rtstruct, text: "RTSTRUCT",
         title: job.rtstruct_check ? `round-trip check: Dice ≥ ${job.rtstruct_check.min_dice.toFixed(3)}` : "",
-      }) : null,
-      d.seg ? el("a", { href: d.seg, text: "SEG" }) : null,
+      })) : null,
+      d.seg ? Delineo.exportLink(el("a", { href: d.seg, text: "SEG" })) : null,
       d.ct_dicom ? el("a", { href: d.ct_dicom, text: "CT (DICOM)" }) : null,
       d.audit ? el("a", { href: d.audit, text: "Audit (JSON)" }) : null,
-      d.final_rtstruct ? el("a", { href: d.final_rtstruct, text: "RTSTRUCT (kept contours)" }) : null);
+      d.final_rtstruct ? Delineo.exportLink(el("a", { href: d.final_rtstruct, text: "RTSTRUCT (kept contours)" })) : null);
   }
 
   function render(jobs) {

@@ -1,6 +1,6 @@
 /* Slice viewer: CT slices with structure overlays, drawn with plotly.js (served locally).
    Slices come from GET /api/jobs/<id>/slice/?plane=&index= already in display
-   orientation (radiological; see webapp/delineation/services.py), with pixel spacing
+   orientation (radiological; see webapp/delineation/viewer.py), with pixel spacing
    (row, column) in mm: heatmaps are drawn in mm so the aspect ratio is physical. */
 "use strict";
 
@@ -265,12 +265,15 @@
     if (d.labels) links.append(el("li", {}, el("a", { href: d.labels, id: "download-labels", text: "Label map (NIfTI)" })));
     if (d.structures_zip) links.append(el("li", {}, el("a", { href: d.structures_zip, id: "download-structures", text: "One mask per structure (zip of NIfTI)" })));
     const rtstructText = job.kind === "propagate" ? "RTSTRUCT of the propagated contours only (DICOM)" : "RTSTRUCT (DICOM)";
-    if (d.rtstruct) links.append(el("li", {}, acknowledged(job, el("a", { href: d.rtstruct, id: "download-rtstruct", text: rtstructText })),
+    const status = el("span", { class: "hint", id: "export-status", role: "status" });
+    const exported = (link) => Delineo.exportLink(link, status);  // a revision's is written by the worker
+    if (d.rtstruct) links.append(el("li", {}, exported(acknowledged(job, el("a", { href: d.rtstruct, id: "download-rtstruct", text: rtstructText }))),
       roundtripNote(job.rtstruct_check)));
-    if (d.seg) links.append(el("li", {}, acknowledged(job, el("a", { href: d.seg, id: "download-seg", text: "Segmentation (DICOM SEG)" }))));
+    if (d.seg) links.append(el("li", {}, exported(acknowledged(job, el("a", { href: d.seg, id: "download-seg", text: "Segmentation (DICOM SEG)" })))));
     if (d.ct_dicom) links.append(el("li", {}, el("a", { href: d.ct_dicom, id: "download-ct-dicom", text: "CT as a DICOM series (zip), referenced by the RTSTRUCT and SEG" })));
     if (d.audit) links.append(el("li", {}, el("a", { href: d.audit, id: "download-audit", text: "Contour audit (JSON)" })));
-    if (d.final_rtstruct) links.append(el("li", {}, el("a", { href: d.final_rtstruct, id: "download-final", text: "RTSTRUCT for the daily scan, with the contours kept (DICOM)" })));
+    if (d.final_rtstruct) links.append(el("li", {}, exported(el("a", { href: d.final_rtstruct, id: "download-final", text: "RTSTRUCT for the daily scan, with the contours kept (DICOM)" }))));
+    links.append(el("li", {}, status));
     if (d.propagation) links.append(el("li", {}, el("a", { href: d.propagation, id: "download-propagation", text: "Propagation report (JSON)" })));
     if (d.ddf) links.append(el("li", {}, el("a", { href: d.ddf, id: "download-ddf", text: "Displacement field, mm (NIfTI)" })));
     if (job.kind !== "audit") for (const note of job.notes || []) links.append(el("li", { class: "hint", text: note }));
@@ -372,12 +375,13 @@
     document.querySelectorAll("#propagation-table input[type=radio]:checked").forEach((input) => {
       choices[input.dataset.structure] = input.value;
     });
-    status.textContent = "Writing the RTSTRUCT with the contours kept…";
+    status.textContent = "Saving the choices…";
     try {
       const job = await Delineo.api(propagationSection.dataset.choicesUrl, { method: "POST", body: { choices } });
       state.job = job;
       propagationTable(job.propagation);
-      status.textContent = "Saved. The RTSTRUCT for the daily scan now holds the contours kept.";
+      status.textContent = "Saved. The worker now writes the RTSTRUCT for the daily scan with the contours kept; "
+        + "the download below waits for it.";
     } catch (err) {
       status.textContent = "";
       showError(err.message);
@@ -386,6 +390,7 @@
 
   if (propagationSection) {
     document.getElementById("save-choices").addEventListener("click", saveChoices);
+    Delineo.exportLink(document.getElementById("download-final-rtstruct"), document.getElementById("choices-status"));
     document.getElementById("direct-toggle").addEventListener("change", (event) => {
       state.showDirect = event.target.checked;
       draw();

@@ -14,7 +14,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from tests import factories
 from tests.browser.test_viewer import driver, screenshot, wait_for  # noqa: F401 (driver is a fixture)
-from webapp.delineation import services
+from webapp.delineation import rules
 from webapp.delineation.models import Job
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -32,7 +32,7 @@ def test_propagated_and_direct_contours_and_the_choice(
 
     planning = upload(factories.dicom_zip_with_rtstruct(tmp_path / "p", ("Brainstem", "Mandible")), "p.zip")
     daily = upload(factories.dicom_zip_bytes(tmp_path / "d"), "d.zip")
-    (rs,) = services.structure_sets(planning["preflight"])
+    (rs,) = rules.structure_sets(planning["preflight"])
     response = alice_api.post(
         "/api/jobs/",
         {

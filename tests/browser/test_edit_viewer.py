@@ -26,7 +26,7 @@ from tests.dicom_tools import dciodvfy_errors
 from tests.stack import REPO
 from tests.browser.test_viewer import driver  # noqa: F401 (a fixture)
 from tests.test_approved_rtstruct import segment_on_the_series_grid, read_back
-from webapp.delineation import services
+from webapp.delineation import engine_client
 from webapp.delineation.models import Job
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -54,8 +54,8 @@ def test_an_eraser_stroke_saved_and_approved(live_server, driver, alice, monkeyp
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    monkeypatch.setattr(services, "available_models", lambda: ["hn-oar"])
-    monkeypatch.setattr(services, "run_segmentation", segment_on_the_series_grid)
+    monkeypatch.setattr(engine_client, "available_models", lambda: ["hn-oar"])
+    monkeypatch.setattr(engine_client, "run_segmentation", segment_on_the_series_grid)
     api = APIClient()
     api.force_login(alice)
     archive = factories.dicom_zip_bytes(tmp_path / "series")

@@ -20,7 +20,8 @@ from pydicom.uid import (
 
 from engine.io.dicom_series import LPS_TO_RAS, read_series
 from engine.io.preflight import inspect_input
-from engine.io.reader import InputError, read_input
+from engine.errors import InputError
+from engine.io.reader import read_input
 from tests.engine.phantom import write_phantom_series
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,8 @@ import pydicom
 import pytest
 
 from engine.io.dicom_series import LPS_TO_RAS, read_series
-from engine.io.reader import InputError, read_input
+from engine.errors import InputError
+from engine.io.reader import read_input
 from tests.engine.phantom import write_phantom_series
 
 

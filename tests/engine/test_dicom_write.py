@@ -18,9 +18,9 @@ from engine.io.dicom_write import (
     zip_series,
 )
 from engine.volume import LabelMap, Volume
+from tests.dicom_tools import corners_mm, dciodvfy_errors, dcm2niix_canonical
 
 SHAPE = (11, 9, 7)  # (I, J, K), all different so that a transposition would show
-from tests.dicom_tools import corners_mm, dciodvfy_errors, dcm2niix_canonical
 
 
 def _rotation(a: float, b: float, c: float) -> np.ndarray:

@@ -159,8 +159,8 @@ def test_shipped_cards_declare_a_domain(name):
 def test_publish_keeps_the_domain_of_the_card_it_replaces(tmp_path):
     import torch
 
-    from engine.model_card import add_domain, publish
     from engine.models.registry import build_network, model_config, sha256_of
+    from engine.train.publish import add_domain, publish
 
     config = {k: v for k, v in model_config("hn-oar").items() if k not in ("domain", "qam")}
     config = {**config, "channels": [4, 8, 8, 8, 8]}

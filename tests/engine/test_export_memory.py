@@ -12,11 +12,12 @@ import torch
 from monai.data import MetaTensor
 
 from engine.infer.grid import labels_to_input_grid
-from engine.infer.segment import structure_table, write_nifti_outputs
+from engine.infer.segment import write_nifti_outputs
 from engine.io.dicom_series import read_series
 from engine.io.rtstruct import build_rtstruct
 from engine.io.rtstruct_check import check_rtstruct
 from engine.models.registry import load_model
+from engine.results import ResultFolder
 from tests.engine.phantom import write_phantom_series
 
 SHAPE = (512, 512, 64)  # (I, J, K): a 512 x 512 CT of 64 slices
@@ -62,8 +63,8 @@ def test_export_of_a_512_grid_allocates_no_full_resolution_float_per_structure(
     tracemalloc.start()
     try:
         labels = labels_to_input_grid(prob, volume, values, 0.5)
-        table = structure_table(labels, model)
-        write_nifti_outputs(volume, labels, table, tmp_path / "out")
+        out = ResultFolder(tmp_path / "out")
+        table = write_nifti_outputs(volume, labels, model.structures, out)
         rtstruct = build_rtstruct(
             labels, series, model.structures, model.name, "0" * 64
         )

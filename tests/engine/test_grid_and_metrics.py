@@ -7,8 +7,8 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from engine.evaluate import score_case
 from engine.infer.grid import image_to_model_grid, labels_to_input_grid
+from engine.metrics import Agreement, agreement
 from engine.volume import Volume
 
 LPS_AXES_AFFINE = np.array(
@@ -95,10 +95,40 @@ def test_dice_and_hd95_in_mm():
     a = np.zeros((20, 20, 20), bool)
     a[5:10, 5:10, 5:10] = True
     b = np.roll(a, 2, axis=2)  # shifted by 2 voxels along K = 6 mm at 3 mm spacing
-    dice, hd95 = score_case(a, b, (1.0, 1.0, 3.0))
-    assert dice == pytest.approx(0.6)
-    assert hd95 == pytest.approx(6.0)
-    assert np.isnan(score_case(a, np.zeros_like(a), (1.0, 1.0, 1.0))[1])
+    found = agreement(a, b, (1.0, 1.0, 3.0))
+    assert found.dice == pytest.approx(0.6)
+    assert found.hd95_mm == pytest.approx(6.0)
+    assert agreement(a, np.zeros_like(a), (1.0, 1.0, 1.0)).hd95_mm is None
+    assert agreement(a, a, (1.0, 1.0, 3.0)) == Agreement(1.0, 0.0, 0.0)
+
+
+def test_surface_metrics_are_those_of_monai():
+    """The NumPy metrics give MONAI's values (compute_dice, symmetric
+    compute_average_surface_distance, compute_hausdorff_distance at percentile 95)."""
+    from monai.metrics import (
+        compute_average_surface_distance,
+        compute_dice,
+        compute_hausdorff_distance,
+    )
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        shape = tuple(int(n) for n in rng.integers(8, 24, 3))
+        a, b = (
+            ndimage.binary_dilation(rng.random(shape) > 0.99, iterations=2)
+            for _ in range(2)
+        )
+        if not a.any() or not b.any():
+            continue
+        spacing = tuple(float(s) for s in rng.uniform(0.5, 3.0, 3))
+        p, t = torch.as_tensor(a[None, None]), torch.as_tensor(b[None, None])
+        found = agreement(a, b, spacing)
+        assert found.dice == pytest.approx(float(compute_dice(p, t, ignore_empty=False)[0, 0]))
+        msd = compute_average_surface_distance(p, t, symmetric=True, spacing=spacing)
+        assert found.msd_mm == pytest.approx(float(msd[0, 0]), abs=1e-4)
+        hd95 = compute_hausdorff_distance(p, t, percentile=95, spacing=spacing)
+        assert found.hd95_mm == pytest.approx(float(hd95[0, 0]), abs=1e-4)
 
 
 def test_test_time_mirroring_swaps_left_and_right_back():

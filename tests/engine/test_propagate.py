@@ -14,6 +14,7 @@ import torch
 from monai.networks.blocks import Warp
 
 from engine.__main__ import main
+from engine.errors import InputError, ModelError
 from engine.infer import propagate as propagate_module
 from engine.infer.displacement import (
     Grid,
@@ -34,13 +35,12 @@ from engine.infer.propagate import (
 )
 from engine.io.contour_input import read_contours
 from engine.io.dicom_series import read_series
-from engine.io.reader import InputError
 from engine.io.rtstruct import build_rtstruct, write_rtstruct
 from engine.io.rtstruct_import import import_rtstruct
 from engine.metrics import surface_metrics
 from engine.models.joint.base import JointOutput
-from engine.models.registry import Structure
-from engine.synthetic_deformation import make_pair
+from engine.models.registry import Structure, UnknownModelError
+from engine.train.synthetic_deformation import make_pair
 from engine.volume import LabelMap, Volume
 from tests.engine.phantom import write_phantom_series
 
@@ -301,7 +301,7 @@ def test_a_joint_model_registers_after_its_cards_prealignment(joint_weights):
 def test_a_card_with_an_unknown_prealignment_is_refused(joint_weights):
     card = joint_weights / "standin.json"
     card.write_text(card.read_text().replace('"none"', '"bspline"'))
-    with pytest.raises(ValueError, match="prealign must be one of"):
+    with pytest.raises(ModelError, match="prealign must be one of"):
         load_method("standin")
 
 
@@ -316,9 +316,9 @@ def test_folding_inside_a_structure_is_reported_and_warned(joint_weights):
 
 
 def test_unknown_or_segmentation_model_is_refused(joint_weights):
-    with pytest.raises(ValueError, match="not a propagation model"):
+    with pytest.raises(UnknownModelError, match="not a propagation model"):
         load_method("hn-oar")
-    with pytest.raises(ValueError, match="not a propagation model"):
+    with pytest.raises(UnknownModelError, match="not a propagation model"):
         load_method("nonsense")
 
 

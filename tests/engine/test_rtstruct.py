@@ -8,7 +8,7 @@ import pytest
 from skimage.draw import polygon2mask
 
 from engine.io.dicom_series import read_series
-from engine.io.rtstruct import _ds, build_rtstruct, contour_data_bytes, write_rtstruct
+from engine.io.rtstruct import RTStructError, _ds, build_rtstruct, contour_data_bytes, write_rtstruct
 from engine.models.registry import Structure
 from engine.volume import LabelMap
 from tests.dicom_tools import dciodvfy_errors
@@ -115,7 +115,7 @@ def test_label_map_off_the_series_grid_is_refused(series_and_labels):
     series, labels = series_and_labels
     shifted = labels.affine.copy()
     shifted[0, 3] += 5
-    with pytest.raises(ValueError, match="not on the grid"):
+    with pytest.raises(RTStructError, match="not on the grid"):
         build_rtstruct(
             LabelMap(labels.array, shifted), series, STRUCTURES, "m", "0" * 64
         )
@@ -131,7 +131,7 @@ def test_decimal_strings_fit_16_characters(value):
 
 
 def test_non_finite_coordinate_is_refused():
-    with pytest.raises(ValueError, match="not a finite number"):
+    with pytest.raises(RTStructError, match="not a finite number"):
         _ds(float("nan"))
     with pytest.raises(ValueError, match="not a finite number"):
         contour_data_bytes(np.array([1.0, float("inf"), 2.0]))

@@ -130,7 +130,7 @@ def test_segment_file_fails_when_the_export_loses_a_structure(
 
 
 def test_the_worker_turns_a_failed_export_into_a_job_error(monkeypatch, tmp_path):
-    from webapp.delineation import services
+    from webapp.delineation import engine_client
 
     def failing(*args, **kwargs):
         raise RTStructExportError(
@@ -138,5 +138,5 @@ def test_the_worker_turns_a_failed_export_into_a_job_error(monkeypatch, tmp_path
         )
 
     monkeypatch.setattr(segment, "segment_file", failing)
-    with pytest.raises(services.DelineationError, match="Parotid_L"):
-        services.run_segmentation(tmp_path / "in", "hn-oar", tmp_path / "out")
+    with pytest.raises(engine_client.DelineationError, match="Parotid_L"):
+        engine_client.run_segmentation(tmp_path / "in", "hn-oar", tmp_path / "out")

@@ -18,8 +18,8 @@ from engine.__main__ import main
 from engine.io.dicom_series import read_series
 from engine.io.rtstruct import _ds, build_rtstruct, slice_polygons, write_rtstruct
 from engine.io.rtstruct_import import RTStructImportError, import_rtstruct
-from engine.io.structure_files import safe_file_stem
 from engine.models.registry import Structure
+from engine.results import safe_file_stem
 from engine.volume import LabelMap
 from tests.engine.phantom import write_phantom_series
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.train import trainer as trainer_module
 from engine.structure import mirror_order
+from engine.train import trainer as trainer_module
 from engine.train.augment import PatchAugmenter
 from engine.train.config import TrainingConfigError, load_segmentation_config
 from engine.train.experiment import make_trainer
@@ -218,8 +218,8 @@ def test_a_portable_state_without_room_for_the_best_network_selects_anew(
 
 
 def test_a_finished_run_is_published_under_the_model_name_it_serves(tmp_path, data):
-    from engine.model_card import publish
     from engine.models.registry import load_model, sha256_of
+    from engine.train.publish import publish
 
     config = _config(tmp_path / "recipe.json", {"steps": 2, "val_every": 2})
     make_trainer(config, data, tmp_path / "runs").run_training()

@@ -21,16 +21,16 @@ import django
 
 
 def hold_jobs(hold_file: Path, stage: str) -> None:
-    from webapp.delineation import tasks
+    from webapp.delineation import runner
 
-    report = tasks.ProgressRecorder.__call__
+    report = runner.ProgressRecorder.__call__
 
-    def held(self: tasks.ProgressRecorder, reached: str, percent: int) -> None:
+    def held(self: runner.ProgressRecorder, reached: str, percent: int) -> None:
         report(self, reached, percent)
         while reached == stage and hold_file.exists():
             time.sleep(0.1)
 
-    tasks.ProgressRecorder.__call__ = held
+    runner.ProgressRecorder.__call__ = held
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """A web server killed in the middle of a large upload leaves no temporary file: files
 over FILE_UPLOAD_MAX_MEMORY_SIZE are spooled to files without a name, which the kernel
-frees when the process ends (uploads.AnonymousTemporaryFileUploadHandler)."""
+frees when the process ends (upload_limits.AnonymousTemporaryFileUploadHandler)."""
 
 from __future__ import annotations
 

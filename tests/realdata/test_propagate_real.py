@@ -2,7 +2,7 @@
 and its golden output.
 
 The planning scan is OpenKBP test case pt_104 (CT and its organ contours); the daily
-scan is ``engine.synthetic_deformation.make_pair`` of it (seed 0: a smooth field of 8 mm
+scan is ``engine.train.synthetic_deformation.make_pair`` of it (seed 0: a smooth field of 8 mm
 at most, a rigid motion of up to 2 degrees and 4 mm, 20 HU of noise), so the true
 contours on the daily scan and the true displacement are known.
 
@@ -38,7 +38,7 @@ from engine.io.nifti import (
 )
 from engine.metrics import surface_metrics
 from engine.models.registry import model_config
-from engine.synthetic_deformation import make_pair
+from engine.train.synthetic_deformation import make_pair
 from engine.volume import LabelMap, Volume
 from tests.stack import REPO, data_dir, engine_cli
 

@@ -35,7 +35,7 @@ class JobAdmin(admin.ModelAdmin):
 
 @admin.register(AccessEvent)
 class AccessEventAdmin(admin.ModelAdmin):
-    """The access audit log, read-only: nobody adds, changes or deletes an entry here."""
+    """The access log, read-only: nobody adds, changes or deletes an entry here."""
 
     list_display = (
         "created",

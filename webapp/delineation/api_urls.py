@@ -3,20 +3,24 @@ from django.urls import path, re_path
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework.routers import SimpleRouter
 
-from webapp.delineation import api
+from webapp.delineation.api.access import AccessEventList, TeamList
+from webapp.delineation.api.engine_models import ModelsView, PropagationModelsView
+from webapp.delineation.api.jobs import JobViewSet
+from webapp.delineation.api.patients import PatientViewSet
+from webapp.delineation.api.scans import ScanViewSet
 from webapp.delineation.throttling import ThrottledObtainAuthToken
 
 router = SimpleRouter()
 router.trailing_slash = "/?"  # optional slash: /api/jobs/<id>/labels.nii.gz works as written
-router.register("scans", api.ScanViewSet, basename="api-scan")
-router.register("jobs", api.JobViewSet, basename="api-job")
-router.register("patients", api.PatientViewSet, basename="api-patient")
+router.register("scans", ScanViewSet, basename="api-scan")
+router.register("jobs", JobViewSet, basename="api-job")
+router.register("patients", PatientViewSet, basename="api-patient")
 
 urlpatterns = [
-    path("models/", api.ModelsView.as_view(), name="api-models"),
-    path("propagation-models/", api.PropagationModelsView.as_view(), name="api-propagation-models"),
-    path("audit-log/", api.AccessEventList.as_view(), name="api-audit-log"),
-    path("teams/", api.TeamList.as_view(), name="api-team-list"),
+    path("models/", ModelsView.as_view(), name="api-models"),
+    path("propagation-models/", PropagationModelsView.as_view(), name="api-propagation-models"),
+    path("access-log/", AccessEventList.as_view(), name="api-access-log"),
+    path("teams/", TeamList.as_view(), name="api-team-list"),
     path("auth/token/", ThrottledObtainAuthToken.as_view(), name="api-token"),
     *router.urls,
 ]

@@ -1,8 +1,8 @@
 """Contour edits on a label map, and how much they corrected the model: pure numpy/scipy/skimage.
 
 Every function works on the viewer's label map: uint8, canonical RAS voxel axes (X, Y, Z)
-(``services.viewer_volume``), and on slices as the slice endpoint shows them
-(``services.oriented_slice``: rows top to bottom, columns left to right, radiological). A
+(``viewer.viewer_volume``), and on slices as the slice endpoint shows them
+(``viewer.oriented_slice``: rows top to bottom, columns left to right, radiological). A
 polygon's points are (row, column) pixel indices of that slice, pixel centres at whole
 numbers; a pixel is inside when its centre is (``skimage.draw.polygon2mask``).
 
@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.draw import polygon2mask
 
-from webapp.delineation.services import PLANES, oriented_slice
+from webapp.delineation.viewer import PLANES, oriented_slice
 
 # A closed stroke of a few hundred points is typical; the self-intersection check is
 # quadratic in the number of points (done in blocks of edges).

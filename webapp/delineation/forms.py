@@ -5,7 +5,7 @@ from __future__ import annotations
 from django import forms
 from django.conf import settings
 
-from webapp.delineation import services
+from webapp.delineation import engine_client
 
 
 class MultipleFileInput(forms.ClearableFileInput):
@@ -36,4 +36,4 @@ class UploadForm(forms.Form):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fields["deidentify"].initial = settings.DELINEO_DEIDENTIFY_DEFAULT
-        self.no_models = not services.available_models()
+        self.no_models = not engine_client.available_models()

@@ -34,7 +34,7 @@ from django.conf import settings
 from django.db import close_old_connections, transaction
 from django.utils import timezone
 
-from webapp.delineation import services
+from webapp.delineation import outputs
 from webapp.delineation.models import Job
 
 logger = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def reap(held: Iterable[str] = (), messages: SqlaBroker | None = None) -> Reaped
         except OSError:  # no lock file can be made (full disk): the next pass tries again
             continue
         if outcome == "failed":
-            services.remove_tree(job.output_dir)  # a failed job keeps no partial output
+            outputs.remove_tree(job.output_dir)  # a failed job keeps no partial output
             done.failed.append(str(job.pk))
         elif outcome == "requeued":
             submit(job)  # after the lock is released, or its delivery would find it held and drop itself

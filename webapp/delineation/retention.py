@@ -1,5 +1,5 @@
 """Retention: delete scans older than a number of days, with their jobs and files; and,
-on a period of its own, old events of the access audit log."""
+on a period of its own, old events of the access log."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from webapp.delineation import audit
+from webapp.delineation import access_log
 from webapp.delineation.models import AccessEvent, Job, Scan
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def purge(days: int, dry_run: bool = False, now: datetime | None = None) -> Purg
                 continue
             scans, jobs = scans + 1, jobs + sum(1 for scan_of_job, _ in statuses if scan_of_job == scan.pk)
             if not dry_run:
-                audit.record(None, AccessEvent.Action.DELETE, scan)
+                access_log.record(None, AccessEvent.Action.DELETE, scan)
                 scan.delete()
     receipts = _purge_receipts(cutoff, dry_run)
     logger.info(
@@ -86,8 +86,8 @@ def _purge_receipts(cutoff: datetime, dry_run: bool) -> int:
     return count
 
 
-def purge_audit_log(days: int, dry_run: bool = False, now: datetime | None = None) -> int:
-    """Delete every audit-log event recorded more than ``days`` days before ``now``, and record
+def purge_access_log(days: int, dry_run: bool = False, now: datetime | None = None) -> int:
+    """Delete every access-log event recorded more than ``days`` days before ``now``, and record
     the purge itself (with the count) in the same transaction, so that the log never loses
     events without saying so. Earlier purge records are kept: they are what accounts for the
     events that are gone. Nothing is recorded when nothing was deleted. Returns the number
@@ -102,9 +102,9 @@ def purge_audit_log(days: int, dry_run: bool = False, now: datetime | None = Non
         with transaction.atomic():
             count = old.delete()[0]  # nothing cascades from an event: every row deleted is one
             if count:
-                audit.record_purge(count)
+                access_log.record_purge(count)
     logger.info(
-        "retention %s: %d audit-log event(s) older than %d day(s) %s",
+        "retention %s: %d access-log event(s) older than %d day(s) %s",
         "dry run" if dry_run else "purge",
         count,
         days,

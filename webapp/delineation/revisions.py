@@ -28,13 +28,13 @@ import numpy as np
 from django.db import transaction
 from django.utils import timezone
 
-from engine.io.atomic import write_atomically  # standard library only: no PyTorch in the web process
-from webapp.delineation import editing, services
+from webapp.delineation import editing, engine_client, outputs, viewer
 from webapp.delineation.editing import EditError
+from webapp.delineation.engine_client import ResultFolder, write_atomically
 from webapp.delineation.models import Job, Revision
 
 MODES = ("add", "erase", "delete", "interpolate", "restore", "direct")
-_RTSTRUCT_FILES = ("/rtstruct.dcm", "/rtstruct_check.json")
+_RTSTRUCT_FILES = (f"/{ResultFolder.RTSTRUCT}", f"/{ResultFolder.RTSTRUCT_CHECK}")
 
 
 def check_editable(job: Job) -> None:
@@ -65,7 +65,7 @@ def latest(job: Job) -> Revision:
 def labels_of(job: Job, revision: Revision) -> np.ndarray:
     """The revision's label map, uint8 (X, Y, Z) canonical RAS, read-only (memory-mapped)."""
     if revision.number == 0:
-        return services.viewer_volume(job.result_path)[2]
+        return viewer.viewer_volume(job.result_path)[2]
     return np.load(job.result_path / revision.folder / "labels.npy", mmap_mode="r")
 
 
@@ -78,7 +78,7 @@ def _label_of(job: Job, name: object) -> int:
 
 
 def _spacing(job: Job) -> tuple[float, float, float]:
-    meta = services.viewer_volume(job.result_path)[0]
+    meta = viewer.viewer_volume(job.result_path)[0]
     return tuple(float(s) for s in meta["spacing_mm"])
 
 
@@ -96,7 +96,7 @@ def _apply(job: Job, labels: np.ndarray, body: dict) -> dict:
         return {"mode": mode, "revision": number}
     label = _label_of(job, body.get("structure"))
     if mode == "direct":
-        direct = services.viewer_volume(job.result_path)[3]
+        direct = viewer.viewer_volume(job.result_path)[3]
         if direct is None:
             raise EditError("This job has no direct segmentation of the daily scan to take the structure from.")
         labels[labels == label] = 0
@@ -114,7 +114,7 @@ def _apply(job: Job, labels: np.ndarray, body: dict) -> dict:
             editing.interpolate(labels, plane, first, last, label, row_col)
         return {**edit, "first": first, "last": last}
     index = editing.check_slice(labels.shape, plane, body.get("index"))
-    shape = services.oriented_slice(labels, plane, index).shape
+    shape = viewer.oriented_slice(labels, plane, index).shape
     if ("polygon" in body) == ("mask" in body):
         raise EditError("Send the outline as 'polygon' or the pixels as 'mask' (one of the two).")
     if "polygon" in body:
@@ -136,9 +136,9 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 def _write_files(job: Job, number: int, labels: np.ndarray) -> dict[str, str]:
     """Write ``revisions/<number>/labels.npy`` and ``labels.nii.gz`` (on the grid and voxel order
     of the job's label map); return their SHA-256 by path relative to the job's folder."""
-    folder = job.result_path / "revisions" / str(number)
+    folder = ResultFolder(job.result_path).revision(number).path
     os.makedirs(folder, mode=0o750, exist_ok=True)
-    model = nib.load(job.result_path / "labels.nii.gz")
+    model = nib.load(ResultFolder(job.result_path) / ResultFolder.LABELS)
     # The viewer's label map is nibabel's closest canonical of the job's: undo that reordering.
     back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), nib.io_orientation(model.affine))
     array = nib.orientations.apply_orientation(labels, back).astype(np.uint8)
@@ -146,8 +146,8 @@ def _write_files(job: Job, number: int, labels: np.ndarray) -> dict[str, str]:
     header.set_data_dtype(np.uint8)
     image = nib.Nifti1Image(array, model.affine, header)
     _save_npy(folder / "labels.npy", labels)
-    write_atomically(folder / "labels.nii.gz", lambda tmp: nib.save(image, tmp))
-    return {f"revisions/{number}/{name}": digest for name, digest in services.output_checksums(folder).items()}
+    write_atomically(folder / ResultFolder.LABELS, lambda tmp: nib.save(image, tmp))
+    return outputs.output_checksums(folder, prefix=f"{ResultFolder.REVISIONS}/{number}/")
 
 
 def apply_edit(job: Job, user, body: object) -> Revision:
@@ -217,49 +217,67 @@ def reviewer_name(user) -> str:
     return user.get_username()[:64]
 
 
+def export_name(job: Job, revision: Revision, filename: str) -> tuple[str, dict[str, str]]:
+    """Where the export ``filename`` ("rtstruct.dcm", "seg.dcm" or "structures.zip") of
+    ``revision`` is, relative to the job's folder, and the checksums to verify it with
+    (it is written when its name is among them). Revision 0 is the job's own file (for
+    the RTSTRUCT: until it is approved)."""
+    if revision.number == 0 and (filename != ResultFolder.RTSTRUCT or not revision.is_approved):
+        return filename, job.checksums
+    return f"{ResultFolder.REVISIONS}/{revision.number}/{filename}", revision.checksums
+
+
 def export_of(job: Job, revision: Revision, filename: str) -> tuple[str, dict[str, str]]:
-    """The export ``filename`` ("rtstruct.dcm", "seg.dcm" or "structures.zip") of ``revision``: its path
-    relative to the job's folder and the checksums to verify it with. Revision 0 is the job's
-    own file (for the RTSTRUCT: until it is approved); any other is written on first use:
-    ``services.write_revision_rtstruct`` (MANUAL for the structures edited since the model's
-    output, APPROVED with the reviewer once approved, Structure Set Label ``Delineo r<N>``) or
-    ``services.write_revision_seg`` or ``services.write_revision_structures``.
+    """``export_name``, after writing the export if it was not yet: the structures' zip
+    here; the RTSTRUCT (MANUAL for the structures edited since the model's output,
+    APPROVED with the reviewer once approved, Structure Set Label ``Delineo r<N>``) or the
+    SEG only in the worker (``exports``), as they need the engine.
 
     Raises:
-        services.DelineationError: it cannot be written (message for the physician).
+        engine_client.DelineationError: it cannot be written (message for the physician).
     """
-    if revision.number == 0 and (filename != "rtstruct.dcm" or not revision.is_approved):
-        return filename, job.checksums
-    folder = f"revisions/{revision.number}"
-    name = f"{folder}/{filename}"
+    name, checksums = export_name(job, revision, filename)
+    if name in checksums or name == filename:
+        return name, checksums
+    job_folder = ResultFolder(job.result_path)
+    out = job_folder.revision(revision.number)
     with transaction.atomic():
         revision = Revision.objects.select_for_update().get(pk=revision.pk)  # one build at a time
         if name not in revision.checksums:
-            common = (job.result_path, job.scan.engine_input, job.series_key, revision.labels_file, folder)
+            source = (job.scan.engine_input, job.series_key, revision.labels_file, out)
             provenance = (job.model_name, job.weights_sha256)
-            if filename == "structures.zip":
-                written = services.write_revision_structures(
-                    job.result_path, revision.labels_file, folder, job.structures
-                )
-            elif filename == "seg.dcm":
-                written = services.write_revision_seg(
-                    *common, job.structures, provenance, revision.edited_structures
+            if filename == ResultFolder.STRUCTURES_ZIP:
+                engine_client.write_revision_structures(job_folder, revision.labels_file, out, job.structures)
+                outputs.structures_zip(out.path, out / ResultFolder.STRUCTURES_ZIP)
+            elif filename == ResultFolder.SEG:
+                engine_client.write_revision_seg(
+                    job_folder, source, job.structures, provenance, revision.edited_structures
                 )
             else:
                 approval = None
                 if revision.is_approved:
-                    approval = services.Approval(revision.reviewer_name, timezone.localtime(revision.approved))
-                written = services.write_revision_rtstruct(
-                    *common,
+                    approval = (revision.reviewer_name, timezone.localtime(revision.approved))
+                engine_client.write_revision_rtstruct(
+                    job_folder,
+                    source,
                     job.structures,
                     provenance,
                     f"Delineo r{revision.number}",
                     revision.edited_structures,
                     approval,
                 )
+            written = _written(job.result_path, name)
             revision.checksums = {**revision.checksums, **written}
             revision.save(update_fields=["checksums"])
     return name, revision.checksums
+
+
+def _written(result_dir: Path, name: str) -> dict[str, str]:
+    """The checksums of export ``name`` and, for an RTSTRUCT, of its round-trip check."""
+    names = [name]
+    if name.endswith(ResultFolder.RTSTRUCT):
+        names.append(name.removesuffix(ResultFolder.RTSTRUCT) + ResultFolder.RTSTRUCT_CHECK)
+    return outputs.checksums_of(result_dir, tuple(names))
 
 
 def find(job: Job, number: object) -> Revision:

@@ -1,14 +1,14 @@
-"""API representations of scans, jobs, patients, teams and the audit log."""
+"""API representations of scans, job requests, patients, teams, revisions and the access
+log (a job itself: ``job_serializers``)."""
 
 from __future__ import annotations
 
-from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import exceptions, serializers
 
-from webapp.delineation import services, sharing
-from webapp.delineation.models import AccessEvent, Job, Patient, ResultSend, Revision, Scan, Team
+from webapp.delineation import rules, sharing
+from webapp.delineation.models import AccessEvent, Job, Patient, Revision, Scan, Team
 from webapp.delineation.patients import PatientIdError, clean_patient_id
 
 
@@ -221,131 +221,10 @@ class JobCreateSerializer(serializers.Serializer):
         return scan
 
     def validate(self, attrs: dict) -> dict:
-        kind = attrs.get("kind", Job.Kind.SEGMENT)
-        self._check_model(attrs["model"], kind)
-        attrs["series"] = self._series(attrs)
-        if kind == Job.Kind.AUDIT:
-            self._check_audit(attrs["scan"], attrs["model"])
-        if kind == Job.Kind.PROPAGATE:
-            self._check_propagation(attrs)
-        else:
-            for field in ("planning_scan", "contours_rtstruct", "contours_job"):
-                if attrs.get(field):
-                    raise serializers.ValidationError({field: "Only a propagation (kind 'propagate') takes this."})
-        return attrs
-
-    def _check_propagation(self, attrs: dict) -> None:
-        """Both scans of one patient of the user, different, each with one image series; the
-        contours an RTSTRUCT of the planning upload or a succeeded delineation of the planning scan."""
-        daily: Scan = attrs["scan"]
-        planning: Scan | None = attrs.get("planning_scan")
-        errors: dict[str, str] = {}
-        if planning is None:
-            errors["planning_scan"] = "Choose the planning scan whose contours are to be propagated."
-        elif planning.pk == daily.pk:
-            errors["planning_scan"] = "The planning scan and the daily scan must be two different scans."
-        elif daily.patient_id is None or planning.patient_id is None:
-            which = "daily" if daily.patient_id is None else "planning"
-            errors["planning_scan"] = (
-                f"The {which} scan has no patient: enter its Patient ID on its scan page, so that both scans "
-                "are known to be of the same patient."
-            )
-        elif daily.patient_id != planning.patient_id:
-            errors["planning_scan"] = (
-                "The planning scan and the daily scan belong to different patients; "
-                "contours are propagated between scans of one patient only."
-            )
-        for role, scan in (("planning_scan", planning), ("scan", daily)):
-            report = scan.preflight if scan is not None and isinstance(scan.preflight, dict) else None
-            if role not in errors and report and len(services.usable_series(report)) > 1:
-                errors[role] = (
-                    "This upload holds several image series; for a propagation upload the scan with one image series."
-                )
-        rtstruct, source = attrs.get("contours_rtstruct") or "", attrs.get("contours_job")
-        if rtstruct and source is not None:
-            errors["contours_rtstruct"] = "Give the planning contours once: an RTSTRUCT or a delineation job, not both."
-        elif not rtstruct and source is None:
-            errors["contours_rtstruct"] = (
-                "Choose the planning contours: an RTSTRUCT of the planning upload (contours_rtstruct) or a finished "
-                "delineation of the planning scan (contours_job)."
-            )
-        elif planning is not None and rtstruct:
-            uids = [o.get("sop_instance_uid") for o in services.structure_sets(planning.preflight)]
-            if rtstruct not in uids:
-                errors["contours_rtstruct"] = "The planning upload holds no structure set (RTSTRUCT) with that UID." + (
-                    "" if uids else " It holds none at all: choose a delineation of the planning scan instead."
-                )
-        elif planning is not None and source is not None:
-            if source.scan_id != planning.pk:
-                errors["contours_job"] = "That delineation is of another scan, not of the planning scan."
-            elif source.kind != Job.Kind.SEGMENT:
-                errors["contours_job"] = "Choose a delineation job; its result holds the contours to propagate."
-            elif source.status != Job.Status.SUCCEEDED:
-                errors["contours_job"] = f"That delineation has no result (status: {source.status})."
-        if errors:
-            raise serializers.ValidationError(errors)
-
-    def _check_audit(self, scan: Scan, model: str) -> None:
-        """An audit needs a DICOM scan with a structure set, and a model with a critic."""
-        report = scan.preflight if isinstance(scan.preflight, dict) else None
-        errors = {}
-        if not scan.is_dicom or (report and report.get("kind") == "nifti"):
-            errors["scan"] = (
-                "A NIfTI scan cannot be audited: the audit needs the DICOM series the structure set (RTSTRUCT) "
-                "was drawn on. Upload the DICOM CT together with its RTSTRUCT."
-            )
-        elif report and not services.structure_sets(report):
-            errors["scan"] = (
-                "This upload holds no structure set (RTSTRUCT) to audit. "
-                "Upload the DICOM CT together with the RTSTRUCT drawn on it."
-            )
-        capable = services.audit_models()
-        if model not in capable:
-            errors["model"] = f"Model {model!r} cannot audit contours: it has no contour-quality critic. " + (
-                f"Models that can: {', '.join(capable)}." if capable else services.AUDIT_NEEDS_CRITIC
-            )
-        if errors:
-            raise serializers.ValidationError(errors)
-
-    def _series(self, attrs: dict) -> str:
-        """The series key to use: the requested one if usable, or the only usable one."""
-        scan: Scan = attrs["scan"]
-        report = scan.preflight if isinstance(scan.preflight, dict) else None
-        requested = attrs.get("series") or ""
-        if not report or report.get("kind") != "dicom":
-            return requested
-        usable = services.usable_series(report)
-        by_key = {s.get("key"): s for s in report.get("series", [])}
-        if requested:
-            if requested not in by_key:
-                raise serializers.ValidationError({"series": f"The scan has no image series {requested!r}."})
-            if requested not in usable:
-                raise serializers.ValidationError(
-                    {"series": f"That series cannot be delineated: {by_key[requested].get('reason', 'refused')}"}
-                )
-        elif len(usable) == 1:
-            requested = usable[0]
-        elif len(usable) > 1:
-            described = "; ".join(
-                f"{k} ({by_key[k].get('modality')}, {by_key[k].get('images')} images"
-                f"{', ' + by_key[k]['series_description'] if by_key[k].get('series_description') else ''})"
-                for k in usable
-            )
-            raise serializers.ValidationError(
-                {"series": f"This upload holds {len(usable)} image series; choose one: {described}."}
-            )
-        return requested
-
-    def _check_model(self, value: str, kind: str) -> None:
-        propagation = kind == Job.Kind.PROPAGATE
-        models = services.propagation_models() if propagation else services.available_models()
-        what = "contour propagation method" if propagation else "delineation model"
-        if value not in models:
-            if not models:
-                message = f"Unknown model {value!r}: no {what} is installed on this server."
-            else:
-                message = f"Unknown model {value!r}. Available {what}s: {', '.join(models)}."
-            raise serializers.ValidationError({"model": message})
+        try:
+            return rules.check_request(attrs)
+        except rules.RequestRefused as exc:
+            raise serializers.ValidationError(exc.errors) from None
 
 
 def propagation_fields(validated: dict) -> dict:
@@ -357,192 +236,6 @@ def propagation_fields(validated: dict) -> dict:
         "contours_rtstruct": validated.get("contours_rtstruct") or "",
         "contours_job": validated.get("contours_job"),
     }
-
-
-class ResultSendSerializer(serializers.ModelSerializer):
-    """A result sent to a DICOM destination (``dicom.send``): queued, sent, or failed with the peer's status."""
-
-    file = serializers.CharField(source="filename", read_only=True)
-    status = serializers.IntegerField(
-        read_only=True, allow_null=True, help_text="The destination's C-STORE status (0 = stored); null: none yet."
-    )
-
-    class Meta:
-        model = ResultSend
-        fields = ["destination", "file", "state", "status", "message", "attempts", "created", "finished"]
-        read_only_fields = fields
-
-
-class SendRequestSerializer(serializers.Serializer):
-    destination = serializers.CharField(
-        max_length=64,
-        help_text="The name of one of your DICOM destinations (peers an administrator configured for you).",
-    )
-
-
-class JobSerializer(serializers.ModelSerializer):
-    sends = ResultSendSerializer(many=True, read_only=True)
-    model = serializers.CharField(source="model_name", read_only=True)
-    series = serializers.CharField(source="series_key", read_only=True)
-    scan_name = serializers.CharField(source="scan.name", read_only=True)
-    owner = serializers.CharField(source="scan.owner.username", read_only=True, help_text="The scan's owner.")
-    downloads = serializers.SerializerMethodField()
-    viewer = serializers.SerializerMethodField()
-    rtstruct_check = serializers.SerializerMethodField()
-    audit = serializers.SerializerMethodField()
-    propagation = serializers.SerializerMethodField()
-    review = serializers.SerializerMethodField()
-    status_label = serializers.CharField(
-        read_only=True, help_text='"Succeeded with warnings" for a job outside its model\'s domain.'
-    )
-    outside_domain = serializers.BooleanField(
-        read_only=True,
-        help_text="The scan looks outside what the model was trained for (``domain.reasons`` say why); "
-        "its RTSTRUCT and SEG need ``?acknowledge=outside-domain``.",
-    )
-
-    class Meta:
-        model = Job
-        fields = [
-            "id",
-            "scan",
-            "scan_name",
-            "owner",
-            "model",
-            "kind",
-            "series",
-            "status",
-            "stage",
-            "progress",
-            "error",
-            "timings",
-            "structures",
-            "weights_sha256",
-            "input_kind",
-            "rtstruct_check",
-            "notes",
-            "status_label",
-            "outside_domain",
-            "domain",
-            "created",
-            "started",
-            "finished",
-            "downloads",
-            "viewer",
-            "review",
-            "audit",
-            "planning_scan",
-            "contours_rtstruct",
-            "contours_job",
-            "choices",
-            "propagation",
-            "sends",
-        ]
-        read_only_fields = fields
-
-    @extend_schema_field(serializers.DictField(child=serializers.CharField(allow_null=True)))
-    def get_downloads(self, job: Job) -> dict[str, str | None]:
-        if job.status != Job.Status.SUCCEEDED:
-            return {}
-
-        def file_url(name: str) -> str:  # the router's optional slash reverses as "/"
-            return reverse(name, args=[job.id]).rstrip("/")
-
-        links = {
-            "labels": file_url("api-job-labels"),
-            "structures_zip": file_url("api-job-structures-zip"),
-        }
-        for key, filename, url_name in services.OPTIONAL_OUTPUTS:
-            exists = job.result_path is not None and (job.result_path / filename).exists()
-            links[key] = file_url(url_name) if exists else None
-        if job.is_audit:  # an audit writes the model's label map, not one mask per structure
-            links["structures_zip"] = None
-        # Built on first download from the physician's choices (all propagated until saved).
-        links["final_rtstruct"] = file_url("api-job-final-rtstruct") if job.is_propagation else None
-        return links
-
-    @extend_schema_field(serializers.DictField(allow_null=True))
-    def get_propagation(self, job: Job) -> dict | None:
-        """A succeeded propagation: model, folding_percent (% of daily-scan voxels where the
-        deformation folds, Jacobian determinant <= 0), notes, and per structure: name, label,
-        volume_ml, dice_vs_direct, msd_mm_vs_direct, hd95_mm_vs_direct (agreement with the
-        model's direct segmentation; null without one), folding_percent_inside, warning, and
-        ``kept`` ("propagated" or "direct", the physician's choice) and ``direct`` (whether a
-        direct segmentation can be kept)."""
-        if not job.is_propagation or job.status != Job.Status.SUCCEEDED:
-            return None
-        report = services.propagation_report(job.result_path)
-        if report is None:
-            return None
-        direct = services.direct_available(report)
-        for s in report["structures"]:
-            s["kept"] = job.choices.get(s.get("name"), "propagated")
-            s["direct"] = s.get("name") in direct
-        return report
-
-    @extend_schema_field(serializers.DictField(allow_null=True))
-    def get_audit(self, job: Job) -> dict | None:
-        """A succeeded contour audit: model_name, qam_threshold, notes and one entry per audited
-        ROI, worst Dice first (roi_name, structure, qam_score, dice, msd_mm, hd95_mm,
-        model_volume_cm3, contour_volume_cm3, flagged, reasons)."""
-        if not job.is_audit or job.status != Job.Status.SUCCEEDED:
-            return None
-        return services.audit_report(job.result_path)
-
-    @extend_schema_field(serializers.DictField(allow_null=True))
-    def get_rtstruct_check(self, job: Job) -> dict | None:
-        """The RTSTRUCT read back and compared with the label map before it was offered."""
-        if not job.rtstruct_roundtrip:
-            return None
-        dice = {name: round(float(v), 4) for name, v in job.rtstruct_roundtrip.items()}
-        return {"threshold": services.roundtrip_threshold(job.result_path), "min_dice": min(dice.values()), "dice": dice}
-
-    @extend_schema_field(serializers.CharField(allow_null=True))
-    def get_viewer(self, job: Job) -> str | None:
-        return reverse("job-viewer", args=[job.id]) if job.status == Job.Status.SUCCEEDED else None
-
-    @extend_schema_field(serializers.DictField(allow_null=True))
-    def get_review(self, job: Job) -> dict | None:
-        """A succeeded job: the latest ``revision`` of its label map (0: the model's output, as the
-        downloads serve by default), whether it is ``approved`` and by whom (``approved_by``), and
-        the ``revisions`` URL (the history)."""
-        if job.status != Job.Status.SUCCEEDED:
-            return None
-        # all(): prefetched by the API's job lists. None saved yet: the model's output, unapproved.
-        latest = max(job.revisions.all(), key=lambda r: r.number, default=None)
-        return {
-            "revision": latest.number if latest else 0,
-            "approved": bool(latest and latest.is_approved),
-            "approved_by": latest.reviewer_name if latest else "",
-            "revisions": reverse("api-job-revisions", args=[job.id]).rstrip("/") + "/",
-        }
-
-
-class ChoicesSerializer(serializers.Serializer):
-    """POST /api/jobs/<id>/choices/: per structure name, the contours to keep."""
-
-    choices = serializers.DictField(
-        child=serializers.ChoiceField(choices=services.CHOICES),
-        help_text='{"<structure name>": "propagated" | "direct"}; structures not named keep their earlier choice '
-        "(at first: propagated).",
-    )
-
-    def validate_choices(self, value: dict[str, str]) -> dict[str, str]:
-        job: Job = self.context["job"]
-        names = [s.get("name") for s in job.structures]
-        unknown = sorted(set(value) - set(names))
-        if unknown:
-            raise serializers.ValidationError(
-                f"Not a structure of this propagation: {', '.join(unknown)}. Its structures: {', '.join(names)}."
-            )
-        direct = services.direct_available(services.propagation_report(job.result_path))
-        without = sorted(name for name, kept in value.items() if kept == "direct" and name not in direct)
-        if without:
-            raise serializers.ValidationError(
-                f"No direct segmentation of the daily scan to keep for: {', '.join(without)}. "
-                "Keep the propagated contours (the model made no segmentation of these)."
-            )
-        return value
 
 
 class PatientScanSerializer(serializers.ModelSerializer):
@@ -560,7 +253,7 @@ class PatientScanSerializer(serializers.ModelSerializer):
         """sop_instance_uid and rois of each RTSTRUCT of the upload (to use as planning contours)."""
         return [
             {"sop_instance_uid": o.get("sop_instance_uid"), "rois": o.get("rois") or []}
-            for o in services.structure_sets(scan.preflight if isinstance(scan.preflight, dict) else None)
+            for o in rules.structure_sets(scan.preflight if isinstance(scan.preflight, dict) else None)
         ]
 
 
@@ -574,7 +267,7 @@ class PatientSerializer(serializers.ModelSerializer):
 
 
 class AccessEventSerializer(serializers.ModelSerializer):
-    """One entry of the access audit log (ids only, never a scan's or a file's name); a purge of
+    """One entry of the access log (ids only, never a scan's or a file's name); a purge of
     old events has no object and the number of events it deleted in ``count``."""
 
     class Meta:

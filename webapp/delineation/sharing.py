@@ -1,4 +1,4 @@
-"""Sharing a scan with a team, and stopping it: the owner's decision, recorded in the audit log.
+"""Sharing a scan with a team, and stopping it: the owner's decision, recorded in the access log.
 
 Used by the API (``POST /api/scans/{id}/share/``, ``.../unshare/``) and the scan page, so
 both refuse the same things with the same messages. The caller has already found the scan
@@ -10,7 +10,7 @@ from __future__ import annotations
 from django.db import transaction
 from django.http import HttpRequest
 
-from webapp.delineation import audit
+from webapp.delineation import access_log
 from webapp.delineation.models import AccessEvent, Scan, Team
 
 
@@ -58,7 +58,7 @@ def share(request: HttpRequest, scan: Scan, raw_team_id) -> Team:
     with transaction.atomic():
         if not scan.shared_with.filter(pk=team.pk).exists():
             scan.shared_with.add(team)
-            audit.record(request, AccessEvent.Action.SHARE, scan, team=team.name)
+            access_log.record(request, AccessEvent.Action.SHARE, scan, team=team.name)
     return team
 
 
@@ -75,5 +75,5 @@ def unshare(request: HttpRequest, scan: Scan, raw_team_id) -> Team:
         if team is None:
             raise SharingRefused(f"This scan is not shared with a team with id {team_id}.", 400)
         scan.shared_with.remove(team)
-        audit.record(request, AccessEvent.Action.UNSHARE, scan, team=team.name)
+        access_log.record(request, AccessEvent.Action.UNSHARE, scan, team=team.name)
     return team

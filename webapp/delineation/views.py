@@ -22,12 +22,14 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from webapp.delineation import audit, services, sharing, tasks
+from webapp.delineation import access_log, engine_client, rules, sharing, tasks
+from webapp.delineation.engine_client import ResultFolder
 from webapp.delineation.forms import UploadForm
 from webapp.delineation.models import AccessEvent, Job, Patient, Scan, Team
 from webapp.delineation.patients import PatientIdError, clean_patient_id, patient_for
 from webapp.delineation.serializers import JobCreateSerializer, propagation_fields
-from webapp.delineation.uploads import UploadError, accept_upload, refusal_of
+from webapp.delineation.upload_limits import refusal_of
+from webapp.delineation.uploads import UploadError, accept_upload
 
 
 @login_required
@@ -55,7 +57,7 @@ def upload(request: HttpRequest) -> HttpResponse:
         except UploadError as exc:
             form.add_error(None, exc.message)
         else:
-            audit.record(request, AccessEvent.Action.UPLOAD, scan)
+            access_log.record(request, AccessEvent.Action.UPLOAD, scan)
             return redirect("scan-detail", scan_id=scan.id)
     return render(
         request,
@@ -79,8 +81,8 @@ def _visible_scan(request: HttpRequest, scan_id: uuid.UUID) -> Scan:
 
 def _scan_page(request: HttpRequest, scan: Scan, error: str = "", status: int = 200) -> HttpResponse:
     report = scan.preflight if isinstance(scan.preflight, dict) else {}
-    usable = services.usable_series(report)
-    structure_sets = services.structure_sets(report)
+    usable = rules.usable_series(report)
+    structure_sets = rules.structure_sets(report)
     is_owner = scan.is_owner(request.user)
     shared_with = list(scan.shared_with.all())
     return render(
@@ -91,11 +93,11 @@ def _scan_page(request: HttpRequest, scan: Scan, error: str = "", status: int = 
             "report": report,
             "usable": usable,
             "selected": request.POST.get("series") or report.get("selected") or (usable[0] if len(usable) == 1 else ""),
-            "models": services.available_models(),
-            "domain_notes": services.domain_notes(report),
+            "models": engine_client.available_models(),
+            "domain_notes": engine_client.domain_notes(report),
             "structure_sets": structure_sets,
-            "audit_models": services.audit_models() if structure_sets else [],
-            "audit_needs_critic": services.AUDIT_NEEDS_CRITIC,
+            "audit_models": engine_client.audit_models() if structure_sets else [],
+            "audit_needs_critic": rules.AUDIT_NEEDS_CRITIC,
             "error": error,
             "is_owner": is_owner,
             "shared_with": shared_with,
@@ -115,7 +117,7 @@ def scan_detail(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
     queues nothing and sets no patient (403)."""
     scan = _visible_scan(request, scan_id)
     if request.method != "POST":
-        audit.record(request, AccessEvent.Action.VIEW, scan)
+        access_log.record(request, AccessEvent.Action.VIEW, scan)
         return _scan_page(request, scan)
     setting_patient = "patient_id" in request.POST
     try:
@@ -135,7 +137,7 @@ def scan_detail(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
     job, created = tasks.queue_job(request.user, scan, data.validated_data["model"], data.validated_data["series"], kind)
     what = "contour audit" if kind == Job.Kind.AUDIT else "job"
     if created:
-        audit.record(request, AccessEvent.Action.QUEUE, job)
+        access_log.record(request, AccessEvent.Action.QUEUE, job)
         messages.success(request, f"The {what} on {scan.name} is queued.")
     else:  # sent twice (a double click): one job
         messages.info(request, f"The same {what} on {scan.name} is already {job.status}; it was not queued again.")
@@ -193,7 +195,7 @@ def contour_sources(scans: list[Scan]) -> list[tuple[str, str]]:
     upload ("rtstruct:<scan>:<SOP Instance UID>") and each succeeded delineation ("job:<job>")."""
     sources = []
     for scan in scans:
-        for rs in services.structure_sets(scan.preflight if isinstance(scan.preflight, dict) else None):
+        for rs in rules.structure_sets(scan.preflight if isinstance(scan.preflight, dict) else None):
             rois = ", ".join(rs.get("rois") or []) or "no ROI"
             sources.append((f"rtstruct:{scan.id}:{rs.get('sop_instance_uid')}", f"{scan.name}: RTSTRUCT ({rois})"))
         for job in scan.jobs.all():
@@ -231,7 +233,7 @@ def patient_detail(request: HttpRequest, patient_id: uuid.UUID) -> HttpResponse:
                 request.user, v["scan"], v["model"], v["series"], Job.Kind.PROPAGATE, **propagation_fields(v)
             )
             if created:
-                audit.record(request, AccessEvent.Action.QUEUE, job)
+                access_log.record(request, AccessEvent.Action.QUEUE, job)
                 messages.success(request, f"The contour propagation onto {v['scan'].name} is queued.")
             else:
                 messages.info(request, f"The same propagation onto {v['scan'].name} is already {job.status}; "
@@ -239,7 +241,7 @@ def patient_detail(request: HttpRequest, patient_id: uuid.UUID) -> HttpResponse:
             return redirect(f"{reverse('job-list')}?new={job.id}")
         error = _errors_text(data.errors)
     else:
-        audit.record(request, AccessEvent.Action.VIEW, patient)
+        access_log.record(request, AccessEvent.Action.VIEW, patient)
     propagations = Job.objects.visible_to(request.user).filter(kind=Job.Kind.PROPAGATE, scan__patient=patient)
     return render(
         request,
@@ -248,8 +250,8 @@ def patient_detail(request: HttpRequest, patient_id: uuid.UUID) -> HttpResponse:
             "patient": patient,
             "scans": scans,
             "sources": contour_sources(scans),
-            "models": services.propagation_models(),
-            "recommended": services.RECOMMENDED_PROPAGATION_MODEL,
+            "models": engine_client.propagation_models(),
+            "recommended": rules.RECOMMENDED_PROPAGATION_MODEL,
             "propagations": propagations.select_related("scan", "planning_scan")[:50],
             "selected": request.POST,
             "error": error,
@@ -266,7 +268,7 @@ def job_list(request: HttpRequest) -> HttpResponse:
 @login_required
 def viewer(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
     job = get_object_or_404(Job.objects.visible_to(request.user).select_related("scan"), pk=job_id)
-    audit.record(request, AccessEvent.Action.VIEW, job)
+    access_log.record(request, AccessEvent.Action.VIEW, job)
     return render(request, "delineation/viewer.html", _viewer_context(request, job))
 
 
@@ -274,7 +276,7 @@ def _viewer_context(request: HttpRequest, job: Job, send_error: str = "") -> dic
     from webapp.delineation.dicom.send import destinations_of
 
     can_send = (
-        job.scan.is_owner(request.user) and job.status == Job.Status.SUCCEEDED and "rtstruct.dcm" in job.checksums
+        job.scan.is_owner(request.user) and job.status == Job.Status.SUCCEEDED and ResultFolder.RTSTRUCT in job.checksums
     )
     # Owners correct and approve contours; team members see the revision history only.
     can_edit = job.scan.is_owner(request.user) and job.status == Job.Status.SUCCEEDED and not job.is_audit
@@ -300,8 +302,8 @@ def job_send(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
         return render(request, "delineation/viewer.html", _viewer_context(request, job, exc.message), status=exc.status)
     if created:
         if job.outside_domain:
-            audit.record(request, AccessEvent.Action.ACKNOWLEDGE, job, filename=record.filename)
-        audit.record(request, AccessEvent.Action.SEND, job, filename=record.filename)
+            access_log.record(request, AccessEvent.Action.ACKNOWLEDGE, job, filename=record.filename)
+        access_log.record(request, AccessEvent.Action.SEND, job, filename=record.filename)
         messages.success(request, f"The RTSTRUCT is queued to be sent to {record.destination}.")
     else:
         messages.info(request, f"The RTSTRUCT is already queued to be sent to {record.destination}.")

@@ -18,25 +18,23 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
 import torch
 
+from engine.errors import ToolError
 from engine.infer.displacement import Grid
+from engine.infer.methods import METHOD_PARAMETERS
 
 PARAMETER_DIR = Path(__file__).resolve().parent
-METHOD_PARAMETERS: dict[str, tuple[str, ...]] = {
-    "rigid": ("rigid.txt",),
-    "affine": ("affine.txt",),
-    "elastix-bspline": ("affine.txt", "bspline.txt"),
-}
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 # A run longer than this is stuck; the job fails with a message instead of hanging.
 TIMEOUT_S = 3600
 
 
-class ElastixError(RuntimeError):
+class ElastixError(ToolError):
     """elastix or transformix is missing, failed, or wrote a field we cannot use."""
 
 
@@ -79,7 +77,7 @@ def read_deformation_field(path: Path, grid: Grid) -> torch.Tensor:
     Raises:
         ElastixError: the field is not on ``grid``.
     """
-    image = nib.load(path)
+    image = cast(nib.Nifti1Image, nib.load(path))
     field = np.asarray(image.dataobj, dtype=np.float64).reshape(*image.shape[:3], 3)
     if field.shape[:3] != tuple(grid.shape) or not np.allclose(
         image.affine, grid.affine, atol=1e-3

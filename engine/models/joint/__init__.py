@@ -12,19 +12,18 @@ A shipped joint model is ``engine/weights/NAME.pt`` + ``NAME.json`` with
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from engine.models.card import WEIGHTS_DIR, ModelCard, UnknownModelError, list_cards
 from engine.models.joint.acsgregnet import ACSGRegNet, acsgregnet_loss
 from engine.models.joint.base import DEFAULT_FEATURES, JointOutput
 from engine.models.joint.cross_stitch import CrossStitchNet, cross_stitch_loss
 from engine.models.joint.deepatlas import DeepAtlas, deepatlas_loss
 from engine.models.joint.dual_head import DualHeadNet, dual_head_loss
-from engine.models.registry import WEIGHTS_DIR, UnknownModelError
 
 JOINT_MODELS: dict[str, type[nn.Module]] = {
     "cross-stitch": CrossStitchNet,
@@ -77,12 +76,7 @@ def build_joint_model(config: dict) -> nn.Module:
 
 def available_joint_models(weights_dir: Path = WEIGHTS_DIR) -> list[str]:
     """Names of the shipped joint models (a ``.pt`` with a card of ``"kind": "joint"``)."""
-    return sorted(
-        p.stem
-        for p in weights_dir.glob("*.pt")
-        if p.with_suffix(".json").exists()
-        and json.loads(p.with_suffix(".json").read_text()).get("kind") == "joint"
-    )
+    return [card.name for card in list_cards("joint", weights_dir)]
 
 
 def load_joint_model(
@@ -98,7 +92,7 @@ def load_joint_model(
             f"joint model {name!r} is not shipped; shipped: "
             f"{', '.join(available_joint_models(weights_dir)) or 'none'}"
         )
-    config = json.loads((weights_dir / f"{name}.json").read_text())
+    config = ModelCard.load(name, weights_dir).data
     network = build_joint_model(config)
     state = torch.load(
         weights_dir / f"{name}.pt", map_location="cpu", weights_only=True

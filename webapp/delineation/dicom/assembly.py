@@ -30,10 +30,10 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 from pydicom.dataset import Dataset
 
-from engine.io.atomic import write_atomically  # standard library only
-from webapp.delineation import audit, services, uploads
+from webapp.delineation import access_log, rules, uploads
 from webapp.delineation.dicom import conformance, peers
 from webapp.delineation.dicom.models import DicomPeer, DicomReceipt
+from webapp.delineation.engine_client import write_atomically
 from webapp.delineation.models import scan_dir
 from webapp.delineation.redact import traceback_without_messages
 
@@ -181,7 +181,7 @@ class Assembly:
             receipt.owner, receipt.id, stored, name, deidentify=bool(peer and peer.deidentify), keep_refused=True
         )
         if peer is not None:
-            audit.record_dicom_upload(peer, scan)
+            access_log.record_dicom_upload(peer, scan)
         logger.info("scan %s recorded from %d object(s) sent by %r", scan.pk, stored.file_count, receipt.calling_ae)
         return scan
 
@@ -189,11 +189,11 @@ class Assembly:
         """A peer with a model: one job per image series that can be delineated."""
         if peer is None or not peer.model_name:
             return
-        from webapp.delineation import tasks  # Celery tasks import this module's callers
+        from webapp.delineation import tasks# Celery tasks import this module's callers
 
         from webapp.delineation.dicom import send
 
-        for key in services.usable_series(scan.preflight):
+        for key in rules.usable_series(scan.preflight):
             try:
                 with transaction.atomic():  # the send is planned before the job can finish
                     job, _ = tasks.queue_job(scan.owner, scan, peer.model_name, key)

@@ -19,6 +19,8 @@ from django.db import models, transaction
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
 
+from webapp.delineation.engine_client import ResultFolder
+
 
 def validate_ae_title(value: str) -> None:
     """A DICOM AE title (PS3.5 VR AE): 1 to 16 printable ASCII characters, no backslash, not only spaces."""
@@ -129,7 +131,7 @@ class ResultSend(models.Model):
     job = models.ForeignKey("delineation.Job", on_delete=models.CASCADE, related_name="sends")
     peer = models.ForeignKey(DicomPeer, null=True, blank=True, on_delete=models.SET_NULL, related_name="sends")
     destination = models.CharField(max_length=64)  # the peer's name then (kept when it is removed)
-    filename = models.CharField(max_length=100, default="rtstruct.dcm")  # the job output sent
+    filename = models.CharField(max_length=100, default=ResultFolder.RTSTRUCT)  # the job output sent
     state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
     status = models.PositiveIntegerField(null=True, blank=True)  # the peer's C-STORE status
     message = models.TextField(blank=True, default="")

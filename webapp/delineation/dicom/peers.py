@@ -12,7 +12,7 @@ import socket
 
 from django.conf import settings
 
-from webapp.delineation import audit
+from webapp.delineation import access_log
 from webapp.delineation.dicom.models import DicomPeer
 
 logger = logging.getLogger(__name__)
@@ -34,5 +34,5 @@ def authorise(calling_ae: str, address: str) -> DicomPeer | None:
         logger.warning("association as %r from %s refused: not an address of the peer's host", calling_ae, address)
         peer = None
     if peer is None:
-        audit.record_dicom_rejected(calling_ae, address)
+        access_log.record_dicom_rejected(calling_ae, address)
     return peer

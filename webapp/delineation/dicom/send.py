@@ -21,9 +21,10 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
-from webapp.delineation import services
+from webapp.delineation import engine_client, outputs
 from webapp.delineation.dicom.models import DicomPeer, ResultSend
 from webapp.delineation.dicom.tls import client_context
+from webapp.delineation.engine_client import ResultFolder
 from webapp.delineation.redact import traceback_without_messages
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def plan_sends(job, peer: DicomPeer) -> None:  # noqa: ANN001 (a Job)
     if not peer.send_results:
         return
     destination = peer.results_to or peer
-    for filename in ("rtstruct.dcm", "seg.dcm") if peer.send_seg else ("rtstruct.dcm",):
+    for filename in (ResultFolder.RTSTRUCT, ResultFolder.SEG) if peer.send_seg else (ResultFolder.RTSTRUCT,):
         ResultSend.objects.get_or_create(
             job=job, peer=destination, filename=filename, defaults={"destination": destination.name}
         )
@@ -76,9 +77,8 @@ def send_on_request(  # noqa: ANN001 (a Job, a user)
     ``acknowledged``: the user ticked the warning of a job outside its model's domain.
 
     Raises:
-        SendRefused: not the scan's owner (403), no result to send or its RTSTRUCT cannot be
-            written (409), a job outside its model's domain not acknowledged (409), unknown
-            destination (400).
+        SendRefused: not the scan's owner (403), no result to send (409), a job outside its
+            model's domain not acknowledged (409), unknown destination (400).
     """
     from webapp.delineation import sharing
     from webapp.delineation.tasks import submit_send
@@ -87,7 +87,7 @@ def send_on_request(  # noqa: ANN001 (a Job, a user)
         sharing.check_owner(job.scan, user, "send the results of")
     except sharing.SharingRefused as exc:
         raise SendRefused(exc.message, exc.status) from None
-    if job.status != job.Status.SUCCEEDED or "rtstruct.dcm" not in (job.checksums or {}):
+    if job.status != job.Status.SUCCEEDED or ResultFolder.RTSTRUCT not in (job.checksums or {}):
         raise SendRefused("This job has no RTSTRUCT to send (it has not succeeded, or wrote none).", 409)
     if job.outside_domain and not acknowledged:
         raise SendRefused(
@@ -108,19 +108,28 @@ def send_on_request(  # noqa: ANN001 (a Job, a user)
 
 def _latest_rtstruct(job) -> str:  # noqa: ANN001 (a Job)
     """The RTSTRUCT of the job's latest revision (the corrected, approved contours when there
-    are some; the model's own otherwise), written now if it was not yet.
-
-    Raises:
-        SendRefused: it cannot be written (409).
-    """
+    are some; the model's own otherwise); the send writes it first if it is not yet."""
     from webapp.delineation import revisions
 
-    revision = revisions.latest(job)
+    return revisions.export_name(job, revisions.latest(job), ResultFolder.RTSTRUCT)[0]
+
+
+def _written(send: ResultSend) -> None:
+    """Write the revision's RTSTRUCT a send is of, if it is not yet (in the worker: it needs
+    the engine, ``exports.build``).
+
+    Raises:
+        SendFailed: it cannot be written.
+    """
+    from webapp.delineation import exports
+
+    if send.filename in _checksums_of(send) or send.filename == ResultFolder.RTSTRUCT:
+        return
     try:
-        return revisions.export_of(job, revision, "rtstruct.dcm")[0]
-    except services.DelineationError as exc:
-        message = f"The RTSTRUCT of revision {revision.number} could not be written: {exc.message}"
-        raise SendRefused(message, 409) from None
+        exports.build(send.job, send.filename)
+    except engine_client.DelineationError as exc:
+        number = send.filename.split("/")[1]
+        raise SendFailed(f"The RTSTRUCT of revision {number} could not be written: {exc.message}") from None
 
 
 def _checksums_of(send: ResultSend) -> dict[str, str]:
@@ -170,6 +179,7 @@ def attempt(send_id: int) -> int | None:
         _finish(send, ResultSend.State.FAILED, "The destination was removed before the result could be sent.")
         return None
     try:
+        _written(send)
         dataset = _result(send)
     except SendFailed as exc:
         _finish(send, ResultSend.State.FAILED, exc.message)
@@ -207,14 +217,14 @@ def _result(send: ResultSend) -> pydicom.Dataset:
     if job.result_path is None:
         raise SendFailed("The job has no result folder.")
     try:
-        with services.open_verified(job.result_path, send.filename, _checksums_of(send)) as handle:
+        with outputs.open_verified(job.result_path, send.filename, _checksums_of(send)) as handle:
             dataset = pydicom.dcmread(handle)
         if not dataset.get("SOPClassUID") or not dataset.get("SOPInstanceUID"):
             raise InvalidDicomError("no SOP Class or SOP Instance UID")
         return dataset
     except FileNotFoundError:
         raise SendFailed(f"The job wrote no {send.filename}, so there is nothing to send.") from None
-    except services.DamagedOutput:
+    except outputs.DamagedOutput:
         raise SendFailed(
             f"The stored {send.filename} no longer matches the file the job wrote; it was not sent."
         ) from None

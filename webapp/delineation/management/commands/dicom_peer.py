@@ -16,7 +16,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from webapp.delineation import services
+from webapp.delineation import engine_client
 from webapp.delineation.dicom.models import DicomPeer
 
 
@@ -74,8 +74,8 @@ class Command(BaseCommand):
         user = get_user_model().objects.filter(username=owner).first()
         if user is None:
             raise CommandError(f"There is no user {owner!r}; create the account first.")
-        if model and model not in services.available_models():
-            known = ", ".join(services.available_models())
+        if model and model not in engine_client.available_models():
+            known = ", ".join(engine_client.available_models())
             raise CommandError(f"Unknown model {model!r}; models on this server: {known}.")
         if send_results and not model:
             raise CommandError("--send-results sends the results of the jobs --model queues: give --model too.")

@@ -1,8 +1,8 @@
-"""Delete scans older than the retention period, with their jobs and files, and audit-log
-events older than the audit log's own period.
+"""Delete scans older than the retention period, with their jobs and files, and access-log
+events older than the access log's own period.
 
 Run it daily (cron or a systemd timer): ``python manage.py purge_old_data``. Scans: the period
-is ``DELINEO_RETENTION_DAYS`` unless ``--days`` is given. Audit log: ``DELINEO_AUDIT_RETENTION_DAYS``
+is ``DELINEO_RETENTION_DAYS`` unless ``--days`` is given. Access log: ``DELINEO_AUDIT_RETENTION_DAYS``
 unless ``--audit-days`` is given. Where neither gives a period, nothing of that kind is deleted.
 Prints and logs counts only, never a scan's name.
 """
@@ -18,7 +18,7 @@ from webapp.delineation import retention
 class Command(BaseCommand):
     help = (
         "Delete scans (with their jobs and files) older than DELINEO_RETENTION_DAYS or --days, and "
-        "audit-log events older than DELINEO_AUDIT_RETENTION_DAYS or --audit-days."
+        "access-log events older than DELINEO_AUDIT_RETENTION_DAYS or --audit-days."
     )
 
     def add_arguments(self, parser) -> None:
@@ -26,7 +26,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--audit-days",
             type=int,
-            help="Delete audit-log events older than this many days (default: DELINEO_AUDIT_RETENTION_DAYS).",
+            help="Delete access-log events older than this many days (default: DELINEO_AUDIT_RETENTION_DAYS).",
         )
         parser.add_argument("--dry-run", action="store_true", help="Count what would be deleted; delete nothing.")
 
@@ -53,9 +53,9 @@ class Command(BaseCommand):
             )
         if audit_days is None:
             self.stdout.write(
-                "No retention period for the audit log (DELINEO_AUDIT_RETENTION_DAYS unset and no --audit-days): "
+                "No retention period for the access log (DELINEO_AUDIT_RETENTION_DAYS unset and no --audit-days): "
                 "no event deleted."
             )
         else:
-            count = retention.purge_audit_log(audit_days, dry_run=dry_run)
-            self.stdout.write(f"{count} audit-log event(s) older than {audit_days} day(s) {verb}.")
+            count = retention.purge_access_log(audit_days, dry_run=dry_run)
+            self.stdout.write(f"{count} access-log event(s) older than {audit_days} day(s) {verb}.")

@@ -1,5 +1,6 @@
-"""Model cards: ``engine/weights/NAME.json`` (configuration + card, read by the loader)
-and ``NAME.md`` (for people), written from a training run and an evaluation.
+"""Publishing a model: ``engine/weights/NAME.pt`` with its card ``NAME.json`` (configuration
++ card, read by ``engine.models.card``) and ``NAME.md`` (for people), written from a
+training run and an evaluation.
 
 ``publish`` copies a run's best checkpoint and configuration into ``engine/weights``;
 ``add_evaluation`` records test-split metrics from ``python -m engine evaluate --card``.
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from engine.models.card import ModelCard
 from engine.models.registry import WEIGHTS_DIR, sha256_of
 
 
@@ -74,10 +76,10 @@ def publish(
             },
         },
     }
-    previous = weights_dir / f"{name}.json"
-    if previous.exists() and "domain" in json.loads(previous.read_text()):
-        # The domain describes the data, not the weights: a new run keeps it.
-        card["domain"] = json.loads(previous.read_text())["domain"]
+    if (weights_dir / f"{name}.json").exists():
+        domain = ModelCard.load(name, weights_dir).domain
+        if domain is not None:  # it describes the data, not the weights: a new run keeps it
+            card["domain"] = domain
     calibration = run_dir / "qam_auc.json"
     if (run_dir / "qam_best.pt").exists() and calibration.exists():
         card["qam"] = _publish_critic(
@@ -132,9 +134,9 @@ def _publish_critic(
 def add_evaluation(
     name: str, result: dict, command: str, weights_dir: Path = WEIGHTS_DIR
 ) -> None:
-    """Record an evaluation (``engine.evaluate.evaluate`` output) in the card."""
+    """Record an evaluation (``engine.train.evaluate.evaluate`` output) in the card."""
     path = weights_dir / f"{name}.json"
-    card = json.loads(path.read_text())
+    card = ModelCard.load(name, weights_dir).data
     if result["weights_sha256"] != card["card"]["weights_sha256"]:
         raise ValueError(
             "the evaluation was made with other weights than the card describes"
@@ -154,7 +156,7 @@ def add_domain(name: str, domain: dict, weights_dir: Path = WEIGHTS_DIR) -> None
     """Store the card's ``domain`` section (``experiments/domain_thresholds.py``), read by
     ``engine.infer.domain``; the weights and their hash are unchanged."""
     path = weights_dir / f"{name}.json"
-    card = json.loads(path.read_text())
+    card = ModelCard.load(name, weights_dir).data
     card["domain"] = domain
     path.write_text(json.dumps(card, indent=1))
     write_markdown(card, weights_dir / f"{name}.md")

@@ -1,4 +1,4 @@
-"""The access audit log (``models.AccessEvent``): one row per upload, view, download,
+"""The access log (``models.AccessEvent``): one row per upload, view, download,
 delete, queued job, share and unshare, and per purge of old events of the log itself.
 Ids and counts only, never a scan's or a file's name (they can hold a patient's name)."""
 
@@ -48,7 +48,7 @@ def record(
 def record_purge(count: int) -> AccessEvent:
     """Record that the retention purge (by the system) deleted ``count`` events of this log."""
     return AccessEvent.objects.create(
-        action=AccessEvent.Action.PURGE, object_type=AccessEvent.ObjectType.AUDIT_LOG, count=count
+        action=AccessEvent.Action.PURGE, object_type=AccessEvent.ObjectType.ACCESS_LOG, count=count
     )
 
 

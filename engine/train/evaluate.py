@@ -1,7 +1,6 @@
 """Accuracy of a shipped model on an OpenKBP split: Dice and HD95 (mm) per structure.
 
-Metrics from MONAI (``compute_dice``, ``compute_hausdorff_distance`` with
-``percentile=95`` and the case's voxel spacing), on the CT's own grid, for the
+Metrics of ``engine.metrics`` (the case's voxel spacing), on the CT's own grid, for the
 structures contoured in each case only. A structure the model misses entirely scores
 Dice 0 and has no HD95 (counted in ``missed``).
 """
@@ -9,34 +8,16 @@ Dice 0 and has no HD95 (counted in ``missed``).
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
-from monai.metrics import compute_dice, compute_hausdorff_distance
 
-from engine.data_openkbp import case_rois, load_case, load_split
 from engine.infer.segment import segment_volume
+from engine.metrics import agreement
 from engine.models.registry import LoadedModel
-
-
-def score_case(
-    pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float, float]
-) -> tuple[float, float]:
-    """Dice and HD95 (mm) of two boolean masks (I, J, K); HD95 is NaN if either is empty."""
-    p = torch.as_tensor(pred[None, None])
-    t = torch.as_tensor(truth[None, None])
-    dice = float(compute_dice(p, t, include_background=True, ignore_empty=False)[0, 0])
-    if not pred.any() or not truth.any():
-        return dice, math.nan
-    hd95 = float(
-        compute_hausdorff_distance(
-            p, t, include_background=True, percentile=95, spacing=spacing
-        )[0, 0]
-    )
-    return dice, hd95
+from engine.train.openkbp import case_rois, load_case, load_split
 
 
 def evaluate(model: LoadedModel, data: Path, split: str) -> dict:
@@ -49,13 +30,13 @@ def evaluate(model: LoadedModel, data: Path, split: str) -> dict:
             continue
         ct, masks, available = load_case(data, case, structures)
         labels = segment_volume(ct, model).array
-        row = {"case": case}
+        row: dict[str, Any] = {"case": case}
         for i, s in enumerate(structures):
             if available[i]:
-                dice, hd95 = score_case(labels == s["label"], masks[i], ct.spacing)
+                found = agreement(labels == s["label"], masks[i], ct.spacing)
                 row[s["name"]] = {
-                    "dice": round(dice, 4),
-                    "hd95_mm": None if math.isnan(hd95) else round(hd95, 2),
+                    "dice": round(found.dice, 4),
+                    "hd95_mm": None if found.hd95_mm is None else round(found.hd95_mm, 2),
                 }
         per_case.append(row)
         print(

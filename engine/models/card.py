@@ -1,0 +1,142 @@
+"""Model cards, read in one place: ``engine/weights/NAME.json`` as a typed object.
+
+Each shipped model ``NAME`` is ``NAME.pt`` (state dict), ``NAME.json`` (its configuration
+and card: what the loader needs to build the network, plus ``card``: provenance and
+evaluations, ``qam``: a contour-quality critic, ``domain``: the scans it was trained
+for) and ``NAME.md`` (the card for people, ``engine.train.publish``). A card's ``kind``
+is ``"segmentation"`` (the default) or ``"joint"`` (registration + segmentation, for
+contour propagation).
+
+Reading a card needs neither PyTorch nor MONAI, so listing the models (as the web
+pages do) loads no network code; ``engine.models.registry`` and
+``engine.models.joint`` build the networks the cards describe.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ModelError
+from engine.structure import Structure
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+class UnknownModelError(ModelError):
+    """The requested model name is not shipped in ``engine/weights``."""
+
+
+@dataclass(frozen=True)
+class CriticCard:
+    """A model's contour-quality critic (QAM + OCM, card key ``qam``): its weights file,
+    their SHA-256, the OCM bound ``lam``, the patch size in voxels, the score under which a
+    contour is called implausible and the ROC AUC on corrupted test contours."""
+
+    weights: str
+    sha256: str
+    lam: float
+    patch: int
+    threshold: float
+    auc: float
+
+
+def structures_of(config: dict[str, Any]) -> list[Structure]:
+    """The ``structures`` of a card or model configuration as structures."""
+    return [
+        Structure(int(s["label"]), str(s["name"]), tuple(s["color"]), s.get("type", "ORGAN"))
+        for s in config.get("structures", [])
+    ]
+
+
+class ModelCard:
+    """The card ``NAME.json`` of a shipped model (``data``: the document as read)."""
+
+    def __init__(self, data: dict[str, Any], path: Path) -> None:
+        self.data = data
+        self.path = path
+
+    @classmethod
+    def load(cls, name: str, weights_dir: Path = WEIGHTS_DIR) -> ModelCard:
+        """The card of model ``name``.
+
+        Raises:
+            UnknownModelError: no ``NAME.json`` in ``weights_dir``, or not a JSON object.
+        """
+        path = Path(weights_dir) / f"{name}.json"
+        try:
+            data = json.loads(path.read_text())
+        except OSError:
+            raise UnknownModelError(f"model {name!r} has no card in {weights_dir}") from None
+        except ValueError as exc:
+            raise UnknownModelError(f"the card of model {name!r} is not JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise UnknownModelError(f"the card of model {name!r} is not a JSON object")
+        return cls(data, path)
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    @property
+    def weights(self) -> Path:
+        return self.path.with_suffix(".pt")
+
+    @property
+    def kind(self) -> str:
+        return str(self.data.get("kind", "segmentation"))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """What builds and runs the network: the card without its ``card`` record."""
+        return {k: v for k, v in self.data.items() if k != "card"}
+
+    @property
+    def structures(self) -> list[Structure]:
+        """The structures it delineates, in label order (RT ROI type from ``type``)."""
+        return structures_of(self.data)
+
+    @property
+    def roi_names(self) -> set[str]:
+        """Its structures' TG-263 names and their spelling in the training data (``source``)."""
+        return {str(s[key]) for s in self.data.get("structures", []) for key in ("name", "source") if s.get(key)}
+
+    def text(self, key: str) -> str | None:
+        """A free-text field of the card (``description``, ``version``, ``modality``)."""
+        value = self.data.get(key)
+        return value if isinstance(value, str) else None
+
+    @property
+    def critic(self) -> CriticCard | None:
+        """Its contour-quality critic, or None when it ships none (it cannot audit)."""
+        q = self.data.get("qam")
+        if not q:
+            return None
+        return CriticCard(
+            str(q["weights"]),
+            str(q["sha256"]),
+            float(q["lambda"]),
+            int(q["patch"]),
+            float(q["threshold"]),
+            float(q["roc_auc_test"]["both"]),
+        )
+
+    @property
+    def domain(self) -> dict[str, Any] | None:
+        """The scans it was trained for (``engine.infer.domain``), or None."""
+        return self.data.get("domain") or None
+
+    def test_dice(self, structure: str) -> tuple[float, float] | None:
+        """(mean, standard deviation) of its test-split Dice for ``structure``, if recorded."""
+        per = self.data.get("card", {}).get("evaluation_test", {}).get("per_structure", {}).get(structure)
+        if not per or per.get("dice_std") is None:
+            return None
+        return float(per["dice_mean"]), float(per["dice_std"])
+
+
+def list_cards(kind: str, weights_dir: Path = WEIGHTS_DIR) -> list[ModelCard]:
+    """The cards of the shipped models of ``kind`` (weights and card both shipped), by name."""
+    shipped = sorted(p.stem for p in Path(weights_dir).glob("*.pt") if p.with_suffix(".json").exists())
+    return [card for card in (ModelCard.load(n, weights_dir) for n in shipped) if card.kind == kind]
