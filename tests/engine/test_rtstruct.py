@@ -133,7 +133,7 @@ def test_decimal_strings_fit_16_characters(value):
 def test_non_finite_coordinate_is_refused():
     with pytest.raises(RTStructError, match="not a finite number"):
         _ds(float("nan"))
-    with pytest.raises(ValueError, match="not a finite number"):
+    with pytest.raises(RTStructError, match="not a finite number"):
         contour_data_bytes(np.array([1.0, float("inf"), 2.0]))
 
 
