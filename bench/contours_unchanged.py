@@ -43,10 +43,7 @@ def compare(ours: Path, theirs: Path, series) -> dict[str, dict[str, float]]:
     """Per structure: Dice of the label maps and of the RTSTRUCTs read back."""
     table = json.loads((ours / "structures.json").read_text())
     a, b = (read_labels(d / "labels.nii.gz").array for d in (ours, theirs))
-    rois = [
-        {roi.name: roi.mask for roi in import_rtstruct(d / "rtstruct.dcm", series)}
-        for d in (ours, theirs)
-    ]
+    rois = [{roi.name: roi.mask for roi in import_rtstruct(d / "rtstruct.dcm", series)} for d in (ours, theirs)]
     return {
         s["name"]: {
             "labels": round(dice(a == s["label"], b == s["label"]), 4),

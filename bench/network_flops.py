@@ -43,9 +43,7 @@ def windows(grid: tuple[int, ...], roi: tuple[int, ...]) -> int:
         count += window.shape[0]
         return window
 
-    sliding_window_inference(
-        torch.zeros(1, 1, *grid), roi, 1, predictor, overlap=OVERLAP, mode="gaussian"
-    )
+    sliding_window_inference(torch.zeros(1, 1, *grid), roi, 1, predictor, overlap=OVERLAP, mode="gaussian")
     return count
 
 
@@ -75,9 +73,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     peak = matmul_gflops(args.repeats)
-    print(
-        f"{args.threads} threads; 4096 x 4096 float32 matrix product: {peak:.0f} GFLOP/s\n"
-    )
+    print(f"{args.threads} threads; 4096 x 4096 float32 matrix product: {peak:.0f} GFLOP/s\n")
     print(
         "| model | window | windows on the grid | GFLOP per window | first window | "
         "no_grad | inference_mode | GFLOP/s (inference_mode) | of the matrix-product "
