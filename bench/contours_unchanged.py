@@ -21,29 +21,26 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from engine.io.dicom_series import read_series  # noqa: E402
-from engine.io.nifti import read_labels  # noqa: E402
 from engine.io.rtstruct_import import import_rtstruct  # noqa: E402
+from engine.metrics import dice  # noqa: E402
 from engine.models.registry import available_models  # noqa: E402
+from engine.results import ResultFolder  # noqa: E402
 
 CASES = REPO.parent / "shared" / "data" / "openkbp_dicom"
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
-    return 2.0 * int(np.count_nonzero(a & b)) / total if total else 1.0
-
-
 def compare(ours: Path, theirs: Path, series) -> dict[str, dict[str, float]]:
     """Per structure: Dice of the label maps and of the RTSTRUCTs read back."""
-    table = json.loads((ours / "structures.json").read_text())
-    a, b = (read_labels(d / "labels.nii.gz").array for d in (ours, theirs))
-    rois = [{roi.name: roi.mask for roi in import_rtstruct(d / "rtstruct.dcm", series)} for d in (ours, theirs)]
+    table = ResultFolder(ours).read_structures()
+    a, b = (ResultFolder(d).read_labels().array for d in (ours, theirs))
+    rois = [
+        {roi.name: roi.mask for roi in import_rtstruct(ResultFolder(d) / ResultFolder.RTSTRUCT, series)}
+        for d in (ours, theirs)
+    ]
     return {
         s["name"]: {
             "labels": round(dice(a == s["label"], b == s["label"]), 4),

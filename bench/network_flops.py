@@ -92,15 +92,15 @@ def main() -> int:
             network(x)
         gflop = counter.get_total_flops() / 1e9
 
-        def with_no_grad():
+        def with_no_grad(network=network, x=x):
             with torch.no_grad():
                 network(x)
 
-        def with_inference_mode():
+        def with_inference_mode(network=network, x=x):
             with torch.inference_mode():
                 network(x)
 
-        def with_bfloat16():
+        def with_bfloat16(network=network, x=x):
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
                 network(x)
 

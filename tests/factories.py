@@ -85,7 +85,7 @@ def dicom_zip_with_rtstruct(tmp: Path, roi_names: tuple[str, ...] = ("Brainstem"
     per ROI name, built by the engine's exporter (``engine.io.rtstruct.build_rtstruct``)."""
     from engine.io.dicom_series import read_series
     from engine.io.rtstruct import build_rtstruct
-    from engine.models.registry import Structure
+    from engine.structure import Structure
     from engine.volume import LabelMap
 
     paths = dicom_series(tmp / "CT")

@@ -757,7 +757,7 @@ def _rtstruct_base() -> tuple[dict[str, bytes], bytes]:
     """A valid CT (CT/...) and an RTSTRUCT with a Brainstem and a Mandible box on it."""
     from engine.io.dicom_series import assemble_series, group_series
     from engine.io.rtstruct import build_rtstruct
-    from engine.models.registry import Structure
+    from engine.structure import Structure
     from engine.volume import LabelMap
 
     files = _series_bytes(seed=1)

@@ -45,7 +45,7 @@ import numpy as np
 from engine.io.dicom_files import read_upload
 from engine.io.dicom_series import read_series
 from engine.io.rtstruct import build_rtstruct
-from engine.models.registry import Structure
+from engine.structure import Structure
 from engine.volume import LabelMap
 
 upload = Path(sys.argv[2])

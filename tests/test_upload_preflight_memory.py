@@ -3,7 +3,7 @@ memory does not grow with the slices' pixels (150 MiB here), for a folder or a z
 slice cut short inside its pixels is still refused.
 
 tracemalloc counts every Python and NumPy allocation of the web side of an upload's
-check (``services.preflight``, which runs ``engine.io.preflight.inspect_input``)."""
+check (``engine_client.preflight``, which runs ``engine.io.preflight.inspect_input``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import zipfile
 import pytest
 
 from tests import factories
-from webapp.delineation import services
+from webapp.delineation import engine_client
 
 SLICES, SIZE = 300, 512
 PIXEL_BYTES = SLICES * SIZE * SIZE * 2  # int16
@@ -38,7 +38,7 @@ def series_zip(series_folder):
 def _traced_peak(path):
     tracemalloc.start()
     try:
-        report = services.preflight(path)
+        report = engine_client.preflight(path)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -65,5 +65,5 @@ def test_a_slice_cut_inside_its_pixels_is_still_refused(series_folder, tmp_path)
     cut = folder / files[10].name
     cut.write_bytes(cut.read_bytes()[: -SIZE * SIZE])  # half of its pixels
 
-    with pytest.raises(services.PreflightError, match="truncated or damaged"):
-        services.preflight(folder)
+    with pytest.raises(engine_client.PreflightError, match="truncated or damaged"):
+        engine_client.preflight(folder)

@@ -343,7 +343,7 @@ CELERY_TASK_ACKS_ON_FAILURE_OR_TIMEOUT = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # When the worker loses the broker (Redis restarted), running jobs go on; their messages
 # are put back in the queue, and a second delivery of a job that is still running is
-# dropped by the task (tasks.execute_job holds a lock per job), so nothing is lost or
+# dropped by the task (runner.execute_job holds a lock per job), so nothing is lost or
 # run twice. Cancelling them instead would start every running job over.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # Bounds for any task; the job task has its own (DELINEO_JOB_*_TIME_LIMIT, tasks.run_job).

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from scipy import ndimage
@@ -135,7 +136,7 @@ def _from_mask_folder(folder: Path):
         stem = path.name[: -len(".nii.gz")] if path.name.endswith(".gz") else path.stem
         boxed.append(_boxed(mask.array > 0))
         entries.append(_entry(n, names.get(path.name, stem), None))
-    return _paint(boxed, entries, shape, affine)
+    return _paint(boxed, entries, shape, cast(np.ndarray, affine))  # the folder holds a mask
 
 
 def read_contours(path: str | Path, moving_series: DicomSeries | None) -> tuple[LabelMap, list[dict], list[str]]:

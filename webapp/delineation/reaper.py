@@ -6,7 +6,7 @@ not delete it. A worker killed as a whole (SIGKILL, power cut) leaves its job ``
 and its message invisible for ever. The worker therefore runs :func:`reap` at start-up and
 every ``DELINEO_REAPER_INTERVAL`` seconds (``worker_ready`` below):
 
-* a ``running`` job whose lock (``tasks._run_lock``) is free was left by a dead process:
+* a ``running`` job whose lock (``runner._run_lock``) is free was left by a dead process:
   it is queued again, to start over, or failed with a message when it was already started
   ``DELINEO_JOB_MAX_ATTEMPTS`` times;
 * a ``queued`` job older than ``DELINEO_REAPER_GRACE`` seconds whose message is neither
@@ -14,7 +14,7 @@ every ``DELINEO_REAPER_INTERVAL`` seconds (``worker_ready`` below):
 * the broker's invisible messages that this worker does not hold (acknowledged ones, and
   those of dead workers) are deleted, so the broker's file does not grow for ever.
 
-A job sent twice runs once: ``tasks.execute_job`` drops a delivery of a job that is
+A job sent twice runs once: ``runner.execute_job`` drops a delivery of a job that is
 finished or running elsewhere. The embedded deployment has one worker; with several on
 this broker, a job held by another may be sent again, and that is harmless for the same
 reason. Redis and RabbitMQ redeliver by themselves and do not use the reaper.
@@ -44,7 +44,7 @@ TASK_NAME = "delineation.run_job"
 
 def lost_message(kind: str) -> str:
     """Why a job of ``kind`` whose worker stopped and that cannot be started again failed."""
-    from webapp.delineation.tasks import attempts_message
+    from webapp.delineation.runner import attempts_message
 
     return attempts_message(kind, settings.DELINEO_JOB_MAX_ATTEMPTS)
 
@@ -144,7 +144,8 @@ def reap(held: Iterable[str] = (), messages: SqlaBroker | None = None) -> Reaped
     """One pass (see the module docstring). ``held``: ids of the jobs this worker has
     received and not finished; ``messages``: the broker, to find queued jobs without a
     message and delete taken ones (None: running jobs only)."""
-    from webapp.delineation.tasks import _run_lock, submit
+    from webapp.delineation.runner import _run_lock
+    from webapp.delineation.tasks import submit
 
     held = {str(j) for j in held}
     done = Reaped()
