@@ -68,16 +68,10 @@ def main() -> int:
     timed("RTSTRUCT write", lambda: write_rtstruct(ds, out / out.RTSTRUCT))
     seg = timed(
         "SEG build",
-        lambda: build_segmentation(
-            labels, series, model.structures, model.name, "0" * 64
-        ),
+        lambda: build_segmentation(labels, series, model.structures, model.name, "0" * 64),
     )
     timed("SEG write", lambda: write_segmentation(seg, out / out.SEG))
-    points = sum(
-        int(c.NumberOfContourPoints)
-        for roi in ds.ROIContourSequence
-        for c in roi.get("ContourSequence", [])
-    )
+    points = sum(int(c.NumberOfContourPoints) for roi in ds.ROIContourSequence for c in roi.get("ContourSequence", []))
     print(f"{args.model} on {run / run.CT_DICOM}: {points} contour points\n")
     print("| part | time |\n|---|---|")
     for name, seconds in rows:

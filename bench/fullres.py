@@ -93,9 +93,7 @@ def run_segment(series_dir: Path, model: str, out: Path) -> dict:
         raise RuntimeError(f"engine segment --model {model} failed:\n{done.stderr}")
     result = json.loads(done.stdout)
     peak_kb = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)[1]
-    wall = re.search(
-        r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", done.stderr
-    )
+    wall = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", done.stderr)
     hours, minutes, seconds = (float(g) if g else 0.0 for g in wall.groups())
     return {
         "model": model,
@@ -134,9 +132,7 @@ def main() -> int:
     for model in args.models:
         row = run_segment(series_dir, model, args.out / model)
         if args.reference is not None:
-            row["dice_vs_reference"] = dice_against(
-                args.out / model, args.reference / model
-            )
+            row["dice_vs_reference"] = dice_against(args.out / model, args.reference / model)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     report = {

@@ -43,9 +43,7 @@ def windows(grid: tuple[int, ...], roi: tuple[int, ...]) -> int:
         count += window.shape[0]
         return window
 
-    sliding_window_inference(
-        torch.zeros(1, 1, *grid), roi, 1, predictor, overlap=OVERLAP, mode="gaussian"
-    )
+    sliding_window_inference(torch.zeros(1, 1, *grid), roi, 1, predictor, overlap=OVERLAP, mode="gaussian")
     return count
 
 
@@ -75,9 +73,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     peak = matmul_gflops(args.repeats)
-    print(
-        f"{args.threads} threads; 4096 x 4096 float32 matrix product: {peak:.0f} GFLOP/s\n"
-    )
+    print(f"{args.threads} threads; 4096 x 4096 float32 matrix product: {peak:.0f} GFLOP/s\n")
     print(
         "| model | window | windows on the grid | GFLOP per window | first window | "
         "no_grad | inference_mode | GFLOP/s (inference_mode) | of the matrix-product "
@@ -96,15 +92,15 @@ def main() -> int:
             network(x)
         gflop = counter.get_total_flops() / 1e9
 
-        def with_no_grad():
+        def with_no_grad(network=network, x=x):
             with torch.no_grad():
                 network(x)
 
-        def with_inference_mode():
+        def with_inference_mode(network=network, x=x):
             with torch.inference_mode():
                 network(x)
 
-        def with_bfloat16():
+        def with_bfloat16(network=network, x=x):
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
                 network(x)
 

@@ -37,9 +37,7 @@ NETWORKS = [  # (label, channels, full_resolution_channels + deep supervision, p
 ]
 
 
-def seconds_per_step(
-    channels: tuple, full: int, patch: int, autocast: str | None, steps: int
-) -> float:
+def seconds_per_step(channels: tuple, full: int, patch: int, autocast: str | None, steps: int) -> float:
     torch.manual_seed(0)
     net = ResSEUNet(1, 10, channels=channels, full_resolution_channels=full, deep_supervision=bool(full))
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
@@ -73,10 +71,7 @@ def main() -> None:
     print("| network | patch | float32 s/step | bfloat16 autocast s/step |")
     print("|---|---|---|---|")
     for label, channels, full, patch in NETWORKS:
-        fp32, bf16 = (
-            seconds_per_step(channels, full, patch, autocast, args.steps)
-            for autocast in (None, "bfloat16")
-        )
+        fp32, bf16 = (seconds_per_step(channels, full, patch, autocast, args.steps) for autocast in (None, "bfloat16"))
         print(f"| {label} | {patch}^3 | {fp32:.2f} | {bf16:.2f} |", flush=True)
 
 

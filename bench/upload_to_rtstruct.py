@@ -34,9 +34,7 @@ from tests.stack import DATA, Stack, zip_folder  # noqa: E402
 FULLRES = "openkbp pt_104 resampled (512x512x192, 0.977x0.977x2 mm)"
 CASES = {
     "openkbp pt_104 (128x128x128, 3.92x3.92x3 mm)": DATA / "openkbp_dicom" / "pt_104",
-    "totalseg example (512x512x20, 0.98x0.98x2 mm)": DATA
-    / "totalseg_example"
-    / "example_ct_dicom",
+    "totalseg example (512x512x20, 0.98x0.98x2 mm)": DATA / "totalseg_example" / "example_ct_dicom",
     FULLRES: None,  # made by fullres_series
 }
 
@@ -66,9 +64,7 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 def run_case(name: str, folder: Path, root: Path) -> dict:
-    stack = Stack(
-        root, f"sqlite:///{root}/db.sqlite3", f"sqla+sqlite:///{root}/broker.sqlite3"
-    ).start()
+    stack = Stack(root, f"sqlite:///{root}/db.sqlite3", f"sqla+sqlite:///{root}/broker.sqlite3").start()
     try:
         token = stack.token(*stack.create_account())
         archive = zip_folder(folder, root / "upload.zip")
@@ -101,9 +97,7 @@ def run_case(name: str, folder: Path, root: Path) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument(
-        "--json", type=Path, default=REPO / "var" / "bench" / "upload_to_rtstruct.json"
-    )
+    parser.add_argument("--json", type=Path, default=REPO / "var" / "bench" / "upload_to_rtstruct.json")
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     args = parser.parse_args()
     results = []
@@ -125,11 +119,7 @@ def main() -> int:
     args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=1))
     stages = ["queue", "ingest", "preprocess", "network", "export"]
     print(f"\nMachine: {machine}\n")
-    print(
-        "| case | upload | "
-        + " | ".join(stages)
-        + " | upload to RTSTRUCT | worker peak RSS |"
-    )
+    print("| case | upload | " + " | ".join(stages) + " | upload to RTSTRUCT | worker peak RSS |")
     print("|---|---|" + "---|" * len(stages) + "---|---|")
     for r in results:
         t = r["job_timings_s"]

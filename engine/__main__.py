@@ -28,9 +28,7 @@ def _segment(args: argparse.Namespace) -> int:
     def progress(stage: str, pct: int) -> None:
         print(f"[{pct:3d}%] {stage}", file=sys.stderr, flush=True)
 
-    result = segment_file(
-        args.input, args.model, args.out, progress, series=args.series
-    )
+    result = segment_file(args.input, args.model, args.out, progress, series=args.series)
     if result.domain and not result.domain["in_domain"]:
         print("WARNING: " + "; ".join(result.domain["reasons"]), file=sys.stderr)
     print(
@@ -41,9 +39,7 @@ def _segment(args: argparse.Namespace) -> int:
                 "timings_s": result.timings_s,
                 "rtstruct": str(result.rtstruct) if result.rtstruct else None,
                 "seg": str(result.seg) if result.seg else None,
-                "ct_dicom_zip": str(result.ct_dicom_zip)
-                if result.ct_dicom_zip
-                else None,
+                "ct_dicom_zip": str(result.ct_dicom_zip) if result.ct_dicom_zip else None,
                 "rtstruct_roundtrip_dice": result.rtstruct_roundtrip,
                 "notes": result.notes,
                 "domain": result.domain,
@@ -84,9 +80,7 @@ def _contours(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     from engine.infer.audit import audit_file, format_audit
 
-    result = audit_file(
-        args.input, args.model, args.out, contours=args.contours, series=args.series
-    )
+    result = audit_file(args.input, args.model, args.out, contours=args.contours, series=args.series)
     print(format_audit(result))
     print(f"written: {ResultFolder(args.out) / ResultFolder.AUDIT}", file=sys.stderr)
     return 0
@@ -163,9 +157,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m engine", description="Delineo delineation engine"
-    )
+    parser = argparse.ArgumentParser(prog="python -m engine", description="Delineo delineation engine")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -191,9 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("rtstruct", type=Path)
     p.add_argument("--reference", type=Path, required=True, help="the image series")
-    p.add_argument(
-        "--series", help="the image series within --reference, when it holds several"
-    )
+    p.add_argument("--series", help="the image series within --reference, when it holds several")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_contours)
 
@@ -234,9 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--moving-series", help="the planning image series, when several")
     p.set_defaults(func=_propagate)
 
-    p = sub.add_parser(
-        "evaluate", help="Dice and HD95 per structure on an OpenKBP split"
-    )
+    p = sub.add_parser("evaluate", help="Dice and HD95 per structure on an OpenKBP split")
     p.add_argument("--model", default="hn-oar")
     p.add_argument("--data", type=Path, default=Path("../shared/data/openkbp"))
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -245,9 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="where to write the results (default var/evaluate/MODEL-SPLIT.json)",
     )
-    p.add_argument(
-        "--card", action="store_true", help="record the results in the model card"
-    )
+    p.add_argument("--card", action="store_true", help="record the results in the model card")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser(
@@ -311,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportError, ToolError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -55,9 +55,7 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask)
 
 
-def surface_distances(
-    a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]
-) -> tuple[np.ndarray, np.ndarray]:
+def surface_distances(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Distances (mm) from each surface voxel of ``a`` to the surface of ``b``, and from
     ``b``'s to ``a``'s. ``a``, ``b``: non-empty bool masks (I, J, K) of one grid whose
     voxel spacing is ``spacing`` (mm along I, J, K)."""

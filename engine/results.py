@@ -118,9 +118,7 @@ class ResultFolder:
 
     # --- structures -----------------------------------------------------------------
 
-    def write_structures(
-        self, labels: LabelMap, structures: Sequence[Structure], masks: bool = True
-    ) -> list[dict]:
+    def write_structures(self, labels: LabelMap, structures: Sequence[Structure], masks: bool = True) -> list[dict]:
         """``structures.json`` for ``structures`` of the label map ``labels`` (each with its
         volume in cm3), and with ``masks`` one uint8 0/1 mask (I, J, K) of the whole grid
         per structure in ``structures/``, each filled from its structure's box. Returns
@@ -132,9 +130,7 @@ class ResultFolder:
                 "label": s.label,
                 "name": s.name,
                 "color": list(s.color),
-                "volume_cm3": round(
-                    int(np.count_nonzero(inside)) * labels.voxel_volume_mm3 / 1000.0, 3
-                ),
+                "volume_cm3": round(int(np.count_nonzero(inside)) * labels.voxel_volume_mm3 / 1000.0, 3),
             }
             if masks:
                 entry["file"] = f"{self.MASKS}/{safe_file_stem(s.name, s.label, taken)}.nii.gz"

@@ -34,9 +34,7 @@ def _check_geometry(array: np.ndarray, affine: np.ndarray) -> None:
     if not np.all(np.isfinite(affine)):
         raise GeometryError("affine contains NaN or infinite values")
     if abs(np.linalg.det(affine[:3, :3])) < 1e-6:
-        raise GeometryError(
-            "affine is not invertible (zero spacing or degenerate axes)"
-        )
+        raise GeometryError("affine is not invertible (zero spacing or degenerate axes)")
 
 
 # Limits on an input image (a scan read from a file), checked by the readers before the

@@ -54,9 +54,7 @@ MODELS = ("hn-oar", "hn-rt")
 # What any head-and-neck CT from above the brainstem to below the larynx shows.
 ANATOMY = ("Brainstem", "SpinalCord", "Parotid_R", "Parotid_L", "Mandible")
 # The OpenKBP ROI name of each model structure (hn-rt.json "source").
-STRUCTURES = json.loads((ROOT / "engine" / "weights" / "hn-rt.json").read_text())[
-    "structures"
-]
+STRUCTURES = json.loads((ROOT / "engine" / "weights" / "hn-rt.json").read_text())["structures"]
 
 
 def case_figures(case: str, models: dict) -> dict:
@@ -119,9 +117,7 @@ def main() -> None:
     train = figures["train"] + figures["train_extra"]
     val, test = figures["val"], figures["test"]
     reference = np.mean([c["histogram"] for c in train], axis=0)
-    expected = [
-        s for s in ANATOMY if all(s in c["predicted"][m] for c in val for m in MODELS)
-    ]
+    expected = [s for s in ANATOMY if all(s in c["predicted"][m] for c in val for m in MODELS)]
     val_dist = [histogram_distance(c["histogram"], reference) for c in val]
     domain = {
         "modality": "CT",
@@ -146,9 +142,7 @@ def main() -> None:
     }
     for factor in FACTORS:
         domain["volume_cm3"] = volume_ranges(train, factor)
-        if not any(
-            output_findings(c["predicted"][m], domain)[0] for c in val for m in MODELS
-        ):
+        if not any(output_findings(c["predicted"][m], domain)[0] for c in val for m in MODELS):
             break
     # The largest factor when none clears val: the val rate below then says so.
     domain["volume_factor"] = factor
@@ -168,9 +162,7 @@ def main() -> None:
                 "flagged_any": int(sum(either)),
                 "rate_any": round(sum(either) / len(cases), 4),
                 "flagged_cases": [c["case"] for c, f in zip(cases, either) if f],
-                "reasons": sorted(
-                    {r for c in cases for r in output_findings(c["predicted"][m], domain)[0]}
-                ),
+                "reasons": sorted({r for c in cases for r in output_findings(c["predicted"][m], domain)[0]}),
             }
         return out
 

@@ -90,8 +90,18 @@ def pack(splits: list[str], cases: int | None) -> list[Path]:
         tar.fileobj.flush()
     tar.close()
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-         "-d", str(PACK / "wheels"), *WHEELS],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-d",
+            str(PACK / "wheels"),
+            *WHEELS,
+        ],
         check=True,
     )
     for archive in archives:

@@ -94,19 +94,13 @@ ABLATION = {  # the thesis's ablation, on clean labels
 
 
 def noisy_name(fraction: float, range_: str, method: str) -> str:
-    return (
-        "nl-p0-plain"
-        if fraction == 0
-        else f"nl-p{round(fraction * 100)}-{range_}-{method}"
-    )
+    return "nl-p0-plain" if fraction == 0 else f"nl-p{round(fraction * 100)}-{range_}-{method}"
 
 
 def all_configs() -> dict[str, dict]:
     configs = {}
 
-    def add(
-        name: str, model: dict, training: dict, noise: dict | None, qam: dict | None
-    ) -> None:
+    def add(name: str, model: dict, training: dict, noise: dict | None, qam: dict | None) -> None:
         config = {"name": name, "model": model, "training": training}
         if noise:
             config["noise"] = noise
@@ -177,22 +171,12 @@ def run_all(names: list[str]) -> None:
 def _weights(name: str) -> list[float] | None:
     """Mean QAM weight (relative to uniform) of clean and of corrupted samples over the last
     third of training."""
-    records = [
-        json.loads(line)
-        for line in (RUNS / name / "log.jsonl").read_text().splitlines()
-    ]
-    rows = [
-        r
-        for r in records
-        if r.get("weight_clean") is not None and r.get("weight_corrupted") is not None
-    ]
+    records = [json.loads(line) for line in (RUNS / name / "log.jsonl").read_text().splitlines()]
+    rows = [r for r in records if r.get("weight_clean") is not None and r.get("weight_corrupted") is not None]
     rows = rows[len(rows) * 2 // 3 :]
     if not rows:
         return None
-    return [
-        round(sum(r[k] for r in rows) / len(rows), 4)
-        for k in ("weight_clean", "weight_corrupted")
-    ]
+    return [round(sum(r[k] for r in rows) / len(rows), 4) for k in ("weight_clean", "weight_corrupted")]
 
 
 def save_result(name: str) -> Path:
@@ -205,9 +189,7 @@ def save_result(name: str) -> Path:
         "seed": metrics["seed"],
         "best_val_mean_dice": metrics["best_val_mean_dice"],
         "test_n_cases": evaluation["n_cases"],
-        "test_dice": {
-            k: v["dice_mean"] for k, v in evaluation["per_structure"].items()
-        },
+        "test_dice": {k: v["dice_mean"] for k, v in evaluation["per_structure"].items()},
         "test_mean_dice": evaluation["mean_dice"],
         "qam_weight_clean_corrupted": _weights(name),
     }
@@ -228,10 +210,7 @@ def _row(label: str, name: str, with_weights: bool) -> str:
     if result is None:
         cells = ["not run yet"] * (len(names) + 1)
     else:
-        cells = [
-            f"{result['test_dice'][n]:.3f}" if n in result["test_dice"] else "-"
-            for n in names
-        ]
+        cells = [f"{result['test_dice'][n]:.3f}" if n in result["test_dice"] else "-" for n in names]
         cells.append(f"{result['test_mean_dice']:.3f}")
     if with_weights:
         w = result and result["qam_weight_clean_corrupted"]
@@ -264,11 +243,7 @@ def tables() -> str:
     ]
     lines.append(_row("QAM alone (no OCM)", noisy_name(0.75, "large", "qam"), True))
     for lam in (0.5, 1.0, 2.0, 3.0):
-        name = (
-            noisy_name(0.75, "large", "qam+ocm")
-            if lam == 2.0
-            else f"nl-p75-large-qam+ocm-lambda{lam}"
-        )
+        name = noisy_name(0.75, "large", "qam+ocm") if lam == 2.0 else f"nl-p75-large-qam+ocm-lambda{lam}"
         lines.append(_row(f"QAM+OCM, lambda {lam}", name, True))
     lines += [
         "",
@@ -295,9 +270,7 @@ if __name__ == "__main__":
         start, end = "<!-- results:start -->", "<!-- results:end -->"
         text = page.read_text()
         head, rest = text.split(start)
-        page.write_text(
-            head + start + "\n" + tables() + "\n" + end + rest.split(end)[1]
-        )
+        page.write_text(head + start + "\n" + tables() + "\n" + end + rest.split(end)[1])
         print(f"written {page.relative_to(ROOT)}")
     else:
         sys.exit(__doc__)

@@ -39,9 +39,7 @@ from engine.train.segmentation import cache_case, cache_dir
 CLEAN_FLAGGED = 0.10  # share of sound contours the audit may call implausible
 
 
-def score_split(
-    critic: Critic, run: Path, data: Path, split: str, seed: int
-) -> list[dict]:
+def score_split(critic: Critic, run: Path, data: Path, split: str, seed: int) -> list[dict]:
     """One row per (case, structure): clean score and one corrupted score per range."""
     config = json.loads((run / "config.json").read_text())
     model = config["model"]
@@ -62,14 +60,8 @@ def score_split(
                 "clean": qam_score(critic, case["image"], mask, c, n),
             }
             for name, radius in RANGES_MM.items():
-                noisy = corrupt_masks(mask[None], model["spacing_mm"], radius, rng)[0][
-                    0
-                ]
-                row[name] = (
-                    qam_score(critic, case["image"], noisy, c, n)
-                    if noisy.any()
-                    else None
-                )
+                noisy = corrupt_masks(mask[None], model["spacing_mm"], radius, rng)[0][0]
+                row[name] = qam_score(critic, case["image"], noisy, c, n) if noisy.any() else None
             rows.append(row)
     return rows
 
@@ -91,9 +83,7 @@ def auc(rows: list[dict], ranges: tuple[str, ...]) -> float:
     return float(compute_roc_auc(torch.tensor(scores), torch.tensor(truth)))
 
 
-def clean_percentile_threshold(
-    rows: list[dict], false_flags: float = CLEAN_FLAGGED
-) -> float:
+def clean_percentile_threshold(rows: list[dict], false_flags: float = CLEAN_FLAGGED) -> float:
     """The score under which ``false_flags`` of the clean contours fall: the audit then
     calls about that share of sound contours implausible, and catches what it can."""
     return float(np.quantile([r["clean"] for r in rows], false_flags))
@@ -103,16 +93,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument(
-        "--data", type=Path, default=ROOT.parent / "shared" / "data" / "openkbp"
-    )
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "openkbp")
     args = parser.parse_args()
     run = ROOT / "var" / "experiments" / args.run
     config = json.loads((run / "config.json").read_text())
     network = QualityAwarenessModule(1 + len(config["model"]["structures"]))
-    network.load_state_dict(
-        torch.load(run / "qam_best.pt", map_location="cpu", weights_only=True)
-    )
+    network.load_state_dict(torch.load(run / "qam_best.pt", map_location="cpu", weights_only=True))
     lam = config["qam"].get("lambda") or 1.0
     critic = Critic(
         network.eval(),
@@ -137,21 +123,13 @@ def main() -> None:
         "threshold_val": round(threshold, 4),
         "threshold_rule": f"{CLEAN_FLAGGED:.0%} of the clean validation contours score below it",
         "test_at_threshold": {
-            "clean_called_implausible": round(
-                float(np.mean(test_scores[test_truth == 1] < threshold)), 4
-            ),
-            "corrupted_called_implausible": round(
-                float(np.mean(test_scores[test_truth == 0] < threshold)), 4
-            ),
+            "clean_called_implausible": round(float(np.mean(test_scores[test_truth == 1] < threshold)), 4),
+            "corrupted_called_implausible": round(float(np.mean(test_scores[test_truth == 0] < threshold)), 4),
         },
         "per_contour_test": test,
     }
     (run / "qam_auc.json").write_text(json.dumps(result, indent=1))
-    print(
-        json.dumps(
-            {k: v for k, v in result.items() if k != "per_contour_test"}, indent=1
-        )
-    )
+    print(json.dumps({k: v for k, v in result.items() if k != "per_contour_test"}, indent=1))
 
 
 if __name__ == "__main__":

@@ -93,8 +93,7 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
         {},
     ),
     "bfloat16": (
-        "bfloat16 autocast on the CPU (AVX512-BF16 machine; training step 1.75x faster, "
-        "docs/benchmarks.md)",
+        "bfloat16 autocast on the CPU (AVX512-BF16 machine; training step 1.75x faster, docs/benchmarks.md)",
         {},
         {"autocast": "bfloat16"},
     ),
@@ -130,11 +129,7 @@ def write_configs() -> list[Path]:
 
 def save_result(name: str) -> Path:
     """Summarise var/experiments/NAME into experiments/results/NAME.json."""
-    records = [
-        json.loads(line)
-        for line in (RUNS / name / "log.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
+    records = [json.loads(line) for line in (RUNS / name / "log.jsonl").read_text().splitlines() if line.strip()]
     last = [r for r in records if "val" in r][-1]
     timing = [r["s_per_step"] for r in records if "s_per_step" in r]
     result = {

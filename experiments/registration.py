@@ -64,10 +64,7 @@ def _cpu_seconds() -> float:
 def pairs(n_inter: int, n_synthetic: int) -> list[dict]:
     """The pair descriptions (no arrays): kind, fixed and moving case, seed."""
     test = load_split(DATA, "test")
-    out = [
-        {"kind": "inter", "fixed": test[2 * i], "moving": test[2 * i + 1]}
-        for i in range(n_inter)
-    ]
+    out = [{"kind": "inter", "fixed": test[2 * i], "moving": test[2 * i + 1]} for i in range(n_inter)]
     start = 2 * n_inter
     out += [
         {
@@ -111,9 +108,7 @@ def _score(labels, truth, fixed, names) -> dict:
     for s in STRUCTURES:
         if s["name"] not in names:
             continue
-        dice, msd, hd95 = surface_metrics(
-            labels == s["label"], truth.array == s["label"], fixed.spacing
-        )
+        dice, msd, hd95 = surface_metrics(labels == s["label"], truth.array == s["label"], fixed.spacing)
         scores[s["name"]] = {"dice": round(dice, 4), "msd_mm": msd, "hd95_mm": hd95}
     return scores
 
@@ -127,9 +122,7 @@ def run_method(method: str, pair_list: list[dict]) -> dict:
         if method == "none":
             zero = np.zeros((*fixed.array.shape, 3), np.float32)
             grid = Grid(fixed.array.shape, fixed.affine)
-            labels = warp_labels(
-                moving_labels, [s["label"] for s in structures], grid, zero
-            )
+            labels = warp_labels(moving_labels, [s["label"] for s in structures], grid, zero)
             ddf, folding = zero, 0.0
         else:
             result = propagate(fixed, moving, moving_labels, structures, method)
@@ -155,11 +148,7 @@ def run_method(method: str, pair_list: list[dict]) -> dict:
         print(
             f"{method:16s} {pair['kind']:9s} {pair['fixed']:>12s} <- {pair['moving']:<7s} "
             f"Dice {np.mean(dice):.3f}  {row['wall_s']:6.1f} s  folding {folding:.3f} %"
-            + (
-                f"  DVF error {row['dvf_error_mm']['mean']} mm"
-                if "dvf_error_mm" in row
-                else ""
-            ),
+            + (f"  DVF error {row['dvf_error_mm']['mean']} mm" if "dvf_error_mm" in row else ""),
             flush=True,
         )
         rows.append(row)
@@ -169,8 +158,7 @@ def run_method(method: str, pair_list: list[dict]) -> dict:
         f"--inter {sum(p['kind'] == 'inter' for p in pair_list)} "
         f"--synthetic {sum(p['kind'] == 'synthetic' for p in pair_list)}",
         "synthetic_field": DEFAULTS,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), "
-        f"{platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.python_version()}",
         "pairs": rows,
     }
 
@@ -199,11 +187,7 @@ def table() -> str:
                 continue
             scores = [s for p in rows for s in p["structures"].values()]
             dvf = [p["dvf_error_mm"] for p in rows if "dvf_error_mm" in p]
-            dvf_text = (
-                f"{_mean(d['mean'] for d in dvf):.2f} / {_mean(d['p95'] for d in dvf):.2f}"
-                if dvf
-                else "-"
-            )
+            dvf_text = f"{_mean(d['mean'] for d in dvf):.2f} / {_mean(d['p95'] for d in dvf):.2f}" if dvf else "-"
             lines.append(
                 f"| {r['method']} | {len(rows)} {kind} | "
                 f"{_fmt(_mean(s['dice'] for s in scores), 3)} | "
@@ -226,11 +210,7 @@ def table() -> str:
         for name in names:
             parts = []
             for kind in ("inter", "synthetic"):
-                d = [
-                    p["structures"][name]["dice"]
-                    for p in r["pairs"]
-                    if p["kind"] == kind and name in p["structures"]
-                ]
+                d = [p["structures"][name]["dice"] for p in r["pairs"] if p["kind"] == kind and name in p["structures"]]
                 parts.append(_fmt(_mean(d), 2))
             cells.append(" / ".join(parts))
         lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
@@ -240,18 +220,14 @@ def table() -> str:
 def write_docs() -> None:
     text = DOC.read_text()
     start, end = text.index(TABLE_START), text.index(TABLE_END)
-    DOC.write_text(
-        text[: start + len(TABLE_START)] + "\n" + table() + "\n" + text[end:]
-    )
+    DOC.write_text(text[: start + len(TABLE_START)] + "\n" + table() + "\n" + text[end:])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run")
-    p.add_argument(
-        "--methods", nargs="+", default=["none", "rigid", "affine", "elastix-bspline"]
-    )
+    p.add_argument("--methods", nargs="+", default=["none", "rigid", "affine", "elastix-bspline"])
     p.add_argument("--inter", type=int, default=2)
     p.add_argument("--synthetic", type=int, default=3)
     sub.add_parser("table")

@@ -26,9 +26,7 @@ import urllib3
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = (REPO / ".." / "shared" / "data").resolve()
-POSTGRES_ADMIN_URL = os.environ.get(
-    "DELINEO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+POSTGRES_ADMIN_URL = os.environ.get("DELINEO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("DELINEO_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
@@ -112,11 +110,7 @@ class Stack:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {
-            **{
-                k: v
-                for k, v in os.environ.items()
-                if not k.startswith(("CELERY_", "DJANGO_", "DATABASE_URL"))
-            },
+            **{k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DJANGO_", "DATABASE_URL"))},
             "DJANGO_SETTINGS_MODULE": "webapp.settings",
             "DEBUG": "true",
             "DATABASE_URL": database_url,
@@ -128,9 +122,7 @@ class Stack:
         }
         self.processes: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
-        self.http = urllib3.PoolManager(
-            retries=False, timeout=urllib3.Timeout(connect=5, read=300)
-        )
+        self.http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=5, read=300))
 
     # --- processes -------------------------------------------------------------------
     def manage(self, *args: str) -> str:
@@ -142,9 +134,7 @@ class Stack:
             text=True,
             timeout=300,
         )
-        assert result.returncode == 0, (
-            f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-        )
+        assert result.returncode == 0, f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
         return result.stdout
 
     def _spawn(self, name: str, command: list[str]) -> None:
@@ -182,14 +172,9 @@ class Stack:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             for name, process in self.processes.items():
-                assert process.poll() is None, (
-                    f"{name} exited early:\n{self.log_tail(name)}"
-                )
+                assert process.poll() is None, f"{name} exited early:\n{self.log_tail(name)}"
             try:
-                if (
-                    self.http.request("GET", f"{self.base_url}/accounts/login/").status
-                    == 200
-                ):
+                if self.http.request("GET", f"{self.base_url}/accounts/login/").status == 200:
                     break
             except urllib3.exceptions.HTTPError:
                 pass
@@ -226,12 +211,8 @@ class Stack:
     def wait_for_worker(self, name: str = "worker") -> None:
         deadline = time.monotonic() + 180
         while b"ready." not in self.logs[name].read_bytes():
-            assert self.processes[name].poll() is None, (
-                f"{name} exited:\n{self.log_tail(name)}"
-            )
-            assert time.monotonic() < deadline, (
-                f"{name} not ready:\n{self.log_tail(name)}"
-            )
+            assert self.processes[name].poll() is None, f"{name} exited:\n{self.log_tail(name)}"
+            assert time.monotonic() < deadline, f"{name} not ready:\n{self.log_tail(name)}"
             time.sleep(0.5)
 
     def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
@@ -242,11 +223,7 @@ class Stack:
         process.wait(timeout=60)
 
     def worker_alive(self) -> bool:
-        return any(
-            process.poll() is None
-            for name, process in self.processes.items()
-            if name.startswith("worker")
-        )
+        return any(process.poll() is None for name, process in self.processes.items() if name.startswith("worker"))
 
     def stop(self) -> None:
         for process in self.processes.values():
@@ -281,13 +258,9 @@ class Stack:
         assert response.status == 200, response.data
         return json.loads(response.data)["token"]
 
-    def api(
-        self, method: str, path: str, token: str, **kwargs
-    ) -> urllib3.BaseHTTPResponse:
+    def api(self, method: str, path: str, token: str, **kwargs) -> urllib3.BaseHTTPResponse:
         headers = {"Authorization": f"Token {token}", **kwargs.pop("headers", {})}
-        return self.http.request(
-            method, f"{self.base_url}{path}", headers=headers, **kwargs
-        )
+        return self.http.request(method, f"{self.base_url}{path}", headers=headers, **kwargs)
 
     def upload_zip(self, token: str, archive: Path) -> dict:
         """POST a zip to /api/scans/; returns the created scan."""
@@ -325,9 +298,7 @@ class Stack:
                 raise AssertionError(
                     f"job {job_id} not finished after {timeout_s} s (last: {seen[-1]}):\n{self.log_tail('worker')}"
                 )
-            assert self.worker_alive(), (
-                f"no worker is running:\n{self.log_tail('worker')}"
-            )
+            assert self.worker_alive(), f"no worker is running:\n{self.log_tail('worker')}"
             time.sleep(1)
 
 

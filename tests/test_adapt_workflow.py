@@ -413,7 +413,9 @@ def test_the_kept_contours_are_in_the_downloaded_rtstruct(
 def test_without_choices_the_download_holds_the_propagated_contours(
     alice_api, alice_propagation, daily, django_capture_on_commit_callbacks
 ):
-    download = get_export(alice_api, alice_propagation["downloads"]["final_rtstruct"], django_capture_on_commit_callbacks)
+    download = get_export(
+        alice_api, alice_propagation["downloads"]["final_rtstruct"], django_capture_on_commit_callbacks
+    )
     assert download.status_code == 200
     masks = final_masks(content(download), daily)
     propagated, _ = fake_propagation_masks(masks["Brainstem"].shape)

@@ -43,8 +43,11 @@ def segment_on_the_series_grid(input_path, model_name, out_dir, progress=None, s
     (out_dir / "rtstruct.dcm").write_bytes(b"\0" * 128 + b"DICM the model's own")
     (out_dir / "seg.dcm").write_bytes(b"\0" * 128 + b"DICM the model's own SEG")
     return engine_client.EngineResult(
-        structures=table, timings_s={}, input_kind="dicom",
-        model_name=model_name, weights_sha256="cd" * 32,
+        structures=table,
+        timings_s={},
+        input_kind="dicom",
+        model_name=model_name,
+        weights_sha256="cd" * 32,
     )
 
 
@@ -77,9 +80,17 @@ def read_back(data: bytes, job: dict) -> dict[str, np.ndarray]:
 
 
 def test_an_approved_correction(alice_api, job):
-    response = alice_api.post(f"/api/jobs/{job['id']}/edits/", {
-        "structure": "Brainstem", "plane": "axial", "index": 3, "mode": "erase", "polygon": AROUND_BRAINSTEM,
-    }, format="json")
+    response = alice_api.post(
+        f"/api/jobs/{job['id']}/edits/",
+        {
+            "structure": "Brainstem",
+            "plane": "axial",
+            "index": 3,
+            "mode": "erase",
+            "polygon": AROUND_BRAINSTEM,
+        },
+        format="json",
+    )
     assert response.status_code == 201, response.content
     unapproved = pydicom.dcmread(io.BytesIO(download(alice_api, job)))
     assert unapproved.ApprovalStatus == "UNAPPROVED" and "ReviewerName" not in unapproved
@@ -107,9 +118,17 @@ def test_editing_an_approved_set_makes_an_unapproved_revision(alice_api, job):
     approved = pydicom.dcmread(io.BytesIO(download(alice_api, job)))
     assert approved.ApprovalStatus == "APPROVED" and approved.StructureSetLabel == "Delineo r0"
     assert {roi.ROIGenerationAlgorithm for roi in approved.StructureSetROISequence} == {"AUTOMATIC"}
-    response = alice_api.post(f"/api/jobs/{job['id']}/edits/", {
-        "structure": "Mandible", "plane": "axial", "mode": "delete", "first": 3, "last": 3,
-    }, format="json")
+    response = alice_api.post(
+        f"/api/jobs/{job['id']}/edits/",
+        {
+            "structure": "Mandible",
+            "plane": "axial",
+            "mode": "delete",
+            "first": 3,
+            "last": 3,
+        },
+        format="json",
+    )
     assert response.status_code == 201
     latest = pydicom.dcmread(io.BytesIO(download(alice_api, job)))
     assert latest.ApprovalStatus == "UNAPPROVED" and latest.StructureSetLabel == "Delineo r1"
@@ -135,18 +154,38 @@ def test_the_approved_rtstruct_passes_dciodvfy_and_plastimatch_reads_the_correct
     from tests.stack import require
 
     require(shutil.which("plastimatch") is not None, "plastimatch is not installed")
-    alice_api.post(f"/api/jobs/{job['id']}/edits/", {
-        "structure": "Brainstem", "plane": "axial", "index": 3, "mode": "erase", "polygon": AROUND_BRAINSTEM,
-    }, format="json")
+    alice_api.post(
+        f"/api/jobs/{job['id']}/edits/",
+        {
+            "structure": "Brainstem",
+            "plane": "axial",
+            "index": 3,
+            "mode": "erase",
+            "polygon": AROUND_BRAINSTEM,
+        },
+        format="json",
+    )
     alice_api.post(f"/api/jobs/{job['id']}/approve/", {}, format="json")
     (tmp_path / "rtstruct.dcm").write_bytes(download(alice_api, job))
     assert dciodvfy_errors(tmp_path / "rtstruct.dcm") == []
     with zipfile.ZipFile(Scan.objects.get(pk=job["scan"]).engine_input) as archive:
         archive.extractall(tmp_path / "upload")
     result = subprocess.run(
-        ["plastimatch", "convert", "--input", str(tmp_path / "rtstruct.dcm"), "--referenced-ct",
-         str(tmp_path / "upload" / "CT"), "--output-prefix", str(tmp_path / "read"), "--prefix-format", "nii.gz"],
-        capture_output=True, text=True, timeout=300,
+        [
+            "plastimatch",
+            "convert",
+            "--input",
+            str(tmp_path / "rtstruct.dcm"),
+            "--referenced-ct",
+            str(tmp_path / "upload" / "CT"),
+            "--output-prefix",
+            str(tmp_path / "read"),
+            "--prefix-format",
+            "nii.gz",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     stored = Job.objects.get(pk=job["id"]).result_path / "revisions" / "1" / "labels.nii.gz"
@@ -177,9 +216,17 @@ def test_send_to_sends_the_approved_revision(alice, alice_api, job, django_captu
     server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
     try:
         DicomPeer.objects.create(name="TPS", ae_title="TPS1", host="127.0.0.1", port=port, owner=alice)
-        alice_api.post(f"/api/jobs/{job['id']}/edits/", {
-            "structure": "Brainstem", "plane": "axial", "index": 3, "mode": "erase", "polygon": AROUND_BRAINSTEM,
-        }, format="json")
+        alice_api.post(
+            f"/api/jobs/{job['id']}/edits/",
+            {
+                "structure": "Brainstem",
+                "plane": "axial",
+                "index": 3,
+                "mode": "erase",
+                "polygon": AROUND_BRAINSTEM,
+            },
+            format="json",
+        )
         alice_api.post(f"/api/jobs/{job['id']}/approve/", {}, format="json")
         with django_capture_on_commit_callbacks(execute=True):
             response = alice_api.post(f"/api/jobs/{job['id']}/send/", {"destination": "TPS"}, format="json")
@@ -193,15 +240,24 @@ def test_send_to_sends_the_approved_revision(alice, alice_api, job, django_captu
 
 
 def test_the_seg_of_a_revision(alice_api, job):
-    alice_api.post(f"/api/jobs/{job['id']}/edits/", {
-        "structure": "Brainstem", "plane": "axial", "index": 3, "mode": "erase", "polygon": AROUND_BRAINSTEM,
-    }, format="json")
+    alice_api.post(
+        f"/api/jobs/{job['id']}/edits/",
+        {
+            "structure": "Brainstem",
+            "plane": "axial",
+            "index": 3,
+            "mode": "erase",
+            "polygon": AROUND_BRAINSTEM,
+        },
+        format="json",
+    )
     response = alice_api.get(f"/api/jobs/{job['id']}/seg.dcm")
     assert response.status_code == 200, response.content
     seg = pydicom.dcmread(io.BytesIO(b"".join(response.streaming_content)))
     assert seg.Modality == "SEG"
     assert [(s.SegmentLabel, s.SegmentAlgorithmType) for s in seg.SegmentSequence] == [
-        ("Brainstem", "SEMIAUTOMATIC"), ("Mandible", "AUTOMATIC")
+        ("Brainstem", "SEMIAUTOMATIC"),
+        ("Mandible", "AUTOMATIC"),
     ]
     frames = [f.SegmentIdentificationSequence[0].ReferencedSegmentNumber for f in seg.PerFrameFunctionalGroupsSequence]
     assert frames.count(1) == 2 and frames.count(2) == 3  # Brainstem erased on one of its three slices
@@ -210,9 +266,17 @@ def test_the_seg_of_a_revision(alice_api, job):
 
 
 def test_a_corrected_revision_of_a_job_outside_its_domain_still_needs_the_acknowledgement(alice_api, job):
-    response = alice_api.post(f"/api/jobs/{job['id']}/edits/", {
-        "structure": "Brainstem", "plane": "axial", "index": 3, "mode": "erase", "polygon": AROUND_BRAINSTEM,
-    }, format="json")
+    response = alice_api.post(
+        f"/api/jobs/{job['id']}/edits/",
+        {
+            "structure": "Brainstem",
+            "plane": "axial",
+            "index": 3,
+            "mode": "erase",
+            "polygon": AROUND_BRAINSTEM,
+        },
+        format="json",
+    )
     assert response.status_code == 201, response.content
     Job.objects.filter(pk=job["id"]).update(domain={"in_domain": False, "reasons": ["the scan covers 40 mm"]})
     for name in ("rtstruct.dcm", "seg.dcm"):

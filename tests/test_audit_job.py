@@ -342,7 +342,9 @@ def test_scan_page_says_a_critic_is_needed_when_no_model_can_audit(alice_browser
     assert rules.AUDIT_NEEDS_CRITIC in page and "hn-rt" in page
 
 
-def test_scan_page_queues_an_audit(alice_browser, alice, alice_rtstruct_scan, auditing, django_capture_on_commit_callbacks):
+def test_scan_page_queues_an_audit(
+    alice_browser, alice, alice_rtstruct_scan, auditing, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=True):
         response = alice_browser.post(
             f"/scans/{alice_rtstruct_scan['id']}/", {"model": "hn-oar", "audit_model": "hn-rt", "kind": "audit"}

@@ -146,7 +146,9 @@ def test_models_endpoint(alice_api, fake_engine):
     assert [m["name"] for m in response.json()] == ["hn-oar"]
 
 
-def test_a_scan_with_several_series_needs_a_choice(alice_api, tmp_path, fake_engine, django_capture_on_commit_callbacks):
+def test_a_scan_with_several_series_needs_a_choice(
+    alice_api, tmp_path, fake_engine, django_capture_on_commit_callbacks
+):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     archive = tmp_path / "two.zip"

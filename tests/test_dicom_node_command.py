@@ -12,12 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.dicom_peers import case_files, free_port, need_dcmtk
 
 REPO = Path(__file__).resolve().parent.parent
-
 
 
 def manage(env: dict, *args: str) -> subprocess.CompletedProcess:

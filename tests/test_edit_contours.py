@@ -50,8 +50,9 @@ def labels_download(client, job_id, revision=None) -> np.ndarray:
 def test_erase_makes_a_revision_and_keeps_the_model_output(alice_api, alice_job):
     job_id = alice_job["id"]
     model = labels_download(alice_api, job_id)
-    response = edit(alice_api, job_id, structure="Brainstem", plane="axial", index=4, mode="erase",
-                    polygon=AROUND_BRAINSTEM)
+    response = edit(
+        alice_api, job_id, structure="Brainstem", plane="axial", index=4, mode="erase", polygon=AROUND_BRAINSTEM
+    )
     assert response.status_code == 201, response.content
     revision = response.json()
     assert revision["number"] == 1 and revision["parent"] == 0 and revision["author"] == "alice"
@@ -62,7 +63,10 @@ def test_erase_makes_a_revision_and_keeps_the_model_output(alice_api, alice_job)
     assert brainstem["added_path_length_mm"] == 0.0  # only erased: no contour drawn
     assert brainstem["volume_cm3"] == pytest.approx(48 * 12 / 1000)
     assert revision["measures"]["Mandible"] == {
-        "edited": False, "dice": 1.0, "added_path_length_mm": 0.0, "volume_cm3": pytest.approx(36 * 12 / 1000)
+        "edited": False,
+        "dice": 1.0,
+        "added_path_length_mm": 0.0,
+        "volume_cm3": pytest.approx(36 * 12 / 1000),
     }
     assert 1 not in axial_labels(alice_api, job_id, 4) and 1 in axial_labels(alice_api, job_id, 3)
     assert 1 in axial_labels(alice_api, job_id, 4, revision=0)  # the model's output stays
@@ -76,8 +80,15 @@ def test_erase_makes_a_revision_and_keeps_the_model_output(alice_api, alice_job)
 
 def test_add_with_a_polygon_and_with_a_run_length_mask(alice_api, alice_job):
     job_id = alice_job["id"]
-    response = edit(alice_api, job_id, structure="Brainstem", plane="axial", index=8, mode="add",
-                    polygon=[[2, 2], [2, 5], [5, 5], [5, 2]])
+    response = edit(
+        alice_api,
+        job_id,
+        structure="Brainstem",
+        plane="axial",
+        index=8,
+        mode="add",
+        polygon=[[2, 2], [2, 5], [5, 5], [5, 2]],
+    )
     assert response.status_code == 201, response.content
     assert (axial_labels(alice_api, job_id, 8)[2:6, 2:6] == 1).all()
     assert response.json()["measures"]["Brainstem"]["added_path_length_mm"] == pytest.approx(12 * 2.0)
@@ -102,8 +113,15 @@ def test_delete_on_a_slice_range_and_interpolate(alice_api, alice_job):
     assert ((axial_labels(alice_api, job_id, 4) == 1) == (model_slice == 1)).all()  # same shape at both ends
     assert response.json()["measures"]["Brainstem"]["dice"] == 1.0
     # A smaller shape on slice 5: the slice between is between the two.
-    edit(alice_api, job_id, structure="Brainstem", plane="axial", index=5, mode="erase",
-         polygon=[[11, 9], [11, 14], [14.5, 14], [14.5, 9]])
+    edit(
+        alice_api,
+        job_id,
+        structure="Brainstem",
+        plane="axial",
+        index=5,
+        mode="erase",
+        polygon=[[11, 9], [11, 14], [14.5, 14], [14.5, 9]],
+    )
     edit(alice_api, job_id, structure="Brainstem", plane="axial", mode="interpolate", first=3, last=5)
     sizes = [int((axial_labels(alice_api, job_id, k) == 1).sum()) for k in (3, 4, 5)]
     assert sizes[0] > sizes[1] > sizes[2] > 0
@@ -136,8 +154,9 @@ def test_approve_and_edit_after_approval(alice_api, alice_job):
     approved = response.json()
     assert approved["number"] == 0 and approved["approved_by"] == "alice" and approved["approved"]
     assert approved["approval_comment"] == "Checked all slices"
-    revision = edit(alice_api, job_id, structure="Brainstem", plane="axial", index=4, mode="erase",
-                    polygon=AROUND_BRAINSTEM).json()
+    revision = edit(
+        alice_api, job_id, structure="Brainstem", plane="axial", index=4, mode="erase", polygon=AROUND_BRAINSTEM
+    ).json()
     assert revision["approved"] is None and revision["approved_by"] == ""
     history = alice_api.get(f"/api/jobs/{job_id}/revisions/").json()
     assert history[0]["approved"] and not history[1]["approved"]  # the approval stays with revision 0
@@ -158,32 +177,70 @@ def test_edits_and_approvals_are_in_the_access_log(alice_api, alice_job):
 @pytest.mark.parametrize(
     "body,message",
     [
-        ({"structure": "Parotid_L", "plane": "axial", "index": 4, "mode": "erase", "polygon": AROUND_BRAINSTEM},
-         "no structure named 'Parotid_L'; its structures are: Brainstem, Mandible"),
-        ({"structure": "Brainstem", "plane": "axial", "index": 10, "mode": "erase", "polygon": AROUND_BRAINSTEM},
-         "Slice 10 does not exist: the axial slices are numbered 0 to 9"),
-        ({"structure": "Brainstem", "plane": "oblique", "index": 1, "mode": "add", "polygon": AROUND_BRAINSTEM},
-         "The plane must be one of axial, coronal, sagittal"),
-        ({"structure": "Brainstem", "plane": "axial", "index": 4, "mode": "add",
-          "polygon": [[11, 9], [18, 14], [11, 14], [18, 9]]}, "The outline crosses itself"),
-        ({"structure": "Brainstem", "plane": "axial", "index": 4, "mode": "add", "polygon": [[1, 1], [2, 2], [3, 3]]},
-         "The outline has no area"),
-        ({"structure": "Brainstem", "plane": "axial", "index": 4, "mode": "add", "polygon": [[1, 1], [2, 2]]},
-         "The outline has no area"),
-        ({"structure": "Brainstem", "plane": "axial", "index": 4, "mode": "add", "polygon": "a circle"},
-         "list of [row, column] points"),
-        ({"structure": "Brainstem", "plane": "axial", "index": 4, "mode": "add", "mask": [1, 2, 3]},
-         "add up to 6 pixels; the slice has 24 x 20 = 480"),
-        ({"structure": "Brainstem", "plane": "axial", "index": 4, "mode": "paint", "polygon": AROUND_BRAINSTEM},
-         "The mode must be one of add, erase, delete, interpolate, restore, direct"),
-        ({"structure": "Brainstem", "plane": "axial", "mode": "interpolate", "first": 3, "last": 4},
-         "at least one slice between"),
-        ({"structure": "Brainstem", "plane": "axial", "mode": "interpolate", "first": 0, "last": 5},
-         "not drawn on slice 0"),
-        ({"structure": "Brainstem", "plane": "axial", "mode": "delete", "first": 5, "last": 3},
-         "The first slice (5) comes after the last one (3)"),
-        ({"structure": "Brainstem", "plane": "axial", "index": 0, "mode": "erase", "polygon": AROUND_BRAINSTEM},
-         "changes no contour"),
+        (
+            {"structure": "Parotid_L", "plane": "axial", "index": 4, "mode": "erase", "polygon": AROUND_BRAINSTEM},
+            "no structure named 'Parotid_L'; its structures are: Brainstem, Mandible",
+        ),
+        (
+            {"structure": "Brainstem", "plane": "axial", "index": 10, "mode": "erase", "polygon": AROUND_BRAINSTEM},
+            "Slice 10 does not exist: the axial slices are numbered 0 to 9",
+        ),
+        (
+            {"structure": "Brainstem", "plane": "oblique", "index": 1, "mode": "add", "polygon": AROUND_BRAINSTEM},
+            "The plane must be one of axial, coronal, sagittal",
+        ),
+        (
+            {
+                "structure": "Brainstem",
+                "plane": "axial",
+                "index": 4,
+                "mode": "add",
+                "polygon": [[11, 9], [18, 14], [11, 14], [18, 9]],
+            },
+            "The outline crosses itself",
+        ),
+        (
+            {
+                "structure": "Brainstem",
+                "plane": "axial",
+                "index": 4,
+                "mode": "add",
+                "polygon": [[1, 1], [2, 2], [3, 3]],
+            },
+            "The outline has no area",
+        ),
+        (
+            {"structure": "Brainstem", "plane": "axial", "index": 4, "mode": "add", "polygon": [[1, 1], [2, 2]]},
+            "The outline has no area",
+        ),
+        (
+            {"structure": "Brainstem", "plane": "axial", "index": 4, "mode": "add", "polygon": "a circle"},
+            "list of [row, column] points",
+        ),
+        (
+            {"structure": "Brainstem", "plane": "axial", "index": 4, "mode": "add", "mask": [1, 2, 3]},
+            "add up to 6 pixels; the slice has 24 x 20 = 480",
+        ),
+        (
+            {"structure": "Brainstem", "plane": "axial", "index": 4, "mode": "paint", "polygon": AROUND_BRAINSTEM},
+            "The mode must be one of add, erase, delete, interpolate, restore, direct",
+        ),
+        (
+            {"structure": "Brainstem", "plane": "axial", "mode": "interpolate", "first": 3, "last": 4},
+            "at least one slice between",
+        ),
+        (
+            {"structure": "Brainstem", "plane": "axial", "mode": "interpolate", "first": 0, "last": 5},
+            "not drawn on slice 0",
+        ),
+        (
+            {"structure": "Brainstem", "plane": "axial", "mode": "delete", "first": 5, "last": 3},
+            "The first slice (5) comes after the last one (3)",
+        ),
+        (
+            {"structure": "Brainstem", "plane": "axial", "index": 0, "mode": "erase", "polygon": AROUND_BRAINSTEM},
+            "changes no contour",
+        ),
         ({"mode": "restore", "revision": 7}, "no revision 7"),
     ],
 )
@@ -250,7 +307,10 @@ def test_a_revision_keeps_the_voxel_order_of_the_model_output(alice_api, alice):
 def test_the_job_says_which_revision_is_served_and_whether_it_is_approved(alice_api, alice_job):
     job_id = alice_job["id"]
     assert alice_job["review"] == {
-        "revision": 0, "approved": False, "approved_by": "", "revisions": f"/api/jobs/{job_id}/revisions/"
+        "revision": 0,
+        "approved": False,
+        "approved_by": "",
+        "revisions": f"/api/jobs/{job_id}/revisions/",
     }
     edit(alice_api, job_id, structure="Brainstem", plane="axial", index=4, mode="erase", polygon=AROUND_BRAINSTEM)
     alice_api.post(f"/api/jobs/{job_id}/approve/", {}, format="json")
@@ -290,7 +350,8 @@ def test_a_propagation_is_corrected_from_its_direct_segmentation_and_approved(
     response = edit(alice_api, job_id, mode="direct", structure="Brainstem")
     assert response.status_code == 201, response.content
     assert response.json()["changed"] == ["Brainstem"] and response.json()["edit"] == {
-        "mode": "direct", "structure": "Brainstem"
+        "mode": "direct",
+        "structure": "Brainstem",
     }
     labels = labels_download(alice_api, job_id)
     propagated, direct = fake_propagation_masks(labels.shape)

@@ -60,7 +60,6 @@ def test_a_name_of_255_bytes_is_accepted(alice_api, slices):
     assert response.status_code == 201, response.content
 
 
-
 def test_a_path_too_long_for_the_disk(alice_api, media_root, slices):
     deep = "/".join(["F" * 250] * 20) + "/IM1.dcm"  # every name fits, the whole path (5000) does not
     assert_refused(

@@ -61,8 +61,12 @@ def test_a_failing_upload_logs_no_uid_nor_path(alice, tmp_path, monkeypatch, cap
 
     output = handler_output()
     records = "\n".join(
-        [r.getMessage() + (r.exc_text or "") + (logging.Formatter().formatException(r.exc_info) if r.exc_info else "")
-         for r in caplog.records]
+        [
+            r.getMessage()
+            + (r.exc_text or "")
+            + (logging.Formatter().formatException(r.exc_info) if r.exc_info else "")
+            for r in caplog.records
+        ]
     )
     assert "PermissionError" in output and "Internal Server Error: /api/scans/" in output  # it was logged
     for secret in [FOLDER, "Doe", *uids]:

@@ -53,9 +53,7 @@ def test_preflight_of_a_300_slice_ct_holds_no_pixels(kind, series_folder, series
     assert series["status"] == "ok" and series["size"] == [SIZE, SIZE, SLICES]
     # Holding the slices' pixels would be PIXEL_BYTES (150 MiB) and more; the parsed
     # headers of 300 slices (and one zip entry at a time) are about 20 MiB.
-    assert peak < PIXEL_BYTES // 4, (
-        f"pre-flight peaked at {peak / 2**20:.0f} MiB traced"
-    )
+    assert peak < PIXEL_BYTES // 4, f"pre-flight peaked at {peak / 2**20:.0f} MiB traced"
 
 
 def test_a_slice_cut_inside_its_pixels_is_still_refused(series_folder, tmp_path):

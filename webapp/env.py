@@ -124,8 +124,10 @@ def check_production(
     if not secret_key or secret_key in insecure_keys:
         raise ImproperlyConfigured(f"SECRET_KEY must be set {where} (not the development default); {KEY_ADVICE}")
     unique = len(set(secret_key))
-    if len(secret_key) < SECRET_KEY_MIN_LENGTH or unique < SECRET_KEY_MIN_UNIQUE or secret_key.startswith(
-        "django-insecure-"
+    if (
+        len(secret_key) < SECRET_KEY_MIN_LENGTH
+        or unique < SECRET_KEY_MIN_UNIQUE
+        or secret_key.startswith("django-insecure-")
     ):
         raise ImproperlyConfigured(
             f"SECRET_KEY is too weak {where}: it has {len(secret_key)} characters ({unique} different); "

@@ -97,18 +97,13 @@ def load_critic(model: LoadedModel, weights_dir: Path = WEIGHTS_DIR) -> Critic:
     """
     card = model.card.critic
     if card is None:
-        raise AuditError(
-            f"model {model.name!r} has no contour-quality critic; use a model that "
-            "ships one (hn-rt)"
-        )
+        raise AuditError(f"model {model.name!r} has no contour-quality critic; use a model that ships one (hn-rt)")
     path = weights_dir / card.weights
     if not path.exists() or sha256_of(path) != card.sha256:
         raise AuditError(f"{card.weights}: missing or not the weights the card names")
     network = QualityAwarenessModule(1 + len(model.config["structures"]))
     network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return Critic(
-        network.eval(), card.lam, card.patch, card.threshold, card.sha256, card.auc
-    )
+    return Critic(network.eval(), card.lam, card.patch, card.threshold, card.sha256, card.auc)
 
 
 def _crop_centred(array: np.ndarray, centre: np.ndarray, size: int) -> np.ndarray:
@@ -127,9 +122,7 @@ def _crop_centred(array: np.ndarray, centre: np.ndarray, size: int) -> np.ndarra
     return out
 
 
-def qam_score(
-    critic: Critic, image: np.ndarray, mask: np.ndarray, channel: int, n_structures: int
-) -> float:
+def qam_score(critic: Critic, image: np.ndarray, mask: np.ndarray, channel: int, n_structures: int) -> float:
     """The critic's bounded score lambda * tanh(raw) of one contour.
 
     image: (X, Y, Z) float on the model grid (windowed as in training); mask: (X, Y, Z)
@@ -192,16 +185,9 @@ def audit_volume(
     matched = match_structures([r.name for r in rois], model)
     if not matched:
         names = ", ".join(s["name"] for s in cfg["structures"])
-        raise AuditError(
-            "no contour in the structure set has the name of a structure this model "
-            f"delineates ({names})"
-        )
+        raise AuditError(f"no contour in the structure set has the name of a structure this model delineates ({names})")
     if not any(r.mask.any() for r in rois if r.name in matched):
-        why = "; ".join(
-            f"{r.name}: {', '.join(r.notes) or 'no contours'}"
-            for r in rois
-            if r.name in matched
-        )
+        why = "; ".join(f"{r.name}: {', '.join(r.notes) or 'no contours'}" for r in rois if r.name in matched)
         raise AuditError(
             "no contour of the structures this model delineates lies on the image, "
             f"so there is nothing to audit; the contours may be outside the image or "
@@ -213,9 +199,7 @@ def audit_volume(
         if r.name not in matched
     ]
     labels = segment_volume(volume, model, progress)
-    image = image_to_model_grid(
-        volume, cfg["spacing_mm"], cfg["window_hu"], cfg["axcodes"]
-    )[0].numpy()
+    image = image_to_model_grid(volume, cfg["spacing_mm"], cfg["window_hu"], cfg["axcodes"])[0].numpy()
     voxel_cm3 = labels.voxel_volume_mm3 / 1000.0
     results = []
     for roi in rois:
@@ -332,15 +316,12 @@ def audit_file(
     volume, dicom = read_input(input_path, series)
     if dicom is None:
         raise InputError(
-            f"{input_path.name}: the audit needs the DICOM series the structure set was "
-            "drawn on, not a NIfTI file"
+            f"{input_path.name}: the audit needs the DICOM series the structure set was drawn on, not a NIfTI file"
         )
     ds = (
         read_rtstruct(contours)
         if contours is not None
-        else _find_structure_set(
-            input_path, str(dicom.header.get("FrameOfReferenceUID", ""))
-        )
+        else _find_structure_set(input_path, str(dicom.header.get("FrameOfReferenceUID", "")))
     )
     rois = import_rtstruct(ds, dicom)
     model = load_model(model_name)

@@ -39,9 +39,7 @@ class Grid:
     affine: np.ndarray
 
 
-def working_grid(
-    fixed: Grid, spacing_mm: tuple[float, float, float], multiple: int = 16
-) -> Grid:
+def working_grid(fixed: Grid, spacing_mm: tuple[float, float, float], multiple: int = 16) -> Grid:
     """The RAS grid of ``spacing_mm`` covering ``fixed``'s voxel centres, each dimension
     padded to a multiple of ``multiple`` voxels around the same centre.
 
@@ -50,9 +48,7 @@ def working_grid(
     """
     spacing = np.asarray(spacing_mm, dtype=float)
     if spacing.shape != (3,) or not np.all(spacing > 0):
-        raise ValueError(
-            f"working spacing must be 3 positive mm values, got {spacing_mm}"
-        )
+        raise ValueError(f"working spacing must be 3 positive mm values, got {spacing_mm}")
     corners = np.array(
         [
             [i, j, k, 1.0]
@@ -87,11 +83,7 @@ def sample(
     for axis, n in enumerate(size):
         c = coords[axis].to(torch.float32)
         # A single voxel: inside within half a voxel of it, else beyond the edge.
-        normalised.append(
-            c * (2.0 / (n - 1)) - 1.0
-            if n > 1
-            else torch.where(c.abs() <= 0.5, 0.0, 3.0)
-        )
+        normalised.append(c * (2.0 / (n - 1)) - 1.0 if n > 1 else torch.where(c.abs() <= 0.5, 0.0, 3.0))
     grid = torch.stack(normalised[::-1], dim=-1)  # grid_sample wants (k, j, i)
     spatial = coords.shape[1:]
     grid = grid.reshape(1, *([1] * (3 - len(spatial))), *spatial, 3)
@@ -125,9 +117,7 @@ def _apply(matrix: np.ndarray, points: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ab,b...->a...", m[:3], points)
 
 
-def _on_fixed(
-    values: torch.Tensor, grid: Grid, fixed: Grid, mode: str, padding_mode: str
-):
+def _on_fixed(values: torch.Tensor, grid: Grid, fixed: Grid, mode: str, padding_mode: str):
     """Yield (k0, k1, ``values`` (C, X, Y, Z) on ``grid`` sampled at the fixed voxels of
     slab k0:k1 as (C, I, J, k1 - k0))."""
     values = values.detach().to("cpu", torch.float32)
@@ -167,9 +157,7 @@ def ddf_mm_to_voxels(ddf_mm: np.ndarray, affine: np.ndarray) -> torch.Tensor:
     return torch.einsum("ab,...b->a...", inverse, torch.as_tensor(ddf_mm).float())
 
 
-def moving_coords(
-    ddf_mm: np.ndarray, fixed: Grid, moving_affine: np.ndarray, k0: int, k1: int
-) -> torch.Tensor:
+def moving_coords(ddf_mm: np.ndarray, fixed: Grid, moving_affine: np.ndarray, k0: int, k1: int) -> torch.Tensor:
     """Voxel coordinates (3, I, J, k1 - k0) in the moving grid of the points p + u(p)
     for the fixed voxels of slab k0:k1."""
     world = _apply(fixed.affine, _index_grid(fixed.shape, k0, k1))
@@ -195,9 +183,7 @@ def warp_image(
     return out
 
 
-def warp_labels(
-    labels: LabelMap, values: list[int], fixed: Grid, ddf_mm: np.ndarray
-) -> np.ndarray:
+def warp_labels(labels: LabelMap, values: list[int], fixed: Grid, ddf_mm: np.ndarray) -> np.ndarray:
     """Warp a label map onto ``fixed`` through ``ddf_mm`` as one-hot probabilities.
 
     Each label value in ``values`` is interpolated as its own 0/1 channel (trilinear,

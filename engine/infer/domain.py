@@ -52,8 +52,7 @@ def check_modality(modality: str, domain: dict, model_name: str) -> None:
     """
     if modality and modality.upper() != domain["modality"]:
         raise DomainError(
-            f"this is a {modality} series; {model_name} delineates "
-            f"{domain['region']} {domain['modality']} scans only"
+            f"this is a {modality} series; {model_name} delineates {domain['region']} {domain['modality']} scans only"
         )
 
 
@@ -130,9 +129,7 @@ def structure_measures(labels: LabelMap, names: dict[int, str]) -> dict[str, dic
         centre = np.array(ndimage.center_of_mass(inside)) + [s.start for s in box]
         ras = nib.affines.apply_affine(labels.affine, centre)
         out[names[value]] = {
-            "volume_cm3": round(
-                float(np.count_nonzero(inside)) * labels.voxel_volume_mm3 / 1000.0, 3
-            ),
+            "volume_cm3": round(float(np.count_nonzero(inside)) * labels.voxel_volume_mm3 / 1000.0, 3),
             "centroid_mm": [round(float(x), 1) for x in ras],
         }
     return out
@@ -143,9 +140,7 @@ def image_findings(volume: Volume, domain: dict) -> tuple[dict, list[str]]:
     reasons (sentences for a physician) those outside the card's thresholds give."""
     extent = superior_extent_mm(volume)
     body = body_volume_cm3(volume)
-    distance = histogram_distance(
-        body_histogram(volume.array), domain["hu_histogram"]["reference"]
-    )
+    distance = histogram_distance(body_histogram(volume.array), domain["hu_histogram"]["reference"])
     reasons = _extent_reason(extent, domain)
     if body < domain["body_cm3"]["threshold"]:
         reasons.append(
@@ -167,9 +162,7 @@ def image_findings(volume: Volume, domain: dict) -> tuple[dict, list[str]]:
     return signals, reasons
 
 
-def output_findings(
-    measures: dict[str, dict], domain: dict
-) -> tuple[list[str], dict[str, str]]:
+def output_findings(measures: dict[str, dict], domain: dict) -> tuple[list[str], dict[str, str]]:
     """Reasons from the delineation itself (``structure_measures``), and per implausible
     structure why it is implausible."""
     reasons: list[str] = []
@@ -184,13 +177,10 @@ def output_findings(
     for name, m in measures.items():
         low, high = domain["volume_cm3"].get(name, (0.0, np.inf))
         if not low <= m["volume_cm3"] <= high:
-            marked[name] = (
-                f"{m['volume_cm3']:.1f} cm3, outside {low:.1f} to {high:.1f} cm3"
-            )
+            marked[name] = f"{m['volume_cm3']:.1f} cm3, outside {low:.1f} to {high:.1f} cm3"
     if any(v != "not found" for v in marked.values()):
         reasons.append(
-            "structures of implausible size: "
-            + "; ".join(f"{k} {v}" for k, v in marked.items() if v != "not found")
+            "structures of implausible size: " + "; ".join(f"{k} {v}" for k, v in marked.items() if v != "not found")
         )
     for a, b, axis, sign, text in RELATIONS:
         if a in measures and b in measures:
@@ -201,9 +191,7 @@ def output_findings(
     return reasons, marked
 
 
-def check_domain(
-    volume: Volume, labels: LabelMap, names: dict[int, str], domain: dict, model_name: str
-) -> dict:
+def check_domain(volume: Volume, labels: LabelMap, names: dict[int, str], domain: dict, model_name: str) -> dict:
     """The whole check, as written to ``domain.json``: ``in_domain`` (bool), ``reasons``
     (sentences), ``structures`` (implausible structure -> why), ``signals`` (values)."""
     signals, reasons = image_findings(volume, domain)

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from scipy import ndimage
 from monai.data import MetaTensor
 from monai.transforms import Orientation, ResampleToMatch, ScaleIntensityRange, Spacing
 from monai.transforms.lazy.functional import apply_pending
+from scipy import ndimage
 
 from engine.volume import LabelMap, Volume
 
@@ -50,19 +50,13 @@ def image_to_model_grid(
         array, affine = array.T, affine[:, [2, 1, 0, 3]]
     img = _meta(array, affine)
     img = Orientation(axcodes=axcodes, lazy=True)(img)
-    img = Spacing(
-        pixdim=tuple(spacing_mm), mode="bilinear", padding_mode="border", lazy=True
-    )(img)
-    img, _ = apply_pending(
-        img, overrides={"mode": "bilinear", "padding_mode": "border"}
-    )
+    img = Spacing(pixdim=tuple(spacing_mm), mode="bilinear", padding_mode="border", lazy=True)(img)
+    img, _ = apply_pending(img, overrides={"mode": "bilinear", "padding_mode": "border"})
     lo, hi = window_hu
     return ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)(img)
 
 
-def labels_to_model_grid(
-    labels: LabelMap, spacing_mm: Sequence[float], axcodes: str = "RAS"
-) -> MetaTensor:
+def labels_to_model_grid(labels: LabelMap, spacing_mm: Sequence[float], axcodes: str = "RAS") -> MetaTensor:
     """Label map -> (1, X, Y, Z) label MetaTensor on the model grid (nearest neighbour)."""
     lab = _meta(labels.array.astype(np.int16), labels.affine)
     lab = Orientation(axcodes=axcodes)(lab)
@@ -75,8 +69,7 @@ def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
     if not found:
         return None
     return tuple(
-        slice(max(s.start - margin, 0), min(s.stop + margin, n))
-        for s, n in zip(found[0], mask.shape, strict=True)
+        slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(found[0], mask.shape, strict=True)
     )
 
 
@@ -89,15 +82,10 @@ def _shifted(affine: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
 
 def _within(inner: tuple[slice, ...], outer: tuple[slice, ...]) -> tuple[slice, ...]:
     """``inner`` as indices into an array cropped to ``outer`` (which contains it)."""
-    return tuple(
-        slice(i.start - o.start, i.stop - o.start)
-        for i, o in zip(inner, outer, strict=True)
-    )
+    return tuple(slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer, strict=True))
 
 
-def _input_box(
-    model_box: tuple[slice, ...], model_affine: np.ndarray, reference: Volume
-) -> tuple[slice, ...] | None:
+def _input_box(model_box: tuple[slice, ...], model_affine: np.ndarray, reference: Volume) -> tuple[slice, ...] | None:
     """The reference voxels whose centres fall within ``model_box`` (model voxels), as a
     box of the reference grid; None when it misses the grid."""
     ends = [(b.start, b.stop - 1) for b in model_box]
@@ -157,9 +145,7 @@ def labels_to_input_grid(
             affine=torch.as_tensor(_shifted(reference.affine, box)),
         )
         values = (
-            ResampleToMatch(mode="bilinear", padding_mode="zeros")(
-                source, img_dst=template
-            )
+            ResampleToMatch(mode="bilinear", padding_mode="zeros")(source, img_dst=template)
             .as_tensor()[0]
             .float()
             .numpy()
@@ -167,8 +153,7 @@ def labels_to_input_grid(
         wins = values > threshold
         for other_box, other_values, other_value in done:
             overlap = tuple(
-                slice(max(a.start, b.start), min(a.stop, b.stop))
-                for a, b in zip(box, other_box, strict=True)
+                slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(box, other_box, strict=True)
             )
             if any(s.stop <= s.start for s in overlap):
                 continue

@@ -183,15 +183,13 @@ def load_method(name: str, weights_dir: Path | None = None) -> PropagationMethod
     weights_dir = weights_dir or WEIGHTS_DIR
     if name not in PROPAGATION_MODELS(weights_dir):
         raise UnknownModelError(
-            f"{name!r} is not a propagation model; available: "
-            + ", ".join(PROPAGATION_MODELS(weights_dir))
+            f"{name!r} is not a propagation model; available: " + ", ".join(PROPAGATION_MODELS(weights_dir))
         )
     network, config = load_joint_model(name, weights_dir)
     prealign = config.get("prealign", DEFAULT_JOINT_PREALIGN)
     if prealign not in JOINT_PREALIGN_CHOICES:
         raise ModelError(
-            f"joint model {name!r}: prealign must be one of "
-            f"{', '.join(JOINT_PREALIGN_CHOICES)}, got {prealign!r}"
+            f"joint model {name!r}: prealign must be one of {', '.join(JOINT_PREALIGN_CHOICES)}, got {prealign!r}"
         )
     weights = weights_dir / f"{name}.pt"
     device = default_device()
@@ -216,22 +214,16 @@ def to_working_grid(volume: Volume, grid: Grid, window_hu) -> torch.Tensor:
         torch.as_tensor(volume.array, dtype=torch.float32)[None],
         affine=torch.as_tensor(volume.affine, dtype=torch.float64),
     )
-    image = ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)(
-        image
-    )
+    image = ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)(image)
     template = MetaTensor(
         torch.zeros((1, *grid.shape)),
         affine=torch.as_tensor(grid.affine, dtype=torch.float64),
     )
-    out = ResampleToMatch(mode="bilinear", padding_mode="zeros")(
-        image, img_dst=template
-    )
+    out = ResampleToMatch(mode="bilinear", padding_mode="zeros")(image, img_dst=template)
     return out.as_tensor()[0].float()
 
 
-def _elastix(
-    name: str, fixed: torch.Tensor, moving: torch.Tensor, grid: Grid, window_hu
-) -> torch.Tensor:
+def _elastix(name: str, fixed: torch.Tensor, moving: torch.Tensor, grid: Grid, window_hu) -> torch.Tensor:
     """elastix method ``name`` on working-grid images, sampling the metric in the body
     of the fixed image -> DDF (3, X, Y, Z) in working-grid voxels."""
     lo, hi = window_hu
@@ -251,9 +243,7 @@ def compose_ddf(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
     return inner + moved
 
 
-def network_region(
-    shape: tuple[int, ...], centre: np.ndarray
-) -> tuple[slice, slice, slice]:
+def network_region(shape: tuple[int, ...], centre: np.ndarray) -> tuple[slice, slice, slice]:
     """The box of the working grid a joint network sees: ``JOINT_REGION_VOXELS`` (or the
     whole axis where the grid is smaller) around ``centre`` (voxels), kept inside."""
     box = []
@@ -308,10 +298,7 @@ def _register(
         moving = _warp_zeros(moving[None, None], pre[None].float())[0, 0]
         # The contours sit at ``centre`` in the planning scan, i.e. near x with
         # x + pre(x) = centre in the daily scan: one fixed-point step finds the box.
-        near = tuple(
-            int(np.clip(round(float(c)), 0, n - 1))
-            for c, n in zip(centre, grid.shape, strict=True)
-        )
+        near = tuple(int(np.clip(round(float(c)), 0, n - 1)) for c, n in zip(centre, grid.shape, strict=True))
         centre = centre - pre[(slice(None), *near)].numpy()
     region = network_region(grid.shape, centre)
     box = tuple(r.stop - r.start for r in region)
@@ -327,8 +314,7 @@ def _register(
         )
     if tuple(out.ddf.shape) != (1, 3, *padded):
         raise ValueError(
-            f"model {method.name!r} returned a DDF of shape {tuple(out.ddf.shape)}, "
-            f"expected {(1, 3, *padded)}"
+            f"model {method.name!r} returned a DDF of shape {tuple(out.ddf.shape)}, expected {(1, 3, *padded)}"
         )
     ddf = torch.zeros((3, *grid.shape))
     weights = taper(grid.shape, region)
@@ -346,9 +332,7 @@ def _contour_centre(contours: LabelMap, grid: Grid) -> np.ndarray:
     """Centroid of the contoured voxels (or of the label map's grid when it is empty),
     as working-grid voxel coordinates (3,)."""
     where = np.argwhere(contours.array > 0)
-    index = (
-        where.mean(axis=0) if where.size else (np.array(contours.array.shape) - 1) / 2
-    )
+    index = where.mean(axis=0) if where.size else (np.array(contours.array.shape) - 1) / 2
     world = np.asarray(contours.affine, dtype=float) @ np.append(index, 1.0)
     return (np.linalg.inv(grid.affine) @ world)[:3]
 
@@ -394,10 +378,7 @@ def _warning(entry: dict) -> str | None:
         )
     dice, msd = entry["dice_vs_direct"], entry["msd_mm_vs_direct"]
     if dice is not None and dice < MIN_DICE_VS_DIRECT:
-        reasons.append(
-            f"it disagrees with the direct segmentation (Dice {dice:.2f}, below "
-            f"{MIN_DICE_VS_DIRECT:.2f})"
-        )
+        reasons.append(f"it disagrees with the direct segmentation (Dice {dice:.2f}, below {MIN_DICE_VS_DIRECT:.2f})")
     if msd is not None and msd > MAX_MSD_MM_VS_DIRECT:
         reasons.append(
             f"its surface lies {msd:.1f} mm from the direct segmentation on average "
@@ -448,15 +429,11 @@ def propagate(
     fixed_w = to_working_grid(fixed, grid, method.window_hu)
     moving_w = to_working_grid(moving, grid, method.window_hu)
     lap("preprocess", "registration")
-    ddf, logits = _register(
-        method, fixed_w, moving_w, grid, _contour_centre(moving_contours, grid)
-    )
+    ddf, logits = _register(method, fixed_w, moving_w, grid, _contour_centre(moving_contours, grid))
     lap("registration", "warp")
     ddf_mm = ddf_voxels_to_mm(ddf, grid, fixed_grid)
     values = [int(s["label"]) for s in structures]
-    labels = LabelMap(
-        warp_labels(moving_contours, values, fixed_grid, ddf_mm), fixed.affine
-    )
+    labels = LabelMap(warp_labels(moving_contours, values, fixed_grid, ddf_mm), fixed.affine)
     det = determinant_on_fixed(jacobian_determinant(ddf), grid, fixed_grid)
     lap("warp", "compare")
     direct = None
@@ -500,9 +477,7 @@ def propagate(
     return PropagationResult(ddf_mm, labels, direct, entries, timings, folding)
 
 
-def _write_outputs(
-    result: PropagationResult, fixed: Volume, out: ResultFolder
-) -> list[dict]:
+def _write_outputs(result: PropagationResult, fixed: Volume, out: ResultFolder) -> list[dict]:
     """NIfTI outputs as ``segment`` writes them, plus ``ddf.nii.gz`` and, for a joint
     model, ``direct_labels.nii.gz``; returns the ``structures.json`` entries."""
     out.write_image(fixed)
@@ -514,10 +489,7 @@ def _write_outputs(
 
 
 def _structures(result: PropagationResult) -> list[Structure]:
-    return [
-        Structure(s["label"], s["name"], tuple(s["color"]), s["type"])
-        for s in result.structures
-    ]
+    return [Structure(s["label"], s["name"], tuple(s["color"]), s["type"]) for s in result.structures]
 
 
 def propagate_files(
@@ -566,9 +538,7 @@ def propagate_files(
     moving_volume, moving_dicom = read_input(moving, moving_series)
     contour_labels, structures, notes = read_contours(contours, moving_dicom)
     ingest_s = round(time.perf_counter() - t0, 3)
-    result = propagate(
-        fixed_volume, moving_volume, contour_labels, structures, method, report
-    )
+    result = propagate(fixed_volume, moving_volume, contour_labels, structures, method, report)
     t1 = time.perf_counter()
     out.path.mkdir(parents=True, exist_ok=True)
     _write_outputs(result, fixed_volume, out)
@@ -588,11 +558,7 @@ def propagate_files(
         "kind": method.kind,
         "sha256": method.sha256,
         "working_spacing_mm": list(method.spacing_mm),
-        "prealign": (
-            method.config.get("prealign", DEFAULT_JOINT_PREALIGN)
-            if method.kind == "joint"
-            else None
-        ),
+        "prealign": (method.config.get("prealign", DEFAULT_JOINT_PREALIGN) if method.kind == "joint" else None),
         "structures": result.structures,
         "folding_percent": result.folding["folding_percent"],
         "min_jacobian": result.folding["min_jacobian"],

@@ -62,9 +62,7 @@ class SegmentationResult:
     domain: dict | None = None
 
 
-def segment_volume(
-    volume: Volume, model: LoadedModel, progress: Progress | None = None
-) -> LabelMap:
+def segment_volume(volume: Volume, model: LoadedModel, progress: Progress | None = None) -> LabelMap:
     """Delineate ``model``'s structures on ``volume``; the label map is on the volume's grid.
 
     ``volume.array`` is (I, J, K) in HU with any RAS affine; the result is a uint8
@@ -76,13 +74,9 @@ def segment_volume(
     cfg = model.config
     report = progress or (lambda stage, pct: None)
     report("preprocess", STAGE_END["ingest"])
-    image = image_to_model_grid(
-        volume, cfg["spacing_mm"], cfg["window_hu"], cfg["axcodes"]
-    )
+    image = image_to_model_grid(volume, cfg["spacing_mm"], cfg["window_hu"], cfg["axcodes"])
     report("network", STAGE_END["preprocess"])
-    prob = predict_probabilities(
-        model.network, image[None], cfg["roi_size"], model.device, test_time_mirror(cfg)
-    )[0]
+    prob = predict_probabilities(model.network, image[None], cfg["roi_size"], model.device, test_time_mirror(cfg))[0]
     report("export", STAGE_END["network"])
     cleaned = keep_largest_component(prob.numpy(), cfg["threshold"])
     prob = MetaTensor(torch.as_tensor(cleaned), affine=prob.affine)
@@ -90,9 +84,7 @@ def segment_volume(
     return labels_to_input_grid(prob, volume, label_values, cfg["threshold"])
 
 
-def write_nifti_outputs(
-    volume: Volume, labels: LabelMap, structures: list[Structure], out: ResultFolder
-) -> list[dict]:
+def write_nifti_outputs(volume: Volume, labels: LabelMap, structures: list[Structure], out: ResultFolder) -> list[dict]:
     """Write ``image.nii.gz`` (``volume`` as int16 HU), ``labels.nii.gz``, one mask per
     structure and ``structures.json`` (``ResultFolder.write_structures``); returns the
     entries of ``structures.json``: label, name, colour [r, g, b], volume in cm3, file."""
@@ -134,9 +126,7 @@ def write_dicom_outputs(
     exports = DicomExports()
     if series is None:
         try:
-            written = write_ct_series(
-                volume, out / out.CT_DICOM, description="Delineo CT"
-            )
+            written = write_ct_series(volume, out / out.CT_DICOM, description="Delineo CT")
         except DicomWriteError as exc:
             exports.notes.append(f"no DICOM export (CT series, RTSTRUCT, SEG): {exc}")
             return exports
@@ -145,9 +135,7 @@ def write_dicom_outputs(
         labels = labels_on_series_grid(labels, series)  # rows reversed if left-handed
     ds = build_rtstruct(labels, series, structures, model_name, weights_sha256)
     # Checked before writing: a failing RTSTRUCT must never reach a planning system.
-    exports.roundtrip = check_rtstruct(
-        ds, labels, series, structures, out / out.RTSTRUCT_CHECK
-    )
+    exports.roundtrip = check_rtstruct(ds, labels, series, structures, out / out.RTSTRUCT_CHECK)
     exports.rtstruct = write_rtstruct(ds, out / out.RTSTRUCT)
     if series.study_instance_uid and series.series_instance_uid:
         exports.seg = write_segmentation(
@@ -219,9 +207,7 @@ def segment_file(
         out.write_json(out.DOMAIN, domain, allow_nan=True)
     table = write_nifti_outputs(volume, labels, model.structures, out)
     input_kind = "dicom" if dicom is not None else "nifti"
-    exports = write_dicom_outputs(
-        labels, volume, dicom, model.structures, model.name, model.weights_sha256, out
-    )
+    exports = write_dicom_outputs(labels, volume, dicom, model.structures, model.name, model.weights_sha256, out)
     on_stage("done", 100)
     timings.pop("done", None)
     return SegmentationResult(

@@ -11,9 +11,7 @@ from pathlib import Path
 
 
 def _fsync(path: str | os.PathLike, directory: bool = False) -> None:
-    fd = os.open(
-        path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
-    )
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
     try:
         os.fsync(fd)
     finally:

@@ -68,16 +68,10 @@ def _paint(
     """One label map (I, J, K) of ``shape`` from bool masks, each given inside its box
     (I, J, K slices of that grid): memory for the label map and the boxes, not a whole
     grid per ROI (80 MB each on a 512 x 512 x 300 CT). Empty masks are left out."""
-    notes = [
-        f"{e['name']}: empty, not propagated"
-        for (_, m), e in zip(boxed, entries, strict=True)
-        if not m.any()
-    ]
+    notes = [f"{e['name']}: empty, not propagated" for (_, m), e in zip(boxed, entries, strict=True) if not m.any()]
     kept = [(b, m, e) for (b, m), e in zip(boxed, entries, strict=True) if m.any()]
     if not kept:
-        raise InputError(
-            "the planning contours hold no non-empty structure to propagate"
-        )
+        raise InputError("the planning contours hold no non-empty structure to propagate")
     dtype = np.uint8 if max(e["label"] for _, _, e in kept) < 256 else np.uint16
     labels = np.zeros(shape, dtype=dtype, order="F")
     for box, mask, entry in sorted(kept, key=lambda bme: -np.count_nonzero(bme[1])):
@@ -100,34 +94,23 @@ def _from_rtstruct(path: Path, series: DicomSeries | None):
             "scan as that DICOM series, not as NIfTI"
         )
     rois = import_rtstruct(read_rtstruct(path), series)
-    entries = [
-        _entry(n, roi.name, roi.color, roi.interpreted_type)
-        for n, roi in enumerate(rois, start=1)
-    ]
+    entries = [_entry(n, roi.name, roi.color, roi.interpreted_type) for n, roi in enumerate(rois, start=1)]
     boxed = [(r.box or (slice(None),) * 3, r.crop) for r in rois]
-    labels, entries, notes = _paint(
-        boxed, entries, series.volume.array.shape, series.volume.affine
-    )
+    labels, entries, notes = _paint(boxed, entries, series.volume.array.shape, series.volume.affine)
     return labels, entries, notes + [f"{r.name}: {n}" for r in rois for n in r.notes]
 
 
 def _from_label_map(path: Path, index: Path):
     if not index.exists():
         raise InputError(
-            f"{path.name}: a label map needs its structures.json (label and name of "
-            "each structure) beside it"
+            f"{path.name}: a label map needs its structures.json (label and name of each structure) beside it"
         )
     labels = read_labels(path)
     try:
         listed = json.loads(index.read_text())
-        entries = [
-            _entry(int(s["label"]), str(s["name"]), s.get("color"), s.get("type", ""))
-            for s in listed
-        ]
+        entries = [_entry(int(s["label"]), str(s["name"]), s.get("color"), s.get("type", "")) for s in listed]
     except (ValueError, TypeError, KeyError) as exc:
-        raise InputError(
-            f"{index.name}: not a list of structures with label and name ({exc})"
-        ) from exc
+        raise InputError(f"{index.name}: not a list of structures with label and name ({exc})") from exc
     boxed = [labels.mask_in_box(e["label"]) for e in entries]
     return _paint(boxed, entries, labels.array.shape, labels.affine)
 
@@ -135,18 +118,12 @@ def _from_label_map(path: Path, index: Path):
 def _from_mask_folder(folder: Path):
     files = sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p))
     if not files:
-        raise InputError(
-            f"{folder.name}: no labels.nii.gz and no NIfTI masks in the folder"
-        )
+        raise InputError(f"{folder.name}: no labels.nii.gz and no NIfTI masks in the folder")
     names = {}
     index = ResultFolder(folder) / ResultFolder.STRUCTURES
     if index.exists():
         try:
-            names = {
-                e["file"]: e["name"]
-                for e in json.loads(index.read_text())
-                if "file" in e
-            }
+            names = {e["file"]: e["name"] for e in json.loads(index.read_text()) if "file" in e}
         except (ValueError, TypeError, KeyError):
             names = {}
     boxed, entries, affine = [], [], None
@@ -154,21 +131,15 @@ def _from_mask_folder(folder: Path):
         mask = read_labels(path)
         if affine is None:
             affine, shape = mask.affine, mask.array.shape
-        elif mask.array.shape != shape or not np.allclose(
-            mask.affine, affine, atol=1e-3
-        ):
-            raise InputError(
-                f"{path.name}: the masks are not all on one grid (shape or affine differs)"
-            )
+        elif mask.array.shape != shape or not np.allclose(mask.affine, affine, atol=1e-3):
+            raise InputError(f"{path.name}: the masks are not all on one grid (shape or affine differs)")
         stem = path.name[: -len(".nii.gz")] if path.name.endswith(".gz") else path.stem
         boxed.append(_boxed(mask.array > 0))
         entries.append(_entry(n, names.get(path.name, stem), None))
     return _paint(boxed, entries, shape, cast(np.ndarray, affine))  # the folder holds a mask
 
 
-def read_contours(
-    path: str | Path, moving_series: DicomSeries | None
-) -> tuple[LabelMap, list[dict], list[str]]:
+def read_contours(path: str | Path, moving_series: DicomSeries | None) -> tuple[LabelMap, list[dict], list[str]]:
     """Read the planning contours at ``path`` (see the module docstring).
 
     ``moving_series`` is the planning DICOM series (None for a NIfTI planning scan); an

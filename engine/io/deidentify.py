@@ -133,9 +133,7 @@ def basic_profile_action(tag: BaseTag) -> str | None:
     if tag in exact:
         return exact[tag]
     for group, element, group_mask, element_mask, action in masked:
-        if tag.group & group_mask == group & group_mask and (
-            tag.element & element_mask == element & element_mask
-        ):
+        if tag.group & group_mask == group & group_mask and (tag.element & element_mask == element & element_mask):
             return action
     return None
 
@@ -217,9 +215,7 @@ class Deidentifier:
         self.roi_names_kept += self._kept_in_dataset
         ds.PatientIdentityRemoved = "YES"
         ds.DeidentificationMethod = METHOD
-        ds.DeidentificationMethodCodeSequence = Sequence(
-            [_code(v, m) for v, m in _codes(self._kept_in_dataset > 0)]
-        )
+        ds.DeidentificationMethodCodeSequence = Sequence([_code(v, m) for v, m in _codes(self._kept_in_dataset > 0)])
         ds.LongitudinalTemporalInformationModified = "REMOVED"
         self._file_meta(ds)
 
@@ -268,9 +264,7 @@ class Deidentifier:
         elif elem.VR in {"AE", "CS", "LO", "LT", "SH", "ST", "UC", "UT"}:
             elem.value = "ANONYMIZED"
         else:
-            raise DeidentificationError(
-                f"{elem.keyword or elem.tag} has VR {elem.VR}, which has no dummy value"
-            )
+            raise DeidentificationError(f"{elem.keyword or elem.tag} has VR {elem.VR}, which has no dummy value")
 
     def _replace_uids(self, elem: DataElement) -> None:
         if elem.VM == 0:
@@ -286,11 +280,7 @@ class Deidentifier:
         old = getattr(ds, "file_meta", None) or FileMetaDataset()
         syntax = old.get("TransferSyntaxUID")
         if syntax is None:
-            syntax = (
-                ImplicitVRLittleEndian
-                if ds.original_encoding[0] in (True, None)
-                else ExplicitVRLittleEndian
-            )
+            syntax = ImplicitVRLittleEndian if ds.original_encoding[0] in (True, None) else ExplicitVRLittleEndian
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = ds.SOPClassUID
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -373,9 +363,7 @@ def deidentify_upload(
             target = out_dir / f"{modality or 'OT'}_{len(written) + 1:05d}.dcm"
             ds.save_as(target, enforce_file_format=True)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise DeidentificationError(
-                f"{name}: could not be de-identified ({type(exc).__name__}: {exc})"
-            ) from None
+            raise DeidentificationError(f"{name}: could not be de-identified ({type(exc).__name__}: {exc})") from None
         written.append(target)
     notes = []
     if burned_in:

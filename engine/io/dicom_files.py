@@ -87,9 +87,7 @@ def iter_sources(path: Path) -> Iterator[tuple[str, Path | BinaryIO]]:
                 try:
                     data = zf.read(info)
                 except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
-                    raise DicomFilesError(
-                        f"the zip file is damaged: entry {name!r} cannot be unpacked"
-                    ) from exc
+                    raise DicomFilesError(f"the zip file is damaged: entry {name!r} cannot be unpacked") from exc
                 yield name, io.BytesIO(data)
     else:
         yield path.name, path
@@ -203,22 +201,16 @@ def read_upload(path: str | Path, pixels: bool = True) -> DicomUpload:
             continue
         ds.filename = name
         # pydicom stops quietly at the end of a file cut between (or inside) attributes.
-        if (not sop_classes and not is_image) or (
-            sop_classes & IMAGE_SOP_CLASSES and "PixelData" not in ds
-        ):
+        if (not sop_classes and not is_image) or (sop_classes & IMAGE_SOP_CLASSES and "PixelData" not in ds):
             what = "an image without pixel data" if sop_classes else "no SOP Class UID"
-            upload.damaged.append(
-                f"{name}: a damaged DICOM file ({what}): truncated or damaged"
-            )
+            upload.damaged.append(f"{name}: a damaged DICOM file ({what}): truncated or damaged")
             upload.skipped.append(upload.damaged[-1])
         elif is_image:
             upload.images.append(ds)
         elif has_sop_class:
             upload.others.append(ds)
         else:
-            upload.skipped.append(
-                f"{name}: skipped, a DICOM file without SOP Class UID"
-            )
+            upload.skipped.append(f"{name}: skipped, a DICOM file without SOP Class UID")
     return upload
 
 

@@ -101,9 +101,7 @@ def property_codes(structure: Structure) -> tuple:
 
 def cielab(color: tuple[int, int, int]) -> hd.color.CIELabColor:
     """The CIELab (D50) equivalent of an 8-bit sRGB colour (PS3.3 C.10.7.1.1)."""
-    transform = ImageCms.buildTransform(
-        ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB"), "RGB", "LAB"
-    )
+    transform = ImageCms.buildTransform(ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB"), "RGB", "LAB")
     pixel = Image.fromarray(np.array([[color]], dtype=np.uint8), "RGB")
     lab = np.array(ImageCms.applyTransform(pixel, transform))[0, 0]
     # Pillow's LAB: L scaled to 0-255, a* and b* as signed bytes.
@@ -113,16 +111,13 @@ def cielab(color: tuple[int, int, int]) -> hd.color.CIELabColor:
 
 def _check_grid(labels: LabelMap, series: DicomSeries) -> None:
     volume = series.volume
-    if labels.array.shape != volume.array.shape or not np.allclose(
-        labels.affine, volume.affine, atol=1e-3
-    ):
+    if labels.array.shape != volume.array.shape or not np.allclose(labels.affine, volume.affine, atol=1e-3):
         raise DicomSegError("the label map is not on the grid of the referenced series")
     if not series.frame_of_reference_uid:
         raise DicomSegError("the referenced series has no Frame of Reference UID")
     if not series.study_instance_uid or not series.series_instance_uid:
         raise DicomSegError(
-            "the referenced series has no Study or Series Instance UID, "
-            "so a DICOM SEG cannot reference it"
+            "the referenced series has no Study or Series Instance UID, so a DICOM SEG cannot reference it"
         )
 
 
@@ -145,9 +140,7 @@ def source_datasets(series: DicomSeries) -> list[Dataset]:
     # per slice took half of a 512 x 512 x 200 CT's SEG): highdicom only reads them.
     # The per-slice attributes are left out of the shared ones, so that setting them
     # makes new elements instead of changing a shared one.
-    per_slice = {
-        Tag(k) for k in ("SOPClassUID", "SOPInstanceUID", "ImagePositionPatient")
-    }
+    per_slice = {Tag(k) for k in ("SOPClassUID", "SOPInstanceUID", "ImagePositionPatient")}
     shared = {tag: element for tag, element in header.items() if tag not in per_slice}
     datasets = []
     for s in series.slices:
@@ -167,9 +160,7 @@ def _frame_order(series: DicomSeries) -> np.ndarray:
     n_frames = int(series.header.get("NumberOfFrames", 0) or 0)
     numbers = [f for f in frames if f is not None]
     if len(numbers) < len(frames) or sorted(numbers) != list(range(1, n_frames + 1)):
-        raise DicomSegError(
-            "the multi-frame source's frames are not exactly the volume's slices"
-        )
+        raise DicomSegError("the multi-frame source's frames are not exactly the volume's slices")
     return np.argsort(numbers)
 
 
@@ -194,9 +185,7 @@ def segment_description(
     )
     description.SegmentDescription = f"label {structure.label}"
     if modifier is not None:
-        description.SegmentedPropertyTypeCodeSequence[
-            0
-        ].SegmentedPropertyTypeModifierCodeSequence = [
+        description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
             hd.sr.CodedConcept.from_code(modifier)
         ]
     return description
@@ -243,8 +232,7 @@ def build_segmentation(
         pixel_array=np.ascontiguousarray(planes),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[
-            segment_description(n, s, model_name, weights_sha256)
-            for n, s in enumerate(structures, start=1)
+            segment_description(n, s, model_name, weights_sha256) for n, s in enumerate(structures, start=1)
         ],
         series_instance_uid=hd.UID(),
         series_number=901,
@@ -263,6 +251,4 @@ def build_segmentation(
 
 def write_segmentation(seg: Dataset, path: str | os.PathLike) -> Path:
     """Write a SEG dataset as a DICOM Part 10 file (temporary name, then rename)."""
-    return write_atomically(
-        path, lambda tmp: seg.save_as(tmp, enforce_file_format=True)
-    )
+    return write_atomically(path, lambda tmp: seg.save_as(tmp, enforce_file_format=True))

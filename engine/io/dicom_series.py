@@ -53,9 +53,7 @@ _ORIENTATION_ATOL = 1e-3  # direction cosines; about 0.06 degrees
 _SPACING_ATOL_MM = 1e-3
 _GAP_FACTOR = 1.5  # a step over 1.5x the median is a missing slice (issue 3)
 _IRREGULAR_FRACTION = 0.1  # a slice 10% of a spacing off the regular grid is refused
-_INPLANE_FRACTION = (
-    0.1  # in-plane drift over a tenth of a pixel is tilt or misalignment
-)
+_INPLANE_FRACTION = 0.1  # in-plane drift over a tenth of a pixel is tilt or misalignment
 
 
 class DicomSeriesError(InputError):
@@ -108,13 +106,10 @@ class Frame:
     def same_plane_geometry(self, other: Frame) -> bool:
         return (
             self.dataset.get("Modality") == other.dataset.get("Modality")
-            and str(self.dataset.get("FrameOfReferenceUID", ""))
-            == str(other.dataset.get("FrameOfReferenceUID", ""))
+            and str(self.dataset.get("FrameOfReferenceUID", "")) == str(other.dataset.get("FrameOfReferenceUID", ""))
             and (self.rows, self.columns) == (other.rows, other.columns)
             and np.allclose(self.orientation, other.orientation, atol=_ORIENTATION_ATOL)
-            and np.allclose(
-                self.pixel_spacing, other.pixel_spacing, atol=_SPACING_ATOL_MM
-            )
+            and np.allclose(self.pixel_spacing, other.pixel_spacing, atol=_SPACING_ATOL_MM)
         )
 
 
@@ -131,9 +126,7 @@ class SeriesCandidate:
     key: str
     series_instance_uid: str
     frames: list[Frame]
-    rejected: list[str] = field(
-        default_factory=list
-    )  # its images that cannot be placed
+    rejected: list[str] = field(default_factory=list)  # its images that cannot be placed
 
     @property
     def header(self) -> pydicom.Dataset:
@@ -200,9 +193,7 @@ class DicomSeries:
 # --- Frames ---------------------------------------------------------------------------
 
 
-def _functional_item(
-    ds: pydicom.Dataset, index: int, sequence: str
-) -> pydicom.Dataset | None:
+def _functional_item(ds: pydicom.Dataset, index: int, sequence: str) -> pydicom.Dataset | None:
     """The per-frame item of a functional group, else the shared one (PS3.3 C.7.6.16)."""
     for groups, i in (
         ("PerFrameFunctionalGroupsSequence", index),
@@ -215,9 +206,7 @@ def _functional_item(
     return None
 
 
-def _whole(
-    ds: pydicom.Dataset, keyword: str, name: str, default: int | None = None
-) -> int:
+def _whole(ds: pydicom.Dataset, keyword: str, name: str, default: int | None = None) -> int:
     """An integer attribute (Rows, Number of Frames, ...); absent or empty: ``default``.
 
     Raises:
@@ -253,9 +242,7 @@ def _decimal(ds: pydicom.Dataset, keyword: str, name: str, default: float) -> fl
     except ValueError:
         number = math.nan
     if not math.isfinite(number):
-        raise DicomSeriesError(
-            f"{name}: {dictionary_description(keyword)} is not a number"
-        )
+        raise DicomSeriesError(f"{name}: {dictionary_description(keyword)} is not a number")
     return number
 
 
@@ -285,45 +272,31 @@ def _make_frame(
     ):
         if keyword not in owner:
             raise DicomSeriesError(f"{name}: no {keyword} (the image plane is unknown)")
-    orientation = _floats(
-        source.ImageOrientationPatient, 6, "Image Orientation (Patient)", name
-    )
+    orientation = _floats(source.ImageOrientationPatient, 6, "Image Orientation (Patient)", name)
     row, col = orientation[:3], orientation[3:]
-    if (
-        abs(np.linalg.norm(row) - 1) > 1e-3
-        or abs(np.linalg.norm(col) - 1) > 1e-3
-        or abs(row @ col) > 1e-3
-    ):
-        raise DicomSeriesError(
-            f"{name}: Image Orientation (Patient) is not two orthogonal unit vectors"
-        )
+    if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3 or abs(row @ col) > 1e-3:
+        raise DicomSeriesError(f"{name}: Image Orientation (Patient) is not two orthogonal unit vectors")
     spacing = _floats(measures.PixelSpacing, 2, "Pixel Spacing", name)
     if np.any(spacing <= 0):
-        raise DicomSeriesError(
-            f"{name}: Pixel Spacing must be positive, got {spacing.tolist()}"
-        )
+        raise DicomSeriesError(f"{name}: Pixel Spacing must be positive, got {spacing.tolist()}")
     rows, columns = _whole(ds, "Rows", name, 0), _whole(ds, "Columns", name, 0)
     if rows < 1 or columns < 1:
-        raise DicomSeriesError(
-            f"{name}: Rows and Columns must be positive, got {rows} x {columns}"
-        )
+        raise DicomSeriesError(f"{name}: Rows and Columns must be positive, got {rows} x {columns}")
     slope_owner = transform if transform is not None else ds
     slope = _decimal(slope_owner, "RescaleSlope", name, 1.0) or 1.0
     intercept = _decimal(slope_owner, "RescaleIntercept", name, 0.0)
     image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
     if index is not None:
-        frame_type = _functional_item(
-            ds, index, "CTImageFrameTypeSequence"
-        ) or _functional_item(ds, index, "MRImageFrameTypeSequence")
+        frame_type = _functional_item(ds, index, "CTImageFrameTypeSequence") or _functional_item(
+            ds, index, "MRImageFrameTypeSequence"
+        )
         if frame_type is not None:
             image_type += [str(v).upper() for v in (frame_type.get("FrameType") or [])]
     return Frame(
         dataset=ds,
         index=index,
         orientation=orientation,
-        position=_floats(
-            pos_source.ImagePositionPatient, 3, "Image Position (Patient)", name
-        ),
+        position=_floats(pos_source.ImagePositionPatient, 3, "Image Position (Patient)", name),
         pixel_spacing=spacing,
         rows=rows,
         columns=columns,
@@ -341,17 +314,12 @@ def frames_of(ds: pydicom.Dataset) -> list[Frame]:
     """
     frames = _whole(ds, "NumberOfFrames", str(ds.filename), 1)
     if frames < 1:
-        raise DicomSeriesError(
-            f"{ds.filename}: Number of Frames is {frames}; an image has at least one"
-        )
+        raise DicomSeriesError(f"{ds.filename}: Number of Frames is {frames}; an image has at least one")
     if frames > 1:  # before looping over them: the count may be absurd
         problem = pixel_data_problem(ds)
         if problem:
             raise DicomSeriesError(problem)
-    if (
-        "PerFrameFunctionalGroupsSequence" not in ds
-        and "SharedFunctionalGroupsSequence" not in ds
-    ):
+    if "PerFrameFunctionalGroupsSequence" not in ds and "SharedFunctionalGroupsSequence" not in ds:
         if frames > 1:
             raise DicomSeriesError(
                 f"{ds.filename}: a multi-frame image without per-frame positions cannot be placed in space"
@@ -363,9 +331,7 @@ def frames_of(ds: pydicom.Dataset) -> list[Frame]:
         position = _functional_item(ds, i, "PlanePositionSequence")
         measures = _functional_item(ds, i, "PixelMeasuresSequence")
         if orientation is None or position is None or measures is None:
-            raise DicomSeriesError(
-                f"{ds.filename} (frame {i + 1}): no plane position, orientation or pixel measures"
-            )
+            raise DicomSeriesError(f"{ds.filename} (frame {i + 1}): no plane position, orientation or pixel measures")
         transform = _functional_item(ds, i, "PixelValueTransformationSequence")
         result.append(_make_frame(ds, i, orientation, position, measures, transform))
     return result
@@ -428,27 +394,19 @@ def group_series(
         scouts = [p for p in parts if all(f.localizer for f in p)]
         stacks = [p for p in parts if not all(f.localizer for f in p)]
         if uid and scouts and not stacks:
-            notes.append(
-                f"series {uid}: localizer (scout) images only, not a volume; set aside"
-            )
+            notes.append(f"series {uid}: localizer (scout) images only, not a volume; set aside")
             continue
-        shared = (
-            uid and len(parts) > 1 and not scouts and all(len(p) >= 2 for p in parts)
-        )
+        shared = uid and len(parts) > 1 and not scouts and all(len(p) >= 2 for p in parts)
         if uid and not shared:
             # One UID, one series: mixed geometry or a scout inside it is refused at assembly.
             candidates.append(SeriesCandidate(uid, uid, frames))
             continue
         for part in parts:
             if not uid and all(f.localizer for f in part):
-                notes.append(
-                    f"{len(part)} localizer (scout) image(s) without Series Instance UID set aside"
-                )
+                notes.append(f"{len(part)} localizer (scout) image(s) without Series Instance UID set aside")
                 continue
             label = uid or "no-series-uid"
-            candidates.append(
-                SeriesCandidate(f"{label}#{_geometry_digest(part[0])}", uid, part)
-            )
+            candidates.append(SeriesCandidate(f"{label}#{_geometry_digest(part[0])}", uid, part))
     for candidate in candidates:
         candidate.rejected = rejected.get(candidate.series_instance_uid, [])
     candidates.sort(key=lambda c: (-len(c.frames), c.key))
@@ -458,9 +416,7 @@ def group_series(
 # --- Pixel data -----------------------------------------------------------------------
 
 _BITS_ALLOCATED = (8, 16, 32)
-_ITEM_HEADER_BYTES = (
-    8  # PS3.5 A.4: each frame of encapsulated pixel data is at least one item
-)
+_ITEM_HEADER_BYTES = 8  # PS3.5 A.4: each frame of encapsulated pixel data is at least one item
 
 
 def pixel_data_problem(ds: pydicom.Dataset) -> str | None:
@@ -483,9 +439,7 @@ def pixel_data_problem(ds: pydicom.Dataset) -> str | None:
     if rows < 1 or columns < 1 or frames < 1:
         return f"{name}: Rows, Columns and Number of Frames must be positive, got {rows}, {columns} and {frames}"
     if bits not in _BITS_ALLOCATED:
-        return (
-            f"{name}: Bits Allocated is {bits}; CT, MR and PET pixels use 8, 16 or 32"
-        )
+        return f"{name}: Bits Allocated is {bits}; CT, MR and PET pixels use 8, 16 or 32"
     if samples != 1 or (photometric and not photometric.startswith("MONOCHROME")):
         return (
             f"{name}: a colour image ({samples} samples per pixel, {photometric or 'no'} "
@@ -533,9 +487,7 @@ def plan_geometry(candidate: SeriesCandidate) -> StackGeometry:
             "the series may be missing a slice, so it is not used"
         )
     if len(frames) < 2:
-        raise DicomSeriesError(
-            f"a 3D volume needs at least 2 slices, the series has {len(frames)}"
-        )
+        raise DicomSeriesError(f"a 3D volume needs at least 2 slices, the series has {len(frames)}")
     for ds in {id(f.dataset): f.dataset for f in frames}.values():
         problem = pixel_data_problem(ds)
         if problem:
@@ -549,17 +501,13 @@ def plan_geometry(candidate: SeriesCandidate) -> StackGeometry:
     first = frames[0]
     for f in frames[1:]:
         if not np.allclose(f.orientation, first.orientation, atol=_ORIENTATION_ATOL):
-            raise DicomSeriesError(
-                f"{f.name}: orientation differs from the rest of the series (mixed orientations)"
-            )
+            raise DicomSeriesError(f"{f.name}: orientation differs from the rest of the series (mixed orientations)")
         if (f.rows, f.columns) != (first.rows, first.columns):
             raise DicomSeriesError(
                 f"{f.name}: image size {f.rows} x {f.columns} differs from the series' {first.rows} x {first.columns}"
             )
         if not np.allclose(f.pixel_spacing, first.pixel_spacing, atol=_SPACING_ATOL_MM):
-            raise DicomSeriesError(
-                f"{f.name}: pixel spacing differs from the rest of the series"
-            )
+            raise DicomSeriesError(f"{f.name}: pixel spacing differs from the rest of the series")
     normal = first.normal
     ordered = sorted(frames, key=lambda f: float(f.position @ normal))
     along = np.array([float(f.position @ normal) for f in ordered])
@@ -574,8 +522,7 @@ def plan_geometry(candidate: SeriesCandidate) -> StackGeometry:
     if np.any(steps > _GAP_FACTOR * median):
         k = int(np.argmax(steps))
         raise DicomSeriesError(
-            f"missing slices: a gap of {steps[k]:.2f} mm after {ordered[k].name} "
-            f"where the spacing is {median:.2f} mm"
+            f"missing slices: a gap of {steps[k]:.2f} mm after {ordered[k].name} where the spacing is {median:.2f} mm"
         )
     count = len(ordered)
     slice_vector = (ordered[-1].position - ordered[0].position) / (count - 1)
@@ -590,15 +537,12 @@ def plan_geometry(candidate: SeriesCandidate) -> StackGeometry:
         )
     offsets = np.array(
         [
-            (f.position - ordered[0].position)
-            - float((f.position - ordered[0].position) @ normal) * normal
+            (f.position - ordered[0].position) - float((f.position - ordered[0].position) @ normal) * normal
             for f in ordered
         ]
     )
     drift = float(np.linalg.norm(offsets, axis=1).max())
-    tilt = float(
-        np.degrees(np.arctan2(np.linalg.norm(offsets[-1]), along[-1] - along[0]))
-    )
+    tilt = float(np.degrees(np.arctan2(np.linalg.norm(offsets[-1]), along[-1] - along[0])))
     if drift > _INPLANE_FRACTION * float(first.pixel_spacing.min()):
         raise DicomSeriesError(
             f"gantry tilt of {tilt:.1f} degrees (slices are shifted {drift:.2f} mm in-plane instead of "
@@ -623,15 +567,12 @@ def _pixels(frame: Frame, cache: dict[int, np.ndarray]) -> np.ndarray:
     if key not in cache:
         try:
             cache[key] = ds.pixel_array
-        except (
-            Exception
-        ) as exc:  # pydicom raises many types for bad or undecodable pixel data
+        except Exception as exc:  # pydicom raises many types for bad or undecodable pixel data
             syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
             what = f" ({syntax.name})" if syntax is not None else ""
             # The decoders' own messages name Python exceptions, not the problem.
             raise DicomSeriesError(
-                f"{ds.filename}: pixel data cannot be decoded{what}: it is damaged "
-                "or is not what the header declares"
+                f"{ds.filename}: pixel data cannot be decoded{what}: it is damaged or is not what the header declares"
             ) from exc
     decoded = cache[key]
     if frame.index is not None:
@@ -644,15 +585,12 @@ def _pixels(frame: Frame, cache: dict[int, np.ndarray]) -> np.ndarray:
     pixels = decoded
     if pixels.shape != (frame.rows, frame.columns):
         raise DicomSeriesError(
-            f"{frame.name}: pixel data shape {pixels.shape} differs from Rows x Columns "
-            f"({frame.rows}, {frame.columns})"
+            f"{frame.name}: pixel data shape {pixels.shape} differs from Rows x Columns ({frame.rows}, {frame.columns})"
         )
     return pixels
 
 
-def assemble_series(
-    candidate: SeriesCandidate, notes: list[str] | None = None
-) -> DicomSeries:
+def assemble_series(candidate: SeriesCandidate, notes: list[str] | None = None) -> DicomSeries:
     """Assemble one series candidate into a ``DicomSeries``; volume.array is float32
     (I, J, K), in Fortran order.
 
@@ -670,18 +608,14 @@ def assemble_series(
     cache: dict[int, np.ndarray] = {}
     for k, frame in enumerate(ordered):
         pixels = _pixels(frame, cache).astype(np.float32)
-        array[:, :, k] = (
-            pixels * frame.slope + frame.intercept
-        ).T  # (row, col) -> (I=col, J=row)
+        array[:, :, k] = (pixels * frame.slope + frame.intercept).T  # (row, col) -> (I=col, J=row)
     header = first.dataset.copy()
     for bulky in ("PixelData", "PerFrameFunctionalGroupsSequence"):
         if bulky in header:
             delattr(header, bulky)
     slices = [
         SliceRef(
-            str(
-                f.dataset.get("SOPClassUID", "") or ""
-            ),  # may be empty (totalseg_example)
+            str(f.dataset.get("SOPClassUID", "") or ""),  # may be empty (totalseg_example)
             str(f.dataset.get("SOPInstanceUID", "") or ""),
             tuple(float(v) for v in f.position),
             None if f.index is None else f.index + 1,
@@ -722,26 +656,18 @@ def select_candidate(
     if not candidates:
         raise DicomSeriesError(no_series_message(notes or []))
     if key is not None:
-        matches = [c for c in candidates if c.key == key] or [
-            c for c in candidates if c.series_instance_uid == key
-        ]
+        matches = [c for c in candidates if c.key == key] or [c for c in candidates if c.series_instance_uid == key]
         if len(matches) == 1:
             return matches[0]
-        raise DicomSeriesError(
-            f"the upload has no single image series {key!r}; it has: {describe(candidates)}"
-        )
+        raise DicomSeriesError(f"the upload has no single image series {key!r}; it has: {describe(candidates)}")
     if len(candidates) == 1:
         return candidates[0]
     usable = [c for c in candidates if refusal(c) is None]
     if len(usable) == 1:
         return usable[0]
     if not usable:
-        raise DicomSeriesError(
-            f"none of the {len(candidates)} image series can be used: {refusal(candidates[0])}"
-        )
-    raise DicomSeriesError(
-        f"{len(usable)} image series in the upload; choose one: {describe(usable)}"
-    )
+        raise DicomSeriesError(f"none of the {len(candidates)} image series can be used: {refusal(candidates[0])}")
+    raise DicomSeriesError(f"{len(usable)} image series in the upload; choose one: {describe(usable)}")
 
 
 def refusal(candidate: SeriesCandidate) -> str | None:
@@ -780,10 +706,6 @@ def read_series(path: str | Path, key: str | None = None) -> DicomSeries:
     if len(candidates) > 1:
         notes.append(
             f"{len(candidates)} image series in the upload; using {candidate.key}"
-            + (
-                " (chosen)"
-                if key is not None
-                else " (the only one that forms a volume)"
-            )
+            + (" (chosen)" if key is not None else " (the only one that forms a volume)")
         )
     return assemble_series(candidate, notes)

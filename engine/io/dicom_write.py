@@ -204,9 +204,7 @@ def write_ct_series(
     row_dir, col_dir = affine_lps[:3, 0] / spacing[0], affine_lps[:3, 1] / spacing[1]
     patient = patient or PatientInfo()
     study_uid, series_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
-    base = _base_dataset(
-        patient, study_uid, series_uid, frame_uid, description, dt.datetime.now()
-    )
+    base = _base_dataset(patient, study_uid, series_uid, frame_uid, description, dt.datetime.now())
     base.ImageOrientationPatient = _ds_values([*row_dir, *col_dir])
     base.PixelSpacing = _ds_values([spacing[1], spacing[0]])  # (rows, columns)
     base.SliceThickness = format_number_as_ds(float(spacing[2]))
@@ -225,9 +223,7 @@ def write_ct_series(
             if header is None:
                 header = copy.deepcopy(ds)
             # (I=column, J=row) -> (row, column), little endian as the transfer syntax says.
-            ds.PixelData = (
-                np.ascontiguousarray(stored[:, :, k].T).astype("<i2").tobytes()
-            )
+            ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).astype("<i2").tobytes()
             meta = FileMetaDataset()
             meta.MediaStorageSOPClassUID = CTImageStorage
             meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -272,9 +268,7 @@ def zip_series(written: WrittenSeries, zip_path: str | os.PathLike) -> Path:
     def write(tmp: str) -> None:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for path in written.paths:
-                entry = zipfile.ZipInfo(
-                    f"{written.directory.name}/{path.name}", date_time=(1980, 1, 1, 0, 0, 0)
-                )
+                entry = zipfile.ZipInfo(f"{written.directory.name}/{path.name}", date_time=(1980, 1, 1, 0, 0, 0))
                 entry.external_attr = 0o640 << 16
                 archive.writestr(entry, path.read_bytes(), zipfile.ZIP_DEFLATED)
 
@@ -296,11 +290,7 @@ def labels_on_series_grid(labels: LabelMap, series: DicomSeries) -> LabelMap:
         nib.orientations.io_orientation(target),
     )
     array = nib.orientations.apply_orientation(labels.array, transform)
-    affine = labels.affine @ nib.orientations.inv_ornt_aff(
-        transform, labels.array.shape
-    )
-    if array.shape != series.volume.array.shape or not np.allclose(
-        affine, target, atol=1e-2
-    ):
+    affine = labels.affine @ nib.orientations.inv_ornt_aff(transform, labels.array.shape)
+    if array.shape != series.volume.array.shape or not np.allclose(affine, target, atol=1e-2):
         raise DicomWriteError("the label map is not on the grid of the written series")
     return LabelMap(np.ascontiguousarray(array), target)

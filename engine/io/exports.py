@@ -37,9 +37,7 @@ class Approval:
     reviewed: datetime.datetime
 
 
-def referenced_series(
-    folder: ResultFolder, scan_input: Path, series_key: str, what: str
-) -> DicomSeries:
+def referenced_series(folder: ResultFolder, scan_input: Path, series_key: str, what: str) -> DicomSeries:
     """The DICOM series an RTSTRUCT of the job references: the uploaded series, or for a
     NIfTI scan the CT series the engine wrote (``ct_dicom/``).
 
@@ -50,8 +48,7 @@ def referenced_series(
     if is_nifti(Path(scan_input)):
         if not (folder / folder.CT_DICOM).is_dir():
             raise ExportError(
-                f"No RTSTRUCT can be written: the {what} is NIfTI and the engine wrote no "
-                "DICOM series for it."
+                f"No RTSTRUCT can be written: the {what} is NIfTI and the engine wrote no DICOM series for it."
             )
         return read_series(folder / folder.CT_DICOM)
     return read_series(Path(scan_input), series_key or None)

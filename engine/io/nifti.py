@@ -73,13 +73,9 @@ def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
         img = cast(nib.Nifti1Image, nib.load(str(path)))
         shape = tuple(int(n) for n in img.shape)
         dtype = img.get_data_dtype()
-        affine = np.asarray(
-            img.affine if img.affine is not None else np.eye(4), dtype=np.float64
-        )
+        affine = np.asarray(img.affine if img.affine is not None else np.eye(4), dtype=np.float64)
     except Exception as exc:  # nibabel raises many types for corrupt files
-        raise NiftiError(
-            f"{name}: not a readable NIfTI file ({why_unreadable(exc, Path(path))})"
-        ) from exc
+        raise NiftiError(f"{name}: not a readable NIfTI file ({why_unreadable(exc, Path(path))})") from exc
     if _zero_pixdim(img, path):
         raise NiftiError(
             f"{name}: a voxel size (pixdim) is zero or not a number and no qform or "
@@ -90,10 +86,7 @@ def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if len(shape) != 3:
         raise NiftiError(f"{name}: expected a 3D image, got shape {shape}")
     if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
-        raise NiftiError(
-            f"{name}: voxel data type {dtype} (colour or complex values) is not an "
-            "intensity image"
-        )
+        raise NiftiError(f"{name}: voxel data type {dtype} (colour or complex values) is not an intensity image")
     try:
         check_input_grid(shape, affine)
     except GeometryError as exc:
@@ -101,9 +94,7 @@ def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         array = np.asanyarray(img.dataobj).reshape(shape)
     except Exception as exc:  # truncated data, damaged gzip stream
-        raise NiftiError(
-            f"{name}: not a readable NIfTI file ({why_unreadable(exc, Path(path))})"
-        ) from exc
+        raise NiftiError(f"{name}: not a readable NIfTI file ({why_unreadable(exc, Path(path))})") from exc
     return array, affine
 
 
@@ -137,11 +128,7 @@ def read_labels(path: str | os.PathLike) -> LabelMap:
         if not np.array_equal(rounded, array):
             raise NiftiError(f"{Path(path).name}: label map holds non-integer values")
         array = rounded
-    array = array.astype(
-        np.uint8
-        if array.max(initial=0) < 256 and array.min(initial=0) >= 0
-        else np.int32
-    )
+    array = array.astype(np.uint8 if array.max(initial=0) < 256 and array.min(initial=0) >= 0 else np.int32)
     try:
         return LabelMap(array, affine)
     except GeometryError as exc:
@@ -156,9 +143,7 @@ def write_nifti(image: Volume | LabelMap, path: str | os.PathLike) -> Path:
     return write_atomically(path, lambda tmp: nib.save(nii, tmp))
 
 
-def write_displacement_field(
-    ddf_mm: np.ndarray, affine: np.ndarray, path: str | os.PathLike
-) -> Path:
+def write_displacement_field(ddf_mm: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> Path:
     """Write a displacement field (I, J, K, 3) float32, mm along R, A, S, on the grid of
     ``affine``, as NIfTI with intent ``vector`` (atomically).
 
@@ -187,13 +172,9 @@ def read_displacement_field(path: str | os.PathLike) -> tuple[np.ndarray, np.nda
         img = cast(nib.Nifti1Image, nib.load(str(path)))
         array = np.asarray(img.dataobj, dtype=np.float32)
     except Exception as exc:  # nibabel raises many types for corrupt files
-        raise NiftiError(
-            f"{Path(path).name}: not a readable NIfTI file ({exc})"
-        ) from exc
+        raise NiftiError(f"{Path(path).name}: not a readable NIfTI file ({exc})") from exc
     if array.ndim == 5 and array.shape[3] == 1:
         array = array[:, :, :, 0, :]
     if array.ndim != 4 or array.shape[3] != 3:
-        raise NiftiError(
-            f"{Path(path).name}: expected a displacement field (I, J, K, 3), got {array.shape}"
-        )
+        raise NiftiError(f"{Path(path).name}: expected a displacement field (I, J, K, 3), got {array.shape}")
     return array, np.asarray(img.affine, dtype=np.float64)

@@ -100,9 +100,7 @@ def series_report(candidate: SeriesCandidate) -> dict:
     report.update(
         {
             "size": [first.columns, first.rows, len(geometry.frames)],
-            "spacing_mm": _round(
-                [first.pixel_spacing[1], first.pixel_spacing[0], slice_mm]
-            ),
+            "spacing_mm": _round([first.pixel_spacing[1], first.pixel_spacing[0], slice_mm]),
             "axcodes": "".join(nib.aff2axcodes(affine_ras)),
             "affine_ras": [_round(row) for row in affine_ras],
             "slice_gaps_mm": {
@@ -151,9 +149,7 @@ def _describe_object(ds: pydicom.Dataset) -> dict:
     if referenced:
         entry["referenced_series"] = referenced
     if "StructureSetROISequence" in ds:
-        entry["rois"] = [
-            str(roi.get("ROIName", "")) for roi in ds.StructureSetROISequence
-        ]
+        entry["rois"] = [str(roi.get("ROIName", "")) for roi in ds.StructureSetROISequence]
     return entry
 
 
@@ -202,11 +198,7 @@ def inspect_input(path: str | Path, patient_ids: bool = False) -> dict:
             "selected": None,
             **({"patient_ids": {}} if patient_ids else {}),
         }
-    if (
-        path.is_file()
-        and path.suffix.lower() == ".zip"
-        and not zipfile.is_zipfile(path)
-    ):
+    if path.is_file() and path.suffix.lower() == ".zip" and not zipfile.is_zipfile(path):
         raise InputError(f"{path.name}: not a valid zip archive")
     try:
         upload = read_upload(path, pixels=False)

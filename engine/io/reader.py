@@ -17,9 +17,7 @@ def is_nifti(path: Path) -> bool:
     return name.endswith((".nii", ".nii.gz"))
 
 
-def read_input(
-    path: str | Path, series: str | None = None
-) -> tuple[Volume, DicomSeries | None]:
+def read_input(path: str | Path, series: str | None = None) -> tuple[Volume, DicomSeries | None]:
     """Read ``path`` (folder or zip of DICOM files, a single DICOM file, or .nii/.nii.gz).
 
     ``series`` picks one DICOM image series by its key (``python -m engine info`` lists
@@ -37,11 +35,7 @@ def read_input(
     try:
         if is_nifti(path):
             return read_volume(path), None
-        if (
-            path.is_file()
-            and not zipfile.is_zipfile(path)
-            and path.suffix.lower() == ".zip"
-        ):
+        if path.is_file() and not zipfile.is_zipfile(path) and path.suffix.lower() == ".zip":
             raise InputError(f"{path.name}: not a valid zip archive")
         dicom = read_series(path, series)
         return dicom.volume, dicom

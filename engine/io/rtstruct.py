@@ -142,11 +142,7 @@ def slice_polygons(mask: np.ndarray) -> list[np.ndarray]:
     padded = np.pad(mask.astype(np.uint8), 1)
     polygons = []
     for contour in find_contours(padded, 0.5):
-        points = _corners_only(
-            contour[:-1] - 1.0
-            if np.allclose(contour[0], contour[-1])
-            else contour - 1.0
-        )
+        points = _corners_only(contour[:-1] - 1.0 if np.allclose(contour[0], contour[-1]) else contour - 1.0)
         # A polygon of non-zero area has at least 3 distinct points.
         if _area(points) > 1e-6:
             polygons.append(points)
@@ -171,9 +167,7 @@ def build_rtstruct(
             series has no Frame of Reference UID.
     """
     volume = series.volume
-    if labels.array.shape != volume.array.shape or not np.allclose(
-        labels.affine, volume.affine, atol=1e-3
-    ):
+    if labels.array.shape != volume.array.shape or not np.allclose(labels.affine, volume.affine, atol=1e-3):
         raise RTStructError("the label map is not on the grid of the referenced series")
     affine_lps = series.affine_lps
     header = series.header
@@ -207,9 +201,7 @@ def build_rtstruct(
 
     contour_images = DicomSequence()
     # One item per image: the frames of a multi-frame image are all referenced together.
-    for uid, sop_class in {
-        s.sop_instance_uid: s.sop_class_uid for s in series.slices
-    }.items():
+    for uid, sop_class in {s.sop_instance_uid: s.sop_class_uid for s in series.slices}.items():
         item = Dataset()
         item.ReferencedSOPClassUID = sop_class
         item.ReferencedSOPInstanceUID = uid
@@ -265,9 +257,7 @@ def build_rtstruct(
                 contour.ContourGeometricType = "CLOSED_PLANAR"
                 contour.NumberOfContourPoints = len(points)
                 data = contour_data_bytes(points.ravel())
-                contour[CONTOUR_DATA] = RawDataElement(
-                    CONTOUR_DATA, "DS", len(data), data, 0, False, True
-                )
+                contour[CONTOUR_DATA] = RawDataElement(CONTOUR_DATA, "DS", len(data), data, 0, False, True)
                 # Explicit VR little endian, as written: pydicom then writes the raw
                 # value as it is instead of decoding it first.
                 contour.set_original_encoding(False, True, default_encoding)

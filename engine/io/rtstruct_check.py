@@ -36,15 +36,10 @@ def _union(boxes: list[tuple[slice, ...]]) -> tuple[slice, ...]:
     """The smallest box holding every box of ``boxes`` (an empty box for none)."""
     if not boxes:
         return (slice(0, 0),) * 3
-    return tuple(
-        slice(min(s.start for s in axis), max(s.stop for s in axis))
-        for axis in zip(*boxes, strict=True)
-    )
+    return tuple(slice(min(s.start for s in axis), max(s.stop for s in axis)) for axis in zip(*boxes, strict=True))
 
 
-def _in_box(
-    mask: np.ndarray, box: tuple[slice, ...], target: tuple[slice, ...]
-) -> np.ndarray:
+def _in_box(mask: np.ndarray, box: tuple[slice, ...], target: tuple[slice, ...]) -> np.ndarray:
     """``mask`` (the voxels of ``box``) as a bool array of box ``target``, which holds
     ``box`` whenever the mask has any voxel."""
     out = np.zeros(tuple(s.stop - s.start for s in target), dtype=bool)
@@ -66,9 +61,7 @@ def roundtrip_dice(
     try:
         rois = {roi.name: roi for roi in import_rtstruct(ds, series)}
     except RTStructImportError as exc:
-        raise RTStructExportError(
-            f"the RTSTRUCT written cannot be read back: {exc}"
-        ) from exc
+        raise RTStructExportError(f"the RTSTRUCT written cannot be read back: {exc}") from exc
     scores = {}
     for s in structures:
         roi = rois.get(s.name)
@@ -78,12 +71,8 @@ def roundtrip_dice(
         # Compared inside the union of the two boxes: the rest of the grid is empty in both.
         expected_box, expected = labels.mask_in_box(s.label)
         read_box = roi.box or tuple(slice(0, n) for n in labels.array.shape)
-        union = _union(
-            [b for b, m in ((expected_box, expected), (read_box, roi.crop)) if m.any()]
-        )
-        scores[s.name] = dice(
-            _in_box(roi.crop, read_box, union), _in_box(expected, expected_box, union)
-        )
+        union = _union([b for b, m in ((expected_box, expected), (read_box, roi.crop)) if m.any()])
+        scores[s.name] = dice(_in_box(roi.crop, read_box, union), _in_box(expected, expected_box, union))
     return scores
 
 

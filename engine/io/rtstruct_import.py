@@ -110,9 +110,7 @@ def _decode_all(ds: Dataset) -> None:
     try:
         _decode(ds)
     except Exception as exc:  # pydicom raises many types for a value it cannot decode
-        raise RTStructImportError(
-            f"the structure set is damaged: an attribute cannot be decoded ({exc})"
-        ) from exc
+        raise RTStructImportError(f"the structure set is damaged: an attribute cannot be decoded ({exc})") from exc
 
 
 def _decode(ds: Dataset) -> None:
@@ -132,9 +130,7 @@ def _check_is_rtstruct(ds: Dataset) -> None:
             f"SOP Class {ds.get('SOPClassUID', 'missing')!s})"
         )
     if "StructureSetROISequence" not in ds:
-        raise RTStructImportError(
-            "the RT Structure Set has no Structure Set ROI Sequence: it defines no ROI"
-        )
+        raise RTStructImportError("the RT Structure Set has no Structure Set ROI Sequence: it defines no ROI")
 
 
 class _SliceGeometry:
@@ -155,10 +151,7 @@ class _SliceGeometry:
         self.by_uid: dict[str, list[int]] = defaultdict(list)
         for k, s in enumerate(series.slices):
             self.by_uid[s.sop_instance_uid].append(k)
-        self.frames = {
-            (s.sop_instance_uid, getattr(s, "frame_number", None)): k
-            for k, s in enumerate(series.slices)
-        }
+        self.frames = {(s.sop_instance_uid, getattr(s, "frame_number", None)): k for k, s in enumerate(series.slices)}
 
     def referenced_slice(self, contour: Dataset, height: float) -> int | None:
         """The slice index the contour references, None when dangling or absent."""
@@ -177,9 +170,7 @@ class _SliceGeometry:
     def in_plane(self, points: np.ndarray, k: int) -> np.ndarray:
         """Continuous (i, j) voxel coordinates (N, 2) of LPS points (N, 3) on slice k."""
         offset = points - self.origins[k]
-        return np.column_stack(
-            [offset @ self.row / self.step_i, offset @ self.col / self.step_j]
-        )
+        return np.column_stack([offset @ self.row / self.step_i, offset @ self.col / self.step_j])
 
 
 def _contour_values(contour: Dataset) -> np.ndarray:
@@ -192,9 +183,7 @@ def _contour_values(contour: Dataset) -> np.ndarray:
     """
     element = contour.get_item(CONTOUR_DATA)
     if element is not None and element.is_raw and element.value:
-        text = element.value.rstrip(
-            b"\x00 "
-        )  # padding: a space, or NUL by some writers
+        text = element.value.rstrip(b"\x00 ")  # padding: a space, or NUL by some writers
         if text:
             return np.array(text.split(b"\\"), dtype=float)
     return np.atleast_1d(np.asarray(contour.get("ContourData", []), dtype=float))
@@ -205,9 +194,7 @@ def _contour_points(contour: Dataset, roi_name: str, index: int) -> np.ndarray:
     try:
         values = _contour_values(contour)
     except (TypeError, ValueError) as exc:
-        raise RTStructImportError(
-            f"ROI {roi_name!r}, contour {index}: Contour Data is not a list of numbers"
-        ) from exc
+        raise RTStructImportError(f"ROI {roi_name!r}, contour {index}: Contour Data is not a list of numbers") from exc
     if values.size % 3 or not np.all(np.isfinite(values)):
         raise RTStructImportError(
             f"ROI {roi_name!r}, contour {index}: Contour Data must hold finite (x, y, z) "
@@ -246,15 +233,12 @@ class _Tally:
             "clipped": f"{c['clipped']} contours extend beyond the image in-plane; clipped to it",
             "empty": f"{c['empty']} contours enclose no voxel centre",
             "few_points": f"{c['few_points']} contours have fewer than 3 points; not rasterised",
-            "not_closed": f"{c['not_closed']} contours are not CLOSED_PLANAR (points or open "
-            "lines); not rasterised",
+            "not_closed": f"{c['not_closed']} contours are not CLOSED_PLANAR (points or open lines); not rasterised",
         }
         return [texts[event] for event in texts if c.get(event)]
 
 
-def _place(
-    geometry: _SliceGeometry, contour: Dataset, points: np.ndarray, tally: _Tally
-) -> int | None:
+def _place(geometry: _SliceGeometry, contour: Dataset, points: np.ndarray, tally: _Tally) -> int | None:
     """Slice index for a contour's points (N, 3), or None (with the reason tallied)."""
     heights = points @ geometry.normal
     spread = float(np.ptp(heights))
@@ -296,25 +280,17 @@ def _fill(
     """XOR the pixels whose centres lie inside polygon ``ij`` (N, 2; whole-slice voxel
     indices, of a slice of ``grid_ij`` pixels) into ``crop_k``, the part of the slice
     from ``corner`` on."""
-    if (
-        ij.min(initial=0.0) < -0.5
-        or np.any(ij[:, 0] > grid_ij[0] - 0.5)
-        or np.any(ij[:, 1] > grid_ij[1] - 0.5)
-    ):
+    if ij.min(initial=0.0) < -0.5 or np.any(ij[:, 0] > grid_ij[0] - 0.5) or np.any(ij[:, 1] > grid_ij[1] - 0.5):
         tally.add("clipped")
     # skimage.draw.polygon tests integer coordinates = pixel centres; indices are unique.
-    ii, jj = polygon_pixels(
-        ij[:, 0] - corner[0], ij[:, 1] - corner[1], shape=crop_k.shape
-    )
+    ii, jj = polygon_pixels(ij[:, 0] - corner[0], ij[:, 1] - corner[1], shape=crop_k.shape)
     if ii.size == 0:
         tally.add("empty")
     # Even-odd: a second polygon over a pixel (a hole) removes it again.
     crop_k[ii, jj] ^= True
 
 
-def _box(
-    placed: list[tuple[int, np.ndarray]], shape: tuple[int, ...]
-) -> tuple[slice, slice, slice]:
+def _box(placed: list[tuple[int, np.ndarray]], shape: tuple[int, ...]) -> tuple[slice, slice, slice]:
     """The box of the grid (I, J, K slices) holding every pixel centre the polygons
     ``(k, ij)`` can enclose; empty when there are none."""
     if not placed:
@@ -334,9 +310,7 @@ def _rasterise(
     roi_contour: Dataset | None, name: str, geometry: _SliceGeometry
 ) -> tuple[tuple[slice, slice, slice], np.ndarray, int, list[str]]:
     """(box, mask inside it, contours filled, notes) of one ROI."""
-    contours = (
-        list(roi_contour.get("ContourSequence", [])) if roi_contour is not None else []
-    )
+    contours = list(roi_contour.get("ContourSequence", [])) if roi_contour is not None else []
     if not contours:
         empty = np.zeros((0, 0, 0), dtype=bool)
         return (slice(0, 0),) * 3, empty, 0, ["no contours: empty mask"]
@@ -379,10 +353,9 @@ def _check_frame_of_reference(ds: Dataset, series: DicomSeries) -> list[str]:
     the Referenced Frame of Reference Sequence stands in for ROIs that lack one.
     """
     series_for = series.frame_of_reference_uid
-    listed = {
-        str(item.get("FrameOfReferenceUID", ""))
-        for item in ds.get("ReferencedFrameOfReferenceSequence", [])
-    } - {""}
+    listed = {str(item.get("FrameOfReferenceUID", "")) for item in ds.get("ReferencedFrameOfReferenceSequence", [])} - {
+        ""
+    }
     for roi in ds.StructureSetROISequence:
         roi_for = str(roi.get("ReferencedFrameOfReferenceUID", "") or "")
         declared = {roi_for} if roi_for else listed
@@ -394,11 +367,7 @@ def _check_frame_of_reference(ds: Dataset, series: DicomSeries) -> list[str]:
                 "or pick the matching series"
             )
     if not series_for or not (
-        listed
-        or any(
-            roi.get("ReferencedFrameOfReferenceUID")
-            for roi in ds.StructureSetROISequence
-        )
+        listed or any(roi.get("ReferencedFrameOfReferenceUID") for roi in ds.StructureSetROISequence)
     ):
         return [
             (
@@ -417,9 +386,7 @@ def _number(item: Dataset, keyword: str, where: str) -> int:
         raise RTStructImportError(f"{where} without a valid {keyword}") from exc
 
 
-def import_rtstruct(
-    source: Dataset | str | os.PathLike, series: DicomSeries
-) -> list[ImportedROI]:
+def import_rtstruct(source: Dataset | str | os.PathLike, series: DicomSeries) -> list[ImportedROI]:
     """Rasterise every ROI of an RTSTRUCT onto ``series``' voxel grid.
 
     ``source`` is an RTSTRUCT dataset or file path. Returns one :class:`ImportedROI`
@@ -440,38 +407,28 @@ def import_rtstruct(
     common_notes = _check_frame_of_reference(ds, series)
     geometry = _SliceGeometry(series)
 
-    numbers = [
-        _number(roi, "ROINumber", "a Structure Set ROI")
-        for roi in ds.StructureSetROISequence
-    ]
+    numbers = [_number(roi, "ROINumber", "a Structure Set ROI") for roi in ds.StructureSetROISequence]
     if len(set(numbers)) != len(numbers):
-        raise RTStructImportError(
-            f"duplicated ROI Numbers in the structure set: {numbers}"
-        )
+        raise RTStructImportError(f"duplicated ROI Numbers in the structure set: {numbers}")
     contours_by_roi: dict[int, Dataset] = {}
     for item in ds.get("ROIContourSequence", []):
         number = _number(item, "ReferencedROINumber", "an ROI Contour")
         if number not in numbers:
             raise RTStructImportError(
-                f"an ROI Contour refers to ROI Number {number}, which the Structure Set "
-                "ROI Sequence does not define"
+                f"an ROI Contour refers to ROI Number {number}, which the Structure Set ROI Sequence does not define"
             )
         if number in contours_by_roi:
             raise RTStructImportError(f"two ROI Contours for ROI Number {number}")
         contours_by_roi[number] = item
     types = {
-        _number(obs, "ReferencedROINumber", "an RT ROI Observation"): str(
-            obs.get("RTROIInterpretedType", "") or ""
-        )
+        _number(obs, "ReferencedROINumber", "an RT ROI Observation"): str(obs.get("RTROIInterpretedType", "") or "")
         for obs in ds.get("RTROIObservationsSequence", [])
     }
 
     rois = []
     for number, roi in zip(numbers, ds.StructureSetROISequence, strict=True):
         name = str(roi.get("ROIName", "") or "")
-        box, crop, filled, notes = _rasterise(
-            contours_by_roi.get(number), name, geometry
-        )
+        box, crop, filled, notes = _rasterise(contours_by_roi.get(number), name, geometry)
         rois.append(
             ImportedROI(
                 roi_number=number,

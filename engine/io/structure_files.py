@@ -14,9 +14,7 @@ from engine.results import ResultFolder, safe_file_stem
 from engine.volume import LabelMap
 
 
-def write_roi_masks(
-    rois: Sequence[ImportedROI], affine: np.ndarray, out_dir: str | os.PathLike
-) -> list[dict]:
+def write_roi_masks(rois: Sequence[ImportedROI], affine: np.ndarray, out_dir: str | os.PathLike) -> list[dict]:
     """Write ``out_dir/<ROI>.nii.gz`` (uint8 0/1, (I, J, K) with RAS ``affine`` in mm)
     per ROI and ``out_dir/structures.json``; returns the JSON's entries.
 

@@ -41,9 +41,7 @@ class QualityAwarenessModule(nn.Module):
     ) -> None:
         super().__init__()
         if in_channels < 2:
-            raise ValueError(
-                f"the QAM needs the image and at least one label channel, got {in_channels}"
-            )
+            raise ValueError(f"the QAM needs the image and at least one label channel, got {in_channels}")
         self.in_channels, self.spatial_dims = in_channels, spatial_dims
         layers, c_prev = [], in_channels
         for c in channels:
@@ -97,7 +95,5 @@ def weighted_loss(per_sample: torch.Tensor, weights: torch.Tensor) -> torch.Tens
     Weights from ``sample_weights`` sum to 1; plain training uses 1/B each.
     """
     if per_sample.shape != weights.shape:
-        raise ValueError(
-            f"losses {tuple(per_sample.shape)} and weights {tuple(weights.shape)} differ"
-        )
+        raise ValueError(f"losses {tuple(per_sample.shape)} and weights {tuple(weights.shape)} differ")
     return (per_sample * weights).sum()

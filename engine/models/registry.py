@@ -88,9 +88,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_model(
-    name: str, weights_dir: Path = WEIGHTS_DIR, device: torch.device | None = None
-) -> LoadedModel:
+def load_model(name: str, weights_dir: Path = WEIGHTS_DIR, device: torch.device | None = None) -> LoadedModel:
     """Load a shipped model by name.
 
     Raises:

@@ -39,18 +39,14 @@ class ResSEBlock(nn.Module):
         super().__init__()
         self.residual = residual
         d = spatial_dims
-        self.conv1 = Convolution(
-            d, in_channels, out_channels, act="LEAKYRELU", norm="INSTANCE"
-        )
+        self.conv1 = Convolution(d, in_channels, out_channels, act="LEAKYRELU", norm="INSTANCE")
         self.conv2 = Convolution(d, out_channels, out_channels, conv_only=True)
         self.norm2 = get_norm_layer(("instance", {"affine": True}), d, out_channels)
         self.se = ChannelSELayer(d, out_channels, r=se_ratio) if se else nn.Identity()
         self.skip = (
             nn.Identity()
             if in_channels == out_channels or not residual
-            else Convolution(
-                d, in_channels, out_channels, kernel_size=1, conv_only=True
-            )
+            else Convolution(d, in_channels, out_channels, kernel_size=1, conv_only=True)
         )
         self.act = nn.LeakyReLU(inplace=True)
 
@@ -112,17 +108,11 @@ class ResSEUNet(nn.Module):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         d = self.spatial_dims = spatial_dims
         if full_resolution_channels < 0:
-            raise ValueError(
-                f"full_resolution_channels must be >= 0, got {full_resolution_channels}"
-            )
+            raise ValueError(f"full_resolution_channels must be >= 0, got {full_resolution_channels}")
         if len(channels) < 3 or any(c <= 0 for c in channels):
-            raise ValueError(
-                f"channels must hold at least three positive widths, got {channels}"
-            )
+            raise ValueError(f"channels must hold at least three positive widths, got {channels}")
         if in_channels <= 0 or out_channels <= 0:
-            raise ValueError(
-                f"bad channel counts: in={in_channels}, out={out_channels}"
-            )
+            raise ValueError(f"bad channel counts: in={in_channels}, out={out_channels}")
         self.divisor = 2 ** (len(channels) - 1)
         widths = list(channels)
         full = full_resolution_channels
@@ -152,9 +142,7 @@ class ResSEUNet(nn.Module):
         for level in range(len(widths) - 2, -1, -1):
             c_skip = widths[level]
             c_out = widths[level - 1] if level > 0 else widths[0]
-            self.decoders.append(
-                ResSEBlock(c_deep + c_skip, c_out, **block)
-            )
+            self.decoders.append(ResSEBlock(c_deep + c_skip, c_out, **block))
             # Without a full-resolution level the last transposed convolution gives logits.
             final = level == 0 and not full
             self.up.append(
@@ -214,9 +202,7 @@ class ResSEUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 2 + self.spatial_dims or any(s % self.divisor for s in x.shape[2:]):
             axes = "X, Y, Z" if self.spatial_dims == 3 else "X, Y"
-            raise ValueError(
-                f"expected (B, C, {axes}) with {axes} divisible by {self.divisor}, got {tuple(x.shape)}"
-            )
+            raise ValueError(f"expected (B, C, {axes}) with {axes} divisible by {self.divisor}, got {tuple(x.shape)}")
         h = x if self.stem is None else self.stem(x)
         full_skip = h
         skips = []

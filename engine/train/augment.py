@@ -46,9 +46,7 @@ def check_augment(augment: dict) -> None:
         if key not in AUGMENT_DEFAULTS:
             raise TrainingConfigError(f"training.augment.{key} is not an augmentation field")
         if key.startswith("p_") and not 0 <= value <= 1:
-            raise TrainingConfigError(
-                f"training.augment.{key} must be between 0 and 1, got {value!r}"
-            )
+            raise TrainingConfigError(f"training.augment.{key} must be between 0 and 1, got {value!r}")
 
 
 class PatchAugmenter:
@@ -82,17 +80,13 @@ class PatchAugmenter:
                     padding_mode="zeros",
                 ),
                 RandGaussianNoised("image", prob=q, std=0.01),
-                RandGaussianSmoothd(
-                    "image", prob=q, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0)
-                ),
+                RandGaussianSmoothd("image", prob=q, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0)),
                 RandScaleIntensityd("image", prob=q, factors=0.25),
                 RandAdjustContrastd("image", prob=q, gamma=(0.7, 1.5)),
             ]
         )
 
-    def __call__(
-        self, image: np.ndarray, masks: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, image: np.ndarray, masks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         self.transforms.set_random_state(seed=int(rng.integers(2**31)))
         out = self.transforms({"image": image, "masks": masks})
         image = np.asarray(out["image"], dtype=np.float32)

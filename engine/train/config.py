@@ -71,9 +71,7 @@ def read_run_config(path: str | Path) -> dict:
     try:
         config = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
-        raise TrainingConfigError(
-            f"{path}: cannot read the run configuration ({exc})"
-        ) from exc
+        raise TrainingConfigError(f"{path}: cannot read the run configuration ({exc})") from exc
     if not isinstance(config, dict):
         raise TrainingConfigError(f"{path}: a run configuration is a JSON object")
     for key in ("name", "model"):
@@ -84,17 +82,13 @@ def read_run_config(path: str | Path) -> dict:
 
 def _check_choice(training: dict, field: str, choices: tuple) -> None:
     if training[field] not in choices:
-        raise TrainingConfigError(
-            f"training.{field} must be one of {choices}, got {training[field]!r}"
-        )
+        raise TrainingConfigError(f"training.{field} must be one of {choices}, got {training[field]!r}")
 
 
 def _check_positive_int(section: dict, prefix: str, field: str) -> None:
     value = section.get(field)
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise TrainingConfigError(
-            f"{prefix}.{field} must be a positive whole number, got {value!r}"
-        )
+        raise TrainingConfigError(f"{prefix}.{field} must be a positive whole number, got {value!r}")
 
 
 def check_segmentation_config(config: dict) -> dict:
@@ -106,9 +100,7 @@ def check_segmentation_config(config: dict) -> dict:
     from engine.train.label_noise import RANGES_MM
 
     if config.get("kind", "segmentation") not in ("segmentation", "slices2d"):
-        raise TrainingConfigError(
-            f"kind must be 'segmentation', 'slices2d' or 'joint', got {config['kind']!r}"
-        )
+        raise TrainingConfigError(f"kind must be 'segmentation', 'slices2d' or 'joint', got {config['kind']!r}")
     training = config.get("training", {})
     unknown = sorted(set(training) - set(SEGMENTATION_DEFAULTS))
     if unknown:
@@ -119,21 +111,15 @@ def check_segmentation_config(config: dict) -> dict:
     if training["cuda_batch"] is not None:
         _check_positive_int(training, "training", "cuda_batch")
     if not isinstance(training["lr"], int | float) or training["lr"] <= 0:
-        raise TrainingConfigError(
-            f"training.lr must be a positive number, got {training['lr']!r}"
-        )
+        raise TrainingConfigError(f"training.lr must be a positive number, got {training['lr']!r}")
     _check_choice(training, "optimizer", OPTIMIZERS)
     _check_choice(training, "schedule", SCHEDULES)
     _check_choice(training, "loss", LOSSES)
     _check_choice(training, "autocast", (None, "bfloat16", "auto"))
     if not training["splits"] or any(s not in SPLITS for s in training["splits"]):
-        raise TrainingConfigError(
-            f"training.splits must be a non-empty list of {SPLITS}, got {training['splits']!r}"
-        )
+        raise TrainingConfigError(f"training.splits must be a non-empty list of {SPLITS}, got {training['splits']!r}")
     if not 0 <= training["fg_fraction"] <= 1:
-        raise TrainingConfigError(
-            f"training.fg_fraction must be between 0 and 1, got {training['fg_fraction']!r}"
-        )
+        raise TrainingConfigError(f"training.fg_fraction must be between 0 and 1, got {training['fg_fraction']!r}")
     model = config["model"]
     divisor = 2 ** (len(model.get("channels", [])) - 1)
     if training["patch"] % divisor:
@@ -150,13 +136,9 @@ def check_segmentation_config(config: dict) -> dict:
         raise TrainingConfigError(f"noise.range must be one of {sorted(RANGES_MM)}")
     qam = config.get("qam")
     if qam and training["batch"] < 2 and not qam.get("corrupt_copies"):
-        raise TrainingConfigError(
-            "the QAM weights samples within a batch: training.batch must be >= 2"
-        )
+        raise TrainingConfigError("the QAM weights samples within a batch: training.batch must be >= 2")
     if qam and qam.get("corrupt_copies", "large") not in RANGES_MM:
-        raise TrainingConfigError(
-            f"qam.corrupt_copies must be one of {sorted(RANGES_MM)}"
-        )
+        raise TrainingConfigError(f"qam.corrupt_copies must be one of {sorted(RANGES_MM)}")
     return config
 
 

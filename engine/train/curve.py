@@ -46,9 +46,7 @@ def write_curve(
         1,
     )
     fig.add_trace(
-        go.Scatter(
-            x=[r["step"] for r in val], y=[r["val"]["mean"] for r in val], name="val mean Dice"
-        ),
+        go.Scatter(x=[r["step"] for r in val], y=[r["val"]["mean"] for r in val], name="val mean Dice"),
         1,
         2,
     )
@@ -59,9 +57,7 @@ def write_curve(
         points = [r for r in train if r.get(key) is not None]
         if points:
             fig.add_trace(
-                go.Scatter(
-                    x=[r["step"] for r in points], y=[r[key] for r in points], name=label
-                ),
+                go.Scatter(x=[r["step"] for r in points], y=[r[key] for r in points], name=label),
                 1,
                 2,
             )

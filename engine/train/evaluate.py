@@ -40,8 +40,7 @@ def evaluate(model: LoadedModel, data: Path, split: str) -> dict:
                 }
         per_case.append(row)
         print(
-            f"{case}: "
-            + ", ".join(f"{k} {v['dice']:.3f}" for k, v in row.items() if k != "case"),
+            f"{case}: " + ", ".join(f"{k} {v['dice']:.3f}" for k, v in row.items() if k != "case"),
             flush=True,
         )
     summary = {}
@@ -63,9 +62,7 @@ def evaluate(model: LoadedModel, data: Path, split: str) -> dict:
         "weights_sha256": model.weights_sha256,
         "split": split,
         "n_cases": len(per_case),
-        "mean_dice": round(
-            float(np.mean([v["dice_mean"] for v in summary.values()])), 4
-        ),
+        "mean_dice": round(float(np.mean([v["dice_mean"] for v in summary.values()])), 4),
         "per_structure": summary,
         "per_case": per_case,
         "seconds": round(time.perf_counter() - start, 1),
@@ -75,14 +72,8 @@ def evaluate(model: LoadedModel, data: Path, split: str) -> dict:
 def format_table(result: dict) -> str:
     lines = [f"{'structure':<12} {'n':>3} {'Dice':>14} {'HD95 mm (mean/median)':>22}"]
     for name, s in result["per_structure"].items():
-        hd = (
-            f"{s['hd95_mm_mean']}/{s['hd95_mm_median']}"
-            if s["hd95_mm_mean"] is not None
-            else "-"
-        )
-        lines.append(
-            f"{name:<12} {s['n']:>3} {s['dice_mean']:>7.3f} ± {s['dice_std']:.3f} {hd:>22}"
-        )
+        hd = f"{s['hd95_mm_mean']}/{s['hd95_mm_median']}" if s["hd95_mm_mean"] is not None else "-"
+        lines.append(f"{name:<12} {s['n']:>3} {s['dice_mean']:>7.3f} ± {s['dice_std']:.3f} {hd:>22}")
     lines.append(
         f"mean Dice over structures: {result['mean_dice']:.3f} ({result['n_cases']} cases, {result['split']} split)"
     )

@@ -91,9 +91,7 @@ def load_joint_config(path: str | Path) -> dict:
     for key in ("patch", "eval_patch"):
         patch = training[key]
         if len(patch) != 3 or any(int(p) % 16 or int(p) <= 0 for p in patch):
-            raise TrainingConfigError(
-                f"training.{key} must be 3 multiples of 16, got {patch}"
-            )
+            raise TrainingConfigError(f"training.{key} must be 3 multiples of 16, got {patch}")
     model.setdefault("kind", "joint")
     model.setdefault("name", config["name"])
     config.setdefault("loss", {})
@@ -117,9 +115,7 @@ def _summary(rows: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def evaluate_pairs(
-    network: torch.nn.Module, pairs: list[tuple[str, dict]], model: dict
-) -> dict:
+def evaluate_pairs(network: torch.nn.Module, pairs: list[tuple[str, dict]], model: dict) -> dict:
     """Score a joint network on fixed pairs, on the working grid.
 
     Per structure contoured in both images: Dice, HD95 and mean surface distance (mm) of
@@ -153,17 +149,11 @@ def evaluate_pairs(
         for c, name in enumerate(names):
             if not both[c]:
                 continue
-            rows["propagated"][name].append(
-                _surface_metrics(warped[c], truth[c], spacing)
-            )
-            rows["identity"][name].append(
-                _surface_metrics(pair["moving_masks"][c] > 0.5, truth[c], spacing)
-            )
+            rows["propagated"][name].append(_surface_metrics(warped[c], truth[c], spacing))
+            rows["identity"][name].append(_surface_metrics(pair["moving_masks"][c] > 0.5, truth[c], spacing))
             dice.append(rows["propagated"][name][-1]["dice"])
             if direct is not None:
-                rows["direct"][name].append(
-                    _surface_metrics(direct == c + 1, truth[c], spacing)
-                )
+                rows["direct"][name].append(_surface_metrics(direct == c + 1, truth[c], spacing))
         record = {
             "pair": pair_name,
             "mean_dice": round(float(np.mean(dice)), 4) if dice else None,
@@ -174,9 +164,7 @@ def evaluate_pairs(
             body = pair["fixed"][0] > body_level
             error = (out.ddf[0] - pair["true_ddf"]).norm(dim=0) * spacing
             record["dvf_error_mm"] = round(float(error[body].mean()), 3)
-            record["dvf_error_before_mm"] = round(
-                float((pair["true_ddf"].norm(dim=0) * spacing)[body].mean()), 3
-            )
+            record["dvf_error_before_mm"] = round(float((pair["true_ddf"].norm(dim=0) * spacing)[body].mean()), 3)
         per_pair.append(record)
     network.train()
 
@@ -248,9 +236,7 @@ class JointTrainer(Trainer):
 
     def setup(self) -> None:
         model, training = self.config["model"], self.training
-        cache = cache_dir(
-            self.out.parent, {**model, "structures": model["structures"] + [PTV]}
-        )
+        cache = cache_dir(self.out.parent, {**model, "structures": model["structures"] + [PTV]})
         self.cache = cache
         self.train_cases = load_cases(self.data, "train", model, cache)
         _hide_labels(self.train_cases, training["labelled_cases"])
@@ -261,18 +247,12 @@ class JointTrainer(Trainer):
             training["val_pairs"][1],
             self.seed,
         )
-        self.sampler = PairSampler(
-            self.train_cases, training, float(model["spacing_mm"][0]), self.seed
-        )
+        self.sampler = PairSampler(self.train_cases, training, float(model["spacing_mm"][0]), self.seed)
         self.samplers = [self.sampler]
         network = build_joint_model(model)
         self.loss_fn = JOINT_LOSSES[model["architecture"]]
         self.modules = {"network": network}
-        self.optimizers = {
-            "network": torch.optim.AdamW(
-                network.parameters(), lr=training["lr"], weight_decay=1e-5
-            )
-        }
+        self.optimizers = {"network": torch.optim.AdamW(network.parameters(), lr=training["lr"], weight_decay=1e-5)}
 
     def train_step(self) -> dict[str, float]:
         batch = collate([self.sampler.sample() for _ in range(self.batch)])
@@ -287,8 +267,7 @@ class JointTrainer(Trainer):
     def validate(self) -> dict:
         scores = evaluate_pairs(self.network, self.val_pairs, self.config["model"])
         print(
-            f"{self.name}: identity {scores['identity']['mean_dice']:.3f}, "
-            f"folding {scores['folding_percent']:.3f} %",
+            f"{self.name}: identity {scores['identity']['mean_dice']:.3f}, folding {scores['folding_percent']:.3f} %",
             flush=True,
         )
         return {k: v for k, v in scores.items() if k != "pairs"}
@@ -296,16 +275,12 @@ class JointTrainer(Trainer):
     def finish(self) -> dict:
         model, training = self.config["model"], self.training
         network = self.network
-        network.load_state_dict(
-            torch.load(self.out / "best.pt", map_location="cpu", weights_only=True)
-        )
+        network.load_state_dict(torch.load(self.out / "best.pt", map_location="cpu", weights_only=True))
         test_cases = load_cases(self.data, self.evaluate_split, model, self.cache)
         test = evaluation_pairs(
             test_cases, training["eval_patch"], training["test_pairs"][0], training["test_pairs"][1], self.seed + 1
         )
-        best_val = max(
-            (r for r in self.log if "val" in r), key=lambda r: r["val"]["mean"]
-        )
+        best_val = max((r for r in self.log if "val" in r), key=lambda r: r["val"]["mean"])
         return {
             "name": self.name,
             "architecture": model["architecture"],
@@ -313,9 +288,7 @@ class JointTrainer(Trainer):
             "steps": training["steps"],
             "hours": round(self.hours, 3),
             "train_cases": len(self.train_cases),
-            "labelled_train_cases": int(
-                sum(c["available"][:-1].any() for c in self.train_cases)
-            ),
+            "labelled_train_cases": int(sum(c["available"][:-1].any() for c in self.train_cases)),
             "parameters": sum(p.numel() for p in network.parameters()),
             "weights_sha256": sha256_of(self.out / "best.pt"),
             "best_val_step": best_val["step"],

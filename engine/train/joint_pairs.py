@@ -51,11 +51,7 @@ def load_cases(data: Path, split: str, model: dict, cache: Path) -> list[dict]:
     config = {**model, "structures": list(model["structures"]) + [PTV]}
     rois = case_rois(data)
     cache.mkdir(parents=True, exist_ok=True)
-    return [
-        cache_case(data, c, config, cache)
-        for c in load_split(data, split)
-        if c in rois
-    ]
+    return [cache_case(data, c, config, cache) for c in load_split(data, split) if c in rois]
 
 
 def organ_centre(case: dict) -> np.ndarray:
@@ -66,9 +62,7 @@ def organ_centre(case: dict) -> np.ndarray:
     return (np.array(case["image"].shape) - 1) / 2
 
 
-def crop(
-    case: dict, centre: np.ndarray, size: Sequence[int]
-) -> tuple[np.ndarray, np.ndarray]:
+def crop(case: dict, centre: np.ndarray, size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """(image (1, *size) float32, masks (C + 1, *size) float32) centred on ``centre``,
     zero-padded where the crop leaves the image."""
     image, masks = case["image"], case["masks"]
@@ -86,9 +80,7 @@ def crop(
     return out_i, out_m
 
 
-def synthetic_ddf(
-    size: Sequence[int], rng: np.random.Generator, spacing_mm: float = 4.0
-) -> torch.Tensor:
+def synthetic_ddf(size: Sequence[int], rng: np.random.Generator, spacing_mm: float = 4.0) -> torch.Tensor:
     """The ground-truth field of a synthetic daily scan on a crop of ``size`` voxels
     (D, H, W) of ``spacing_mm``: ``engine.train.synthetic_deformation.random_field`` with its
     defaults (smooth field of 8 mm at most, sigma 20 mm; rotation up to 2 degrees,
@@ -152,9 +144,7 @@ def synthetic_pair(
     moving, m_masks = torch.as_tensor(m_img), torch.as_tensor(m_masks)
     ddf = synthetic_ddf(size, rng, spacing_mm)
     fixed = warp_image(moving[None], ddf[None])[0]
-    fixed = fixed + torch.as_tensor(
-        rng.normal(0, noise, fixed.shape), dtype=fixed.dtype
-    )
+    fixed = fixed + torch.as_tensor(rng.normal(0, noise, fixed.shape), dtype=fixed.dtype)
     f_masks = (warp_labels(m_masks[None], ddf[None])[0] > 0.5).float()
     return _pair_dict(
         fixed.clamp(0, 1),
@@ -184,7 +174,5 @@ def evaluation_pairs(
         pairs.append((f"{f['case']}<-{m['case']}", inter_patient_pair(f, m, size)))
     for k in range(min(n_synthetic, len(cases))):
         rng = np.random.default_rng([seed, k])
-        pairs.append(
-            (f"{cases[k]['case']}-synthetic", synthetic_pair(cases[k], size, rng))
-        )
+        pairs.append((f"{cases[k]['case']}-synthetic", synthetic_pair(cases[k], size, rng)))
     return pairs

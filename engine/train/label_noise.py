@@ -42,9 +42,7 @@ def noisy_cases(cases: Sequence[str], fraction: float, seed: int) -> set[str]:
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"the noise fraction must be in [0, 1], got {fraction}")
     order = sorted(cases)
-    chosen = np.random.default_rng(seed).permutation(len(order))[
-        : round(fraction * len(order))
-    ]
+    chosen = np.random.default_rng(seed).permutation(len(order))[: round(fraction * len(order))]
     return {order[i] for i in chosen}
 
 
@@ -78,9 +76,7 @@ def corrupt_masks(
         operation = "dilate" if rng.random() < 0.5 else "erode"
         inside = masks[c] > 0
         if operation == "dilate":
-            grown = (
-                ndimage.distance_transform_edt(~inside, sampling=spacing_mm) <= radius
-            )
+            grown = ndimage.distance_transform_edt(~inside, sampling=spacing_mm) <= radius
         else:
             grown = ndimage.distance_transform_edt(inside, sampling=spacing_mm) > radius
         out[c] = grown.astype(masks.dtype)

@@ -25,9 +25,7 @@ def case_rois(data: Path) -> dict[str, list[str]]:
     return {c["case"]: list(c["rois"]) for c in manifest["cases"]}
 
 
-def load_case(
-    data: Path, case: str, structures: list[dict]
-) -> tuple[Volume, np.ndarray, np.ndarray]:
+def load_case(data: Path, case: str, structures: list[dict]) -> tuple[Volume, np.ndarray, np.ndarray]:
     """CT, one mask per structure, and which structures are contoured.
 
     Returns (ct, masks, available): ``masks`` bool (n_structures, I, J, K) on the CT grid
@@ -50,9 +48,7 @@ def masks_to_bitfield(masks: np.ndarray, affine: np.ndarray) -> LabelMap:
     """Pack (C, I, J, K) overlapping masks (C <= 15) into one label map, bit i = structure i,
     so nearest-neighbour resampling keeps every structure."""
     if masks.shape[0] > 15:
-        raise ValueError(
-            f"at most 15 structures fit in the bitfield, got {masks.shape[0]}"
-        )
+        raise ValueError(f"at most 15 structures fit in the bitfield, got {masks.shape[0]}")
     bits = np.zeros(masks.shape[1:], dtype=np.int16)
     for i in range(masks.shape[0]):
         bits |= masks[i].astype(np.int16) << i

@@ -44,18 +44,14 @@ def one_structure_pairs(
     """
     noisy, chosen = y.clone(), torch.zeros_like(available, dtype=torch.bool)
     for b in range(y.shape[0]):
-        present = [
-            c for c in range(y.shape[1]) if available[b, c] and bool(y[b, c].any())
-        ]
+        present = [c for c in range(y.shape[1]) if available[b, c] and bool(y[b, c].any())]
         options = present or [c for c in range(y.shape[1]) if available[b, c]]
         if not options:
             continue
         c = int(rng.choice(options))
         chosen[b, c] = True
         mask = y[b, c : c + 1].cpu().numpy()
-        noisy[b, c] = torch.as_tensor(
-            corrupt_masks(mask, spacing_mm, RANGES_MM[radius_range], rng)[0][0]
-        ).to(y)
+        noisy[b, c] = torch.as_tensor(corrupt_masks(mask, spacing_mm, RANGES_MM[radius_range], rng)[0][0]).to(y)
     return noisy, chosen
 
 
@@ -88,9 +84,7 @@ class QAMTrainer(SegmentationTrainer):
         if self.qam_config:
             qam = QualityAwarenessModule(1 + len(self.config["model"]["structures"]))
             self.modules["qam"] = qam
-            self.optimizers["qam"] = torch.optim.AdamW(
-                qam.parameters(), lr=float(self.qam_config.get("lr", 1e-3))
-            )
+            self.optimizers["qam"] = torch.optim.AdamW(qam.parameters(), lr=float(self.qam_config.get("lr", 1e-3)))
 
     def batch_loss(self, batch: dict, outputs, losses: torch.Tensor) -> tuple[torch.Tensor, dict]:
         flags = [bool(self.is_corrupted[k]) for k in batch["cases"]]
@@ -101,16 +95,12 @@ class QAMTrainer(SegmentationTrainer):
         critic = self.qam_config.get("corrupt_copies")
         qx, qy, qa, qlosses, qflags = x, y, a, losses, flags
         if critic:
-            noisy, one = one_structure_pairs(
-                y, a, self.config["model"]["spacing_mm"], critic, self.sampler.rng
-            )
+            noisy, one = one_structure_pairs(y, a, self.config["model"]["spacing_mm"], critic, self.sampler.rng)
             qx, qy, qa = torch.cat([x, x]), torch.cat([y, noisy]), torch.cat([one, one])
             qlosses = per_sample_loss(torch.cat([logits, logits]), qy, qa, self.use_dice)
             qflags = flags + [True] * len(flags)
         labels = qy * qa[:, :, None, None, None].float()
-        qweights = sample_weights(
-            self.modules["qam"](torch.cat([qx, labels], dim=1)), self.qam_config.get("lambda")
-        )
+        qweights = sample_weights(self.modules["qam"](torch.cat([qx, labels], dim=1)), self.qam_config.get("lambda"))
         if critic:
             # The critic learns from the losses without steering the network.
             loss = losses.mean() + weighted_loss(qlosses.detach(), qweights)

@@ -39,9 +39,7 @@ class BatchSampler:
         return self.rng.choice(self.n, size=min(batch, self.n), replace=False)
 
 
-def slice_dice(
-    network: torch.nn.Module, slices: dict, device: torch.device, threshold: float = 0.5
-) -> dict:
+def slice_dice(network: torch.nn.Module, slices: dict, device: torch.device, threshold: float = 0.5) -> dict:
     """Dice per structure, per patient on the stack of its slices, then the mean over
     patients: {"per_structure": {index: Dice}, "mean": mean over structures}."""
     preds = []
@@ -90,13 +88,9 @@ class SliceTrainer(Trainer):
         self.scheduler = make_scheduler(self.optimizers["network"], training)
         self.qam_config = self.config.get("qam")
         if self.qam_config:
-            qam = QualityAwarenessModule(
-                1 + len(structures), channels=(16, 32, 64, 64), spatial_dims=2
-            )
+            qam = QualityAwarenessModule(1 + len(structures), channels=(16, 32, 64, 64), spatial_dims=2)
             self.modules["qam"] = qam
-            self.optimizers["qam"] = torch.optim.AdamW(
-                qam.parameters(), lr=float(self.qam_config.get("lr", 1e-3))
-            )
+            self.optimizers["qam"] = torch.optim.AdamW(qam.parameters(), lr=float(self.qam_config.get("lr", 1e-3)))
         self.use_dice = training["loss"] == "dice+ce"
 
     def corrupt_training_images(self) -> None:
@@ -128,9 +122,7 @@ class SliceTrainer(Trainer):
             logits = self.network(x)
         losses = per_sample_loss(logits, y, every, self.use_dice)
         if self.qam_config:
-            weights = sample_weights(
-                self.modules["qam"](torch.cat([x, y], dim=1)), self.qam_config.get("lambda")
-            )
+            weights = sample_weights(self.modules["qam"](torch.cat([x, y], dim=1)), self.qam_config.get("lambda"))
         else:
             weights = torch.full_like(losses, 1.0 / len(losses))
         loss = weighted_loss(losses, weights)
@@ -157,9 +149,7 @@ class SliceTrainer(Trainer):
         return self._named(slice_dice(self.network, self.val_set, self.device))
 
     def finish(self) -> dict:
-        self.network.load_state_dict(
-            torch.load(self.out / "best.pt", map_location="cpu", weights_only=True)
-        )
+        self.network.load_state_dict(torch.load(self.out / "best.pt", map_location="cpu", weights_only=True))
         self.network.eval()
         metrics = {
             "name": self.name,
@@ -182,8 +172,6 @@ class SliceTrainer(Trainer):
                 "split": "test",
                 "n_cases": len(test["cases"]),
                 "mean_dice": round(scores["mean"], 4),
-                "per_structure": {
-                    k: {"dice_mean": round(v, 4)} for k, v in scores["per_structure"].items()
-                },
+                "per_structure": {k: {"dice_mean": round(v, 4)} for k, v in scores["per_structure"].items()},
             }
         return metrics

@@ -55,11 +55,7 @@ def publish(
         config, state = _serve_structures(config, state, structures)
         training = {**training, "served_structures": list(structures)}
     torch.save(state, weights_dir / f"{name}.pt")
-    log = [
-        json.loads(line)
-        for line in (run_dir / "log.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
     vals = [r for r in log if "val" in r]
     best = max(vals, key=lambda r: r["val"]["mean"]) if vals else None
     card = {
@@ -82,26 +78,20 @@ def publish(
             card["domain"] = domain
     calibration = run_dir / "qam_auc.json"
     if (run_dir / "qam_best.pt").exists() and calibration.exists():
-        card["qam"] = _publish_critic(
-            run_dir, name, json.loads(calibration.read_text()), weights_dir
-        )
+        card["qam"] = _publish_critic(run_dir, name, json.loads(calibration.read_text()), weights_dir)
     (weights_dir / f"{name}.json").write_text(json.dumps(card, indent=1))
     write_markdown(card, weights_dir / f"{name}.md")
     return weights_dir / f"{name}.pt"
 
 
-def _serve_structures(
-    config: dict, state: dict, names: list[str]
-) -> tuple[dict, dict]:
+def _serve_structures(config: dict, state: dict, names: list[str]) -> tuple[dict, dict]:
     """The configuration and state dict of the network restricted to ``names``."""
     from engine.models.registry import build_network
 
     known = [s["name"] for s in config["structures"]]
     unknown = [n for n in names if n not in known]
     if unknown or not names:
-        raise ValueError(
-            f"the run segments {', '.join(known)}; cannot serve {', '.join(unknown) or 'nothing'}"
-        )
+        raise ValueError(f"the run segments {', '.join(known)}; cannot serve {', '.join(unknown) or 'nothing'}")
     network = build_network(config)
     network.load_state_dict(state)
     network.keep_outputs([known.index(n) for n in names])
@@ -109,14 +99,10 @@ def _serve_structures(
     return {**config, "structures": kept}, network.state_dict()
 
 
-def _publish_critic(
-    run_dir: Path, name: str, calibration: dict, weights_dir: Path
-) -> dict:
+def _publish_critic(run_dir: Path, name: str, calibration: dict, weights_dir: Path) -> dict:
     """Copy the run's QAM as ``NAME-qam.pt`` with its calibration (experiments/qam_auc.py)."""
     if calibration["qam_sha256"] != sha256_of(run_dir / "qam_best.pt"):
-        raise ValueError(
-            "qam_auc.json was computed for other QAM weights; run experiments/qam_auc.py again"
-        )
+        raise ValueError("qam_auc.json was computed for other QAM weights; run experiments/qam_auc.py again")
     state = torch.load(run_dir / "qam_best.pt", map_location="cpu", weights_only=True)
     torch.save(state, weights_dir / f"{name}-qam.pt")
     return {
@@ -131,16 +117,12 @@ def _publish_critic(
     }
 
 
-def add_evaluation(
-    name: str, result: dict, command: str, weights_dir: Path = WEIGHTS_DIR
-) -> None:
+def add_evaluation(name: str, result: dict, command: str, weights_dir: Path = WEIGHTS_DIR) -> None:
     """Record an evaluation (``engine.train.evaluate.evaluate`` output) in the card."""
     path = weights_dir / f"{name}.json"
     card = ModelCard.load(name, weights_dir).data
     if result["weights_sha256"] != card["card"]["weights_sha256"]:
-        raise ValueError(
-            "the evaluation was made with other weights than the card describes"
-        )
+        raise ValueError("the evaluation was made with other weights than the card describes")
     card["card"][f"evaluation_{result['split']}"] = {
         "command": command,
         "n_cases": result["n_cases"],
@@ -219,9 +201,7 @@ def write_markdown(card: dict, path: Path) -> None:
     if t.get("notes"):
         lines.append(f"- Notes: {t['notes']}")
     if t.get("val_dice"):
-        per = ", ".join(
-            f"{k} {v:.3f}" for k, v in t["val_dice"]["per_structure"].items()
-        )
+        per = ", ".join(f"{k} {v:.3f}" for k, v in t["val_dice"]["per_structure"].items())
         lines.append(
             f"- Best validation mean Dice {t['val_dice']['mean']:.3f} at step {t['best_val_step']} "
             f"(model-grid Dice, used for checkpoint selection): {per}."
@@ -283,9 +263,7 @@ def write_markdown(card: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def publish_joint(
-    run_dir: Path, name: str, training: dict, weights_dir: Path = WEIGHTS_DIR
-) -> Path:
+def publish_joint(run_dir: Path, name: str, training: dict, weights_dir: Path = WEIGHTS_DIR) -> Path:
     """Copy a joint run's ``best.pt`` as ``NAME.pt`` with a card of ``"kind": "joint"``
     (the model configuration, the training record and the test-pair metrics).
 
@@ -295,9 +273,7 @@ def publish_joint(
     config = json.loads((run_dir / "config.json").read_text())
     model = config["model"]
     if model["architecture"] != name:
-        raise ValueError(
-            f"run {run_dir} trained {model['architecture']!r}, not {name!r}"
-        )
+        raise ValueError(f"run {run_dir} trained {model['architecture']!r}, not {name!r}")
     if not (run_dir / "metrics.json").exists():
         raise ValueError(f"run {run_dir} has no metrics.json: it has not finished")
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -305,9 +281,7 @@ def publish_joint(
     state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
     torch.save(state, weights_dir / f"{name}.pt")
     evaluation = {
-        k: {key: v for key, v in metrics[k].items() if key != "pairs"}
-        for k in metrics
-        if k.startswith("evaluation_")
+        k: {key: v for key, v in metrics[k].items() if key != "pairs"} for k in metrics if k.startswith("evaluation_")
     }
     card = {
         **model,

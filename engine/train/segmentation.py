@@ -39,12 +39,8 @@ def cache_case(data: Path, case: str, config: dict, cache: Path) -> dict:
     path = cache / f"{case}.npz"
     if not path.exists():
         ct, masks, available = load_case(data, case, config["structures"])
-        img = image_to_model_grid(
-            ct, config["spacing_mm"], config["window_hu"], config["axcodes"]
-        )
-        bits = labels_to_model_grid(
-            masks_to_bitfield(masks, ct.affine), config["spacing_mm"], config["axcodes"]
-        )
+        img = image_to_model_grid(ct, config["spacing_mm"], config["window_hu"], config["axcodes"])
+        bits = labels_to_model_grid(masks_to_bitfield(masks, ct.affine), config["spacing_mm"], config["axcodes"])
         tmp = path.with_suffix(".tmp.npz")
         np.savez(
             tmp,
@@ -55,9 +51,7 @@ def cache_case(data: Path, case: str, config: dict, cache: Path) -> dict:
         tmp.rename(path)
     with np.load(path) as z:
         bits = z["bits"]
-        masks = np.stack(
-            [(bits >> i) & 1 for i in range(len(config["structures"]))]
-        ).astype(np.uint8)
+        masks = np.stack([(bits >> i) & 1 for i in range(len(config["structures"]))]).astype(np.uint8)
         return {
             "case": case,
             "image": z["image"],
@@ -80,9 +74,7 @@ def cache_dir(out_root: Path, model: dict) -> Path:
 
 
 def _pad_to(a: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
-    pad = [(0, 0)] * (a.ndim - 3) + [
-        (0, max(0, s - d)) for s, d in zip(size, a.shape[-3:])
-    ]
+    pad = [(0, 0)] * (a.ndim - 3) + [(0, max(0, s - d)) for s, d in zip(size, a.shape[-3:])]
     return np.pad(a, pad)
 
 
@@ -109,10 +101,7 @@ class PatchSampler:
         self.rng = np.random.default_rng(seed)
         # Flat int32 indices in C order (those of np.argwhere, a sixth of its memory: 153
         # cases of 10 structures held 3 GB as coordinates).
-        self.fg_voxels = [
-            [np.flatnonzero(m).astype(np.int32) if m.any() else None for m in c["masks"]]
-            for c in cases
-        ]
+        self.fg_voxels = [[np.flatnonzero(m).astype(np.int32) if m.any() else None for m in c["masks"]] for c in cases]
 
     def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         k = int(self.rng.integers(len(self.cases)))
@@ -125,14 +114,10 @@ class PatchSampler:
             w = self.weights[present] / self.weights[present].sum()
             s = present[int(self.rng.choice(len(present), p=w))]
             vox = cast(np.ndarray, self.fg_voxels[k][s])  # present: not None
-            centre = np.array(
-                np.unravel_index(vox[self.rng.integers(len(vox))], shape)
-            ) + self.rng.integers(
+            centre = np.array(np.unravel_index(vox[self.rng.integers(len(vox))], shape)) + self.rng.integers(
                 -p // 4, p // 4 + 1, size=3
             )
-        start = [
-            int(np.clip(c - p // 2, 0, max(0, s - p))) for c, s in zip(centre, shape)
-        ]
+        start = [int(np.clip(c - p // 2, 0, max(0, s - p))) for c, s in zip(centre, shape)]
         sl = tuple(slice(b, b + p) for b in start)
         image = _pad_to(case["image"][sl].astype(np.float32), (p, p, p))
         masks = _pad_to(case["masks"][(slice(None), *sl)], (p, p, p))
@@ -157,15 +142,9 @@ def per_sample_loss(
     logits, target: (B, C, X, Y, Z) or, for slices, (B, C, X, Y); available: (B, C) bool.
     """
     logits = logits.float()
-    terms = (
-        F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        .flatten(2)
-        .mean(dim=2)
-    )
+    terms = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(2).mean(dim=2)
     if dice:
-        terms = terms + DiceLoss(sigmoid=True, reduction="none")(
-            logits, target
-        ).flatten(1)
+        terms = terms + DiceLoss(sigmoid=True, reduction="none")(logits, target).flatten(1)
     w = available.float()
     return (terms * w).sum(dim=1) / w.sum(dim=1).clamp(min=1)
 
@@ -192,9 +171,7 @@ def deep_supervision_loss(
     return loss
 
 
-def masked_loss(
-    logits: torch.Tensor, target: torch.Tensor, available: torch.Tensor
-) -> torch.Tensor:
+def masked_loss(logits: torch.Tensor, target: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
     """Dice + BCE over the available structures of the batch, a scalar.
 
     logits, target: (B, C, X, Y, Z); available: (B, C) bool.
@@ -204,9 +181,7 @@ def masked_loss(
     return (losses * counts).sum() / counts.sum().clamp(min=1)
 
 
-def validation_dice(
-    network: torch.nn.Module, cases: list[dict], config: dict, device: torch.device
-) -> dict:
+def validation_dice(network: torch.nn.Module, cases: list[dict], config: dict, device: torch.device) -> dict:
     """Mean Dice per structure over the cases where it is contoured, on the model grid,
     of the network's thresholded probabilities (sliding window, ``config["roi_size"]``).
 
@@ -223,9 +198,7 @@ def validation_dice(
         )[0].numpy()
         for i, s in enumerate(config["structures"]):
             if c["available"][i]:
-                scores[s["name"]].append(
-                    dice(prob[i] > config["threshold"], c["masks"][i] > 0)
-                )
+                scores[s["name"]].append(dice(prob[i] > config["threshold"], c["masks"][i] > 0))
     per = {k: float(np.mean(v)) for k, v in scores.items() if v}
     return {"per_structure": per, "mean": float(np.mean(list(per.values())))}
 
@@ -255,9 +228,7 @@ def warm_start(network: torch.nn.Module, path: Path) -> int:
             differ = [d for d in range(v.ndim) if own[k].shape[d] != v.shape[d]]
             if len(differ) == 1:  # out channels: dim 0 of a conv, 1 of a transposed conv
                 part = [slice(None)] * v.ndim
-                part[differ[0]] = slice(
-                    0, min(v.shape[differ[0]], own[k].shape[differ[0]])
-                )
+                part[differ[0]] = slice(0, min(v.shape[differ[0]], own[k].shape[differ[0]]))
                 copied[k] = own[k].clone()
                 copied[k][tuple(part)] = v[tuple(part)]
     if not copied:
@@ -269,21 +240,15 @@ def warm_start(network: torch.nn.Module, path: Path) -> int:
 def make_optimizer(params, training: dict) -> torch.optim.Optimizer:
     """AdamW (weight decay 1e-5) or SGD with Nesterov momentum 0.99 (nnU-Net)."""
     if training["optimizer"] == "sgd":
-        return torch.optim.SGD(
-            params, lr=training["lr"], momentum=0.99, nesterov=True, weight_decay=3e-5
-        )
+        return torch.optim.SGD(params, lr=training["lr"], momentum=0.99, nesterov=True, weight_decay=3e-5)
     return torch.optim.AdamW(params, lr=training["lr"], weight_decay=1e-5)
 
 
-def make_scheduler(
-    opt: torch.optim.Optimizer, training: dict
-) -> torch.optim.lr_scheduler.LRScheduler:
+def make_scheduler(opt: torch.optim.Optimizer, training: dict) -> torch.optim.lr_scheduler.LRScheduler:
     """The learning-rate schedule over ``training.steps`` (see ``engine.train.config``)."""
     steps, lr = training["steps"], training["lr"]
     if training["schedule"] == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=lr, total_steps=steps, pct_start=0.1
-        )
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     if training["schedule"] == "cyclic":
         # Four triangular cycles between lr/10 and lr, the amplitude halving each cycle.
         half = max(1, steps // 8)
@@ -313,28 +278,17 @@ class SegmentationTrainer(Trainer):
         cache = cache_dir(self.out.parent, model)
         cache.mkdir(parents=True, exist_ok=True)
         rois = case_rois(self.data)
-        train_ids = [
-            c for split in training["splits"] for c in load_split(self.data, split) if c in rois
-        ][: training["train_cases"]]
-        self.train_cases = [cache_case(self.data, c, model, cache) for c in train_ids]
-        self.val_cases = [
-            cache_case(self.data, c, model, cache)
-            for c in load_split(self.data, "val")
-            if c in rois
+        train_ids = [c for split in training["splits"] for c in load_split(self.data, split) if c in rois][
+            : training["train_cases"]
         ]
+        self.train_cases = [cache_case(self.data, c, model, cache) for c in train_ids]
+        self.val_cases = [cache_case(self.data, c, model, cache) for c in load_split(self.data, "val") if c in rois]
         self.prepare_cases()
-        freq = np.array(
-            [
-                sum(c["available"][i] for c in self.train_cases)
-                for i in range(len(model["structures"]))
-            ]
-        )
+        freq = np.array([sum(c["available"][i] for c in self.train_cases) for i in range(len(model["structures"]))])
         weights = (freq.max() / np.maximum(freq, 1)) ** float(training["rare_power"])
         augmenter = None
         if training["augment"] is not None:
-            augmenter = PatchAugmenter(
-                training["augment"], [s["name"] for s in model["structures"]]
-            )
+            augmenter = PatchAugmenter(training["augment"], [s["name"] for s in model["structures"]])
         self.sampler = PatchSampler(
             self.train_cases,
             training["patch"],
@@ -404,9 +358,7 @@ class SegmentationTrainer(Trainer):
         if not self.training["evaluate_test"]:
             return summary
         network = self.network
-        network.load_state_dict(
-            torch.load(self.out / "best.pt", map_location="cpu", weights_only=True)
-        )
+        network.load_state_dict(torch.load(self.out / "best.pt", map_location="cpu", weights_only=True))
         loaded = LoadedModel(
             self.name,
             network.eval(),

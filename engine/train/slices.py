@@ -27,14 +27,10 @@ def slice_cases(data: Path, splits: list[str], structures: list[dict]) -> list[s
     """The cases of ``splits`` in which every structure is contoured (``manifest.json``)."""
     rois = case_rois(data)
     wanted = {s["source"] for s in structures}
-    return [
-        c for split in splits for c in load_split(data, split) if wanted <= set(rois.get(c, ()))
-    ]
+    return [c for split in splits for c in load_split(data, split) if wanted <= set(rois.get(c, ()))]
 
 
-def load_slices(
-    data: Path, splits: list[str], structures: list[dict], window_hu: list[float], cache: Path
-) -> dict:
+def load_slices(data: Path, splits: list[str], structures: list[dict], window_hu: list[float], cache: Path) -> dict:
     """The axial slices of ``splits``' complete cases that show a structure.
 
     Returns {"image": (N, 1, X, Y) float16 in [0, 1] (HU windowed to ``window_hu``),

@@ -61,17 +61,12 @@ def _world(grid: Grid) -> np.ndarray:
     return ijk @ grid.affine[:3, :3].T + grid.affine[:3, 3]
 
 
-def smooth_random_field(
-    grid: Grid, rng: np.random.Generator, max_mm: float, smoothing_mm: float
-) -> np.ndarray:
+def smooth_random_field(grid: Grid, rng: np.random.Generator, max_mm: float, smoothing_mm: float) -> np.ndarray:
     """A smooth random displacement (I, J, K, 3) in mm (RAS) with maximum norm ``max_mm``."""
     spacing = np.linalg.norm(grid.affine[:3, :3], axis=0)
     sigma = smoothing_mm / spacing
     field = np.stack(
-        [
-            gaussian_filter(rng.standard_normal(grid.shape), sigma, mode="reflect")
-            for _ in range(3)
-        ],
+        [gaussian_filter(rng.standard_normal(grid.shape), sigma, mode="reflect") for _ in range(3)],
         axis=-1,
     )
     return (field * (max_mm / np.linalg.norm(field, axis=-1).max())).astype(np.float32)
@@ -80,9 +75,7 @@ def smooth_random_field(
 def rigid_field(grid: Grid, rotation: np.ndarray, translation_mm) -> np.ndarray:
     """u(p) = R (p - c) + c + t - p on ``grid`` (c its centre) -> (I, J, K, 3) mm."""
     world = _world(grid)
-    centre = (
-        grid.affine[:3, :3] @ ((np.asarray(grid.shape) - 1) / 2.0) + grid.affine[:3, 3]
-    )
+    centre = grid.affine[:3, :3] @ ((np.asarray(grid.shape) - 1) / 2.0) + grid.affine[:3, 3]
     moved = (world - centre) @ rotation.T + centre + np.asarray(translation_mm)
     return (moved - world).astype(np.float32)
 
@@ -136,9 +129,7 @@ def make_pair(
     p = DEFAULTS | params
     rng = np.random.default_rng(seed)
     grid = Grid(tuple(planning.array.shape), np.asarray(planning.affine, dtype=float))
-    ddf, drawn = random_field(
-        grid, rng, p["max_mm"], p["smoothing_mm"], p["rotation_deg"], p["shift_mm"]
-    )
+    ddf, drawn = random_field(grid, rng, p["max_mm"], p["smoothing_mm"], p["rotation_deg"], p["shift_mm"])
     if drawn["min_jacobian"] <= 0:
         raise ValueError("the random field folds; lower max_mm or raise smoothing_mm")
     daily = warp_image(planning.array, planning.affine, grid, ddf, outside=AIR_HU)

@@ -202,10 +202,7 @@ class Trainer:
         for module in self.modules.values():
             module.to(self.device)
         self.resume()
-        previous = {
-            s: signal.signal(s, self._request_stop)
-            for s in (signal.SIGINT, signal.SIGTERM)
-        }
+        previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             finished = self._loop()
         finally:
@@ -237,9 +234,7 @@ class Trainer:
                 if value is not None:
                     sums.setdefault(key, []).append(float(value))
             if self.step % 20 == 0:
-                record = {"step": self.step} | {
-                    k: float(np.mean(v)) for k, v in sums.items()
-                }
+                record = {"step": self.step} | {k: float(np.mean(v)) for k, v in sums.items()}
                 record["lr"] = self.learning_rate()
                 record["s_per_step"] = (time.time() - t_log) / 20
                 self.write_log(record)
@@ -306,9 +301,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "rng": {
                 "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all()
-                if torch.cuda.is_available()
-                else None,
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "samplers": [s.rng.bit_generator.state for s in self.samplers],
             },
             "log": self.log,
@@ -328,11 +321,7 @@ class Trainer:
         portable["optimizers"] = _half(state["optimizers"])
         best = self.out / "best.pt"
         if best.exists():
-            with_best = portable | {
-                "best_network": _half(
-                    torch.load(best, map_location="cpu", weights_only=True)
-                )
-            }
+            with_best = portable | {"best_network": _half(torch.load(best, map_location="cpu", weights_only=True))}
             _atomic_save(with_best, self.portable)
             if self.portable.stat().st_size / 1e6 <= MAX_PORTABLE_MB:
                 return
@@ -356,9 +345,7 @@ class Trainer:
         # The later step wins; on a tie the exact last.pt (sorted first: False < True).
         step, _, path, state = max(candidates, key=lambda c: (c[0], not c[1]))
         for name, module in self.modules.items():
-            module.load_state_dict(
-                _to_float32(state["modules"][name], module.state_dict())
-            )
+            module.load_state_dict(_to_float32(state["modules"][name], module.state_dict()))
         for name, opt in self.optimizers.items():
             # load_state_dict casts the bfloat16 moments back to the parameters' dtype.
             opt.load_state_dict(state["optimizers"][name])
@@ -372,9 +359,7 @@ class Trainer:
         self.step, self.best, self.hours = step, state["best"], state["hours"]
         self.log = list(state["log"])
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "log.jsonl").write_text(
-            "".join(json.dumps(r) + "\n" for r in self.log)
-        )
+        (self.out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.log))
         if not (self.out / "best.pt").exists():
             if "best_network" in state:
                 network = self.modules["network"]

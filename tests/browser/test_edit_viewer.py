@@ -22,10 +22,10 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
 from tests import factories
+from tests.browser.test_viewer import driver  # noqa: F401 (a fixture)
 from tests.dicom_tools import dciodvfy_errors
 from tests.stack import REPO
-from tests.browser.test_viewer import driver  # noqa: F401 (a fixture)
-from tests.test_approved_rtstruct import segment_on_the_series_grid, read_back
+from tests.test_approved_rtstruct import read_back, segment_on_the_series_grid
 from webapp.delineation import engine_client
 from webapp.delineation.models import Job
 
@@ -95,8 +95,11 @@ def test_an_eraser_stroke_saved_and_approved(live_server, driver, alice, monkeyp
     driver.find_element(By.ID, "approve-comment").send_keys("Checked")
     driver.find_element(By.ID, "approve").click()
     wait_for(lambda: "approved by alice" in status.text, 30, "the approval")
-    wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#revision-history li[data-revision='1'] .badge"), 30,
-             "the approval in the history")
+    wait_for(
+        lambda: driver.find_elements(By.CSS_SELECTOR, "#revision-history li[data-revision='1'] .badge"),
+        30,
+        "the approval in the history",
+    )
     OUTPUT.mkdir(exist_ok=True)
     driver.save_screenshot(str(OUTPUT / "viewer-edited-and-approved.png"))
 

@@ -40,9 +40,7 @@ def write_phantom_series(
     affine[:3, 3] = origin
     study, frame = generate_uid(), generate_uid()
     series = generate_uid() if series_uid is None else series_uid
-    names = [
-        f"{n:08x}" for n in rng.permutation(10_000_000)[: hu.shape[2]]
-    ]  # no extension, random order
+    names = [f"{n:08x}" for n in rng.permutation(10_000_000)[: hu.shape[2]]]  # no extension, random order
     paths = []
     for k in range(hu.shape[2]):
         meta = FileMetaDataset()
@@ -84,9 +82,7 @@ def write_phantom_series(
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         offset = 0 if signed else 1024
         ds.RescaleSlope, ds.RescaleIntercept = 1, -offset
-        stored = (hu[:, :, k].T + offset).astype(
-            np.int16 if signed else np.uint16
-        )  # (rows, columns)
+        stored = (hu[:, :, k].T + offset).astype(np.int16 if signed else np.uint16)  # (rows, columns)
         ds.PixelData = stored.tobytes()
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)

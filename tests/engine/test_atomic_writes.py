@@ -28,9 +28,7 @@ def out(tmp_path):
 
 
 def _labels(value: int) -> LabelMap:
-    return LabelMap(
-        np.full((4, 5, 6), value, dtype=np.uint8), np.diag([2.0, 2.0, 3.0, 1.0])
-    )
+    return LabelMap(np.full((4, 5, 6), value, dtype=np.uint8), np.diag([2.0, 2.0, 3.0, 1.0]))
 
 
 def _half_written_then_fail(image, filename) -> None:
@@ -40,9 +38,7 @@ def _half_written_then_fail(image, filename) -> None:
     raise Boom("disk full")
 
 
-def test_a_failing_nifti_write_keeps_the_old_file_and_leaves_no_temporary(
-    out, monkeypatch
-):
+def test_a_failing_nifti_write_keeps_the_old_file_and_leaves_no_temporary(out, monkeypatch):
     target = out / "labels.nii.gz"
     write_nifti(_labels(1), target)
     old = target.read_bytes()
@@ -85,9 +81,7 @@ def test_the_new_file_replaces_the_old_whole_with_ordinary_permissions(out):
     assert target.stat().st_mode & 0o777 == 0o640
 
 
-def test_the_temporary_file_is_hidden_keeps_the_suffixes_and_is_synced(
-    out, monkeypatch
-):
+def test_the_temporary_file_is_hidden_keeps_the_suffixes_and_is_synced(out, monkeypatch):
     seen, synced = [], []
     real_fsync = atomic._fsync
     monkeypatch.setattr(
@@ -106,7 +100,5 @@ def test_the_temporary_file_is_hidden_keeps_the_suffixes_and_is_synced(
 
     write_atomically(out / "structures" / "Brainstem.nii.gz", write)
     assert seen[0].startswith(".Brainstem.nii.gz.") and seen[0].endswith(".nii.gz")
-    assert list((out / "structures").glob("*.nii.gz")) == [
-        out / "structures" / "Brainstem.nii.gz"
-    ]
+    assert list((out / "structures").glob("*.nii.gz")) == [out / "structures" / "Brainstem.nii.gz"]
     assert synced == [(seen[0], False), ("structures", True)]

@@ -50,9 +50,7 @@ def _model(card: dict | None = None) -> LoadedModel:
     }
     if card is not None:
         config["card"] = card
-    return LoadedModel(
-        "toy", BrightIsBone().eval(), config, "0" * 64, torch.device("cpu")
-    )
+    return LoadedModel("toy", BrightIsBone().eval(), config, "0" * 64, torch.device("cpu"))
 
 
 def _critic(threshold: float, auc: float = 0.9) -> Critic:
@@ -78,9 +76,7 @@ def ct() -> Volume:
 
 
 def test_roi_names_match_tg263_and_source_names_ignoring_case_and_separators():
-    matched = match_structures(
-        ["MANDIBLE", "Right Parotid", "parotid_r", "PTV70"], _model()
-    )
+    matched = match_structures(["MANDIBLE", "Right Parotid", "parotid_r", "PTV70"], _model())
     assert matched == {"MANDIBLE": 0, "Right Parotid": 1, "parotid_r": 1}
 
 
@@ -113,10 +109,7 @@ def test_agreeing_contour_passes_and_disagreeing_ones_are_flagged_worst_first(ct
     assert [r.roi_name for r in results] == ["Parotid_R", "Mandible"]
     parotid, mandible = results
     assert mandible.dice > 0.95 and mandible.msd_mm < 2.0 and not mandible.flagged
-    assert (
-        abs(mandible.contour_volume_cm3 - mandible.model_volume_cm3)
-        < 0.1 * mandible.contour_volume_cm3
-    )
+    assert abs(mandible.contour_volume_cm3 - mandible.model_volume_cm3) < 0.1 * mandible.contour_volume_cm3
     assert parotid.dice == 0.0 and parotid.msd_mm is None and parotid.flagged
     assert "Dice 0.00" in parotid.reasons[0]
     assert any("Brain: not audited" in n for n in notes)
@@ -125,40 +118,27 @@ def test_agreeing_contour_passes_and_disagreeing_ones_are_flagged_worst_first(ct
 
 def test_a_shifted_contour_is_flagged_against_the_models_usual_agreement(ct):
     shifted = _ball(ct.array.shape, (26, 20, 20), 8)  # 12 mm off
-    card = {
-        "evaluation_test": {
-            "per_structure": {"Mandible": {"dice_mean": 0.8, "dice_std": 0.05}}
-        }
-    }
-    (result,), _, _ = audit_volume(
-        ct, [_roi("Mandible", shifted)], _model(card), _critic(-10.0)
-    )
+    card = {"evaluation_test": {"per_structure": {"Mandible": {"dice_mean": 0.8, "dice_std": 0.05}}}}
+    (result,), _, _ = audit_volume(ct, [_roi("Mandible", shifted)], _model(card), _critic(-10.0))
     assert result.dice < 0.7 and result.msd_mm > 4.0
     assert result.flagged and "below the 0.70" in result.reasons[0]
 
 
 def test_the_quality_check_flags_a_score_below_its_threshold(ct):
     agreeing = _ball(ct.array.shape, (20, 20, 20), 8)
-    (result,), _, _ = audit_volume(
-        ct, [_roi("Mandible", agreeing)], _model(), _critic(10.0)
-    )
+    (result,), _, _ = audit_volume(ct, [_roi("Mandible", agreeing)], _model(), _critic(10.0))
     assert result.flagged and result.reasons == [
-        f"the quality check scores it {result.qam_score:.2f}, below 10.00: "
-        "the contour looks imprecise for this image"
+        f"the quality check scores it {result.qam_score:.2f}, below 10.00: the contour looks imprecise for this image"
     ]
 
 
 def test_a_structure_set_without_any_model_structure_is_refused(ct):
     with pytest.raises(AuditError, match="no contour in the structure set"):
-        audit_volume(
-            ct, [_roi("Brain", np.ones(ct.array.shape))], _model(), _critic(0.0)
-        )
+        audit_volume(ct, [_roi("Brain", np.ones(ct.array.shape))], _model(), _critic(0.0))
 
 
 def test_a_weak_critic_flags_nothing_and_says_why(ct):
     agreeing = _ball(ct.array.shape, (20, 20, 20), 8)
-    (result,), notes, _ = audit_volume(
-        ct, [_roi("Mandible", agreeing)], _model(), _critic(10.0, auc=0.62)
-    )
+    (result,), notes, _ = audit_volume(ct, [_roi("Mandible", agreeing)], _model(), _critic(10.0, auc=0.62))
     assert not result.flagged and result.reasons == []
     assert any("ROC AUC 0.62" in n for n in notes)

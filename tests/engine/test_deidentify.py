@@ -61,18 +61,14 @@ def _identify(path, with_private: bool = True) -> None:
 def upload(tmp_path):
     """A 20 x 16 x 5 CT series and an RTSTRUCT on it, both carrying the patient's identity."""
     folder = tmp_path / "Doe_Jane"
-    paths, _ = write_phantom_series(
-        folder / "CT", np.zeros((20, 16, 5), np.float32), spacing=(1.5, 2.0, 3.0)
-    )
+    paths, _ = write_phantom_series(folder / "CT", np.zeros((20, 16, 5), np.float32), spacing=(1.5, 2.0, 3.0))
     for path in paths:
         _identify(path)
     series = read_series(folder / "CT")
     labels = np.zeros(series.volume.array.shape, np.uint8)
     labels[4:12, 3:10, 1:4] = 1
     labels[13:18, 10:14, 2] = 2
-    rtstruct = build_rtstruct(
-        LabelMap(labels, series.volume.affine), series, STRUCTURES, "test-model", SHA
-    )
+    rtstruct = build_rtstruct(LabelMap(labels, series.volume.affine), series, STRUCTURES, "test-model", SHA)
     # A known structure name, spelt loosely.
     rtstruct.StructureSetROISequence[0].ROIName = "parotid l"
     for observation in rtstruct.RTROIObservationsSequence:
@@ -114,20 +110,13 @@ def test_identifying_attributes_are_removed_or_replaced(upload, tmp_path):
             "DCM",
             BASIC_PROFILE[1],
         )
-        assert (
-            "Basic" in ds.DeidentificationMethod
-            and len(ds.DeidentificationMethod) <= 64
-        )
+        assert "Basic" in ds.DeidentificationMethod and len(ds.DeidentificationMethod) <= 64
     # One pseudonym for the whole upload, so a planning system keeps CT and RTSTRUCT together.
     assert len({ds.PatientID for ds in _read_all(tmp_path / "out")}) == 1
-    assert result.profile == "DICOM PS3.15 Annex E Basic Profile" and result.codes == [
-        BASIC_PROFILE
-    ]
+    assert result.profile == "DICOM PS3.15 Annex E Basic Profile" and result.codes == [BASIC_PROFILE]
 
 
-def test_uids_are_remapped_consistently_and_the_rtstruct_references_the_new_ct(
-    upload, tmp_path
-):
+def test_uids_are_remapped_consistently_and_the_rtstruct_references_the_new_ct(upload, tmp_path):
     folder, series, labels = upload
     old_uids = {ref.sop_instance_uid for ref in series.slices} | {
         series.study_instance_uid,
@@ -140,14 +129,9 @@ def test_uids_are_remapped_consistently_and_the_rtstruct_references_the_new_ct(
     (rs,) = [ds for ds in out if ds.Modality == "RTSTRUCT"]
     everything = " ".join(_all_text(ds) + repr(ds.file_meta) for ds in out)
     assert not any(uid in everything for uid in old_uids)
-    assert (
-        len({ds.SeriesInstanceUID for ds in ct}) == 1
-        and len({ds.StudyInstanceUID for ds in out}) == 1
-    )
+    assert len({ds.SeriesInstanceUID for ds in ct}) == 1 and len({ds.StudyInstanceUID for ds in out}) == 1
     assert len({ds.FrameOfReferenceUID for ds in ct}) == 1
-    assert all(
-        ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID for ds in out
-    )
+    assert all(ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID for ds in out)
     new_ct = {ds.SOPInstanceUID for ds in ct}
     assert len(new_ct) == 5
     (frame,) = rs.ReferencedFrameOfReferenceSequence
@@ -156,9 +140,7 @@ def test_uids_are_remapped_consistently_and_the_rtstruct_references_the_new_ct(
     assert study.ReferencedSOPInstanceUID == ct[0].StudyInstanceUID
     (referenced_series,) = study.RTReferencedSeriesSequence
     assert referenced_series.SeriesInstanceUID == ct[0].SeriesInstanceUID
-    assert {
-        item.ReferencedSOPInstanceUID for item in referenced_series.ContourImageSequence
-    } == new_ct
+    assert {item.ReferencedSOPInstanceUID for item in referenced_series.ContourImageSequence} == new_ct
     contour_refs = {
         image.ReferencedSOPInstanceUID
         for roi in rs.ROIContourSequence
@@ -166,10 +148,7 @@ def test_uids_are_remapped_consistently_and_the_rtstruct_references_the_new_ct(
         for image in contour.ContourImageSequence
     }
     assert contour_refs and contour_refs <= new_ct
-    assert all(
-        roi.ReferencedFrameOfReferenceUID == ct[0].FrameOfReferenceUID
-        for roi in rs.StructureSetROISequence
-    )
+    assert all(roi.ReferencedFrameOfReferenceUID == ct[0].FrameOfReferenceUID for roi in rs.StructureSetROISequence)
     # Read back with the engine: every contour is placed by its UID (no note about
     # matching by position), and gives the same mask as before.
     new_series = read_series(tmp_path / "out")
@@ -187,10 +166,7 @@ def test_pixel_data_and_geometry_are_unchanged(upload, tmp_path):
     new_series = read_series(tmp_path / "out")
     np.testing.assert_array_equal(new_series.volume.array, series.volume.array)
     np.testing.assert_array_equal(new_series.volume.affine, series.volume.affine)
-    before = {
-        tuple(ds.ImagePositionPatient): ds
-        for ds in map(pydicom.dcmread, (folder / "CT").iterdir())
-    }
+    before = {tuple(ds.ImagePositionPatient): ds for ds in map(pydicom.dcmread, (folder / "CT").iterdir())}
     for ds in (d for d in _read_all(tmp_path / "out") if d.Modality == "CT"):
         original = before[tuple(ds.ImagePositionPatient)]
         assert ds.PixelData == original.PixelData
@@ -210,9 +186,7 @@ def test_pixel_data_and_geometry_are_unchanged(upload, tmp_path):
 
 def test_known_roi_names_are_kept_with_the_clean_descriptors_option(upload, tmp_path):
     folder, _, _ = upload
-    result = deidentify_upload(
-        folder, tmp_path / "out", keep_roi_names=["Parotid_L", "Brainstem"]
-    )
+    result = deidentify_upload(folder, tmp_path / "out", keep_roi_names=["Parotid_L", "Brainstem"])
     (rs,) = [ds for ds in _read_all(tmp_path / "out") if ds.Modality == "RTSTRUCT"]
     # A structure name is kept; free text that could name the patient is not.
     assert [roi.ROIName for roi in rs.StructureSetROISequence] == ["parotid l", "ROI 2"]
@@ -222,13 +196,8 @@ def test_known_roi_names_are_kept_with_the_clean_descriptors_option(upload, tmp_
     ]
     # The option is named only where a name was kept: not on the CT images.
     for ct in (ds for ds in _read_all(tmp_path / "out") if ds.Modality == "CT"):
-        assert [c.CodeValue for c in ct.DeidentificationMethodCodeSequence] == [
-            "113100"
-        ]
-    assert (
-        result.codes == [BASIC_PROFILE, CLEAN_DESCRIPTORS]
-        and "Clean Descriptors" in result.profile
-    )
+        assert [c.CodeValue for c in ct.DeidentificationMethodCodeSequence] == ["113100"]
+    assert result.codes == [BASIC_PROFILE, CLEAN_DESCRIPTORS] and "Clean Descriptors" in result.profile
 
 
 def test_a_zip_gives_the_same_result_and_one_mapping_per_upload(upload, tmp_path):

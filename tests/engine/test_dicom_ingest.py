@@ -18,9 +18,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from engine.errors import InputError
 from engine.io.dicom_series import LPS_TO_RAS, read_series
 from engine.io.preflight import inspect_input
-from engine.errors import InputError
 from engine.io.reader import read_input
 from tests.engine.phantom import write_phantom_series
 
@@ -43,9 +43,7 @@ def _edit(path: Path, **changes) -> None:
 # --- Order, values, syntaxes -----------------------------------------------------------
 
 
-def test_reversed_instance_numbers_and_shuffled_names_do_not_change_the_order(
-    tmp_path, hu
-):
+def test_reversed_instance_numbers_and_shuffled_names_do_not_change_the_order(tmp_path, hu):
     paths, affine = write_phantom_series(tmp_path / "ct", hu)
     for k, p in enumerate(paths):  # instance numbers now increase with position
         _edit(p, InstanceNumber=k + 1)
@@ -71,9 +69,7 @@ def test_rescale_slope_and_intercept_are_applied_per_slice(tmp_path, hu):
     ds.RescaleSlope, ds.RescaleIntercept = 2, -1024
     ds.save_as(paths[2])
     expected = hu.copy()
-    expected[:, :, 2] = ((hu[:, :, 2] + 1024).astype(np.int32) // 2 * 2 - 1024).astype(
-        np.float32
-    )
+    expected[:, :, 2] = ((hu[:, :, 2] + 1024).astype(np.int32) // 2 * 2 - 1024).astype(np.float32)
     np.testing.assert_array_equal(read_series(tmp_path / "ct").volume.array, expected)
 
 
@@ -95,9 +91,7 @@ def _gdcm_jpeg_lossless(path: Path) -> None:
     reader.SetFileName(str(path))
     assert reader.Read()
     change = gdcm.ImageChangeTransferSyntax()
-    change.SetTransferSyntax(
-        gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1)
-    )
+    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
     change.SetInput(reader.GetImage())
     assert change.Change()
     writer = gdcm.ImageWriter()
@@ -114,11 +108,7 @@ def _gdcm_jpeg_lossless(path: Path) -> None:
 )
 def test_compressed_transfer_syntaxes_decode_to_the_same_voxels(tmp_path, syntax):
     # JPEG 2000 needs tiles of at least 2^5 pixels for its default resolution levels.
-    hu = (
-        np.random.default_rng(2)
-        .integers(-1000, 1500, size=(40, 36, 3))
-        .astype(np.float32)
-    )
+    hu = np.random.default_rng(2).integers(-1000, 1500, size=(40, 36, 3)).astype(np.float32)
     paths, _ = write_phantom_series(tmp_path / "ct", hu)
     _compress(paths, syntax)
     assert pydicom.dcmread(paths[0]).file_meta.TransferSyntaxUID == syntax
@@ -132,9 +122,7 @@ def test_an_unsupported_transfer_syntax_is_refused_before_decoding(tmp_path, hu)
     paths, _ = write_phantom_series(tmp_path / "ct", hu)
     for p in paths:
         ds = pydicom.dcmread(p)
-        ds.file_meta.TransferSyntaxUID = (
-            "1.2.840.10008.1.2.4.100"  # MPEG2: not an image codec we read
-        )
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2: not an image codec we read
         ds.PixelData = pydicom.encaps.encapsulate([ds.PixelData])
         ds["PixelData"].VR = "OB"
         ds.save_as(p, enforce_file_format=True)
@@ -156,17 +144,13 @@ def test_enhanced_multiframe_ct_matches_the_single_frame_series(tmp_path, hu):
     legacy = [pydicom.dcmread(p) for p in paths]
     for ds in legacy:
         ds.Manufacturer = "Phantom"
-    enhanced = LegacyConvertedEnhancedCTImage(
-        legacy, generate_uid(), 3, generate_uid(), 1
-    )
+    enhanced = LegacyConvertedEnhancedCTImage(legacy, generate_uid(), 3, generate_uid(), 1)
     (tmp_path / "mf").mkdir()
     enhanced.save_as(tmp_path / "mf" / "enhanced.dcm")
     series = read_series(tmp_path / "mf")
     np.testing.assert_array_equal(series.volume.array, hu)
     np.testing.assert_allclose(series.affine_lps, affine, atol=1e-4)
-    assert [s.frame_number for s in series.slices] == sorted(
-        s.frame_number for s in series.slices
-    )
+    assert [s.frame_number for s in series.slices] == sorted(s.frame_number for s in series.slices)
     assert {s.sop_instance_uid for s in series.slices} == {str(enhanced.SOPInstanceUID)}
     assert inspect_input(tmp_path / "mf")["series"][0]["multiframe"] is True
 
@@ -304,9 +288,7 @@ def test_a_second_series_must_be_chosen_and_the_choice_is_used(tmp_path, hu):
     assert sorted(s["modality"] for s in report["series"]) == ["CT", "MR"]
     with pytest.raises(InputError, match="choose one"):
         read_input(tmp_path / "up")
-    mr = next(
-        s["series_instance_uid"] for s in report["series"] if s["modality"] == "MR"
-    )
+    mr = next(s["series_instance_uid"] for s in report["series"] if s["modality"] == "MR")
     volume, series = read_input(tmp_path / "up", series=mr)
     np.testing.assert_array_equal(volume.array, hu[::-1])
     assert series.series_instance_uid == mr

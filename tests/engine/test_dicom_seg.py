@@ -61,9 +61,7 @@ def masks_by_plane_position(seg: Dataset, series: DicomSeries) -> dict[int, np.n
     masks = {int(d.SegmentNumber): np.zeros(shape, bool) for d in seg.SegmentSequence}
     frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), seg.Rows, seg.Columns)
     for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
-        position = [
-            float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient
-        ]
+        position = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
         i, j, k = (inverse @ [*position, 1.0])[:3]
         assert abs(i) < 1e-3 and abs(j) < 1e-3 and abs(k - round(k)) < 1e-3
         number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
@@ -71,9 +69,7 @@ def masks_by_plane_position(seg: Dataset, series: DicomSeries) -> dict[int, np.n
     return masks
 
 
-def test_masks_read_back_by_plane_position_equal_the_label_map(
-    series_and_labels, tmp_path
-):
+def test_masks_read_back_by_plane_position_equal_the_label_map(series_and_labels, tmp_path):
     series, labels = series_and_labels
     path = write_segmentation(
         build_segmentation(labels, series, STRUCTURES, "test-model", "ab" * 32),
@@ -132,17 +128,12 @@ def test_segment_descriptions_codes_and_references(series_and_labels, tmp_path):
     ]
     assert {d.SegmentAlgorithmType for d in descriptions} == {"AUTOMATIC"}
     algorithm = descriptions[0].SegmentationAlgorithmIdentificationSequence[0]
-    assert (
-        algorithm.AlgorithmName == "test-model"
-        and algorithm.AlgorithmVersion == "ab" * 8
-    )
+    assert algorithm.AlgorithmName == "test-model" and algorithm.AlgorithmVersion == "ab" * 8
     parotid, ptv = descriptions[0], descriptions[1]
     assert parotid.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "91723000"
     parotid_type = parotid.SegmentedPropertyTypeCodeSequence[0]
     assert parotid_type.CodeValue == "45289007"  # parotid gland
-    assert (
-        parotid_type.SegmentedPropertyTypeModifierCodeSequence[0].CodeValue == "7771000"
-    )  # left
+    assert parotid_type.SegmentedPropertyTypeModifierCodeSequence[0].CodeValue == "7771000"  # left
     assert ptv.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "309825002"
     assert ptv.SegmentedPropertyTypeCodeSequence[0].CodeValue == "228793007"
     referenced = {
@@ -151,18 +142,10 @@ def test_segment_descriptions_codes_and_references(series_and_labels, tmp_path):
         for item in ref_series.ReferencedInstanceSequence
     }
     assert referenced == {s.sop_instance_uid for s in series.slices}
-    for (
-        item
-    ) in seg.PerFrameFunctionalGroupsSequence:  # each frame names its source slice
+    for item in seg.PerFrameFunctionalGroupsSequence:  # each frame names its source slice
         source = item.DerivationImageSequence[0].SourceImageSequence[0]
-        position = [
-            float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient
-        ]
-        slice_ref = next(
-            s
-            for s in series.slices
-            if s.sop_instance_uid == source.ReferencedSOPInstanceUID
-        )
+        position = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
+        slice_ref = next(s for s in series.slices if s.sop_instance_uid == source.ReferencedSOPInstanceUID)
         np.testing.assert_allclose(position, slice_ref.position_lps, atol=1e-3)
 
 
@@ -200,9 +183,7 @@ def test_label_map_off_the_series_grid_is_refused(series_and_labels):
     shifted = labels.affine.copy()
     shifted[0, 3] += 5
     with pytest.raises(DicomSegError, match="not on the grid"):
-        build_segmentation(
-            LabelMap(labels.array, shifted), series, STRUCTURES, "m", "0" * 64
-        )
+        build_segmentation(LabelMap(labels.array, shifted), series, STRUCTURES, "m", "0" * 64)
 
 
 def test_series_without_uids_is_refused(series_and_labels):
@@ -256,11 +237,7 @@ def _enhanced_series(hu_shape, affine_lps, frame_of_k) -> DicomSeries:
         lps = (affine_lps @ [0, 0, k, 1])[:3]
         position.ImagePositionPatient = [round(float(v), 4) for v in lps]
         per_frame[frame - 1].PlanePositionSequence = [position]
-        slices.append(
-            SliceRef(
-                ds.SOPClassUID, ds.SOPInstanceUID, tuple(float(v) for v in lps), frame
-            )
-        )
+        slices.append(SliceRef(ds.SOPClassUID, ds.SOPInstanceUID, tuple(float(v) for v in lps), frame))
     ds.PerFrameFunctionalGroupsSequence = per_frame
     volume = Volume(np.zeros(hu_shape, np.float32), LPS_TO_RAS @ affine_lps)
     return DicomSeries(volume, slices, ds)
@@ -283,8 +260,6 @@ def test_multi_frame_source_frames_follow_their_positions(tmp_path):
         np.testing.assert_array_equal(masks[number], labels.array == structure.label)
     for item in seg.PerFrameFunctionalGroupsSequence:
         source = item.DerivationImageSequence[0].SourceImageSequence[0]
-        position = [
-            float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient
-        ]
+        position = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
         k = round((np.linalg.inv(affine_lps) @ [*position, 1.0])[2])
         assert int(source.ReferencedFrameNumber) == frame_of_k[k]

@@ -9,8 +9,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from engine.io.dicom_series import LPS_TO_RAS, read_series
 from engine.errors import InputError
+from engine.io.dicom_series import LPS_TO_RAS, read_series
 from engine.io.reader import read_input
 from tests.engine.phantom import write_phantom_series
 

@@ -39,9 +39,7 @@ def _rotation(a: float, b: float, c: float) -> np.ndarray:
     return rx @ ry @ rz
 
 
-def _affine(
-    axes: np.ndarray, spacing=(1.5, 2.0, 3.0), origin=(12.3, -45.6, 78.9)
-) -> np.ndarray:
+def _affine(axes: np.ndarray, spacing=(1.5, 2.0, 3.0), origin=(12.3, -45.6, 78.9)) -> np.ndarray:
     affine = np.eye(4)
     affine[:3, :3] = axes @ np.diag(spacing)
     affine[:3, 3] = origin
@@ -52,16 +50,12 @@ def _affine(
 RIGHT_HANDED = {
     "axial RAS": _affine(np.eye(3)),
     "axial LPS (DICOM-like, L-P-S voxel axes)": _affine(np.diag([-1.0, -1.0, 1.0])),
-    "sagittal (i->P, j->I, k->R)": _affine(
-        np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0]], float)
-    ),
+    "sagittal (i->P, j->I, k->R)": _affine(np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0]], float)),
     "oblique": _affine(_rotation(0.3, -0.2, 0.15)),
 }
 LEFT_HANDED = {
     "axial LAS (dcm2niix style)": _affine(np.diag([-1.0, 1.0, 1.0])),
-    "oblique, left-handed": _affine(
-        _rotation(0.3, -0.2, 0.15) @ np.diag([1.0, -1.0, 1.0])
-    ),
+    "oblique, left-handed": _affine(_rotation(0.3, -0.2, 0.15) @ np.diag([1.0, -1.0, 1.0])),
 }
 
 
@@ -73,9 +67,7 @@ def hu() -> np.ndarray:
 
 def _same_geometry(a: np.ndarray, b: np.ndarray, shape) -> None:
     """Every corner voxel centre within 0.01 mm."""
-    np.testing.assert_allclose(
-        corners_mm(a, shape), corners_mm(b, shape), atol=0.01
-    )
+    np.testing.assert_allclose(corners_mm(a, shape), corners_mm(b, shape), atol=0.01)
 
 
 @pytest.mark.parametrize("name", sorted(RIGHT_HANDED))
@@ -87,9 +79,7 @@ def test_right_handed_volume_reads_back_voxel_for_voxel(name, hu, tmp_path):
     _same_geometry(back.volume.affine, affine, SHAPE)
     np.testing.assert_array_equal(written.series.volume.array, hu)
     _same_geometry(written.series.volume.affine, affine, SHAPE)
-    assert [s.sop_instance_uid for s in back.slices] == [
-        s.sop_instance_uid for s in written.series.slices
-    ]
+    assert [s.sop_instance_uid for s in back.slices] == [s.sop_instance_uid for s in written.series.slices]
     assert back.series_instance_uid == written.series.series_instance_uid
     assert back.frame_of_reference_uid == written.series.frame_of_reference_uid
     assert back.study_instance_uid == written.series.study_instance_uid
@@ -112,9 +102,7 @@ def test_left_handed_volume_is_written_with_rows_reversed(name, hu, tmp_path):
 
 
 def test_standard_axial_orientation_for_an_las_volume(hu, tmp_path):
-    written = write_ct_series(
-        Volume(hu, LEFT_HANDED["axial LAS (dcm2niix style)"]), tmp_path / "ct"
-    )
+    written = write_ct_series(Volume(hu, LEFT_HANDED["axial LAS (dcm2niix style)"]), tmp_path / "ct")
     ds = pydicom.dcmread(written.paths[0])
     assert [float(v) for v in ds.ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
     assert [float(v) for v in ds.PixelSpacing] == [
@@ -164,9 +152,7 @@ def test_uids_patient_and_zip(hu, tmp_path):
         sex="F",
         position="HFS",
     )
-    written = write_ct_series(
-        Volume(hu, RIGHT_HANDED["axial RAS"]), tmp_path / "ct", patient
-    )
+    written = write_ct_series(Volume(hu, RIGHT_HANDED["axial RAS"]), tmp_path / "ct", patient)
     datasets = [pydicom.dcmread(p) for p in written.paths]
     assert len({ds.SOPInstanceUID for ds in datasets}) == SHAPE[2]
     for ds in datasets:
@@ -193,9 +179,7 @@ def test_uids_patient_and_zip(hu, tmp_path):
 def test_rewriting_replaces_the_folder(hu, tmp_path):
     out = tmp_path / "job"
     write_ct_series(Volume(hu, RIGHT_HANDED["axial RAS"]), out / "ct")
-    second = write_ct_series(
-        Volume(hu[:, :, :4], RIGHT_HANDED["axial RAS"]), out / "ct"
-    )
+    second = write_ct_series(Volume(hu[:, :, :4], RIGHT_HANDED["axial RAS"]), out / "ct")
     assert sorted((out / "ct").iterdir()) == sorted(second.paths)
     assert [p.name for p in out.iterdir()] == ["ct"]  # no temporary folder left
 
@@ -209,12 +193,8 @@ def test_labels_follow_the_written_grid(tmp_path, hu):
     np.testing.assert_array_equal(moved.affine, written.series.volume.affine)
     # Every labelled voxel sits at the same patient position on both grids.
     before = (affine @ np.column_stack([np.argwhere(labels), np.ones(6)]).T)[:3].T
-    after = (moved.affine @ np.column_stack([np.argwhere(moved.array), np.ones(6)]).T)[
-        :3
-    ].T
-    np.testing.assert_allclose(
-        sorted(map(tuple, before)), sorted(map(tuple, after)), atol=1e-6
-    )
+    after = (moved.affine @ np.column_stack([np.argwhere(moved.array), np.ones(6)]).T)[:3].T
+    np.testing.assert_allclose(sorted(map(tuple, before)), sorted(map(tuple, after)), atol=1e-6)
     with pytest.raises(DicomWriteError, match="not on the grid"):
         labels_on_series_grid(LabelMap(labels[:, :, :3], affine), written.series)
 

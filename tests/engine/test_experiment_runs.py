@@ -51,14 +51,10 @@ def _tiny_openkbp(root: Path, n_train: int = 6) -> Path:
         (root / case).mkdir(parents=True)
         nib.save(nib.Nifti1Image(ct, affine), root / case / "ct.nii.gz")
         nib.save(nib.Nifti1Image(ptv, affine), root / case / "mask_PTV70.nii.gz")
-        nib.save(
-            nib.Nifti1Image(mandible, affine), root / case / "mask_Mandible.nii.gz"
-        )
+        nib.save(nib.Nifti1Image(mandible, affine), root / case / "mask_Mandible.nii.gz")
         cases.append({"case": case, "rois": ["PTV70", "Mandible"]})
     (root / "split.json").write_text(json.dumps(splits))
-    (root / "manifest.json").write_text(
-        json.dumps({"oar_labels": {}, "rois": [], "cases": cases})
-    )
+    (root / "manifest.json").write_text(json.dumps({"oar_labels": {}, "rois": [], "cases": cases}))
     return root
 
 
@@ -82,9 +78,7 @@ def _config(path: Path, **extra) -> Path:
 
 
 def _losses(run_dir: Path) -> list[dict]:
-    return [
-        json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()
-    ]
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
 
 def test_a_short_qam_ocm_run_lowers_the_loss_and_logs_the_weights(tmp_path):
@@ -99,19 +93,10 @@ def test_a_short_qam_ocm_run_lowers_the_loss_and_logs_the_weights(tmp_path):
     out = tmp_path / "runs" / "qam"
     records = [r for r in _losses(out) if "loss" in r]
     assert records[-1]["loss"] < records[0]["loss"]
-    assert all(
-        r["weight_clean"] is not None and r["weight_corrupted"] is not None
-        for r in records
-    )
+    assert all(r["weight_clean"] is not None and r["weight_corrupted"] is not None for r in records)
     assert metrics["corrupted_cases"] == 3
-    assert (
-        set(json.loads((out / "corruption.json").read_text()))
-        and (out / "qam_best.pt").exists()
-    )
-    assert (
-        metrics["evaluation"]["split"] == "test"
-        and metrics["evaluation"]["n_cases"] == 2
-    )
+    assert set(json.loads((out / "corruption.json").read_text())) and (out / "qam_best.pt").exists()
+    assert metrics["evaluation"]["split"] == "test" and metrics["evaluation"]["n_cases"] == 2
     for name in (
         "config.json",
         "metrics.json",

@@ -65,9 +65,7 @@ def test_export_of_a_512_grid_allocates_no_full_resolution_float_per_structure(
         labels = labels_to_input_grid(prob, volume, values, 0.5)
         out = ResultFolder(tmp_path / "out")
         table = write_nifti_outputs(volume, labels, model.structures, out)
-        rtstruct = build_rtstruct(
-            labels, series, model.structures, model.name, "0" * 64
-        )
+        rtstruct = build_rtstruct(labels, series, model.structures, model.name, "0" * 64)
         roundtrip = check_rtstruct(rtstruct, labels, series, model.structures)
         _, peak = tracemalloc.get_traced_memory()
     finally:

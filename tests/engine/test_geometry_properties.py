@@ -20,16 +20,12 @@ spacings = st.tuples(*[st.floats(0.4, 5.0).map(lambda v: round(v, 3))] * 3)
 origins = st.tuples(*[st.floats(-400, 400).map(lambda v: round(v, 2))] * 3)
 rotations = st.tuples(*[st.floats(-1, 1)] * 4).filter(lambda q: np.linalg.norm(q) > 0.1)
 SIGNED_PERMUTATIONS = [
-    (perm, signs)
-    for perm in itertools.permutations(range(3))
-    for signs in itertools.product((1, -1), repeat=3)
+    (perm, signs) for perm in itertools.permutations(range(3)) for signs in itertools.product((1, -1), repeat=3)
 ]
 
 
 def _orientation(quaternion) -> tuple[float, ...]:
-    matrix = Rotation.from_quat(
-        np.asarray(quaternion) / np.linalg.norm(quaternion)
-    ).as_matrix()
+    matrix = Rotation.from_quat(np.asarray(quaternion) / np.linalg.norm(quaternion)).as_matrix()
     return tuple(round(float(v), 6) for v in (*matrix[:, 0], *matrix[:, 1]))
 
 
@@ -39,29 +35,20 @@ def _orientation(quaternion) -> tuple[float, ...]:
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(spacing=spacings, origin=origins, quaternion=rotations)
-def test_dicom_voxels_map_to_their_slice_positions_and_back(
-    tmp_path_factory, spacing, origin, quaternion
-):
+def test_dicom_voxels_map_to_their_slice_positions_and_back(tmp_path_factory, spacing, origin, quaternion):
     """Any orientation and spacing: voxel (0, 0, k) lands on slice k's Image Position
     (Patient), and the inverse affine brings every slice position back to (0, 0, k)."""
     folder = tmp_path_factory.mktemp("ct")
     hu = np.arange(4 * 3 * 5, dtype=np.float32).reshape(4, 3, 5)
     orientation = _orientation(quaternion)
-    paths, expected = write_phantom_series(
-        folder, hu, spacing=spacing, origin=origin, orientation=orientation
-    )
+    paths, expected = write_phantom_series(folder, hu, spacing=spacing, origin=origin, orientation=orientation)
     series = read_series(folder)
     np.testing.assert_array_equal(series.volume.array, hu)
     np.testing.assert_allclose(series.affine_lps, expected, atol=2e-3)
     inverse = np.linalg.inv(series.affine_lps)
     for k, path in enumerate(paths):
-        position = [
-            float(v)
-            for v in pydicom.dcmread(path, stop_before_pixels=True).ImagePositionPatient
-        ]
-        np.testing.assert_allclose(
-            series.affine_lps @ [0, 0, k, 1], [*position, 1], atol=2e-3
-        )
+        position = [float(v) for v in pydicom.dcmread(path, stop_before_pixels=True).ImagePositionPatient]
+        np.testing.assert_allclose(series.affine_lps @ [0, 0, k, 1], [*position, 1], atol=2e-3)
         np.testing.assert_allclose(inverse @ [*position, 1], [0, 0, k, 1], atol=1e-3)
     np.testing.assert_allclose(series.volume.affine, LPS_TO_RAS @ series.affine_lps)
 
@@ -93,9 +80,7 @@ def _ball(shape, affine, centre_ras, radius_mm) -> np.ndarray:
     spacing=st.tuples(*[st.sampled_from([1.0, 1.5, 2.0, 2.5])] * 3),
     origin=origins,
 )
-def test_reorienting_to_the_model_grid_and_back_is_exact_at_the_same_spacing(
-    permutation_index, spacing, origin
-):
+def test_reorienting_to_the_model_grid_and_back_is_exact_at_the_same_spacing(permutation_index, spacing, origin):
     """Any axis order and direction: reorientation to RAS at the input's own spacing and
     back is the identity on labels, and a voxel keeps its patient coordinates."""
     affine = _grid(permutation_index, spacing, origin)
@@ -107,17 +92,10 @@ def test_reorienting_to_the_model_grid_and_back_is_exact_at_the_same_spacing(
     model_affine = on_model.affine.numpy()
     assert np.all(np.diag(model_affine)[:3] > 0), "the model grid is RAS"
     ras_of_marker = affine @ [10, 9, 1, 1]
-    marker_on_model = np.round(np.linalg.inv(model_affine) @ ras_of_marker).astype(int)[
-        :3
-    ]
+    marker_on_model = np.round(np.linalg.inv(model_affine) @ ras_of_marker).astype(int)[:3]
     assert on_model[0][tuple(marker_on_model)] == 1
     one_hot = on_model.float()
-    back = (
-        labels_to_input_grid(
-            one_hot, Volume(labels.astype(np.float32), affine), [1], 0.5
-        ).array
-        == 1
-    )
+    back = labels_to_input_grid(one_hot, Volume(labels.astype(np.float32), affine), [1], 0.5).array == 1
     np.testing.assert_array_equal(back, labels.astype(bool))
 
 
@@ -140,12 +118,7 @@ def test_a_structure_resampled_to_a_coarser_grid_and_back_keeps_its_place_and_sh
     on_model = labels_to_model_grid(LabelMap(ball, affine), model_spacing)
     # Labels go to the model grid by nearest neighbour, come back as probabilities.
     probabilities = on_model.float()
-    back = (
-        labels_to_input_grid(
-            probabilities, Volume(ball.astype(np.float32), affine), [1], 0.5
-        ).array
-        == 1
-    )
+    back = labels_to_input_grid(probabilities, Volume(ball.astype(np.float32), affine), [1], 0.5).array == 1
     dice = 2 * np.sum(back & (ball > 0)) / (back.sum() + ball.sum())
     assert dice >= 0.85
     moved = np.argwhere(back).mean(axis=0) - np.argwhere(ball).mean(axis=0)

@@ -11,9 +11,7 @@ from engine.infer.grid import image_to_model_grid, labels_to_input_grid
 from engine.metrics import Agreement, agreement
 from engine.volume import Volume
 
-LPS_AXES_AFFINE = np.array(
-    [[-0.8, 0, 0, 40.0], [0, -0.8, 0, 30.0], [0, 0, 2.0, -20.0], [0, 0, 0, 1]]
-)
+LPS_AXES_AFFINE = np.array([[-0.8, 0, 0, 40.0], [0, -0.8, 0, 30.0], [0, 0, 2.0, -20.0], [0, 0, 0, 1]])
 
 
 def _sphere(shape, affine, centre_ras, radius_mm):
@@ -23,21 +21,13 @@ def _sphere(shape, affine, centre_ras, radius_mm):
 
 
 def test_model_grid_is_ras_at_the_model_spacing():
-    hu = np.where(
-        _sphere((60, 50, 20), LPS_AXES_AFFINE, (20.0, 10.0, 0.0), 8), 1000.0, -1000.0
-    )
-    img = image_to_model_grid(
-        Volume(hu.astype(np.float32), LPS_AXES_AFFINE), (2.0, 2.0, 2.0), (-1000, 1000)
-    )
+    hu = np.where(_sphere((60, 50, 20), LPS_AXES_AFFINE, (20.0, 10.0, 0.0), 8), 1000.0, -1000.0)
+    img = image_to_model_grid(Volume(hu.astype(np.float32), LPS_AXES_AFFINE), (2.0, 2.0, 2.0), (-1000, 1000))
     affine = img.affine.numpy()
-    np.testing.assert_allclose(
-        np.diag(affine)[:3], (2.0, 2.0, 2.0), atol=1e-6
-    )  # RAS, positive steps
+    np.testing.assert_allclose(np.diag(affine)[:3], (2.0, 2.0, 2.0), atol=1e-6)  # RAS, positive steps
     assert float(img.min()) >= 0.0 and float(img.max()) <= 1.0
     centre = np.argwhere(img[0].numpy() > 0.5).mean(axis=0)
-    np.testing.assert_allclose(
-        affine[:3, :3] @ centre + affine[:3, 3], (20.0, 10.0, 0.0), atol=1.0
-    )
+    np.testing.assert_allclose(affine[:3, :3] @ centre + affine[:3, 3], (20.0, 10.0, 0.0), atol=1.0)
 
 
 def test_probabilities_come_back_to_the_input_grid_as_labels():
@@ -82,9 +72,7 @@ def test_labels_per_structure_box_equal_resampling_the_whole_grid():
         torch.zeros((1, *reference.array.shape)),
         affine=torch.as_tensor(reference.affine),
     )
-    whole = ResampleToMatch(mode="bilinear", padding_mode="zeros")(
-        prob_mt, img_dst=template
-    ).numpy()
+    whole = ResampleToMatch(mode="bilinear", padding_mode="zeros")(prob_mt, img_dst=template).numpy()
     expected = np.where(whole.max(axis=0) > 0.5, np.array([2, 5, 7])[whole.argmax(0)], 0)
     got = labels_to_input_grid(prob_mt, reference, [2, 5, 7], 0.5).array
     assert set(np.unique(expected)) == {0, 2, 5, 7}
@@ -115,10 +103,7 @@ def test_surface_metrics_are_those_of_monai():
     rng = np.random.default_rng(0)
     for _ in range(10):
         shape = tuple(int(n) for n in rng.integers(8, 24, 3))
-        a, b = (
-            ndimage.binary_dilation(rng.random(shape) > 0.99, iterations=2)
-            for _ in range(2)
-        )
+        a, b = (ndimage.binary_dilation(rng.random(shape) > 0.99, iterations=2) for _ in range(2))
         if not a.any() or not b.any():
             continue
         spacing = tuple(float(s) for s in rng.uniform(0.5, 3.0, 3))
@@ -150,9 +135,7 @@ def test_test_time_mirroring_swaps_left_and_right_back():
     image[0, 0, 12:14] = 1.0  # its mirror image
     config = {"structures": [{"name": "Parotid_R"}, {"name": "Parotid_L"}], "test_time_mirror": True}
     plain = predict_probabilities(LeftHalf(), image, (16, 8, 8), torch.device("cpu"))
-    mirrored = predict_probabilities(
-        LeftHalf(), image, (16, 8, 8), torch.device("cpu"), test_time_mirror(config)
-    )
+    mirrored = predict_probabilities(LeftHalf(), image, (16, 8, 8), torch.device("cpu"), test_time_mirror(config))
     assert plain[0, 1].max() < 0.01  # without mirroring no Parotid_L at all
     assert mirrored[0, 0, 2:4].min() > 0.49 and mirrored[0, 1, 12:14].min() > 0.49
     assert mirrored[0, 0, 12:14].max() < 0.01 and mirrored[0, 1, 2:4].max() < 0.01

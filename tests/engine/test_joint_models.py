@@ -37,11 +37,7 @@ def _config(name: str) -> dict:
 
 
 def _blob(centre: tuple[float, float, float]) -> torch.Tensor:
-    grid = torch.stack(
-        torch.meshgrid(
-            *[torch.arange(n, dtype=torch.float32) for n in SHAPE], indexing="ij"
-        )
-    )
+    grid = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in SHAPE], indexing="ij"))
     d2 = ((grid - torch.tensor(centre).view(3, 1, 1, 1)) ** 2).sum(dim=0)
     return torch.exp(-d2 / (2 * 4.0**2))[None, None]  # (1, 1, D, H, W)
 
@@ -110,9 +106,7 @@ def test_unknown_architecture_and_bad_hyper_parameters_raise():
     with pytest.raises(ValueError, match="features"):
         build_joint_model(_config("deepatlas") | {"features": [4, 8, 16]})
     with pytest.raises(ValueError, match="task_weights"):
-        build_joint_model(
-            _config("cross-stitch") | {"options": {"task_weights": "some"}}
-        )
+        build_joint_model(_config("cross-stitch") | {"options": {"task_weights": "some"}})
     with pytest.raises(ValueError, match="bad options"):
         build_joint_model(_config("dual-head") | {"options": {"depth": 3}})
 
@@ -121,9 +115,7 @@ def test_cross_stitch_unit_mixes_each_channel_by_its_2x2_matrix():
     unit = CrossStitch(2)
     assert torch.allclose(unit.weight[0], torch.tensor([[0.9, 0.1], [0.1, 0.9]]))
     with torch.no_grad():
-        unit.weight.copy_(
-            torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[0.5, 0.0], [-1.0, 1.0]]])
-        )
+        unit.weight.copy_(torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[0.5, 0.0], [-1.0, 1.0]]]))
     a, b = torch.rand(3, 2, 4, 4, 4), torch.rand(3, 2, 4, 4, 4)
     a2, b2 = unit(a, b)
     assert torch.allclose(a2[:, 0], a[:, 0] + 2 * b[:, 0])
@@ -148,12 +140,7 @@ def test_cumulative_sum_of_a_constant_gradient_is_a_linear_ddf():
 def test_scaling_and_squaring_of_zero_velocity_is_zero_and_of_a_constant_a_translation():
     integrate = DVF2DDF(num_steps=7, padding_mode="border")
     assert torch.count_nonzero(integrate(torch.zeros(1, 3, *SHAPE))) == 0
-    v = (
-        torch.tensor([1.5, -0.5, 0.25])
-        .view(1, 3, 1, 1, 1)
-        .expand(1, 3, *SHAPE)
-        .contiguous()
-    )
+    v = torch.tensor([1.5, -0.5, 0.25]).view(1, 3, 1, 1, 1).expand(1, 3, *SHAPE).contiguous()
     assert torch.allclose(integrate(v), v, atol=1e-4)
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from engine.errors import InputError
 from engine.infer.audit import AuditError, audit_file
 from engine.io.preflight import inspect_input
-from engine.errors import InputError
 from engine.io.reader import read_input
 from engine.io.rtstruct_import import RTStructImportError
 from tests.malformed_corpus import AUDIT_FAILS, JOB_FAILS, REFUSED, corpus

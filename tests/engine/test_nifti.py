@@ -11,9 +11,7 @@ from engine.volume import LabelMap, Volume
 
 
 def test_round_trip_keeps_voxels_and_affine(tmp_path):
-    affine = np.array(
-        [[-0.9, 0, 0, 100], [0, -0.9, 0, 50], [0, 0, 2.5, -30], [0, 0, 0, 1]]
-    )
+    affine = np.array([[-0.9, 0, 0, 100], [0, -0.9, 0, 50], [0, 0, 2.5, -30], [0, 0, 0, 1]])
     data = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
     write_nifti(LabelMap(data, affine), tmp_path / "l.nii.gz")
     back = read_labels(tmp_path / "l.nii.gz")
@@ -47,9 +45,7 @@ def test_singular_affine_is_refused(tmp_path):
     path = tmp_path / "singular.nii"
     nib.save(nib.Nifti1Image(np.zeros((3, 3, 3), np.float32), np.eye(4)), path)
     raw = bytearray(path.read_bytes())
-    raw[296:312] = np.zeros(
-        4, np.float32
-    ).tobytes()  # srow_y: nibabel refuses to write it itself
+    raw[296:312] = np.zeros(4, np.float32).tobytes()  # srow_y: nibabel refuses to write it itself
     path.write_bytes(bytes(raw))
     with pytest.raises(NiftiError, match="not invertible"):
         read_volume(path)

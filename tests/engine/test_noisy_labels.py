@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import ndimage
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import ndimage
 
 from engine.models.qam import (
     QualityAwarenessModule,
@@ -51,9 +51,7 @@ def test_weighted_loss_gives_gradients_to_both_networks():
     per_sample = seg_param * torch.tensor([0.1, 0.2, 0.9, 1.0])
     loss = weighted_loss(per_sample, sample_weights(qam(pairs), 2.0))
     loss.backward()
-    assert seg_param.grad is not None and all(
-        p.grad is not None for p in qam.parameters()
-    )
+    assert seg_param.grad is not None and all(p.grad is not None for p in qam.parameters())
 
 
 def test_the_qam_learns_to_weight_down_high_loss_samples():
@@ -105,9 +103,7 @@ def test_corruption_is_morphology_with_a_ball_round_in_mm(operation):
 def test_noisy_cases_are_a_fixed_fraction_with_a_fixed_seed():
     cases = [f"pt_{i}" for i in range(40)]
     chosen = noisy_cases(cases, 0.25, seed=3)
-    assert len(chosen) == 10 and chosen == noisy_cases(
-        list(reversed(cases)), 0.25, seed=3
-    )
+    assert len(chosen) == 10 and chosen == noisy_cases(list(reversed(cases)), 0.25, seed=3)
     assert noisy_cases(cases, 0.25, seed=4) != chosen
     assert noisy_cases(cases, 0.0, seed=3) == set()
     with pytest.raises(ValueError):
@@ -120,18 +116,14 @@ def test_corruption_dilates_or_erodes_each_available_structure():
     masks[1, 12:28, 12:28, 6:14] = 1
     masks[2, 15:25, 15:25, 8:12] = 1
     available = np.array([True, True, False])
-    out, record = corrupt_masks(
-        masks, (1.0, 1.0, 2.0), RANGES_MM["small"], np.random.default_rng(0), available
-    )
+    out, record = corrupt_masks(masks, (1.0, 1.0, 2.0), RANGES_MM["small"], np.random.default_rng(0), available)
     assert [r.structure for r in record] == [0, 1]
     for r in record:
         before, after = masks[r.structure].sum(), out[r.structure].sum()
         assert (after > before) if r.operation == "dilate" else (after < before)
         assert RANGES_MM["small"][0] <= r.radius_mm <= RANGES_MM["small"][1]
     np.testing.assert_array_equal(out[2], masks[2])
-    again, _ = corrupt_masks(
-        masks, (1.0, 1.0, 2.0), RANGES_MM["small"], np.random.default_rng(0), available
-    )
+    again, _ = corrupt_masks(masks, (1.0, 1.0, 2.0), RANGES_MM["small"], np.random.default_rng(0), available)
     np.testing.assert_array_equal(again, out)
 
 

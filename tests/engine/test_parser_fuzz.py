@@ -21,8 +21,8 @@ import pydicom
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.io.preflight import inspect_input
 from engine.errors import InputError
+from engine.io.preflight import inspect_input
 from engine.io.reader import read_input
 from engine.io.rtstruct_import import RTStructImportError, import_rtstruct, read_rtstruct
 from tests.malformed_corpus import _ct_slices, _encode, _nifti, _rtstruct_base, _zip

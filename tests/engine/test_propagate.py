@@ -45,13 +45,9 @@ from engine.volume import LabelMap, Volume
 from tests.engine.phantom import write_phantom_series
 
 # Fixed (daily) grid: L-P-S voxel axes (as DICOM), anisotropic, off-centre.
-FIXED_AFFINE = np.array(
-    [[-2.0, 0, 0, 40.0], [0, -2.5, 0, 45.0], [0, 0, 3.0, -36.0], [0, 0, 0, 1]]
-)
+FIXED_AFFINE = np.array([[-2.0, 0, 0, 40.0], [0, -2.5, 0, 45.0], [0, 0, 3.0, -36.0], [0, 0, 0, 1]])
 # Moving (planning) grid: another orientation and spacing.
-MOVING_AFFINE = np.array(
-    [[1.5, 0, 0, -42.0], [0, 3.0, 0, -48.0], [0, 0, 2.5, -40.0], [0, 0, 0, 1]]
-)
+MOVING_AFFINE = np.array([[1.5, 0, 0, -42.0], [0, 3.0, 0, -48.0], [0, 0, 2.5, -40.0], [0, 0, 0, 1]])
 SHIFT_RAS_MM = np.array([5.0, -4.0, 6.0])  # moving content = fixed content + shift
 BOX = {"label": 1, "name": "Box", "color": [255, 0, 0]}
 
@@ -65,9 +61,7 @@ def _anatomy(points: np.ndarray) -> np.ndarray:
     """HU of an asymmetric phantom at RAS points (..., 3): a soft-tissue ellipsoid body
     with three bony blobs of different sizes, smooth enough to register."""
     r, a, s = points[..., 0], points[..., 1], points[..., 2]
-    body = 1.0 / (
-        1.0 + np.exp(((r / 30) ** 2 + (a / 34) ** 2 + (s / 28) ** 2 - 1) * 12)
-    )
+    body = 1.0 / (1.0 + np.exp(((r / 30) ** 2 + (a / 34) ** 2 + (s / 28) ** 2 - 1) * 12))
     hu = -1000.0 + 1040.0 * body
     for centre, width, value in [
         ((10, 8, 4), 5.0, 900.0),
@@ -101,9 +95,7 @@ def test_sampling_follows_monai_warp():
     gen = torch.Generator().manual_seed(0)
     image = torch.rand((2, 9, 8, 7), generator=gen)
     ddf = torch.randn((3, 9, 8, 7), generator=gen) * 1.5
-    identity = torch.stack(
-        torch.meshgrid(*[torch.arange(n) for n in (9, 8, 7)], indexing="ij")
-    ).float()
+    identity = torch.stack(torch.meshgrid(*[torch.arange(n) for n in (9, 8, 7)], indexing="ij")).float()
     ours = sample(image, identity + ddf, "bilinear", "border")
     theirs = Warp("bilinear", "border")(image[None], ddf[None])[0]
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
@@ -260,9 +252,7 @@ def test_joint_model_ddf_and_direct_segmentation_plumbing(joint_weights):
 def test_compose_ddf_applies_the_inner_field_then_the_outer():
     """outer(y) = M y + b (linear), inner = c (constant): u(x) = c + M (x + c) + b."""
     shape = (12, 10, 8)
-    x = torch.stack(
-        torch.meshgrid(*[torch.arange(n) for n in shape], indexing="ij")
-    ).float()
+    x = torch.stack(torch.meshgrid(*[torch.arange(n) for n in shape], indexing="ij")).float()
     m = torch.tensor([[0.02, 0.0, 0.01], [0.0, -0.03, 0.0], [0.01, 0.0, 0.02]])
     b = torch.tensor([0.5, -0.25, 0.75]).view(3, 1, 1, 1)
     outer = torch.einsum("ab,b...->a...", m, x) + b
@@ -356,9 +346,7 @@ def test_synthetic_pair_truth_maps_daily_points_to_planning_points():
     assert pair.params["min_jacobian"] > 0
     weights = np.clip(pair.daily.array + 1000.0, 0, None)
     p = (world * weights[..., None]).sum((0, 1, 2)) / weights.sum()
-    u = pair.ddf_mm[
-        tuple(np.round((p - affine[:3, 3]) / np.diag(affine)[:3]).astype(int))
-    ]
+    u = pair.ddf_mm[tuple(np.round((p - affine[:3, 3]) / np.diag(affine)[:3]).astype(int))]
     np.testing.assert_allclose(p + u, q, atol=1.0)
     assert np.abs(p - q).max() > 2.0  # the point did move
     assert pair.daily_labels.array.sum() > 0
@@ -385,9 +373,7 @@ def _dicom_pair(tmp_path):
         (-42.0, -48.0, -40.0),
         lambda points: _anatomy(points - SHIFT_RAS_MM),
     )
-    box = _box(
-        _world(planning.volume.array.shape, planning.volume.affine) - SHIFT_RAS_MM
-    )
+    box = _box(_world(planning.volume.array.shape, planning.volume.affine) - SHIFT_RAS_MM)
     structure = Structure(1, "Box", (255, 0, 0), "ORGAN")
     ds = build_rtstruct(
         LabelMap(box.astype(np.uint8), planning.volume.affine),
@@ -400,9 +386,7 @@ def _dicom_pair(tmp_path):
     return daily, tmp_path / "planning", tmp_path / "planning_rs.dcm"
 
 
-def test_cli_writes_every_output_and_the_rtstruct_references_the_daily_series(
-    tmp_path, joint_weights, capsys
-):
+def test_cli_writes_every_output_and_the_rtstruct_references_the_daily_series(tmp_path, joint_weights, capsys):
     daily, planning, rtstruct = _dicom_pair(tmp_path)
     out = tmp_path / "out"
     code = main(
@@ -449,9 +433,7 @@ def test_cli_writes_every_output_and_the_rtstruct_references_the_daily_series(
     assert entry["name"] == "Box" and entry["volume_ml"] > 0
     field = nib.load(out / "ddf.nii.gz")
     assert field.shape == (40, 36, 24, 3) and field.header.get_intent()[0] == "vector"
-    np.testing.assert_allclose(
-        np.asarray(field.dataobj)[20, 18, 12], SHIFT_RAS_MM, atol=1e-3
-    )
+    np.testing.assert_allclose(np.asarray(field.dataobj)[20, 18, 12], SHIFT_RAS_MM, atol=1e-3)
 
     series = read_series(daily)
     rs = pydicom.dcmread(out / "rtstruct.dcm")

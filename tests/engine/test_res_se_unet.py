@@ -22,9 +22,7 @@ def test_input_not_divisible_raises():
         net(torch.randn(1, 1, 10, 8, 8))
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"channels": (4, 8)}, {"channels": (4, 0, 8)}, {"out_channels": 0}]
-)
+@pytest.mark.parametrize("kwargs", [{"channels": (4, 8)}, {"channels": (4, 0, 8)}, {"out_channels": 0}])
 def test_bad_hyper_parameters_raise(kwargs):
     args = {"in_channels": 1, "out_channels": 2, "channels": (4, 8, 8)} | kwargs
     with pytest.raises(ValueError):
@@ -33,9 +31,7 @@ def test_bad_hyper_parameters_raise(kwargs):
 
 def test_full_resolution_level_and_deep_supervision_shapes():
     torch.manual_seed(0)
-    net = ResSEUNet(
-        1, 3, channels=(4, 8, 8, 16), full_resolution_channels=4, deep_supervision=True
-    )
+    net = ResSEUNet(1, 3, channels=(4, 8, 8, 16), full_resolution_channels=4, deep_supervision=True)
     x = torch.randn(2, 1, 16, 32, 24)
     outputs = net.train()(x)
     assert [tuple(o.shape) for o in outputs] == [

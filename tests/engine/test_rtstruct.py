@@ -24,9 +24,7 @@ STRUCTURES = [
 @pytest.fixture
 def series_and_labels(tmp_path):
     hu = np.zeros((24, 20, 6), np.float32)
-    write_phantom_series(
-        tmp_path / "ct", hu, spacing=(1.25, 0.75, 2.5), origin=(-11.3, 7.7, -40.0)
-    )
+    write_phantom_series(tmp_path / "ct", hu, spacing=(1.25, 0.75, 2.5), origin=(-11.3, 7.7, -40.0))
     series = read_series(tmp_path / "ct")
     labels = np.zeros(hu.shape, np.uint8)
     labels[4:16, 3:15, 1:4] = 1
@@ -47,9 +45,7 @@ def _rasterise(ds, series, shape, roi_number):
         points = np.array(contour.ContourData, float).reshape(-1, 3)
         voxels = (inverse @ np.column_stack([points, np.ones(len(points))]).T)[:3].T
         k = uid_to_k[contour.ContourImageSequence[0].ReferencedSOPInstanceUID]
-        np.testing.assert_allclose(
-            voxels[:, 2], k, atol=1e-2
-        )  # on the referenced slice's plane
+        np.testing.assert_allclose(voxels[:, 2], k, atol=1e-2)  # on the referenced slice's plane
         mask[:, :, k] ^= polygon2mask(shape[:2], voxels[:, :2])
     return mask
 
@@ -58,9 +54,7 @@ def test_contours_rasterise_back_to_the_label_map(series_and_labels):
     series, labels = series_and_labels
     ds = build_rtstruct(labels, series, STRUCTURES, "test-model", "0" * 64)
     for number, s in enumerate(STRUCTURES, start=1):
-        np.testing.assert_array_equal(
-            _rasterise(ds, series, labels.array.shape, number), labels.array == s.label
-        )
+        np.testing.assert_array_equal(_rasterise(ds, series, labels.array.shape, number), labels.array == s.label)
 
 
 def test_references_names_and_decimal_strings(series_and_labels, tmp_path):
@@ -74,11 +68,7 @@ def test_references_names_and_decimal_strings(series_and_labels, tmp_path):
     ref_for = ds.ReferencedFrameOfReferenceSequence[0]
     assert ref_for.FrameOfReferenceUID == series.frame_of_reference_uid
     ref_study = ref_for.RTReferencedStudySequence[0]
-    assert (
-        ref_study.ReferencedSOPInstanceUID
-        == series.study_instance_uid
-        == ds.StudyInstanceUID
-    )
+    assert ref_study.ReferencedSOPInstanceUID == series.study_instance_uid == ds.StudyInstanceUID
     ref_series = ref_study.RTReferencedSeriesSequence[0]
     assert ref_series.SeriesInstanceUID == series.series_instance_uid
     assert {i.ReferencedSOPInstanceUID for i in ref_series.ContourImageSequence} == {
@@ -116,14 +106,10 @@ def test_label_map_off_the_series_grid_is_refused(series_and_labels):
     shifted = labels.affine.copy()
     shifted[0, 3] += 5
     with pytest.raises(RTStructError, match="not on the grid"):
-        build_rtstruct(
-            LabelMap(labels.array, shifted), series, STRUCTURES, "m", "0" * 64
-        )
+        build_rtstruct(LabelMap(labels.array, shifted), series, STRUCTURES, "m", "0" * 64)
 
 
-@pytest.mark.parametrize(
-    "value", [0.0, -0.001, 123.456, -98765.4321, 1.23e13, -9.87654321e15, 4e300]
-)
+@pytest.mark.parametrize("value", [0.0, -0.001, 123.456, -98765.4321, 1.23e13, -9.87654321e15, 4e300])
 def test_decimal_strings_fit_16_characters(value):
     text = _ds(value)
     assert len(text) <= 16 and text != "-0.00"
@@ -137,9 +123,7 @@ def test_non_finite_coordinate_is_refused():
         contour_data_bytes(np.array([1.0, float("inf"), 2.0]))
 
 
-@pytest.mark.parametrize(
-    "value", [0.0, -0.001, -0.005, 0.004999, 2.675, -98765.4321, 1.23e13, 4e300]
-)
+@pytest.mark.parametrize("value", [0.0, -0.001, -0.005, 0.004999, 2.675, -98765.4321, 1.23e13, 4e300])
 def test_contour_data_bytes_are_each_values_decimal_string(value):
     # Fixed-point values are formatted all at once, beyond 1e12 mm one by one (_ds).
     data = contour_data_bytes(np.array([value, 1.0, -2.5]))
@@ -154,22 +138,10 @@ def test_contour_data_bytes_are_each_values_decimal_string(value):
 def test_contour_data_is_written_as_built(series_and_labels, tmp_path):
     series, labels = series_and_labels
     ds = build_rtstruct(labels, series, STRUCTURES, "m", SHA)
-    built = [
-        np.asarray(c.ContourData, dtype=float)
-        for roi in ds.ROIContourSequence
-        for c in roi.ContourSequence
-    ]
+    built = [np.asarray(c.ContourData, dtype=float) for roi in ds.ROIContourSequence for c in roi.ContourSequence]
     read = pydicom.dcmread(write_rtstruct(ds, tmp_path / "rs.dcm"))
-    assert all(
-        c["ContourData"].VR == "DS"
-        for roi in read.ROIContourSequence
-        for c in roi.ContourSequence
-    )
-    written = [
-        np.asarray(c.ContourData, dtype=float)
-        for roi in read.ROIContourSequence
-        for c in roi.ContourSequence
-    ]
+    assert all(c["ContourData"].VR == "DS" for roi in read.ROIContourSequence for c in roi.ContourSequence)
+    written = [np.asarray(c.ContourData, dtype=float) for roi in read.ROIContourSequence for c in roi.ContourSequence]
     assert len(written) == len(built)
     for a, b in zip(written, built, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -179,12 +151,7 @@ def test_provenance_is_recorded_in_full(series_and_labels):
     series, labels = series_and_labels
     ds = build_rtstruct(labels, series, STRUCTURES, "test-model", SHA)
     assert ds.Manufacturer == "Delineo" and ds.ManufacturerModelName == "test-model"
-    assert SHA in list(ds.SoftwareVersions) and all(
-        len(v) <= 64 for v in ds.SoftwareVersions
-    )
-    assert all(
-        SHA in r.ROIDescription and "test-model" in r.ROIDescription
-        for r in ds.StructureSetROISequence
-    )
+    assert SHA in list(ds.SoftwareVersions) and all(len(v) <= 64 for v in ds.SoftwareVersions)
+    assert all(SHA in r.ROIDescription and "test-model" in r.ROIDescription for r in ds.StructureSetROISequence)
     assert len(ds.StructureSetLabel) <= 16 and ds.ApprovalStatus == "UNAPPROVED"
     assert len(ds.StructureSetDate) == 8 and len(ds.StructureSetTime) == 6

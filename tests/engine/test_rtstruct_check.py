@@ -30,9 +30,7 @@ STRUCTURES = [
 @pytest.fixture(scope="module")
 def ct(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ct")
-    write_phantom_series(
-        folder, np.zeros((24, 20, 6), np.float32), spacing=(1.25, 0.75, 2.5)
-    )
+    write_phantom_series(folder, np.zeros((24, 20, 6), np.float32), spacing=(1.25, 0.75, 2.5))
     series = read_series(folder)
     labels = np.zeros(series.volume.array.shape, np.uint8)
     labels[4:16, 3:15, 1:4] = 1
@@ -47,16 +45,10 @@ def _drop_contours_of(name):
 
     def build(labels, series, structures, model_name, weights_sha256):
         ds = build_rtstruct(labels, series, structures, model_name, weights_sha256)
-        number = next(
-            r.ROINumber for r in ds.StructureSetROISequence if r.ROIName == name
-        )
+        number = next(r.ROINumber for r in ds.StructureSetROISequence if r.ROIName == name)
         roi = next(r for r in ds.ROIContourSequence if r.ReferencedROINumber == number)
         first = roi.ContourSequence[0].ContourImageSequence[0].ReferencedSOPInstanceUID
-        kept = [
-            c
-            for c in roi.ContourSequence
-            if c.ContourImageSequence[0].ReferencedSOPInstanceUID != first
-        ]
+        kept = [c for c in roi.ContourSequence if c.ContourImageSequence[0].ReferencedSOPInstanceUID != first]
         roi.ContourSequence = kept
         return ds
 
@@ -96,13 +88,9 @@ def test_a_structure_missing_from_the_file_scores_zero(ct):
 
 
 def _fake_engine(monkeypatch, labels, writer=None):
-    model = SimpleNamespace(
-        name="fake", weights_sha256="ab" * 32, structures=STRUCTURES, config={}
-    )
+    model = SimpleNamespace(name="fake", weights_sha256="ab" * 32, structures=STRUCTURES, config={})
     monkeypatch.setattr(segment, "load_model", lambda name: model)
-    monkeypatch.setattr(
-        segment, "segment_volume", lambda volume, m, progress=None: labels
-    )
+    monkeypatch.setattr(segment, "segment_volume", lambda volume, m, progress=None: labels)
     if writer is not None:
         monkeypatch.setattr(segment, "build_rtstruct", writer)
 
@@ -116,9 +104,7 @@ def test_segment_file_records_the_round_trip(ct, tmp_path, monkeypatch):
     assert (tmp_path / "rtstruct.dcm").exists()
 
 
-def test_segment_file_fails_when_the_export_loses_a_structure(
-    ct, tmp_path, monkeypatch
-):
+def test_segment_file_fails_when_the_export_loses_a_structure(ct, tmp_path, monkeypatch):
     folder, _, labels = ct
     _fake_engine(monkeypatch, labels, _drop_contours_of("Islands"))
     with pytest.raises(RTStructExportError, match="Islands"):
@@ -133,9 +119,7 @@ def test_the_worker_turns_a_failed_export_into_a_job_error(monkeypatch, tmp_path
     from webapp.delineation import engine_client
 
     def failing(*args, **kwargs):
-        raise RTStructExportError(
-            "RTSTRUCT export failed its round-trip check: Parotid_L (Dice 0.5)"
-        )
+        raise RTStructExportError("RTSTRUCT export failed its round-trip check: Parotid_L (Dice 0.5)")
 
     monkeypatch.setattr(segment, "segment_file", failing)
     with pytest.raises(engine_client.DelineationError, match="Parotid_L"):

@@ -107,15 +107,9 @@ def test_dangling_references_fall_back_to_position(axial):
     for s in STRUCTURES:
         np.testing.assert_array_equal(rois[s.name].mask, labels.array == s.label)
     assert rois["Ring"].notes == [
-        (
-            "7 of 7 contours matched to slices by position "
-            "(their Referenced SOP Instance UID is not in the series)"
-        )
+        ("7 of 7 contours matched to slices by position (their Referenced SOP Instance UID is not in the series)")
     ]
-    assert any(
-        "1 of 3 contours matched" in n and "no Referenced" in n
-        for n in rois["Islands"].notes
-    )
+    assert any("1 of 3 contours matched" in n and "no Referenced" in n for n in rois["Islands"].notes)
 
 
 def _shift_along_normal(contour, series, mm):
@@ -138,9 +132,7 @@ def test_contours_off_the_slice_planes_are_reported(axial):
     rois = _rois(ds, series)
     ring_notes = " | ".join(rois["Ring"].notes)
     assert "1 contours lie between slice planes (up to 1.00 mm" in ring_notes
-    assert (
-        "1 contours lie off the slice they reference (up to 7.5 mm away" in ring_notes
-    )
+    assert "1 contours lie off the slice they reference (up to 7.5 mm away" in ring_notes
     assert rois["Ring"].contours == 7
     # The moved contour went where its points are.
     assert rois["Ring"].mask[:, :, 4].any()
@@ -183,9 +175,7 @@ def test_contour_data_that_is_not_numbers_is_refused(axial):
     series, labels = axial
     ds = _export(series, labels)
     _raw_contour_data(ds.ROIContourSequence[0].ContourSequence[0], b"1.0\\abc\\2.0 ")
-    with pytest.raises(
-        RTStructImportError, match="Contour Data is not a list of numbers"
-    ):
+    with pytest.raises(RTStructImportError, match="Contour Data is not a list of numbers"):
         import_rtstruct(ds, series)
 
 
@@ -215,9 +205,7 @@ def test_not_an_rtstruct_is_refused(axial, tmp_path):
         import_rtstruct(ct, series)
     junk = tmp_path / "junk.dcm"
     junk.write_bytes(b"not dicom at all")
-    with pytest.raises(
-        RTStructImportError, match="junk.dcm: not a readable DICOM file"
-    ):
+    with pytest.raises(RTStructImportError, match="junk.dcm: not a readable DICOM file"):
         import_rtstruct(junk, series)
 
 
@@ -264,10 +252,7 @@ def test_sagittal_series_round_trips_with_points_on_the_slice_planes(tmp_path):
 def test_multiframe_references_carry_frame_numbers(axial):
     series, labels = axial
     uid = generate_uid()
-    frames = [
-        dataclasses.replace(s, sop_instance_uid=uid, frame_number=k + 1)
-        for k, s in enumerate(series.slices)
-    ]
+    frames = [dataclasses.replace(s, sop_instance_uid=uid, frame_number=k + 1) for k, s in enumerate(series.slices)]
     enhanced = dataclasses.replace(series, slices=frames)
     ds = _export(enhanced, labels)
     ref = ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
@@ -305,16 +290,11 @@ def test_file_names_are_safe_and_unique():
     assert safe_file_stem("Structures", 4, taken) == "Structures_4"
 
 
-def test_cli_writes_one_mask_per_roi_and_an_index(
-    axial, axial_folder, tmp_path, capsys
-):
+def test_cli_writes_one_mask_per_roi_and_an_index(axial, axial_folder, tmp_path, capsys):
     series, labels = axial
     rs = write_rtstruct(_export(series, labels), tmp_path / "rs.dcm")
     out = tmp_path / "out"
-    assert (
-        main(["contours", str(rs), "--reference", str(axial_folder), "--out", str(out)])
-        == 0
-    )
+    assert main(["contours", str(rs), "--reference", str(axial_folder), "--out", str(out)]) == 0
     index = json.loads((out / "structures.json").read_text())
     assert [e["file"] for e in index] == [
         "Ring.nii.gz",
@@ -333,16 +313,12 @@ def test_cli_writes_one_mask_per_roi_and_an_index(
         "notes": [],
     }
     voxel_cm3 = 1.25 * 0.75 * 2.5 / 1000
-    assert index[0]["volume_cm3"] == pytest.approx(
-        (labels.array == 1).sum() * voxel_cm3, abs=1e-3
-    )
+    assert index[0]["volume_cm3"] == pytest.approx((labels.array == 1).sum() * voxel_cm3, abs=1e-3)
     for s, entry in zip(STRUCTURES, index, strict=True):
         img = nib.load(out / entry["file"])
         assert img.get_data_dtype() == np.uint8
         np.testing.assert_allclose(img.affine, series.volume.affine, atol=1e-6)
-        np.testing.assert_array_equal(
-            np.asarray(img.dataobj), (labels.array == s.label).astype(np.uint8)
-        )
+        np.testing.assert_array_equal(np.asarray(img.dataobj), (labels.array == s.label).astype(np.uint8))
     assert json.loads(capsys.readouterr().out)["structures"] == index
 
 

@@ -18,9 +18,7 @@ from engine.volume import LabelMap
 from tests.engine.phantom import write_phantom_series
 
 # L-A-S voxel axes, as dcm2niix writes axial CTs: a left-handed grid (rows get reversed).
-LAS = np.array(
-    [[-3.0, 0, 0, 60.0], [0, 2.5, 0, -50.0], [0, 0, 3.0, -30.0], [0, 0, 0, 1]]
-)
+LAS = np.array([[-3.0, 0, 0, 60.0], [0, 2.5, 0, -50.0], [0, 0, 3.0, -30.0], [0, 0, 0, 1]])
 
 
 def _ct(shape=(40, 36, 24)) -> np.ndarray:
@@ -46,17 +44,11 @@ def nifti_input(tmp_path):
 
 
 def _contour_image_uids(rs) -> set[str]:
-    referenced = (
-        rs.ReferencedFrameOfReferenceSequence[0]
-        .RTReferencedStudySequence[0]
-        .RTReferencedSeriesSequence[0]
-    )
+    referenced = rs.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
     return {i.ReferencedSOPInstanceUID for i in referenced.ContourImageSequence}
 
 
-def test_nifti_input_gets_a_ct_series_referenced_by_rtstruct_and_seg(
-    nifti_input, tmp_path, monkeypatch
-):
+def test_nifti_input_gets_a_ct_series_referenced_by_rtstruct_and_seg(nifti_input, tmp_path, monkeypatch):
     monkeypatch.setattr(segment, "segment_volume", _fake_segment_volume)
     out = tmp_path / "out"
     result = segment.segment_file(nifti_input, "hn-oar", out)
@@ -69,12 +61,8 @@ def test_nifti_input_gets_a_ct_series_referenced_by_rtstruct_and_seg(
         assert len(zf.namelist()) == 24
     # The series is the input image in patient space (rows reversed: LAS is left-handed).
     canonical = nib.as_closest_canonical(nib.Nifti1Image(_ct(), LAS))
-    ours = nib.as_closest_canonical(
-        nib.Nifti1Image(series.volume.array, series.volume.affine)
-    )
-    np.testing.assert_array_equal(
-        np.asarray(ours.dataobj), np.asarray(canonical.dataobj)
-    )
+    ours = nib.as_closest_canonical(nib.Nifti1Image(series.volume.array, series.volume.affine))
+    np.testing.assert_array_equal(np.asarray(ours.dataobj), np.asarray(canonical.dataobj))
     np.testing.assert_allclose(ours.affine, canonical.affine, atol=1e-3)
 
     rs = pydicom.dcmread(out / "rtstruct.dcm")
@@ -84,19 +72,13 @@ def test_nifti_input_gets_a_ct_series_referenced_by_rtstruct_and_seg(
     ref_series = ref_for.RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
     assert ref_series.SeriesInstanceUID == series.series_instance_uid
     assert _contour_image_uids(rs) == {s.sop_instance_uid for s in series.slices}
-    contoured = {
-        roi.ReferencedROINumber
-        for roi in rs.ROIContourSequence
-        if "ContourSequence" in roi
-    }
+    contoured = {roi.ReferencedROINumber for roi in rs.ROIContourSequence if "ContourSequence" in roi}
     assert contoured == {1, 7}  # Brainstem and Mandible: ROI numbers follow the model
 
     seg = hd.seg.segread(out / "seg.dcm")
     assert seg.StudyInstanceUID == series.study_instance_uid
     assert seg.FrameOfReferenceUID == series.frame_of_reference_uid
-    assert (
-        seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series.series_instance_uid
-    )
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series.series_instance_uid
     # Segment masks, placed by plane position on the written grid, match the label map
     # written as NIfTI on the input grid, once both are in patient space.
     labels_nifti = read_labels(out / "labels.nii.gz")
@@ -110,31 +92,21 @@ def test_nifti_input_gets_a_ct_series_referenced_by_rtstruct_and_seg(
     labels_by_segment = {1: 1, 7: 7}  # segment n = structure n of the model
     got = np.vectorize(labels_by_segment.get)(got, 0).astype(np.uint8)
     got_canonical = nib.as_closest_canonical(nib.Nifti1Image(got, series.volume.affine))
-    expected = nib.as_closest_canonical(
-        nib.Nifti1Image(labels_nifti.array, labels_nifti.affine)
-    )
-    np.testing.assert_array_equal(
-        np.asarray(got_canonical.dataobj), np.asarray(expected.dataobj)
-    )
+    expected = nib.as_closest_canonical(nib.Nifti1Image(labels_nifti.array, labels_nifti.affine))
+    np.testing.assert_array_equal(np.asarray(got_canonical.dataobj), np.asarray(expected.dataobj))
 
 
 def test_dicom_input_gets_a_seg_of_the_input_series(tmp_path, monkeypatch):
     monkeypatch.setattr(segment, "segment_volume", _fake_segment_volume)
-    write_phantom_series(
-        tmp_path / "ct", _ct().astype(np.float32), spacing=(1.0, 1.0, 2.0)
-    )
+    write_phantom_series(tmp_path / "ct", _ct().astype(np.float32), spacing=(1.0, 1.0, 2.0))
     result = segment.segment_file(tmp_path / "ct", "hn-oar", tmp_path / "out")
     assert result.input_kind == "dicom" and result.ct_dicom_zip is None
     assert not (tmp_path / "out" / "ct_dicom").exists()
     series = read_series(tmp_path / "ct")
     seg = hd.seg.segread(result.seg)
-    assert (
-        seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series.series_instance_uid
-    )
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series.series_instance_uid
     assert seg.segment_numbers == list(range(1, 8))
-    assert _contour_image_uids(pydicom.dcmread(result.rtstruct)) == {
-        s.sop_instance_uid for s in series.slices
-    }
+    assert _contour_image_uids(pydicom.dcmread(result.rtstruct)) == {s.sop_instance_uid for s in series.slices}
 
 
 def test_real_model_on_a_small_nifti_writes_every_output(nifti_input, tmp_path):
@@ -150,13 +122,11 @@ def test_real_model_on_a_small_nifti_writes_every_output(nifti_input, tmp_path):
     ):
         assert (out / name).is_file(), name
     series = read_series(result.ct_dicom_zip)
-    assert _contour_image_uids(pydicom.dcmread(result.rtstruct)) == {
-        s.sop_instance_uid for s in series.slices
-    }
+    assert _contour_image_uids(pydicom.dcmread(result.rtstruct)) == {s.sop_instance_uid for s in series.slices}
     seg = hd.seg.segread(result.seg)
-    assert [
-        seg.get_segment_description(n).SegmentLabel for n in seg.segment_numbers
-    ] == [s["name"] for s in result.structures]
+    assert [seg.get_segment_description(n).SegmentLabel for n in seg.segment_numbers] == [
+        s["name"] for s in result.structures
+    ]
 
 
 def test_series_without_study_uid_gets_no_seg(tmp_path, monkeypatch):

@@ -124,9 +124,7 @@ def test_the_portable_state_alone_resumes_on_a_fresh_machine(tmp_path, data):
     momentum = fresh.optimizers["network"].state_dict()["state"]
     for i, entry in exact["optimizers"]["network"]["state"].items():
         assert momentum[i]["momentum_buffer"].dtype == torch.float32
-        assert torch.allclose(
-            momentum[i]["momentum_buffer"], entry["momentum_buffer"], rtol=1e-2, atol=1e-6
-        )
+        assert torch.allclose(momentum[i]["momentum_buffer"], entry["momentum_buffer"], rtol=1e-2, atol=1e-6)
     assert fresh.scheduler.last_epoch == 3
     assert (tmp_path / "machine-b" / "recipe" / "best.pt").exists()  # restored
     assert [r["step"] for r in fresh.log if "val" in r] == [2]
@@ -145,10 +143,7 @@ def test_a_short_run_with_the_full_recipe_lowers_the_loss(tmp_path, data):
         {"steps": 60, "val_every": 60, "batch": 4, "patch": 32, "lr": 3e-2},
     )
     metrics = make_trainer(config, data, tmp_path / "runs").run_training()
-    records = [
-        json.loads(line)
-        for line in (tmp_path / "runs" / "recipe" / "log.jsonl").read_text().splitlines()
-    ]
+    records = [json.loads(line) for line in (tmp_path / "runs" / "recipe" / "log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
     assert losses[-1] < 0.8 * losses[0]
     assert metrics["evaluation"]["n_cases"] == 2 and metrics["hours"] > 0
@@ -187,9 +182,7 @@ def test_mirroring_swaps_left_and_right_structures():
     masks = np.zeros((2, 8, 4, 4), np.uint8)
     masks[0, :2] = 1  # Parotid_R in the first two columns along the left-right axis
     image[0, :2] = 1.0
-    augmenter = PatchAugmenter(
-        {"p_spatial": 0.0, "p_intensity": 0.0, "mirror": True}, ["Parotid_R", "Parotid_L"]
-    )
+    augmenter = PatchAugmenter({"p_spatial": 0.0, "p_intensity": 0.0, "mirror": True}, ["Parotid_R", "Parotid_L"])
     rng = np.random.default_rng(0)
     flipped = [augmenter(image, masks, rng) for _ in range(20)]
     mirrored = [(i, m) for i, m in flipped if i[0, -1].any()]
@@ -199,9 +192,7 @@ def test_mirroring_swaps_left_and_right_structures():
         assert m[1, -2:].all() and not m[0].any() and i[0, -2:].all()
 
 
-def test_a_portable_state_without_room_for_the_best_network_selects_anew(
-    tmp_path, data, monkeypatch
-):
+def test_a_portable_state_without_room_for_the_best_network_selects_anew(tmp_path, data, monkeypatch):
     config = _config(tmp_path / "recipe.json", {"steps": 4, "val_every": 2})
     first = make_trainer(config, data, tmp_path / "machine-a", tmp_path / "state")
     _stop_after(first, 3)

@@ -30,9 +30,7 @@ def test_sampler_returns_full_patches_and_prefers_structures():
         "masks": masks,
         "available": np.array([True, True]),
     }
-    sampler = PatchSampler(
-        [case], patch=16, fg_fraction=1.0, weights=np.ones(2), seed=0
-    )
+    sampler = PatchSampler([case], patch=16, fg_fraction=1.0, weights=np.ones(2), seed=0)
     hits = 0
     for _ in range(20):
         image, patch_masks, _ = sampler.sample()

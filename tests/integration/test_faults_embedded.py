@@ -11,7 +11,6 @@ import json
 import sqlite3
 import sys
 import time
-from pathlib import Path
 
 import pytest
 

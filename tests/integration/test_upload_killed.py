@@ -47,7 +47,7 @@ def test_a_server_killed_during_an_upload_leaves_no_temporary_file(tmp_path):
         token = stack.token(*stack.create_account())
         boundary = "delineo-boundary"
         head = (
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"Doe^John.zip\"\r\n"
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="Doe^John.zip"\r\n'
             "Content-Type: application/zip\r\n\r\n"
         ).encode()
         total = 64 << 20

@@ -17,24 +17,18 @@ from tests.stack import REPO, data_dir, engine_cli
 
 def test_cli_audits_the_structure_set_that_came_with_the_series(tmp_path):
     source = data_dir("openkbp_dicom", "pt_104")
-    result = engine_cli(
-        "audit", str(source), "--model", "hn-rt", "--out", str(tmp_path), timeout=900
-    )
+    result = engine_cli("audit", str(source), "--model", "hn-rt", "--out", str(tmp_path), timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     audit = json.loads((tmp_path / "audit.json").read_text())
     audited = {s["structure"] for s in audit["structures"]}
     assert {"Mandible", "SpinalCord", "PTV70"} <= audited
-    lam = json.loads((REPO / "engine" / "weights" / "hn-rt.json").read_text())["qam"][
-        "lambda"
-    ]
+    lam = json.loads((REPO / "engine" / "weights" / "hn-rt.json").read_text())["qam"]["lambda"]
     for s in audit["structures"]:
         assert -lam <= s["qam_score"] <= lam and 0.0 <= s["dice"] <= 1.0
     # The physician's own mandible and cord agree with the model: not flagged on Dice.
     by_name = {s["structure"]: s for s in audit["structures"]}
     assert by_name["Mandible"]["dice"] > 0.6 and by_name["SpinalCord"]["dice"] > 0.6
-    assert (tmp_path / "labels.nii.gz").exists() and (
-        tmp_path / "image.nii.gz"
-    ).exists()
+    assert (tmp_path / "labels.nii.gz").exists() and (tmp_path / "image.nii.gz").exists()
 
 
 def test_a_contour_dilated_by_1cm_scores_lower_and_is_flagged():
@@ -45,10 +39,7 @@ def test_a_contour_dilated_by_1cm_scores_lower_and_is_flagged():
     parotid = next(r for name, r in rois.items() if "parotid" in name.lower())
     radius = np.ceil(10.0 / np.asarray(volume.spacing)).astype(int)
     grid = np.meshgrid(
-        *[
-            np.arange(-r, r + 1) * s
-            for r, s in zip(radius, volume.spacing, strict=True)
-        ],
+        *[np.arange(-r, r + 1) * s for r, s in zip(radius, volume.spacing, strict=True)],
         indexing="ij",
     )
     ball = sum(g**2 for g in grid) <= 10.0**2

@@ -50,9 +50,7 @@ def test_deidentified_rtstruct_imports_to_the_same_masks(tmp_path):
 
     assert new_series.series_instance_uid != series.series_instance_uid
     assert new_series.frame_of_reference_uid != series.frame_of_reference_uid
-    assert {ref.sop_instance_uid for ref in new_series.slices}.isdisjoint(
-        ref.sop_instance_uid for ref in series.slices
-    )
+    assert {ref.sop_instance_uid for ref in new_series.slices}.isdisjoint(ref.sop_instance_uid for ref in series.slices)
     assert new_rs.PatientID != original.PatientID and new_rs.PatientName == ""
     assert new_rs.PatientIdentityRemoved == "YES"
     assert [c.CodeValue for c in new_rs.DeidentificationMethodCodeSequence] == [

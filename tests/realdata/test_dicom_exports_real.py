@@ -20,12 +20,7 @@ from tests.dicom_tools import dciodvfy_errors, dcm2niix_canonical
 from tests.engine.test_dicom_seg import masks_by_plane_position
 from tests.stack import data_dir
 
-HN_OAR = [
-    Structure(s["label"], s["name"], tuple(s["color"]), s["type"])
-    for s in model_config("hn-oar")["structures"]
-]
-
-
+HN_OAR = [Structure(s["label"], s["name"], tuple(s["color"]), s["type"]) for s in model_config("hn-oar")["structures"]]
 
 
 def test_seg_of_the_openkbp_organs_on_the_plastimatch_series(tmp_path):
@@ -51,9 +46,7 @@ def test_seg_on_an_ibsi_series(modality, tmp_path):
     labels = (values > np.percentile(values, 90)).astype(np.uint8)  # any real shape
     structures = [Structure(1, "Bright", (255, 0, 0), "ORGAN")]
     path = write_segmentation(
-        build_segmentation(
-            LabelMap(labels, series.volume.affine), series, structures, "t", "0" * 64
-        ),
+        build_segmentation(LabelMap(labels, series.volume.affine), series, structures, "t", "0" * 64),
         tmp_path / "seg.dcm",
     )
     # The source's Study ID is too long for its VR: the SEG keeps it (it names the same
@@ -74,25 +67,17 @@ def test_openkbp_ct_exported_as_dicom_matches_plastimatch_and_dcm2niix(tmp_path)
     assert not dciodvfy_errors(written.paths[0])
     theirs = dcm2niix_canonical(tmp_path / "ct", tmp_path / "dcm2niix")
     reference = nib.as_closest_canonical(nib.load(nifti))
-    np.testing.assert_array_equal(
-        np.asarray(theirs.dataobj), np.asarray(reference.dataobj)
-    )
+    np.testing.assert_array_equal(np.asarray(theirs.dataobj), np.asarray(reference.dataobj))
     np.testing.assert_allclose(theirs.affine, reference.affine, atol=0.01)
 
 
 def test_shipped_model_on_a_nifti_ct_writes_dicom_a_planning_system_can_import(
     tmp_path,
 ):
-    result = segment_file(
-        data_dir("openkbp", "pt_104") / "ct.nii.gz", "hn-oar", tmp_path
-    )
+    result = segment_file(data_dir("openkbp", "pt_104") / "ct.nii.gz", "hn-oar", tmp_path)
     series = read_series(result.ct_dicom_zip)
     rs = pydicom.dcmread(result.rtstruct)
-    referenced = (
-        rs.ReferencedFrameOfReferenceSequence[0]
-        .RTReferencedStudySequence[0]
-        .RTReferencedSeriesSequence[0]
-    )
+    referenced = rs.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
     assert referenced.SeriesInstanceUID == series.series_instance_uid
     assert {i.ReferencedSOPInstanceUID for i in referenced.ContourImageSequence} == {
         s.sop_instance_uid for s in series.slices

@@ -89,8 +89,7 @@ def test_head_without_the_neck_is_flagged_on_its_extent():
     head = type(volume)(volume.array[:, :, lowest:].copy(), volume.affine)
     _, reasons = image_findings(head, DOMAIN)
     assert any(
-        "covers 213 mm from top to bottom" in r and "to below the larynx) needs at least 230 mm" in r
-        for r in reasons
+        "covers 213 mm from top to bottom" in r and "to below the larynx) needs at least 230 mm" in r for r in reasons
     ), reasons
 
 

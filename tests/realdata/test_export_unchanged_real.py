@@ -31,11 +31,7 @@ def _whole_grid_labels(prob: MetaTensor, volume, config: dict) -> np.ndarray:
         torch.zeros((1, *volume.array.shape)),
         affine=torch.as_tensor(volume.affine, dtype=torch.float64),
     )
-    on_input = (
-        ResampleToMatch(mode="bilinear", padding_mode="zeros")(prob, img_dst=template)
-        .as_tensor()
-        .numpy()
-    )
+    on_input = ResampleToMatch(mode="bilinear", padding_mode="zeros")(prob, img_dst=template).as_tensor().numpy()
     values = np.array([s["label"] for s in config["structures"]], dtype=np.uint8)
     foreground = on_input.max(axis=0) > config["threshold"]
     return np.where(foreground, values[on_input.argmax(axis=0)], 0)

@@ -65,31 +65,19 @@ def daily_pair(tmp_path_factory):
     write_nifti(Volume(daily_hu, pair.daily.affine), folder / "daily.nii.gz")
     (folder / "contours").mkdir()
     write_nifti(labels, folder / "contours" / "labels.nii.gz")
-    entries = [
-        {"label": s["label"], "name": s["name"], "color": list(s["color"])}
-        for s in structures
-    ]
+    entries = [{"label": s["label"], "name": s["name"], "color": list(s["color"])} for s in structures]
     (folder / "contours" / "structures.json").write_text(json.dumps(entries))
     return folder, pair.daily_labels, pair.ddf_mm, pair.daily, structures
 
 
 def _mean_dice(labels: np.ndarray, truth: LabelMap, spacing, structures) -> float:
     return float(
-        np.mean(
-            [
-                surface_metrics(
-                    labels == s["label"], truth.array == s["label"], spacing
-                )[0]
-                for s in structures
-            ]
-        )
+        np.mean([surface_metrics(labels == s["label"], truth.array == s["label"], spacing)[0] for s in structures])
     )
 
 
 @pytest.mark.parametrize("method", [BEST_JOINT_MODEL, "elastix-bspline"])
-def test_propagation_matches_its_golden_output_and_beats_no_registration(
-    tmp_path, daily_pair, method
-):
+def test_propagation_matches_its_golden_output_and_beats_no_registration(tmp_path, daily_pair, method):
     folder, truth, true_ddf, daily, structures = daily_pair
     out = tmp_path / "out"
     result = engine_cli(

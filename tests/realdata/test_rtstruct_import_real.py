@@ -69,20 +69,14 @@ def _reference(path, series: DicomSeries) -> np.ndarray:
 @pytest.mark.parametrize("patient", IBSI_PATIENTS)
 def test_ibsi_sts_mask(patient, modality, rs_file):
     series = _series("ibsi_sts", patient, modality, "image")
-    (roi,) = import_rtstruct(
-        data_dir("ibsi_sts", patient, modality, "mask", rs_file), series
-    )
+    (roi,) = import_rtstruct(data_dir("ibsi_sts", patient, modality, "mask", rs_file), series)
     assert roi.name.startswith("GTV_Mass") and roi.interpreted_type == "GTV"
-    reference = _reference(
-        data_dir("ibsi_sts", patient, "nifti", f"{modality}_mask.nii.gz"), series
-    )
+    reference = _reference(data_dir("ibsi_sts", patient, "nifti", f"{modality}_mask.nii.gz"), series)
     dice = _dice(roi.mask, reference)
     assert dice >= 0.99, f"{patient} {modality} {rs_file}: Dice {dice:.4f}"
     by_position = [n for n in roi.notes if "matched to slices by position" in n]
     if rs_file == "RS.dcm":  # every reference dangles: all contours placed by position
-        assert by_position and by_position[0].startswith(
-            f"{roi.contours} of {roi.contours} "
-        )
+        assert by_position and by_position[0].startswith(f"{roi.contours} of {roi.contours} ")
     else:
         assert roi.notes == []
 
@@ -92,16 +86,11 @@ def test_openkbp_dicom_every_roi(case):
     series = _series("openkbp_dicom", case)
     (rs_path,) = glob.glob(str(data_dir("openkbp_dicom", case) / "rtss_*.dcm"))
     rois = import_rtstruct(rs_path, series)
-    files = {
-        p.name[len("mask_") : -len(".nii.gz")]
-        for p in data_dir("openkbp", case).glob("mask_*.nii.gz")
-    }
+    files = {p.name[len("mask_") : -len(".nii.gz")] for p in data_dir("openkbp", case).glob("mask_*.nii.gz")}
     # Every ROI of the case is in the RTSTRUCT, and each is compared below.
     assert {OPENKBP_NAMES[roi.name] for roi in rois} == files
     for roi in rois:
-        reference = _reference(
-            data_dir("openkbp", case, f"mask_{OPENKBP_NAMES[roi.name]}.nii.gz"), series
-        )
+        reference = _reference(data_dir("openkbp", case, f"mask_{OPENKBP_NAMES[roi.name]}.nii.gz"), series)
         dice = _dice(roi.mask, reference)
         assert dice >= 0.97, f"{case} {roi.name}: Dice {dice:.4f}"
         assert roi.notes == [] and roi.contours > 0
@@ -115,8 +104,7 @@ def test_our_export_round_trips_on_openkbp_dicom(case):
     np.testing.assert_allclose(labels.affine, series.volume.affine, atol=0.01)
     labels = LabelMap(labels.array, series.volume.affine)
     structures = [
-        Structure(s["label"], s["name"], tuple(s["color"]), s["type"])
-        for s in model_config("hn-oar")["structures"]
+        Structure(s["label"], s["name"], tuple(s["color"]), s["type"]) for s in model_config("hn-oar")["structures"]
     ]
     ds = build_rtstruct(labels, series, structures, "openkbp-reference", "0" * 64)
     scores = check_rtstruct(ds, labels, series, structures)

@@ -38,12 +38,8 @@ def test_golden_label_map(tmp_path, model, labels):
         a, b = ours.array == label, golden.array == label
         if b.any():
             dice = 2 * (a & b).sum() / (a.sum() + b.sum())
-            assert dice > 0.99, (
-                f"label {label}: Dice {dice:.4f} against the golden output"
-            )
-    assert len(np.unique(golden.array)) >= 5, (
-        "the golden output should hold most structures"
-    )
+            assert dice > 0.99, f"label {label}: Dice {dice:.4f} against the golden output"
+    assert len(np.unique(golden.array)) >= 5, "the golden output should hold most structures"
 
 
 def test_full_field_512_series(tmp_path):
@@ -56,11 +52,7 @@ def test_full_field_512_series(tmp_path):
     names = [s["name"] for s in json.loads((tmp_path / "structures.json").read_text())]
     assert names == [s["name"] for s in out["structures"]] and len(names) == 7
     rs = pydicom.dcmread(tmp_path / "rtstruct.dcm")
-    referenced = (
-        rs.ReferencedFrameOfReferenceSequence[0]
-        .RTReferencedStudySequence[0]
-        .RTReferencedSeriesSequence[0]
-    )
+    referenced = rs.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
     assert {i.ReferencedSOPInstanceUID for i in referenced.ContourImageSequence} == {
         s.sop_instance_uid for s in series.slices
     }

@@ -387,7 +387,9 @@ def write_revision_seg(
         write(folder, *revision, table, provenance, edited)
 
 
-def write_revision_structures(folder: ResultFolder, labels_file: str, out: ResultFolder, structures: list[dict]) -> None:
+def write_revision_structures(
+    folder: ResultFolder, labels_file: str, out: ResultFolder, structures: list[dict]
+) -> None:
     """One mask per structure of the label map ``labels_file`` and ``structures.json`` with
     each volume, in ``out`` (``ResultFolder.write_structures``)."""
     table = [Structure.from_entry(s) for s in structures]

@@ -155,7 +155,6 @@ class JobSerializer(serializers.ModelSerializer):
             "revisions": reverse("api-job-revisions", args=[job.id]).rstrip("/") + "/",
         }
 
-
     @extend_schema_field(serializers.ListField(child=serializers.DictField()))
     def get_exports(self, job: Job) -> list[dict]:
         """The files the worker writes after the job (the RTSTRUCT for the daily scan, a
@@ -192,5 +191,3 @@ class ChoicesSerializer(serializers.Serializer):
                 "Keep the propagated contours (the model made no segmentation of these)."
             )
         return value
-
-

@@ -51,59 +51,114 @@ class Download:
 
 DOWNLOADS = (
     Download(
-        "labels", R.LABELS, R.LABELS, "labels", "application/gzip", "label map",
+        "labels",
+        R.LABELS,
+        R.LABELS,
+        "labels",
+        "application/gzip",
+        "label map",
         "The label map (uint8, on the grid of the input image) as NIfTI: of the latest revision, or of "
-        "``?revision=N`` (0: the model's output).", revisions=True, optional=False,
+        "``?revision=N`` (0: the model's output).",
+        revisions=True,
+        optional=False,
     ),
     Download(
-        "structures_zip", R.STRUCTURES_ZIP, R.STRUCTURES_ZIP, "structures-zip", "application/zip",
+        "structures_zip",
+        R.STRUCTURES_ZIP,
+        R.STRUCTURES_ZIP,
+        "structures-zip",
+        "application/zip",
         "zip of one mask per structure",
         "One NIfTI mask per structure (uint8 0/1, input grid) plus structures.json, zipped: of the latest "
-        "revision, or of ``?revision=N``.", kinds=("segment", "propagate"), revisions=True, optional=False,
+        "revision, or of ``?revision=N``.",
+        kinds=("segment", "propagate"),
+        revisions=True,
+        optional=False,
     ),
     Download(
-        "rtstruct", R.RTSTRUCT, R.RTSTRUCT, "rtstruct", "application/dicom", "RTSTRUCT",
+        "rtstruct",
+        R.RTSTRUCT,
+        R.RTSTRUCT,
+        "rtstruct",
+        "application/dicom",
+        "RTSTRUCT",
         "The RTSTRUCT referencing the uploaded DICOM series (for NIfTI input: the CT exported as DICOM, "
         "``ct_dicom.zip``), of the latest revision or of ``?revision=N``. It passed its round-trip check. An "
         "approved revision's says APPROVED with the reviewer; the structures corrected since the model's output "
         "have ROI Generation Algorithm MANUAL. A revision's is written by the worker on first request: 202 until "
-        "it is.", revisions=True, acknowledged=True,
+        "it is.",
+        revisions=True,
+        acknowledged=True,
     ),
     Download(
-        "seg", R.SEG, R.SEG, "seg", "application/dicom", "DICOM SEG",
+        "seg",
+        R.SEG,
+        R.SEG,
+        "seg",
+        "application/dicom",
+        "DICOM SEG",
         "The structures as a DICOM Segmentation (SEG) referencing the same series as the RTSTRUCT, of the latest "
         "revision or of ``?revision=N``; corrected structures' segments are SEMIAUTOMATIC. A revision's is "
-        "written by the worker on first request: 202 until it is.", revisions=True, acknowledged=True,
+        "written by the worker on first request: 202 until it is.",
+        revisions=True,
+        acknowledged=True,
     ),
     Download(
-        "ct_dicom", R.CT_DICOM_ZIP, R.CT_DICOM_ZIP, "ct-dicom", "application/zip", "DICOM export of the CT",
+        "ct_dicom",
+        R.CT_DICOM_ZIP,
+        R.CT_DICOM_ZIP,
+        "ct-dicom",
+        "application/zip",
+        "DICOM export of the CT",
         "NIfTI input only: the CT written as a DICOM series (new UIDs, anonymous patient), which the RTSTRUCT "
         "and SEG reference, so a planning system can import all three.",
     ),
     Download(
-        "audit", R.AUDIT, R.AUDIT, "audit-json", "application/json", "contour audit",
+        "audit",
+        R.AUDIT,
+        R.AUDIT,
+        "audit-json",
+        "application/json",
+        "contour audit",
         "Contour audit jobs only: the audit as the engine wrote it (``engine.infer.audit``), one entry per "
-        "audited ROI with its QAM score, Dice, MSD and HD95 against the model.", kinds=("audit",),
+        "audited ROI with its QAM score, Dice, MSD and HD95 against the model.",
+        kinds=("audit",),
     ),
     Download(
-        "propagation", R.PROPAGATION, "propagation.json", "propagation-json", "application/json",
+        "propagation",
+        R.PROPAGATION,
+        "propagation.json",
+        "propagation-json",
+        "application/json",
         "propagation report",
         "Contour propagation jobs only: ``report.json`` as the engine wrote it (model, per structure volume_ml, "
         "Dice, MSD and HD95 in mm against the direct segmentation, folding inside, warning; folding_percent, "
-        "timings).", kinds=("propagate",),
+        "timings).",
+        kinds=("propagate",),
     ),
     Download(
-        "ddf", R.DDF, R.DDF, "ddf", "application/gzip", "displacement field",
+        "ddf",
+        R.DDF,
+        R.DDF,
+        "ddf",
+        "application/gzip",
+        "displacement field",
         "Contour propagation jobs only: the dense displacement field on the daily scan's grid, NIfTI vector "
         "(I, J, K, 3), mm in RAS: the daily-scan point p corresponds to the planning-scan point p + u(p).",
         kinds=("propagate",),
     ),
     Download(
-        "final_rtstruct", FINAL_RTSTRUCT, "final_rtstruct.dcm", "final-rtstruct", "application/dicom",
+        "final_rtstruct",
+        FINAL_RTSTRUCT,
+        "final_rtstruct.dcm",
+        "final-rtstruct",
+        "application/dicom",
         "RTSTRUCT for the daily scan",
         "Contour propagation jobs only: the RTSTRUCT for the daily scan with, per structure, the contours chosen "
         "(``choices``; propagated where none was chosen), referencing the daily series. Written by the worker "
-        "after each change of the choices: 202 until it is.", kinds=("propagate",), optional=False,
+        "after each change of the choices: 202 until it is.",
+        kinds=("propagate",),
+        optional=False,
     ),
 )
 BY_KEY = {d.key: d for d in DOWNLOADS}
@@ -118,7 +173,9 @@ def links(job, reverse) -> dict[str, str | None]:  # noqa: ANN001 (a Job; django
     found = {}
     for d in DOWNLOADS:
         has = job.kind in d.kinds and (
-            not d.optional or d.file in job.checksums or (not job.checksums and folder is not None and folder.has(d.file))
+            not d.optional
+            or d.file in job.checksums
+            or (not job.checksums and folder is not None and folder.has(d.file))
         )
         found[d.key] = reverse(f"api-job-{d.url_name}", args=[job.id]).rstrip("/") if has else None
     return found

@@ -55,7 +55,6 @@ def check_model(value: str, kind: str) -> None:
         raise RequestRefused({"model": message})
 
 
-
 def choose_series(attrs: dict) -> str:
     """The series key to use: the requested one if usable, or the only usable one."""
     scan: Scan = attrs["scan"]
@@ -69,7 +68,9 @@ def choose_series(attrs: dict) -> str:
         if requested not in by_key:
             raise RequestRefused({"series": f"The scan has no image series {requested!r}."})
         if requested not in usable:
-            raise RequestRefused({"series": f"That series cannot be delineated: {by_key[requested].get('reason', 'refused')}"})
+            raise RequestRefused(
+                {"series": f"That series cannot be delineated: {by_key[requested].get('reason', 'refused')}"}
+            )
     elif len(usable) == 1:
         requested = usable[0]
     elif len(usable) > 1:
@@ -184,5 +185,3 @@ def dicom_patient_id(report: dict | None, patient_ids: dict[str, str]) -> str:
         return patient_ids[selected]
     found = {patient_ids[key] for key in usable_series(report) if patient_ids.get(key)}
     return found.pop() if len(found) == 1 else ""
-
-

@@ -337,7 +337,9 @@ def _propagate(job: Job, out_dir: Path, progress: ProgressRecorder) -> engine_cl
             if source.status != Job.Status.SUCCEEDED or source.result_path is None:
                 raise engine_client.DelineationError("The delineation chosen as planning contours has no result.")
             try:
-                outputs.verify_outputs(source.result_path, (ResultFolder.LABELS, ResultFolder.STRUCTURES), source.checksums)
+                outputs.verify_outputs(
+                    source.result_path, (ResultFolder.LABELS, ResultFolder.STRUCTURES), source.checksums
+                )
             except outputs.DamagedOutput:
                 logger.error("job %s: the contours of job %s are damaged", job.id, source.id)
                 raise engine_client.DelineationError(
@@ -350,11 +352,11 @@ def _propagate(job: Job, out_dir: Path, progress: ProgressRecorder) -> engine_cl
                 planning.engine_input, job.contours_rtstruct, inputs / "planning_rtstruct.dcm"
             )
         else:
-            raise engine_client.DelineationError("The planning contours of this propagation were deleted; start a new one.")
+            raise engine_client.DelineationError(
+                "The planning contours of this propagation were deleted; start a new one."
+            )
         return engine_client.run_propagation(
             job.scan.engine_input, planning.engine_input, contours, job.model_name, out_dir, progress
         )
     finally:
         outputs.remove_tree(inputs)
-
-

@@ -56,8 +56,10 @@ class JobTask(Task):
             error = runner.time_limit_message(kind, settings.DELINEO_JOB_SOFT_TIME_LIMIT)
         else:
             error = f"The job stopped unexpectedly ({type(exc).__name__}). Please try again."
-        if Job.objects.filter(pk=job_id).exclude(status__in=Job.FINISHED).update(
-            status=Job.Status.FAILED, error=error, finished=timezone.now()
+        if (
+            Job.objects.filter(pk=job_id)
+            .exclude(status__in=Job.FINISHED)
+            .update(status=Job.Status.FAILED, error=error, finished=timezone.now())
         ):
             runner.results_to_send(Job.objects.get(pk=job_id))
 
@@ -144,7 +146,8 @@ def submit_send(send_id: int) -> None:
             from webapp.delineation.dicom.models import ResultSend
 
             ResultSend.objects.filter(pk=send_id, state="queued").update(
-                state="failed", message=f"The send could not be queued (task queue unavailable: {type(exc).__name__}).",
+                state="failed",
+                message=f"The send could not be queued (task queue unavailable: {type(exc).__name__}).",
                 finished=timezone.now(),
             )
 

@@ -19,6 +19,7 @@ from django.core.files.uploadedfile import UploadedFile
 
 from webapp.delineation import engine_client
 
+
 class UploadError(Exception):
     """An upload that cannot be accepted; ``message`` is shown to the user as is."""
 

@@ -37,6 +37,8 @@ from django.db import transaction
 from pydicom.misc import is_dicom
 
 from webapp.delineation import engine_client, rules
+from webapp.delineation.models import Scan, scan_dir
+from webapp.delineation.patients import PatientIdError, clean_patient_id, patient_for
 from webapp.delineation.upload_checks import (
     UploadError,
     check_nesting,
@@ -47,8 +49,6 @@ from webapp.delineation.upload_checks import (
     safe_relative_path,
     write_upload,
 )
-from webapp.delineation.models import Scan, scan_dir
-from webapp.delineation.patients import PatientIdError, clean_patient_id, patient_for
 
 ACCEPTED = "a zip of a DICOM series, a folder of DICOM files, or a NIfTI file (.nii or .nii.gz)"
 

@@ -134,7 +134,9 @@ def scan_detail(request: HttpRequest, scan_id: uuid.UUID) -> HttpResponse:
     )
     if not data.is_valid():
         return _scan_page(request, scan, _errors_text(data.errors))
-    job, created = tasks.queue_job(request.user, scan, data.validated_data["model"], data.validated_data["series"], kind)
+    job, created = tasks.queue_job(
+        request.user, scan, data.validated_data["model"], data.validated_data["series"], kind
+    )
     what = "contour audit" if kind == Job.Kind.AUDIT else "job"
     if created:
         access_log.record(request, AccessEvent.Action.QUEUE, job)
@@ -236,8 +238,10 @@ def patient_detail(request: HttpRequest, patient_id: uuid.UUID) -> HttpResponse:
                 access_log.record(request, AccessEvent.Action.QUEUE, job)
                 messages.success(request, f"The contour propagation onto {v['scan'].name} is queued.")
             else:
-                messages.info(request, f"The same propagation onto {v['scan'].name} is already {job.status}; "
-                              "it was not queued again.")
+                messages.info(
+                    request,
+                    f"The same propagation onto {v['scan'].name} is already {job.status}; it was not queued again.",
+                )
             return redirect(f"{reverse('job-list')}?new={job.id}")
         error = _errors_text(data.errors)
     else:
@@ -276,7 +280,9 @@ def _viewer_context(request: HttpRequest, job: Job, send_error: str = "") -> dic
     from webapp.delineation.dicom.send import destinations_of
 
     can_send = (
-        job.scan.is_owner(request.user) and job.status == Job.Status.SUCCEEDED and ResultFolder.RTSTRUCT in job.checksums
+        job.scan.is_owner(request.user)
+        and job.status == Job.Status.SUCCEEDED
+        and ResultFolder.RTSTRUCT in job.checksums
     )
     # Owners correct and approve contours; team members see the revision history only.
     can_edit = job.scan.is_owner(request.user) and job.status == Job.Status.SUCCEEDED and not job.is_audit
@@ -297,7 +303,9 @@ def job_send(request: HttpRequest, job_id: uuid.UUID) -> HttpResponse:
     job = get_object_or_404(Job.objects.visible_to(request.user).select_related("scan", "scan__owner"), pk=job_id)
     try:
         acknowledged = request.POST.get("acknowledge") == Job.ACKNOWLEDGE_OUTSIDE_DOMAIN
-        record, created = dicom_send.send_on_request(job, request.user, request.POST.get("destination", ""), acknowledged)
+        record, created = dicom_send.send_on_request(
+            job, request.user, request.POST.get("destination", ""), acknowledged
+        )
     except dicom_send.SendRefused as exc:
         return render(request, "delineation/viewer.html", _viewer_context(request, job, exc.message), status=exc.status)
     if created:

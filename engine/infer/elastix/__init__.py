@@ -48,19 +48,12 @@ def parameters_sha256(method: str) -> str:
 
 def _run(command: list[str], log: Path) -> None:
     if shutil.which(command[0]) is None:
-        raise ElastixError(
-            f"{command[0]} is not installed (Debian package elastix; make test installs it)"
-        )
-    done = subprocess.run(
-        command, capture_output=True, text=True, timeout=TIMEOUT_S, check=False
-    )
+        raise ElastixError(f"{command[0]} is not installed (Debian package elastix; make test installs it)")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
     if done.returncode != 0:
         text = log.read_text(errors="replace") if log.exists() else done.stdout
         errors = [line for line in text.splitlines() if "ERROR" in line.upper()]
-        raise ElastixError(
-            f"{command[0]} failed (exit {done.returncode}): "
-            + (" | ".join(errors[-3:]) or text[-500:])
-        )
+        raise ElastixError(f"{command[0]} failed (exit {done.returncode}): " + (" | ".join(errors[-3:]) or text[-500:]))
 
 
 def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
@@ -79,9 +72,7 @@ def read_deformation_field(path: Path, grid: Grid) -> torch.Tensor:
     """
     image = cast(nib.Nifti1Image, nib.load(path))
     field = np.asarray(image.dataobj, dtype=np.float64).reshape(*image.shape[:3], 3)
-    if field.shape[:3] != tuple(grid.shape) or not np.allclose(
-        image.affine, grid.affine, atol=1e-3
-    ):
+    if field.shape[:3] != tuple(grid.shape) or not np.allclose(image.affine, grid.affine, atol=1e-3):
         raise ElastixError("transformix wrote a deformation field on another grid")
     ras_mm = field @ LPS_TO_RAS.T
     voxels = ras_mm @ np.linalg.inv(grid.affine[:3, :3]).T

@@ -59,9 +59,7 @@ def build_joint_model(config: dict) -> nn.Module:
     """
     name = config.get("architecture")
     if name not in JOINT_MODELS:
-        raise UnknownModelError(
-            f"unknown joint architecture {name!r}; known: {', '.join(JOINT_MODELS)}"
-        )
+        raise UnknownModelError(f"unknown joint architecture {name!r}; known: {', '.join(JOINT_MODELS)}")
     try:
         return JOINT_MODELS[name](
             len(config["structures"]),
@@ -69,9 +67,7 @@ def build_joint_model(config: dict) -> nn.Module:
             **config.get("options", {}),
         )
     except TypeError as exc:
-        raise ValueError(
-            f"{name}: bad options {config.get('options')} ({exc})"
-        ) from exc
+        raise ValueError(f"{name}: bad options {config.get('options')} ({exc})") from exc
 
 
 def available_joint_models(weights_dir: Path = WEIGHTS_DIR) -> list[str]:
@@ -79,9 +75,7 @@ def available_joint_models(weights_dir: Path = WEIGHTS_DIR) -> list[str]:
     return [card.name for card in list_cards("joint", weights_dir)]
 
 
-def load_joint_model(
-    name: str, weights_dir: Path = WEIGHTS_DIR
-) -> tuple[nn.Module, dict]:
+def load_joint_model(name: str, weights_dir: Path = WEIGHTS_DIR) -> tuple[nn.Module, dict]:
     """A shipped joint model in eval mode on the CPU, with its card (configuration).
 
     Raises:
@@ -89,13 +83,10 @@ def load_joint_model(
     """
     if name not in available_joint_models(weights_dir):
         raise UnknownModelError(
-            f"joint model {name!r} is not shipped; shipped: "
-            f"{', '.join(available_joint_models(weights_dir)) or 'none'}"
+            f"joint model {name!r} is not shipped; shipped: {', '.join(available_joint_models(weights_dir)) or 'none'}"
         )
     config = ModelCard.load(name, weights_dir).data
     network = build_joint_model(config)
-    state = torch.load(
-        weights_dir / f"{name}.pt", map_location="cpu", weights_only=True
-    )
+    state = torch.load(weights_dir / f"{name}.pt", map_location="cpu", weights_only=True)
     network.load_state_dict(state)
     return network.eval(), config

@@ -59,16 +59,12 @@ class AttentionFusion(nn.Module):
     def __init__(self, channels: int, heads: int = 2):
         super().__init__()
         if channels % heads:
-            raise ValueError(
-                f"channels ({channels}) must be divisible by heads ({heads})"
-            )
+            raise ValueError(f"channels ({channels}) must be divisible by heads ({heads})")
         self.norm = nn.LayerNorm(channels)
         self.self_attention = nn.MultiheadAttention(channels, heads, batch_first=True)
         self.cross_attention = nn.MultiheadAttention(channels, heads, batch_first=True)
 
-    def forward(
-        self, fixed: torch.Tensor, moving: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, c, *spatial = fixed.shape
         f = self.norm(fixed.flatten(2).transpose(1, 2))  # (B, N, C)
         m = self.norm(moving.flatten(2).transpose(1, 2))
@@ -115,9 +111,7 @@ class ACSGRegNet(nn.Module):
         """Everything the loss needs: ``ddf_affine``, ``velocity``, ``ddf_diffeo`` and the
         composed ``ddf`` (all (B, 3, D, H, W), voxels)."""
         shape = fixed.shape[2:]
-        pooled = self.affine_encoder(torch.cat([fixed, moving], dim=1))[4].mean(
-            dim=(2, 3, 4)
-        )
+        pooled = self.affine_encoder(torch.cat([fixed, moving], dim=1))[4].mean(dim=(2, 3, 4))
         matrix = self.affine_head(pooled).view(-1, 3, 4)
         ddf_affine = affine_ddf(matrix, shape)
         moved = warp_image(moving, ddf_affine)
@@ -132,11 +126,7 @@ class ACSGRegNet(nn.Module):
         ddf_diffeo = self.integrate(velocity)
         # The moving point of x is y + ddf_affine(y) with y = x + ddf_diffeo(x); the affine
         # part is linear, so ddf_affine(y) = ddf_affine(x) + (A - I) ddf_diffeo(x) exactly.
-        ddf = (
-            ddf_diffeo
-            + ddf_affine
-            + torch.einsum("bij,bjdhw->bidhw", matrix[:, :, :3], ddf_diffeo)
-        )
+        ddf = ddf_diffeo + ddf_affine + torch.einsum("bij,bjdhw->bidhw", matrix[:, :, :3], ddf_diffeo)
         return {
             "ddf_affine": ddf_affine,
             "velocity": velocity,
@@ -148,17 +138,13 @@ class ACSGRegNet(nn.Module):
         return JointOutput(self.run(fixed, moving)["ddf"], None)
 
 
-def acsgregnet_loss(
-    model: ACSGRegNet, batch: dict, step: int, weights: dict
-) -> tuple[torch.Tensor, dict[str, float]]:
+def acsgregnet_loss(model: ACSGRegNet, batch: dict, step: int, weights: dict) -> tuple[torch.Tensor, dict[str, float]]:
     """NCC of the final warp + ``affine_ncc`` x NCC of the affine stage alone (so the first
     stage learns a global alignment of its own) + ``bending`` x bending energy of the
     diffeomorphic DDF + ``reg_dice`` x registration Dice. batch: as ``cross_stitch_loss``."""
     out = model.run(batch["fixed"], batch["moving"])
     ncc = similarity_loss(batch["fixed"], warp_image(batch["moving"], out["ddf"]))
-    affine_ncc = similarity_loss(
-        batch["fixed"], warp_image(batch["moving"], out["ddf_affine"])
-    )
+    affine_ncc = similarity_loss(batch["fixed"], warp_image(batch["moving"], out["ddf_affine"]))
     bending = bending_energy(out["ddf_diffeo"])
     reg_dice = masked_dice_loss(
         warp_labels(batch["moving_masks"], out["ddf"]),

@@ -41,9 +41,7 @@ def check_features(features: Sequence[int]) -> tuple[int, ...]:
     """
     features = tuple(int(f) for f in features)
     if len(features) != 6 or any(f < 2 or f % 2 for f in features):
-        raise ValueError(
-            f"features must be 6 positive even widths (5 levels + last decoder), got {features}"
-        )
+        raise ValueError(f"features must be 6 positive even widths (5 levels + last decoder), got {features}")
     return features
 
 
@@ -75,9 +73,7 @@ class UNetDecoder(nn.Module):
     identity transform (zero DDF or zero velocity).
     """
 
-    def __init__(
-        self, features: Sequence[int], out_channels: int, zero_head: bool = False
-    ):
+    def __init__(self, features: Sequence[int], out_channels: int, zero_head: bool = False):
         super().__init__()
         f = check_features(features)
         self.stages = nn.ModuleList(

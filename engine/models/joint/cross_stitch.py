@@ -51,13 +51,9 @@ class CrossStitch(nn.Module):
         if not 0.0 <= self_weight <= 1.0:
             raise ValueError(f"self_weight must lie in [0, 1], got {self_weight}")
         s = self_weight
-        self.weight = nn.Parameter(
-            torch.tensor([[s, 1.0 - s], [1.0 - s, s]]).repeat(channels, 1, 1)
-        )  # (C, 2, 2)
+        self.weight = nn.Parameter(torch.tensor([[s, 1.0 - s], [1.0 - s, s]]).repeat(channels, 1, 1))  # (C, 2, 2)
 
-    def forward(
-        self, a: torch.Tensor, b: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (1, -1) + (1,) * (a.ndim - 2)
         w = self.weight
         return (
@@ -83,9 +79,7 @@ class CrossStitchNet(nn.Module):
     ):
         super().__init__()
         if task_weights not in ("equal", "learned"):
-            raise ValueError(
-                f"task_weights must be 'equal' or 'learned', got {task_weights!r}"
-            )
+            raise ValueError(f"task_weights must be 'equal' or 'learned', got {task_weights!r}")
         f = check_features(features)
         self.reg_encoder = UNetEncoder(2, f)
         self.seg_encoder = UNetEncoder(1, f)
@@ -93,17 +87,13 @@ class CrossStitchNet(nn.Module):
         self.seg_decoder = UNetDecoder(f, n_structures + 1)
         widths = [f[0], f[1], f[2], f[3], f[4], f[3], f[2], f[1], f[5]]
         self.stitches = nn.ModuleList(CrossStitch(c, self_weight) for c in widths)
-        self.log_variances = (
-            nn.Parameter(torch.zeros(3)) if task_weights == "learned" else None
-        )
+        self.log_variances = nn.Parameter(torch.zeros(3)) if task_weights == "learned" else None
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> JointOutput:
         r, s = torch.cat([fixed, moving], dim=1), fixed
         r_skips, s_skips = [], []
         stitch = iter(self.stitches)
-        for r_stage, s_stage in zip(
-            self.reg_encoder.stages, self.seg_encoder.stages, strict=True
-        ):
+        for r_stage, s_stage in zip(self.reg_encoder.stages, self.seg_encoder.stages, strict=True):
             r, s = next(stitch)(r_stage(r), s_stage(s))
             r_skips.append(r)
             s_skips.append(s)

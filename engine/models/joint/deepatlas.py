@@ -47,17 +47,13 @@ class DeepAtlas(nn.Module):
         return JointOutput(ddf, self.segmentation(fixed))
 
 
-def _labels_or_prediction(
-    masks: torch.Tensor, available: torch.Tensor, predicted: torch.Tensor
-) -> torch.Tensor:
+def _labels_or_prediction(masks: torch.Tensor, available: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
     """The manual mask where the structure is contoured, the network's probability elsewhere."""
     use = available[:, :, None, None, None].to(masks.dtype)
     return use * masks + (1 - use) * predicted
 
 
-def deepatlas_loss(
-    model: DeepAtlas, batch: dict, step: int, weights: dict
-) -> tuple[torch.Tensor, dict[str, float]]:
+def deepatlas_loss(model: DeepAtlas, batch: dict, step: int, weights: dict) -> tuple[torch.Tensor, dict[str, float]]:
     """Even steps train the registration network, odd steps the segmentation network
     (the other's output detached, so it gets no gradient).
 
@@ -82,11 +78,7 @@ def deepatlas_loss(
         ncc = similarity_loss(fixed, warp_image(moving, ddf))
         bending = bending_energy(ddf)
         anatomy = masked_dice_loss(warped, target, f_avail | m_avail)
-        return weighted_terms(
-            {"ncc": ncc, "bending": bending, "anatomy": anatomy}, weights, {}
-        )
-    supervised = masked_dice_loss(f_pred, f_masks, f_avail) + masked_dice_loss(
-        m_pred, m_masks, m_avail
-    )
+        return weighted_terms({"ncc": ncc, "bending": bending, "anatomy": anatomy}, weights, {})
+    supervised = masked_dice_loss(f_pred, f_masks, f_avail) + masked_dice_loss(m_pred, m_masks, m_avail)
     anatomy = masked_dice_loss(warped, target, f_avail ^ m_avail)
     return weighted_terms({"seg_dice": supervised, "anatomy": anatomy}, weights, {})

@@ -43,9 +43,7 @@ def integrate_gradient(gradient: torch.Tensor) -> torch.Tensor:
 
     A constant gradient g gives ddf_i = (g - 1)(x_i + 1), a linear field.
     """
-    return torch.stack(
-        [torch.cumsum(gradient[:, i] - 1.0, dim=i + 1) for i in range(3)], dim=1
-    )
+    return torch.stack([torch.cumsum(gradient[:, i] - 1.0, dim=i + 1) for i in range(3)], dim=1)
 
 
 class DualHeadNet(nn.Module):
@@ -80,9 +78,7 @@ class DualHeadNet(nn.Module):
         return JointOutput(out["ddf"], out["fixed_logits"])
 
 
-def dual_head_loss(
-    model: DualHeadNet, batch: dict, step: int, weights: dict
-) -> tuple[torch.Tensor, dict[str, float]]:
+def dual_head_loss(model: DualHeadNet, batch: dict, step: int, weights: dict) -> tuple[torch.Tensor, dict[str, float]]:
     """NCC outside the tumour of either image + ``smoothness`` x mean |gradient - 1|
     (the deformation-gradient regulariser of Estienne et al.) + ``reg_dice`` x
     registration Dice + ``seg_dice`` x segmentation Dice of both images.
@@ -92,9 +88,7 @@ def dual_head_loss(
     out = model.run(batch["fixed"], batch["moving"])
     ddf = out["ddf"]
     tumour = torch.maximum(batch["fixed_ptv"], warp_labels(batch["moving_ptv"], ddf))
-    ncc = similarity_loss(
-        batch["fixed"], warp_image(batch["moving"], ddf), mask=(tumour < 0.5).float()
-    )
+    ncc = similarity_loss(batch["fixed"], warp_image(batch["moving"], ddf), mask=(tumour < 0.5).float())
     smoothness = (out["gradient"] - 1.0).abs().mean()
     reg_dice = masked_dice_loss(
         warp_labels(batch["moving_masks"], ddf),

@@ -43,9 +43,7 @@ def bending_energy(ddf: torch.Tensor) -> torch.Tensor:
     return _bending(ddf)
 
 
-def masked_dice_loss(
-    pred: torch.Tensor, target: torch.Tensor, available: torch.Tensor
-) -> torch.Tensor:
+def masked_dice_loss(pred: torch.Tensor, target: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
     """1 - soft Dice per sample and structure, averaged over the available pairs.
 
     pred, target: (B, C, D, H, W) in [0, 1]; available: (B, C) bool. Zero (with a
@@ -73,9 +71,7 @@ def weighted_terms(
     return total, {k: v.item() for k, v in terms.items()}
 
 
-def uncertainty_weighted(
-    terms: list[torch.Tensor], log_variances: torch.Tensor
-) -> torch.Tensor:
+def uncertainty_weighted(terms: list[torch.Tensor], log_variances: torch.Tensor) -> torch.Tensor:
     """Homoscedastic task weighting (Kendall, Gal and Cipolla, CVPR 2018, eq. 7 without
     the constant factors): sum_k exp(-s_k) L_k + s_k, s_k = log sigma_k^2 learned."""
     total = torch.zeros((), dtype=log_variances.dtype, device=log_variances.device)

@@ -45,7 +45,9 @@ class JobFiles:
         if job.status != Job.Status.SUCCEEDED or job.result_path is None:
             return detail(f"The job has not finished yet (status: {job.status}); try again later.", 409)
         if download.key == "structures_zip" and job.is_audit:
-            return detail("A contour audit writes the audit and the model's label map, not one mask per structure.", 404)
+            return detail(
+                "A contour audit writes the audit and the model's label map, not one mask per structure.", 404
+            )
         if download.key == "final_rtstruct":
             return self._written_or_queued(job, download, download.file, job, "The RTSTRUCT for the daily scan")
         if not download.revisions:
@@ -88,7 +90,9 @@ class JobFiles:
         if problem:
             return problem
         if not self._job_has(job, download):  # a recorded output gone missing is damage (409), not this
-            return detail(f"No {download.what} was written for this job. {outputs.missing_reason(job, download)}".strip(), 404)
+            return detail(
+                f"No {download.what} was written for this job. {outputs.missing_reason(job, download)}".strip(), 404
+            )
         return self._download(job, download, download.file)
 
     def _written_or_queued(self, job: Job, download: Download, name: str, owner: Job | Revision, what: str) -> Response:
@@ -149,7 +153,11 @@ class JobFiles:
 
 def _route(download: Download):
     body = OpenApiTypes.OBJECT if download.content_type == "application/json" else OpenApiTypes.BINARY
-    responses = {(200, download.content_type): OpenApiResponse(body, description=download.what), 404: DETAIL, 409: DETAIL}
+    responses = {
+        (200, download.content_type): OpenApiResponse(body, description=download.what),
+        404: DETAIL,
+        409: DETAIL,
+    }
     if download.revisions:
         responses[400] = DETAIL
     if download.key in ("rtstruct", "seg", "final_rtstruct"):

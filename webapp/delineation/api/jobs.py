@@ -57,8 +57,11 @@ class JobViewSet(
         request=JobCreateSerializer,
         responses={
             201: JobSerializer,
-            200: OpenApiResponse(JobSerializer, description="The same job (scan, model, series, kind, planning scan and contours) was already "
-                                 "queued or running: that job, and nothing new is queued."),
+            200: OpenApiResponse(
+                JobSerializer,
+                description="The same job (scan, model, series, kind, planning scan and contours) was already "
+                "queued or running: that job, and nothing new is queued.",
+            ),
             400: OpenApiTypes.OBJECT,
             403: DETAIL,
         },

@@ -189,8 +189,7 @@ class Assembly:
         """A peer with a model: one job per image series that can be delineated."""
         if peer is None or not peer.model_name:
             return
-        from webapp.delineation import tasks# Celery tasks import this module's callers
-
+        from webapp.delineation import tasks  # Celery tasks import this module's callers
         from webapp.delineation.dicom import send
 
         for key in rules.usable_series(scan.preflight):

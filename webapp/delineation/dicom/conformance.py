@@ -9,6 +9,7 @@ presentation context that some senders report as a network error.
 from __future__ import annotations
 
 from pydicom.uid import (
+    JPEG2000,
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
     EnhancedCTImageStorage,
@@ -16,7 +17,6 @@ from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLossless,

@@ -90,9 +90,7 @@ def send_on_request(  # noqa: ANN001 (a Job, a user)
     if job.status != job.Status.SUCCEEDED or ResultFolder.RTSTRUCT not in (job.checksums or {}):
         raise SendRefused("This job has no RTSTRUCT to send (it has not succeeded, or wrote none).", 409)
     if job.outside_domain and not acknowledged:
-        raise SendRefused(
-            f"{job.domain_warning}. To send its RTSTRUCT anyway, acknowledge this warning.", 409
-        )
+        raise SendRefused(f"{job.domain_warning}. To send its RTSTRUCT anyway, acknowledge this warning.", 409)
     peer = DicomPeer.objects.filter(owner=user, name=destination).first()
     if peer is None:
         names = ", ".join(p.name for p in destinations_of(user)) or "none; an administrator configures them"
