@@ -30,7 +30,7 @@ import torch
 from engine.infer.displacement import folding_percent
 from engine.metrics import agreement
 from engine.models.joint import JOINT_LOSSES, JOINT_MODELS, build_joint_model
-from engine.models.joint.base import warp_labels
+from engine.models.joint.base import warp_masks
 from engine.models.registry import sha256_of
 from engine.train.config import TrainingConfigError, read_run_config
 from engine.train.joint_pairs import (
@@ -139,7 +139,7 @@ def evaluate_pairs(network: torch.nn.Module, pairs: list[tuple[str, dict]], mode
         start = time.perf_counter()
         out = network(fixed, moving)
         seconds = time.perf_counter() - start
-        warped = warp_labels(pair["moving_masks"][None], out.ddf)[0] > 0.5
+        warped = warp_masks(pair["moving_masks"][None], out.ddf)[0] > 0.5
         truth = pair["fixed_masks"] > 0.5
         direct = None
         if out.seg_logits is not None:

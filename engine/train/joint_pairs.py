@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from engine.infer.displacement import Grid, ddf_mm_to_voxels
-from engine.models.joint.base import warp_image, warp_labels
+from engine.models.joint.base import warp_image, warp_masks
 from engine.train.openkbp import case_rois, load_split
 from engine.train.segmentation import cache_case
 from engine.train.synthetic_deformation import DEFAULTS, random_field
@@ -145,7 +145,7 @@ def synthetic_pair(
     ddf = synthetic_ddf(size, rng, spacing_mm)
     fixed = warp_image(moving[None], ddf[None])[0]
     fixed = fixed + torch.as_tensor(rng.normal(0, noise, fixed.shape), dtype=fixed.dtype)
-    f_masks = (warp_labels(m_masks[None], ddf[None])[0] > 0.5).float()
+    f_masks = (warp_masks(m_masks[None], ddf[None])[0] > 0.5).float()
     return _pair_dict(
         fixed.clamp(0, 1),
         f_masks,

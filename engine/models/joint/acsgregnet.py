@@ -28,7 +28,7 @@ from engine.models.joint.base import (
     UNetEncoder,
     check_features,
     warp_image,
-    warp_labels,
+    warp_masks,
 )
 from engine.models.joint.losses import (
     bending_energy,
@@ -147,7 +147,7 @@ def acsgregnet_loss(model: ACSGRegNet, batch: dict, step: int, weights: dict) ->
     affine_ncc = similarity_loss(batch["fixed"], warp_image(batch["moving"], out["ddf_affine"]))
     bending = bending_energy(out["ddf_diffeo"])
     reg_dice = masked_dice_loss(
-        warp_labels(batch["moving_masks"], out["ddf"]),
+        warp_masks(batch["moving_masks"], out["ddf"]),
         batch["fixed_masks"],
         batch["fixed_available"] & batch["moving_available"],
     )

@@ -115,7 +115,7 @@ class UNet(nn.Module):
 
 
 _warp_image = Warp(mode="bilinear", padding_mode="border")
-_warp_labels = Warp(mode="bilinear", padding_mode="zeros")
+_warp_masks = Warp(mode="bilinear", padding_mode="zeros")
 
 
 def warp_image(moving: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
@@ -123,7 +123,7 @@ def warp_image(moving: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
     return _warp_image(moving, ddf)
 
 
-def warp_labels(masks: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
+def warp_masks(masks: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
     """Structure probabilities (B, C, D, H, W) in [0, 1] warped trilinearly (zero outside),
     so a Dice on them has a gradient; threshold at 0.5 for a mask, never warp integers."""
-    return _warp_labels(masks, ddf)
+    return _warp_masks(masks, ddf)

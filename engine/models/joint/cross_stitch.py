@@ -25,7 +25,7 @@ from engine.models.joint.base import (
     UNetEncoder,
     check_features,
     warp_image,
-    warp_labels,
+    warp_masks,
 )
 from engine.models.joint.losses import (
     bending_energy,
@@ -122,7 +122,7 @@ def cross_stitch_loss(
     ncc = similarity_loss(batch["fixed"], warp_image(batch["moving"], out.ddf))
     bending = bending_energy(out.ddf)
     reg_dice = masked_dice_loss(
-        warp_labels(batch["moving_masks"], out.ddf),
+        warp_masks(batch["moving_masks"], out.ddf),
         batch["fixed_masks"],
         batch["fixed_available"] & batch["moving_available"],
     )

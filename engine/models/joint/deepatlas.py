@@ -22,7 +22,7 @@ from engine.models.joint.base import (
     JointOutput,
     UNet,
     warp_image,
-    warp_labels,
+    warp_masks,
 )
 from engine.models.joint.losses import (
     bending_energy,
@@ -73,7 +73,7 @@ def deepatlas_loss(model: DeepAtlas, batch: dict, step: int, weights: dict) -> t
     with torch.set_grad_enabled(train_registration):
         ddf = model.registration(torch.cat([fixed, moving], dim=1))
     target = _labels_or_prediction(f_masks, f_avail, f_pred)
-    warped = warp_labels(_labels_or_prediction(m_masks, m_avail, m_pred), ddf)
+    warped = warp_masks(_labels_or_prediction(m_masks, m_avail, m_pred), ddf)
     if train_registration:
         ncc = similarity_loss(fixed, warp_image(moving, ddf))
         bending = bending_energy(ddf)

@@ -25,7 +25,7 @@ from engine.models.joint.base import (
     UNetEncoder,
     check_features,
     warp_image,
-    warp_labels,
+    warp_masks,
 )
 from engine.models.joint.losses import (
     masked_dice_loss,
@@ -87,11 +87,11 @@ def dual_head_loss(model: DualHeadNet, batch: dict, step: int, weights: dict) ->
     """
     out = model.run(batch["fixed"], batch["moving"])
     ddf = out["ddf"]
-    tumour = torch.maximum(batch["fixed_ptv"], warp_labels(batch["moving_ptv"], ddf))
+    tumour = torch.maximum(batch["fixed_ptv"], warp_masks(batch["moving_ptv"], ddf))
     ncc = similarity_loss(batch["fixed"], warp_image(batch["moving"], ddf), mask=(tumour < 0.5).float())
     smoothness = (out["gradient"] - 1.0).abs().mean()
     reg_dice = masked_dice_loss(
-        warp_labels(batch["moving_masks"], ddf),
+        warp_masks(batch["moving_masks"], ddf),
         batch["fixed_masks"],
         batch["fixed_available"] & batch["moving_available"],
     )
