@@ -21,6 +21,7 @@ import json
 import numpy as np
 import torch
 
+from engine.metrics import dice
 from engine.models.qam import QualityAwarenessModule, sample_weights, weighted_loss
 from engine.models.res_se_unet import ResSEUNet
 from engine.train.label_noise import RANGES_PX, corrupt_masks
@@ -53,9 +54,7 @@ def slice_dice(network: torch.nn.Module, slices: dict, device: torch.device, thr
     for k in np.unique(slices["case"]):
         rows = slices["case"] == k
         for c in range(truth.shape[1]):
-            p, t = pred[rows, c], truth[rows, c]
-            denom = p.sum() + t.sum()
-            per.setdefault(c, []).append(float(2 * (p & t).sum() / denom) if denom else 1.0)
+            per.setdefault(c, []).append(dice(pred[rows, c], truth[rows, c]))
     means = {c: float(np.mean(v)) for c, v in per.items()}
     return {"per_structure": means, "mean": float(np.mean(list(means.values())))}
 
