@@ -89,12 +89,10 @@ def preflight_findings(series: dict, domain: dict, model_name: str) -> list[str]
     Returns sentences for a physician (empty when nothing is known to be wrong).
     """
     reasons = []
-    modality = series.get("modality") or ""
-    if modality and modality.upper() != domain["modality"]:
-        reasons.append(
-            f"this is a {modality} series; {model_name} delineates {domain['region']} "
-            f"{domain['modality']} scans only, so the job would be refused"
-        )
+    try:
+        check_modality(series.get("modality") or "", domain, model_name)
+    except DomainError as refused:
+        reasons.append(f"{refused}, so the job would be refused")
     axcodes, size, spacing = (series.get(k) for k in ("axcodes", "size", "spacing_mm"))
     if axcodes and size and spacing:
         axis = next((i for i, c in enumerate(axcodes) if c in "SI"), None)
