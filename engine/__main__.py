@@ -125,10 +125,17 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from engine.train.publish import publish
+    from engine.train.publish import attach_critic, publish
 
-    training = json.loads(args.training.read_text())
-    print(f"published {publish(args.run, args.model, training, structures=args.structures)}")
+    if args.run is not None:
+        if args.training is None:
+            raise SystemExit("publish --run needs --training (JSON: data, split, command, procedure, hardware)")
+        training = json.loads(args.training.read_text())
+        print(f"published {publish(args.run, args.model, training, structures=args.structures)}")
+    if args.critic is not None:
+        print(f"attached {attach_critic(args.model, args.critic)}")
+    if args.run is None and args.critic is None:
+        raise SystemExit("publish needs --run (a training run), --critic (a critic2d run), or both")
     return 0
 
 
@@ -241,12 +248,16 @@ def main(argv: list[str] | None = None) -> int:
         help="copy a training run's best checkpoint into engine/weights with its card",
     )
     p.add_argument("--model", default="hn-oar")
-    p.add_argument("--run", type=Path, default=Path("var/train/hn-oar"))
+    p.add_argument("--run", type=Path, help="the training run folder, e.g. var/experiments/hn")
     p.add_argument(
         "--training",
         type=Path,
-        required=True,
-        help="JSON: data, split, command, procedure, hardware",
+        help="with --run: JSON of data, split, command, procedure, hardware",
+    )
+    p.add_argument(
+        "--critic",
+        type=Path,
+        help="a critic2d run folder (var/experiments/critic-hn): the model's contour-quality critic",
     )
     p.add_argument(
         "--structures",

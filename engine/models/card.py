@@ -32,8 +32,10 @@ class UnknownModelError(ModelError):
 @dataclass(frozen=True)
 class CriticCard:
     """A model's contour-quality critic (QAM + OCM, card key ``qam``): its weights file,
-    their SHA-256, the OCM bound ``lam``, the patch size in voxels, the score under which a
-    contour is called implausible and the ROC AUC on corrupted test contours."""
+    their SHA-256, the OCM bound ``lam``, the patch size in voxels (pixels of an axial
+    slice for a 2D critic), the score under which a contour is called implausible, the ROC
+    AUC on corrupted test contours, and the QAM's shape (``spatial_dims`` 2 or 3, its
+    convolution widths ``channels``; ``engine.infer.critic``)."""
 
     weights: str
     sha256: str
@@ -41,6 +43,8 @@ class CriticCard:
     patch: int
     threshold: float
     auc: float
+    spatial_dims: int = 3
+    channels: tuple[int, ...] = (8, 16, 32, 32)
 
 
 def structures_of(config: dict[str, Any]) -> list[Structure]:
@@ -121,6 +125,8 @@ class ModelCard:
             int(q["patch"]),
             float(q["threshold"]),
             float(q["roc_auc_test"]["both"]),
+            int(q.get("spatial_dims", 3)),
+            tuple(int(c) for c in q.get("channels", (8, 16, 32, 32))),
         )
 
     @property

@@ -1,7 +1,8 @@
 """Run configurations: one JSON file per training run (``experiments/configs/NAME.json``).
 
 A configuration has a ``name``, a ``kind`` ("segmentation", the default; "slices2d" for the
-2D Pick-and-Learn experiments; "joint"), a ``model`` (a model card's configuration: architecture,
+2D Pick-and-Learn experiments; "critic2d" for the audit's 2D contour-quality critic,
+``engine.train.critic_2d``; "joint"), a ``model`` (a model card's configuration: architecture,
 channels, ``full_resolution_channels``, ``deep_supervision``, spacing_mm, window_hu,
 axcodes, roi_size, threshold, structures) and ``training``; joint registration runs
 also have ``"kind": "joint"`` and ``loss`` (``engine.train.joint``).
@@ -99,8 +100,10 @@ def check_segmentation_config(config: dict) -> dict:
     """
     from engine.train.label_noise import RANGES_MM
 
-    if config.get("kind", "segmentation") not in ("segmentation", "slices2d"):
-        raise TrainingConfigError(f"kind must be 'segmentation', 'slices2d' or 'joint', got {config['kind']!r}")
+    if config.get("kind", "segmentation") not in ("segmentation", "slices2d", "critic2d"):
+        raise TrainingConfigError(
+            f"kind must be 'segmentation', 'slices2d', 'critic2d' or 'joint', got {config['kind']!r}"
+        )
     training = config.get("training", {})
     unknown = sorted(set(training) - set(SEGMENTATION_DEFAULTS))
     if unknown:
@@ -137,8 +140,11 @@ def check_segmentation_config(config: dict) -> dict:
     qam = config.get("qam")
     if qam and training["batch"] < 2 and not qam.get("corrupt_copies"):
         raise TrainingConfigError("the QAM weights samples within a batch: training.batch must be >= 2")
-    if qam and qam.get("corrupt_copies", "large") not in RANGES_MM:
-        raise TrainingConfigError(f"qam.corrupt_copies must be one of {sorted(RANGES_MM)}")
+    copies = sorted(RANGES_MM) + (["both"] if config.get("kind") == "critic2d" else [])
+    if qam and qam.get("corrupt_copies", "large") not in copies:
+        raise TrainingConfigError(f"qam.corrupt_copies must be one of {copies}")
+    if config.get("kind") == "critic2d" and not (qam and qam.get("corrupt_copies")):
+        raise TrainingConfigError("a critic2d run needs qam.corrupt_copies ('small', 'large' or 'both')")
     return config
 
 

@@ -4,6 +4,7 @@ One JSON file describes a run (``experiments/configs/NAME.json``; fields in
 ``engine.train.config`` and, for joint registration runs, ``engine.train.joint``).
 The trainer is chosen from it: ``JointTrainer`` for ``"kind": "joint"``, ``SliceTrainer``
 for ``"kind": "slices2d"`` (Pick-and-Learn on 2D slices, ``engine.train.pick_and_learn_2d``),
+``CriticTrainer`` for ``"kind": "critic2d"`` (the audit's 2D critic, ``engine.train.critic_2d``),
 ``QAMTrainer`` when a 3D run has ``noise`` or ``qam`` (Pick-and-Learn,
 docs/noisy-labels.md), ``SegmentationTrainer`` otherwise.
 
@@ -41,6 +42,10 @@ def make_trainer(
     if is_joint_config(config_path):
         return JointTrainer(load_joint_config(config_path), data, out_root, state_root, minutes)
     config = load_segmentation_config(config_path)
+    if config.get("kind") == "critic2d":
+        from engine.train.critic_2d import CriticTrainer
+
+        return CriticTrainer(config, data, out_root, state_root, minutes)
     if config.get("kind") == "slices2d":
         from engine.train.pick_and_learn_2d import SliceTrainer
 

@@ -73,9 +73,11 @@ def publish(
         },
     }
     if (weights_dir / f"{name}.json").exists():
-        domain = ModelCard.load(name, weights_dir).domain
-        if domain is not None:  # it describes the data, not the weights: a new run keeps it
-            card["domain"] = domain
+        previous = ModelCard.load(name, weights_dir).data
+        # They describe the data and the contours, not these weights: a new run keeps them.
+        for key in ("domain", "qam"):
+            if previous.get(key):
+                card[key] = previous[key]
     calibration = run_dir / "qam_auc.json"
     if (run_dir / "qam_best.pt").exists() and calibration.exists():
         card["qam"] = _publish_critic(run_dir, name, json.loads(calibration.read_text()), weights_dir)
@@ -100,21 +102,51 @@ def _serve_structures(config: dict, state: dict, names: list[str]) -> tuple[dict
 
 
 def _publish_critic(run_dir: Path, name: str, calibration: dict, weights_dir: Path) -> dict:
-    """Copy the run's QAM as ``NAME-qam.pt`` with its calibration (experiments/qam_auc.py)."""
+    """Copy a run's QAM as ``NAME-qam.pt`` with its calibration (``qam_auc.json``, written by
+    experiments/qam_auc.py or by a critic2d run, ``engine.train.critic_2d``)."""
     if calibration["qam_sha256"] != sha256_of(run_dir / "qam_best.pt"):
         raise ValueError("qam_auc.json was computed for other QAM weights; run experiments/qam_auc.py again")
     state = torch.load(run_dir / "qam_best.pt", map_location="cpu", weights_only=True)
     torch.save(state, weights_dir / f"{name}-qam.pt")
+    command = calibration.get("command") or (
+        f"python experiments/qam_auc.py {calibration['run']} --seed {calibration['seed']}"
+    )
     return {
         "weights": f"{name}-qam.pt",
         "sha256": sha256_of(weights_dir / f"{name}-qam.pt"),
         "lambda": calibration["lambda"],
         "patch": calibration["patch"],
+        "spatial_dims": calibration.get("spatial_dims", 3),
+        "channels": calibration.get("channels", [8, 16, 32, 32]),
         "threshold": calibration["threshold_val"],
         "roc_auc_test": calibration["roc_auc_test"],
+        "roc_auc_test_per_structure": calibration.get("roc_auc_test_per_structure"),
         "test_at_threshold": calibration["test_at_threshold"],
-        "calibration_command": f"python experiments/qam_auc.py {calibration['run']} --seed {calibration['seed']}",
+        "calibration_command": command,
     }
+
+
+def attach_critic(name: str, critic_run: Path, weights_dir: Path = WEIGHTS_DIR) -> Path:
+    """Give shipped model ``name`` the critic of a critic2d run (its ``qam_best.pt`` and
+    ``qam_auc.json``), replacing the one it had; the card and ``NAME.md`` are rewritten.
+
+    Raises:
+        ValueError: the critic was trained for other structures (names or order) than
+            the model delineates, or its calibration is for other weights.
+        UnknownModelError: ``name`` is not shipped.
+    """
+    card = ModelCard.load(name, weights_dir).data
+    calibration = json.loads((critic_run / "qam_auc.json").read_text())
+    model_structures = [s["name"] for s in card["structures"]]
+    if calibration.get("structures") != model_structures:
+        raise ValueError(
+            f"the critic scores {calibration.get('structures')}, the model delineates {model_structures}: "
+            "its label channels would not match"
+        )
+    card["qam"] = _publish_critic(critic_run, name, calibration, weights_dir)
+    (weights_dir / f"{name}.json").write_text(json.dumps(card, indent=1))
+    write_markdown(card, weights_dir / f"{name}.md")
+    return weights_dir / f"{name}-qam.pt"
 
 
 def add_evaluation(name: str, result: dict, command: str, weights_dir: Path = WEIGHTS_DIR) -> None:
@@ -234,7 +266,12 @@ def write_markdown(card: dict, path: Path) -> None:
             "## Contour-quality critic (`python -m engine audit`)",
             (
                 f"- Weights: `{q['weights']}`, SHA-256 `{q['sha256']}`; QAM + OCM, lambda {q['lambda']}, "
-                f"patches of {q['patch']}^3 voxels centred on the contour."
+                + (
+                    f"{q['patch']} x {q['patch']}-pixel crops of every axial slice through the contour, "
+                    "centred on it; the contour's score is the mean over its slices."
+                    if q.get("spatial_dims") == 2
+                    else f"patches of {q['patch']}^3 voxels centred on the contour."
+                )
             ),
             (
                 f"- ROC AUC, clean vs corrupted test contours: {auc['both']:.3f} "

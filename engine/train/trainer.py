@@ -143,6 +143,9 @@ class Trainer:
         self.samplers: list[Any] = []
         self._stop_signal: int | None = None
 
+    # What ``validate``'s "mean" is (higher is better), for the progress line.
+    val_metric = "Dice"
+
     # -- hooks ---------------------------------------------------------------------
     def setup(self) -> None:
         """Load data, build modules, optimisers, scheduler and samplers."""
@@ -260,7 +263,7 @@ class Trainer:
             module.train()
         self.write_log({"step": self.step, "hours": self.hours, "val": val})
         print(
-            f"{self.name} step {self.step} ({self.hours:.2f} h): val mean Dice {val['mean']:.3f}",
+            f"{self.name} step {self.step} ({self.hours:.2f} h): val mean {self.val_metric} {val['mean']:.3f}",
             flush=True,
         )
         if val["mean"] > self.best:

@@ -8,14 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine.infer.audit import (
-    AuditError,
-    Critic,
-    _crop_centred,
-    audit_volume,
-    match_structures,
-    qam_score,
-)
+from engine.infer.audit import AuditError, audit_volume, match_structures
+from engine.infer.critic import Critic, crop_centred, qam_score
 from engine.io.rtstruct_import import ImportedROI
 from engine.models.qam import QualityAwarenessModule
 from engine.models.registry import LoadedModel
@@ -82,7 +76,7 @@ def test_roi_names_match_tg263_and_source_names_ignoring_case_and_separators():
 
 def test_crop_is_centred_and_zero_padded_at_the_edge():
     array = np.arange(10 * 10 * 10, dtype=np.float32).reshape(1, 10, 10, 10) + 1
-    out = _crop_centred(array, np.array([0.0, 5.0, 5.0]), 4)
+    out = crop_centred(array, np.array([0.0, 5.0, 5.0]), 4)
     assert out.shape == (1, 4, 4, 4)
     assert np.all(out[0, :2] == 0) and np.all(out[0, 2:] > 0)
     assert out[0, 2, 2, 2] == array[0, 0, 5, 5]
@@ -142,3 +136,10 @@ def test_a_weak_critic_flags_nothing_and_says_why(ct):
     (result,), notes, _ = audit_volume(ct, [_roi("Mandible", agreeing)], _model(), _critic(10.0, auc=0.62))
     assert not result.flagged and result.reasons == []
     assert any("ROC AUC 0.62" in n for n in notes)
+
+
+def test_a_critic_that_flags_says_how_well_it_separates_distorted_contours(ct):
+    agreeing = _ball(ct.array.shape, (20, 20, 20), 8)
+    (result,), notes, _ = audit_volume(ct, [_roi("Mandible", agreeing)], _model(), _critic(-10.0, auc=0.93))
+    assert not result.flagged
+    assert any("ROC AUC 0.93" in n and "-10.00" in n for n in notes)

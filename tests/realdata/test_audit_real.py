@@ -8,7 +8,8 @@ import json
 import numpy as np
 from scipy import ndimage
 
-from engine.infer.audit import audit_volume, load_critic
+from engine.infer.audit import audit_volume
+from engine.infer.critic import load_critic
 from engine.io.reader import read_input
 from engine.io.rtstruct_import import ImportedROI, import_rtstruct
 from engine.models.registry import load_model
