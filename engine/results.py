@@ -26,7 +26,10 @@ RTSTRUCT of a job as result folders of their own inside it (``revisions/<n>/``,
 
 Reading and writing go through :class:`ResultFolder`; writes are atomic (a reader sees
 the old file or the whole new one). Standard library, NumPy, SciPy and nibabel only: the
-web process reads result folders without PyTorch.
+web process reads result folders without PyTorch. :class:`StructureEntry` types an entry
+of ``structures.json``; :class:`RevisionExport` is what a revision's exports are built
+from (here rather than beside the exporters in ``engine.io.exports``, so that the web
+process builds one without loading the DICOM writers).
 """
 
 from __future__ import annotations
