@@ -26,7 +26,10 @@ RTSTRUCT of a job as result folders of their own inside it (``revisions/<n>/``,
 
 Reading and writing go through :class:`ResultFolder`; writes are atomic (a reader sees
 the old file or the whole new one). Standard library, NumPy, SciPy and nibabel only: the
-web process reads result folders without PyTorch.
+web process reads result folders without PyTorch. :class:`StructureEntry` types an entry
+of ``structures.json``; :class:`RevisionExport` is what a revision's exports are built
+from (here rather than beside the exporters in ``engine.io.exports``, so that the web
+process builds one without loading the DICOM writers).
 """
 
 from __future__ import annotations
@@ -35,17 +38,27 @@ import json
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired
 
 import numpy as np
 
 from engine.io.atomic import write_atomically
 from engine.io.nifti import read_labels, write_nifti
-from engine.structure import Structure
+from engine.structure import Structure, StructureDict
 from engine.volume import LabelMap, Volume, hu_as_int16
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+class StructureEntry(StructureDict):
+    """One entry of ``structures.json``: the structure (``Structure.to_dict``), its
+    ``volume_cm3`` in the label map, and ``file``, its mask relative to the folder (absent
+    when no masks were written)."""
+
+    volume_cm3: float
+    file: NotRequired[str]
 
 
 def safe_file_stem(name: str, number: int, taken: set[str]) -> str:
@@ -118,20 +131,19 @@ class ResultFolder:
 
     # --- structures -----------------------------------------------------------------
 
-    def write_structures(self, labels: LabelMap, structures: Sequence[Structure], masks: bool = True) -> list[dict]:
+    def write_structures(
+        self, labels: LabelMap, structures: Sequence[Structure], masks: bool = True
+    ) -> list[StructureEntry]:
         """``structures.json`` for ``structures`` of the label map ``labels`` (each with its
         volume in cm3), and with ``masks`` one uint8 0/1 mask (I, J, K) of the whole grid
         per structure in ``structures/``, each filled from its structure's box. Returns
         the entries of ``structures.json``."""
-        table, taken = [], {self.MASKS}
+        table: list[StructureEntry] = []
+        taken = {self.MASKS}
         for s in structures:
             box, inside = labels.mask_in_box(s.label)
-            entry: dict[str, Any] = {
-                "label": s.label,
-                "name": s.name,
-                "color": list(s.color),
-                "volume_cm3": round(int(np.count_nonzero(inside)) * labels.voxel_volume_mm3 / 1000.0, 3),
-            }
+            volume_cm3 = round(int(np.count_nonzero(inside)) * labels.voxel_volume_mm3 / 1000.0, 3)
+            entry: StructureEntry = {**s.to_dict(), "volume_cm3": volume_cm3}
             if masks:
                 entry["file"] = f"{self.MASKS}/{safe_file_stem(s.name, s.label, taken)}.nii.gz"
                 mask = np.zeros(labels.array.shape, dtype=np.uint8, order="F")
@@ -141,7 +153,7 @@ class ResultFolder:
         self.write_json(self.STRUCTURES, table)
         return table
 
-    def read_structures(self) -> list[dict]:
+    def read_structures(self) -> list[StructureEntry]:
         """The entries of ``structures.json`` (label, name, color, volume_cm3, file).
 
         Raises:
@@ -151,7 +163,7 @@ class ResultFolder:
 
     def structures(self) -> list[Structure]:
         """``structures.json`` as structures (interpreted type from each TG-263 name)."""
-        return [Structure.from_entry(s) for s in self.read_structures()]
+        return [Structure.from_dict(s) for s in self.read_structures()]
 
     # --- reports --------------------------------------------------------------------
 
@@ -164,3 +176,27 @@ class ResultFolder:
         """The JSON document ``name`` (a dict or a list). Raises OSError (missing) or
         ValueError (not JSON)."""
         return json.loads((self / name).read_text())
+
+
+@dataclass(frozen=True)
+class RevisionExport:
+    """A revision of a job's label map to export (``engine.io.exports``: its RTSTRUCT or
+    DICOM SEG; or its masks and ``structures.json``).
+
+    ``folder``: the job's result folder; ``scan_input``: the job's scan (DICOM folder,
+    zip, or NIfTI, whose CT series the engine wrote as ``ct_dicom/``) and ``series_key``
+    its series (empty: the only one); ``labels_file``: the revision's label map, relative
+    to ``folder`` (uint8, the scan's grid); ``out``: the revision's folder, where the
+    export is written; ``structures``: those of the label map; ``provenance``: (model
+    name, weights SHA-256, empty for none); ``edited``: names of the structures corrected
+    by hand since the model's output.
+    """
+
+    folder: ResultFolder
+    scan_input: Path
+    series_key: str
+    labels_file: str
+    out: ResultFolder
+    structures: tuple[Structure, ...]
+    provenance: tuple[str, str]
+    edited: frozenset[str]

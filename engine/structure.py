@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
+
+
+class StructureDict(TypedDict):
+    """A structure as JSON (``structures.json``, a model card, the web app's job record):
+    ``label`` in the label map, TG-263 ``name``, ``color`` [r, g, b] 0-255."""
+
+    label: int
+    name: str
+    color: list[int]
 
 
 @dataclass(frozen=True)
@@ -23,12 +32,22 @@ class Structure:
     interpreted_type: str
 
     @classmethod
-    def from_entry(cls, entry: Mapping[str, Any]) -> Structure:
-        """An entry of a ``structures.json`` (label, name, color): its interpreted type
-        from the TG-263 name (``interpreted_type_of``)."""
+    def from_dict(cls, entry: Mapping[str, Any]) -> Structure:
+        """A structure from its JSON (``StructureDict``; other keys, such as the volume of
+        a ``structures.json`` entry, are ignored), its interpreted type from the TG-263
+        name (``interpreted_type_of``).
+
+        Raises:
+            KeyError: no label, name or color; ValueError, TypeError: a label or colour
+                that is not whole numbers, or a colour that is not 3 of them.
+        """
         name = str(entry["name"])
         r, g, b = (int(c) for c in entry["color"])
         return cls(int(entry["label"]), name, (r, g, b), interpreted_type_of(name))
+
+    def to_dict(self) -> StructureDict:
+        """As JSON: label, name, color [r, g, b] (the interpreted type follows from the name)."""
+        return {"label": self.label, "name": self.name, "color": list(self.color)}
 
 
 # TG-263 target-volume prefixes: their RT ROI Interpreted Type is the prefix itself.

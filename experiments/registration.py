@@ -43,6 +43,7 @@ from engine.infer.propagate import propagate
 from engine.io.nifti import read_labels, read_volume
 from engine.metrics import surface_metrics
 from engine.models.registry import model_config
+from engine.structure import Structure
 from engine.train.openkbp import case_rois, load_split
 from engine.train.synthetic_deformation import DEFAULTS, make_pair
 
@@ -117,12 +118,12 @@ def run_method(method: str, pair_list: list[dict]) -> dict:
     rows = []
     for pair in pair_list:
         fixed, moving, moving_labels, truth, true_ddf, names = load_pair(pair)
-        structures = [s for s in STRUCTURES if s["name"] in names]
+        structures = [Structure.from_dict(s) for s in STRUCTURES if s["name"] in names]
         wall, cpu = time.perf_counter(), _cpu_seconds()
         if method == "none":
             zero = np.zeros((*fixed.array.shape, 3), np.float32)
             grid = Grid(fixed.array.shape, fixed.affine)
-            labels = warp_labels(moving_labels, [s["label"] for s in structures], grid, zero)
+            labels = warp_labels(moving_labels, [s.label for s in structures], grid, zero)
             ddf, folding = zero, 0.0
         else:
             result = propagate(fixed, moving, moving_labels, structures, method)

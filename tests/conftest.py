@@ -19,6 +19,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
 from tests import factories
+from tests.workflow import propagate, rtstruct_uid, upload
 from webapp.celery import app as celery_app
 from webapp.delineation import engine_client
 
@@ -26,6 +27,22 @@ FAKE_STRUCTURES = [
     {"label": 1, "name": "Brainstem", "color": [255, 170, 0]},
     {"label": 2, "name": "Mandible", "color": [230, 230, 230]},
 ]
+
+
+def write_fake_structures(out_dir: Path, labels: np.ndarray, affine: np.ndarray, masks: bool = True) -> list[dict]:
+    """``structures.json`` of ``FAKE_STRUCTURES`` in ``labels`` (I, J, K) with each volume in
+    cm3 (the fakes' voxels are 2 x 2 x 3 mm) and, with ``masks``, ``structures/<name>.nii.gz``
+    as the engine writes them; returns the table."""
+    table = []
+    if masks:
+        (out_dir / "structures").mkdir()
+    for s in FAKE_STRUCTURES:
+        mask = (labels == s["label"]).astype(np.uint8)
+        if masks:
+            nib.save(nib.Nifti1Image(mask, affine), out_dir / "structures" / f"{s['name']}.nii.gz")
+        table.append({**s, "volume_cm3": round(float(mask.sum()) * 12.0 / 1000, 3)})
+    (out_dir / "structures.json").write_text(json.dumps(table))
+    return table
 
 
 @pytest.fixture(autouse=True)
@@ -131,13 +148,7 @@ def fake_segmentation(
     report("export", 75)
     nib.save(nib.Nifti1Image(image, affine), out_dir / "image.nii.gz")
     nib.save(nib.Nifti1Image(labels, affine), out_dir / "labels.nii.gz")
-    (out_dir / "structures").mkdir()
-    table = []
-    for s in FAKE_STRUCTURES:
-        mask = (labels == s["label"]).astype(np.uint8)
-        nib.save(nib.Nifti1Image(mask, affine), out_dir / "structures" / f"{s['name']}.nii.gz")
-        table.append({**s, "volume_cm3": round(float(mask.sum()) * 12.0 / 1000, 3)})
-    (out_dir / "structures.json").write_text(json.dumps(table))
+    table = write_fake_structures(out_dir, labels, affine)
     is_dicom = not str(input_path).lower().endswith((".nii", ".nii.gz"))
     # As the engine: RTSTRUCT (after its round-trip check) and SEG for every input; for
     # NIfTI input they reference the CT exported as DICOM (ct_dicom.zip).
@@ -297,13 +308,7 @@ def fake_propagate_files(fixed, moving, contours, model, out_dir, progress=None)
     nib.save(nib.Nifti1Image(propagated, volume.affine), out_dir / "labels.nii.gz")
     if model == "dual-head":
         nib.save(nib.Nifti1Image(direct, volume.affine), out_dir / "direct_labels.nii.gz")
-    (out_dir / "structures").mkdir()
-    table = []
-    for s in FAKE_STRUCTURES:
-        mask = (propagated == s["label"]).astype(np.uint8)
-        nib.save(nib.Nifti1Image(mask, volume.affine), out_dir / "structures" / f"{s['name']}.nii.gz")
-        table.append({**s, "volume_cm3": round(float(mask.sum()) * 12.0 / 1000, 3)})
-    (out_dir / "structures.json").write_text(json.dumps(table))
+    write_fake_structures(out_dir, propagated, volume.affine)
     (out_dir / "rtstruct.dcm").write_bytes(b"\0" * 128 + b"DICM fake")
     document = dict(FAKE_PROPAGATION_REPORT, model=model)
     if model != "dual-head":  # a registration only: nothing to compare with
@@ -334,3 +339,52 @@ def fake_propagation(monkeypatch):
     monkeypatch.setitem(sys.modules, "engine.infer.propagate", module)
     monkeypatch.setattr(engine_client, "propagation_models", lambda: list(FAKE_PROPAGATION_MODELS))
     return calls
+
+
+def segment_on_the_series_grid(input_path, model_name, out_dir, progress=None, series=None):
+    """Stands in for ``engine_client.run_segmentation``: Brainstem and Mandible (the
+    propagated label map of ``fake_propagation_masks``) on the uploaded series' own grid,
+    so that a revision's RTSTRUCT and SEG can be written for real on that series."""
+    from engine.io.reader import read_input
+
+    volume, _ = read_input(Path(input_path))
+    labels, _ = fake_propagation_masks(volume.array.shape)
+    out_dir = Path(out_dir)
+    nib.save(nib.Nifti1Image(np.zeros(labels.shape, np.int16), volume.affine), out_dir / "image.nii.gz")
+    nib.save(nib.Nifti1Image(labels, volume.affine), out_dir / "labels.nii.gz")
+    table = write_fake_structures(out_dir, labels, volume.affine, masks=False)
+    (out_dir / "rtstruct.dcm").write_bytes(b"\0" * 128 + b"DICM the model's own")
+    (out_dir / "seg.dcm").write_bytes(b"\0" * 128 + b"DICM the model's own SEG")
+    return engine_client.EngineResult(
+        structures=table, timings_s={}, input_kind="dicom", model_name=model_name, weights_sha256="cd" * 32
+    )
+
+
+@pytest.fixture
+def planning(alice_api, tmp_path) -> dict:
+    """Alice's planning CT with its RTSTRUCT (Brainstem, Mandible), Patient ID PHANTOM1."""
+    return upload(
+        alice_api, factories.dicom_zip_with_rtstruct(tmp_path / "planning", ("Brainstem", "Mandible")), "p.zip"
+    )
+
+
+@pytest.fixture
+def daily(alice_api, tmp_path) -> dict:
+    """Alice's daily CT of the same patient (PHANTOM1)."""
+    return upload(alice_api, factories.dicom_zip_bytes(tmp_path / "daily"), "daily.zip")
+
+
+@pytest.fixture
+def alice_propagation(alice_api, planning, daily, fake_propagation, django_capture_on_commit_callbacks) -> dict:
+    """A succeeded dual-head propagation of the planning RTSTRUCT onto the daily scan."""
+    response = propagate(
+        alice_api,
+        daily["id"],
+        planning["id"],
+        django_capture_on_commit_callbacks,
+        contours_rtstruct=rtstruct_uid(planning),
+    )
+    assert response.status_code == 201, response.content
+    job = alice_api.get(f"/api/jobs/{response.json()['id']}/").json()
+    assert job["status"] == "succeeded", job
+    return job

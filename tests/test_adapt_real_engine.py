@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import get_export
 from tests.realdata.test_propagate_real import BEST_JOINT_MODEL
-from tests.test_adapt_workflow import content, daily, planning, propagate, rtstruct_uid  # noqa: F401 (fixtures)
+from tests.workflow import content, propagate, rtstruct_uid
 
 pytestmark = pytest.mark.django_db
 

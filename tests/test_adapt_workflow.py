@@ -16,78 +16,25 @@ from datetime import timedelta
 import numpy as np
 import pydicom
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 
 from engine.errors import InputError
 from tests import factories
 from tests.conftest import FAKE_PROPAGATION_REPORT, fake_propagation_masks, get_export
-from webapp.delineation import engine_client, exports, retention, rules, runner
+from tests.workflow import content, propagate, rtstruct_masks, rtstruct_uid, upload
+from webapp.delineation import engine_client, exports, retention, runner
 from webapp.delineation.models import Export, Job, Scan
 
 pytestmark = pytest.mark.django_db
 
 
-def upload(client, data: bytes, filename: str, **fields) -> dict:
-    response = client.post("/api/scans/", {"file": SimpleUploadedFile(filename, data), **fields}, format="multipart")
-    assert response.status_code == 201, response.content
-    return response.json()
-
-
-@pytest.fixture
-def planning(alice_api, tmp_path) -> dict:
-    """Alice's planning CT with its RTSTRUCT (Brainstem, Mandible), Patient ID PHANTOM1."""
-    return upload(
-        alice_api, factories.dicom_zip_with_rtstruct(tmp_path / "planning", ("Brainstem", "Mandible")), "p.zip"
+def queued_propagation(alice, planning, daily, **fields) -> Job:
+    """A rigid propagation of Alice's ``planning`` RTSTRUCT onto ``daily``, created as the
+    API would queue it (``fields`` change it), for ``runner.execute_job`` to run."""
+    fields = {"contours_rtstruct": rtstruct_uid(planning), "model_name": "rigid", **fields}
+    return Job.objects.create(
+        owner=alice, scan_id=daily["id"], planning_scan_id=planning["id"], kind=Job.Kind.PROPAGATE, **fields
     )
-
-
-@pytest.fixture
-def daily(alice_api, tmp_path) -> dict:
-    """Alice's daily CT of the same patient (PHANTOM1)."""
-    return upload(alice_api, factories.dicom_zip_bytes(tmp_path / "daily"), "daily.zip")
-
-
-def rtstruct_uid(scan: dict) -> str:
-    (rs,) = rules.structure_sets(scan["preflight"])
-    return rs["sop_instance_uid"]
-
-
-def propagate(client, daily_id, planning_id, capture=None, **fields):
-    payload = {"scan": daily_id, "planning_scan": planning_id, "kind": "propagate", "model": "dual-head", **fields}
-    if capture is None:
-        return client.post("/api/jobs/", payload, format="json")
-    with capture(execute=True):
-        return client.post("/api/jobs/", payload, format="json")
-
-
-@pytest.fixture
-def alice_propagation(alice_api, planning, daily, fake_propagation, django_capture_on_commit_callbacks) -> dict:
-    """A succeeded dual-head propagation of the planning RTSTRUCT onto the daily scan."""
-    response = propagate(
-        alice_api,
-        daily["id"],
-        planning["id"],
-        django_capture_on_commit_callbacks,
-        contours_rtstruct=rtstruct_uid(planning),
-    )
-    assert response.status_code == 201, response.content
-    job = alice_api.get(f"/api/jobs/{response.json()['id']}/").json()
-    assert job["status"] == "succeeded", job
-    return job
-
-
-def content(response) -> bytes:
-    return b"".join(response.streaming_content)
-
-
-def final_masks(data: bytes, daily: dict) -> dict[str, np.ndarray]:
-    """The ROIs of a downloaded RTSTRUCT rasterised on the daily series (engine importer)."""
-    from engine.io.dicom_series import read_series
-    from engine.io.rtstruct_import import import_rtstruct
-
-    series = read_series(Scan.objects.get(pk=daily["id"]).engine_input)
-    return {roi.name: roi.mask for roi in import_rtstruct(pydicom.dcmread(io.BytesIO(data)), series)}
 
 
 # --- Running a propagation ---------------------------------------------------------------
@@ -274,14 +221,7 @@ def test_propagation_fields_belong_to_propagations_only(alice_api, planning, fak
 
 
 def test_a_deleted_planning_scan_fails_the_queued_job(alice, planning, daily, fake_propagation):
-    job = Job.objects.create(
-        owner=alice,
-        scan_id=daily["id"],
-        planning_scan_id=planning["id"],
-        contours_rtstruct=rtstruct_uid(planning),
-        model_name="rigid",
-        kind=Job.Kind.PROPAGATE,
-    )
+    job = queued_propagation(alice, planning, daily)
     Scan.objects.filter(pk=planning["id"]).delete()
     assert runner.execute_job(job.id) == Job.Status.FAILED
     job.refresh_from_db()
@@ -296,14 +236,7 @@ def test_damaged_contours_of_a_delineation_fail_the_job(
         segment = alice_api.post("/api/jobs/", {"scan": planning["id"], "model": "hn-oar"}, format="json").json()
     source = Job.objects.get(pk=segment["id"])
     (source.result_path / "labels.nii.gz").write_bytes(b"not the labels the job wrote")
-    job = Job.objects.create(
-        owner=alice,
-        scan_id=daily["id"],
-        planning_scan_id=planning["id"],
-        contours_job=source,
-        model_name="rigid",
-        kind=Job.Kind.PROPAGATE,
-    )
+    job = queued_propagation(alice, planning, daily, contours_rtstruct="", contours_job=source)
     assert runner.execute_job(job.id) == Job.Status.FAILED
     job.refresh_from_db()
     assert "is damaged" in job.error and fake_propagation == []
@@ -314,14 +247,7 @@ def test_the_engines_refusal_fails_the_job_with_its_message(alice, planning, dai
         raise InputError("the contours hold no structure inside the planning image")
 
     monkeypatch.setattr(sys.modules["engine.infer.propagate"], "propagate_files", refuse)
-    job = Job.objects.create(
-        owner=alice,
-        scan_id=daily["id"],
-        planning_scan_id=planning["id"],
-        contours_rtstruct=rtstruct_uid(planning),
-        model_name="rigid",
-        kind=Job.Kind.PROPAGATE,
-    )
+    job = queued_propagation(alice, planning, daily)
     assert runner.execute_job(job.id) == Job.Status.FAILED
     job.refresh_from_db()
     assert job.error == "The contours could not be propagated: the contours hold no structure inside the planning image"
@@ -333,14 +259,7 @@ def test_a_bug_in_the_engine_is_an_internal_error_not_a_refusal(alice, planning,
         raise ValueError("operands could not be broadcast together")
 
     monkeypatch.setattr(sys.modules["engine.infer.propagate"], "propagate_files", broken)
-    job = Job.objects.create(
-        owner=alice,
-        scan_id=daily["id"],
-        planning_scan_id=planning["id"],
-        contours_rtstruct=rtstruct_uid(planning),
-        model_name="rigid",
-        kind=Job.Kind.PROPAGATE,
-    )
+    job = queued_propagation(alice, planning, daily)
     with pytest.raises(runner.JobFailed):
         runner.execute_job(job.id)
     job.refresh_from_db()
@@ -349,14 +268,7 @@ def test_a_bug_in_the_engine_is_an_internal_error_not_a_refusal(alice, planning,
 
 
 def test_a_running_propagation_keeps_its_planning_scan(alice, alice_api, planning, daily):
-    Job.objects.create(
-        owner=alice,
-        scan_id=daily["id"],
-        planning_scan_id=planning["id"],
-        model_name="rigid",
-        kind=Job.Kind.PROPAGATE,
-        status=Job.Status.RUNNING,
-    )
+    queued_propagation(alice, planning, daily, status=Job.Status.RUNNING)
     response = alice_api.delete(f"/api/scans/{planning['id']}/")
     assert response.status_code == 409 and "still running" in response.json()["detail"]
     assert retention.purge(0, now=timezone.now() + timedelta(days=1)).skipped == 2  # neither scan is purged
@@ -388,7 +300,7 @@ def test_the_kept_contours_are_in_the_downloaded_rtstruct(
         daily_slice = pydicom.dcmread(io.BytesIO(archive.read("CT/IM0000.dcm")))
     referenced = ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
     assert referenced.SeriesInstanceUID == daily_slice.SeriesInstanceUID
-    masks = final_masks(data, daily)
+    masks = rtstruct_masks(data, daily["id"])
     propagated, direct = fake_propagation_masks(masks["Brainstem"].shape)
     np.testing.assert_array_equal(masks["Brainstem"], direct == 1)
     np.testing.assert_array_equal(masks["Mandible"], propagated == 2)
@@ -400,7 +312,7 @@ def test_the_kept_contours_are_in_the_downloaded_rtstruct(
     waiting = alice_api.get(job["downloads"]["final_rtstruct"])  # queued after the last change
     assert waiting.status_code == 202 and waiting.json()["export"]["state"] == "queued"
     exports.run(Export.objects.get(job_id=job["id"], state="queued").pk)  # what the worker does
-    masks = final_masks(content(alice_api.get(job["downloads"]["final_rtstruct"])), daily)
+    masks = rtstruct_masks(content(alice_api.get(job["downloads"]["final_rtstruct"])), daily["id"])
     np.testing.assert_array_equal(masks["Brainstem"], propagated == 1)
     stored = Job.objects.get(pk=job["id"])
     assert {"final/rtstruct.dcm", "final/labels.nii.gz", "final/choices.json"} <= set(stored.checksums)
@@ -417,7 +329,7 @@ def test_without_choices_the_download_holds_the_propagated_contours(
         alice_api, alice_propagation["downloads"]["final_rtstruct"], django_capture_on_commit_callbacks
     )
     assert download.status_code == 200
-    masks = final_masks(content(download), daily)
+    masks = rtstruct_masks(content(download), daily["id"])
     propagated, _ = fake_propagation_masks(masks["Brainstem"].shape)
     np.testing.assert_array_equal(masks["Brainstem"], propagated == 1)
     assert "final/rtstruct.dcm" in Job.objects.get(pk=alice_propagation["id"]).checksums

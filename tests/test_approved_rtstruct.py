@@ -5,18 +5,17 @@ importer (the round-trip gate) on the uploaded series."""
 from __future__ import annotations
 
 import io
-import json
 import shutil
 import subprocess
 import zipfile
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
 
-from tests.conftest import FAKE_STRUCTURES
+from tests.conftest import segment_on_the_series_grid
+from tests.workflow import content, edit, rtstruct_masks
 from webapp.delineation import engine_client
 from webapp.delineation.models import Job, Scan
 
@@ -25,30 +24,6 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("exports_at_once")]
 # On the 16 x 16 x 8 test series (tests/factories.py: LPS, 2 x 2 x 3 mm) an axial slice's row r
 # and column c show voxel (i, j) = (c, r): Brainstem covers rows 4-8, columns 4-7 of slices 2-4.
 AROUND_BRAINSTEM = [[3, 3], [3, 8.5], [9.5, 8.5], [9.5, 3]]
-
-
-def segment_on_the_series_grid(input_path, model_name, out_dir, progress=None, series=None):
-    """Stands in for the engine: Brainstem and Mandible on the uploaded series' own grid."""
-    from engine.io.reader import read_input
-
-    volume, _ = read_input(Path(input_path))
-    labels = np.zeros(volume.array.shape, np.uint8)
-    labels[4:8, 4:9, 2:5] = 1
-    labels[9:13, 8:13, 3:6] = 2
-    out_dir = Path(out_dir)
-    nib.save(nib.Nifti1Image(np.zeros(labels.shape, np.int16), volume.affine), out_dir / "image.nii.gz")
-    nib.save(nib.Nifti1Image(labels, volume.affine), out_dir / "labels.nii.gz")
-    table = [{**s, "volume_cm3": round(float((labels == s["label"]).sum()) * 12 / 1000, 3)} for s in FAKE_STRUCTURES]
-    (out_dir / "structures.json").write_text(json.dumps(table))
-    (out_dir / "rtstruct.dcm").write_bytes(b"\0" * 128 + b"DICM the model's own")
-    (out_dir / "seg.dcm").write_bytes(b"\0" * 128 + b"DICM the model's own SEG")
-    return engine_client.EngineResult(
-        structures=table,
-        timings_s={},
-        input_kind="dicom",
-        model_name=model_name,
-        weights_sha256="cd" * 32,
-    )
 
 
 @pytest.fixture
@@ -68,30 +43,19 @@ def download(client, job, revision=None) -> bytes:
     url = f"/api/jobs/{job['id']}/rtstruct.dcm" + ("" if revision is None else f"?revision={revision}")
     response = client.get(url)
     assert response.status_code == 200, response.content
-    return b"".join(response.streaming_content)
+    return content(response)
 
 
-def read_back(data: bytes, job: dict) -> dict[str, np.ndarray]:
-    from engine.io.dicom_series import read_series
-    from engine.io.rtstruct_import import import_rtstruct
-
-    series = read_series(Scan.objects.get(pk=job["scan"]).engine_input)
-    return {roi.name: roi.mask for roi in import_rtstruct(pydicom.dcmread(io.BytesIO(data)), series)}
+def erase_brainstem(client, job) -> None:
+    """Save a revision with the Brainstem erased on axial slice 3."""
+    response = edit(
+        client, job["id"], structure="Brainstem", plane="axial", index=3, mode="erase", polygon=AROUND_BRAINSTEM
+    )
+    assert response.status_code == 201, response.content
 
 
 def test_an_approved_correction(alice_api, job):
-    response = alice_api.post(
-        f"/api/jobs/{job['id']}/edits/",
-        {
-            "structure": "Brainstem",
-            "plane": "axial",
-            "index": 3,
-            "mode": "erase",
-            "polygon": AROUND_BRAINSTEM,
-        },
-        format="json",
-    )
-    assert response.status_code == 201, response.content
+    erase_brainstem(alice_api, job)
     unapproved = pydicom.dcmread(io.BytesIO(download(alice_api, job)))
     assert unapproved.ApprovalStatus == "UNAPPROVED" and "ReviewerName" not in unapproved
     response = alice_api.post(f"/api/jobs/{job['id']}/approve/", {"comment": "All slices checked"}, format="json")
@@ -105,7 +69,7 @@ def test_an_approved_correction(alice_api, job):
     assert rois["Brainstem"].ROIGenerationAlgorithm == "MANUAL"
     assert rois["Mandible"].ROIGenerationAlgorithm == "AUTOMATIC"
     assert all("cd" * 32 in roi.ROIDescription for roi in rois.values())  # the model's weights kept
-    masks = read_back(data, job)
+    masks = rtstruct_masks(data, job["scan"])
     assert not masks["Brainstem"][:, :, 3].any()
     assert masks["Brainstem"][:, :, [2, 4]].sum() == 2 * 4 * 5
     assert masks["Mandible"].sum() == 4 * 5 * 3
@@ -118,17 +82,7 @@ def test_editing_an_approved_set_makes_an_unapproved_revision(alice_api, job):
     approved = pydicom.dcmread(io.BytesIO(download(alice_api, job)))
     assert approved.ApprovalStatus == "APPROVED" and approved.StructureSetLabel == "Delineo r0"
     assert {roi.ROIGenerationAlgorithm for roi in approved.StructureSetROISequence} == {"AUTOMATIC"}
-    response = alice_api.post(
-        f"/api/jobs/{job['id']}/edits/",
-        {
-            "structure": "Mandible",
-            "plane": "axial",
-            "mode": "delete",
-            "first": 3,
-            "last": 3,
-        },
-        format="json",
-    )
+    response = edit(alice_api, job["id"], structure="Mandible", plane="axial", mode="delete", first=3, last=3)
     assert response.status_code == 201
     latest = pydicom.dcmread(io.BytesIO(download(alice_api, job)))
     assert latest.ApprovalStatus == "UNAPPROVED" and latest.StructureSetLabel == "Delineo r1"
@@ -154,17 +108,7 @@ def test_the_approved_rtstruct_passes_dciodvfy_and_plastimatch_reads_the_correct
     from tests.stack import require
 
     require(shutil.which("plastimatch") is not None, "plastimatch is not installed")
-    alice_api.post(
-        f"/api/jobs/{job['id']}/edits/",
-        {
-            "structure": "Brainstem",
-            "plane": "axial",
-            "index": 3,
-            "mode": "erase",
-            "polygon": AROUND_BRAINSTEM,
-        },
-        format="json",
-    )
+    erase_brainstem(alice_api, job)
     alice_api.post(f"/api/jobs/{job['id']}/approve/", {}, format="json")
     (tmp_path / "rtstruct.dcm").write_bytes(download(alice_api, job))
     assert dciodvfy_errors(tmp_path / "rtstruct.dcm") == []
@@ -216,17 +160,7 @@ def test_send_to_sends_the_approved_revision(alice, alice_api, job, django_captu
     server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
     try:
         DicomPeer.objects.create(name="TPS", ae_title="TPS1", host="127.0.0.1", port=port, owner=alice)
-        alice_api.post(
-            f"/api/jobs/{job['id']}/edits/",
-            {
-                "structure": "Brainstem",
-                "plane": "axial",
-                "index": 3,
-                "mode": "erase",
-                "polygon": AROUND_BRAINSTEM,
-            },
-            format="json",
-        )
+        erase_brainstem(alice_api, job)
         alice_api.post(f"/api/jobs/{job['id']}/approve/", {}, format="json")
         with django_capture_on_commit_callbacks(execute=True):
             response = alice_api.post(f"/api/jobs/{job['id']}/send/", {"destination": "TPS"}, format="json")
@@ -240,20 +174,10 @@ def test_send_to_sends_the_approved_revision(alice, alice_api, job, django_captu
 
 
 def test_the_seg_of_a_revision(alice_api, job):
-    alice_api.post(
-        f"/api/jobs/{job['id']}/edits/",
-        {
-            "structure": "Brainstem",
-            "plane": "axial",
-            "index": 3,
-            "mode": "erase",
-            "polygon": AROUND_BRAINSTEM,
-        },
-        format="json",
-    )
+    erase_brainstem(alice_api, job)
     response = alice_api.get(f"/api/jobs/{job['id']}/seg.dcm")
     assert response.status_code == 200, response.content
-    seg = pydicom.dcmread(io.BytesIO(b"".join(response.streaming_content)))
+    seg = pydicom.dcmread(io.BytesIO(content(response)))
     assert seg.Modality == "SEG"
     assert [(s.SegmentLabel, s.SegmentAlgorithmType) for s in seg.SegmentSequence] == [
         ("Brainstem", "SEMIAUTOMATIC"),
@@ -262,22 +186,11 @@ def test_the_seg_of_a_revision(alice_api, job):
     frames = [f.SegmentIdentificationSequence[0].ReferencedSegmentNumber for f in seg.PerFrameFunctionalGroupsSequence]
     assert frames.count(1) == 2 and frames.count(2) == 3  # Brainstem erased on one of its three slices
     response = alice_api.get(f"/api/jobs/{job['id']}/seg.dcm?revision=0")
-    assert b"".join(response.streaming_content).endswith(b"DICM the model's own SEG")
+    assert content(response).endswith(b"DICM the model's own SEG")
 
 
 def test_a_corrected_revision_of_a_job_outside_its_domain_still_needs_the_acknowledgement(alice_api, job):
-    response = alice_api.post(
-        f"/api/jobs/{job['id']}/edits/",
-        {
-            "structure": "Brainstem",
-            "plane": "axial",
-            "index": 3,
-            "mode": "erase",
-            "polygon": AROUND_BRAINSTEM,
-        },
-        format="json",
-    )
-    assert response.status_code == 201, response.content
+    erase_brainstem(alice_api, job)
     Job.objects.filter(pk=job["id"]).update(domain={"in_domain": False, "reasons": ["the scan covers 40 mm"]})
     for name in ("rtstruct.dcm", "seg.dcm"):
         refused = alice_api.get(f"/api/jobs/{job['id']}/{name}?revision=1")

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from tests import factories
-from tests.conftest import FAKE_STRUCTURES
+from tests.conftest import write_fake_structures
 from webapp.delineation import engine_client, rules, runner
 from webapp.delineation.models import Job
 
@@ -70,8 +70,7 @@ def fake_audit(input_path, model_name, out_dir, progress=None, series=None) -> e
     report("network", 20)
     nib.save(nib.Nifti1Image(np.full(labels.shape, 40, dtype=np.int16), affine), out_dir / "image.nii.gz")
     nib.save(nib.Nifti1Image(labels, affine), out_dir / "labels.nii.gz")
-    table = [{**s, "volume_cm3": round(float((labels == s["label"]).sum()) * 12.0 / 1000, 3)} for s in FAKE_STRUCTURES]
-    (out_dir / "structures.json").write_text(json.dumps(table))
+    table = write_fake_structures(out_dir, labels, affine, masks=False)
     (out_dir / "audit.json").write_text(json.dumps(AUDIT_DOCUMENT))
     report("export", 95)
     return engine_client.AuditEngineResult(

@@ -18,7 +18,7 @@ import pytest
 from django.conf import settings
 
 from tests.conftest import fake_propagation_masks
-from tests.test_adapt_workflow import alice_propagation, daily, planning  # noqa: F401  (fixtures)
+from tests.workflow import content, edit
 from webapp.delineation.models import AccessEvent, Job, Scan, Team
 
 pytestmark = pytest.mark.django_db
@@ -27,10 +27,6 @@ pytestmark = pytest.mark.django_db
 # axial slice, row r and column c show voxel (19 - c, 23 - r): Brainstem (x 6-9, y 6-11, z 3-5)
 # covers rows 12-17 and columns 10-13 of the axial slices 3 to 5.
 AROUND_BRAINSTEM = [[11, 9], [11, 14], [18, 14], [18, 9]]
-
-
-def edit(client, job_id, **body):
-    return client.post(f"/api/jobs/{job_id}/edits/", body, format="json")
 
 
 def axial_labels(client, job_id, index, revision=None) -> np.ndarray:
@@ -43,7 +39,7 @@ def labels_download(client, job_id, revision=None) -> np.ndarray:
     url = f"/api/jobs/{job_id}/labels.nii.gz" + (f"?revision={revision}" if revision is not None else "")
     response = client.get(url)
     assert response.status_code == 200, response.content
-    data = b"".join(response.streaming_content)
+    data = content(response)
     return np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(data)).dataobj)
 
 
@@ -359,7 +355,7 @@ def test_a_propagation_is_corrected_from_its_direct_segmentation_and_approved(
     assert alice_api.post(f"/api/jobs/{job_id}/approve/", {}, format="json").status_code == 200
     response = alice_api.get(f"/api/jobs/{job_id}/rtstruct.dcm")
     assert response.status_code == 200, response.content
-    ds = pydicom.dcmread(io.BytesIO(b"".join(response.streaming_content)))
+    ds = pydicom.dcmread(io.BytesIO(content(response)))
     assert ds.ApprovalStatus == "APPROVED" and ds.StructureSetLabel == "Delineo r1"
 
 
@@ -376,7 +372,7 @@ def test_the_masks_zip_of_a_revision(alice_api, alice_job):
         url = f"/api/jobs/{job_id}/structures.zip" + ("" if revision is None else f"?revision={revision}")
         response = alice_api.get(url)
         assert response.status_code == 200, response.content
-        archive = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
+        archive = zipfile.ZipFile(io.BytesIO(content(response)))
         brainstem = nib.Nifti1Image.from_bytes(gzip.decompress(archive.read("structures/Brainstem.nii.gz")))
         return np.asarray(brainstem.dataobj), json.loads(archive.read("structures.json"))
 

@@ -15,8 +15,8 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from rest_framework.test import APIClient
 
 from tests import factories
-from tests.test_adapt_workflow import daily, planning, propagate, rtstruct_uid  # noqa: F401  (fixtures)
 from tests.test_audit_job import auditing, post_audit  # noqa: F401  (``auditing`` is a fixture)
+from tests.workflow import propagate, rtstruct_uid
 from webapp.delineation.dicom.models import DicomPeer
 from webapp.delineation.models import AccessEvent, Job, Patient, Scan, Team
 
@@ -162,7 +162,7 @@ def alice_data(alice_api, fake_engine, django_capture_on_commit_callbacks) -> di
 
 
 @pytest.fixture
-def alice_propagated(alice_api, planning, daily, fake_propagation, django_capture_on_commit_callbacks) -> dict:  # noqa: F811
+def alice_propagated(alice_api, planning, daily, fake_propagation, django_capture_on_commit_callbacks) -> dict:
     """A succeeded propagation of Alice's planning RTSTRUCT onto her daily scan (its downloads)."""
     capture, uid = django_capture_on_commit_callbacks, rtstruct_uid(planning)
     response = propagate(alice_api, daily["id"], planning["id"], capture, contours_rtstruct=uid)
@@ -177,7 +177,7 @@ def alice_propagated(alice_api, planning, daily, fake_propagation, django_captur
 
 
 @pytest.fixture
-def alice_audit(alice_api, auditing, tmp_path, django_capture_on_commit_callbacks) -> dict:  # noqa: F811
+def alice_audit(alice_api, auditing, tmp_path, django_capture_on_commit_callbacks) -> dict:
     """A DICOM scan with an RTSTRUCT of Alice and a succeeded contour audit on it (audit.json)."""
     archive = factories.dicom_zip_with_rtstruct(tmp_path / "rs", ("Brainstem",))
     upload = SimpleUploadedFile("ct-rs.zip", archive, content_type="application/zip")

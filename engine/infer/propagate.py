@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,12 +71,12 @@ from engine.io.reader import read_input
 from engine.metrics import surface_metrics
 from engine.models.registry import (
     WEIGHTS_DIR,
-    Structure,
     UnknownModelError,
     default_device,
     sha256_of,
 )
-from engine.results import ResultFolder
+from engine.results import ResultFolder, StructureEntry
+from engine.structure import Structure
 from engine.volume import LabelMap, Volume
 
 Progress = Callable[[str, int], None]
@@ -137,15 +137,18 @@ class PropagationResult:
     ``ddf_mm`` (I, J, K, 3) float32, mm along R, A, S: fixed point p <-> moving p + u(p).
     ``labels``: the propagated contours; ``direct_labels``: the model's segmentation of
     the fixed image with the same label values (None for classical methods).
-    ``structures``: one dict per structure, the fields of ``report.json`` plus colour and
-    type. ``timings``: seconds per stage. ``folding``: ``folding_percent`` (voxels with
-    Jacobian determinant <= 0), ``min_jacobian`` and ``inside`` {name: percent}.
+    ``structures``: the propagated structures, as given; ``measures``: one dict per
+    structure, the entries of ``report.json``'s ``structures`` (name, label, color, type,
+    volume_ml, the agreement with the direct segmentation, folding_percent_inside,
+    warning). ``timings``: seconds per stage. ``folding``: ``folding_percent`` (voxels
+    with Jacobian determinant <= 0), ``min_jacobian`` and ``inside`` {name: percent}.
     """
 
     ddf_mm: np.ndarray
     labels: LabelMap
     direct_labels: LabelMap | None
-    structures: list[dict]
+    structures: list[Structure]
+    measures: list[dict]
     timings: dict[str, float]
     folding: dict
 
@@ -344,7 +347,7 @@ def _key(name: str) -> str:
 def _direct_labels(
     logits: torch.Tensor,
     method: PropagationMethod,
-    structures: list[dict],
+    structures: Sequence[Structure],
     grid: Grid,
     fixed: Grid,
 ) -> np.ndarray:
@@ -356,7 +359,7 @@ def _direct_labels(
             f"model {method.name!r} returned {logits.shape[0]} segmentation channels; "
             f"its card lists {len(method.config['structures'])} structures (+ background)"
         )
-    by_key = {_key(s["name"]): s["label"] for s in structures}
+    by_key = {_key(s.name): s.label for s in structures}
     lut = np.zeros(logits.shape[0], dtype=np.int64)
     for c, s in enumerate(method.config["structures"], start=1):
         for name in (s["name"], s.get("source", s["name"])):
@@ -395,7 +398,7 @@ def propagate(
     fixed: Volume,
     moving: Volume,
     moving_contours: LabelMap,
-    structures: list[dict],
+    structures: Sequence[Structure],
     model: str | PropagationMethod,
     progress: Progress | None = None,
 ) -> PropagationResult:
@@ -403,7 +406,7 @@ def propagate(
 
     ``fixed``/``moving``: (I, J, K) HU volumes with RAS affines (any grids);
     ``moving_contours``: label map on any grid in the moving scan's space;
-    ``structures``: [{label, name, color, type?}] of the contours to propagate;
+    ``structures``: the structures of ``moving_contours`` to propagate (by label value);
     ``model``: a name from ``PROPAGATION_MODELS()`` or a loaded method.
 
     Raises:
@@ -432,7 +435,7 @@ def propagate(
     ddf, logits = _register(method, fixed_w, moving_w, grid, _contour_centre(moving_contours, grid))
     lap("registration", "warp")
     ddf_mm = ddf_voxels_to_mm(ddf, grid, fixed_grid)
-    values = [int(s["label"]) for s in structures]
+    values = [s.label for s in structures]
     labels = LabelMap(warp_labels(moving_contours, values, fixed_grid, ddf_mm), fixed.affine)
     det = determinant_on_fixed(jacobian_determinant(ddf), grid, fixed_grid)
     lap("warp", "compare")
@@ -443,22 +446,22 @@ def propagate(
     entries, inside = [], {}
     ml = labels.voxel_volume_mm3 / 1000.0
     for s in structures:
-        mask = labels.array == s["label"]
-        inside[s["name"]] = _percent(det[mask] <= 0)
+        mask = labels.array == s.label
+        inside[s.name] = _percent(det[mask] <= 0)
         entry = {
-            "name": s["name"],
-            "label": int(s["label"]),
-            "color": list(s.get("color") or []),
-            "type": s.get("type", ""),
+            "name": s.name,
+            "label": s.label,
+            "color": list(s.color),
+            "type": s.interpreted_type,
             "volume_ml": round(float(mask.sum()) * ml, 3),
             "dice_vs_direct": None,
             "msd_mm_vs_direct": None,
             "hd95_mm_vs_direct": None,
             "volume_ml_direct": None,
-            "folding_percent_inside": inside[s["name"]],
+            "folding_percent_inside": inside[s.name],
         }
-        if direct is not None and (direct.array == s["label"]).any():
-            other = direct.array == s["label"]
+        if direct is not None and (direct.array == s.label).any():
+            other = direct.array == s.label
             dice, msd, hd95 = surface_metrics(mask, other, fixed.spacing)
             entry |= {
                 "dice_vs_direct": round(dice, 4),
@@ -474,10 +477,10 @@ def propagate(
         "inside": inside,
     }
     lap("compare", "export")
-    return PropagationResult(ddf_mm, labels, direct, entries, timings, folding)
+    return PropagationResult(ddf_mm, labels, direct, list(structures), entries, timings, folding)
 
 
-def _write_outputs(result: PropagationResult, fixed: Volume, out: ResultFolder) -> list[dict]:
+def _write_outputs(result: PropagationResult, fixed: Volume, out: ResultFolder) -> list[StructureEntry]:
     """NIfTI outputs as ``segment`` writes them, plus ``ddf.nii.gz`` and, for a joint
     model, ``direct_labels.nii.gz``; returns the ``structures.json`` entries."""
     out.write_image(fixed)
@@ -485,11 +488,7 @@ def _write_outputs(result: PropagationResult, fixed: Volume, out: ResultFolder) 
     out.write_labels(result.labels)
     if result.direct_labels is not None:
         out.write_labels(result.direct_labels, out.DIRECT_LABELS)
-    return out.write_structures(result.labels, _structures(result))
-
-
-def _structures(result: PropagationResult) -> list[Structure]:
-    return [Structure(s["label"], s["name"], tuple(s["color"]), s["type"]) for s in result.structures]
+    return out.write_structures(result.labels, result.structures)
 
 
 def propagate_files(
@@ -546,7 +545,7 @@ def propagate_files(
         result.labels,
         fixed_volume,
         fixed_dicom,
-        _structures(result),
+        result.structures,
         f"propagate {method.name}",
         method.sha256,
         out,
@@ -559,7 +558,7 @@ def propagate_files(
         "sha256": method.sha256,
         "working_spacing_mm": list(method.spacing_mm),
         "prealign": (method.config.get("prealign", DEFAULT_JOINT_PREALIGN) if method.kind == "joint" else None),
-        "structures": result.structures,
+        "structures": result.measures,
         "folding_percent": result.folding["folding_percent"],
         "min_jacobian": result.folding["min_jacobian"],
         "timings": timings,

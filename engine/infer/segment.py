@@ -36,7 +36,7 @@ from engine.io.reader import read_input
 from engine.io.rtstruct import build_rtstruct, write_rtstruct
 from engine.io.rtstruct_check import check_rtstruct
 from engine.models.registry import LoadedModel, Structure, load_model
-from engine.results import ResultFolder
+from engine.results import ResultFolder, StructureEntry
 from engine.volume import LabelMap, Volume
 
 Progress = Callable[[str, int], None]
@@ -47,7 +47,7 @@ STAGE_END = {"ingest": 10, "preprocess": 20, "network": 75, "export": 100}
 
 @dataclass(frozen=True)
 class SegmentationResult:
-    structures: list[dict]
+    structures: list[StructureEntry]  # as structures.json
     timings_s: dict[str, float]
     rtstruct: Path | None
     input_kind: str
@@ -84,7 +84,9 @@ def segment_volume(volume: Volume, model: LoadedModel, progress: Progress | None
     return labels_to_input_grid(prob, volume, label_values, cfg["threshold"])
 
 
-def write_nifti_outputs(volume: Volume, labels: LabelMap, structures: list[Structure], out: ResultFolder) -> list[dict]:
+def write_nifti_outputs(
+    volume: Volume, labels: LabelMap, structures: list[Structure], out: ResultFolder
+) -> list[StructureEntry]:
     """Write ``image.nii.gz`` (``volume`` as int16 HU), ``labels.nii.gz``, one mask per
     structure and ``structures.json`` (``ResultFolder.write_structures``); returns the
     entries of ``structures.json``: label, name, colour [r, g, b], volume in cm3, file."""

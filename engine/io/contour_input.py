@@ -29,6 +29,7 @@ from engine.io.nifti import NiftiError, read_labels
 from engine.io.reader import is_nifti
 from engine.io.rtstruct_import import import_rtstruct, read_rtstruct
 from engine.results import ResultFolder
+from engine.structure import Structure
 from engine.volume import LabelMap
 
 # Colours for ROIs that come without one (RTSTRUCT ROI Display Color is optional).
@@ -44,9 +45,11 @@ PALETTE = [
 ]
 
 
-def _entry(label: int, name: str, color, kind: str = "") -> dict:
-    rgb = list(color) if color else list(PALETTE[(label - 1) % len(PALETTE)])
-    return {"label": label, "name": name, "color": rgb, "type": kind}
+def _structure(label: int, name: str, color, kind: str = "") -> Structure:
+    """A structure to propagate; without a colour, one from ``PALETTE``; ``kind``: its
+    RT ROI Interpreted Type as given (empty when the contours give none)."""
+    r, g, b = (int(c) for c in color) if color else PALETTE[(label - 1) % len(PALETTE)]
+    return Structure(label, name, (r, g, b), kind)
 
 
 Box = tuple[slice, slice, slice]
@@ -61,30 +64,31 @@ def _boxed(mask: np.ndarray) -> tuple[Box, np.ndarray]:
 
 def _paint(
     boxed: list[tuple[Box, np.ndarray]],
-    entries: list[dict],
+    structures: list[Structure],
     shape: tuple[int, int, int],
     affine: np.ndarray,
-) -> tuple[LabelMap, list[dict], list[str]]:
+) -> tuple[LabelMap, list[Structure], list[str]]:
     """One label map (I, J, K) of ``shape`` from bool masks, each given inside its box
     (I, J, K slices of that grid): memory for the label map and the boxes, not a whole
     grid per ROI (80 MB each on a 512 x 512 x 300 CT). Empty masks are left out."""
-    notes = [f"{e['name']}: empty, not propagated" for (_, m), e in zip(boxed, entries, strict=True) if not m.any()]
-    kept = [(b, m, e) for (b, m), e in zip(boxed, entries, strict=True) if m.any()]
+    pairs = list(zip(boxed, structures, strict=True))
+    notes = [f"{s.name}: empty, not propagated" for (_, m), s in pairs if not m.any()]
+    kept = [(b, m, s) for (b, m), s in pairs if m.any()]
     if not kept:
         raise InputError("the planning contours hold no non-empty structure to propagate")
-    dtype = np.uint8 if max(e["label"] for _, _, e in kept) < 256 else np.uint16
+    dtype = np.uint8 if max(s.label for _, _, s in kept) < 256 else np.uint16
     labels = np.zeros(shape, dtype=dtype, order="F")
-    for box, mask, entry in sorted(kept, key=lambda bme: -np.count_nonzero(bme[1])):
+    for box, mask, structure in sorted(kept, key=lambda bms: -np.count_nonzero(bms[1])):
         region = labels[box]  # a view: painting it paints the label map
         # Painted before: a larger structure's voxel (every label value is above 0).
         overlap = int(np.count_nonzero(mask & (region != 0)))
         if overlap:
             notes.append(
-                f"{entry['name']} overlaps a larger structure in {overlap} voxels; "
+                f"{structure.name} overlaps a larger structure in {overlap} voxels; "
                 "the overlap is propagated as part of the smaller structure"
             )
-        region[mask] = entry["label"]
-    return LabelMap(labels, affine), [e for _, _, e in kept], notes
+        region[mask] = structure.label
+    return LabelMap(labels, affine), [s for _, _, s in kept], notes
 
 
 def _from_rtstruct(path: Path, series: DicomSeries | None):
@@ -94,10 +98,10 @@ def _from_rtstruct(path: Path, series: DicomSeries | None):
             "scan as that DICOM series, not as NIfTI"
         )
     rois = import_rtstruct(read_rtstruct(path), series)
-    entries = [_entry(n, roi.name, roi.color, roi.interpreted_type) for n, roi in enumerate(rois, start=1)]
+    structures = [_structure(n, roi.name, roi.color, roi.interpreted_type) for n, roi in enumerate(rois, start=1)]
     boxed = [(r.box or (slice(None),) * 3, r.crop) for r in rois]
-    labels, entries, notes = _paint(boxed, entries, series.volume.array.shape, series.volume.affine)
-    return labels, entries, notes + [f"{r.name}: {n}" for r in rois for n in r.notes]
+    labels, kept, notes = _paint(boxed, structures, series.volume.array.shape, series.volume.affine)
+    return labels, kept, notes + [f"{r.name}: {n}" for r in rois for n in r.notes]
 
 
 def _from_label_map(path: Path, index: Path):
@@ -108,11 +112,11 @@ def _from_label_map(path: Path, index: Path):
     labels = read_labels(path)
     try:
         listed = json.loads(index.read_text())
-        entries = [_entry(int(s["label"]), str(s["name"]), s.get("color"), s.get("type", "")) for s in listed]
+        structures = [_structure(int(s["label"]), str(s["name"]), s.get("color"), s.get("type", "")) for s in listed]
     except (ValueError, TypeError, KeyError) as exc:
         raise InputError(f"{index.name}: not a list of structures with label and name ({exc})") from exc
-    boxed = [labels.mask_in_box(e["label"]) for e in entries]
-    return _paint(boxed, entries, labels.array.shape, labels.affine)
+    boxed = [labels.mask_in_box(s.label) for s in structures]
+    return _paint(boxed, structures, labels.array.shape, labels.affine)
 
 
 def _from_mask_folder(folder: Path):
@@ -126,7 +130,7 @@ def _from_mask_folder(folder: Path):
             names = {e["file"]: e["name"] for e in json.loads(index.read_text()) if "file" in e}
         except (ValueError, TypeError, KeyError):
             names = {}
-    boxed, entries, affine = [], [], None
+    boxed, structures, affine = [], [], None
     for n, path in enumerate(files, start=1):
         mask = read_labels(path)
         if affine is None:
@@ -135,17 +139,17 @@ def _from_mask_folder(folder: Path):
             raise InputError(f"{path.name}: the masks are not all on one grid (shape or affine differs)")
         stem = path.name[: -len(".nii.gz")] if path.name.endswith(".gz") else path.stem
         boxed.append(_boxed(mask.array > 0))
-        entries.append(_entry(n, names.get(path.name, stem), None))
-    return _paint(boxed, entries, shape, cast(np.ndarray, affine))  # the folder holds a mask
+        structures.append(_structure(n, names.get(path.name, stem), None))
+    return _paint(boxed, structures, shape, cast(np.ndarray, affine))  # the folder holds a mask
 
 
-def read_contours(path: str | Path, moving_series: DicomSeries | None) -> tuple[LabelMap, list[dict], list[str]]:
+def read_contours(path: str | Path, moving_series: DicomSeries | None) -> tuple[LabelMap, list[Structure], list[str]]:
     """Read the planning contours at ``path`` (see the module docstring).
 
     ``moving_series`` is the planning DICOM series (None for a NIfTI planning scan); an
     RTSTRUCT is rasterised onto it. Returns (label map on its own grid (I, J, K) with RAS
-    affine in mm, structures [{label, name, color [r, g, b], type}] of the non-empty
-    structures, notes on what was left out or overlapped).
+    affine in mm, the non-empty structures (``interpreted_type`` as the contours give it,
+    empty when they give none), notes on what was left out or overlapped).
 
     Raises:
         InputError: a path that is none of these forms, an RTSTRUCT without a DICOM

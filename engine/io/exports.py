@@ -11,7 +11,7 @@ written. Files are renamed into place whole (``engine.results.ResultFolder``).
 from __future__ import annotations
 
 import datetime
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +24,7 @@ from engine.io.dicom_write import DicomWriteError, labels_on_series_grid
 from engine.io.reader import is_nifti
 from engine.io.rtstruct import build_rtstruct, write_rtstruct
 from engine.io.rtstruct_check import check_rtstruct
-from engine.results import ResultFolder
-from engine.structure import Structure
+from engine.results import ResultFolder, RevisionExport
 from engine.volume import LabelMap
 
 
@@ -113,48 +112,35 @@ def write_final_rtstruct(
     return final
 
 
-def _revision_on_series(
-    folder: ResultFolder, scan_input: Path, series_key: str, labels_file: str
-) -> tuple[DicomSeries, LabelMap]:
-    series = referenced_series(folder, scan_input, series_key, "scan")
-    labels = folder.read_labels(labels_file)
+def _revision_on_series(revision: RevisionExport) -> tuple[DicomSeries, LabelMap]:
+    series = referenced_series(revision.folder, revision.scan_input, revision.series_key, "scan")
+    labels = revision.folder.read_labels(revision.labels_file)
     message = "The corrected contours are not on the grid of the scan's DICOM series."
     return series, _on_series(labels, series, message)
 
 
-def write_revision_rtstruct(
-    folder: ResultFolder,
-    scan_input: Path,
-    series_key: str,
-    labels_file: str,
-    out: ResultFolder,
-    structures: Sequence[Structure],
-    provenance: tuple[str, str],
-    set_label: str,
-    edited: Collection[str],
-    approval: Approval | None,
-) -> None:
-    """The RTSTRUCT of a revision of a job's label map: ``labels_file`` (relative to
-    ``folder``, uint8 on the scan's grid) written as ``out/rtstruct.dcm`` after its
-    round-trip check (``out/rtstruct_check.json``), on the series the job's own RTSTRUCT
-    references. ``provenance``: (model name, weights SHA-256). Each structure of
-    ``edited`` has ROI Generation Algorithm MANUAL, the others AUTOMATIC; each ROI
-    Description keeps the model and weights. Structure Set Label ``set_label`` (at most 16
-    characters); a new SOP Instance UID on every call. With an ``approval``, Approval
-    Status APPROVED with Reviewer Name and Review Date/Time (PS3.3 C.8.8.16); UNAPPROVED
-    otherwise.
+def write_revision_rtstruct(revision: RevisionExport, set_label: str, approval: Approval | None = None) -> None:
+    """The RTSTRUCT of a revision of a job's label map (``revision.labels_file``) written
+    as ``rtstruct.dcm`` in ``revision.out`` after its round-trip check
+    (``rtstruct_check.json``), on the series the job's own RTSTRUCT references. Each
+    structure of ``revision.edited`` has ROI Generation Algorithm MANUAL, the others
+    AUTOMATIC; each ROI Description keeps the model and weights. Structure Set Label
+    ``set_label`` (at most 16 characters); a new SOP Instance UID on every call. With an
+    ``approval``, Approval Status APPROVED with Reviewer Name and Review Date/Time (PS3.3
+    C.8.8.16); UNAPPROVED otherwise.
 
     Raises:
         ExportError: no DICOM series to reference, labels off its grid, or a structure
             whose contours fail the round-trip check.
     """
-    model_name, weights_sha256 = provenance
-    series, on_series = _revision_on_series(folder, scan_input, series_key, labels_file)
-    ds = build_rtstruct(on_series, series, list(structures), model_name, weights_sha256 or "none")
+    model_name, weights_sha256 = revision.provenance
+    structures, out = list(revision.structures), revision.out
+    series, on_series = _revision_on_series(revision)
+    ds = build_rtstruct(on_series, series, structures, model_name, weights_sha256 or "none")
     ds.StructureSetLabel = set_label[:16]
     ds.StructureSetName = ds.SeriesDescription = f"Delineo {model_name} {set_label}"[:64]
     for roi in ds.StructureSetROISequence:
-        if roi.ROIName in edited:
+        if roi.ROIName in revision.edited:
             roi.ROIGenerationAlgorithm = "MANUAL"
             roi.ROIGenerationDescription = "model contours corrected by hand in Delineo"
     if approval is not None:
@@ -163,38 +149,30 @@ def write_revision_rtstruct(
         ds.ReviewDate = approval.reviewed.strftime("%Y%m%d")
         ds.ReviewTime = approval.reviewed.strftime("%H%M%S")
     out.path.mkdir(mode=0o750, parents=True, exist_ok=True)
-    check_rtstruct(ds, on_series, series, list(structures), out / out.RTSTRUCT_CHECK)
+    check_rtstruct(ds, on_series, series, structures, out / out.RTSTRUCT_CHECK)
     write_rtstruct(ds, out / out.RTSTRUCT)
 
 
-def write_revision_seg(
-    folder: ResultFolder,
-    scan_input: Path,
-    series_key: str,
-    labels_file: str,
-    out: ResultFolder,
-    structures: Sequence[Structure],
-    provenance: tuple[str, str],
-    edited: Collection[str],
-) -> None:
-    """The DICOM SEG of a revision of a job's label map (``labels_file``, relative to
-    ``folder``) as ``out/seg.dcm``, on the series the job's own SEG references. Segments
-    of the ``edited`` structures have Segment Algorithm Type SEMIAUTOMATIC (the model's
-    output corrected by hand; the model stays named as the algorithm), the others
+def write_revision_seg(revision: RevisionExport) -> None:
+    """The DICOM SEG of a revision of a job's label map (``revision.labels_file``) as
+    ``seg.dcm`` in ``revision.out``, on the series the job's own SEG references. Segments
+    of the ``revision.edited`` structures have Segment Algorithm Type SEMIAUTOMATIC (the
+    model's output corrected by hand; the model stays named as the algorithm), the others
     AUTOMATIC.
 
     Raises:
         ExportError: no DICOM series to reference, or the series cannot be referenced by
             a SEG (no Study or Series Instance UID).
     """
-    model_name, weights_sha256 = provenance
-    series, on_series = _revision_on_series(folder, scan_input, series_key, labels_file)
+    model_name, weights_sha256 = revision.provenance
+    series, on_series = _revision_on_series(revision)
     try:
-        seg = build_segmentation(on_series, series, list(structures), model_name, weights_sha256 or "none")
+        seg = build_segmentation(on_series, series, list(revision.structures), model_name, weights_sha256 or "none")
     except DicomSegError as exc:
         raise ExportError(f"No DICOM SEG can be written: {exc}.") from None
     for segment in seg.SegmentSequence:
-        if segment.SegmentLabel in edited:
+        if segment.SegmentLabel in revision.edited:
             segment.SegmentAlgorithmType = "SEMIAUTOMATIC"
+    out = revision.out
     out.path.mkdir(mode=0o750, parents=True, exist_ok=True)
     write_segmentation(seg, out / out.SEG)

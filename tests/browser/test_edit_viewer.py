@@ -3,7 +3,7 @@ saved as a revision, then approved; the downloaded RTSTRUCT is APPROVED with the
 dciodvfy, and its structure changed on that slice only.
 
 The engine is a fake one writing its label map on the uploaded DICOM series' grid
-(tests/test_approved_rtstruct.py); the RTSTRUCT of the revision is written for real. The server
+(``segment_on_the_series_grid``, tests/conftest.py); the RTSTRUCT of the revision is written for real. The server
 is Django's live server in this process. Prerequisites: chromium + chromedriver (/usr/bin); missing ones skip
 the test, or fail it when CI=true.
 """
@@ -23,9 +23,10 @@ from rest_framework.test import APIClient
 
 from tests import factories
 from tests.browser.test_viewer import driver  # noqa: F401 (a fixture)
+from tests.conftest import segment_on_the_series_grid
 from tests.dicom_tools import dciodvfy_errors
 from tests.stack import REPO
-from tests.test_approved_rtstruct import read_back, segment_on_the_series_grid
+from tests.workflow import rtstruct_masks
 from webapp.delineation import engine_client
 from webapp.delineation.models import Job
 
@@ -115,7 +116,7 @@ def test_an_eraser_stroke_saved_and_approved(live_server, driver, alice, monkeyp
     assert ds.ApprovalStatus == "APPROVED" and str(ds.ReviewerName) == "alice"
     (tmp_path / "rtstruct.dcm").write_bytes(data)
     assert dciodvfy_errors(tmp_path / "rtstruct.dcm") == []
-    masks = read_back(data, {"scan": scan["id"]})
+    masks = rtstruct_masks(data, scan["id"])
     labels = np.asarray(nib.load(Job.objects.get(pk=job_id).result_path / "labels.nii.gz").dataobj)
     changed = [k for k in range(labels.shape[2]) if (masks["Brainstem"][:, :, k] != (labels[:, :, k] == 1)).any()]
     assert changed == [4]  # the contour changed on the edited slice only

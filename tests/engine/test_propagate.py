@@ -49,7 +49,7 @@ FIXED_AFFINE = np.array([[-2.0, 0, 0, 40.0], [0, -2.5, 0, 45.0], [0, 0, 3.0, -36
 # Moving (planning) grid: another orientation and spacing.
 MOVING_AFFINE = np.array([[1.5, 0, 0, -42.0], [0, 3.0, 0, -48.0], [0, 0, 2.5, -40.0], [0, 0, 0, 1]])
 SHIFT_RAS_MM = np.array([5.0, -4.0, 6.0])  # moving content = fixed content + shift
-BOX = {"label": 1, "name": "Box", "color": [255, 0, 0]}
+BOX = Structure(1, "Box", (255, 0, 0), "")
 
 
 def _world(shape, affine):
@@ -167,7 +167,7 @@ def test_elastix_methods_recover_a_known_shift_in_mm(method):
     assert dice > 0.85
     assert result.folding["folding_percent"] == 0.0
     assert result.direct_labels is None
-    assert result.structures[0]["dice_vs_direct"] is None
+    assert result.measures[0]["dice_vs_direct"] is None
 
 
 class StandIn(torch.nn.Module):
@@ -243,7 +243,7 @@ def test_joint_model_ddf_and_direct_segmentation_plumbing(joint_weights):
     # The direct segmentation (bright voxels) keeps the contours' label value for the
     # structure named alike ("BOX" ~ "Box"); it is not the box, so they disagree.
     assert set(np.unique(result.direct_labels.array)) == {0, 1}
-    entry = result.structures[0]
+    entry = result.measures[0]
     assert entry["dice_vs_direct"] < 0.7 and entry["msd_mm_vs_direct"] > 0
     assert "disagrees with the direct segmentation" in entry["warning"]
     assert result.folding["folding_percent"] == 0.0
@@ -300,7 +300,7 @@ def test_folding_inside_a_structure_is_reported_and_warned(joint_weights):
     result = propagate(fixed, moving, labels, [BOX], "standin-folding")
     assert result.folding["folding_percent"] > 0
     assert result.folding["min_jacobian"] <= 0
-    entry = result.structures[0]
+    entry = result.measures[0]
     assert entry["folding_percent_inside"] > 0
     assert "folds inside it" in entry["warning"]
 
@@ -322,7 +322,7 @@ def test_contours_from_a_mask_folder_keep_small_structures_whole(tmp_path):
     nib.save(nib.Nifti1Image(small, affine), tmp_path / "Cord.nii.gz")
     nib.save(nib.Nifti1Image(np.zeros_like(big), affine), tmp_path / "Empty.nii.gz")
     labels, structures, notes = read_contours(tmp_path, None)
-    names = {s["name"]: s["label"] for s in structures}
+    names = {s.name: s.label for s in structures}
     assert set(names) == {"PTV", "Cord"}
     assert (labels.array == names["Cord"]).sum() == 8
     assert (labels.array == names["PTV"]).sum() == 216 - 8

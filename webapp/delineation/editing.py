@@ -14,10 +14,13 @@ Errors: :class:`EditError`, whose message is meant for the physician.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy import ndimage
 from skimage.draw import polygon2mask
 
+from webapp.delineation.engine_client import Structure
 from webapp.delineation.viewer import PLANES, oriented_slice
 
 # A closed stroke of a few hundred points is typical; the self-intersection check is
@@ -216,20 +219,20 @@ def added_path_length_mm(reference: np.ndarray, edited: np.ndarray, spacing: tup
 
 
 def measures(
-    original: np.ndarray, edited: np.ndarray, structures: list[dict], spacing: tuple[float, float, float]
+    original: np.ndarray, edited: np.ndarray, structures: Sequence[Structure], spacing: tuple[float, float, float]
 ) -> dict[str, dict]:
     """Per structure name: ``edited`` (differs from the model's output), ``dice`` and
     ``added_path_length_mm`` against it, ``volume_cm3``. ``original``, ``edited``: label maps
-    (X, Y, Z); ``structures``: [{"name", "label"}, ...]; ``spacing`` (X, Y, Z) mm."""
+    (X, Y, Z); ``structures``: those to measure, by label value; ``spacing`` (X, Y, Z) mm."""
     voxel_cm3 = float(np.prod(spacing)) / 1000
     out = {}
     for s in structures:
-        before, after = original == s["label"], edited == s["label"]
+        before, after = original == s.label, edited == s.label
         either = np.nonzero(before | after)
         if either[0].size:  # the box around both, one voxel wider: the boundary needs its neighbours
             box = tuple(slice(max(int(ix.min()) - 1, 0), int(ix.max()) + 2) for ix in either)
             before, after = before[box], after[box]
-        out[s["name"]] = {
+        out[s.name] = {
             "edited": bool((before != after).any()),
             "dice": round(_dice(before, after), 4),
             "added_path_length_mm": added_path_length_mm(before, after, spacing),

@@ -18,7 +18,7 @@ import dataclasses
 import datetime
 import logging
 import zipfile
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +27,12 @@ from engine.errors import EngineError, ExportError, ModelError, ToolError
 from engine.infer.methods import propagation_models as _propagation_models
 from engine.io.atomic import write_atomically
 from engine.models.card import ModelCard, list_cards
-from engine.results import ResultFolder
+from engine.results import ResultFolder, RevisionExport, StructureEntry
 from engine.structure import Structure
 from webapp.delineation.redact import traceback_without_messages
 
-__all__ = ["ResultFolder", "write_atomically"]  # used by outputs, viewer and revisions
+# Used by outputs, viewer, revisions and the models: the result folder and its structures.
+__all__ = ["ResultFolder", "RevisionExport", "Structure", "StructureEntry", "write_atomically"]
 
 logger = logging.getLogger(__name__)
 Progress = Callable[[str, int], None]
@@ -75,7 +76,7 @@ def _installed(what: str = "delineation engine") -> Iterator[None]:
 class EngineResult:
     """A delineation (``engine.infer.segment.segment_file``) as the job records it."""
 
-    structures: list[dict]
+    structures: list[StructureEntry]
     timings_s: dict[str, float]
     input_kind: str
     model_name: str
@@ -89,7 +90,7 @@ class EngineResult:
 class AuditEngineResult:
     """A contour audit (``engine.infer.audit.audit_file``) as the job records it."""
 
-    structures: list[dict]  # the model's delineation, as structures.json
+    structures: list[StructureEntry]  # the model's delineation
     audit: list[dict]  # one entry per audited ROI, worst Dice first (StructureAudit)
     qam_threshold: float
     timings_s: dict[str, float]
@@ -102,7 +103,7 @@ class AuditEngineResult:
 class PropagationEngineResult:
     """A contour propagation (``engine.infer.propagate.propagate_files``) as the job records it."""
 
-    structures: list[dict]  # the propagated contours on the daily scan, as structures.json
+    structures: list[StructureEntry]  # the propagated contours on the daily scan
     report: dict  # report.json: per-structure agreement with the direct segmentation, folding
     timings_s: dict[str, float]
     model_name: str
@@ -128,7 +129,7 @@ def model_cards() -> list[dict]:
     for card in (ModelCard.load(name) for name in available_models()):
         entry: dict = {
             "name": card.name,
-            "structures": [{"label": s.label, "name": s.name, "color": list(s.color)} for s in card.structures],
+            "structures": [s.to_dict() for s in card.structures],
             "audit": card.critic is not None,
         }
         entry |= {key: card.text(key) for key in ("description", "version", "modality") if card.text(key)}
@@ -249,7 +250,7 @@ def run_segmentation(
     with _engine_errors(lambda exc: f"Unknown model: {exc.message}" if isinstance(exc, ModelError) else exc.message):
         result = segment_file(Path(input_path), model_name, Path(out_dir), progress=progress, series=series)
     return EngineResult(
-        structures=[dict(s) for s in result.structures],
+        structures=list(result.structures),
         timings_s={k: float(v) for k, v in result.timings_s.items()},
         input_kind=str(result.input_kind),
         model_name=str(result.model_name),
@@ -353,45 +354,28 @@ def write_final_rtstruct(
 
 
 def write_revision_rtstruct(
-    folder: ResultFolder,
-    revision: tuple[Path, str, str, ResultFolder],
-    structures: list[dict],
-    provenance: tuple[str, str],
-    set_label: str,
-    edited: Collection[str],
-    approval: tuple[str, datetime.datetime] | None,
+    revision: RevisionExport, set_label: str, approval: tuple[str, datetime.datetime] | None
 ) -> None:
-    """``engine.io.exports.write_revision_rtstruct``; ``revision``: (scan input, series key,
-    label map file, output folder); ``approval``: (reviewer as a DICOM name, when)."""
+    """``engine.io.exports.write_revision_rtstruct``; ``approval``: (reviewer as a DICOM
+    name, when), None while unapproved."""
     from engine.io.exports import Approval
     from engine.io.exports import write_revision_rtstruct as write
 
-    approved = None if approval is None else Approval(*approval)
-    table = [Structure.from_entry(s) for s in structures]
     with _engine_errors():
-        write(folder, *revision, table, provenance, set_label, edited, approved)
+        write(revision, set_label, None if approval is None else Approval(*approval))
 
 
-def write_revision_seg(
-    folder: ResultFolder,
-    revision: tuple[Path, str, str, ResultFolder],
-    structures: list[dict],
-    provenance: tuple[str, str],
-    edited: Collection[str],
-) -> None:
-    """``engine.io.exports.write_revision_seg``; ``revision`` as for ``write_revision_rtstruct``."""
+def write_revision_seg(revision: RevisionExport) -> None:
+    """``engine.io.exports.write_revision_seg``."""
     from engine.io.exports import write_revision_seg as write
 
-    table = [Structure.from_entry(s) for s in structures]
     with _engine_errors():
-        write(folder, *revision, table, provenance, edited)
+        write(revision)
 
 
-def write_revision_structures(
-    folder: ResultFolder, labels_file: str, out: ResultFolder, structures: list[dict]
-) -> None:
-    """One mask per structure of the label map ``labels_file`` and ``structures.json`` with
-    each volume, in ``out`` (``ResultFolder.write_structures``)."""
-    table = [Structure.from_entry(s) for s in structures]
+def write_revision_structures(revision: RevisionExport) -> None:
+    """One mask per structure of the revision's label map and ``structures.json`` with
+    each volume, in ``revision.out`` (``ResultFolder.write_structures``)."""
     with _engine_errors():
-        out.write_structures(folder.read_labels(labels_file), table)
+        labels = revision.folder.read_labels(revision.labels_file)
+        revision.out.write_structures(labels, revision.structures)

@@ -177,7 +177,7 @@ class ChoicesSerializer(serializers.Serializer):
 
     def validate_choices(self, value: dict[str, str]) -> dict[str, str]:
         job: Job = self.context["job"]
-        names = [s.get("name") for s in job.structures]
+        names = [s.name for s in job.delineated_structures]
         unknown = sorted(set(value) - set(names))
         if unknown:
             raise serializers.ValidationError(

@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from webapp.delineation import editing, engine_client, outputs, viewer
 from webapp.delineation.editing import EditError
-from webapp.delineation.engine_client import ResultFolder, write_atomically
+from webapp.delineation.engine_client import ResultFolder, RevisionExport, write_atomically
 from webapp.delineation.models import Job, Revision
 
 MODES = ("add", "erase", "delete", "interpolate", "restore", "direct")
@@ -70,10 +70,11 @@ def labels_of(job: Job, revision: Revision) -> np.ndarray:
 
 
 def _label_of(job: Job, name: object) -> int:
-    for s in job.structures:
-        if s["name"] == name:
-            return int(s["label"])
-    known = ", ".join(s["name"] for s in job.structures)
+    structures = job.delineated_structures
+    for s in structures:
+        if s.name == name:
+            return s.label
+    known = ", ".join(s.name for s in structures)
     raise EditError(f"This job has no structure named {name!r}; its structures are: {known}.")
 
 
@@ -168,13 +169,13 @@ def apply_edit(job: Job, user, body: object) -> Revision:
         before = labels_of(job, parent)
         differs = before != labels
         touched = set(np.unique(before[differs]).tolist()) | set(np.unique(labels[differs]).tolist())
-        changed = [s["name"] for s in job.structures if s["label"] in touched]
+        redo = [s for s in job.delineated_structures if s.label in touched]
+        changed = [s.name for s in redo]
         if not changed:
             raise EditError("This edit changes no contour, so no revision was saved.")
         number = parent.number + 1
         checksums = _write_files(job, number, labels)
         # Measured again for the structures this edit changed only: each costs passes over the volume.
-        redo = [s for s in job.structures if s["name"] in changed]
         measures = {
             **parent.measures,
             **editing.measures(labels_of(job, original(job)), labels, redo, _spacing(job)),
@@ -244,28 +245,26 @@ def export_of(job: Job, revision: Revision, filename: str) -> tuple[str, dict[st
     with transaction.atomic():
         revision = Revision.objects.select_for_update().get(pk=revision.pk)  # one build at a time
         if name not in revision.checksums:
-            source = (job.scan.engine_input, job.series_key, revision.labels_file, out)
-            provenance = (job.model_name, job.weights_sha256)
+            request = RevisionExport(
+                folder=job_folder,
+                scan_input=job.scan.engine_input,
+                series_key=job.series_key,
+                labels_file=revision.labels_file,
+                out=out,
+                structures=tuple(job.delineated_structures),
+                provenance=(job.model_name, job.weights_sha256),
+                edited=frozenset(revision.edited_structures),
+            )
             if filename == ResultFolder.STRUCTURES_ZIP:
-                engine_client.write_revision_structures(job_folder, revision.labels_file, out, job.structures)
+                engine_client.write_revision_structures(request)
                 outputs.structures_zip(out.path, out / ResultFolder.STRUCTURES_ZIP)
             elif filename == ResultFolder.SEG:
-                engine_client.write_revision_seg(
-                    job_folder, source, job.structures, provenance, revision.edited_structures
-                )
+                engine_client.write_revision_seg(request)
             else:
                 approval = None
                 if revision.is_approved:
                     approval = (revision.reviewer_name, timezone.localtime(revision.approved))
-                engine_client.write_revision_rtstruct(
-                    job_folder,
-                    source,
-                    job.structures,
-                    provenance,
-                    f"Delineo r{revision.number}",
-                    revision.edited_structures,
-                    approval,
-                )
+                engine_client.write_revision_rtstruct(request, f"Delineo r{revision.number}", approval)
             written = _written(job.result_path, name)
             revision.checksums = {**revision.checksums, **written}
             revision.save(update_fields=["checksums"])

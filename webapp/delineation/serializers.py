@@ -206,16 +206,15 @@ class JobCreateSerializer(serializers.Serializer):
 
     def validate_scan(self, scan: Scan) -> Scan:
         """A team member sees a shared scan but does not start jobs on it: 403, not 400."""
-        try:
-            sharing.check_owner(scan, self.context["request"].user, "start a job on")
-        except sharing.SharingRefused as exc:
-            raise exceptions.PermissionDenied(exc.message) from None
-        return scan
+        return self._owned(scan, "start a job on")
 
     def validate_planning_scan(self, scan: Scan) -> Scan:
         """The planning contours are carried only between scans the requester owns (a shared one: 403)."""
+        return self._owned(scan, "propagate the contours of")
+
+    def _owned(self, scan: Scan, what: str) -> Scan:
         try:
-            sharing.check_owner(scan, self.context["request"].user, "propagate the contours of")
+            sharing.check_owner(scan, self.context["request"].user, what)
         except sharing.SharingRefused as exc:
             raise exceptions.PermissionDenied(exc.message) from None
         return scan

@@ -7,6 +7,7 @@ run twice without harm. A job runs in ``runner``; the exports written after a jo
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -106,22 +107,31 @@ def queue_job(  # noqa: ANN001 (a user and a Scan)
     raise RuntimeError(f"could not queue a job on scan {scan.pk}: the same job kept appearing and finishing")
 
 
+def _send_on_commit(task: Task, object_id: int | str, what: str, failed: Callable[[str], None]) -> None:
+    """Send ``task`` with ``object_id`` (of a ``what``: "job") once the current transaction
+    commits. With the broker down, ``failed(reason)`` marks the row failed with the reason
+    ("task queue unavailable: OperationalError"), so that it does not stay queued."""
+
+    def send() -> None:
+        try:
+            task.delay(object_id)
+        except Exception as exc:
+            logger.exception("could not queue %s %s", what, object_id)
+            failed(f"task queue unavailable: {type(exc).__name__}")
+
+    transaction.on_commit(send)
+
+
 def submit(job: Job) -> None:
     """Queue ``job`` once the current transaction commits."""
     job_id = str(job.id)
 
-    def send() -> None:
-        try:
-            run_job.delay(job_id)
-        except Exception as exc:  # broker down: say so on the job instead of leaving it queued
-            logger.exception("could not queue job %s", job_id)
-            Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
-                status=Job.Status.FAILED,
-                error=f"The job could not be queued (task queue unavailable: {type(exc).__name__}).",
-                finished=timezone.now(),
-            )
+    def failed(reason: str) -> None:
+        Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
+            status=Job.Status.FAILED, error=f"The job could not be queued ({reason}).", finished=timezone.now()
+        )
 
-    transaction.on_commit(send)
+    _send_on_commit(run_job, job_id, "job", failed)
 
 
 @shared_task(bind=True, name="delineation.send_result", acks_late=True, max_retries=None)
@@ -138,20 +148,14 @@ def send_result(self: Task, send_id: int) -> None:
 def submit_send(send_id: int) -> None:
     """Queue a result send once the current transaction commits."""
 
-    def go() -> None:
-        try:
-            send_result.delay(send_id)
-        except Exception as exc:  # broker down: the send says so instead of staying queued
-            logger.exception("could not queue result send %s", send_id)
-            from webapp.delineation.dicom.models import ResultSend
+    def failed(reason: str) -> None:
+        from webapp.delineation.dicom.models import ResultSend
 
-            ResultSend.objects.filter(pk=send_id, state="queued").update(
-                state="failed",
-                message=f"The send could not be queued (task queue unavailable: {type(exc).__name__}).",
-                finished=timezone.now(),
-            )
+        ResultSend.objects.filter(pk=send_id, state="queued").update(
+            state="failed", message=f"The send could not be queued ({reason}).", finished=timezone.now()
+        )
 
-    transaction.on_commit(go)
+    _send_on_commit(send_result, send_id, "result send", failed)
 
 
 @shared_task(bind=True, name="delineation.build_export", acks_late=True, reject_on_worker_lost=True)
@@ -164,17 +168,11 @@ def build_export(self: Task, export_id: int) -> str:
 def submit_export(export_id: int) -> None:
     """Queue an export once the current transaction commits."""
 
-    def go() -> None:
-        try:
-            build_export.delay(export_id)
-        except Exception as exc:  # broker down: the export says so instead of staying queued
-            logger.exception("could not queue export %s", export_id)
-            from webapp.delineation.models import Export
+    def failed(reason: str) -> None:
+        from webapp.delineation.models import Export
 
-            Export.objects.filter(pk=export_id, state=Export.State.QUEUED).update(
-                state=Export.State.FAILED,
-                error=f"It could not be queued (task queue unavailable: {type(exc).__name__}).",
-                finished=timezone.now(),
-            )
+        Export.objects.filter(pk=export_id, state=Export.State.QUEUED).update(
+            state=Export.State.FAILED, error=f"It could not be queued ({reason}).", finished=timezone.now()
+        )
 
-    transaction.on_commit(go)
+    _send_on_commit(build_export, export_id, "export", failed)

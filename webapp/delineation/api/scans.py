@@ -27,6 +27,14 @@ from webapp.delineation.upload_limits import refusal_of
 from webapp.delineation.uploads import UploadError, accept_upload
 
 
+def _sharing_action(view):
+    """``share`` and ``unshare``: a POST of ``{"team"}`` on one scan (JSON or a form) at the
+    URL of the view's name, answered with the scan."""
+    schema = extend_schema(request=ShareSerializer, responses={200: ScanSerializer, 400: DETAIL, 403: DETAIL})
+    post = action(detail=True, methods=["post"], parser_classes=[JSONParser, FormParser, MultiPartParser])
+    return schema(post(view))
+
+
 class ScanViewSet(
     mixins.CreateModelMixin,
     mixins.ListModelMixin,
@@ -146,27 +154,13 @@ class ScanViewSet(
         scan = self.get_queryset().get(pk=scan.pk)
         return Response(ScanSerializer(scan, context={"request": request}).data)
 
-    @extend_schema(request=ShareSerializer, responses={200: ScanSerializer, 400: DETAIL, 403: DETAIL})
-    @action(
-        detail=True,
-        methods=["post"],
-        url_path="share",
-        url_name="share",
-        parser_classes=[JSONParser, FormParser, MultiPartParser],
-    )
+    @_sharing_action
     def share(self, request: Request, pk: str | None = None) -> Response:
         """Share the scan, its jobs and their files with one of your teams: its members may view
         and download them, not queue jobs, share or delete. Owner only; recorded as ``share``."""
         return self._sharing(request, sharing.share)
 
-    @extend_schema(request=ShareSerializer, responses={200: ScanSerializer, 400: DETAIL, 403: DETAIL})
-    @action(
-        detail=True,
-        methods=["post"],
-        url_path="unshare",
-        url_name="unshare",
-        parser_classes=[JSONParser, FormParser, MultiPartParser],
-    )
+    @_sharing_action
     def unshare(self, request: Request, pk: str | None = None) -> Response:
         """Stop sharing the scan with a team: its members get 404 on it, its jobs and files
         again. Owner only; recorded as ``unshare``."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import models
 
-from webapp.delineation.engine_client import ResultFolder
+from webapp.delineation.engine_client import ResultFolder, Structure
 from webapp.delineation.models.scans import Scan
 
 
@@ -66,8 +66,9 @@ class Job(models.Model):
     weights_sha256 = models.CharField(max_length=64, blank=True, default="")
     # Output folder relative to MEDIA_ROOT (scans/<scan>/jobs/<job>); empty until run.
     result_dir = models.CharField(max_length=1024, blank=True, default="")
-    # As structures.json: [{"label", "name", "color": [r, g, b], "volume_cm3"}]; for an
-    # audit, the model's delineation (the audit itself is ``audit.json`` in the output folder).
+    # As structures.json (engine_client.StructureEntry): [{"label", "name", "color": [r, g, b],
+    # "volume_cm3", "file"?}]; for an audit, the model's delineation (the audit itself is
+    # ``audit.json`` in the output folder). Read as objects through ``delineated_structures``.
     structures = models.JSONField(default=list, blank=True)
     input_kind = models.CharField(max_length=16, blank=True, default="")  # "dicom" / "nifti", from the engine
     # The RTSTRUCT read back and compared with the label map: Dice per structure (engine.io.rtstruct_check).
@@ -124,6 +125,12 @@ class Job(models.Model):
     @property
     def result_path(self) -> Path | None:
         return Path(settings.MEDIA_ROOT) / self.result_dir if self.result_dir else None
+
+    @property
+    def delineated_structures(self) -> list[Structure]:
+        """``structures`` as objects (``Structure.from_dict``: label, name, colour; the RT
+        ROI Interpreted Type from each TG-263 name), in the label map's order."""
+        return [Structure.from_dict(s) for s in self.structures]
 
     @property
     def is_audit(self) -> bool:
