@@ -47,10 +47,10 @@ IN_PLANE = 512
 AIR_HU = -1024.0
 
 
-def fullres_ct(ct: Volume) -> Volume:
+def fullres_ct(ct: Volume, shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> Volume:
     """``ct`` resampled linearly to ``SPACING_MM`` on a 512 x 512 x K grid (I, J, K)
-    with the same axis directions and centre, K covering the case's extent along K;
-    air outside the case's field of view."""
+    with the same axis directions and centre (moved by ``shift_mm``, RAS mm), K
+    covering the case's extent along K; air outside the case's field of view."""
     spacing = np.asarray(ct.spacing)
     extent = spacing * np.asarray(ct.array.shape)
     shape = (IN_PLANE, IN_PLANE, int(round(extent[2] / SPACING_MM[2])))
@@ -58,7 +58,7 @@ def fullres_ct(ct: Volume) -> Volume:
     affine = np.eye(4)
     affine[:3, :3] = directions * np.asarray(SPACING_MM)
     centre_in = ct.affine @ np.append((np.asarray(ct.array.shape) - 1) / 2, 1)
-    affine[:3, 3] = centre_in[:3] - affine[:3, :3] @ ((np.asarray(shape) - 1) / 2)
+    affine[:3, 3] = centre_in[:3] + np.asarray(shift_mm) - affine[:3, :3] @ ((np.asarray(shape) - 1) / 2)
     to_source = np.linalg.inv(ct.affine) @ affine  # new voxel -> source voxel
     array = ndimage.affine_transform(
         ct.array.astype(np.float32),

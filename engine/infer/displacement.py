@@ -202,18 +202,30 @@ def warp_labels(labels: LabelMap, values: list[int], fixed: Grid, ddf_mm: np.nda
         hi = np.minimum([b.stop + 1 for b in box], labels.array.shape)
         crop = labels.array[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] == value
         shift = torch.as_tensor(lo, dtype=torch.float64).reshape(3, 1, 1, 1)
-        crops.append((value, torch.as_tensor(crop)[None].float(), shift))
+        size = torch.as_tensor(crop.shape, dtype=torch.float64).reshape(3, 1, 1, 1)
+        crops.append((value, torch.as_tensor(crop)[None].float(), shift, size))
     result = np.zeros(fixed.shape, dtype=labels.array.dtype)
     for k0, k1 in _voxel_chunks(fixed.shape):
         coords = moving_coords(ddf_mm, fixed, labels.affine, k0, k1)
         best_p = np.zeros((*fixed.shape[:2], k1 - k0), dtype=np.float32)
         total = np.zeros_like(best_p)
         best = np.zeros(best_p.shape, dtype=labels.array.dtype)
-        for value, crop, shift in crops:
-            p = sample(crop, coords - shift)[0].numpy()
-            total += p
-            better = p > best_p
-            best_p[better], best[better] = p[better], value
+        for value, crop, shift, size in crops:
+            local = coords - shift
+            # Only the fixed voxels that land within a voxel of the crop are sampled: the
+            # others sample zero padding alone, exactly 0 (the 0.01 voxel is far above
+            # the rounding of grid_sample's coordinates). A structure is a small part of
+            # a 512 x 512 grid, so this is most of the warp's time saved.
+            near_t = ((local > -1.01) & (local < size + 0.01)).all(dim=0)
+            near = near_t.numpy()
+            if not near.any():
+                continue
+            p = sample(crop, local[:, near_t])[0].numpy()
+            total[near] += p
+            here_p, here = best_p[near], best[near]
+            better = p > here_p
+            here_p[better], here[better] = p[better], value
+            best_p[near], best[near] = here_p, here
         best[best_p <= 1.0 - total] = 0
         result[:, :, k0:k1] = best
     return result

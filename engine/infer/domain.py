@@ -104,7 +104,10 @@ def preflight_findings(series: dict, domain: dict, model_name: str) -> list[str]
 def body_histogram(hu: np.ndarray) -> np.ndarray:
     """Normalised histogram over ``HU_BINS`` of the voxels above ``BODY_HU``
     (``hu``: any shape, HU); all zeros when no voxel is above."""
-    body = hu[hu > BODY_HU]
+    # In memory order (a view for C or Fortran order): boolean indexing walks in C order,
+    # ten times slower over a Fortran-order 512 x 512 x 200 volume.
+    flat = np.ravel(hu, order="K")
+    body = flat[flat > BODY_HU]
     counts, _ = np.histogram(np.clip(body, HU_BINS[0], HU_BINS[-1]), HU_BINS)
     total = counts.sum()
     return counts / total if total else counts.astype(float)

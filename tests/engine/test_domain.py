@@ -179,3 +179,8 @@ def test_publish_keeps_the_domain_of_the_card_it_replaces(tmp_path):
     assert card["domain"] == domain
     assert card["card"]["weights_sha256"] == sha256_of(weights / "tiny.pt")
     assert "## Domain" in (weights / "tiny.md").read_text()
+
+
+def test_body_histogram_does_not_depend_on_memory_order():
+    hu = np.random.default_rng(2).uniform(-1100, 1600, (40, 30, 20)).astype(np.float32)
+    np.testing.assert_array_equal(body_histogram(np.asfortranarray(hu)), body_histogram(np.ascontiguousarray(hu)))

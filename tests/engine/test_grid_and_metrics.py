@@ -9,7 +9,7 @@ from monai.data import MetaTensor
 
 from engine.infer.grid import image_to_model_grid, labels_to_input_grid
 from engine.metrics import Agreement, agreement
-from engine.volume import Volume
+from engine.volume import LabelMap, Volume
 
 LPS_AXES_AFFINE = np.array([[-0.8, 0, 0, 40.0], [0, -0.8, 0, 30.0], [0, 0, 2.0, -20.0], [0, 0, 0, 1]])
 
@@ -140,3 +140,16 @@ def test_test_time_mirroring_swaps_left_and_right_back():
     assert mirrored[0, 0, 2:4].min() > 0.49 and mirrored[0, 1, 12:14].min() > 0.49
     assert mirrored[0, 0, 12:14].max() < 0.01 and mirrored[0, 1, 2:4].max() < 0.01
     assert test_time_mirror({"structures": config["structures"]}) is None
+
+
+def test_label_map_boxes_are_the_same_in_either_memory_order():
+    rng = np.random.default_rng(5)
+    array = np.zeros((30, 20, 10), dtype=np.uint8)
+    for value in (1, 2, 4):
+        i, j, k = rng.integers(0, 8, 3)
+        array[i : i + 9, j + 2 : j + 11, k : k + 3] = value
+    c_order = LabelMap(np.ascontiguousarray(array), np.eye(4)).boxes
+    fortran = LabelMap(np.asfortranarray(array), np.eye(4)).boxes
+    assert fortran == c_order
+    assert sorted(c_order) == [1, 2, 4]
+    assert c_order[4] == tuple(slice(int(a.min()), int(a.max()) + 1) for a in np.nonzero(array == 4))

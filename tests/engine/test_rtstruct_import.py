@@ -342,3 +342,35 @@ def test_contours_of_an_undefined_roi_are_refused(axial):
     ds.ROIContourSequence[3].ReferencedROINumber = 99
     with pytest.raises(RTStructImportError, match="ROI Number 99, which the Structure"):
         import_rtstruct(ds, series)
+
+
+def _skimage_fill(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    from skimage.draw import polygon
+
+    out = np.zeros(shape, dtype=bool)
+    out[polygon(rows, cols, shape=shape)] = True
+    return out
+
+
+@pytest.mark.parametrize("kind", ["float", "whole", "halves"])
+def test_polygon_fill_is_skimage_pixel_for_pixel(kind):
+    """The scan-line fill gives skimage.draw.polygon's pixels (inside or on the boundary)
+    for random polygons: arbitrary coordinates, whole pixel centres (edges and vertices
+    through centres) and half-pixel ones (as marching squares makes them), partly off
+    the grid."""
+    from engine.io.rtstruct_import import _polygon_pixels
+
+    rng = np.random.default_rng(3)
+    for _ in range(1500):
+        n = int(rng.integers(3, 25))
+        shape = (int(rng.integers(1, 40)), int(rng.integers(1, 40)))
+        if kind == "float":
+            rows, cols = rng.uniform(-5, 45, n), rng.uniform(-5, 45, n)
+        else:
+            scale = 1.0 if kind == "whole" else 2.0
+            rows = rng.integers(-6, 86, n) / scale
+            cols = rng.integers(-6, 86, n) / scale
+        ours = np.zeros(shape, dtype=bool)
+        box, inside = _polygon_pixels(rows, cols, shape)
+        ours[box] = inside
+        np.testing.assert_array_equal(ours, _skimage_fill(rows, cols, shape))
