@@ -15,6 +15,7 @@ from engine.models.registry import build_network, load_model
 from engine.train.critic_2d import (
     contour_crops,
     corrupt_contour,
+    relative_to_image,
     roc_auc,
     unpack_bits,
 )
@@ -77,6 +78,16 @@ def test_a_2d_critic_scores_the_mean_over_the_contours_slices_within_lambda():
     with torch.no_grad():
         expected = float((1.5 * torch.tanh(critic.network(torch.as_tensor(x)))).mean())
     assert score == pytest.approx(expected, abs=1e-6)
+
+
+def test_the_critic_sees_losses_relative_to_their_image_so_image_difficulty_cannot_rank():
+    # Image 0 is hard (a thin organ), image 1 easy; in both the corrupted copy fits worse.
+    clean, corrupted = torch.tensor([0.9, 0.1]), torch.tensor([1.0, 0.4])
+    relative = relative_to_image(clean, corrupted)
+    assert torch.allclose(relative, torch.tensor([-0.05, -0.15, 0.05, 0.15]))
+    # Every clean copy is below every corrupted one, though raw, image 1's corrupted copy
+    # (0.4) fits better than image 0's clean one (0.9).
+    assert relative[:2].max() < relative[2:].min()
 
 
 def test_roc_auc_is_one_when_every_clean_contour_scores_above_every_corrupted_one():
