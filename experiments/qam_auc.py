@@ -2,9 +2,10 @@
 
     python experiments/qam_auc.py RUN [--seed 1]
 
-RUN is a finished 3D training run with a QAM (var/experiments/RUN/qam_best.pt): an
-experiments/noisy_labels.py run, or hn-rt's first critic (a 2D critic run, ``"kind":
-"critic2d"``, writes the same file itself: ``engine.train.critic_2d``). Every contoured
+RUN is a finished training run with a QAM (var/experiments/RUN/qam_best.pt): an
+experiments/noisy_labels.py run, hn-rt's first (3D) critic, or a 2D critic run
+(``"kind": "critic2d"``, ``engine.train.critic_2d``, which writes the same file when it
+ends; this recomputes it). Every contoured
 structure of every case is scored by the QAM one contour at a time, as ``python -m
 engine audit`` scores it (``engine.infer.critic.qam_score``, through
 ``engine.train.critic_2d.score_contours``): once with its clean label, once dilated or
@@ -32,7 +33,7 @@ import torch
 from engine.infer.critic import Critic
 from engine.models.qam import QualityAwarenessModule
 from engine.models.registry import sha256_of
-from engine.train.critic_2d import calibration, score_contours
+from engine.train.critic_2d import DEFAULT_QAM_CHANNELS, calibration, score_contours
 from engine.train.openkbp import case_rois, load_split
 from engine.train.segmentation import cache_case, cache_dir
 
@@ -54,15 +55,20 @@ def main() -> None:
     args = parser.parse_args()
     run = ROOT / "var" / "experiments" / args.run
     config = json.loads((run / "config.json").read_text())
-    network = QualityAwarenessModule(1 + len(config["model"]["structures"]))
+    two_d = config.get("kind") == "critic2d"
+    channels = tuple(config["qam"].get("channels", DEFAULT_QAM_CHANNELS)) if two_d else (8, 16, 32, 32)
+    network = QualityAwarenessModule(
+        1 + len(config["model"]["structures"]), channels=channels, spatial_dims=2 if two_d else 3
+    )
     network.load_state_dict(torch.load(run / "qam_best.pt", map_location="cpu", weights_only=True))
-    lam = config["qam"].get("lambda") or 1.0
+    lam = config["qam"].get("lambda") or (2.0 if two_d else 1.0)
     critic = Critic(
         network.eval(),
         float(lam),
         int(config["training"]["patch"]),
         float("nan"),
         sha256_of(run / "qam_best.pt"),
+        spatial_dims=2 if two_d else 3,
     )
     spacing = config["model"]["spacing_mm"]
     val = score_contours(critic, split_cases(run, args.data, "val"), spacing, args.seed)
@@ -73,7 +79,8 @@ def main() -> None:
         "seed": args.seed,
         "lambda": lam,
         "patch": critic.patch,
-        "spatial_dims": 3,
+        "spatial_dims": critic.spatial_dims,
+        "channels": list(channels),
         "structures": names,
         "qam_sha256": critic.weights_sha256,
         **calibration(val, test, names),

@@ -63,6 +63,10 @@ class StructureAudit:
     contour_volume_cm3: float
     flagged: bool = False
     reasons: list[str] = field(default_factory=list)
+    # The critic's test ROC AUC for this structure, and the threshold it flags below
+    # (None where it does not act on this structure: the score is shown only).
+    qam_auc: float | None = None
+    qam_threshold: float | None = None
 
 
 def _key(name: str) -> str:
@@ -154,11 +158,15 @@ def audit_volume(
             round(float(predicted.sum()) * voxel_cm3, 2),
             round(float((roi.mask > 0).sum()) * voxel_cm3, 2),
         )
-        if critic.flags and score < critic.threshold:
-            entry.reasons.append(
-                f"the quality check scores it {score:.2f}, below {critic.threshold:.2f}: "
-                "the contour looks imprecise for this image"
-            )
+        rule = critic.rule(structure["name"])
+        entry.qam_auc = rule.test_auc
+        if critic.acts_on(structure["name"]):
+            entry.qam_threshold = rule.threshold
+            if score < rule.threshold:
+                entry.reasons.append(
+                    f"the quality check scores it {score:.2f}, below {rule.threshold:.2f}: "
+                    "the contour looks imprecise for this image"
+                )
         min_dice = _min_dice(model, structure["name"])
         if dice < min_dice:
             entry.reasons.append(
@@ -168,20 +176,31 @@ def audit_volume(
         entry.flagged = bool(entry.reasons)
         results.append(entry)
     results.sort(key=lambda r: r.dice)
-    if critic.flags:
-        notes.append(
-            f"The quality check ranks deliberately distorted test contours below sound ones with ROC AUC "
-            f"{critic.auc:.2f}; it flags a contour scoring below {critic.threshold:.2f}, as about 1 in 10 "
-            "sound contours do, so a flag asks for a look, not a redraw."
-        )
-    else:
-        notes.append(
-            f"The quality-check score is shown but flags nothing: on corrupted test "
-            f"contours it ranks them below sound ones with ROC AUC {critic.auc:.2f} only "
-            f"(it acts from {MIN_AUC_TO_FLAG:.2f}); the Dice and MSD against the model "
-            "are the evidence here."
-        )
+    notes += _critic_notes(results)
     return results, notes, labels
+
+
+def _critic_notes(results: list[StructureAudit]) -> list[str]:
+    """What the quality check's score means for the audited structures, in two sentences:
+    those it acts on (with their ROC AUC and threshold) and those it only shows."""
+    judged = [r for r in results if r.qam_threshold is not None]
+    shown = [r for r in results if r.qam_threshold is None]
+    notes = []
+    if judged:
+        each = ", ".join(f"{r.roi_name} (ROC AUC {r.qam_auc:.2f}, flags below {r.qam_threshold:.2f})" for r in judged)
+        notes.append(
+            f"The quality check ranks deliberately distorted test contours below sound ones well enough to act on "
+            f"{each}; about 1 in 10 sound contours also score below such a threshold, so a flag asks for a look, "
+            "not a redraw."
+        )
+    if shown:
+        each = ", ".join(f"{r.roi_name} (ROC AUC {r.qam_auc:.2f})" for r in shown)
+        notes.append(
+            f"The quality-check score is shown but flags nothing for {each}: it ranks distorted contours "
+            f"of these structures below sound ones too weakly (it acts from ROC AUC {MIN_AUC_TO_FLAG:.2f} on "
+            "validation contours); the Dice and MSD against the model are the evidence there."
+        )
+    return notes
 
 
 def _find_structure_set(input_path: Path, frame_of_reference: str):

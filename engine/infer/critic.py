@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from engine.errors import InputError
+from engine.models.card import StructureRule
 from engine.models.qam import QualityAwarenessModule, overfitting_control
 from engine.models.registry import WEIGHTS_DIR, LoadedModel, sha256_of
 
@@ -46,7 +47,8 @@ class Critic:
 
     ``patch``: crop size in voxels (2D: pixels of an axial slice); ``threshold``: the score
     under which a contour is called implausible; ``auc``: ROC AUC, clean against corrupted
-    test contours (the card's figure); ``spatial_dims``: 2 (slices) or 3 (one crop).
+    test contours (the card's figure); ``spatial_dims``: 2 (slices) or 3 (one crop);
+    ``per_structure``: the rules of the structures calibrated on their own.
     """
 
     network: QualityAwarenessModule
@@ -56,12 +58,22 @@ class Critic:
     weights_sha256: str
     auc: float = 1.0
     spatial_dims: int = 3
+    per_structure: tuple[StructureRule, ...] = ()
 
-    @property
-    def flags(self) -> bool:
-        """Whether its threshold is acted on: only a critic that separates corrupted from
-        clean test contours well enough (``MIN_AUC_TO_FLAG``) may call a contour implausible."""
-        return self.auc >= MIN_AUC_TO_FLAG
+    def rule(self, structure: str) -> StructureRule:
+        """How it judges ``structure``: that structure's own calibration where the card
+        has one, else the pooled one (its test AUC standing for both AUCs, as cards
+        calibrated before per-structure rules recorded only that)."""
+        for rule in self.per_structure:
+            if rule.name == structure:
+                return rule
+        return StructureRule(structure, self.auc, self.auc, self.threshold)
+
+    def acts_on(self, structure: str) -> bool:
+        """Whether its threshold is acted on for ``structure``: only where it separates
+        corrupted from clean contours well enough (``MIN_AUC_TO_FLAG``) may it call a
+        contour implausible."""
+        return self.rule(structure).val_auc >= MIN_AUC_TO_FLAG
 
 
 def load_critic(model: LoadedModel, weights_dir: Path = WEIGHTS_DIR) -> Critic:
@@ -82,7 +94,16 @@ def load_critic(model: LoadedModel, weights_dir: Path = WEIGHTS_DIR) -> Critic:
         spatial_dims=card.spatial_dims,
     )
     network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return Critic(network.eval(), card.lam, card.patch, card.threshold, card.sha256, card.auc, card.spatial_dims)
+    return Critic(
+        network.eval(),
+        card.lam,
+        card.patch,
+        card.threshold,
+        card.sha256,
+        card.auc,
+        card.spatial_dims,
+        card.per_structure,
+    )
 
 
 def crop_centred(array: np.ndarray, centre: np.ndarray, size: int) -> np.ndarray:

@@ -30,12 +30,26 @@ class UnknownModelError(ModelError):
 
 
 @dataclass(frozen=True)
+class StructureRule:
+    """How a critic judges one structure: its ROC AUC on the validation contours (which
+    decides whether its score is acted on), on the test contours (what the audit states),
+    and the score under which a contour of it is called implausible (from its clean
+    validation contours)."""
+
+    name: str
+    val_auc: float
+    test_auc: float
+    threshold: float
+
+
+@dataclass(frozen=True)
 class CriticCard:
     """A model's contour-quality critic (QAM + OCM, card key ``qam``): its weights file,
     their SHA-256, the OCM bound ``lam``, the patch size in voxels (pixels of an axial
     slice for a 2D critic), the score under which a contour is called implausible, the ROC
-    AUC on corrupted test contours, and the QAM's shape (``spatial_dims`` 2 or 3, its
-    convolution widths ``channels``; ``engine.infer.critic``)."""
+    AUC on corrupted test contours, the QAM's shape (``spatial_dims`` 2 or 3, its
+    convolution widths ``channels``; ``engine.infer.critic``) and, where calibrated per
+    structure, each structure's rule (``StructureRule``)."""
 
     weights: str
     sha256: str
@@ -45,6 +59,7 @@ class CriticCard:
     auc: float
     spatial_dims: int = 3
     channels: tuple[int, ...] = (8, 16, 32, 32)
+    per_structure: tuple[StructureRule, ...] = ()
 
 
 def structures_of(config: dict[str, Any]) -> list[Structure]:
@@ -127,6 +142,10 @@ class ModelCard:
             float(q["roc_auc_test"]["both"]),
             int(q.get("spatial_dims", 3)),
             tuple(int(c) for c in q.get("channels", (8, 16, 32, 32))),
+            tuple(
+                StructureRule(str(name), float(p["roc_auc_val"]), float(p["roc_auc_test"]), float(p["threshold_val"]))
+                for name, p in (q.get("per_structure") or {}).items()
+            ),
         )
 
     @property

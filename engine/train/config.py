@@ -143,6 +143,8 @@ def check_segmentation_config(config: dict) -> dict:
     copies = sorted(RANGES_MM) + (["both"] if config.get("kind") == "critic2d" else [])
     if qam and qam.get("corrupt_copies", "large") not in copies:
         raise TrainingConfigError(f"qam.corrupt_copies must be one of {copies}")
+    if qam and qam.get("teacher", "network") not in ("network", "protocol"):
+        raise TrainingConfigError(f"qam.teacher must be 'network' or 'protocol', got {qam['teacher']!r}")
     if config.get("kind") == "critic2d" and not (qam and qam.get("corrupt_copies")):
         raise TrainingConfigError("a critic2d run needs qam.corrupt_copies ('small', 'large' or 'both')")
     return config

@@ -17,6 +17,12 @@ network fits best: the clean contours. (With raw losses the QAM learned to rank 
 large organs above thin ones, and ranked corrupted 3D contours above clean ones: val ROC
 AUC 0.42-0.46 at steps 250-500, docs/noisy-labels.md.)
 
+``qam.teacher: "protocol"`` replaces the network's losses by what the protocol knows: a
+corrupted copy's loss is 1, a clean one's 0, so the same softmax over the batch moves the
+weight to the clean copies of every image at once (no segmentation network is trained).
+Pick-and-Learn needs the network's losses because it does not know which training labels
+are noisy; a critic trained on copies it corrupted itself does know.
+
 Validation and the final figures score whole 3D contours the way ``python -m engine
 audit`` does (``engine.infer.critic.qam_score``: the mean over a contour's slices),
 clean and corrupted by the 3D protocol in mm (``engine.train.label_noise``), and report
@@ -168,28 +174,47 @@ def clean_percentile_threshold(rows: list[dict], false_flags: float = CLEAN_FLAG
     return float(np.quantile([r["clean"] for r in rows], false_flags))
 
 
+def _at_threshold(rows: list[dict], threshold: float) -> dict:
+    scores, truth = map(np.asarray, _pairs(rows, tuple(RANGES_MM)))
+    return {
+        "clean_called_implausible": round(float(np.mean(scores[truth == 1] < threshold)), 4),
+        "corrupted_called_implausible": round(float(np.mean(scores[truth == 0] < threshold)), 4),
+    }
+
+
 def calibration(rows_val: list[dict], rows_test: list[dict], names: list[str]) -> dict:
-    """The figures a card records for a critic: ROC AUC on test per range and both, the
-    threshold chosen on val, the shares of clean and corrupted test contours under it,
-    and the AUC per structure (both ranges)."""
+    """The figures a card records for a critic.
+
+    Over all structures: the test ROC AUC per range and both, the threshold chosen on val
+    and the shares of clean and corrupted test contours under it. Per structure (a
+    critic judges a parotid better than a PTV, whose border the image does not show, and
+    its scores sit at another level for each): the same, the threshold from that
+    structure's clean val contours, and its val AUC, which decides whether the audit acts
+    on its score (tuned on val, reported on test).
+    """
     threshold = clean_percentile_threshold(rows_val)
-    scores, truth = map(np.asarray, _pairs(rows_test, tuple(RANGES_MM)))
     per_structure = {}
     for c, name in enumerate(names):
-        mine = [r for r in rows_test if r["structure"] == c]
-        if mine:
-            per_structure[name] = round(roc_auc(mine), 4)
+        val = [r for r in rows_val if r["structure"] == c]
+        test = [r for r in rows_test if r["structure"] == c]
+        if len(val) >= 2 and test:
+            own = clean_percentile_threshold(val)
+            per_structure[name] = {
+                "roc_auc_val": round(roc_auc(val), 4),
+                "roc_auc_test": round(roc_auc(test), 4),
+                "threshold_val": round(own, 4),
+                "n_val": len(val),
+                "n_test": len(test),
+                "test_at_threshold": _at_threshold(test, own),
+            }
     return {
         "n_test_contours": len(rows_test),
         "roc_auc_test": {name: round(roc_auc(rows_test, (name,)), 4) for name in RANGES_MM}
         | {"both": round(roc_auc(rows_test), 4)},
-        "roc_auc_test_per_structure": per_structure,
         "threshold_val": round(threshold, 4),
         "threshold_rule": f"{CLEAN_FLAGGED:.0%} of the clean validation contours score below it",
-        "test_at_threshold": {
-            "clean_called_implausible": round(float(np.mean(scores[truth == 1] < threshold)), 4),
-            "corrupted_called_implausible": round(float(np.mean(scores[truth == 0] < threshold)), 4),
-        },
+        "test_at_threshold": _at_threshold(rows_test, threshold),
+        "per_structure": per_structure,
     }
 
 
@@ -212,14 +237,17 @@ class CriticTrainer(Trainer):
         self.sampler = BatchSampler(len(self.train_set["image"]), self.seed)
         self.samplers = [self.sampler]
         n = len(self.names)
-        segmenter = ResSEUNet(1, n, channels=model["channels"], spatial_dims=2)
         critic = QualityAwarenessModule(1 + n, channels=self.qam_channels, spatial_dims=2)
-        self.modules = {"network": critic, "segmenter": segmenter}
-        self.optimizers = {
-            "segmenter": make_optimizer(segmenter.parameters(), training),
-            "network": torch.optim.AdamW(critic.parameters(), lr=float(qam.get("lr", 1e-3))),
-        }
-        self.scheduler = make_scheduler(self.optimizers["segmenter"], training)
+        self.modules = {"network": critic}
+        self.optimizers = {"network": torch.optim.AdamW(critic.parameters(), lr=float(qam.get("lr", 1e-3)))}
+        self.teacher = qam.get("teacher", "network")
+        if self.teacher == "network":
+            segmenter = ResSEUNet(1, n, channels=model["channels"], spatial_dims=2)
+            self.modules["segmenter"] = segmenter
+            self.optimizers["segmenter"] = make_optimizer(segmenter.parameters(), training)
+            self.scheduler = make_scheduler(self.optimizers["segmenter"], training)
+        else:
+            self.scheduler = make_scheduler(self.optimizers["network"], {**training, "lr": float(qam.get("lr", 1e-3))})
 
     def cases(self, split: str) -> Iterator[dict]:
         """The cases of ``split`` on the model grid, read one at a time from the shared cache."""
@@ -252,13 +280,20 @@ class CriticTrainer(Trainer):
         noisy[torch.arange(len(idx)), torch.as_tensor(chosen, dtype=torch.long)] = torch.as_tensor(
             self._corrupted(contours)
         ).to(y)
-        with self.autocast():
-            logits = self.modules["segmenter"](x)
-        seg_loss = per_sample_loss(logits, y, available).mean()
-        # The critic learns from the network's losses on the scored contour without
-        # steering the network (the weights of a whole batch of 2 x B samples).
-        detached = logits.detach()
-        losses = relative_to_image(per_sample_loss(detached, y, one), per_sample_loss(detached, noisy, one))
+        if self.teacher == "network":
+            with self.autocast():
+                logits = self.modules["segmenter"](x)
+            seg_loss = per_sample_loss(logits, y, available).mean()
+            # The critic learns from the network's losses on the scored contour without
+            # steering the network (the weights of a whole batch of 2 x B samples).
+            detached = logits.detach()
+            losses = relative_to_image(per_sample_loss(detached, y, one), per_sample_loss(detached, noisy, one))
+        else:
+            # The protocol knows which copies it corrupted: their loss is 1, a clean one's
+            # 0 (a radius under a pixel leaves the copy clean, and it counts as clean).
+            seg_loss = torch.zeros(())
+            changed = (noisy != y).flatten(1).any(dim=1).float()
+            losses = torch.cat([torch.zeros_like(changed), changed])
         labels = torch.cat([y, noisy]) * torch.cat([one, one])[:, :, None, None].float()
         weights = sample_weights(self.network(torch.cat([torch.cat([x, x]), labels], dim=1)), self.lam)
         loss = seg_loss + weighted_loss(losses, weights)
@@ -270,7 +305,7 @@ class CriticTrainer(Trainer):
         relative = weights.detach().cpu().numpy() * len(weights)
         return {
             "loss": float(loss.detach()),
-            "segmentation_loss": float(seg_loss.detach()),
+            "segmentation_loss": float(seg_loss.detach()) if self.teacher == "network" else None,
             "weight_clean": float(relative[: len(idx)].mean()),
             "weight_corrupted": float(relative[len(idx) :].mean()),
         }

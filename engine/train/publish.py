@@ -120,7 +120,7 @@ def _publish_critic(run_dir: Path, name: str, calibration: dict, weights_dir: Pa
         "channels": calibration.get("channels", [8, 16, 32, 32]),
         "threshold": calibration["threshold_val"],
         "roc_auc_test": calibration["roc_auc_test"],
-        "roc_auc_test_per_structure": calibration.get("roc_auc_test_per_structure"),
+        "per_structure": calibration.get("per_structure", {}),
         "test_at_threshold": calibration["test_at_threshold"],
         "calibration_command": command,
     }

@@ -296,7 +296,6 @@
       body.append(el("tr", {}, el("td", { colspan: 9, text: "The audit report of this job could not be read." })));
       return;
     }
-    document.getElementById("audit-threshold").textContent = fixed(audit.qam_threshold, 2);
     for (const r of audit.structures) {
       const model = state.structures.find((st) => st.name === r.structure);
       const goTo = el("button", {
@@ -313,7 +312,7 @@
       body.append(el("tr", { "data-roi": r.roi_name, class: r.flagged ? "flagged" : null },
         el("td", { text: r.roi_name }),
         el("td", {}, model ? el("span", { class: "swatch", style: `background:${rgb(model.color)}` }) : null, ` ${r.structure}`),
-        el("td", { class: "num", text: fixed(r.qam_score, 2) }),
+        el("td", { class: "num", text: fixed(r.qam_score, 2) + (r.qam_threshold === null || r.qam_threshold === undefined ? " (shown only)" : ` (flags below ${fixed(r.qam_threshold, 2)})`) }),
         el("td", { class: "num", text: fixed(r.dice, 2) }),
         el("td", { class: "num", text: fixed(r.msd_mm, 1) }),
         el("td", { class: "num", text: fixed(r.hd95_mm, 1) }),

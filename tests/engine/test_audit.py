@@ -11,6 +11,7 @@ from torch import nn
 from engine.infer.audit import AuditError, audit_volume, match_structures
 from engine.infer.critic import Critic, crop_centred, qam_score
 from engine.io.rtstruct_import import ImportedROI
+from engine.models.card import StructureRule
 from engine.models.qam import QualityAwarenessModule
 from engine.models.registry import LoadedModel
 from engine.volume import Volume
@@ -143,3 +144,19 @@ def test_a_critic_that_flags_says_how_well_it_separates_distorted_contours(ct):
     (result,), notes, _ = audit_volume(ct, [_roi("Mandible", agreeing)], _model(), _critic(-10.0, auc=0.93))
     assert not result.flagged
     assert any("ROC AUC 0.93" in n and "-10.00" in n for n in notes)
+
+
+def test_a_critic_acts_only_on_the_structures_it_judges_well_with_their_own_threshold(ct):
+    agreeing = _ball(ct.array.shape, (20, 20, 20), 8)
+    rules = (StructureRule("Mandible", 0.85, 0.91, 10.0), StructureRule("Parotid_R", 0.55, 0.82, 10.0))
+    critic = Critic(_critic(0.0).network, 2.0, 32, 0.0, "1" * 64, 0.6, 3, rules)
+    rois = [_roi("Mandible", agreeing), _roi("Parotid_R", agreeing)]
+    results, notes, _ = audit_volume(ct, rois, _model(), critic)
+    by_name = {r.roi_name: r for r in results}
+    # Mandible: judged (val AUC 0.85), below its threshold 10: flagged by the score.
+    assert by_name["Mandible"].qam_threshold == 10.0 and any("quality check" in t for t in by_name["Mandible"].reasons)
+    # Parotid_R: val AUC 0.55 (whatever its test AUC), its score is shown and acts on nothing.
+    assert by_name["Parotid_R"].qam_threshold is None
+    assert not any("quality check" in t for t in by_name["Parotid_R"].reasons)
+    assert any("Mandible (ROC AUC 0.91, flags below 10.00)" in n for n in notes)
+    assert any("Parotid_R (ROC AUC 0.82)" in n for n in notes)
