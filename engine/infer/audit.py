@@ -67,6 +67,7 @@ class StructureAudit:
     # (None where it does not act on this structure: the score is shown only).
     qam_auc: float | None = None
     qam_threshold: float | None = None
+    qam_auc_val: float | None = None  # what decides whether the score is acted on
 
 
 def _key(name: str) -> str:
@@ -159,7 +160,7 @@ def audit_volume(
             round(float((roi.mask > 0).sum()) * voxel_cm3, 2),
         )
         rule = critic.rule(structure["name"])
-        entry.qam_auc = rule.test_auc
+        entry.qam_auc, entry.qam_auc_val = rule.test_auc, rule.val_auc
         if critic.acts_on(structure["name"]):
             entry.qam_threshold = rule.threshold
             if score < rule.threshold:
@@ -194,11 +195,11 @@ def _critic_notes(results: list[StructureAudit]) -> list[str]:
             "not a redraw."
         )
     if shown:
-        each = ", ".join(f"{r.roi_name} (ROC AUC {r.qam_auc:.2f})" for r in shown)
+        each = ", ".join(f"{r.roi_name} (ROC AUC {r.qam_auc:.2f}, validation {r.qam_auc_val:.2f})" for r in shown)
         notes.append(
             f"The quality-check score is shown but flags nothing for {each}: it ranks distorted contours "
-            f"of these structures below sound ones too weakly (it acts from ROC AUC {MIN_AUC_TO_FLAG:.2f} on "
-            "validation contours); the Dice and MSD against the model are the evidence there."
+            f"of these structures below sound ones too weakly on the validation contours (it acts from ROC AUC "
+            f"{MIN_AUC_TO_FLAG:.2f} there); the Dice and MSD against the model are the evidence there."
         )
     return notes
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from engine.infer.critic import MIN_AUC_TO_FLAG
 from engine.models.card import ModelCard
 from engine.models.registry import WEIGHTS_DIR, sha256_of
 
@@ -123,6 +124,7 @@ def _publish_critic(run_dir: Path, name: str, calibration: dict, weights_dir: Pa
         "per_structure": calibration.get("per_structure", {}),
         "test_at_threshold": calibration["test_at_threshold"],
         "calibration_command": command,
+        "training_command": f"python -m engine train experiments/configs/{calibration['run']}.json",
     }
 
 
@@ -275,15 +277,34 @@ def write_markdown(card: dict, path: Path) -> None:
             ),
             (
                 f"- ROC AUC, clean vs corrupted test contours: {auc['both']:.3f} "
-                f"(small range {auc['small']:.3f}, large range {auc['large']:.3f}); command `{q['calibration_command']}`."
+                f"(small range {auc['small']:.3f}, large range {auc['large']:.3f}); command `{q['calibration_command']}`"
+                + (f", trained by `{q['training_command']}`." if q.get("training_command") else ".")
             ),
             (
                 f"- Threshold {q['threshold']:.3f} (val split: 10 % of clean contours score below it); on test it calls "
                 f"{q['test_at_threshold']['clean_called_implausible']:.0%} of clean and "
                 f"{q['test_at_threshold']['corrupted_called_implausible']:.0%} of corrupted contours implausible."
             ),
-            "- The audit flags by this score only when the AUC reaches 0.8; below, it shows the score and flags nothing.",
+            (
+                "- The audit flags by this score only where the AUC reaches 0.8 (per structure where calibrated "
+                "per structure); below, it shows the score and flags nothing."
+            ),
         ]
+        if q.get("per_structure"):
+            lines += [
+                "- Per structure (the audit acts on a structure's score where its val AUC reaches 0.8, "
+                "below that structure's own threshold):",
+                "",
+                "| structure | ROC AUC val | ROC AUC test | threshold | test: clean / corrupted called implausible | acted on |",
+                "|---|---|---|---|---|---|",
+            ]
+            for name, p in q["per_structure"].items():
+                at = p["test_at_threshold"]
+                lines.append(
+                    f"| {name} | {p['roc_auc_val']:.3f} | {p['roc_auc_test']:.3f} | {p['threshold_val']:.3f} | "
+                    f"{at['clean_called_implausible']:.0%} / {at['corrupted_called_implausible']:.0%} | "
+                    f"{'yes' if p['roc_auc_val'] >= MIN_AUC_TO_FLAG else 'no'} |"
+                )
     if card.get("domain"):
         lines += _domain_lines(card["domain"])
     lines += [

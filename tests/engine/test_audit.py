@@ -159,4 +159,4 @@ def test_a_critic_acts_only_on_the_structures_it_judges_well_with_their_own_thre
     assert by_name["Parotid_R"].qam_threshold is None
     assert not any("quality check" in t for t in by_name["Parotid_R"].reasons)
     assert any("Mandible (ROC AUC 0.91, flags below 10.00)" in n for n in notes)
-    assert any("Parotid_R (ROC AUC 0.82)" in n for n in notes)
+    assert any("Parotid_R (ROC AUC 0.82, validation 0.55)" in n for n in notes)
