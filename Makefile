@@ -59,14 +59,13 @@ bench-load: install
 	$(PY) bench/load.py
 
 # Training: RUN names experiments/configs/RUN.json; it goes on from var/experiments/RUN or
-# experiments/state/RUN.pt and stops cleanly on Ctrl-C (docs/training.md). Passive OpenMP
-# threads yield the core while they wait: beside other work on 2 cores a spinning thread
-# made a step up to 5 times slower (docs/training.md, "Sharing the CPU").
+# experiments/state/RUN.pt and stops cleanly on Ctrl-C (docs/training.md; one training
+# process at a time: "Sharing the CPU" there says why).
 RUN ?= hn-oar
 DATA ?= ../shared/data/openkbp
 MINUTES ?= 7
 train: install system-packages
-	OMP_WAIT_POLICY=PASSIVE nice -n 10 $(PY) -m engine train experiments/configs/$(RUN).json --data $(DATA)
+	nice -n 10 $(PY) -m engine train experiments/configs/$(RUN).json --data $(DATA)
 
 # One piece of at most MINUTES minutes on a lent GPU machine (CUDA and bfloat16 autocast
 # are used when present), from the data and wheels of experiments/gpu_pack.py carried in
