@@ -2,9 +2,10 @@
 with OpenMP's default (spinning) wait policy against OMP_WAIT_POLICY=PASSIVE.
 
 A long run trains in the background while tests and other runs come and go; this
-measures what that costs. Each case starts a competing process (the same step in a loop,
+measures what that costs and whether passive OpenMP waits help (docs/training.md,
+"Sharing the CPU"). Each shared case starts a competing process (the same step in a loop,
 2 threads, as a second training run would be), then times the measured process's steps;
-the policy is set in both processes' environment, as ``make train`` sets it:
+the policy is set in both processes' environment:
 
     .venv/bin/python bench/shared_cpu.py [--steps 3] [--patch 64]
 
