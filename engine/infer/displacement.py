@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from engine.volume import LabelMap
 
@@ -97,34 +98,69 @@ def sample(
     return out.reshape(image.shape[0], *spatial)
 
 
-def _voxel_chunks(shape: tuple[int, ...]):
-    """Slabs of the last axis holding at most about ``_CHUNK_VOXELS`` voxels."""
-    step = max(1, _CHUNK_VOXELS // max(1, shape[0] * shape[1]))
-    for k0 in range(0, shape[2], step):
-        yield k0, min(shape[2], k0 + step)
+# A box of a grid's voxels: one slice per axis (I, J, K).
+Box = tuple[slice, slice, slice]
 
 
-def _index_grid(shape: tuple[int, ...], k0: int, k1: int) -> torch.Tensor:
-    """Homogeneous voxel indices (4, I, J, k1 - k0) of slab k0:k1, float64."""
-    axes = [torch.arange(shape[0]), torch.arange(shape[1]), torch.arange(k0, k1)]
-    ijk = torch.stack(torch.meshgrid(*axes, indexing="ij")).to(torch.float64)
-    return torch.cat([ijk, torch.ones_like(ijk[:1])])
+def _whole(shape: tuple[int, ...]) -> Box:
+    return (slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
 
 
-def _apply(matrix: np.ndarray, points: torch.Tensor) -> torch.Tensor:
-    """(4, 4) affine applied to homogeneous points (4, *S) -> (3, *S)."""
-    m = torch.as_tensor(matrix, dtype=torch.float64)
-    return torch.einsum("ab,b...->a...", m[:3], points)
+def _voxel_chunks(box: Box):
+    """Slabs of ``box`` along its last axis, each a box of at most about
+    ``_CHUNK_VOXELS`` voxels."""
+    plane = (box[0].stop - box[0].start) * (box[1].stop - box[1].start)
+    step = max(1, _CHUNK_VOXELS // max(1, plane))
+    for k0 in range(box[2].start, box[2].stop, step):
+        yield (box[0], box[1], slice(k0, min(box[2].stop, k0 + step)))
 
 
-def _on_fixed(values: torch.Tensor, grid: Grid, fixed: Grid, mode: str, padding_mode: str):
-    """Yield (k0, k1, ``values`` (C, X, Y, Z) on ``grid`` sampled at the fixed voxels of
-    slab k0:k1 as (C, I, J, k1 - k0))."""
+def _affine_coords(matrix: np.ndarray, slab: Box) -> torch.Tensor:
+    """``matrix`` (4, 4) applied to the voxel indices of ``slab`` -> (3, *slab's shape)
+    float64: one broadcast sum per axis, without building the indices themselves."""
+    m = torch.as_tensor(np.asarray(matrix, dtype=np.float64))
+    i, j, k = (torch.arange(s.start, s.stop, dtype=torch.float64) for s in slab)
+    out = torch.empty((3, len(i), len(j), len(k)), dtype=torch.float64)
+    for a in range(3):
+        out[a] = m[a, 0] * i[:, None, None] + (m[a, 1] * j[None, :, None] + (m[a, 2] * k + m[a, 3]))
+    return out
+
+
+def _world_bounds(lo: np.ndarray, hi: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """RAS bounds (mm) of the voxel-index box [lo, hi] (continuous indices) of a grid of
+    ``affine``: the box of its eight corners, which holds the whole parallelepiped."""
+    corners = np.array([[(lo, hi)[bit][a] for a, bit in enumerate(bits)] for bits in np.ndindex(2, 2, 2)])
+    world = corners @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
+    return world.min(axis=0), world.max(axis=0)
+
+
+def _fixed_box(world_lo: np.ndarray, world_hi: np.ndarray, fixed: Grid) -> Box | None:
+    """The fixed voxels whose centres can lie within the RAS box [world_lo, world_hi]
+    (mm), grown by one voxel against rounding; None when it misses the grid."""
+    inverse = np.linalg.inv(fixed.affine)
+    lo, hi = _world_bounds(world_lo, world_hi, inverse)
+    start = np.maximum(np.floor(lo).astype(int) - 1, 0)
+    stop = np.minimum(np.ceil(hi).astype(int) + 2, fixed.shape)
+    if np.any(stop <= start):
+        return None
+    return (slice(int(start[0]), int(stop[0])), slice(int(start[1]), int(stop[1])), slice(int(start[2]), int(stop[2])))
+
+
+def _union(boxes: list[Box]) -> Box | None:
+    if not boxes:
+        return None
+    return tuple(  # type: ignore[return-value]
+        slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3)
+    )
+
+
+def _on_fixed(values: torch.Tensor, grid: Grid, fixed: Grid, mode: str, padding_mode: str, box: Box | None = None):
+    """Yield (slab, ``values`` (C, X, Y, Z) on ``grid`` sampled at the fixed voxels of
+    slab as (C, *slab's shape)), over the slabs of ``box`` (default: the whole grid)."""
     values = values.detach().to("cpu", torch.float32)
     to_grid = np.linalg.inv(grid.affine) @ fixed.affine
-    for k0, k1 in _voxel_chunks(fixed.shape):
-        coords = _apply(to_grid, _index_grid(fixed.shape, k0, k1))
-        yield k0, k1, sample(values, coords, mode, padding_mode)
+    for slab in _voxel_chunks(box or _whole(fixed.shape)):
+        yield slab, sample(values, _affine_coords(to_grid, slab), mode, padding_mode)
 
 
 def ddf_voxels_to_mm(ddf: torch.Tensor, grid: Grid, fixed: Grid) -> np.ndarray:
@@ -132,21 +168,40 @@ def ddf_voxels_to_mm(ddf: torch.Tensor, grid: Grid, fixed: Grid) -> np.ndarray:
     ``fixed`` (RAS mm), by trilinear interpolation of the field (border values outside
     the working grid)."""
     linear = torch.as_tensor(grid.affine[:3, :3], dtype=torch.float32)
-    out = np.empty((*fixed.shape, 3), dtype=np.float32)
-    for k0, k1, d in _on_fixed(ddf, grid, fixed, "bilinear", "border"):
-        out[:, :, k0:k1] = torch.einsum("ab,b...->...a", linear, d).numpy()
+    # Fortran order, NIfTI's: the field is written without a transposing copy.
+    out = np.empty((*fixed.shape, 3), dtype=np.float32, order="F")
+    for slab, d in _on_fixed(ddf, grid, fixed, "bilinear", "border"):
+        out[slab] = torch.einsum("ab,b...->...a", linear, d).numpy()
     return out
 
 
 def argmax_on_fixed(probabilities: torch.Tensor, grid: Grid, fixed: Grid) -> np.ndarray:
     """Channel of highest probability at each fixed voxel, from working-grid
-    probabilities (C, X, Y, Z) interpolated trilinearly -> (I, J, K) uint8 (uint16 for
-    more than 256 channels, as ``np.min_scalar_type`` picks); channel 0 outside the
-    working grid."""
+    probabilities (C, X, Y, Z) (channel 0 the background, the channels summing to 1)
+    interpolated trilinearly -> (I, J, K) uint8 (uint16 for more than 256 channels, as
+    ``np.min_scalar_type`` picks); channel 0 outside the working grid.
+
+    Only the fixed voxels that a foreground channel can win are sampled: an interpolated
+    value is a weighted mean of the eight surrounding working voxels, so a channel that
+    reaches the largest of C values summing to 1, hence at least 1/C, is at least 1/C at
+    one of them. Elsewhere the background wins, as on the whole grid.
+    """
     dtype = np.min_scalar_type(max(probabilities.shape[0] - 1, 0))
-    out = np.empty(fixed.shape, dtype=dtype)
-    for k0, k1, p in _on_fixed(probabilities, grid, fixed, "bilinear", "zeros"):
-        out[:, :, k0:k1] = p.argmax(dim=0).numpy()
+    out = np.zeros(fixed.shape, dtype=dtype)
+    if probabilities.shape[0] < 2:
+        return out
+    # 1e-4 below 1/C: the channels' float32 sum is 1 only to rounding.
+    can_win = (probabilities[1:].amax(dim=0) >= (1.0 - 1e-4) / probabilities.shape[0]).numpy()
+    found = ndimage.find_objects(can_win.view(np.uint8))
+    if not found:
+        return out
+    lo = np.array([s.start for s in found[0]], dtype=float) - 1.0
+    hi = np.array([s.stop - 1 for s in found[0]], dtype=float) + 1.0
+    box = _fixed_box(*_world_bounds(lo, hi, grid.affine), fixed)
+    if box is None:
+        return out
+    for slab, p in _on_fixed(probabilities, grid, fixed, "bilinear", "zeros", box):
+        out[slab] = p.argmax(dim=0).numpy()
     return out
 
 
@@ -157,13 +212,12 @@ def ddf_mm_to_voxels(ddf_mm: np.ndarray, affine: np.ndarray) -> torch.Tensor:
     return torch.einsum("ab,...b->a...", inverse, torch.as_tensor(ddf_mm).float())
 
 
-def moving_coords(ddf_mm: np.ndarray, fixed: Grid, moving_affine: np.ndarray, k0: int, k1: int) -> torch.Tensor:
-    """Voxel coordinates (3, I, J, k1 - k0) in the moving grid of the points p + u(p)
-    for the fixed voxels of slab k0:k1."""
-    world = _apply(fixed.affine, _index_grid(fixed.shape, k0, k1))
-    world = world + torch.as_tensor(ddf_mm[:, :, k0:k1]).permute(3, 0, 1, 2)
-    homogeneous = torch.cat([world, torch.ones_like(world[:1])])
-    return _apply(np.linalg.inv(moving_affine), homogeneous)
+def moving_coords(ddf_mm: np.ndarray, fixed: Grid, moving_affine: np.ndarray, slab: Box) -> torch.Tensor:
+    """Voxel coordinates (3, *slab's shape) in the moving grid of the points p + u(p)
+    for the fixed voxels p of ``slab``."""
+    world = _affine_coords(fixed.affine, slab) + torch.as_tensor(ddf_mm[slab]).permute(3, 0, 1, 2)
+    to_moving = torch.as_tensor(np.linalg.inv(moving_affine), dtype=torch.float64)
+    return torch.einsum("ab,b...->a...", to_moving[:3, :3], world) + to_moving[:3, 3].reshape(3, 1, 1, 1)
 
 
 def warp_image(
@@ -177,10 +231,15 @@ def warp_image(
     (trilinear); ``outside`` fills points beyond the moving image. Returns float32."""
     shifted = torch.as_tensor(moving, dtype=torch.float32)[None] - outside
     out = np.empty(fixed.shape, dtype=np.float32)
-    for k0, k1 in _voxel_chunks(fixed.shape):
-        coords = moving_coords(ddf_mm, fixed, moving_affine, k0, k1)
-        out[:, :, k0:k1] = (sample(shifted, coords)[0] + outside).numpy()
+    for slab in _voxel_chunks(_whole(fixed.shape)):
+        coords = moving_coords(ddf_mm, fixed, moving_affine, slab)
+        out[slab] = (sample(shifted, coords)[0] + outside).numpy()
     return out
+
+
+# A fixed voxel samples a structure's crop when it lands within this many moving voxels
+# of it (see warp_labels); beyond, it would sample zero padding alone, exactly 0.
+_REACH = 1.01
 
 
 def warp_labels(labels: LabelMap, values: list[int], fixed: Grid, ddf_mm: np.ndarray) -> np.ndarray:
@@ -191,8 +250,14 @@ def warp_labels(labels: LabelMap, values: list[int], fixed: Grid, ddf_mm: np.nda
     takes the most probable of background and the labels (argmax; a tie stays
     background). Labels are never interpolated as integers, so no value appears that
     was not in ``values``. Returns an array of ``labels.array.dtype`` (I, J, K).
+
+    A structure is a small part of a 512 x 512 grid, so only the fixed voxels p whose
+    p + u(p) can reach a structure's crop are visited: those within the crop's RAS box
+    moved back by the field's least and greatest displacement along each axis.
     """
-    crops = []
+    crops, boxes = [], []
+    u_lo = ddf_mm.min(axis=(0, 1, 2)).astype(float)
+    u_hi = ddf_mm.max(axis=(0, 1, 2)).astype(float)
     for value in values:
         box, inside = labels.mask_in_box(value)
         if not inside.any():
@@ -204,19 +269,25 @@ def warp_labels(labels: LabelMap, values: list[int], fixed: Grid, ddf_mm: np.nda
         shift = torch.as_tensor(lo, dtype=torch.float64).reshape(3, 1, 1, 1)
         size = torch.as_tensor(crop.shape, dtype=torch.float64).reshape(3, 1, 1, 1)
         crops.append((value, torch.as_tensor(crop)[None].float(), shift, size))
+        world_lo, world_hi = _world_bounds(lo - _REACH, hi + _REACH, labels.affine)
+        fixed_box = _fixed_box(world_lo - u_hi, world_hi - u_lo, fixed)
+        if fixed_box is not None:
+            boxes.append(fixed_box)
     result = np.zeros(fixed.shape, dtype=labels.array.dtype)
-    for k0, k1 in _voxel_chunks(fixed.shape):
-        coords = moving_coords(ddf_mm, fixed, labels.affine, k0, k1)
-        best_p = np.zeros((*fixed.shape[:2], k1 - k0), dtype=np.float32)
+    region = _union(boxes)
+    if region is None:
+        return result
+    for slab in _voxel_chunks(region):
+        coords = moving_coords(ddf_mm, fixed, labels.affine, slab)
+        best_p = np.zeros(coords.shape[1:], dtype=np.float32)
         total = np.zeros_like(best_p)
         best = np.zeros(best_p.shape, dtype=labels.array.dtype)
         for value, crop, shift, size in crops:
             local = coords - shift
             # Only the fixed voxels that land within a voxel of the crop are sampled: the
             # others sample zero padding alone, exactly 0 (the 0.01 voxel is far above
-            # the rounding of grid_sample's coordinates). A structure is a small part of
-            # a 512 x 512 grid, so this is most of the warp's time saved.
-            near_t = ((local > -1.01) & (local < size + 0.01)).all(dim=0)
+            # the rounding of grid_sample's coordinates).
+            near_t = ((local > -_REACH) & (local < size - 1 + _REACH)).all(dim=0)
             near = near_t.numpy()
             if not near.any():
                 continue
@@ -227,7 +298,7 @@ def warp_labels(labels: LabelMap, values: list[int], fixed: Grid, ddf_mm: np.nda
             here_p[better], here[better] = p[better], value
             best_p[near], best[near] = here_p, here
         best[best_p <= 1.0 - total] = 0
-        result[:, :, k0:k1] = best
+        result[slab] = best
     return result
 
 
@@ -260,6 +331,6 @@ def determinant_on_fixed(det: torch.Tensor, grid: Grid, fixed: Grid) -> np.ndarr
     """The working-grid Jacobian determinant (X, Y, Z) at the fixed grid's voxels
     (nearest working voxel) -> (I, J, K) float32."""
     out = np.empty(fixed.shape, dtype=np.float32)
-    for k0, k1, d in _on_fixed(det[None], grid, fixed, "nearest", "border"):
-        out[:, :, k0:k1] = d[0].numpy()
+    for slab, d in _on_fixed(det[None], grid, fixed, "nearest", "border"):
+        out[slab] = d[0].numpy()
     return out

@@ -18,9 +18,11 @@ from engine.errors import InputError, ModelError
 from engine.infer import propagate as propagate_module
 from engine.infer.displacement import (
     Grid,
+    argmax_on_fixed,
     ddf_mm_to_voxels,
     ddf_voxels_to_mm,
     jacobian_determinant,
+    moving_coords,
     sample,
     warp_labels,
     working_grid,
@@ -469,3 +471,63 @@ def test_cli_answers_a_planning_nifti_with_an_rtstruct_with_exit_2(tmp_path, cap
     )
     assert code == 2
     assert "DICOM series" in capsys.readouterr().err
+
+
+def _everywhere_argmax(probabilities: torch.Tensor, grid: Grid, fixed: Grid) -> np.ndarray:
+    """argmax_on_fixed's definition, sampled at every fixed voxel."""
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in fixed.shape], indexing="ij"))
+    to_grid = np.linalg.inv(grid.affine) @ fixed.affine
+    coords = np.einsum("ab,b...->a...", to_grid[:3, :3], ijk) + to_grid[:3, 3].reshape(3, 1, 1, 1)
+    return sample(probabilities, torch.as_tensor(coords)).argmax(dim=0).numpy()
+
+
+def test_argmax_on_fixed_visits_only_where_a_structure_can_win_and_agrees_everywhere():
+    """Small blobs of two structures on an oblique working grid: the result equals the
+    argmax sampled at every fixed voxel, background included (the box is exact)."""
+    rng = np.random.default_rng(3)
+    logits = torch.as_tensor(rng.normal(0, 0.5, (3, 24, 20, 16)), dtype=torch.float32)
+    logits[1, 5:9, 6:10, 4:8] += 6.0
+    logits[2, 14:20, 9:15, 8:12] += 6.0
+    probabilities = torch.softmax(logits, dim=0)
+    angle = np.deg2rad(10)
+    working = np.eye(4)
+    working[:3, :3] = np.array(
+        [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+    ) @ np.diag([2.0, 2.0, 3.0])
+    working[:3, 3] = [-20.0, -15.0, -20.0]
+    grid = Grid(tuple(probabilities.shape[1:]), working)
+    fixed = Grid((50, 44, 52), _translation(25.0, 20.0, -22.0) @ np.diag([-1.0, -1.0, 1.0, 1.0]))
+    out = argmax_on_fixed(probabilities, grid, fixed)
+    expected = _everywhere_argmax(probabilities, grid, fixed)
+    assert {1, 2} <= set(np.unique(out))
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_warp_labels_visits_only_where_a_structure_can_land_and_agrees_everywhere():
+    """A smooth, non-uniform field on a large fixed grid: the label map equals the one
+    from sampling every fixed voxel (each structure's channel over the whole grid)."""
+    array = np.zeros((30, 28, 20), np.uint8)
+    array[8:12, 10:15, 5:9] = 1
+    array[18:24, 6:9, 10:16] = 2
+    moving_affine = np.diag([1.5, 1.5, 2.0, 1.0])
+    labels = LabelMap(array, moving_affine)
+    fixed = Grid((60, 50, 45), _translation(-3.0, -10.0, 1.0))
+    i, j, k = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in fixed.shape], indexing="ij")
+    ddf_mm = np.stack([-15 + np.sin(j / 9), 12 + np.cos(i / 11), -10 + 0.5 * np.sin(k / 7)], axis=-1)
+    ddf_mm = ddf_mm.astype(np.float32)
+    out = warp_labels(labels, [1, 2], fixed, ddf_mm)
+    channels = []
+    for value in (1, 2):
+        onehot = torch.as_tensor(array == value, dtype=torch.float32)[None]
+        coords = moving_coords(ddf_mm, fixed, moving_affine, tuple(slice(0, n) for n in fixed.shape))
+        channels.append(sample(onehot, coords)[0].numpy())
+    stacked = np.stack([1.0 - channels[0] - channels[1], *channels])
+    expected = stacked.argmax(axis=0).astype(np.uint8)
+    assert {1, 2} <= set(np.unique(out))
+    np.testing.assert_array_equal(out, expected)
+
+
+def _translation(x: float, y: float, z: float) -> np.ndarray:
+    m = np.eye(4)
+    m[:3, 3] = [x, y, z]
+    return m
