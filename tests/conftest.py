@@ -23,6 +23,8 @@ from tests.workflow import propagate, rtstruct_uid, upload
 from webapp.celery import app as celery_app
 from webapp.delineation import engine_client
 
+pytest_plugins = ["tests.dicom_results"]
+
 FAKE_STRUCTURES = [
     {"label": 1, "name": "Brainstem", "color": [255, 170, 0]},
     {"label": 2, "name": "Mandible", "color": [230, 230, 230]},

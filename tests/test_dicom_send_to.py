@@ -8,7 +8,7 @@ import pytest
 from django.test import Client
 
 from tests.dicom_peers import free_port
-from tests.test_dicom_send import engine_with_rtstruct, peer_scp, succeeded_job  # noqa: F401 (fixtures)
+from tests.dicom_results import peer_scp
 from webapp.delineation.dicom.models import DicomPeer, ResultSend
 from webapp.delineation.models import AccessEvent, Team
 
@@ -24,7 +24,7 @@ def destination(alice):
     server.shutdown()
 
 
-def test_the_owner_sends_the_rtstruct_to_a_destination(succeeded_job, destination, alice_api,  # noqa: F811
+def test_the_owner_sends_the_rtstruct_to_a_destination(succeeded_job, destination, alice_api,
                                                        django_capture_on_commit_callbacks):  # fmt: skip
     peer, received = destination
     with django_capture_on_commit_callbacks(execute=True):
@@ -38,7 +38,7 @@ def test_the_owner_sends_the_rtstruct_to_a_destination(succeeded_job, destinatio
     assert (event.object_id, event.filename, event.username) == (succeeded_job.id, "rtstruct.dcm", "alice")
 
 
-def test_unknown_or_anothers_destination_is_refused(succeeded_job, destination, alice_api, bob):  # noqa: F811
+def test_unknown_or_anothers_destination_is_refused(succeeded_job, destination, alice_api, bob):
     DicomPeer.objects.create(name="BOBS_TPS", ae_title="BOB1", host="127.0.0.1", port=104, owner=bob)
     for name in ("NOWHERE", "BOBS_TPS"):
         response = alice_api.post(f"/api/jobs/{succeeded_job.id}/send/", {"destination": name}, format="json")
@@ -48,7 +48,7 @@ def test_unknown_or_anothers_destination_is_refused(succeeded_job, destination, 
     assert not ResultSend.objects.exists()
 
 
-def test_others_get_404_and_a_team_member_403(succeeded_job, destination, bob, bob_api, charlie_api):  # noqa: F811
+def test_others_get_404_and_a_team_member_403(succeeded_job, destination, bob, bob_api, charlie_api):
     url = f"/api/jobs/{succeeded_job.id}/send/"
     assert charlie_api.post(url, {"destination": "TPS"}, format="json").status_code == 404
     team = Team.objects.create(name="H&N")
@@ -59,14 +59,14 @@ def test_others_get_404_and_a_team_member_403(succeeded_job, destination, bob, b
     assert not ResultSend.objects.exists()
 
 
-def test_a_job_without_a_result_cannot_be_sent(succeeded_job, destination, alice_api):  # noqa: F811
+def test_a_job_without_a_result_cannot_be_sent(succeeded_job, destination, alice_api):
     type(succeeded_job).objects.filter(pk=succeeded_job.pk).update(status="failed", checksums={})
     response = alice_api.post(f"/api/jobs/{succeeded_job.id}/send/", {"destination": "TPS"}, format="json")
     assert response.status_code == 409
 
 
 def test_the_send_to_button(
-    succeeded_job,  # noqa: F811
+    succeeded_job,
     destination,
     alice,
     charlie,
@@ -91,7 +91,7 @@ def test_the_send_to_button(
 OUTSIDE = {"in_domain": False, "reasons": ["the scan covers 40 mm from top to bottom"], "signals": {}}
 
 
-def test_a_job_outside_its_domain_is_sent_only_once_acknowledged(succeeded_job, destination, alice_api,  # noqa: F811
+def test_a_job_outside_its_domain_is_sent_only_once_acknowledged(succeeded_job, destination, alice_api,
                                                                  django_capture_on_commit_callbacks):  # fmt: skip
     from webapp.delineation.models import Job
 
@@ -108,7 +108,7 @@ def test_a_job_outside_its_domain_is_sent_only_once_acknowledged(succeeded_job, 
     assert AccessEvent.objects.filter(action="acknowledge", filename="rtstruct.dcm").count() == 1
 
 
-def test_the_send_to_form_asks_for_the_acknowledgement(succeeded_job, destination, alice):  # noqa: F811
+def test_the_send_to_form_asks_for_the_acknowledgement(succeeded_job, destination, alice):
     from webapp.delineation.models import Job
 
     Job.objects.filter(pk=succeeded_job.pk).update(domain=OUTSIDE)
@@ -120,7 +120,7 @@ def test_the_send_to_form_asks_for_the_acknowledgement(succeeded_job, destinatio
     assert not ResultSend.objects.exists()
 
 
-def test_a_peers_rule_holds_back_the_results_of_a_job_outside_its_domain(succeeded_job):  # noqa: F811
+def test_a_peers_rule_holds_back_the_results_of_a_job_outside_its_domain(succeeded_job):
     from tests.test_dicom_send import planned
     from webapp.delineation.dicom import send
     from webapp.delineation.models import Job

@@ -11,8 +11,8 @@ import pytest
 import requests
 
 from tests.dicom_peers import free_port
+from tests.dicom_results import RTSTRUCT
 from tests.orthanc import need_orthanc, start_orthanc, stop_orthanc
-from tests.test_dicom_send import RTSTRUCT, engine_with_rtstruct, fast_retries, succeeded_job  # noqa: F401 (fixtures)
 from webapp.delineation.dicom import send
 from webapp.delineation.dicom.models import DicomPeer, ResultSend
 
@@ -36,7 +36,7 @@ def stow_peer(job, url: str) -> ResultSend:
 
 def test_stow_rs_into_orthancs_dicomweb(
     orthanc,
-    succeeded_job,  # noqa: F811
+    succeeded_job,
     alice_api,
     django_capture_on_commit_callbacks,
 ):
@@ -52,8 +52,8 @@ def test_stow_rs_into_orthancs_dicomweb(
 
 
 def test_a_dicomweb_server_that_is_down_gets_retries_then_a_failed_send(
-    succeeded_job,  # noqa: F811
-    fast_retries,  # noqa: F811
+    succeeded_job,
+    fast_retries,
     django_capture_on_commit_callbacks,
 ):
     record = stow_peer(succeeded_job, f"http://127.0.0.1:{free_port()}/dicom-web")
@@ -66,8 +66,8 @@ def test_a_dicomweb_server_that_is_down_gets_retries_then_a_failed_send(
 
 def test_an_http_error_is_a_failed_attempt(
     orthanc,
-    succeeded_job,  # noqa: F811
-    fast_retries,  # noqa: F811
+    succeeded_job,
+    fast_retries,
     django_capture_on_commit_callbacks,
 ):
     record = stow_peer(succeeded_job, f"{orthanc.url}/no-such-root")

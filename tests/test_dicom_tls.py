@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.dicom_peers import free_port, scu
+from tests.dicom_results import planned
 from tests.stack import require
-from tests.test_dicom_send import engine_with_rtstruct, fast_retries, planned, succeeded_job  # noqa: F401 (fixtures)
 from webapp.delineation.dicom import send, tls
 from webapp.delineation.dicom.models import DicomPeer
 from webapp.delineation.dicom.scp import Node
@@ -86,7 +86,7 @@ def test_the_node_accepts_tls_peers_with_a_certificate_only(tls_settings):
 
 
 @pytest.mark.django_db
-def test_results_go_to_a_tls_peer_over_tls(tls_settings, succeeded_job, fast_retries,  # noqa: F811
+def test_results_go_to_a_tls_peer_over_tls(tls_settings, succeeded_job, fast_retries,
                                             django_capture_on_commit_callbacks):  # fmt: skip
     import ssl
 

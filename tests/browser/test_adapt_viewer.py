@@ -13,7 +13,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from tests import factories
-from tests.browser.test_viewer import driver, screenshot, wait_for  # noqa: F401 (driver is a fixture)
+from tests.browser.pages import screenshot, wait_for
 from webapp.delineation import rules
 from webapp.delineation.models import Job
 
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 def test_propagated_and_direct_contours_and_the_choice(
     live_server, driver, client, alice, alice_api, tmp_path, fake_propagation
-):  # noqa: F811
+):
     from selenium.webdriver.common.by import By
 
     def upload(data: bytes, name: str) -> dict:

@@ -22,7 +22,6 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
 from tests import factories
-from tests.browser.test_viewer import driver  # noqa: F401 (a fixture)
 from tests.conftest import segment_on_the_series_grid
 from tests.dicom_tools import dciodvfy_errors
 from tests.stack import REPO

@@ -13,18 +13,14 @@ Prerequisites: chromium + chromedriver (/usr/bin), ../shared/data, the shipped m
 from __future__ import annotations
 
 import shutil
-import time
-from pathlib import Path
 
 import pytest
 
-from tests.stack import REPO, Stack, data_dir, require
+from tests.browser.pages import screenshot, wait_for
+from tests.stack import Stack, data_dir, require
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-OUTPUT = REPO / "test-output"
 JOB_TIMEOUT_S = 600
 
 
@@ -40,54 +36,6 @@ def stack(tmp_path_factory):
         yield running.start()
     finally:
         running.stop()
-
-
-@pytest.fixture(scope="module")
-def driver(tmp_path_factory):
-    require(CHROMIUM.exists() and CHROMEDRIVER.exists(), "chromium and chromedriver are not installed in /usr/bin")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--window-size=1500,1100",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-    ):
-        options.add_argument(flag)
-    browser = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    browser.set_page_load_timeout(120)
-    try:
-        yield browser
-    finally:
-        browser.quit()
-
-
-def wait_for(condition, timeout_s: float, what: str, interval_s: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(interval_s)
-
-
-def screenshot(driver, name: str) -> Path:
-    OUTPUT.mkdir(exist_ok=True)
-    path = OUTPUT / name
-    driver.save_screenshot(str(path))
-    return path
 
 
 def wait_for_job(driver, job_id: str) -> set[str]:
