@@ -178,6 +178,51 @@ def add_domain(name: str, domain: dict, weights_dir: Path = WEIGHTS_DIR) -> None
     write_markdown(card, weights_dir / f"{name}.md")
 
 
+def set_test_time_mirror(name: str, choice: dict, weights_dir: Path = WEIGHTS_DIR) -> None:
+    """Store whether model ``name`` mirrors at test time (``engine.infer.predict``) and the
+    val figures that chose it (``experiments/test_time_mirror.py``): ``choice`` holds
+    ``on`` (bool), ``weights_sha256``, ``split``, ``mean_dice_off``, ``mean_dice_on``,
+    ``per_structure`` {name: [off, on]} and ``command``.
+
+    Raises:
+        ValueError: the figures were measured with other weights than the card's.
+    """
+    path = weights_dir / f"{name}.json"
+    card = ModelCard.load(name, weights_dir).data
+    if choice["weights_sha256"] != card["card"]["weights_sha256"]:
+        raise ValueError("the mirroring was measured with other weights than the card describes")
+    card["test_time_mirror"] = bool(choice["on"])
+    card["card"]["test_time_mirror"] = {k: v for k, v in choice.items() if k != "weights_sha256"}
+    path.write_text(json.dumps(card, indent=1))
+    write_markdown(card, weights_dir / f"{name}.md")
+
+
+def _architecture_line(card: dict) -> str:
+    line = (
+        f"- Architecture: {card['architecture']} (3D residual U-Net with squeeze-and-excitation blocks), "
+        f"channels {'-'.join(map(str, card['channels']))}"
+    )
+    if card.get("full_resolution_channels"):
+        line += f", plus a first level at the input resolution with {card['full_resolution_channels']} channels"
+    if card.get("deep_supervision"):
+        line += ", trained with deep supervision (heads at 1/2 and 1/4 resolution, not used at inference)"
+    return line + ", one sigmoid output per structure."
+
+
+def _mirror_line(card: dict) -> list[str]:
+    m = card["card"].get("test_time_mirror")
+    if not m:
+        return []
+    state = "on" if card.get("test_time_mirror") else "off"
+    return [
+        (
+            f"- Test-time mirroring (left-right, parotids swapped back): {state}, chosen on the {m['split']} "
+            f"split: mean Dice {m['mean_dice_on']:.3f} with it, {m['mean_dice_off']:.3f} without "
+            f"(`{m['command']}`)."
+        )
+    ]
+
+
 def _domain_lines(d: dict) -> list[str]:
     return [
         "",
@@ -209,16 +254,14 @@ def write_markdown(card: dict, path: Path) -> None:
     lines = [
         f"# Model card: {card['name']}",
         "",
-        (
-            f"- Architecture: {card['architecture']} (3D residual U-Net with squeeze-and-excitation blocks), "
-            f"channels {'-'.join(map(str, card['channels']))}, one sigmoid output per structure."
-        ),
+        _architecture_line(card),
         f"- Structures (TG-263): {', '.join(s['name'] for s in card['structures'])}.",
         (
             f"- Input: CT reoriented to {card['axcodes']}, resampled to {' x '.join(map(str, card['spacing_mm']))} mm, "
             f"HU window {card['window_hu'][0]:.0f} to {card['window_hu'][1]:.0f}; output resampled back to the input grid."
         ),
         f"- Weights: `{card['name']}.pt`, SHA-256 `{c['weights_sha256']}`; card date {c['date']}.",
+        *_mirror_line(card),
         "",
         "## Data and training",
         f"- Data: {t['data']}",

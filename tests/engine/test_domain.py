@@ -156,31 +156,6 @@ def test_shipped_cards_declare_a_domain(name):
     assert {"Brainstem", "SpinalCord", "Mandible"} <= set(domain["expected_structures"])
 
 
-def test_publish_keeps_the_domain_of_the_card_it_replaces(tmp_path):
-    import torch
-
-    from engine.models.registry import build_network, model_config, sha256_of
-    from engine.train.publish import add_domain, publish
-
-    config = {k: v for k, v in model_config("hn-oar").items() if k not in ("domain", "qam")}
-    config = {**config, "channels": [4, 8, 8, 8, 8]}
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.json").write_text(json.dumps(config))
-    (run / "log.jsonl").write_text("")
-    torch.save(build_network(config).state_dict(), run / "best.pt")
-    weights = tmp_path / "weights"
-    training = {k: "tiny" for k in ("data", "split", "command", "procedure", "hardware")}
-    publish(run, "tiny", training, weights)
-    domain = model_config("hn-oar")["domain"]
-    add_domain("tiny", domain, weights)
-    publish(run, "tiny", training, weights)  # a new run under the same name
-    card = json.loads((weights / "tiny.json").read_text())
-    assert card["domain"] == domain
-    assert card["card"]["weights_sha256"] == sha256_of(weights / "tiny.pt")
-    assert "## Domain" in (weights / "tiny.md").read_text()
-
-
 def test_body_histogram_does_not_depend_on_memory_order():
     hu = np.random.default_rng(2).uniform(-1100, 1600, (40, 30, 20)).astype(np.float32)
     np.testing.assert_array_equal(body_histogram(np.asfortranarray(hu)), body_histogram(np.ascontiguousarray(hu)))

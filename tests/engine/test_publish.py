@@ -1,0 +1,61 @@
+"""Publishing a run as a shipped model: what a re-publish keeps (the domain), and the
+test-time mirroring choice recorded with the val figures that made it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.models.registry import build_network, load_model, model_config, sha256_of
+from engine.train.publish import add_domain, publish, set_test_time_mirror
+
+TRAINING = {k: "tiny" for k in ("data", "split", "command", "procedure", "hardware")}
+
+
+def _tiny_run(tmp_path: Path) -> Path:
+    """A run folder of hn-oar's configuration with a tiny network (untrained)."""
+    config = {k: v for k, v in model_config("hn-oar").items() if k not in ("domain", "qam")}
+    config = {**config, "channels": [4, 8, 8, 8, 8]}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "log.jsonl").write_text("")
+    torch.save(build_network(config).state_dict(), run / "best.pt")
+    return run
+
+
+def test_publish_keeps_the_domain_of_the_card_it_replaces(tmp_path):
+    run, weights = _tiny_run(tmp_path), tmp_path / "weights"
+    publish(run, "tiny", TRAINING, weights)
+    domain = model_config("hn-oar")["domain"]
+    add_domain("tiny", domain, weights)
+    publish(run, "tiny", TRAINING, weights)  # a new run under the same name
+    card = json.loads((weights / "tiny.json").read_text())
+    assert card["domain"] == domain
+    assert card["card"]["weights_sha256"] == sha256_of(weights / "tiny.pt")
+    assert "## Domain" in (weights / "tiny.md").read_text()
+
+
+def test_the_mirroring_choice_is_stored_for_these_weights_only(tmp_path):
+    run, weights = _tiny_run(tmp_path), tmp_path / "weights"
+    publish(run, "tiny", TRAINING, weights)
+    assert not load_model("tiny", weights).config.get("test_time_mirror")
+    choice = {
+        "on": True,
+        "weights_sha256": sha256_of(weights / "tiny.pt"),
+        "split": "val",
+        "mean_dice_off": 0.61,
+        "mean_dice_on": 0.63,
+        "per_structure": {"Brainstem": [0.7, 0.72]},
+        "command": "python experiments/test_time_mirror.py tiny --write-card",
+    }
+    set_test_time_mirror("tiny", choice, weights)
+    assert load_model("tiny", weights).config["test_time_mirror"] is True
+    assert "Test-time mirroring (left-right, parotids swapped back): on" in (weights / "tiny.md").read_text()
+    with pytest.raises(ValueError, match="other weights"):
+        set_test_time_mirror("tiny", {**choice, "weights_sha256": "0" * 64}, weights)
+    publish(run, "tiny", TRAINING, weights)  # new weights: measured again before it is on
+    assert not load_model("tiny", weights).config.get("test_time_mirror")
