@@ -19,6 +19,7 @@ probabilities, and never as integers.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +30,7 @@ from scipy import ndimage
 from engine.volume import LabelMap
 
 # Fixed-grid voxels processed at once when resampling onto a large fixed grid (memory).
-_CHUNK_VOXELS = 1 << 22
+_CHUNK_VOXELS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,21 @@ def _on_fixed(values: torch.Tensor, grid: Grid, fixed: Grid, mode: str, padding_
     to_grid = np.linalg.inv(grid.affine) @ fixed.affine
     for slab in _voxel_chunks(box or _whole(fixed.shape)):
         yield slab, sample(values, _affine_coords(to_grid, slab), mode, padding_mode)
+
+
+def resample_onto(values: torch.Tensor, affine: np.ndarray, target: Grid) -> torch.Tensor:
+    """``values`` (C, I, J, K) on a grid of ``affine`` (voxel -> RAS mm) sampled
+    trilinearly at ``target``'s voxels -> (C, X, Y, Z) float32; 0 outside ``values``.
+
+    The same points and interpolation as MONAI's ``ResampleToMatch`` (bilinear, zeros),
+    slab by slab: its memory is one slab's coordinates, not the target grid's (MONAI's
+    held about 1.2 GB beside a 512 x 512 x 192 CT).
+    """
+    out = torch.empty((values.shape[0], *target.shape), dtype=torch.float32)
+    source = Grid(tuple(values.shape[1:]), np.asarray(affine, dtype=np.float64))
+    for slab, v in _on_fixed(values, source, target, "bilinear", "zeros"):
+        out[(slice(None), *slab)] = v
+    return out
 
 
 def ddf_voxels_to_mm(ddf: torch.Tensor, grid: Grid, fixed: Grid) -> np.ndarray:
@@ -327,10 +343,36 @@ def folding_percent(ddf: torch.Tensor) -> float:
     return float((jacobian_determinant(ddf) <= 0).float().mean() * 100)
 
 
-def determinant_on_fixed(det: torch.Tensor, grid: Grid, fixed: Grid) -> np.ndarray:
-    """The working-grid Jacobian determinant (X, Y, Z) at the fixed grid's voxels
-    (nearest working voxel) -> (I, J, K) float32."""
-    out = np.empty(fixed.shape, dtype=np.float32)
+@dataclass(frozen=True)
+class Folding:
+    """Where a field folds, counted on the fixed grid: ``percent`` of all fixed voxels and
+    ``inside`` {label value: percent of that label's voxels} whose (nearest working voxel's)
+    Jacobian determinant is <= 0, and the ``minimum`` determinant over the fixed grid."""
+
+    percent: float
+    minimum: float
+    inside: dict[int, float]
+
+
+def _percent(count: int, total: int) -> float:
+    return round(100.0 * count / total, 3) if total else 0.0
+
+
+def folding_on_fixed(det: torch.Tensor, grid: Grid, fixed: Grid, labels: np.ndarray, values: list[int]) -> Folding:
+    """``Folding`` of the working-grid Jacobian determinant (X, Y, Z) at the fixed grid's
+    voxels (nearest working voxel), inside each of ``values`` of the fixed-grid label
+    map ``labels`` (I, J, K), slab by slab (no fixed-grid array of determinants)."""
+    folded = 0
+    minimum = math.inf
+    counts = {v: [0, 0] for v in values}  # value -> [folded voxels, voxels]
     for slab, d in _on_fixed(det[None], grid, fixed, "nearest", "border"):
-        out[slab] = d[0].numpy()
-    return out
+        bad = (d[0] <= 0).numpy()
+        folded += int(bad.sum())
+        minimum = min(minimum, float(d.min()))
+        here = labels[slab]
+        for value in values:
+            mask = here == value
+            counts[value][0] += int(bad[mask].sum())
+            counts[value][1] += int(mask.sum())
+    total = int(np.prod(fixed.shape))
+    return Folding(_percent(folded, total), minimum, {v: _percent(*counts[v]) for v in values})

@@ -43,9 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.data import MetaTensor
 from monai.networks.blocks import Warp
-from monai.transforms import ResampleToMatch, ScaleIntensityRange
 from scipy.ndimage import binary_dilation
 
 from engine.errors import ModelError
@@ -54,11 +52,13 @@ from engine.infer.displacement import (
     Grid,
     argmax_on_fixed,
     ddf_voxels_to_mm,
-    determinant_on_fixed,
+    folding_on_fixed,
     jacobian_determinant,
+    resample_onto,
     warp_labels,
     working_grid,
 )
+from engine.infer.memory import return_large_blocks_to_os
 from engine.infer.methods import (
     CLASSICAL_METHODS,
     METHOD_PARAMETERS,
@@ -210,20 +210,14 @@ def load_method(name: str, weights_dir: Path | None = None) -> PropagationMethod
 
 def to_working_grid(volume: Volume, grid: Grid, window_hu) -> torch.Tensor:
     """``volume`` windowed to [0, 1] (HU ``window_hu``) and resampled onto ``grid``
-    (trilinear, MONAI ``ResampleToMatch``) -> (X, Y, Z) float32; 0 (the window's floor,
-    air for CT) outside the volume."""
+    (trilinear, ``engine.infer.displacement.resample_onto``) -> (X, Y, Z) float32; 0 (the
+    window's floor, air for CT) outside the volume."""
     lo, hi = window_hu
-    image = MetaTensor(
-        torch.as_tensor(volume.array, dtype=torch.float32)[None],
-        affine=torch.as_tensor(volume.affine, dtype=torch.float64),
-    )
-    image = ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)(image)
-    template = MetaTensor(
-        torch.zeros((1, *grid.shape)),
-        affine=torch.as_tensor(grid.affine, dtype=torch.float64),
-    )
-    out = ResampleToMatch(mode="bilinear", padding_mode="zeros")(image, img_dst=template)
-    return out.as_tensor()[0].float()
+    # One float32 copy of the scan (200 MB for 512 x 512 x 200), windowed in place with
+    # MONAI ScaleIntensityRange's arithmetic ((HU - lo) / (hi - lo), clipped to [0, 1]).
+    array = torch.tensor(volume.array, dtype=torch.float32)
+    array.sub_(lo).div_(hi - lo).clamp_(0.0, 1.0)
+    return resample_onto(array[None], volume.affine, grid)[0]
 
 
 def _elastix(name: str, fixed: torch.Tensor, moving: torch.Tensor, grid: Grid, window_hu) -> torch.Tensor:
@@ -390,10 +384,6 @@ def _warning(entry: dict) -> str | None:
     return "; ".join(reasons) or None
 
 
-def _percent(flags: np.ndarray) -> float:
-    return round(100.0 * float(flags.mean()), 3) if flags.size else 0.0
-
-
 def propagate(
     fixed: Volume,
     moving: Volume,
@@ -434,10 +424,12 @@ def propagate(
     lap("preprocess", "registration")
     ddf, logits = _register(method, fixed_w, moving_w, grid, _contour_centre(moving_contours, grid))
     lap("registration", "warp")
+    # On the working grid, before the fixed-grid field (600 MB at 512 x 512 x 192) exists.
+    det = jacobian_determinant(ddf)
     ddf_mm = ddf_voxels_to_mm(ddf, grid, fixed_grid)
     values = [s.label for s in structures]
     labels = LabelMap(warp_labels(moving_contours, values, fixed_grid, ddf_mm), fixed.affine)
-    det = determinant_on_fixed(jacobian_determinant(ddf), grid, fixed_grid)
+    folds = folding_on_fixed(det, grid, fixed_grid, labels.array, values)
     lap("warp", "compare")
     direct = None
     if logits is not None:
@@ -447,7 +439,7 @@ def propagate(
     ml = labels.voxel_volume_mm3 / 1000.0
     for s in structures:
         mask = labels.array == s.label
-        inside[s.name] = _percent(det[mask] <= 0)
+        inside[s.name] = folds.inside[s.label]
         entry = {
             "name": s.name,
             "label": s.label,
@@ -472,8 +464,8 @@ def propagate(
         entry["warning"] = _warning(entry)
         entries.append(entry)
     folding = {
-        "folding_percent": _percent(det <= 0),
-        "min_jacobian": round(float(det.min()), 4),
+        "folding_percent": folds.percent,
+        "min_jacobian": round(folds.minimum, 4),
         "inside": inside,
     }
     lap("compare", "export")
@@ -528,6 +520,7 @@ def propagate_files(
         engine.io.rtstruct_check.RTStructExportError: the RTSTRUCT written does not
             reproduce the propagated contours (then no ``rtstruct.dcm``).
     """
+    return_large_blocks_to_os()
     report = progress or (lambda stage, pct: None)
     out = ResultFolder(out_dir)
     report("ingest", 0)
@@ -538,6 +531,7 @@ def propagate_files(
     contour_labels, structures, notes = read_contours(contours, moving_dicom)
     ingest_s = round(time.perf_counter() - t0, 3)
     result = propagate(fixed_volume, moving_volume, contour_labels, structures, method, report)
+    del moving_volume  # not needed for the outputs: 200 MB at 512 x 512 x 200
     t1 = time.perf_counter()
     out.path.mkdir(parents=True, exist_ok=True)
     _write_outputs(result, fixed_volume, out)

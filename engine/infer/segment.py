@@ -19,6 +19,7 @@ from monai.data import MetaTensor
 
 from engine.infer.domain import check_domain, check_modality
 from engine.infer.grid import image_to_model_grid, labels_to_input_grid
+from engine.infer.memory import return_large_blocks_to_os
 from engine.infer.predict import (
     keep_largest_component,
     predict_probabilities,
@@ -181,6 +182,7 @@ def segment_file(
         engine.io.rtstruct_check.RTStructExportError: the RTSTRUCT's contours do not
             reproduce a structure (Dice < 0.98); ``rtstruct.dcm`` is then not written.
     """
+    return_large_blocks_to_os()
     report = progress or (lambda stage, pct: None)
     out = ResultFolder(out_dir)
     out.path.mkdir(parents=True, exist_ok=True)
