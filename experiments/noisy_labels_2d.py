@@ -2,12 +2,13 @@
 
     python experiments/noisy_labels_2d.py configs          # writes experiments/configs/nl2d-*.json
     python experiments/noisy_labels_2d.py run [NAME ...]   # runs them in order (resumable; done runs skipped)
-    python experiments/noisy_labels_2d.py table            # the Markdown tables from experiments/results
+    python experiments/noisy_labels_2d.py table            # the Markdown tables (pixels, then mm) from experiments/results
 
 Every run is ``python -m engine train experiments/configs/NAME.json --no-state`` (a
 ``"kind": "slices2d"`` run, ``engine.train.pick_and_learn_2d``): axial slices of the
 OpenKBP CTs, 128 x 128, of the patients with all four structures contoured; batches of
-16 images; noise in pixels on a fraction of the training images. Each finished run is
+16 images; noise on a fraction of the training images, its radii in pixels as in the
+thesis (``nl2d-p*``) or in mm on each case's pixel spacing (``nl2d-mm-p*``). Each finished run is
 summarised into ``experiments/results/NAME.json`` (committed: var/ is not).
 """
 
@@ -64,11 +65,17 @@ def _structures() -> list[dict]:
     return [s for s in model_config("hn-oar")["structures"] if s["name"] in NAMES]
 
 
-def name_of(fraction: float, range_: str, method: str, lam: float | None = None) -> str:
+# Radii in the thesis's pixels, or in mm on each case's pixel spacing (the 3D protocol's
+# ranges): on 128^2 OpenKBP slices the pixel ranges erase most organs (docs/noisy-labels.md).
+UNITS = ("px", "mm")
+
+
+def name_of(fraction: float, range_: str, method: str, lam: float | None = None, units: str = "px") -> str:
     if fraction == 0:
         return "nl2d-p0-plain"
     suffix = f"-lambda{lam}" if lam is not None else ""
-    return f"nl2d-p{round(fraction * 100)}-{range_}-{method}{suffix}"
+    prefix = "nl2d-mm-" if units == "mm" else "nl2d-"
+    return f"{prefix}p{round(fraction * 100)}-{range_}-{method}{suffix}"
 
 
 def all_configs() -> dict[str, dict]:
@@ -89,18 +96,20 @@ def all_configs() -> dict[str, dict]:
         configs[name] = config
 
     add(name_of(0, "", "plain"), None, None)
-    # The most telling contrast (75 % large) first, so a partial sweep says most.
-    for range_ in reversed(RANGES):
-        for fraction in reversed(FRACTIONS):
-            for method, qam in METHODS.items():
-                noise = {"fraction": fraction, "range": range_, "seed": 0}
-                add(name_of(fraction, range_, method), noise, qam and dict(qam))
-    for lam in LAMBDAS:
-        add(
-            name_of(0.75, "large", "qam+ocm", lam),
-            {"fraction": 0.75, "range": "large", "seed": 0},
-            {"lambda": lam, "lr": 1e-3},
-        )
+    # The most telling contrast (75 % large) first, so a partial sweep says most; mm before
+    # pixels, whose 75 % runs are made and showed the organs erased.
+    for units in reversed(UNITS):
+        for range_ in reversed(RANGES):
+            for fraction in reversed(FRACTIONS):
+                for method, qam in METHODS.items():
+                    noise = {"fraction": fraction, "range": range_, "seed": 0, "units": units}
+                    add(name_of(fraction, range_, method, units=units), noise, qam and dict(qam))
+        for lam in LAMBDAS:
+            add(
+                name_of(0.75, "large", "qam+ocm", lam, units),
+                {"fraction": 0.75, "range": "large", "seed": 0, "units": units},
+                {"lambda": lam, "lr": 1e-3},
+            )
     return configs
 
 
@@ -143,7 +152,9 @@ def save_result(name: str) -> Path:
 def run_all(names: list[str]) -> None:
     from experiments.run_queue import run_in_order
 
-    run_in_order(names or list(all_configs()), CONFIGS, RUNS, DATA, ROOT, save_result)
+    # A committed result is a finished run, even on a machine whose var/ does not hold it.
+    todo = [n for n in names or list(all_configs()) if names or not (RESULTS / f"{n}.json").exists()]
+    run_in_order(todo, CONFIGS, RUNS, DATA, ROOT, save_result)
 
 
 def _row(label: str, name: str) -> str:
@@ -157,18 +168,22 @@ def _row(label: str, name: str) -> str:
     return f"| {label} | " + " | ".join(cells) + " |"
 
 
-def table() -> str:
+def table(units: str = "px") -> str:
+    """The table of one noise unit: pixels (the thesis's 1-8 / 5-13 px) or mm (2-8 / 5-13 mm)."""
     head = "| run | " + " | ".join(NAMES) + " | mean | weight clean / corrupted |"
     lines = [head, "|" + "---|" * (len(NAMES) + 3), _row("0 % noise, plain", name_of(0, "", "plain"))]
     for range_ in RANGES:
         for fraction in FRACTIONS:
             for method in METHODS:
-                label = f"{round(fraction * 100)} % {range_}, {method}"
-                lines.append(_row(label, name_of(fraction, range_, method)))
-    lines += ["", "| lambda (75 % large, qam+ocm) | " + " | ".join(NAMES) + " | mean | weight clean / corrupted |"]
+                label = f"{round(fraction * 100)} % {range_} ({units}), {method}"
+                lines.append(_row(label, name_of(fraction, range_, method, units=units)))
+    lines += [
+        "",
+        f"| lambda (75 % large ({units}), qam+ocm) | " + " | ".join(NAMES) + " | mean | weight clean / corrupted |",
+    ]
     lines.append("|" + "---|" * (len(NAMES) + 3))
     for lam in (*LAMBDAS[:2], 2.0, LAMBDAS[2]):
-        name = name_of(0.75, "large", "qam+ocm", None if lam == 2.0 else lam)
+        name = name_of(0.75, "large", "qam+ocm", None if lam == 2.0 else lam, units)
         lines.append(_row(f"{lam}", name))
     return "\n".join(lines)
 
@@ -180,6 +195,6 @@ if __name__ == "__main__":
     elif command == "run":
         run_all(sys.argv[2:])
     elif command == "table":
-        print(table())
+        print("\n\n".join(table(units) for units in UNITS))
     else:
         sys.exit(__doc__)

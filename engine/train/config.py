@@ -137,6 +137,8 @@ def check_segmentation_config(config: dict) -> dict:
     noise = config.get("noise")
     if noise and noise.get("range") not in RANGES_MM:
         raise TrainingConfigError(f"noise.range must be one of {sorted(RANGES_MM)}")
+    if noise and noise.get("units", "px") not in ("px", "mm"):
+        raise TrainingConfigError('noise.units must be "px" (the thesis\'s pixels) or "mm"')
     qam = config.get("qam")
     if qam and training["batch"] < 2 and not qam.get("corrupt_copies"):
         raise TrainingConfigError("the QAM weights samples within a batch: training.batch must be >= 2")

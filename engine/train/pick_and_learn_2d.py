@@ -24,7 +24,7 @@ import torch
 from engine.metrics import dice
 from engine.models.qam import QualityAwarenessModule, sample_weights, weighted_loss
 from engine.models.res_se_unet import ResSEUNet
-from engine.train.label_noise import RANGES_PX, corrupt_masks
+from engine.train.label_noise import RANGES_MM, RANGES_PX, corrupt_masks
 from engine.train.segmentation import make_optimizer, make_scheduler, per_sample_loss
 from engine.train.slices import load_slices
 from engine.train.trainer import Trainer
@@ -100,14 +100,18 @@ class SliceTrainer(Trainer):
         self.is_corrupted = np.zeros(n, dtype=bool)
         self.is_corrupted[chosen] = True
         record = {}
+        in_mm = noise.get("units", "px") == "mm"
         for i in chosen:
             rng = np.random.default_rng([seed, int(i)])
+            # Pixels: the thesis's whole-pixel radii. Millimetres: the 3D protocol's radii on
+            # each case's own pixel spacing, for slices whose organs are a few pixels across.
+            spacing = tuple(self.train_set["spacing"][self.train_set["case"][i]]) if in_mm else (1.0, 1.0)
             self.train_set["masks"][i], done = corrupt_masks(
                 self.train_set["masks"][i],
-                (1.0, 1.0),
-                RANGES_PX[noise["range"]],
+                spacing,
+                (RANGES_MM if in_mm else RANGES_PX)[noise["range"]],
                 rng,
-                whole_units=True,
+                whole_units=not in_mm,
             )
             record[int(i)] = [vars(d) for d in done]
         (self.out / "corruption.json").write_text(json.dumps(record))

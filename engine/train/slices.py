@@ -34,21 +34,23 @@ def load_slices(data: Path, splits: list[str], structures: list[dict], window_hu
     """The axial slices of ``splits``' complete cases that show a structure.
 
     Returns {"image": (N, 1, X, Y) float16 in [0, 1] (HU windowed to ``window_hu``),
-    "masks": (N, C, X, Y) uint8, "case": (N,) index into "cases", "cases": case ids}.
+    "masks": (N, C, X, Y) uint8, "case": (N,) index into "cases", "cases": case ids,
+    "spacing": (number of cases, 2) float, each case's pixel spacing along X and Y in mm}.
     Written once to ``cache`` (an ``.npz`` per split list and structure list) and read
     from there after.
     """
-    key = json.dumps([splits, [s["source"] for s in structures], window_hu])
+    key = json.dumps([splits, [s["source"] for s in structures], window_hu, "spacing"])
     path = Path(cache) / f"slices-{hashlib.sha1(key.encode()).hexdigest()[:10]}.npz"
     if not path.exists():
         cases = slice_cases(data, splits, structures)
-        images, masks, owner = [], [], []
+        images, masks, owner, spacing = [], [], [], []
         for k, case in enumerate(cases):
             ct, m, _ = load_case(data, case, structures)  # (I, J, K), (C, I, J, K)
             shown = np.flatnonzero(m.any(axis=(0, 1, 2)))  # axial slices along K
             images.append(_window(ct.array[:, :, shown], window_hu).transpose(2, 0, 1)[:, None])
             masks.append(m[:, :, :, shown].transpose(3, 0, 1, 2).astype(np.uint8))
             owner.append(np.full(len(shown), k))
+            spacing.append(ct.spacing[:2])
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
         np.savez(
@@ -57,6 +59,7 @@ def load_slices(data: Path, splits: list[str], structures: list[dict], window_hu
             masks=np.concatenate(masks),
             case=np.concatenate(owner),
             cases=np.array(cases),
+            spacing=np.array(spacing, dtype=np.float64),
         )
         tmp.rename(path)
     with np.load(path) as z:
@@ -65,4 +68,5 @@ def load_slices(data: Path, splits: list[str], structures: list[dict], window_hu
             "masks": z["masks"],
             "case": z["case"],
             "cases": [str(c) for c in z["cases"]],
+            "spacing": z["spacing"],
         }

@@ -85,3 +85,51 @@ def test_a_short_2d_qam_ocm_run_lowers_the_loss_and_logs_both_weights(tmp_path):
     assert metrics["evaluation"]["n_cases"] == 2
     assert set(metrics["evaluation"]["per_structure"]) == {"PTV70", "Mandible"}
     assert (out / "qam_best.pt").exists()
+
+
+def _slice_config(tmp_path: Path, noise: dict) -> Path:
+    config = {
+        "name": "slices-mm",
+        "kind": "slices2d",
+        "model": {"architecture": "ResSEUNet", "channels": [4, 8, 8], "window_hu": [-200.0, 1200.0]},
+        "training": {"steps": 2, "batch": 16, "val_every": 2},
+        "noise": noise,
+    }
+    config["model"]["structures"] = STRUCTURES
+    path = tmp_path / "slices-mm.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_noise_in_millimetres_uses_each_case_s_pixel_spacing(tmp_path):
+    """The tiny cases have 4 mm pixels: a 5-13 mm radius is 1.25-3.25 pixels, not 5-13."""
+    from engine.train.slices import load_slices
+
+    data = _tiny_openkbp(tmp_path / "data")
+    noise = {"fraction": 1.0, "range": "large", "seed": 0, "units": "mm"}
+    trainer = make_trainer(_slice_config(tmp_path, noise), data, tmp_path / "runs")
+    trainer.out.mkdir(parents=True)
+    trainer.setup()
+    np.testing.assert_array_equal(trainer.train_set["spacing"], 4.0)
+    clean = load_slices(data, ["train"], STRUCTURES, [-200.0, 1200.0], trainer.out.parent / "cache-slices")
+    record = json.loads((trainer.out / "corruption.json").read_text())
+    done = [(int(i), d) for i, image in record.items() for d in image]
+    assert done and all(5.0 <= d["radius_mm"] <= 13.0 for _, d in done)
+    assert any(d["radius_mm"] != int(d["radius_mm"]) for _, d in done)  # uniform, not whole pixels
+    for i, d in done:
+        before = clean["masks"][i, d["structure"]] > 0
+        after = trainer.train_set["masks"][i, d["structure"]] > 0
+        if d["operation"] == "dilate":
+            reach = ndimage.distance_transform_edt(~before, sampling=(4.0, 4.0))[after]
+            assert reach.max() <= d["radius_mm"] and reach.max() > d["radius_mm"] - 4.0
+        else:
+            assert not after[~before].any()
+
+
+def test_noise_units_other_than_pixels_or_millimetres_are_refused(tmp_path):
+    from engine.train.config import TrainingConfigError
+
+    data = _tiny_openkbp(tmp_path / "data")
+    noise = {"fraction": 0.5, "range": "large", "seed": 0, "units": "cm"}
+    with pytest.raises(TrainingConfigError, match="noise.units"):
+        make_trainer(_slice_config(tmp_path, noise), data, tmp_path / "runs")
