@@ -490,12 +490,7 @@ def test_argmax_on_fixed_visits_only_where_a_structure_can_win_and_agrees_everyw
     logits[1, 5:9, 6:10, 4:8] += 6.0
     logits[2, 14:20, 9:15, 8:12] += 6.0
     probabilities = torch.softmax(logits, dim=0)
-    angle = np.deg2rad(10)
-    working = np.eye(4)
-    working[:3, :3] = np.array(
-        [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
-    ) @ np.diag([2.0, 2.0, 3.0])
-    working[:3, 3] = [-20.0, -15.0, -20.0]
+    working = _oblique(10, (2.0, 2.0, 3.0), (-20.0, -15.0, -20.0))
     grid = Grid(tuple(probabilities.shape[1:]), working)
     fixed = Grid((50, 44, 52), _translation(25.0, 20.0, -22.0) @ np.diag([-1.0, -1.0, 1.0, 1.0]))
     out = argmax_on_fixed(probabilities, grid, fixed)
@@ -528,6 +523,16 @@ def test_warp_labels_visits_only_where_a_structure_can_land_and_agrees_everywher
     np.testing.assert_array_equal(out, expected)
 
 
+def _oblique(degrees: float, spacing: tuple[float, float, float], origin: tuple[float, float, float]) -> np.ndarray:
+    """Affine of a grid of ``spacing`` (mm) rotated ``degrees`` about S, first voxel at ``origin``."""
+    angle = np.deg2rad(degrees)
+    affine = np.eye(4)
+    rotation = [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+    affine[:3, :3] = np.array(rotation) @ np.diag(spacing)
+    affine[:3, 3] = origin
+    return affine
+
+
 def _translation(x: float, y: float, z: float) -> np.ndarray:
     m = np.eye(4)
     m[:3, 3] = [x, y, z]
@@ -544,12 +549,7 @@ def test_resample_onto_samples_what_monai_resample_to_match_samples():
     values = torch.as_tensor(rng.uniform(0, 1, (1, 40, 36, 24)), dtype=torch.float32)
     source = np.diag([-0.9, -0.9, 2.0, 1.0])
     source[:3, 3] = [18.0, 16.0, -20.0]
-    angle = np.deg2rad(7)
-    target = np.eye(4)
-    target[:3, :3] = np.array(
-        [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
-    ) @ np.diag([1.7, 1.7, 2.5])
-    target[:3, 3] = [-20.0, -18.0, -22.0]
+    target = _oblique(7, (1.7, 1.7, 2.5), (-20.0, -18.0, -22.0))
     grid = Grid((26, 24, 20), target)
     ours = resample_onto(values, source, grid)
     monai = ResampleToMatch(mode="bilinear", padding_mode="zeros")(
