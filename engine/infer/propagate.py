@@ -130,11 +130,12 @@ class PropagationMethod:
     device: torch.device | None = None  # where the network runs
 
 
-@dataclass(frozen=True)
+@dataclass
 class PropagationResult:
     """What ``propagate`` returns; every array is on the fixed image's grid.
 
-    ``ddf_mm`` (I, J, K, 3) float32, mm along R, A, S: fixed point p <-> moving p + u(p).
+    ``ddf_mm`` (I, J, K, 3) float32, mm along R, A, S: fixed point p <-> moving p + u(p);
+    None once ``write_field`` has written it.
     ``labels``: the propagated contours; ``direct_labels``: the model's segmentation of
     the fixed image with the same label values (None for classical methods).
     ``structures``: the propagated structures, as given; ``measures``: one dict per
@@ -144,13 +145,26 @@ class PropagationResult:
     with Jacobian determinant <= 0), ``min_jacobian`` and ``inside`` {name: percent}.
     """
 
-    ddf_mm: np.ndarray
+    ddf_mm: np.ndarray | None
     labels: LabelMap
     direct_labels: LabelMap | None
     structures: list[Structure]
     measures: list[dict]
     timings: dict[str, float]
     folding: dict
+
+    def write_field(self, affine: np.ndarray, path: Path) -> None:
+        """Write ``ddf_mm`` to ``path`` (``engine.io.nifti.write_displacement_field``) and
+        let it go: 600 MB at 512 x 512 x 200, and nothing after it needs the field (the
+        DICOM export works on the label map), so the export's peak does not hold it.
+
+        Raises:
+            ValueError: the field was already written.
+        """
+        if self.ddf_mm is None:
+            raise ValueError("the displacement field was already written and released")
+        write_displacement_field(self.ddf_mm, affine, path)
+        self.ddf_mm = None
 
 
 def PROPAGATION_MODELS(weights_dir: Path | None = None) -> list[str]:
@@ -475,8 +489,8 @@ def propagate(
 def _write_outputs(result: PropagationResult, fixed: Volume, out: ResultFolder) -> list[StructureEntry]:
     """NIfTI outputs as ``segment`` writes them, plus ``ddf.nii.gz`` and, for a joint
     model, ``direct_labels.nii.gz``; returns the ``structures.json`` entries."""
+    result.write_field(fixed.affine, out / out.DDF)
     out.write_image(fixed)
-    write_displacement_field(result.ddf_mm, fixed.affine, out / out.DDF)
     out.write_labels(result.labels)
     if result.direct_labels is not None:
         out.write_labels(result.direct_labels, out.DIRECT_LABELS)

@@ -252,6 +252,17 @@ def test_joint_model_ddf_and_direct_segmentation_plumbing(joint_weights):
     assert result.folding["folding_percent"] == 0.0
 
 
+def test_the_field_is_released_once_written(tmp_path):
+    fixed, moving, labels, _ = _pair()
+    result = propagate(fixed, moving, labels, [BOX], "rigid")
+    field = result.ddf_mm.copy()
+    result.write_field(fixed.affine, tmp_path / "ddf.nii.gz")
+    assert result.ddf_mm is None
+    np.testing.assert_array_equal(nib.load(tmp_path / "ddf.nii.gz").get_fdata(dtype=np.float32), field)
+    with pytest.raises(ValueError, match="already written"):
+        result.write_field(fixed.affine, tmp_path / "again.nii.gz")
+
+
 def test_compose_ddf_applies_the_inner_field_then_the_outer():
     """outer(y) = M y + b (linear), inner = c (constant): u(x) = c + M (x + c) + b."""
     shape = (12, 10, 8)
