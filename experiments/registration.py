@@ -127,7 +127,7 @@ def run_method(method: str, pair_list: list[dict]) -> dict:
             ddf, folding = zero, 0.0
         else:
             result = propagate(fixed, moving, moving_labels, structures, method)
-            labels, ddf = result.labels.array, result.ddf_mm
+            labels, ddf = result.labels.array, result.field.to_array()
             folding = result.folding["folding_percent"]
         row = {
             **{k: v for k, v in pair.items()},

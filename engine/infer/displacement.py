@@ -179,16 +179,56 @@ def resample_onto(values: torch.Tensor, affine: np.ndarray, target: Grid) -> tor
     return out
 
 
+class FieldOnFixed:
+    """The displacement field u (RAS mm) at the fixed grid's voxels, computed slab by slab
+    from the working-grid DDF instead of held: (I, J, K, 3) float32 is 600 MB at
+    512 x 512 x 200, the working-grid field a few MB.
+
+    ``ddf`` (3, X, Y, Z) in ``grid`` voxels; ``fixed``: the fixed image's grid. The field
+    at a fixed voxel is the trilinear interpolation of the working field (border values
+    outside the working grid), as ``ddf_mm`` in the module's conventions. Interpolation is
+    linear in the values, so the working field is turned into mm once (``linear @ ddf``)
+    and each mm component is then sampled on its own: the same numbers as converting
+    each interpolated vector.
+    """
+
+    def __init__(self, ddf: torch.Tensor, grid: Grid, fixed: Grid):
+        linear = torch.as_tensor(grid.affine[:3, :3], dtype=torch.float32)
+        self._mm = torch.einsum("ab,b...->a...", linear, ddf.detach().to("cpu", torch.float32)).contiguous()
+        self._grid, self.fixed = grid, fixed
+        self.shape = (*fixed.shape, 3)
+
+    def __getitem__(self, slab: Box) -> np.ndarray:
+        """u at the fixed voxels of ``slab`` -> (*slab's shape, 3) float32, mm."""
+        out = np.empty((*(s.stop - s.start for s in slab), 3), dtype=np.float32, order="F")
+        offset = [s.start for s in slab]
+        for part, values in _on_fixed(self._mm, self._grid, self.fixed, "bilinear", "border", slab):
+            local = tuple(slice(p.start - o, p.stop - o) for p, o in zip(part, offset, strict=True))
+            out[local] = values.permute(1, 2, 3, 0).numpy()
+        return out
+
+    def component_slabs(self, axis: int):
+        """u along RAS ``axis`` (0 R, 1 A, 2 S), slab after slab along K -> (I, J, n) float32
+        arrays, mm: the order of the NIfTI file's bytes (``engine.io.nifti``)."""
+        for _, values in _on_fixed(self._mm[axis : axis + 1], self._grid, self.fixed, "bilinear", "border"):
+            yield values[0].numpy()
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Least and greatest u along R, A, S (mm, (3,) each) over the whole fixed grid, or
+        a little wider: an interpolated value lies between the working values around it."""
+        flat = self._mm.reshape(3, -1)
+        return flat.amin(dim=1).double().numpy(), flat.amax(dim=1).double().numpy()
+
+    def to_array(self) -> np.ndarray:
+        """The whole field (I, J, K, 3) float32, mm: for small grids and tests."""
+        return self[_whole(self.fixed.shape)]
+
+
 def ddf_voxels_to_mm(ddf: torch.Tensor, grid: Grid, fixed: Grid) -> np.ndarray:
     """Working-grid DDF (3, X, Y, Z) in ``grid`` voxels -> ``ddf_mm`` (I, J, K, 3) on
     ``fixed`` (RAS mm), by trilinear interpolation of the field (border values outside
-    the working grid)."""
-    linear = torch.as_tensor(grid.affine[:3, :3], dtype=torch.float32)
-    # Fortran order, NIfTI's: the field is written without a transposing copy.
-    out = np.empty((*fixed.shape, 3), dtype=np.float32, order="F")
-    for slab, d in _on_fixed(ddf, grid, fixed, "bilinear", "border"):
-        out[slab] = torch.einsum("ab,b...->...a", linear, d).numpy()
-    return out
+    the working grid): ``FieldOnFixed`` as one array."""
+    return FieldOnFixed(ddf, grid, fixed).to_array()
 
 
 def argmax_on_fixed(probabilities: torch.Tensor, grid: Grid, fixed: Grid) -> np.ndarray:
@@ -228,9 +268,10 @@ def ddf_mm_to_voxels(ddf_mm: np.ndarray, affine: np.ndarray) -> torch.Tensor:
     return torch.einsum("ab,...b->a...", inverse, torch.as_tensor(ddf_mm).float())
 
 
-def moving_coords(ddf_mm: np.ndarray, fixed: Grid, moving_affine: np.ndarray, slab: Box) -> torch.Tensor:
+def moving_coords(ddf_mm: np.ndarray | FieldOnFixed, fixed: Grid, moving_affine: np.ndarray, slab: Box) -> torch.Tensor:
     """Voxel coordinates (3, *slab's shape) in the moving grid of the points p + u(p)
-    for the fixed voxels p of ``slab``."""
+    for the fixed voxels p of ``slab`` (``ddf_mm``: (I, J, K, 3) mm, an array or a
+    ``FieldOnFixed``)."""
     world = _affine_coords(fixed.affine, slab) + torch.as_tensor(ddf_mm[slab]).permute(3, 0, 1, 2)
     to_moving = torch.as_tensor(np.linalg.inv(moving_affine), dtype=torch.float64)
     return torch.einsum("ab,b...->a...", to_moving[:3, :3], world) + to_moving[:3, 3].reshape(3, 1, 1, 1)
@@ -258,8 +299,9 @@ def warp_image(
 _REACH = 1.01
 
 
-def warp_labels(labels: LabelMap, values: list[int], fixed: Grid, ddf_mm: np.ndarray) -> np.ndarray:
-    """Warp a label map onto ``fixed`` through ``ddf_mm`` as one-hot probabilities.
+def warp_labels(labels: LabelMap, values: list[int], fixed: Grid, ddf_mm: np.ndarray | FieldOnFixed) -> np.ndarray:
+    """Warp a label map onto ``fixed`` through ``ddf_mm`` (I, J, K, 3), an array or a
+    ``FieldOnFixed``, as one-hot probabilities.
 
     Each label value in ``values`` is interpolated as its own 0/1 channel (trilinear,
     from the label map's own grid), background being 1 minus their sum; each fixed voxel
@@ -272,8 +314,10 @@ def warp_labels(labels: LabelMap, values: list[int], fixed: Grid, ddf_mm: np.nda
     moved back by the field's least and greatest displacement along each axis.
     """
     crops, boxes = [], []
-    u_lo = ddf_mm.min(axis=(0, 1, 2)).astype(float)
-    u_hi = ddf_mm.max(axis=(0, 1, 2)).astype(float)
+    if isinstance(ddf_mm, FieldOnFixed):
+        u_lo, u_hi = ddf_mm.bounds()
+    else:
+        u_lo, u_hi = ddf_mm.min(axis=(0, 1, 2)).astype(float), ddf_mm.max(axis=(0, 1, 2)).astype(float)
     for value in values:
         box, inside = labels.mask_in_box(value)
         if not inside.any():

@@ -49,9 +49,9 @@ from scipy.ndimage import binary_dilation
 from engine.errors import ModelError
 from engine.infer import elastix
 from engine.infer.displacement import (
+    FieldOnFixed,
     Grid,
     argmax_on_fixed,
-    ddf_voxels_to_mm,
     folding_on_fixed,
     jacobian_determinant,
     resample_onto,
@@ -130,12 +130,13 @@ class PropagationMethod:
     device: torch.device | None = None  # where the network runs
 
 
-@dataclass
+@dataclass(frozen=True)
 class PropagationResult:
     """What ``propagate`` returns; every array is on the fixed image's grid.
 
-    ``ddf_mm`` (I, J, K, 3) float32, mm along R, A, S: fixed point p <-> moving p + u(p);
-    None once ``write_field`` has written it.
+    ``field``: the displacement field on the fixed grid, (I, J, K, 3) float32 in mm along
+    R, A, S (fixed point p <-> moving p + u(p)), computed slab by slab from the working
+    grid's field when read (``FieldOnFixed``), never held whole.
     ``labels``: the propagated contours; ``direct_labels``: the model's segmentation of
     the fixed image with the same label values (None for classical methods).
     ``structures``: the propagated structures, as given; ``measures``: one dict per
@@ -145,26 +146,13 @@ class PropagationResult:
     with Jacobian determinant <= 0), ``min_jacobian`` and ``inside`` {name: percent}.
     """
 
-    ddf_mm: np.ndarray | None
+    field: FieldOnFixed
     labels: LabelMap
     direct_labels: LabelMap | None
     structures: list[Structure]
     measures: list[dict]
     timings: dict[str, float]
     folding: dict
-
-    def write_field(self, affine: np.ndarray, path: Path) -> None:
-        """Write ``ddf_mm`` to ``path`` (``engine.io.nifti.write_displacement_field``) and
-        let it go: 600 MB at 512 x 512 x 200, and nothing after it needs the field (the
-        DICOM export works on the label map), so the export's peak does not hold it.
-
-        Raises:
-            ValueError: the field was already written.
-        """
-        if self.ddf_mm is None:
-            raise ValueError("the displacement field was already written and released")
-        write_displacement_field(self.ddf_mm, affine, path)
-        self.ddf_mm = None
 
 
 def PROPAGATION_MODELS(weights_dir: Path | None = None) -> list[str]:
@@ -438,11 +426,10 @@ def propagate(
     lap("preprocess", "registration")
     ddf, logits = _register(method, fixed_w, moving_w, grid, _contour_centre(moving_contours, grid))
     lap("registration", "warp")
-    # On the working grid, before the fixed-grid field (600 MB at 512 x 512 x 192) exists.
     det = jacobian_determinant(ddf)
-    ddf_mm = ddf_voxels_to_mm(ddf, grid, fixed_grid)
+    field = FieldOnFixed(ddf, grid, fixed_grid)
     values = [s.label for s in structures]
-    labels = LabelMap(warp_labels(moving_contours, values, fixed_grid, ddf_mm), fixed.affine)
+    labels = LabelMap(warp_labels(moving_contours, values, fixed_grid, field), fixed.affine)
     folds = folding_on_fixed(det, grid, fixed_grid, labels.array, values)
     lap("warp", "compare")
     direct = None
@@ -483,13 +470,13 @@ def propagate(
         "inside": inside,
     }
     lap("compare", "export")
-    return PropagationResult(ddf_mm, labels, direct, list(structures), entries, timings, folding)
+    return PropagationResult(field, labels, direct, list(structures), entries, timings, folding)
 
 
 def _write_outputs(result: PropagationResult, fixed: Volume, out: ResultFolder) -> list[StructureEntry]:
     """NIfTI outputs as ``segment`` writes them, plus ``ddf.nii.gz`` and, for a joint
     model, ``direct_labels.nii.gz``; returns the ``structures.json`` entries."""
-    result.write_field(fixed.affine, out / out.DDF)
+    write_displacement_field(result.field, fixed.affine, out / out.DDF)
     out.write_image(fixed)
     out.write_labels(result.labels)
     if result.direct_labels is not None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import gzip
 import os
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import cast
+from typing import Protocol, cast
 
 import nibabel as nib
 import numpy as np
+from nibabel.openers import ImageOpener
 from nibabel.spatialimages import HeaderDataError
 
 from engine.errors import InputError
@@ -143,22 +145,51 @@ def write_nifti(image: Volume | LabelMap, path: str | os.PathLike) -> Path:
     return write_atomically(path, lambda tmp: nib.save(nii, tmp))
 
 
-def write_displacement_field(ddf_mm: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> Path:
+class VectorField(Protocol):
+    """A displacement field written without holding it whole (``engine.infer.displacement.
+    FieldOnFixed``): ``shape`` (I, J, K, 3); ``component_slabs(axis)`` yields its component
+    along RAS ``axis`` (mm) as (I, J, n) float32 slabs that together run over K in order."""
+
+    shape: tuple[int, ...]
+
+    def component_slabs(self, axis: int) -> Iterable[np.ndarray]: ...
+
+
+def write_displacement_field(field: VectorField, affine: np.ndarray, path: str | os.PathLike) -> Path:
     """Write a displacement field (I, J, K, 3) float32, mm along R, A, S, on the grid of
-    ``affine``, as NIfTI with intent ``vector`` (atomically).
+    ``affine``, as NIfTI-1 with intent ``vector`` (atomically), slab by slab: the file
+    holds the voxels in Fortran order, i fastest and the component slowest, which is the
+    order of ``field.component_slabs(0)``, then 1, then 2, so no more than one slab is in
+    memory. Compressed as nibabel compresses (``nibabel.openers.ImageOpener``).
 
     Raises:
-        GeometryError: ``ddf_mm`` is not (I, J, K, 3).
+        GeometryError: ``field.shape`` is not (I, J, K, 3), or its slabs do not cover K.
     """
-    ddf_mm = np.asarray(ddf_mm, dtype=np.float32)
-    if ddf_mm.ndim != 4 or ddf_mm.shape[3] != 3:
-        raise GeometryError(f"expected a field (I, J, K, 3), got shape {ddf_mm.shape}")
-    nii = nib.Nifti1Image(ddf_mm, affine)
-    nii.header.set_intent("vector")
-    nii.header.set_xyzt_units("mm")
-    nii.set_qform(affine, code=1)
-    nii.set_sform(affine, code=1)
-    return write_atomically(path, lambda tmp: nib.save(nii, tmp))
+    shape = tuple(int(n) for n in field.shape)
+    if len(shape) != 4 or shape[3] != 3:
+        raise GeometryError(f"expected a field (I, J, K, 3), got shape {shape}")
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.float32)
+    header.set_data_shape(shape)
+    header.set_intent("vector")
+    header.set_xyzt_units("mm")
+    header.set_qform(affine, code=1)
+    header.set_sform(affine, code=1)
+
+    def write(tmp: str) -> None:
+        with ImageOpener(tmp, "wb") as f:
+            header.write_to(f)  # 348 bytes and the 4-byte empty extension: vox_offset 352
+            for axis in range(3):
+                planes = 0
+                for values in field.component_slabs(axis):
+                    if values.shape[:2] != shape[:2]:
+                        raise GeometryError(f"a slab of shape {values.shape} in a field of shape {shape}")
+                    f.write(np.asarray(values, dtype=np.float32).tobytes(order="F"))
+                    planes += values.shape[2]
+                if planes != shape[2]:
+                    raise GeometryError(f"the field's slabs cover {planes} of its {shape[2]} slices")
+
+    return write_atomically(path, write)
 
 
 def read_displacement_field(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
