@@ -58,7 +58,7 @@ def publish(
     torch.save(state, weights_dir / f"{name}.pt")
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
     vals = [r for r in log if "val" in r]
-    best = max(vals, key=lambda r: r["val"]["mean"]) if vals else None
+    best = _best_val(run_dir, vals)
     card = {
         **config,
         "card": {
@@ -85,6 +85,20 @@ def publish(
     (weights_dir / f"{name}.json").write_text(json.dumps(card, indent=1))
     write_markdown(card, weights_dir / f"{name}.md")
     return weights_dir / f"{name}.pt"
+
+
+def _best_val(run_dir: Path, vals: list[dict]) -> dict | None:
+    """The validation record of the network in ``best.pt``: the last one whose mean is the
+    trainer's ``best`` (``last.pt``). Not simply the highest of the log: when a resumed run
+    could not bring its best network along (the portable state had no room for it),
+    selection started again and ``best.pt`` holds a later, lower one."""
+    last = run_dir / "last.pt"
+    if last.exists():
+        kept = torch.load(last, map_location="cpu", weights_only=False).get("best")
+        matching = [r for r in vals if r["val"]["mean"] == kept]
+        if matching:
+            return matching[-1]
+    return max(vals, key=lambda r: r["val"]["mean"]) if vals else None
 
 
 def _serve_structures(config: dict, state: dict, names: list[str]) -> tuple[dict, dict]:
