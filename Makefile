@@ -8,7 +8,7 @@ APT_PACKAGES := dicom3tools plastimatch dcm2niix chromium chromium-driver redis-
 APT_BINARIES := dciodvfy plastimatch dcm2niix chromium chromedriver redis-server elastix transformix storescu storescp echoscu Orthanc openssl
 APT_FILES := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 
-.PHONY: run test lint install system-packages bench bench-load train train-piece clean
+.PHONY: run test lint install system-packages bench bench-load train train-piece publish-hn clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -75,6 +75,22 @@ train-piece:
 	python3 experiments/gpu_pack.py unpack /tmp/openkbp
 	PYTHONPATH=/tmp/site python3 -m engine train experiments/configs/$(RUN).json --data /tmp/openkbp --minutes $(MINUTES)
 	if [ -n "$$OUT" ]; then cp experiments/state/$(RUN).pt var/experiments/$(RUN)/log.jsonl "$$OUT"/; fi
+
+# Publish the long run hn (docs/training.md, "The long run") as hn-rt and hn-oar (its organ
+# channels) from its best checkpoint on val: test-time mirroring chosen on val, test-split
+# figures in the cards, the domain check's thresholds from val, the golden label maps
+# regenerated. About an hour on 2 cores.
+HN_ORGANS := Brainstem SpinalCord Parotid_R Parotid_L Esophagus Larynx Mandible
+publish-hn: install
+	$(PY) -m engine publish --run var/experiments/hn --model hn-rt --training docs/training/hn.json
+	$(PY) -m engine publish --run var/experiments/hn --model hn-oar --training docs/training/hn.json --structures $(HN_ORGANS)
+	for model in hn-rt hn-oar; do \
+	  $(PY) experiments/test_time_mirror.py $$model --data $(DATA) --write-card && \
+	  $(PY) -m engine evaluate --model $$model --data $(DATA) --split test --card && \
+	  $(PY) -m engine segment $(DATA)/pt_104/ct.nii.gz --model $$model --out var/golden/$$model && \
+	  cp var/golden/$$model/labels.nii.gz tests/golden/$${model}_pt_104.nii.gz || exit 1; \
+	done
+	$(PY) experiments/domain_thresholds.py --write-cards
 
 clean:
 	rm -rf $(VENV) var test-output
