@@ -17,7 +17,7 @@ TRAINING = {k: "tiny" for k in ("data", "split", "command", "procedure", "hardwa
 
 def _tiny_run(tmp_path: Path) -> Path:
     """A run folder of hn-oar's configuration with a tiny network (untrained)."""
-    config = {k: v for k, v in model_config("hn-oar").items() if k not in ("domain", "qam")}
+    config = {k: v for k, v in model_config("hn-oar").items() if k not in ("domain", "qam", "test_time_mirror")}
     config = {**config, "channels": [4, 8, 8, 8, 8]}
     run = tmp_path / "run"
     run.mkdir()
