@@ -224,13 +224,6 @@ class FieldOnFixed:
         return self[_whole(self.fixed.shape)]
 
 
-def ddf_voxels_to_mm(ddf: torch.Tensor, grid: Grid, fixed: Grid) -> np.ndarray:
-    """Working-grid DDF (3, X, Y, Z) in ``grid`` voxels -> ``ddf_mm`` (I, J, K, 3) on
-    ``fixed`` (RAS mm), by trilinear interpolation of the field (border values outside
-    the working grid): ``FieldOnFixed`` as one array."""
-    return FieldOnFixed(ddf, grid, fixed).to_array()
-
-
 def argmax_on_fixed(probabilities: torch.Tensor, grid: Grid, fixed: Grid) -> np.ndarray:
     """Channel of highest probability at each fixed voxel, from working-grid
     probabilities (C, X, Y, Z) (channel 0 the background, the channels summing to 1)

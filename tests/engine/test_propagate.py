@@ -22,7 +22,6 @@ from engine.infer.displacement import (
     Grid,
     argmax_on_fixed,
     ddf_mm_to_voxels,
-    ddf_voxels_to_mm,
     jacobian_determinant,
     moving_coords,
     resample_onto,
@@ -123,7 +122,7 @@ def test_voxel_ddf_becomes_mm_in_ras_on_an_anisotropic_flipped_grid():
     fixed = Grid((20, 18, 12), FIXED_AFFINE)
     grid = working_grid(fixed, (3.0, 2.0, 4.0))
     ddf = torch.tensor([1.5, -2.0, 0.5]).reshape(3, 1, 1, 1).expand(3, *grid.shape)
-    ddf_mm = ddf_voxels_to_mm(ddf, grid, fixed)
+    ddf_mm = FieldOnFixed(ddf, grid, fixed).to_array()
     assert ddf_mm.shape == (20, 18, 12, 3) and ddf_mm.dtype == np.float32
     np.testing.assert_allclose(ddf_mm[3, 4, 5], [4.5, -4.0, 2.0], atol=1e-5)
     # Back to the fixed grid's own voxels: its I and J axes run along L and P.
