@@ -188,8 +188,7 @@ class FieldOnFixed:
     at a fixed voxel is the trilinear interpolation of the working field (border values
     outside the working grid), as ``ddf_mm`` in the module's conventions. Interpolation is
     linear in the values, so the working field is turned into mm once (``linear @ ddf``)
-    and each mm component is then sampled on its own: the same numbers as converting
-    each interpolated vector.
+    and then sampled: the same numbers as converting each interpolated vector.
     """
 
     def __init__(self, ddf: torch.Tensor, grid: Grid, fixed: Grid):
@@ -207,11 +206,11 @@ class FieldOnFixed:
             out[local] = values.permute(1, 2, 3, 0).numpy()
         return out
 
-    def component_slabs(self, axis: int):
-        """u along RAS ``axis`` (0 R, 1 A, 2 S), slab after slab along K -> (I, J, n) float32
-        arrays, mm: the order of the NIfTI file's bytes (``engine.io.nifti``)."""
-        for _, values in _on_fixed(self._mm[axis : axis + 1], self._grid, self.fixed, "bilinear", "border"):
-            yield values[0].numpy()
+    def slabs(self):
+        """u slab after slab along K -> (3, I, J, n) float32 arrays, mm, components along
+        R, A, S: what ``engine.io.nifti.write_displacement_field`` writes."""
+        for _, values in _on_fixed(self._mm, self._grid, self.fixed, "bilinear", "border"):
+            yield values.numpy()
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Least and greatest u along R, A, S (mm, (3,) each) over the whole fixed grid, or

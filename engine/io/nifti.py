@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
+import tempfile
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Protocol, cast
 
 import nibabel as nib
 import numpy as np
-from nibabel.openers import ImageOpener
+from isal import igzip_threaded
 from nibabel.spatialimages import HeaderDataError
 
 from engine.errors import InputError
@@ -147,20 +149,33 @@ def write_nifti(image: Volume | LabelMap, path: str | os.PathLike) -> Path:
 
 class VectorField(Protocol):
     """A displacement field written without holding it whole (``engine.infer.displacement.
-    FieldOnFixed``): ``shape`` (I, J, K, 3); ``component_slabs(axis)`` yields its component
-    along RAS ``axis`` (mm) as (I, J, n) float32 slabs that together run over K in order."""
+    FieldOnFixed``): ``shape`` (I, J, K, 3); ``slabs()`` yields its three components along
+    R, A, S (mm) as (3, I, J, n) float32 slabs that together run over K in order."""
 
     shape: tuple[int, ...]
 
-    def component_slabs(self, axis: int) -> Iterable[np.ndarray]: ...
+    def slabs(self) -> Iterable[np.ndarray]: ...
+
+
+# The field's file is by far the largest output of a propagation (600 MB of float32 at
+# 512 x 512 x 192 before compression). ISA-L's deflate at level 3 compresses it to about
+# the size zlib's level 1 reaches (0.69 against 0.66 of the raw size) in a sixth of the
+# time, in two threads (docs/benchmarks.md, "Seventh pass").
+_FIELD_COMPRESSLEVEL = 3
+_FIELD_THREADS = 2
+_COPY_BYTES = 1 << 20  # the threaded writer's block
 
 
 def write_displacement_field(field: VectorField, affine: np.ndarray, path: str | os.PathLike) -> Path:
     """Write a displacement field (I, J, K, 3) float32, mm along R, A, S, on the grid of
-    ``affine``, as NIfTI-1 with intent ``vector`` (atomically), slab by slab: the file
-    holds the voxels in Fortran order, i fastest and the component slowest, which is the
-    order of ``field.component_slabs(0)``, then 1, then 2, so no more than one slab is in
-    memory. Compressed as nibabel compresses (``nibabel.openers.ImageOpener``).
+    ``affine``, as NIfTI-1 with intent ``vector`` (atomically), gzip-compressed when
+    ``path`` ends in ``.gz``.
+
+    The file holds the voxels in Fortran order, i fastest and the component slowest, but
+    the field is computed slab by slab along K with its three components together (one
+    interpolation per voxel): the R component goes to the file as it comes, the A and S
+    components to two unnamed temporary files beside ``path`` (on disk, not in memory;
+    gone when closed), copied in after it. No more than one slab is in memory.
 
     Raises:
         GeometryError: ``field.shape`` is not (I, J, K, 3), or its slabs do not cover K.
@@ -175,19 +190,29 @@ def write_displacement_field(field: VectorField, affine: np.ndarray, path: str |
     header.set_xyzt_units("mm")
     header.set_qform(affine, code=1)
     header.set_sform(affine, code=1)
+    folder = Path(path).parent
 
     def write(tmp: str) -> None:
-        with ImageOpener(tmp, "wb") as f:
+        compressed = str(path).endswith(".gz")
+        opened = (
+            igzip_threaded.open(tmp, "wb", compresslevel=_FIELD_COMPRESSLEVEL, threads=_FIELD_THREADS)
+            if compressed
+            else open(tmp, "wb")
+        )
+        with opened as f, tempfile.TemporaryFile(dir=folder) as a, tempfile.TemporaryFile(dir=folder) as s:
             header.write_to(f)  # 348 bytes and the 4-byte empty extension: vox_offset 352
-            for axis in range(3):
-                planes = 0
-                for values in field.component_slabs(axis):
-                    if values.shape[:2] != shape[:2]:
-                        raise GeometryError(f"a slab of shape {values.shape} in a field of shape {shape}")
-                    f.write(np.asarray(values, dtype=np.float32).tobytes(order="F"))
-                    planes += values.shape[2]
-                if planes != shape[2]:
-                    raise GeometryError(f"the field's slabs cover {planes} of its {shape[2]} slices")
+            planes = 0
+            for values in field.slabs():
+                if values.shape[:3] != (3, *shape[:2]):
+                    raise GeometryError(f"a slab of shape {values.shape} in a field of shape {shape}")
+                for out, component in zip((f, a, s), values, strict=True):
+                    out.write(np.asarray(component, dtype=np.float32).tobytes(order="F"))
+                planes += values.shape[3]
+            if planes != shape[2]:
+                raise GeometryError(f"the field's slabs cover {planes} of its {shape[2]} slices")
+            for spilled in (a, s):
+                spilled.seek(0)
+                shutil.copyfileobj(spilled, f, _COPY_BYTES)
 
     return write_atomically(path, write)
 

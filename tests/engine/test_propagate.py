@@ -258,9 +258,9 @@ def test_the_field_is_written_slab_by_slab_and_reads_back_as_it_was(tmp_path):
     """The fixed-grid field is never held whole: writing it allocates less than one of its
     three components (tracemalloc; 600 MB for the whole field at 512 x 512 x 200), and
     the file holds the same (I, J, K, 3) mm values as the field read as one array."""
-    grid = Grid((16, 16, 8), np.diag([16.0, 16.0, 8.0, 1.0]))
-    fixed = Grid((256, 256, 64), FIXED_AFFINE)
-    ddf = torch.stack([torch.linspace(-2.0, 3.0, 16 * 16 * 8).reshape(16, 16, 8) * s for s in (1.0, -0.5, 0.25)])
+    grid = Grid((16, 16, 16), np.diag([16.0, 16.0, 8.0, 1.0]))
+    fixed = Grid((256, 256, 128), FIXED_AFFINE)
+    ddf = torch.stack([torch.linspace(-2.0, 3.0, 16 * 16 * 16).reshape(16, 16, 16) * s for s in (1.0, -0.5, 0.25)])
     field = FieldOnFixed(ddf, grid, fixed)
     component_bytes = int(np.prod(fixed.shape)) * 4
     tracemalloc.start()
