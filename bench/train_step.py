@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine.hardware import cpu_has_native_bfloat16  # noqa: E402
 from engine.models.res_se_unet import ResSEUNet  # noqa: E402
 from engine.train.segmentation import deep_supervision_loss  # noqa: E402
-from engine.train.trainer import cpu_has_native_bfloat16  # noqa: E402
 
 CHANNELS = (16, 32, 64, 96, 128)
 SLIM = (16, 32, 48, 64, 96)  # experiments/configs/hn.json

@@ -9,6 +9,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
+from engine.hardware import cpu_has_native_bfloat16
 from engine.structure import mirror_order
 
 
@@ -20,12 +21,23 @@ def test_time_mirror(config: dict) -> list[int] | None:
     return mirror_order([s["name"] for s in config["structures"]])
 
 
+def inference_bfloat16(config: dict, device: torch.device) -> bool:
+    """Whether the network runs under bfloat16 autocast: where the model's card allows it
+    (``"inference_bfloat16": true``, chosen on val by ``experiments/inference_settings.py``)
+    and the device computes in bfloat16 natively (CUDA, or a CPU with AVX512-BF16 or
+    AMX-BF16, ``engine.hardware``); float32 elsewhere, where bfloat16 is many times slower."""
+    if not config.get("inference_bfloat16"):
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bfloat16())
+
+
 def predict_probabilities(
     network: torch.nn.Module,
     image: torch.Tensor,
     roi_size: Sequence[int],
     device: torch.device,
     mirror: Sequence[int] | None = None,
+    bfloat16: bool = False,
 ) -> torch.Tensor:
     """Sigmoid probabilities (B, C, X, Y, Z) for a normalised image (B, 1, X, Y, Z) on a
     RAS (or LPS) model grid, X running left-right.
@@ -34,8 +46,14 @@ def predict_probabilities(
     an image smaller than ``roi_size`` is padded to it. ``mirror``: test-time mirroring
     (nnU-Net): the probabilities are averaged with those of the left-right flipped image,
     flipped back and its channels put in the order ``mirror`` gives
-    (``engine.structure.mirror_order``: left and right structures swap).
+    (``engine.structure.mirror_order``: left and right structures swap). ``bfloat16``:
+    each window's forward pass under bfloat16 autocast (``inference_bfloat16``), its
+    logits blended in float32.
     """
+
+    def window(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bfloat16):
+            return network(x).float()
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(
@@ -43,7 +61,7 @@ def predict_probabilities(
                 x.to(device),
                 roi_size=tuple(roi_size),
                 sw_batch_size=1,
-                predictor=network,
+                predictor=window,
                 overlap=0.25,
                 mode="gaussian",
             )

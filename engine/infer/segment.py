@@ -21,6 +21,7 @@ from engine.infer.domain import check_domain, check_modality
 from engine.infer.grid import image_to_model_grid, labels_to_input_grid
 from engine.infer.memory import return_large_blocks_to_os
 from engine.infer.predict import (
+    inference_bfloat16,
     keep_largest_component,
     predict_probabilities,
     test_time_mirror,
@@ -77,7 +78,14 @@ def segment_volume(volume: Volume, model: LoadedModel, progress: Progress | None
     report("preprocess", STAGE_END["ingest"])
     image = image_to_model_grid(volume, cfg["spacing_mm"], cfg["window_hu"], cfg["axcodes"])
     report("network", STAGE_END["preprocess"])
-    prob = predict_probabilities(model.network, image[None], cfg["roi_size"], model.device, test_time_mirror(cfg))[0]
+    prob = predict_probabilities(
+        model.network,
+        image[None],
+        cfg["roi_size"],
+        model.device,
+        test_time_mirror(cfg),
+        inference_bfloat16(cfg, model.device),
+    )[0]
     report("export", STAGE_END["network"])
     cleaned = keep_largest_component(prob.numpy(), cfg["threshold"])
     prob = MetaTensor(torch.as_tensor(cleaned), affine=prob.affine)

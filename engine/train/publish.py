@@ -211,6 +211,26 @@ def set_test_time_mirror(name: str, choice: dict, weights_dir: Path = WEIGHTS_DI
     write_markdown(card, weights_dir / f"{name}.md")
 
 
+def set_inference_bfloat16(name: str, choice: dict, weights_dir: Path = WEIGHTS_DIR) -> None:
+    """Store whether model ``name`` may run its forward passes under bfloat16 autocast
+    (``engine.infer.predict.inference_bfloat16``) and the val figures that chose it
+    (``experiments/inference_settings.py``): ``choice`` holds ``on`` (bool),
+    ``weights_sha256``, ``split``, ``mean_dice_float32``, ``mean_dice_bfloat16`` and
+    ``command``.
+
+    Raises:
+        ValueError: the figures were measured with other weights than the card's.
+    """
+    path = weights_dir / f"{name}.json"
+    card = ModelCard.load(name, weights_dir).data
+    if choice["weights_sha256"] != card["card"]["weights_sha256"]:
+        raise ValueError("the precision was measured with other weights than the card describes")
+    card["inference_bfloat16"] = bool(choice["on"])
+    card["card"]["inference_bfloat16"] = {k: v for k, v in choice.items() if k != "weights_sha256"}
+    path.write_text(json.dumps(card, indent=1))
+    write_markdown(card, weights_dir / f"{name}.md")
+
+
 def _architecture_line(card: dict) -> str:
     line = (
         f"- Architecture: {card['architecture']} (3D residual U-Net with squeeze-and-excitation blocks), "
@@ -233,6 +253,20 @@ def _mirror_line(card: dict) -> list[str]:
             f"- Test-time mirroring (left-right, parotids swapped back): {state}, chosen on the {m['split']} "
             f"split: mean Dice {m['mean_dice_on']:.3f} with it, {m['mean_dice_off']:.3f} without "
             f"(`{m['command']}`)."
+        )
+    ]
+
+
+def _bfloat16_line(card: dict) -> list[str]:
+    b = card["card"].get("inference_bfloat16")
+    if not b:
+        return []
+    state = "allowed" if card.get("inference_bfloat16") else "not used"
+    return [
+        (
+            f"- bfloat16 inference (where the CPU has AVX512-BF16 or AMX-BF16, and on CUDA): {state}, "
+            f"chosen on the {b['split']} split: mean Dice {b['mean_dice_bfloat16']:.3f} in bfloat16, "
+            f"{b['mean_dice_float32']:.3f} in float32 (`{b['command']}`; speed: docs/benchmarks.md)."
         )
     ]
 
@@ -276,6 +310,7 @@ def write_markdown(card: dict, path: Path) -> None:
         ),
         f"- Weights: `{card['name']}.pt`, SHA-256 `{c['weights_sha256']}`; card date {c['date']}.",
         *_mirror_line(card),
+        *_bfloat16_line(card),
         "",
         "## Data and training",
         f"- Data: {t['data']}",

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.hardware import cpu_has_native_bfloat16
 from engine.train.config import TrainingConfigError
 
 MAX_PORTABLE_MB = 15.0
@@ -69,24 +70,6 @@ def _to_float32(value: Any, like: Any) -> Any:
     if isinstance(value, torch.Tensor) and value.dtype == torch.bfloat16:
         return value.float()
     return value
-
-
-def cpu_has_native_bfloat16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether the CPU lists AVX512-BF16 or AMX-BF16 among its flags (Linux).
-
-    A training step of our network under bfloat16 autocast is about 1.8 times faster than
-    float32 on a CPU with these instructions and about 29 times slower on one without
-    (docs/training.md), so ``autocast: "auto"`` asks the CPU rather than the config.
-    """
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return False
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.partition(":")[2].split())
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def _atomic_save(obj: Any, path: Path) -> None:

@@ -142,6 +142,41 @@ def test_test_time_mirroring_swaps_left_and_right_back():
     assert test_time_mirror({"structures": config["structures"]}) is None
 
 
+def test_bfloat16_inference_only_where_the_card_allows_it_and_the_device_computes_it(monkeypatch):
+    """The card's choice alone does not switch bfloat16 on: a CPU without native bfloat16
+    instructions (many times slower there) stays in float32; CUDA always can."""
+    import torch
+
+    import engine.infer.predict as predict
+
+    allowed, cpu, cuda = {"inference_bfloat16": True}, torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(predict, "cpu_has_native_bfloat16", lambda: False)
+    assert not predict.inference_bfloat16(allowed, cpu)
+    assert predict.inference_bfloat16(allowed, cuda)
+    monkeypatch.setattr(predict, "cpu_has_native_bfloat16", lambda: True)
+    assert predict.inference_bfloat16(allowed, cpu)
+    assert not predict.inference_bfloat16({}, cpu) and not predict.inference_bfloat16({}, cuda)
+
+
+def test_bfloat16_windows_are_blended_in_float32():
+    """Under bfloat16 autocast the convolution runs in bfloat16 and the probabilities come
+    back float32, within bfloat16's rounding of the float32 ones."""
+    import torch
+
+    from engine.infer.predict import predict_probabilities
+
+    torch.manual_seed(0)
+    network = torch.nn.Conv3d(1, 2, 3, padding=1)
+    seen = []
+    network.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    image = torch.rand(1, 1, 24, 20, 12)
+    full = predict_probabilities(network, image, (16, 16, 8), torch.device("cpu"))
+    half = predict_probabilities(network, image, (16, 16, 8), torch.device("cpu"), bfloat16=True)
+    assert half.dtype == torch.float32 and full.dtype == torch.float32
+    assert torch.bfloat16 in seen and torch.float32 in seen
+    assert 0 < (half - full).abs().max() < 0.02
+
+
 def test_label_map_boxes_are_the_same_in_either_memory_order():
     rng = np.random.default_rng(5)
     array = np.zeros((30, 20, 10), dtype=np.uint8)

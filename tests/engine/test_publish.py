@@ -10,14 +10,18 @@ import pytest
 import torch
 
 from engine.models.registry import build_network, load_model, model_config, sha256_of
-from engine.train.publish import add_domain, publish, set_test_time_mirror
+from engine.train.publish import add_domain, publish, set_inference_bfloat16, set_test_time_mirror
 
 TRAINING = {k: "tiny" for k in ("data", "split", "command", "procedure", "hardware")}
 
 
 def _tiny_run(tmp_path: Path) -> Path:
     """A run folder of hn-oar's configuration with a tiny network (untrained)."""
-    config = {k: v for k, v in model_config("hn-oar").items() if k not in ("domain", "qam", "test_time_mirror")}
+    config = {
+        k: v
+        for k, v in model_config("hn-oar").items()
+        if k not in ("domain", "qam", "test_time_mirror", "inference_bfloat16")
+    }
     config = {**config, "channels": [4, 8, 8, 8, 8]}
     run = tmp_path / "run"
     run.mkdir()
@@ -59,3 +63,24 @@ def test_the_mirroring_choice_is_stored_for_these_weights_only(tmp_path):
         set_test_time_mirror("tiny", {**choice, "weights_sha256": "0" * 64}, weights)
     publish(run, "tiny", TRAINING, weights)  # new weights: measured again before it is on
     assert not load_model("tiny", weights).config.get("test_time_mirror")
+
+
+def test_the_bfloat16_choice_is_stored_for_these_weights_only(tmp_path):
+    run, weights = _tiny_run(tmp_path), tmp_path / "weights"
+    publish(run, "tiny", TRAINING, weights)
+    assert not load_model("tiny", weights).config.get("inference_bfloat16")
+    choice = {
+        "on": True,
+        "weights_sha256": sha256_of(weights / "tiny.pt"),
+        "split": "val",
+        "mean_dice_float32": 0.587,
+        "mean_dice_bfloat16": 0.586,
+        "command": "python experiments/inference_settings.py tiny --settings 128-windows bfloat16 --write-card",
+    }
+    set_inference_bfloat16("tiny", choice, weights)
+    assert load_model("tiny", weights).config["inference_bfloat16"] is True
+    assert "bfloat16 inference" in (weights / "tiny.md").read_text()
+    with pytest.raises(ValueError, match="other weights"):
+        set_inference_bfloat16("tiny", {**choice, "weights_sha256": "0" * 64}, weights)
+    publish(run, "tiny", TRAINING, weights)  # new weights: measured again before it is on
+    assert not load_model("tiny", weights).config.get("inference_bfloat16")

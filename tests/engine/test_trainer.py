@@ -239,7 +239,7 @@ def test_a_finished_run_is_published_under_the_model_name_it_serves(tmp_path, da
 
 
 def test_auto_autocast_follows_the_cpus_bfloat16_flags(tmp_path):
-    from engine.train.trainer import cpu_has_native_bfloat16
+    from engine.hardware import cpu_has_native_bfloat16
 
     with_bf16 = tmp_path / "with"
     with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")

@@ -1,0 +1,129 @@
+"""Faster inference, same contours? A shipped model's val Dice and time per inference setting.
+
+    python experiments/inference_settings.py MODEL [--settings NAME ...] [--data ../shared/data/openkbp]
+
+Two ways to spend less on the network, each against the card's setting (128^3 windows,
+float32, test-time mirroring as the card chose it):
+
+* bfloat16 autocast for the forward passes (``engine.infer.predict.inference_bfloat16``),
+  about twice as fast on a CPU with AVX512-BF16 or AMX-BF16;
+* fewer windows. A planning CT of the head and neck on the 3.5 x 3.5 x 2.5 mm model grid is about
+143 x 143 x 130-160 voxels, so 128^3 windows at 25 % overlap (``engine.infer.predict``)
+take 8 network passes, 16 with test-time mirroring, over about five times the voxels of
+the CT. The network is fully convolutional: one window of 144 x 144 x 160 covers such a
+CT whole.
+
+Evaluates MODEL on the val split (``engine.train.evaluate``: Dice on each CT's
+own grid, where the structure is contoured; the test split is not looked at) for each
+setting below and writes ``experiments/results/inference-MODEL.json`` with the
+per-structure Dice, the mean and the seconds the split took (network, post-processing and
+scoring, on the machine the setting ran on, named there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine.infer.predict import inference_bfloat16  # noqa: E402 (after the path is set)
+from engine.models.registry import load_model  # noqa: E402
+from engine.train.evaluate import evaluate  # noqa: E402
+
+
+def machine() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return f"{line.partition(':')[2].strip()}, {torch.get_num_threads()} threads"
+    return platform.processor()
+
+
+# name -> (roi_size, test-time mirroring, bfloat16)
+SETTINGS = {
+    "128-windows": ([128, 128, 128], False, False),
+    "128-windows-mirrored": ([128, 128, 128], True, False),
+    "one-window": ([144, 144, 160], False, False),
+    "bfloat16": ([128, 128, 128], False, True),
+    "bfloat16-mirrored": ([128, 128, 128], True, True),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "openkbp"))
+    parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--write-card", action="store_true")
+    args = parser.parse_args()
+    model = load_model(args.model)
+    mirrored = bool(model.config.get("test_time_mirror"))
+    out = ROOT / "experiments" / "results" / f"inference-{args.model}.json"
+    results = json.loads(out.read_text()) if out.exists() else {}
+    if results.get("weights_sha256") != model.weights_sha256:
+        results = {"weights_sha256": model.weights_sha256, "split": "val", "settings": {}}
+    for name in args.settings:
+        roi_size, mirror, bfloat16 = SETTINGS[name]
+        if bfloat16 and not inference_bfloat16({"inference_bfloat16": True}, model.device):
+            sys.exit(f"{name}: this machine does not compute in bfloat16 natively")
+        model.config.update(roi_size=roi_size, test_time_mirror=mirror, inference_bfloat16=bfloat16)
+        r = evaluate(model, Path(args.data), "val")
+        results["settings"][name] = {
+            "roi_size": roi_size,
+            "test_time_mirror": mirror,
+            "inference_bfloat16": bfloat16,
+            "machine": machine(),
+            "mean_dice": r["mean_dice"],
+            "per_structure": {k: v["dice_mean"] for k, v in r["per_structure"].items()},
+            "seconds": r["seconds"],
+            "command": f"python experiments/inference_settings.py {args.model} --settings {name}",
+        }
+        out.write_text(json.dumps(results, indent=1) + "\n")
+    done = results["settings"]
+    names = list(next(iter(done.values()))["per_structure"])
+    print("| setting | " + " | ".join(names) + " | mean | seconds |")
+    print("|" + "---|" * (len(names) + 3))
+    for name, s in done.items():
+        cells = [f"{s['per_structure'][n]:.3f}" for n in names]
+        print(f"| {name} | " + " | ".join(cells) + f" | **{s['mean_dice']:.3f}** | {s['seconds']} |")
+    if args.write_card:
+        write_card(args.model, model.weights_sha256, done, mirrored)
+    return 0
+
+
+# bfloat16 rounds each activation to 8 bits of mantissa; the label maps it gives differ
+# from float32's by a few boundary voxels. It is used where the val mean Dice stays
+# within this of float32's, a third of what adjacent checkpoints of the long run differ by.
+TOLERANCE = 0.005
+
+
+def write_card(model: str, sha256: str, done: dict, mirrored: bool) -> None:
+    """Store the bfloat16 choice in the card, for the card's own mirroring setting."""
+    from engine.train.publish import set_inference_bfloat16
+
+    suffix = "-mirrored" if mirrored else ""
+    names = [f"128-windows{suffix}", f"bfloat16{suffix}"]
+    missing = [n for n in names if n not in done]
+    if missing:
+        sys.exit(f"--write-card needs the settings {', '.join(missing)} (run them with --settings)")
+    fp, bf = (done[n] for n in names)
+    choice = {
+        "on": bf["mean_dice"] >= fp["mean_dice"] - TOLERANCE,
+        "weights_sha256": sha256,
+        "split": "val",
+        "mean_dice_float32": fp["mean_dice"],
+        "mean_dice_bfloat16": bf["mean_dice"],
+        "command": f"python experiments/inference_settings.py {model} --settings {' '.join(names)} --write-card",
+    }
+    set_inference_bfloat16(model, choice)
+    print(f"card: inference_bfloat16 {'on' if choice['on'] else 'off'}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
