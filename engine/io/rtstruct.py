@@ -187,8 +187,9 @@ def build_rtstruct(
     ds.InstanceNumber = 1
     ds.Manufacturer = "Delineo"
     ds.ManufacturerModelName = model_name
-    # Software Versions is LO (64 characters per value): the digest is a value of its own.
-    ds.SoftwareVersions = [f"delineo {engine.__version__}", model_name, weights_sha256]
+    # Software Versions is LO (64 characters per value): the digest is a value of its own,
+    # not the last, which takes the padding space when the element's length is odd.
+    ds.SoftwareVersions = [f"delineo {engine.__version__}", weights_sha256, model_name]
     ds.StructureSetLabel = f"Delineo {model_name}"[:16]
     ds.StructureSetName = f"Delineo {model_name}"
     ds.StructureSetDate = now.strftime("%Y%m%d")
