@@ -77,8 +77,9 @@ train-piece:
 	if [ -n "$$OUT" ]; then cp experiments/state/$(RUN).pt var/experiments/$(RUN)/log.jsonl "$$OUT"/; fi
 
 # Publish the long run hn (docs/training.md, "The long run") as hn-rt and hn-oar (its organ
-# channels) from its best checkpoint on val: test-time mirroring chosen on val, test-split
-# figures in the cards, the domain check's thresholds from val, the golden label maps
+# channels) from its best checkpoint on val: test-time mirroring and bfloat16 inference
+# chosen on val, test-split figures (float32) in the cards, the domain check's
+# thresholds from val, the golden label maps (float32)
 # regenerated. About an hour on 2 cores.
 HN_ORGANS := Brainstem SpinalCord Parotid_R Parotid_L Esophagus Larynx Mandible
 publish-hn: install
@@ -86,8 +87,9 @@ publish-hn: install
 	$(PY) -m engine publish --run var/experiments/hn --model hn-oar --training docs/training/hn.json --structures $(HN_ORGANS)
 	for model in hn-rt hn-oar; do \
 	  $(PY) experiments/test_time_mirror.py $$model --data $(DATA) --write-card && \
-	  $(PY) -m engine evaluate --model $$model --data $(DATA) --split test --card && \
-	  $(PY) -m engine segment $(DATA)/pt_104/ct.nii.gz --model $$model --out var/golden/$$model && \
+	  $(PY) experiments/inference_settings.py $$model --data $(DATA) --write-card && \
+	  DELINEO_INFERENCE_FLOAT32=1 $(PY) -m engine evaluate --model $$model --data $(DATA) --split test --card && \
+	  DELINEO_INFERENCE_FLOAT32=1 $(PY) -m engine segment $(DATA)/pt_104/ct.nii.gz --model $$model --out var/golden/$$model && \
 	  cp var/golden/$$model/labels.nii.gz tests/golden/$${model}_pt_104.nii.gz || exit 1; \
 	done
 	$(PY) experiments/domain_thresholds.py --write-cards

@@ -1,23 +1,26 @@
 """Faster inference, same contours? A shipped model's val Dice and time per inference setting.
 
-    python experiments/inference_settings.py MODEL [--settings NAME ...] [--data ../shared/data/openkbp]
+    python experiments/inference_settings.py MODEL [--settings NAME ...] [--write-card]
+        [--data ../shared/data/openkbp]
 
 Two ways to spend less on the network, each against the card's setting (128^3 windows,
 float32, test-time mirroring as the card chose it):
 
 * bfloat16 autocast for the forward passes (``engine.infer.predict.inference_bfloat16``),
   about twice as fast on a CPU with AVX512-BF16 or AMX-BF16;
-* fewer windows. A planning CT of the head and neck on the 3.5 x 3.5 x 2.5 mm model grid is about
-143 x 143 x 130-160 voxels, so 128^3 windows at 25 % overlap (``engine.infer.predict``)
-take 8 network passes, 16 with test-time mirroring, over about five times the voxels of
-the CT. The network is fully convolutional: one window of 144 x 144 x 160 covers such a
-CT whole.
+* fewer windows. A planning CT of the head and neck on the 3.5 x 3.5 x 2.5 mm model grid
+  is about 143 x 143 x 130-160 voxels, so 128^3 windows at 25 % overlap
+  (``engine.infer.predict``) take 8 network passes, 16 with test-time mirroring, over
+  about five times the voxels of the CT. The network is fully convolutional: one window
+  of 144 x 144 x 160 covers such a CT whole.
 
-Evaluates MODEL on the val split (``engine.train.evaluate``: Dice on each CT's
-own grid, where the structure is contoured; the test split is not looked at) for each
-setting below and writes ``experiments/results/inference-MODEL.json`` with the
-per-structure Dice, the mean and the seconds the split took (network, post-processing and
-scoring, on the machine the setting ran on, named there).
+Evaluates MODEL on the val split (``engine.train.evaluate``: Dice on each CT's own grid,
+where the structure is contoured; the test split is not looked at) for each setting below
+and writes ``experiments/results/inference-MODEL.json`` with the per-structure Dice, the
+mean and the seconds the split took (network, post-processing and scoring, on the machine
+named there, not always idle). The float32 128^3-window figures are those of
+``experiments/test_time_mirror.py`` for the same weights where it has run.
+``--write-card`` stores whether bfloat16 is allowed (``TOLERANCE``) in the card.
 """
 
 from __future__ import annotations
@@ -59,7 +62,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "openkbp"))
-    parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument(
+        "--settings",
+        nargs="*",
+        choices=list(SETTINGS),
+        help="default: all; with --write-card, the bfloat16 one of the card's mirroring",
+    )
     parser.add_argument("--write-card", action="store_true")
     args = parser.parse_args()
     model = load_model(args.model)
@@ -68,10 +76,15 @@ def main() -> int:
     results = json.loads(out.read_text()) if out.exists() else {}
     if results.get("weights_sha256") != model.weights_sha256:
         results = {"weights_sha256": model.weights_sha256, "split": "val", "settings": {}}
+    if args.settings is None:
+        args.settings = ["bfloat16-mirrored" if mirrored else "bfloat16"] if args.write_card else list(SETTINGS)
     for name in args.settings:
         roi_size, mirror, bfloat16 = SETTINGS[name]
         if bfloat16 and not inference_bfloat16({"inference_bfloat16": True}, model.device):
-            sys.exit(f"{name}: this machine does not compute in bfloat16 natively")
+            if args.write_card:  # a card stays float32 until a machine that can has measured it
+                print(f"{name}: this machine does not compute in bfloat16 natively; the card is unchanged")
+                return 0
+            sys.exit(f"{name}: this machine does not compute in bfloat16 natively (or DELINEO_INFERENCE_FLOAT32=1)")
         model.config.update(roi_size=roi_size, test_time_mirror=mirror, inference_bfloat16=bfloat16)
         r = evaluate(model, Path(args.data), "val")
         results["settings"][name] = {
@@ -86,7 +99,7 @@ def main() -> int:
         }
         out.write_text(json.dumps(results, indent=1) + "\n")
     done = results["settings"]
-    names = list(next(iter(done.values()))["per_structure"])
+    names = list(next(iter(done.values()))["per_structure"]) if done else []
     print("| setting | " + " | ".join(names) + " | mean | seconds |")
     print("|" + "---|" * (len(names) + 3))
     for name, s in done.items():
@@ -103,12 +116,33 @@ def main() -> int:
 TOLERANCE = 0.005
 
 
+def from_mirroring_results(model: str, sha256: str) -> dict:
+    """The two float32 128^3-window settings as ``experiments/test_time_mirror.py`` measured
+    them for the same weights (experiments/results/tta-MODEL.json): the same evaluation,
+    deterministic in float32, so not run again; {} when that file is of other weights."""
+    path = ROOT / "experiments" / "results" / f"tta-{model}.json"
+    if not path.exists():
+        return {}
+    tta = json.loads(path.read_text())
+    if tta["weights_sha256"] != sha256:
+        return {}
+    settings = {}
+    for name, index in (("128-windows", 0), ("128-windows-mirrored", 1)):
+        settings[name] = {
+            "mean_dice": tta["mean_dice_on" if index else "mean_dice_off"],
+            "per_structure": {k: v[index] for k, v in tta["per_structure"].items()},
+            "command": tta["command"],
+        }
+    return settings
+
+
 def write_card(model: str, sha256: str, done: dict, mirrored: bool) -> None:
     """Store the bfloat16 choice in the card, for the card's own mirroring setting."""
     from engine.train.publish import set_inference_bfloat16
 
     suffix = "-mirrored" if mirrored else ""
     names = [f"128-windows{suffix}", f"bfloat16{suffix}"]
+    done = from_mirroring_results(model, sha256) | done
     missing = [n for n in names if n not in done]
     if missing:
         sys.exit(f"--write-card needs the settings {', '.join(missing)} (run them with --settings)")

@@ -39,11 +39,13 @@ def require(condition: bool, what: str) -> None:
     pytest.skip(what)
 
 
-def engine_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python -m engine ARGS`` from the repository root, output captured as text."""
+def engine_cli(*args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m engine ARGS`` from the repository root, output captured as text;
+    ``env``: variables added to this process's environment."""
     return subprocess.run(
         [sys.executable, "-m", "engine", *args],
         cwd=REPO,
+        env={**os.environ, **env} if env else None,
         capture_output=True,
         text=True,
         check=False,

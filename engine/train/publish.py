@@ -266,7 +266,8 @@ def _bfloat16_line(card: dict) -> list[str]:
         (
             f"- bfloat16 inference (where the CPU has AVX512-BF16 or AMX-BF16, and on CUDA): {state}, "
             f"chosen on the {b['split']} split: mean Dice {b['mean_dice_bfloat16']:.3f} in bfloat16, "
-            f"{b['mean_dice_float32']:.3f} in float32 (`{b['command']}`; speed: docs/benchmarks.md)."
+            f"{b['mean_dice_float32']:.3f} in float32 (`{b['command']}`; speed: docs/benchmarks.md). "
+            "The test-split figures are float32's."
         )
     ]
 

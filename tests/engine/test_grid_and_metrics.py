@@ -144,7 +144,8 @@ def test_test_time_mirroring_swaps_left_and_right_back():
 
 def test_bfloat16_inference_only_where_the_card_allows_it_and_the_device_computes_it(monkeypatch):
     """The card's choice alone does not switch bfloat16 on: a CPU without native bfloat16
-    instructions (many times slower there) stays in float32; CUDA always can."""
+    instructions (many times slower there) stays in float32, CUDA always can, and
+    DELINEO_INFERENCE_FLOAT32=1 keeps float32 everywhere."""
     import torch
 
     import engine.infer.predict as predict
@@ -156,6 +157,8 @@ def test_bfloat16_inference_only_where_the_card_allows_it_and_the_device_compute
     monkeypatch.setattr(predict, "cpu_has_native_bfloat16", lambda: True)
     assert predict.inference_bfloat16(allowed, cpu)
     assert not predict.inference_bfloat16({}, cpu) and not predict.inference_bfloat16({}, cuda)
+    monkeypatch.setenv("DELINEO_INFERENCE_FLOAT32", "1")  # the same contours on every machine
+    assert not predict.inference_bfloat16(allowed, cpu) and not predict.inference_bfloat16(allowed, cuda)
 
 
 def test_bfloat16_windows_are_blended_in_float32():

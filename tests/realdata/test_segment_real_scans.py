@@ -1,9 +1,12 @@
 """Real data: the shipped model end to end through the CLI, and its golden output.
 
 The golden label maps ``tests/golden/MODEL_pt_104.nii.gz`` are the output of each shipped
-model on openkbp test case pt_104; after retraining, regenerate one with
-``python -m engine segment ../shared/data/openkbp/pt_104/ct.nii.gz --model MODEL --out DIR``
-and copy ``DIR/labels.nii.gz`` there (the model card records the weights hash).
+model on openkbp test case pt_104 in float32; after retraining, regenerate one with
+``DELINEO_INFERENCE_FLOAT32=1 python -m engine segment ../shared/data/openkbp/pt_104/ct.nii.gz
+--model MODEL --out DIR`` and copy ``DIR/labels.nii.gz`` there (the model card records the
+weights hash). Float32 gives the same label map on every machine; the default precision
+(bfloat16 where the card allows it and the processor computes it natively) is held to a
+looser bound against the same golden map.
 """
 
 from __future__ import annotations
@@ -22,15 +25,23 @@ from tests.stack import REPO, data_dir, engine_cli
 GOLDEN = REPO / "tests" / "golden"
 
 
-def _segment(source: Path, out: Path, model: str = "hn-oar") -> dict:
-    result = engine_cli("segment", str(source), "--model", model, "--out", str(out))
+def _segment(source: Path, out: Path, model: str = "hn-oar", env: dict | None = None) -> dict:
+    result = engine_cli("segment", str(source), "--model", model, "--out", str(out), env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
 
 
-@pytest.mark.parametrize("model, labels", [("hn-oar", 7), ("hn-rt", 10)])
-def test_golden_label_map(tmp_path, model, labels):
-    _segment(data_dir("openkbp", "pt_104") / "ct.nii.gz", tmp_path, model)
+@pytest.mark.parametrize(
+    "model, labels, env, least",
+    [
+        ("hn-oar", 7, {"DELINEO_INFERENCE_FLOAT32": "1"}, 0.99),
+        ("hn-rt", 10, {"DELINEO_INFERENCE_FLOAT32": "1"}, 0.99),
+        ("hn-rt", 10, None, 0.97),  # bfloat16 where this machine computes it natively
+    ],
+    ids=["hn-oar", "hn-rt", "hn-rt-default-precision"],
+)
+def test_golden_label_map(tmp_path, model, labels, env, least):
+    _segment(data_dir("openkbp", "pt_104") / "ct.nii.gz", tmp_path, model, env)
     ours = read_labels(tmp_path / "labels.nii.gz")
     golden = read_labels(GOLDEN / f"{model}_pt_104.nii.gz")
     np.testing.assert_allclose(ours.affine, golden.affine, atol=1e-4)
@@ -38,7 +49,7 @@ def test_golden_label_map(tmp_path, model, labels):
         a, b = ours.array == label, golden.array == label
         if b.any():
             dice = 2 * (a & b).sum() / (a.sum() + b.sum())
-            assert dice > 0.99, f"label {label}: Dice {dice:.4f} against the golden output"
+            assert dice > least, f"label {label}: Dice {dice:.4f} against the golden output"
     assert len(np.unique(golden.array)) >= 5, "the golden output should hold most structures"
 
 
