@@ -76,15 +76,16 @@ train-piece:
 	PYTHONPATH=/tmp/site python3 -m engine train experiments/configs/$(RUN).json --data /tmp/openkbp --minutes $(MINUTES)
 	if [ -n "$$OUT" ]; then cp experiments/state/$(RUN).pt var/experiments/$(RUN)/log.jsonl "$$OUT"/; fi
 
-# Publish the long run hn (docs/training.md, "The long run") as hn-rt and hn-oar (its organ
+# Publish the long run HN_RUN (hn; docs/training.md, "The long run") as hn-rt and hn-oar (its organ
 # channels) from its best checkpoint on val: test-time mirroring and bfloat16 inference
 # chosen on val, test-split figures (float32) in the cards, the domain check's
 # thresholds from val, the golden label maps (float32)
 # regenerated. About an hour on 2 cores.
+HN_RUN ?= hn
 HN_ORGANS := Brainstem SpinalCord Parotid_R Parotid_L Esophagus Larynx Mandible
 publish-hn: install
-	$(PY) -m engine publish --run var/experiments/hn --model hn-rt --training docs/training/hn.json
-	$(PY) -m engine publish --run var/experiments/hn --model hn-oar --training docs/training/hn.json --structures $(HN_ORGANS)
+	$(PY) -m engine publish --run var/experiments/$(HN_RUN) --model hn-rt --training docs/training/$(HN_RUN).json
+	$(PY) -m engine publish --run var/experiments/$(HN_RUN) --model hn-oar --training docs/training/$(HN_RUN).json --structures $(HN_ORGANS)
 	for model in hn-rt hn-oar; do \
 	  $(PY) experiments/test_time_mirror.py $$model --data $(DATA) --write-card && \
 	  $(PY) experiments/inference_settings.py $$model --data $(DATA) --write-card && \

@@ -38,8 +38,9 @@ STRUCTURES = [
 ORGANS = STRUCTURES[:7]
 
 # Seconds per step of hn's network in bfloat16 on the Intel Xeon (AVX512-BF16, AMX) of
-# 2026-12-06, idle: 80^3 x 2 patches 1.29 s, 128^3 x 1 patch 4.26 s (the timing in
-# docs/training.md). Steps below give each variant about 35 minutes.
+# 2026-12-06, idle, from a first timing with AdamW: 80^3 x 2 patches 1.29 s, 128^3 x 1
+# patch 4.26 s (``bench/train_step.py --hn --bfloat16-only``, with SGD, later gave 1.40 s
+# and 3.81 s on the same machine). They fix each variant's steps at about 35 minutes.
 MINUTES = 35
 
 
