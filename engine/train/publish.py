@@ -192,6 +192,18 @@ def add_domain(name: str, domain: dict, weights_dir: Path = WEIGHTS_DIR) -> None
     write_markdown(card, weights_dir / f"{name}.md")
 
 
+def _set_choice(name: str, key: str, what: str, choice: dict, weights_dir: Path) -> None:
+    """Store an inference choice measured on val: ``card[key]`` the switch, ``card["card"][key]``
+    the figures; ValueError when they were measured with other weights than the card's."""
+    card = ModelCard.load(name, weights_dir).data
+    if choice["weights_sha256"] != card["card"]["weights_sha256"]:
+        raise ValueError(f"{what} was measured with other weights than the card describes")
+    card[key] = bool(choice["on"])
+    card["card"][key] = {k: v for k, v in choice.items() if k != "weights_sha256"}
+    (weights_dir / f"{name}.json").write_text(json.dumps(card, indent=1))
+    write_markdown(card, weights_dir / f"{name}.md")
+
+
 def set_test_time_mirror(name: str, choice: dict, weights_dir: Path = WEIGHTS_DIR) -> None:
     """Store whether model ``name`` mirrors at test time (``engine.infer.predict``) and the
     val figures that chose it (``experiments/test_time_mirror.py``): ``choice`` holds
@@ -201,14 +213,7 @@ def set_test_time_mirror(name: str, choice: dict, weights_dir: Path = WEIGHTS_DI
     Raises:
         ValueError: the figures were measured with other weights than the card's.
     """
-    path = weights_dir / f"{name}.json"
-    card = ModelCard.load(name, weights_dir).data
-    if choice["weights_sha256"] != card["card"]["weights_sha256"]:
-        raise ValueError("the mirroring was measured with other weights than the card describes")
-    card["test_time_mirror"] = bool(choice["on"])
-    card["card"]["test_time_mirror"] = {k: v for k, v in choice.items() if k != "weights_sha256"}
-    path.write_text(json.dumps(card, indent=1))
-    write_markdown(card, weights_dir / f"{name}.md")
+    _set_choice(name, "test_time_mirror", "the mirroring", choice, weights_dir)
 
 
 def set_inference_bfloat16(name: str, choice: dict, weights_dir: Path = WEIGHTS_DIR) -> None:
@@ -221,14 +226,7 @@ def set_inference_bfloat16(name: str, choice: dict, weights_dir: Path = WEIGHTS_
     Raises:
         ValueError: the figures were measured with other weights than the card's.
     """
-    path = weights_dir / f"{name}.json"
-    card = ModelCard.load(name, weights_dir).data
-    if choice["weights_sha256"] != card["card"]["weights_sha256"]:
-        raise ValueError("the precision was measured with other weights than the card describes")
-    card["inference_bfloat16"] = bool(choice["on"])
-    card["card"]["inference_bfloat16"] = {k: v for k, v in choice.items() if k != "weights_sha256"}
-    path.write_text(json.dumps(card, indent=1))
-    write_markdown(card, weights_dir / f"{name}.md")
+    _set_choice(name, "inference_bfloat16", "the precision", choice, weights_dir)
 
 
 def _architecture_line(card: dict) -> str:
