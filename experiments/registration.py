@@ -38,6 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from engine.infer.body import BODY_HU
 from engine.infer.displacement import Grid, warp_labels
 from engine.infer.propagate import propagate
 from engine.io.nifti import read_labels, read_volume
@@ -52,7 +53,6 @@ RESULTS = ROOT / "experiments" / "results"
 DOC = ROOT / "docs" / "registration.md"
 # oar_labelmap.nii.gz values are the hn-oar labels (1 Brainstem ... 7 Mandible).
 STRUCTURES = model_config("hn-oar")["structures"]
-BODY_HU = -500.0
 TABLE_START, TABLE_END = "<!-- reg-table:start -->", "<!-- reg-table:end -->"
 
 

@@ -24,10 +24,10 @@ import numpy as np
 from scipy import ndimage
 
 from engine.errors import InputError
+from engine.infer.body import BODY_HU
 from engine.volume import LabelMap, Volume
 
-# Body voxels and histogram bins (HU): shared by the check and the threshold script.
-BODY_HU = -500.0
+# Histogram bins (HU) of the body's voxels: shared by the check and the threshold script.
 HU_BINS = np.arange(-500.0, 1550.0, 50.0)
 
 # (structure above/anterior/left, structure below/posterior/right, RAS axis, sign):

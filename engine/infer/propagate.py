@@ -48,6 +48,7 @@ from scipy.ndimage import binary_dilation
 
 from engine.errors import ModelError
 from engine.infer import elastix
+from engine.infer.body import BODY_HU
 from engine.infer.displacement import (
     FieldOnFixed,
     Grid,
@@ -89,7 +90,6 @@ CLASSICAL_SPACING_MM = (2.5, 2.5, 2.5)
 CLASSICAL_WINDOW_HU = (-1000.0, 1500.0)
 # elastix samples its metric in the patient: the fixed image above BODY_HU, dilated by
 # MASK_MARGIN_VOXELS working voxels (10 mm) so the body outline is inside.
-BODY_HU = -500.0
 MASK_MARGIN_VOXELS = 4
 # A joint model registers what is left after this classical stage (its card's
 # "prealign": "rigid", "affine" or "none"): the networks were trained on pairs already

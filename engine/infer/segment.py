@@ -14,9 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from monai.data import MetaTensor
 
+from engine.infer.body import BODY_HU, body_box
 from engine.infer.domain import check_domain, check_modality
 from engine.infer.grid import image_to_model_grid, labels_to_input_grid
 from engine.infer.memory import return_large_blocks_to_os
@@ -64,6 +66,18 @@ class SegmentationResult:
     domain: dict | None = None
 
 
+def network_box(image: torch.Tensor, config: dict) -> tuple[slice, ...]:
+    """Where the network runs on the model grid, (1, X, Y, Z) normalised as
+    ``engine.infer.grid.image_to_model_grid`` makes it: around the body
+    (``engine.infer.body``) where the card allows it (``"crop_to_body": true``, chosen
+    on val by ``experiments/inference_settings.py``), else the whole grid. Outside it the
+    probabilities are 0."""
+    if not config.get("crop_to_body"):
+        return tuple(slice(0, n) for n in image.shape[1:])
+    lo, hi = config["window_hu"]
+    return body_box(image.as_tensor()[0].numpy() > (BODY_HU - lo) / (hi - lo), config["spacing_mm"])
+
+
 def segment_volume(volume: Volume, model: LoadedModel, progress: Progress | None = None) -> LabelMap:
     """Delineate ``model``'s structures on ``volume``; the label map is on the volume's grid.
 
@@ -78,17 +92,20 @@ def segment_volume(volume: Volume, model: LoadedModel, progress: Progress | None
     report("preprocess", STAGE_END["ingest"])
     image = image_to_model_grid(volume, cfg["spacing_mm"], cfg["window_hu"], cfg["axcodes"])
     report("network", STAGE_END["preprocess"])
-    prob = predict_probabilities(
+    box = network_box(image, cfg)
+    in_box = predict_probabilities(
         model.network,
-        image[None],
+        image.as_tensor()[None][(slice(None), slice(None), *box)],
         cfg["roi_size"],
         model.device,
         test_time_mirror(cfg),
         inference_bfloat16(cfg, model.device),
     )[0]
     report("export", STAGE_END["network"])
-    cleaned = keep_largest_component(prob.numpy(), cfg["threshold"])
-    prob = MetaTensor(torch.as_tensor(cleaned), affine=prob.affine)
+    prob = np.zeros((in_box.shape[0], *image.shape[1:]), dtype=np.float32)
+    prob[(slice(None), *box)] = keep_largest_component(in_box.numpy(), cfg["threshold"])
+    del in_box
+    prob = MetaTensor(torch.as_tensor(prob), affine=image.affine)
     label_values = [s["label"] for s in cfg["structures"]]
     return labels_to_input_grid(prob, volume, label_values, cfg["threshold"])
 

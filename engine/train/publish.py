@@ -229,6 +229,18 @@ def set_inference_bfloat16(name: str, choice: dict, weights_dir: Path = WEIGHTS_
     _set_choice(name, "inference_bfloat16", "the precision", choice, weights_dir)
 
 
+def set_crop_to_body(name: str, choice: dict, weights_dir: Path = WEIGHTS_DIR) -> None:
+    """Store whether model ``name`` runs its network only in the box around the body
+    (``engine.infer.body``, ``engine.infer.segment.network_box``) and the val figures that
+    chose it (``experiments/inference_settings.py``): ``choice`` holds ``on`` (bool),
+    ``weights_sha256``, ``split``, ``mean_dice_whole``, ``mean_dice_body`` and ``command``.
+
+    Raises:
+        ValueError: the figures were measured with other weights than the card's.
+    """
+    _set_choice(name, "crop_to_body", "the body crop", choice, weights_dir)
+
+
 def _architecture_line(card: dict) -> str:
     line = (
         f"- Architecture: {card['architecture']} (3D residual U-Net with squeeze-and-excitation blocks), "
@@ -266,6 +278,20 @@ def _bfloat16_line(card: dict) -> list[str]:
             f"chosen on the {b['split']} split: mean Dice {b['mean_dice_bfloat16']:.3f} in bfloat16, "
             f"{b['mean_dice_float32']:.3f} in float32 (`{b['command']}`; speed: docs/benchmarks.md). "
             "The test-split figures are float32's."
+        )
+    ]
+
+
+def _crop_line(card: dict) -> list[str]:
+    b = card["card"].get("crop_to_body")
+    if not b:
+        return []
+    state = "on" if card.get("crop_to_body") else "off"
+    return [
+        (
+            f"- Network run only in the box around the body (HU > -500, 20 mm margin): {state}, "
+            f"chosen on the {b['split']} split: mean Dice {b['mean_dice_body']:.3f} with it, "
+            f"{b['mean_dice_whole']:.3f} over the whole grid (`{b['command']}`; speed: docs/benchmarks.md)."
         )
     ]
 
@@ -310,6 +336,7 @@ def write_markdown(card: dict, path: Path) -> None:
         f"- Weights: `{card['name']}.pt`, SHA-256 `{c['weights_sha256']}`; card date {c['date']}.",
         *_mirror_line(card),
         *_bfloat16_line(card),
+        *_crop_line(card),
         "",
         "## Data and training",
         f"- Data: {t['data']}",

@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from engine.models.registry import build_network, load_model, model_config, sha256_of
-from engine.train.publish import add_domain, publish, set_inference_bfloat16, set_test_time_mirror
+from engine.train.publish import (
+    add_domain,
+    publish,
+    set_crop_to_body,
+    set_inference_bfloat16,
+    set_test_time_mirror,
+)
 
 TRAINING = {k: "tiny" for k in ("data", "split", "command", "procedure", "hardware")}
 
@@ -84,3 +90,24 @@ def test_the_bfloat16_choice_is_stored_for_these_weights_only(tmp_path):
         set_inference_bfloat16("tiny", {**choice, "weights_sha256": "0" * 64}, weights)
     publish(run, "tiny", TRAINING, weights)  # new weights: measured again before it is on
     assert not load_model("tiny", weights).config.get("inference_bfloat16")
+
+
+def test_the_body_crop_choice_is_stored_for_these_weights_only(tmp_path):
+    run, weights = _tiny_run(tmp_path), tmp_path / "weights"
+    publish(run, "tiny", TRAINING, weights)
+    assert not load_model("tiny", weights).config.get("crop_to_body")
+    choice = {
+        "on": True,
+        "weights_sha256": sha256_of(weights / "tiny.pt"),
+        "split": "val",
+        "mean_dice_whole": 0.700,
+        "mean_dice_body": 0.696,
+        "command": "python experiments/inference_settings.py tiny --write-card",
+    }
+    set_crop_to_body("tiny", choice, weights)
+    assert load_model("tiny", weights).config["crop_to_body"] is True
+    assert "box around the body (HU > -500, 20 mm margin): on" in (weights / "tiny.md").read_text()
+    with pytest.raises(ValueError, match="other weights"):
+        set_crop_to_body("tiny", {**choice, "weights_sha256": "0" * 64}, weights)
+    publish(run, "tiny", TRAINING, weights)  # new weights: measured again before it is on
+    assert not load_model("tiny", weights).config.get("crop_to_body")

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.infer.body import BODY_HU
 from engine.infer.displacement import Grid, warp_labels
 from engine.io.nifti import (
     read_displacement_field,
@@ -45,7 +46,6 @@ from tests.stack import REPO, data_dir, engine_cli
 GOLDEN = REPO / "tests" / "golden"
 CASE = "pt_104"
 BEST_JOINT_MODEL = "dual-head"
-BODY_HU = -500.0
 
 
 @pytest.fixture(scope="module")
