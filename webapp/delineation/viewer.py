@@ -30,11 +30,33 @@ _VIEWER_DIR = "viewer"
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    # Kept in the memory order it has (nibabel's is Fortran: axial slices contiguous); a
+    # transposing copy into C order cost 0.8 s per 512 x 512 x 192 grid. Flips (negative
+    # strides) are copied in the same order.
+    fortran = abs(array.strides[0]) <= abs(array.strides[-1])
+    contiguous = array.flags.f_contiguous if fortran else array.flags.c_contiguous
+    if not contiguous:
+        array = np.asfortranarray(array) if fortran else np.ascontiguousarray(array)
+
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(array))
+            np.save(f, array)
 
     write_atomically(path, write)
+
+
+def _centres(labels: np.ndarray) -> dict[str, list[int]]:
+    """Each structure's centre voxel {label: [x, y, z]} in a label map (X, Y, Z): one
+    pass over the grid for the labelled voxels (np.unique sorted all 50 million of a
+    512 x 512 x 192 grid), then sums over those only."""
+    order = "F" if abs(labels.strides[0]) <= abs(labels.strides[-1]) else "C"
+    flat = labels.ravel(order=order)  # a view when the grid is contiguous in that order
+    where = np.flatnonzero(flat)
+    values = flat[where]
+    coords = np.unravel_index(where, labels.shape, order=order)
+    counts = np.bincount(values)
+    sums = [np.bincount(values, weights=c, minlength=len(counts)) for c in coords]
+    return {str(v): [int(round(s[v] / counts[v])) for s in sums] for v in range(1, len(counts)) if counts[v]}
 
 
 def prepare_viewer(result_dir: Path) -> dict:
@@ -59,12 +81,7 @@ def prepare_viewer(result_dir: Path) -> dict:
         if direct.shape[:3] != labels.shape[:3] or not np.allclose(direct.affine, labels.affine, atol=1e-3):
             raise DelineationError("The direct segmentation does not match the image grid.")
         direct_array = np.asarray(direct.dataobj).astype(np.uint8)
-    centres: dict[str, list[int]] = {}
-    for value in np.unique(label_array):
-        if value == 0:
-            continue
-        idx = np.argwhere(label_array == value)
-        centres[str(int(value))] = [int(round(c)) for c in idx.mean(axis=0)]
+    centres = _centres(label_array)
     spacing = [float(s) for s in image.header.get_zooms()[:3]]
     meta = {
         "shape": [int(n) for n in image.shape[:3]],
