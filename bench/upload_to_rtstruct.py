@@ -117,7 +117,7 @@ def main() -> int:
     machine = f"{cpu}, {os.cpu_count()} cores"
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=1))
-    stages = ["queue", "ingest", "preprocess", "network", "export"]
+    stages = ["queue", "ingest", "preprocess", "network", "export", "viewer", "store"]
     print(f"\nMachine: {machine}\n")
     print("| case | upload | " + " | ".join(stages) + " | upload to RTSTRUCT | worker peak RSS |")
     print("|---|---|" + "---|" * len(stages) + "---|---|")
