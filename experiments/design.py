@@ -7,13 +7,18 @@
 
 The long run ``hn`` saturated at a validation mean Dice of 0.57-0.595 from step 7000 on.
 Training each design change from scratch to saturation takes about 5 hours on 2 cores, so
-each is measured here as a fine-tune of the shipped step-20000 network
-(``engine/weights/hn-rt.pt``, val mean 0.590) against a control that fine-tunes the same
+each is measured here as a fine-tune of the shipped network (``engine/weights/hn-rt.pt``)
+against a control that fine-tunes the same
 network in the same way with hn's own design: same seed, same learning-rate schedule
 (AdamW, poly decay from 3e-4), the same wall-clock time on the same idle machine (so a
 step that costs more gets fewer steps), scored on the val split only (20 cases, never
 test) at the last step. A change that pays shows as a gain over the control beyond the
 0.01-0.015 by which adjacent checkpoints of the long run differ.
+
+The results committed in ``experiments/results/design-*.json`` started from hn's step-20000
+network (val mean 0.590; ``git show 26b68f9:engine/weights/hn-rt.pt``), shipped until
+2026-12-07; since then ``engine/weights/hn-rt.pt`` is hn128's (val 0.616), so a new
+variant is compared with a control run again from it (delete the control's result first).
 """
 
 from __future__ import annotations

@@ -12,7 +12,11 @@ model's own delineation of the val and test CTs, engine.infer.segment.segment_vo
 - extent: the smallest val superior-inferior extent, times 0.9;
 - body volume (voxels above -500 HU): the smallest val body volume, times 0.9;
 - HU histogram: the largest val distance to the training mean histogram, times 1.1;
-- expected structures: those of ANATOMY that both models find on every val CT;
+- expected structures: those of ANATOMY that both models find on every val CT whose
+  reference does not contour them (where it does, a miss is the model's failure, which the
+  check rightly flags, not evidence that a scan of the region may lack the structure;
+  since 2026-12-07 hn128's network misses the brainstem of val case pt_89, which the
+  reference contours);
 - volumes: at most the 99th percentile of the training contours per structure (contours,
   as the network has not been run on the training CTs) times the smallest factor of
   FACTORS under which no val delineation has a structure above it. No lower bound: the
@@ -117,7 +121,10 @@ def main() -> None:
     train = figures["train"] + figures["train_extra"]
     val, test = figures["val"], figures["test"]
     reference = np.mean([c["histogram"] for c in train], axis=0)
-    expected = [s for s in ANATOMY if all(s in c["predicted"][m] for c in val for m in MODELS)]
+    # A val CT counts against a structure only where its reference has no contour of it either
+    # (the scan may not show it); a miss where the reference shows it is the model's, and the
+    # warning it gives there is a true one.
+    expected = [s for s in ANATOMY if all(s in c["predicted"][m] or s in c["measures"] for c in val for m in MODELS)]
     val_dist = [histogram_distance(c["histogram"], reference) for c in val]
     domain = {
         "modality": "CT",
@@ -140,9 +147,10 @@ def main() -> None:
         "relations": [r[4].replace(" is not ", " is ").replace(" not ", " ") for r in RELATIONS],
         "command": "python experiments/domain_thresholds.py --write-cards",
     }
-    for factor in FACTORS:
+    for factor in FACTORS:  # the volumes alone: a missing expected structure is judged above
         domain["volume_cm3"] = volume_ranges(train, factor)
-        if not any(output_findings(c["predicted"][m], domain)[0] for c in val for m in MODELS):
+        volumes_only = {**domain, "expected_structures": []}
+        if not any(output_findings(c["predicted"][m], volumes_only)[0] for c in val for m in MODELS):
             break
     # The largest factor when none clears val: the val rate below then says so.
     domain["volume_factor"] = factor

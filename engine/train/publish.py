@@ -20,6 +20,8 @@ from engine.infer.critic import MIN_AUC_TO_FLAG
 from engine.models.card import ModelCard
 from engine.models.registry import WEIGHTS_DIR, sha256_of
 
+INFERENCE_CHOICES = ("test_time_mirror", "inference_bfloat16", "crop_to_body")
+
 
 def publish(
     run_dir: Path,
@@ -49,7 +51,9 @@ def publish(
             "run_config": {k: v for k, v in config.items() if k != "model"},
         }
         config = config["model"]
-    config = {**config, "name": name}
+    # The inference choices are measured on val for each set of weights (set_test_time_mirror,
+    # set_inference_bfloat16, set_crop_to_body): new weights start without them.
+    config = {**{k: v for k, v in config.items() if k not in INFERENCE_CHOICES}, "name": name}
     weights_dir.mkdir(parents=True, exist_ok=True)
     state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
     if structures is not None:
