@@ -49,53 +49,53 @@ def test_publish_keeps_the_domain_of_the_card_it_replaces(tmp_path):
     assert "## Domain" in (weights / "tiny.md").read_text()
 
 
-def test_the_mirroring_choice_is_stored_for_these_weights_only(tmp_path):
+# key -> (setter, the figures of a choice besides on/sha/split, what the card's Markdown says)
+CHOICES = {
+    "test_time_mirror": (
+        set_test_time_mirror,
+        {
+            "mean_dice_off": 0.61,
+            "mean_dice_on": 0.63,
+            "per_structure": {"Brainstem": [0.7, 0.72]},
+            "command": "python experiments/test_time_mirror.py tiny --write-card",
+        },
+        "Test-time mirroring (left-right, parotids swapped back): on",
+    ),
+    "inference_bfloat16": (
+        set_inference_bfloat16,
+        {
+            "mean_dice_float32": 0.587,
+            "mean_dice_bfloat16": 0.586,
+            "command": "python experiments/inference_settings.py tiny --settings 128-windows bfloat16 --write-card",
+        },
+        "bfloat16 inference",
+    ),
+    "crop_to_body": (
+        set_crop_to_body,
+        {
+            "mean_dice_whole": 0.700,
+            "mean_dice_body": 0.696,
+            "command": "python experiments/inference_settings.py tiny --write-card",
+        },
+        "box around the body (HU > -500, 20 mm margin): on",
+    ),
+}
+
+
+@pytest.mark.parametrize("key", list(CHOICES))
+def test_an_inference_choice_is_stored_for_these_weights_only(tmp_path, key):
+    setter, figures, markdown = CHOICES[key]
     run, weights = _tiny_run(tmp_path), tmp_path / "weights"
     publish(run, "tiny", TRAINING, weights)
-    assert not load_model("tiny", weights).config.get("test_time_mirror")
-    choice = {
-        "on": True,
-        "weights_sha256": sha256_of(weights / "tiny.pt"),
-        "split": "val",
-        "mean_dice_off": 0.61,
-        "mean_dice_on": 0.63,
-        "per_structure": {"Brainstem": [0.7, 0.72]},
-        "command": "python experiments/test_time_mirror.py tiny --write-card",
-    }
-    set_test_time_mirror("tiny", choice, weights)
-    assert load_model("tiny", weights).config["test_time_mirror"] is True
-    assert "Test-time mirroring (left-right, parotids swapped back): on" in (weights / "tiny.md").read_text()
+    assert not load_model("tiny", weights).config.get(key)
+    choice = {"on": True, "weights_sha256": sha256_of(weights / "tiny.pt"), "split": "val", **figures}
+    setter("tiny", choice, weights)
+    assert load_model("tiny", weights).config[key] is True
+    assert markdown in (weights / "tiny.md").read_text()
     with pytest.raises(ValueError, match="other weights"):
-        set_test_time_mirror("tiny", {**choice, "weights_sha256": "0" * 64}, weights)
+        setter("tiny", {**choice, "weights_sha256": "0" * 64}, weights)
     publish(run, "tiny", TRAINING, weights)  # new weights: measured again before it is on
-    assert not load_model("tiny", weights).config.get("test_time_mirror")
-
-
-def test_the_bfloat16_choice_is_stored_for_these_weights_only(tmp_path):
-    run, weights = _tiny_run(tmp_path), tmp_path / "weights"
-    publish(run, "tiny", TRAINING, weights)
-    assert not load_model("tiny", weights).config.get("inference_bfloat16")
-    choice = {
-        "on": True,
-        "weights_sha256": sha256_of(weights / "tiny.pt"),
-        "split": "val",
-        "mean_dice_float32": 0.587,
-        "mean_dice_bfloat16": 0.586,
-        "command": "python experiments/inference_settings.py tiny --settings 128-windows bfloat16 --write-card",
-    }
-    set_inference_bfloat16("tiny", choice, weights)
-    assert load_model("tiny", weights).config["inference_bfloat16"] is True
-    assert "bfloat16 inference" in (weights / "tiny.md").read_text()
-    with pytest.raises(ValueError, match="other weights"):
-        set_inference_bfloat16("tiny", {**choice, "weights_sha256": "0" * 64}, weights)
-    publish(run, "tiny", TRAINING, weights)  # new weights: measured again before it is on
-    assert not load_model("tiny", weights).config.get("inference_bfloat16")
-
-
-def test_the_body_crop_choice_is_stored_for_these_weights_only(tmp_path):
-    run, weights = _tiny_run(tmp_path), tmp_path / "weights"
-    publish(run, "tiny", TRAINING, weights)
-    assert not load_model("tiny", weights).config.get("crop_to_body")
+    assert not load_model("tiny", weights).config.get(key)
     choice = {
         "on": True,
         "weights_sha256": sha256_of(weights / "tiny.pt"),
