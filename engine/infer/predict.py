@@ -81,11 +81,20 @@ def predict_probabilities(
     return prob
 
 
-def keep_largest_component(probabilities: np.ndarray, threshold: float) -> np.ndarray:
+# No structure these models delineate is smaller: the smallest reference volume of any of
+# them in the 203 contoured OpenKBP cases is a Larynx of 0.53 cm3 (``python
+# experiments/reference_volumes.py``). A smaller prediction is a fragment, not an organ.
+MIN_STRUCTURE_CM3 = 0.5
+
+
+def keep_largest_component(probabilities: np.ndarray, threshold: float, min_voxels: int = 1) -> np.ndarray:
     """Zero each channel of (C, X, Y, Z) outside the largest connected component of
     ``probabilities > threshold``: every structure we delineate is one connected organ,
-    so isolated islands are false positives. Components are labelled inside the box of
-    the channel's voxels above ``threshold`` (no component reaches beyond it)."""
+    so isolated islands are false positives. A channel whose largest component has fewer
+    than ``min_voxels`` voxels (a fragment smaller than any such organ,
+    ``MIN_STRUCTURE_CM3``) is zeroed where it is above ``threshold``: the structure is
+    not found. Components are labelled inside the box of the channel's voxels above
+    ``threshold`` (no component reaches beyond it)."""
     out = probabilities.copy()
     for c in range(out.shape[0]):
         above = out[c] > threshold
@@ -94,8 +103,10 @@ def keep_largest_component(probabilities: np.ndarray, threshold: float) -> np.nd
             continue
         box = found[0]
         components, n = ndimage.label(above[box])
-        if n > 1:
-            sizes = np.bincount(components.ravel())[1:]
-            region = out[c][box]  # a view: zeroing it zeroes ``out``
+        sizes = np.bincount(components.ravel())[1:]
+        region = out[c][box]  # a view: zeroing it zeroes ``out``
+        if sizes.max() < min_voxels:
+            region[components != 0] = 0
+        elif n > 1:
             region[(components != 0) & (components != 1 + int(np.argmax(sizes)))] = 0
     return out

@@ -23,6 +23,7 @@ from engine.infer.domain import check_domain, check_modality
 from engine.infer.grid import image_to_model_grid, labels_to_input_grid
 from engine.infer.memory import return_large_blocks_to_os
 from engine.infer.predict import (
+    MIN_STRUCTURE_CM3,
     inference_bfloat16,
     keep_largest_component,
     predict_probabilities,
@@ -103,7 +104,8 @@ def segment_volume(volume: Volume, model: LoadedModel, progress: Progress | None
     )[0]
     report("export", STAGE_END["network"])
     prob = np.zeros((in_box.shape[0], *image.shape[1:]), dtype=np.float32)
-    prob[(slice(None), *box)] = keep_largest_component(in_box.numpy(), cfg["threshold"])
+    min_voxels = int(np.ceil(MIN_STRUCTURE_CM3 * 1000.0 / float(np.prod(cfg["spacing_mm"]))))
+    prob[(slice(None), *box)] = keep_largest_component(in_box.numpy(), cfg["threshold"], min_voxels)
     del in_box
     prob = MetaTensor(torch.as_tensor(prob), affine=image.affine)
     label_values = [s["label"] for s in cfg["structures"]]
