@@ -33,7 +33,7 @@ import torch
 from engine.infer.critic import Critic
 from engine.models.qam import QualityAwarenessModule
 from engine.models.registry import sha256_of
-from engine.train.critic_2d import DEFAULT_QAM_CHANNELS, calibration, score_contours
+from engine.train.critic_2d import DEFAULT_QAM_CHANNELS, calibration, critic_scorer, score_contours
 from engine.train.openkbp import case_rois, load_split
 from engine.train.segmentation import cache_case, cache_dir
 
@@ -71,9 +71,10 @@ def main() -> None:
         spatial_dims=2 if two_d else 3,
     )
     spacing = config["model"]["spacing_mm"]
-    val = score_contours(critic, split_cases(run, args.data, "val"), spacing, args.seed)
-    test = score_contours(critic, split_cases(run, args.data, "test"), spacing, args.seed)
     names = [s["name"] for s in config["model"]["structures"]]
+    scorer = critic_scorer(critic, len(names))
+    val = score_contours(scorer, split_cases(run, args.data, "val"), spacing, args.seed)
+    test = score_contours(scorer, split_cases(run, args.data, "test"), spacing, args.seed)
     result = {
         "run": args.run,
         "seed": args.seed,

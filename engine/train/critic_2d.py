@@ -35,7 +35,7 @@ to a model's card.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -125,27 +125,37 @@ def unpack_bits(bits: np.ndarray, n: int) -> np.ndarray:
     return ((bits[:, None] >> np.arange(n, dtype=np.int16)[None, :, None, None]) & 1).astype(np.uint8)
 
 
-def score_contours(critic: Critic, cases: list[dict], spacing_mm: list[float], seed: int) -> list[dict]:
-    """One row per contoured structure of ``cases``: its critic score clean, and after one
-    corruption by each range of the 3D noise protocol (``RANGES_MM``, drawn with
-    ``seed`` and the case's index, so every critic is scored on the same contours).
+ContourScorer = Callable[[int, np.ndarray, np.ndarray, int], float]
 
-    Row: {"case", "structure" (index), "clean", "small", "large"}; a corrupted score is
-    None when erosion left nothing to score.
+
+def critic_scorer(critic: Critic, n_structures: int) -> ContourScorer:
+    """``score_contours``'s scorer for a QAM: (case index, image, mask, channel) -> its
+    bounded score (``engine.infer.critic.qam_score``)."""
+    return lambda k, image, mask, c: qam_score(critic, image, mask, c, n_structures)
+
+
+def score_contours(score: ContourScorer, cases: list[dict], spacing_mm: list[float], seed: int) -> list[dict]:
+    """One row per contoured structure of ``cases``: its score clean, and after one
+    corruption by each range of the 3D noise protocol (``RANGES_MM``, drawn with
+    ``seed`` and the case's index, so every scorer is scored on the same contours).
+
+    ``score(k, image (X, Y, Z), mask (X, Y, Z), channel)``: the higher, the more plausible
+    the contour of structure ``channel`` on ``cases[k]`` (``critic_scorer``, or another
+    check such as the agreement with a model). Row: {"case", "structure" (index),
+    "clean", "small", "large"}; a corrupted score is None when erosion left nothing.
     """
     rows = []
     for k, case in enumerate(cases):
         rng = np.random.default_rng([seed, k])
         image = case["image"].astype(np.float32)
-        n = len(case["masks"])
-        for c in range(n):
+        for c in range(len(case["masks"])):
             mask = case["masks"][c]
             if not case["available"][c] or not mask.any():
                 continue
-            row = {"case": case["case"], "structure": c, "clean": qam_score(critic, image, mask, c, n)}
+            row = {"case": case["case"], "structure": c, "clean": score(k, image, mask, c)}
             for name, radius in RANGES_MM.items():
                 noisy = corrupt_contour(mask, spacing_mm, radius, rng)
-                row[name] = qam_score(critic, image, noisy, c, n) if noisy.any() else None
+                row[name] = score(k, image, noisy, c) if noisy.any() else None
             rows.append(row)
     return rows
 
@@ -314,7 +324,8 @@ class CriticTrainer(Trainer):
         return Critic(self.network, self.lam, self.patch, float("nan"), "", 1.0, spatial_dims=2)
 
     def _score(self, cases: list[dict], seed: int) -> list[dict]:
-        return score_contours(self.critic(), cases, self.config["model"]["spacing_mm"], seed)
+        scorer = critic_scorer(self.critic(), len(self.config["model"]["structures"]))
+        return score_contours(scorer, cases, self.config["model"]["spacing_mm"], seed)
 
     def validate(self) -> dict:
         rows = self._score(self.val_cases, seed=1)

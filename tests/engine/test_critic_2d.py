@@ -17,6 +17,7 @@ from engine.train.critic_2d import (
     corrupt_contour,
     relative_to_image,
     roc_auc,
+    score_contours,
     unpack_bits,
 )
 from engine.train.experiment import make_trainer
@@ -95,6 +96,30 @@ def test_roc_auc_is_one_when_every_clean_contour_scores_above_every_corrupted_on
     assert roc_auc(rows) == 1.0
     rows.append({"clean": 0.0, "small": 0.5, "large": 0.7, "structure": 0})
     assert roc_auc(rows) < 1.0
+
+
+def test_every_check_is_scored_on_the_same_corrupted_contours():
+    mask = np.zeros((60, 60, 40), np.uint8)
+    mask[15:45, 15:45, 10:30] = 1  # 105 x 105 x 50 mm: erosion by 13 mm leaves some
+    case = {
+        "case": "pt_1",
+        "image": np.zeros(mask.shape, np.float16),
+        "masks": mask[None],
+        "available": np.array([True]),
+    }
+    seen: dict[str, list[np.ndarray]] = {"a": [], "b": []}
+
+    def check(name):
+        def score(k, image, contour, c):
+            seen[name].append(contour.copy())
+            return float(contour.sum())
+
+        return score
+
+    rows = score_contours(check("a"), [case], [3.5, 3.5, 2.5], seed=1)
+    score_contours(check("b"), [case], [3.5, 3.5, 2.5], seed=1)
+    assert len(seen["a"]) == 3 and all((x == y).all() for x, y in zip(seen["a"], seen["b"], strict=True))
+    assert rows[0]["clean"] == mask.sum() and rows[0]["large"] != mask.sum()
 
 
 def test_a_short_critic_run_logs_both_weights_and_writes_its_calibration(tmp_path):
