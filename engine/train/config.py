@@ -22,7 +22,11 @@ configurations written before a field existed train as they did then):
 * loss: "dice+ce" or "ce"; fg_fraction: share of patches centred on a contoured
   structure; rare_power: structures drawn with weight (max count / count)^rare_power;
 * augment: null or {"rotate_deg", "scale", "p_spatial", "p_intensity", "mirror"}
-  (``engine.train.augment``).
+  (``engine.train.augment``);
+* focus: null, or the names of the structures a specialist model is trained for: the loss
+  counts only those, patches are centred only on them, only the cases that contour one
+  of them are used, and checkpoints are chosen by their mean val Dice (the network keeps
+  all of ``model.structures``' channels, so it warm-starts from a model with the same ones).
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ SEGMENTATION_DEFAULTS: dict = {
     "train_cases": None,
     "autocast": None,
     "evaluate_test": True,
+    "focus": None,
 }
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cyclic", "poly", "constant")
@@ -124,6 +129,14 @@ def check_segmentation_config(config: dict) -> dict:
     if not 0 <= training["fg_fraction"] <= 1:
         raise TrainingConfigError(f"training.fg_fraction must be between 0 and 1, got {training['fg_fraction']!r}")
     model = config["model"]
+    names = [s["name"] for s in model.get("structures", [])]
+    focus = training["focus"]
+    if focus is not None and (
+        not isinstance(focus, list) or not focus or any(f not in names for f in focus) or len(set(focus)) < len(focus)
+    ):
+        raise TrainingConfigError(
+            f"training.focus must be null or distinct names of model.structures {names}, got {focus!r}"
+        )
     divisor = 2 ** (len(model.get("channels", [])) - 1)
     if training["patch"] % divisor:
         raise TrainingConfigError(

@@ -109,7 +109,7 @@ class PatchSampler:
         case, p = self.cases[k], self.patch
         shape = case["image"].shape
         centre = np.array([self.rng.integers(s) for s in shape])
-        present = [i for i, v in enumerate(self.fg_voxels[k]) if v is not None]
+        present = [i for i, v in enumerate(self.fg_voxels[k]) if v is not None and self.weights[i] > 0]
         if present and self.rng.random() < self.fg:
             w = self.weights[present] / self.weights[present].sum()
             s = present[int(self.rng.choice(len(present), p=w))]
@@ -203,6 +203,13 @@ def validation_dice(network: torch.nn.Module, cases: list[dict], config: dict, d
     return {"per_structure": per, "mean": float(np.mean(list(per.values())))}
 
 
+def focus_mask(model: dict, focus: list[str] | None) -> np.ndarray:
+    """(C,) bool over ``model["structures"]``: the structures named in ``focus`` (a
+    specialist's, ``training.focus``), or all of them when it is None."""
+    names = [s["name"] for s in model["structures"]]
+    return np.array([focus is None or n in focus for n in names])
+
+
 def warm_start(network: torch.nn.Module, path: Path) -> int:
     """Copy every tensor of the state dict at ``path`` whose name and shape match; returns how many.
 
@@ -283,9 +290,13 @@ class SegmentationTrainer(Trainer):
         ]
         self.train_cases = [cache_case(self.data, c, model, cache) for c in train_ids]
         self.val_cases = [cache_case(self.data, c, model, cache) for c in load_split(self.data, "val") if c in rois]
+        self.focus = focus_mask(model, training["focus"])
+        if training["focus"] is not None:
+            self.train_cases = [c | {"available": c["available"] & self.focus} for c in self.train_cases]
+            self.train_cases = [c for c in self.train_cases if c["available"].any()]
         self.prepare_cases()
         freq = np.array([sum(c["available"][i] for c in self.train_cases) for i in range(len(model["structures"]))])
-        weights = (freq.max() / np.maximum(freq, 1)) ** float(training["rare_power"])
+        weights = (freq.max() / np.maximum(freq, 1)) ** float(training["rare_power"]) * self.focus
         augmenter = None
         if training["augment"] is not None:
             augmenter = PatchAugmenter(training["augment"], [s["name"] for s in model["structures"]])
@@ -343,7 +354,12 @@ class SegmentationTrainer(Trainer):
         return {"loss": float(loss.detach()), **terms}
 
     def validate(self) -> dict:
-        return validation_dice(self.network, self.val_cases, self.config["model"], self.device)
+        val = validation_dice(self.network, self.val_cases, self.config["model"], self.device)
+        if self.training["focus"] is None:
+            return val
+        # A specialist is chosen by its own structures: the others are not trained.
+        focus = [val["per_structure"][f] for f in self.training["focus"] if f in val["per_structure"]]
+        return val | {"mean_all": val["mean"], "mean": float(np.mean(focus))}
 
     def finish(self) -> dict:
         from engine.train.evaluate import evaluate

@@ -162,11 +162,26 @@ def test_a_short_run_with_the_full_recipe_lowers_the_loss(tmp_path, data):
         ({"steps": 0}, "training.steps"),
         ({"fg_fraction": 1.5}, "training.fg_fraction"),
         ({"autocast": "float16"}, "training.autocast"),
+        ({"focus": ["Parotid"]}, "training.focus"),
+        ({"focus": []}, "training.focus"),
     ],
 )
 def test_bad_configs_name_the_field(tmp_path, training, message):
     with pytest.raises(TrainingConfigError, match=message):
         load_segmentation_config(_config(tmp_path / "bad.json", training))
+
+
+def test_a_specialist_trains_and_is_chosen_on_its_own_structures(tmp_path, data):
+    focus = STRUCTURES[1]["name"]
+    config = _config(tmp_path / "recipe.json", {"focus": [focus], "evaluate_test": False})
+    trainer = make_trainer(config, data, tmp_path / "runs")
+    trainer.run_training()
+    assert all(c["available"].tolist() == [False, True] for c in trainer.train_cases)
+    trainer.sampler.fg = 1.0  # every patch centred on a structure: only ever the focused one
+    assert all(trainer.sampler.sample()[1][1].any() for _ in range(20))
+    records = [json.loads(line) for line in (tmp_path / "runs" / "recipe" / "log.jsonl").read_text().splitlines()]
+    val = next(r["val"] for r in records if "val" in r)
+    assert val["mean"] == val["per_structure"][focus] and "mean_all" in val
 
 
 def test_an_unreadable_config_names_the_file(tmp_path):
