@@ -35,12 +35,12 @@ import numpy as np
 import torch
 
 from engine.infer.critic import load_critic
-from engine.infer.predict import inference_bfloat16, predict_probabilities, test_time_mirror
+from engine.infer.predict import inference_bfloat16
 from engine.metrics import dice
 from engine.models.registry import load_model
 from engine.train.critic_2d import critic_scorer, roc_auc, score_contours
 from engine.train.openkbp import case_rois, load_split
-from engine.train.segmentation import cache_case, cache_dir
+from engine.train.segmentation import cache_case, cache_dir, predicted_masks
 
 RUNS = ROOT / "var" / "experiments"
 RESULTS = ROOT / "experiments" / "results"
@@ -49,20 +49,8 @@ RANGES = ("clean", "small", "large")
 
 def delineations(model, cases: list[dict]) -> list[np.ndarray]:
     """The model's masks (C, X, Y, Z) bool for each case, on the model grid."""
-    cfg = model.config
-    out = []
-    for case in cases:
-        image = torch.as_tensor(case["image"][None, None].astype(np.float32))
-        prob = predict_probabilities(
-            model.network,
-            image,
-            cfg["roi_size"],
-            model.device,
-            test_time_mirror(cfg),
-            inference_bfloat16(cfg, model.device),
-        )[0].numpy()
-        out.append(prob > cfg["threshold"])
-    return out
+    bfloat16 = inference_bfloat16(model.config, model.device)
+    return [predicted_masks(model.network, c["image"], model.config, model.device, bfloat16) for c in cases]
 
 
 def model_agreement(masks: list[np.ndarray]):

@@ -181,6 +181,23 @@ def masked_loss(logits: torch.Tensor, target: torch.Tensor, available: torch.Ten
     return (losses * counts).sum() / counts.sum().clamp(min=1)
 
 
+def predicted_masks(
+    network: torch.nn.Module, image: np.ndarray, config: dict, device: torch.device, bfloat16: bool = False
+) -> np.ndarray:
+    """(C, X, Y, Z) bool: the network's probabilities above ``config["threshold"]`` for a
+    normalised image (X, Y, Z) on the model grid (sliding window of ``config["roi_size"]``,
+    the config's test-time mirroring; ``bfloat16``: under bfloat16 autocast)."""
+    prob = predict_probabilities(
+        network,
+        torch.as_tensor(image[None, None].astype(np.float32)),
+        config["roi_size"],
+        device,
+        test_time_mirror(config),
+        bfloat16,
+    )[0].numpy()
+    return prob > config["threshold"]
+
+
 def validation_dice(network: torch.nn.Module, cases: list[dict], config: dict, device: torch.device) -> dict:
     """Mean Dice per structure over the cases where it is contoured, on the model grid,
     of the network's thresholded probabilities (sliding window, ``config["roi_size"]``).
@@ -189,16 +206,10 @@ def validation_dice(network: torch.nn.Module, cases: list[dict], config: dict, d
     """
     scores: dict[str, list[float]] = {s["name"]: [] for s in config["structures"]}
     for c in cases:
-        prob = predict_probabilities(
-            network,
-            torch.as_tensor(c["image"][None, None].astype(np.float32)),
-            config["roi_size"],
-            device,
-            test_time_mirror(config),
-        )[0].numpy()
+        masks = predicted_masks(network, c["image"], config, device)
         for i, s in enumerate(config["structures"]):
             if c["available"][i]:
-                scores[s["name"]].append(dice(prob[i] > config["threshold"], c["masks"][i] > 0))
+                scores[s["name"]].append(dice(masks[i], c["masks"][i] > 0))
     per = {k: float(np.mean(v)) for k, v in scores.items() if v}
     return {"per_structure": per, "mean": float(np.mean(list(per.values())))}
 
@@ -290,13 +301,13 @@ class SegmentationTrainer(Trainer):
         ]
         self.train_cases = [cache_case(self.data, c, model, cache) for c in train_ids]
         self.val_cases = [cache_case(self.data, c, model, cache) for c in load_split(self.data, "val") if c in rois]
-        self.focus = focus_mask(model, training["focus"])
+        focus = focus_mask(model, training["focus"])
         if training["focus"] is not None:
-            self.train_cases = [c | {"available": c["available"] & self.focus} for c in self.train_cases]
+            self.train_cases = [c | {"available": c["available"] & focus} for c in self.train_cases]
             self.train_cases = [c for c in self.train_cases if c["available"].any()]
         self.prepare_cases()
         freq = np.array([sum(c["available"][i] for c in self.train_cases) for i in range(len(model["structures"]))])
-        weights = (freq.max() / np.maximum(freq, 1)) ** float(training["rare_power"]) * self.focus
+        weights = (freq.max() / np.maximum(freq, 1)) ** float(training["rare_power"]) * focus
         augmenter = None
         if training["augment"] is not None:
             augmenter = PatchAugmenter(training["augment"], [s["name"] for s in model["structures"]])
