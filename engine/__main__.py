@@ -1,4 +1,4 @@
-"""Command line: python -m engine info | segment | contours | audit | propagate | evaluate | train | publish.
+"""Command line: python -m engine info | segment | contours | audit | propagate | evaluate | calibrate-audit | train | publish.
 
 python -m engine info INPUT
 python -m engine segment INPUT --model hn-oar --out DIR [--series KEY]
@@ -6,6 +6,7 @@ python -m engine contours RTSTRUCT --reference SERIES --out DIR [--series KEY]
 python -m engine audit INPUT [--contours RTSTRUCT] --model hn-rt --out DIR [--series KEY]
 python -m engine propagate --fixed DAILY --moving PLANNING --contours RTSTRUCT_OR_DIR --model NAME --out DIR
 python -m engine evaluate --model hn-oar --data ../shared/data/openkbp --split test [--json PATH]
+python -m engine calibrate-audit --model hn-rt [--seed 1]
 python -m engine train --model hn-oar --data ../shared/data/openkbp --out var/train/hn-oar --steps 4000
 python -m engine train experiments/configs/joint-cross-stitch.json  (a config run; "kind": "joint" for the joint models)
 python -m engine publish --model hn-oar --run var/train/hn-oar --training docs/training/hn-oar.json
@@ -121,6 +122,35 @@ def _evaluate(args: argparse.Namespace) -> int:
         command = f"python -m engine evaluate --model {args.model} --data {args.data} --split {args.split}"
         add_evaluation(args.model, result, command)
         print(f"recorded in engine/weights/{args.model}.json and .md")
+    return 0
+
+
+def _calibrate_audit(args: argparse.Namespace) -> int:
+    from engine.infer.critic import load_critic
+    from engine.models.registry import load_model
+    from engine.train.audit_calibration import calibrate, checked_contours
+    from engine.train.publish import set_audit_calibration
+
+    model = load_model(args.model)
+    critic = load_critic(model)
+    checked = {
+        split: checked_contours(model, critic, Path(args.data), split, args.seed, lambda m: print(m, flush=True))
+        for split in ("val", "test")
+    }
+    calibration = calibrate(checked["val"], checked["test"], model.config["structures"])
+    command = f"python -m engine calibrate-audit --model {args.model} --data {args.data} --seed {args.seed}"
+    record = {
+        "weights_sha256": model.weights_sha256,
+        "qam_sha256": critic.weights_sha256,
+        "seed": args.seed,
+        "command": command,
+    } | calibration
+    out = Path(args.json or f"var/evaluate/{args.model}-audit.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record | {"per_contour": checked}) + "\n")
+    print(json.dumps({k: v for k, v in record.items() if k != "per_structure"}, indent=1))
+    set_audit_calibration(args.model, record)
+    print(f"recorded in engine/weights/{args.model}.json and .md; every contour's checks in {out}")
     return 0
 
 
@@ -242,6 +272,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--card", action="store_true", help="record the results in the model card")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser(
+        "calibrate-audit",
+        help="measure the contour audit's rule per structure on the val split (test: its figures); record it in the card",
+    )
+    p.add_argument("--model", default="hn-rt")
+    p.add_argument("--data", type=Path, default=Path("../shared/data/openkbp"))
+    p.add_argument("--seed", type=int, default=1, help="seed of the distortions of the noise protocol")
+    p.add_argument("--json", type=Path, help="every contour's checks (default var/evaluate/MODEL-audit.json)")
+    p.set_defaults(func=_calibrate_audit)
 
     p = sub.add_parser(
         "publish",

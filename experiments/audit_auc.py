@@ -38,13 +38,13 @@ from engine.infer.critic import load_critic
 from engine.infer.predict import inference_bfloat16
 from engine.metrics import dice
 from engine.models.registry import load_model
+from engine.train.audit_calibration import aucs, clean_stats, combine, standardise
 from engine.train.critic_2d import critic_scorer, roc_auc, score_contours
 from engine.train.openkbp import case_rois, load_split
 from engine.train.segmentation import cache_case, cache_dir, predicted_masks
 
 RUNS = ROOT / "var" / "experiments"
 RESULTS = ROOT / "experiments" / "results"
-RANGES = ("clean", "small", "large")
 
 
 def delineations(model, cases: list[dict]) -> list[np.ndarray]:
@@ -56,41 +56,6 @@ def delineations(model, cases: list[dict]) -> list[np.ndarray]:
 def model_agreement(masks: list[np.ndarray]):
     """``score_contours``'s scorer: a contour's Dice with the model's mask of its structure."""
     return lambda k, image, contour, c: dice(contour > 0, masks[k][c])
-
-
-def standardise(rows: list[dict], val_rows: list[dict]) -> list[dict]:
-    """``rows`` with each score as (score - mean) / sd of its structure's clean val scores."""
-    stats = {}
-    for c in {r["structure"] for r in val_rows}:
-        clean = np.array([r["clean"] for r in val_rows if r["structure"] == c])
-        stats[c] = (clean.mean(), max(clean.std(), 1e-6))
-    out = []
-    for r in rows:
-        mean, sd = stats[r["structure"]]
-        out.append(r | {k: None if r[k] is None else (r[k] - mean) / sd for k in RANGES})
-    return out
-
-
-def combine(a: list[dict], b: list[dict]) -> list[dict]:
-    """The mean of two standardised scores of the same contours (rows in the same order)."""
-    out = []
-    for ra, rb in zip(a, b, strict=True):
-        assert (ra["case"], ra["structure"]) == (rb["case"], rb["structure"])
-        out.append(ra | {k: None if ra[k] is None or rb[k] is None else (ra[k] + rb[k]) / 2 for k in RANGES})
-    return out
-
-
-def aucs(rows: list[dict], names: list[str], organs: list[int]) -> dict:
-    per = {}
-    for c, name in enumerate(names):
-        own = [r for r in rows if r["structure"] == c]
-        if own:
-            per[name] = round(roc_auc(own), 4)
-    return {
-        "all": round(roc_auc(rows), 4),
-        "organs": round(roc_auc([r for r in rows if r["structure"] in organs]), 4),
-        "per_structure": per,
-    }
 
 
 def chosen_on_val(candidates: dict[str, dict[str, list[dict]]], names: list[str]) -> tuple[dict, dict[str, list[dict]]]:
@@ -137,7 +102,9 @@ def main() -> None:
     identity = {"model": args.model, "weights_sha256": model.weights_sha256, "qam_sha256": critic.weights_sha256}
     RESULTS.mkdir(exist_ok=True)
     out.write_text(json.dumps(identity | {"seed": args.seed, "per_contour": checks}) + "\n")
-    standard = {name: {s: standardise(rows[s], rows["val"]) for s in rows} for name, rows in checks.items()}
+    standard = {
+        name: {s: standardise(rows[s], clean_stats(rows["val"])) for s in rows} for name, rows in checks.items()
+    }
     both = {s: combine(standard["qam"][s], standard["model_dice"][s]) for s in ("val", "test")}
     choice, chosen = chosen_on_val(standard | {"combined": both}, names)
     organs = [i for i, s in enumerate(cfg["structures"]) if s["type"] == "ORGAN"]

@@ -32,7 +32,14 @@ AUDIT_DOCUMENT = {
             "model_volume_cm3": 20.1,
             "contour_volume_cm3": 35.2,
             "flagged": True,
-            "reasons": ["the quality check scores it -0.81, below -0.20: the contour looks imprecise for this image"],
+            "reasons": [
+                "the quality score (-0.81) and the Dice with the model's delineation (0.41) together rate it -2.90, "
+                "below -1.10: further from a sound contour of this structure than 9 in 10 sound contours are"
+            ],
+            "check_score": -2.9,
+            "check_auc": 0.91,
+            "check_threshold": -1.1,
+            "check_auc_val": 0.88,
         },
         {
             "roi_name": "Mandible",
@@ -45,6 +52,10 @@ AUDIT_DOCUMENT = {
             "contour_volume_cm3": 61.5,
             "flagged": False,
             "reasons": [],
+            "check_score": 0.4,
+            "check_auc": 0.94,
+            "check_threshold": -1.2,
+            "check_auc_val": 0.93,
         },
     ],
     "notes": ["PTV70: not audited (the model does not delineate a structure of that name)"],

@@ -16,11 +16,17 @@ For every ROI of the structure set whose name is one of the model's structures:
 * Dice, mean surface distance (MSD, symmetric) and HD95 in mm against the model's
   delineation of the same structure (``engine.metrics``), on the CT's own grid.
 
-A structure is flagged when the QAM calls it implausible (only with a critic whose ROC
-AUC on corrupted test contours reaches ``MIN_AUC_TO_FLAG``), or when its Dice with the
-model is lower than the model usually reaches against physicians (the mean minus two
-standard deviations of its test-split Dice, from the model card). The audit informs a
-review; it does not replace one.
+The two are judged together (``engine.models.card.AuditRule``): each is standardised by
+the mean and standard deviation over sound (clean validation) contours of the structure,
+and their mean is the contour's combined score. A contour is flagged when that score is
+below its structure's threshold (about 1 in 10 sound validation contours score below it),
+for the structures on which the combined check separates deliberately distorted contours
+from sound ones with a validation ROC AUC of at least ``MIN_AUC_TO_FLAG``
+(``engine.train.audit_calibration``). Elsewhere (the PTVs: a margin the image does not
+show) the score is shown and a contour is flagged only when its Dice with the model is
+below the clean validation mean minus two standard deviations. A model whose card holds
+no calibration for its current weights flags by Dice below ``FALLBACK_MIN_DICE`` only. The
+audit informs a review; it does not replace one.
 """
 
 from __future__ import annotations
@@ -34,20 +40,21 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import InputError
-from engine.infer.critic import MIN_AUC_TO_FLAG, AuditError, Critic, load_critic, qam_score
+from engine.infer.critic import AuditError, Critic, load_critic, qam_score
 from engine.infer.grid import image_to_model_grid, labels_to_model_grid
 from engine.infer.segment import STAGE_END, segment_volume
 from engine.io.dicom_files import read_upload
 from engine.io.reader import read_input
 from engine.io.rtstruct_import import ImportedROI, import_rtstruct, read_rtstruct
 from engine.metrics import surface_metrics
+from engine.models.card import MIN_AUC_TO_FLAG, AuditRule
 from engine.models.registry import LoadedModel, load_model
 from engine.results import ResultFolder
 from engine.volume import LabelMap, Volume
 
 Progress = Callable[[str, int], None]
 
-# Dice below which a contour disagrees with the model when the card has no test figures.
+# Dice below which a contour disagrees with the model when the card has no calibration.
 FALLBACK_MIN_DICE = 0.5
 
 
@@ -63,11 +70,13 @@ class StructureAudit:
     contour_volume_cm3: float
     flagged: bool = False
     reasons: list[str] = field(default_factory=list)
-    # The critic's test ROC AUC for this structure, and the threshold it flags below
-    # (None where it does not act on this structure: the score is shown only).
-    qam_auc: float | None = None
-    qam_threshold: float | None = None
-    qam_auc_val: float | None = None  # what decides whether the score is acted on
+    # The combined check (AuditRule.score; None without a calibration), its test ROC AUC,
+    # the threshold it flags below (None where it does not act on this structure: the
+    # score is shown only) and its val ROC AUC, which decides that.
+    check_score: float | None = None
+    check_auc: float | None = None
+    check_threshold: float | None = None
+    check_auc_val: float | None = None
 
 
 def _key(name: str) -> str:
@@ -84,12 +93,59 @@ def match_structures(roi_names: list[str], model: LoadedModel) -> dict[str, int]
     return {n: index[_key(n)] for n in roi_names if _key(n) in index}
 
 
-def _min_dice(model: LoadedModel, name: str) -> float:
-    recorded = model.card.test_dice(name)
-    if recorded is None:
-        return FALLBACK_MIN_DICE
-    mean, std = recorded
-    return max(0.0, mean - 2.0 * std)
+@dataclass(frozen=True)
+class ModelView:
+    """What a contour is checked against: the model's label map on the CT's (I, J, K) grid
+    and the image on the model's grid (X, Y, Z), windowed as the critic was trained."""
+
+    labels: LabelMap
+    image: np.ndarray
+
+
+def model_view(volume: Volume, model: LoadedModel, progress: Progress | None = None) -> ModelView:
+    """Run the model on ``volume`` once, for every contour of it to be checked."""
+    cfg = model.config
+    labels = segment_volume(volume, model, progress)
+    image = image_to_model_grid(volume, cfg["spacing_mm"], cfg["window_hu"], cfg["axcodes"])[0].numpy()
+    return ModelView(labels, image)
+
+
+def critic_score(
+    view: ModelView, volume: Volume, mask: np.ndarray, index: int, model: LoadedModel, critic: Critic
+) -> float | None:
+    """The critic's score of the contour ``mask`` ((I, J, K) 0/1 on ``volume``'s grid) of
+    the model's structure ``index``, resampled onto the model's grid; None when the
+    contour is thinner than that grid (nothing of it is left there)."""
+    cfg = model.config
+    on_grid = labels_to_model_grid(LabelMap(mask.astype(np.uint8), volume.affine), cfg["spacing_mm"], cfg["axcodes"])[
+        0
+    ].numpy()
+    if not on_grid.any():
+        return None
+    return qam_score(critic, view.image, on_grid, index, len(cfg["structures"]))
+
+
+def _judge(entry: StructureAudit, rule: AuditRule | None) -> None:
+    """Set ``entry``'s combined check and the reasons it is flagged."""
+    if rule is None:
+        if entry.dice < FALLBACK_MIN_DICE:
+            entry.reasons.append(f"Dice {entry.dice:.2f} with the model's delineation, below {FALLBACK_MIN_DICE:.2f}")
+        return
+    score = rule.score(entry.qam_score, entry.dice)
+    entry.check_score, entry.check_auc, entry.check_auc_val = round(score, 2), rule.test_auc, rule.val_auc
+    if rule.acts:
+        entry.check_threshold = rule.threshold
+        if score < rule.threshold:
+            entry.reasons.append(
+                f"the quality score ({entry.qam_score:.2f}) and the Dice with the model's delineation "
+                f"({entry.dice:.2f}) together rate it {score:.2f}, below {rule.threshold:.2f}: "
+                "further from a sound contour of this structure than 9 in 10 sound contours are"
+            )
+    elif entry.dice < rule.min_dice:
+        entry.reasons.append(
+            f"Dice {entry.dice:.2f} with the model's delineation, below the {rule.min_dice:.2f} "
+            "the model reaches with nearly every sound contour"
+        )
 
 
 def audit_volume(
@@ -126,9 +182,9 @@ def audit_volume(
         for r in rois
         if r.name not in matched
     ]
-    labels = segment_volume(volume, model, progress)
-    image = image_to_model_grid(volume, cfg["spacing_mm"], cfg["window_hu"], cfg["axcodes"])[0].numpy()
-    voxel_cm3 = labels.voxel_volume_mm3 / 1000.0
+    view = model_view(volume, model, progress)
+    rules = model.card.audit_rules(model.weights_sha256, critic.weights_sha256)
+    voxel_cm3 = view.labels.voxel_volume_mm3 / 1000.0
     results = []
     for roi in rois:
         if roi.name not in matched:
@@ -138,16 +194,11 @@ def audit_volume(
             continue
         i = matched[roi.name]
         structure = cfg["structures"][i]
-        on_grid = labels_to_model_grid(
-            LabelMap(roi.mask.astype(np.uint8), volume.affine),
-            cfg["spacing_mm"],
-            cfg["axcodes"],
-        )[0].numpy()
-        if not on_grid.any():
+        score = critic_score(view, volume, roi.mask, i, model, critic)
+        if score is None:
             notes.append(f"{roi.name}: not audited (thinner than the model's grid)")
             continue
-        score = qam_score(critic, image, on_grid, i, len(cfg["structures"]))
-        predicted = labels.array == structure["label"]
+        predicted = view.labels.array == structure["label"]
         dice, msd, hd95 = surface_metrics(roi.mask > 0, predicted, volume.spacing)
         entry = StructureAudit(
             roi.name,
@@ -159,47 +210,41 @@ def audit_volume(
             round(float(predicted.sum()) * voxel_cm3, 2),
             round(float((roi.mask > 0).sum()) * voxel_cm3, 2),
         )
-        rule = critic.rule(structure["name"])
-        entry.qam_auc, entry.qam_auc_val = rule.test_auc, rule.val_auc
-        if critic.acts_on(structure["name"]):
-            entry.qam_threshold = rule.threshold
-            if score < rule.threshold:
-                entry.reasons.append(
-                    f"the quality check scores it {score:.2f}, below {rule.threshold:.2f}: "
-                    "the contour looks imprecise for this image"
-                )
-        min_dice = _min_dice(model, structure["name"])
-        if dice < min_dice:
-            entry.reasons.append(
-                f"Dice {dice:.2f} with the model's delineation, below the {min_dice:.2f} "
-                "the model usually reaches against physicians"
-            )
+        _judge(entry, rules.get(structure["name"]))
         entry.flagged = bool(entry.reasons)
         results.append(entry)
     results.sort(key=lambda r: r.dice)
-    notes += _critic_notes(results)
-    return results, notes, labels
+    notes += _check_notes(results, model.name, bool(rules))
+    return results, notes, view.labels
 
 
-def _critic_notes(results: list[StructureAudit]) -> list[str]:
-    """What the quality check's score means for the audited structures, in two sentences:
-    those it acts on (with their ROC AUC and threshold) and those it only shows."""
-    judged = [r for r in results if r.qam_threshold is not None]
-    shown = [r for r in results if r.qam_threshold is None]
+def _check_notes(results: list[StructureAudit], model_name: str, calibrated: bool) -> list[str]:
+    """What the combined check means for the audited structures: those it acts on (with
+    their ROC AUC and threshold), those it only shows, or that it is not calibrated."""
+    if not calibrated:
+        return [
+            f"The audit of model {model_name} is not calibrated for its current weights "
+            f"(python -m engine calibrate-audit --model {model_name}): the scores are shown, and a "
+            f"contour is flagged only when its Dice with the model is below {FALLBACK_MIN_DICE:.2f}."
+        ]
+    judged = [r for r in results if r.check_threshold is not None]
+    shown = [r for r in results if r.check_threshold is None and r.check_auc is not None]
     notes = []
     if judged:
-        each = ", ".join(f"{r.roi_name} (ROC AUC {r.qam_auc:.2f}, flags below {r.qam_threshold:.2f})" for r in judged)
+        each = ", ".join(
+            f"{r.roi_name} (ROC AUC {r.check_auc:.2f}, flags below {r.check_threshold:.2f})" for r in judged
+        )
         notes.append(
-            f"The quality check ranks deliberately distorted test contours below sound ones well enough to act on "
-            f"{each}; about 1 in 10 sound contours also score below such a threshold, so a flag asks for a look, "
-            "not a redraw."
+            "The check (the quality score and the agreement with the model, together) ranks deliberately "
+            f"distorted test contours below sound ones well enough to act on {each}; about 1 in 10 sound "
+            "contours also score below such a threshold, so a flag asks for a look, not a redraw."
         )
     if shown:
-        each = ", ".join(f"{r.roi_name} (ROC AUC {r.qam_auc:.2f}, validation {r.qam_auc_val:.2f})" for r in shown)
+        each = ", ".join(f"{r.roi_name} (ROC AUC {r.check_auc:.2f}, validation {r.check_auc_val:.2f})" for r in shown)
         notes.append(
-            f"The quality-check score is shown but flags nothing for {each}: it ranks distorted contours "
-            f"of these structures below sound ones too weakly on the validation contours (it acts from ROC AUC "
-            f"{MIN_AUC_TO_FLAG:.2f} there); the Dice and MSD against the model are the evidence there."
+            f"The check is shown but does not flag {each}: it ranks distorted contours of these structures "
+            f"below sound ones too weakly on the validation contours (it acts from ROC AUC {MIN_AUC_TO_FLAG:.2f} "
+            "there); they are flagged only when their Dice with the model is far below a sound contour's."
         )
     return notes
 

@@ -26,13 +26,9 @@ import numpy as np
 import torch
 
 from engine.errors import InputError
-from engine.models.card import StructureRule
 from engine.models.qam import QualityAwarenessModule, overfitting_control
 from engine.models.registry import WEIGHTS_DIR, LoadedModel, sha256_of
 
-# The critic flags contours only if it separates corrupted from clean test contours this
-# well (ROC AUC, experiments/qam_auc.py); a weaker one's score is shown, not acted on.
-MIN_AUC_TO_FLAG = 0.8
 # Slices scored in one forward pass of a 2D critic (memory stays small on a 512^2 grid).
 SLICES_PER_PASS = 64
 
@@ -46,9 +42,11 @@ class Critic:
     """A trained QAM with the settings it was trained and calibrated with.
 
     ``patch``: crop size in voxels (2D: pixels of an axial slice); ``threshold``: the score
-    under which a contour is called implausible; ``auc``: ROC AUC, clean against corrupted
-    test contours (the card's figure); ``spatial_dims``: 2 (slices) or 3 (one crop);
-    ``per_structure``: the rules of the structures calibrated on their own.
+    under which the critic alone would call a contour implausible (pooled over structures,
+    chosen on val); ``auc``: ROC AUC, clean against corrupted
+    test contours (the card's figure); ``spatial_dims``: 2 (slices) or 3 (one crop). The
+    audit judges a contour by this score together with its agreement with the model
+    (``engine.models.card.AuditRule``).
     """
 
     network: QualityAwarenessModule
@@ -58,22 +56,6 @@ class Critic:
     weights_sha256: str
     auc: float = 1.0
     spatial_dims: int = 3
-    per_structure: tuple[StructureRule, ...] = ()
-
-    def rule(self, structure: str) -> StructureRule:
-        """How it judges ``structure``: that structure's own calibration where the card
-        has one, else the pooled one (its test AUC standing for both AUCs, as cards
-        calibrated before per-structure rules recorded only that)."""
-        for rule in self.per_structure:
-            if rule.name == structure:
-                return rule
-        return StructureRule(structure, self.auc, self.auc, self.threshold)
-
-    def acts_on(self, structure: str) -> bool:
-        """Whether its threshold is acted on for ``structure``: only where it separates
-        corrupted from clean contours well enough (``MIN_AUC_TO_FLAG``) may it call a
-        contour implausible."""
-        return self.rule(structure).val_auc >= MIN_AUC_TO_FLAG
 
 
 def load_critic(model: LoadedModel, weights_dir: Path = WEIGHTS_DIR) -> Critic:
@@ -102,7 +84,6 @@ def load_critic(model: LoadedModel, weights_dir: Path = WEIGHTS_DIR) -> Critic:
         card.sha256,
         card.auc,
         card.spatial_dims,
-        card.per_structure,
     )
 
 

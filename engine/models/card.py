@@ -23,6 +23,9 @@ from engine.errors import ModelError
 from engine.structure import Structure
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+# The audit flags by a structure's combined check only if it separates corrupted from clean
+# validation contours this well (ROC AUC); a weaker check's score is shown, not acted on.
+MIN_AUC_TO_FLAG = 0.8
 
 
 class UnknownModelError(ModelError):
@@ -30,16 +33,40 @@ class UnknownModelError(ModelError):
 
 
 @dataclass(frozen=True)
-class StructureRule:
-    """How a critic judges one structure: its ROC AUC on the validation contours (which
-    decides whether its score is acted on), on the test contours (what the audit states),
-    and the score under which a contour of it is called implausible (from its clean
-    validation contours)."""
+class AuditRule:
+    """How the contour audit judges one structure (card key ``audit``, written by
+    ``engine.train.audit_calibration``): its two checks, the critic's score and the
+    contour's Dice with the model's delineation, each standardised by the mean and
+    standard deviation over that structure's clean validation contours and averaged
+    (``score``); the combined score under which a contour is called implausible
+    (``threshold``, from the clean validation contours); and the combined check's ROC AUC,
+    corrupted against clean contours, on the validation contours (which decides whether
+    the audit acts on it) and on the test contours (what the audit states)."""
 
     name: str
+    qam_mean: float
+    qam_sd: float
+    dice_mean: float
+    dice_sd: float
+    threshold: float
     val_auc: float
     test_auc: float
-    threshold: float
+
+    def score(self, qam: float, dice: float) -> float:
+        """The combined score of a contour: the mean of its two standardised checks, in
+        standard deviations of sound contours (0: a typical sound contour; lower: worse)."""
+        return ((qam - self.qam_mean) / self.qam_sd + (dice - self.dice_mean) / self.dice_sd) / 2.0
+
+    @property
+    def acts(self) -> bool:
+        """Whether the audit calls a contour implausible by this check (``MIN_AUC_TO_FLAG``)."""
+        return self.val_auc >= MIN_AUC_TO_FLAG
+
+    @property
+    def min_dice(self) -> float:
+        """Dice with the model below which a contour disagrees with it more than sound
+        contours do: the clean validation mean minus two standard deviations."""
+        return max(0.0, self.dice_mean - 2.0 * self.dice_sd)
 
 
 @dataclass(frozen=True)
@@ -48,8 +75,9 @@ class CriticCard:
     their SHA-256, the OCM bound ``lam``, the patch size in voxels (pixels of an axial
     slice for a 2D critic), the score under which a contour is called implausible, the ROC
     AUC on corrupted test contours, the QAM's shape (``spatial_dims`` 2 or 3, its
-    convolution widths ``channels``; ``engine.infer.critic``) and, where calibrated per
-    structure, each structure's rule (``StructureRule``)."""
+    convolution widths ``channels``; ``engine.infer.critic``). Its per-structure
+    calibration stays in the card's ``qam`` record for people; the audit judges by
+    ``AuditRule``."""
 
     weights: str
     sha256: str
@@ -59,7 +87,6 @@ class CriticCard:
     auc: float
     spatial_dims: int = 3
     channels: tuple[int, ...] = (8, 16, 32, 32)
-    per_structure: tuple[StructureRule, ...] = ()
 
 
 def structures_of(config: dict[str, Any]) -> list[Structure]:
@@ -142,10 +169,6 @@ class ModelCard:
             float(q["roc_auc_test"]["both"]),
             int(q.get("spatial_dims", 3)),
             tuple(int(c) for c in q.get("channels", (8, 16, 32, 32))),
-            tuple(
-                StructureRule(str(name), float(p["roc_auc_val"]), float(p["roc_auc_test"]), float(p["threshold_val"]))
-                for name, p in (q.get("per_structure") or {}).items()
-            ),
         )
 
     @property
@@ -153,12 +176,26 @@ class ModelCard:
         """The scans it was trained for (``engine.infer.domain``), or None."""
         return self.data.get("domain") or None
 
-    def test_dice(self, structure: str) -> tuple[float, float] | None:
-        """(mean, standard deviation) of its test-split Dice for ``structure``, if recorded."""
-        per = self.data.get("card", {}).get("evaluation_test", {}).get("per_structure", {}).get(structure)
-        if not per or per.get("dice_std") is None:
-            return None
-        return float(per["dice_mean"]), float(per["dice_std"])
+    def audit_rules(self, weights_sha256: str, qam_sha256: str) -> dict[str, AuditRule]:
+        """The audit's rule per structure name, if the card's ``audit`` calibration was made
+        with these network and critic weights; empty when it has none or a stale one (a
+        rule calibrated on other weights says nothing about these)."""
+        a = self.data.get("audit")
+        if not a or (a.get("weights_sha256"), a.get("qam_sha256")) != (weights_sha256, qam_sha256):
+            return {}
+        return {
+            name: AuditRule(
+                name,
+                float(p["qam_mean"]),
+                float(p["qam_sd"]),
+                float(p["dice_mean"]),
+                float(p["dice_sd"]),
+                float(p["threshold_val"]),
+                float(p["roc_auc_val"]),
+                float(p["roc_auc_test"]),
+            )
+            for name, p in a["per_structure"].items()
+        }
 
 
 def list_cards(kind: str, weights_dir: Path = WEIGHTS_DIR) -> list[ModelCard]:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -125,7 +126,9 @@ def unpack_bits(bits: np.ndarray, n: int) -> np.ndarray:
     return ((bits[:, None] >> np.arange(n, dtype=np.int16)[None, :, None, None]) & 1).astype(np.uint8)
 
 
-ContourScorer = Callable[[int, np.ndarray, np.ndarray, int], float]
+# (case index, image, mask, channel) -> a score, or any value holding several (a tuple of
+# checks), or None when the contour cannot be scored.
+ContourScorer = Callable[[int, np.ndarray, np.ndarray, int], Any]
 
 
 def critic_scorer(critic: Critic, n_structures: int) -> ContourScorer:
@@ -141,22 +144,27 @@ def score_contours(score: ContourScorer, cases: list[dict], spacing_mm: list[flo
 
     ``score(k, image (X, Y, Z), mask (X, Y, Z), channel)``: the higher, the more plausible
     the contour of structure ``channel`` on ``cases[k]`` (``critic_scorer``, or another
-    check such as the agreement with a model). Row: {"case", "structure" (index),
-    "clean", "small", "large"}; a corrupted score is None when erosion left nothing.
+    check such as the agreement with a model); None where it cannot score the contour.
+    The corruption is in mm on the case's ``spacing_mm`` where the case gives one, else on
+    ``spacing_mm``. Row: {"case", "structure" (index), "clean", "small", "large"}; a
+    corrupted score is None when erosion left nothing (or the scorer gave None); a
+    structure whose clean contour cannot be scored has no row.
     """
     rows = []
     for k, case in enumerate(cases):
         rng = np.random.default_rng([seed, k])
         image = case["image"].astype(np.float32)
+        spacing = case.get("spacing_mm", spacing_mm)
         for c in range(len(case["masks"])):
             mask = case["masks"][c]
             if not case["available"][c] or not mask.any():
                 continue
             row = {"case": case["case"], "structure": c, "clean": score(k, image, mask, c)}
             for name, radius in RANGES_MM.items():
-                noisy = corrupt_contour(mask, spacing_mm, radius, rng)
+                noisy = corrupt_contour(mask, spacing, radius, rng)
                 row[name] = score(k, image, noisy, c) if noisy.any() else None
-            rows.append(row)
+            if row["clean"] is not None:
+                rows.append(row)
     return rows
 
 
@@ -184,7 +192,8 @@ def clean_percentile_threshold(rows: list[dict], false_flags: float = CLEAN_FLAG
     return float(np.quantile([r["clean"] for r in rows], false_flags))
 
 
-def _at_threshold(rows: list[dict], threshold: float) -> dict:
+def at_threshold(rows: list[dict], threshold: float) -> dict:
+    """The shares of clean and of corrupted contours in ``rows`` that score below ``threshold``."""
     scores, truth = map(np.asarray, _pairs(rows, tuple(RANGES_MM)))
     return {
         "clean_called_implausible": round(float(np.mean(scores[truth == 1] < threshold)), 4),
@@ -215,7 +224,7 @@ def calibration(rows_val: list[dict], rows_test: list[dict], names: list[str]) -
                 "threshold_val": round(own, 4),
                 "n_val": len(val),
                 "n_test": len(test),
-                "test_at_threshold": _at_threshold(test, own),
+                "test_at_threshold": at_threshold(test, own),
             }
     return {
         "n_test_contours": len(rows_test),
@@ -223,7 +232,7 @@ def calibration(rows_val: list[dict], rows_test: list[dict], names: list[str]) -
         | {"both": round(roc_auc(rows_test), 4)},
         "threshold_val": round(threshold, 4),
         "threshold_rule": f"{CLEAN_FLAGGED:.0%} of the clean validation contours score below it",
-        "test_at_threshold": _at_threshold(rows_test, threshold),
+        "test_at_threshold": at_threshold(rows_test, threshold),
         "per_structure": per_structure,
     }
 

@@ -3,7 +3,8 @@
 training run and an evaluation.
 
 ``publish`` copies a run's best checkpoint and configuration into ``engine/weights``;
-``add_evaluation`` records test-split metrics from ``python -m engine evaluate --card``.
+``add_evaluation`` records test-split metrics from ``python -m engine evaluate --card``;
+``set_audit_calibration`` the contour audit's rules from ``python -m engine calibrate-audit``.
 A joint registration run (``engine.train.joint``, ``"kind": "joint"``) is published under
 its architecture's name with its test-pair figures from ``metrics.json``.
 """
@@ -16,8 +17,7 @@ from pathlib import Path
 
 import torch
 
-from engine.infer.critic import MIN_AUC_TO_FLAG
-from engine.models.card import ModelCard
+from engine.models.card import MIN_AUC_TO_FLAG, ModelCard
 from engine.models.registry import WEIGHTS_DIR, sha256_of
 
 INFERENCE_CHOICES = ("test_time_mirror", "inference_bfloat16", "crop_to_body")
@@ -186,6 +186,24 @@ def add_evaluation(name: str, result: dict, command: str, weights_dir: Path = WE
     write_markdown(card, weights_dir / f"{name}.md")
 
 
+def set_audit_calibration(name: str, calibration: dict, weights_dir: Path = WEIGHTS_DIR) -> None:
+    """Store the card's ``audit`` record (``engine.train.audit_calibration.calibrate``, with
+    the ``weights_sha256`` and ``qam_sha256`` it was measured with, ``seed`` and
+    ``command``), which ``engine.infer.audit`` judges contours by.
+
+    Raises:
+        ValueError: it was measured with other network or critic weights than the card's.
+    """
+    card = ModelCard.load(name, weights_dir).data
+    if calibration["weights_sha256"] != card["card"]["weights_sha256"]:
+        raise ValueError("the audit was calibrated with other weights than the card describes")
+    if calibration["qam_sha256"] != (card.get("qam") or {}).get("sha256"):
+        raise ValueError("the audit was calibrated with another critic than the card names")
+    card["audit"] = calibration
+    (weights_dir / f"{name}.json").write_text(json.dumps(card, indent=1))
+    write_markdown(card, weights_dir / f"{name}.md")
+
+
 def add_domain(name: str, domain: dict, weights_dir: Path = WEIGHTS_DIR) -> None:
     """Store the card's ``domain`` section (``experiments/domain_thresholds.py``), read by
     ``engine.infer.domain``; the weights and their hash are unchanged."""
@@ -300,6 +318,48 @@ def _crop_line(card: dict) -> list[str]:
     ]
 
 
+def _audit_lines(a: dict) -> list[str]:
+    auc = a["roc_auc_test"]
+    lines = [
+        "",
+        "## Contour audit: the check it flags by",
+        (
+            "- A contour's combined score is the mean of the critic's score and its Dice with this model's "
+            "delineation, each standardised by the mean and standard deviation over the structure's clean "
+            "validation contours; it is flagged below the structure's threshold "
+            f"({a['threshold_rule']}) where the check's val ROC AUC reaches {MIN_AUC_TO_FLAG}, and elsewhere "
+            "only when its Dice is below the clean val mean minus two standard deviations."
+        ),
+        (
+            f"- Test ROC AUC, clean vs distorted contours ({a['n_test_contours']} contours, each also dilated or "
+            f"eroded by 2-8 and 5-13 mm): combined {auc['combined']['all']:.3f} over all, "
+            f"{auc['combined']['organs']:.3f} over the organs (critic alone {auc['qam']['all']:.3f} and "
+            f"{auc['qam']['organs']:.3f}, Dice alone {auc['dice']['all']:.3f} and {auc['dice']['organs']:.3f}); "
+            f"command `{a['command']}`."
+        ),
+    ]
+    return lines + _rule_table(a["per_structure"], acts=True)
+
+
+def _rule_table(per_structure: dict, acts: bool) -> list[str]:
+    """A per-structure calibration (the critic's, or the audit's check) as a table; ``acts``:
+    with a column saying whether the audit flags by it."""
+    lines = [
+        "",
+        "| structure | ROC AUC val | ROC AUC test | threshold | test: clean / distorted called implausible |"
+        + (" flags by it |" if acts else ""),
+        "|---|---|---|---|---|" + ("---|" if acts else ""),
+    ]
+    for name, p in per_structure.items():
+        at = p["test_at_threshold"]
+        lines.append(
+            f"| {name} | {p['roc_auc_val']:.3f} | {p['roc_auc_test']:.3f} | {p['threshold_val']:.2f} | "
+            f"{at['clean_called_implausible']:.0%} / {at['corrupted_called_implausible']:.0%} |"
+            + (f" {'yes' if p['roc_auc_val'] >= MIN_AUC_TO_FLAG else 'no'} |" if acts else "")
+        )
+    return lines
+
+
 def _domain_lines(d: dict) -> list[str]:
     return [
         "",
@@ -407,26 +467,15 @@ def write_markdown(card: dict, path: Path) -> None:
                 f"{q['test_at_threshold']['clean_called_implausible']:.0%} of clean and "
                 f"{q['test_at_threshold']['corrupted_called_implausible']:.0%} of corrupted contours implausible."
             ),
-            (
-                "- The audit flags by this score only where the AUC reaches 0.8 (per structure where calibrated "
-                "per structure); below, it shows the score and flags nothing."
-            ),
         ]
         if q.get("per_structure"):
-            lines += [
-                "- Per structure (the audit acts on a structure's score where its val AUC reaches 0.8, "
-                "below that structure's own threshold):",
-                "",
-                "| structure | ROC AUC val | ROC AUC test | threshold | test: clean / corrupted called implausible | acted on |",
-                "|---|---|---|---|---|---|",
-            ]
-            for name, p in q["per_structure"].items():
-                at = p["test_at_threshold"]
-                lines.append(
-                    f"| {name} | {p['roc_auc_val']:.3f} | {p['roc_auc_test']:.3f} | {p['threshold_val']:.3f} | "
-                    f"{at['clean_called_implausible']:.0%} / {at['corrupted_called_implausible']:.0%} | "
-                    f"{'yes' if p['roc_auc_val'] >= MIN_AUC_TO_FLAG else 'no'} |"
-                )
+            lines.append(
+                "- Per structure, the critic alone (the audit judges by it together with the agreement "
+                "with the model: below):"
+            )
+            lines += _rule_table(q["per_structure"], acts=False)
+    if card.get("audit"):
+        lines += _audit_lines(card["audit"])
     if card.get("domain"):
         lines += _domain_lines(card["domain"])
     lines += [

@@ -289,6 +289,17 @@
   // --- Contour audit (audit jobs): one row per audited ROI, worst Dice first -------------
   const fixed = (v, digits) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
 
+  // The audit's check of a contour: its combined score (quality score and agreement with
+  // the model, in standard deviations of sound contours) and whether it flags by it; the
+  // critic's own score beside it.
+  function checkText(r) {
+    const quality = `quality ${fixed(r.qam_score, 2)}`;
+    if (r.check_score === null || r.check_score === undefined) return `– (${quality}; not calibrated)`;
+    const acts = r.check_threshold === null || r.check_threshold === undefined
+      ? "shown only" : `flags below ${fixed(r.check_threshold, 2)}`;
+    return `${fixed(r.check_score, 2)} (${acts}; ${quality})`;
+  }
+
   function auditTable(audit) {
     const body = document.querySelector("#audit-table tbody");
     body.replaceChildren();
@@ -312,7 +323,7 @@
       body.append(el("tr", { "data-roi": r.roi_name, class: r.flagged ? "flagged" : null },
         el("td", { text: r.roi_name }),
         el("td", {}, model ? el("span", { class: "swatch", style: `background:${rgb(model.color)}` }) : null, ` ${r.structure}`),
-        el("td", { class: "num", text: fixed(r.qam_score, 2) + (r.qam_threshold === null || r.qam_threshold === undefined ? " (shown only)" : ` (flags below ${fixed(r.qam_threshold, 2)})`) }),
+        el("td", { class: "num", text: checkText(r) }),
         el("td", { class: "num", text: fixed(r.dice, 2) }),
         el("td", { class: "num", text: fixed(r.msd_mm, 1) }),
         el("td", { class: "num", text: fixed(r.hd95_mm, 1) }),
