@@ -80,7 +80,8 @@ train-piece:
 # channels) from its best checkpoint on val: test-time mirroring and bfloat16 inference
 # chosen on val, test-split figures (float32) in the cards, the domain check's
 # thresholds from val, the golden label maps (float32)
-# regenerated. About an hour on 2 cores.
+# regenerated, and the contour audit calibrated again for the new network (python -m engine calibrate-audit).
+# About an hour on 2 cores.
 HN_RUN ?= hn
 HN_ORGANS := Brainstem SpinalCord Parotid_R Parotid_L Esophagus Larynx Mandible
 publish-hn: install
@@ -94,6 +95,7 @@ publish-hn: install
 	  cp var/golden/$$model/labels.nii.gz tests/golden/$${model}_pt_104.nii.gz || exit 1; \
 	done
 	$(PY) experiments/domain_thresholds.py --write-cards
+	$(PY) -m engine calibrate-audit --model hn-rt --data $(DATA)
 
 clean:
 	rm -rf $(VENV) var test-output

@@ -327,7 +327,7 @@
         el("td", { class: "num", text: fixed(r.dice, 2) }),
         el("td", { class: "num", text: fixed(r.msd_mm, 1) }),
         el("td", { class: "num", text: fixed(r.hd95_mm, 1) }),
-        el("td", { class: "num", text: `${fixed(r.contour_volume_cm3, 1)} / ${fixed(r.model_volume_cm3, 1)}` }),
+        el("td", { class: "num", text: `${fixed(r.contour_volume_cm3, 1)} / ${r.model_volume_cm3 > 0 ? fixed(r.model_volume_cm3, 1) : "not found"}` }),
         findings,
         el("td", {}, goTo)));
     }
