@@ -10,13 +10,12 @@ For every ROI of the structure set whose name is one of the model's structures:
   image with this one contour and gives a score in [-lambda, lambda] (the OCM bound); the
   lower, the less plausible. The shipped critic is 2D: it scores every axial slice through
   the contour and averages (``engine.train.critic_2d`` trains it to rank contours
-  corrupted by the noise protocol below the clean ones); the threshold under which a
-  contour is called implausible was chosen on the validation split and is stored in the
-  model card with the critic's test ROC AUC;
+  corrupted by the noise protocol below the clean ones);
 * Dice, mean surface distance (MSD, symmetric) and HD95 in mm against the model's
   delineation of the same structure (``engine.metrics``), on the CT's own grid.
 
-The two are judged together (``engine.models.card.AuditRule``): each is standardised by
+The QAM score and the Dice are judged together (``engine.models.card.AuditRule``,
+docs/noisy-labels.md "The audit's check in the product"): each is standardised by
 the mean and standard deviation over sound (clean validation) contours of the structure,
 and their mean is the contour's combined score. A contour is flagged when that score is
 below its structure's threshold (about 1 in 10 sound validation contours score below it),
@@ -278,7 +277,7 @@ class AuditResult:
     model_name: str
     weights_sha256: str
     qam_sha256: str
-    qam_threshold: float
+    qam_threshold: float  # the critic's own, pooled over structures; flags come from each AuditRule
     timings_s: dict[str, float]
 
 
