@@ -366,7 +366,7 @@ def test_scan_page_queues_an_audit(
     listing = alice_browser.get("/jobs/").content.decode()
     assert "Contour audit" in listing
     viewer = alice_browser.get(f"/jobs/{job.id}/").content.decode()
-    assert 'id="audit-table"' in viewer and "does not replace one" in viewer and "QAM score" in viewer
+    assert 'id="audit-table"' in viewer and "does not replace one" in viewer and "Check (quality score)" in viewer
 
 
 def test_scan_page_refuses_an_audit_of_a_scan_without_structure_set(alice_browser, alice_dicom_scan, auditing):

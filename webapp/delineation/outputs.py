@@ -121,7 +121,7 @@ DOWNLOADS = (
         "application/json",
         "contour audit",
         "Contour audit jobs only: the audit as the engine wrote it (``engine.infer.audit``), one entry per "
-        "audited ROI with its QAM score, Dice, MSD and HD95 against the model.",
+        "audited ROI with its QAM score, Dice, MSD and HD95 against the model, the combined check and why it is flagged.",
         kinds=("audit",),
     ),
     Download(
