@@ -27,12 +27,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from engine.infer.audit import model_view  # noqa: E402
 from engine.metrics import agreement  # noqa: E402
 from engine.models.registry import load_model  # noqa: E402
-from engine.train.audit_calibration import SCORES, aucs, clean_stats, standardise  # noqa: E402
+from engine.train.audit_calibration import SCORES, aucs, clean_stats, standardise, viewed_cases  # noqa: E402
 from engine.train.critic_2d import roc_auc, score_contours  # noqa: E402
-from engine.train.openkbp import load_case, load_split  # noqa: E402
 
 EVALUATE = ROOT / "var" / "evaluate"
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -47,15 +45,7 @@ def distances(model_name: str, data: Path, seed: int) -> dict[str, list[dict]]:
     cfg = model.config
     out = {}
     for split in ("val", "test"):
-        cases = []
-        for case_id in load_split(data, split):
-            volume, masks, available = load_case(data, case_id, cfg["structures"])
-            if available.any():
-                view = model_view(volume, model)
-                cases.append(
-                    {"case": case_id, "image": volume.array, "masks": masks, "available": available}
-                    | {"spacing_mm": list(volume.spacing), "volume": volume, "view": view}
-                )
+        cases = viewed_cases(model, data, split)
 
         def measure(k, image, mask, c, cases=cases):
             found = agreement(

@@ -1,7 +1,7 @@
 """Calibration of the contour audit (``engine.infer.audit``): each structure's rule
 (``engine.models.card.AuditRule``), measured through the audit's own pipeline.
 
-``python -m engine calibrate-audit --model hn-rt [--seed 1]`` (about 15 minutes on 2 cores)
+``python -m engine calibrate-audit --model hn-rt [--seed 1]`` (about 13 minutes on 2 cores shared with a 2D run, 2026-12-07)
 
 For every contoured structure of the OpenKBP val and test cases, the contour is checked
 as the audit checks a physician's: the model runs once on the case's CT
@@ -42,15 +42,11 @@ Progress = Callable[[str], None]
 SCORES = ("clean", *RANGES_MM)
 
 
-def checked_contours(
-    model: LoadedModel, critic: Critic, data: Path, split: str, seed: int, progress: Progress | None = None
-) -> dict[str, list[dict]]:
-    """Both checks of every contoured structure of ``split``'s cases, clean and distorted.
-
-    Returns {"qam": rows, "dice": rows}, rows as ``score_contours`` gives them ({"case",
-    "structure" (index), "clean", "small", "large"}; None where erosion left nothing on the
-    model grid), the same contours in the same order in both.
-    """
+def viewed_cases(model: LoadedModel, data: Path, split: str, progress: Progress | None = None) -> list[dict[str, Any]]:
+    """The cases of ``split`` that contour one of the model's structures, as
+    ``score_contours`` takes them (on the CT's grid, with its ``spacing_mm``), each with its
+    ``volume`` and the model's ``view`` of it (``engine.infer.audit.model_view``: the
+    network runs once per case)."""
     cfg = model.config
     cases: list[dict[str, Any]] = []
     for case_id in load_split(data, split):
@@ -70,6 +66,20 @@ def checked_contours(
         )
         if progress:
             progress(f"{split}: {len(cases)} cases delineated")
+    return cases
+
+
+def checked_contours(
+    model: LoadedModel, critic: Critic, data: Path, split: str, seed: int, progress: Progress | None = None
+) -> dict[str, list[dict]]:
+    """Both checks of every contoured structure of ``split``'s cases, clean and distorted.
+
+    Returns {"qam": rows, "dice": rows}, rows as ``score_contours`` gives them ({"case",
+    "structure" (index), "clean", "small", "large"}; None where erosion left nothing on the
+    model grid), the same contours in the same order in both.
+    """
+    cfg = model.config
+    cases = viewed_cases(model, data, split, progress)
 
     def both(k: int, image: np.ndarray, mask: np.ndarray, c: int) -> tuple[float, float] | None:
         view = cases[k]["view"]
