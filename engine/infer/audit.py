@@ -12,7 +12,9 @@ For every ROI of the structure set whose name is one of the model's structures:
   the contour and averages (``engine.train.critic_2d`` trains it to rank contours
   corrupted by the noise protocol below the clean ones);
 * Dice, mean surface distance (MSD, symmetric) and HD95 in mm against the model's
-  delineation of the same structure (``engine.metrics``), on the CT's own grid.
+  delineation of the same structure (``engine.metrics``), on the CT's own grid: the
+  structure on its own (``ModelView.delineation``), with the voxels it shares with another
+  (a parotid inside a PTV), as the physician's ROI of it holds them.
 
 The QAM score and the Dice are judged together (``engine.models.card.AuditRule``,
 docs/noisy-labels.md "The audit's check in the product"): each is standardised by
@@ -40,8 +42,14 @@ import numpy as np
 
 from engine.errors import InputError
 from engine.infer.critic import AuditError, Critic, load_critic, qam_score
-from engine.infer.grid import image_to_model_grid, labels_to_model_grid
-from engine.infer.segment import STAGE_END, segment_volume
+from engine.infer.grid import (
+    StructureOnGrid,
+    image_to_model_grid,
+    labels_from_structures,
+    labels_to_model_grid,
+    structures_to_input_grid,
+)
+from engine.infer.segment import STAGE_END, structure_probabilities
 from engine.io.dicom_files import read_upload
 from engine.io.reader import read_input
 from engine.io.rtstruct_import import ImportedROI, import_rtstruct, read_rtstruct
@@ -94,19 +102,33 @@ def match_structures(roi_names: list[str], model: LoadedModel) -> dict[str, int]
 
 @dataclass(frozen=True)
 class ModelView:
-    """What a contour is checked against: the model's label map on the CT's (I, J, K) grid
-    and the image on the model's grid (X, Y, Z), windowed as the critic was trained."""
+    """What a contour is checked against: the model's delineation of each structure on the
+    CT's (I, J, K) grid (``structures``, probabilities in a box each), the label map made of
+    them (what the viewer shows) and the image on the model's grid (X, Y, Z), windowed as
+    the critic was trained."""
 
     labels: LabelMap
+    structures: list[StructureOnGrid | None]
+    threshold: float
     image: np.ndarray
+
+    def delineation(self, index: int) -> np.ndarray:
+        """(I, J, K) bool: the model's delineation of structure ``index`` on its own, with
+        the voxels it shares with another structure (an organ inside a PTV), which the label
+        map gives to only one of them."""
+        structure = self.structures[index]
+        if structure is None:
+            return np.zeros(self.labels.array.shape, dtype=bool)
+        return structure.mask(self.labels.array.shape, self.threshold)
 
 
 def model_view(volume: Volume, model: LoadedModel, progress: Progress | None = None) -> ModelView:
     """Run the model on ``volume`` once, for every contour of it to be checked."""
     cfg = model.config
-    labels = segment_volume(volume, model, progress)
+    structures = structures_to_input_grid(structure_probabilities(volume, model, progress), volume, cfg["threshold"])
+    labels = labels_from_structures(structures, volume, [s["label"] for s in cfg["structures"]], cfg["threshold"])
     image = image_to_model_grid(volume, cfg["spacing_mm"], cfg["window_hu"], cfg["axcodes"])[0].numpy()
-    return ModelView(labels, image)
+    return ModelView(labels, structures, cfg["threshold"], image)
 
 
 def critic_score(
@@ -197,7 +219,7 @@ def audit_volume(
         if score is None:
             notes.append(f"{roi.name}: not audited (thinner than the model's grid)")
             continue
-        predicted = view.labels.array == structure["label"]
+        predicted = view.delineation(i)
         dice, msd, hd95 = surface_metrics(roi.mask > 0, predicted, volume.spacing)
         entry = StructureAudit(
             roi.name,

@@ -9,6 +9,7 @@ are never interpolated.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -102,31 +103,40 @@ def _input_box(model_box: tuple[slice, ...], model_affine: np.ndarray, reference
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
 
 
-def labels_to_input_grid(
-    probabilities: MetaTensor,
-    reference: Volume,
-    label_values: Sequence[int],
-    threshold: float,
-) -> LabelMap:
-    """Probabilities (C, X, Y, Z) on the model grid -> label map on ``reference``'s grid.
+@dataclass(frozen=True)
+class StructureOnGrid:
+    """One structure's probability resampled onto a reference grid, inside ``box`` (slices
+    of the reference's (I, J, K) grid); zero outside it."""
 
-    Returns a uint8 ``LabelMap`` of ``reference``'s shape (I, J, K) and affine (Fortran
-    order, as NIfTI stores it). A voxel gets ``label_values[c]`` of the channel with the
-    highest probability there, resampled linearly (zero outside the model's field of
-    view), when that probability is above ``threshold``; 0 elsewhere. Ties go to the
-    first channel, as ``argmax`` gives them.
+    box: tuple[slice, ...]
+    values: np.ndarray  # float32, the box's shape
+
+    def mask(self, shape: Sequence[int], threshold: float) -> np.ndarray:
+        """(I, J, K) bool of ``shape``: the probability above ``threshold``."""
+        out = np.zeros(tuple(shape), dtype=bool)
+        out[self.box] = self.values > threshold
+        return out
+
+
+def structures_to_input_grid(
+    probabilities: MetaTensor, reference: Volume, threshold: float
+) -> list[StructureOnGrid | None]:
+    """Probabilities (C, X, Y, Z) on the model grid -> each channel on ``reference``'s grid.
+
+    Returns one ``StructureOnGrid`` per channel (None where no model voxel is above
+    ``threshold`` or its box misses the reference grid), resampled linearly (zero outside
+    the model's field of view). Each structure keeps its own voxels: where structures
+    overlap (a PTV over an organ) each holds them, as separate ROIs of a structure set may.
 
     Each channel is resampled only inside the box of its model voxels above
     ``threshold``, grown by the reach of linear interpolation and mapped onto the
-    reference grid: no voxel outside it can exceed ``threshold``. Memory and time
-    follow the structures' size, not the reference grid's: one uint8 grid plus a
-    float32 box per structure.
+    reference grid: no voxel outside it can exceed ``threshold``. Memory and time follow
+    the structures' size, not the reference grid's: a float32 box per structure.
     """
     model_affine = np.asarray(probabilities.affine, dtype=np.float64)
     prob = probabilities.as_tensor()
-    labels = np.zeros(reference.array.shape, dtype=np.uint8, order="F")
-    done: list[tuple[tuple[slice, ...], np.ndarray, int]] = []
-    for c, value in enumerate(label_values):
+    structures: list[StructureOnGrid | None] = []
+    for c in range(prob.shape[0]):
         above = prob[c].numpy() > threshold
         # Linear interpolation exceeds the threshold at most one model voxel away from a
         # voxel above it; the source keeps two, so that every value inside the output
@@ -135,6 +145,7 @@ def labels_to_input_grid(
         box = None if reach is None else _input_box(reach, model_affine, reference)
         source_box = _box(above, 2)
         if box is None or source_box is None:
+            structures.append(None)
             continue
         source = MetaTensor(
             prob[c : c + 1][(slice(None), *source_box)],
@@ -150,17 +161,51 @@ def labels_to_input_grid(
             .float()
             .numpy()
         )
-        wins = values > threshold
-        for other_box, other_values, other_value in done:
+        structures.append(StructureOnGrid(box, values))
+    return structures
+
+
+def labels_from_structures(
+    structures: Sequence[StructureOnGrid | None], reference: Volume, label_values: Sequence[int], threshold: float
+) -> LabelMap:
+    """Structures on ``reference``'s grid (``structures_to_input_grid``) -> one label map.
+
+    Returns a uint8 ``LabelMap`` of ``reference``'s shape (I, J, K) and affine (Fortran
+    order, as NIfTI stores it). A voxel gets ``label_values[c]`` of the structure with the
+    highest probability there when that probability is above ``threshold``; 0 elsewhere.
+    Ties go to the first structure, as ``argmax`` gives them.
+    """
+    labels = np.zeros(reference.array.shape, dtype=np.uint8, order="F")
+    done: list[tuple[StructureOnGrid, int]] = []
+    for structure, value in zip(structures, label_values, strict=True):
+        if structure is None:
+            continue
+        box = structure.box
+        wins = structure.values > threshold
+        for other, other_value in done:
             overlap = tuple(
-                slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(box, other_box, strict=True)
+                slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(box, other.box, strict=True)
             )
             if any(s.stop <= s.start for s in overlap):
                 continue
-            here, there = _within(overlap, box), _within(overlap, other_box)
-            # An earlier channel keeps its voxels unless this one is more probable there.
+            here, there = _within(overlap, box), _within(overlap, other.box)
+            # An earlier structure keeps its voxels unless this one is more probable there.
             taken = labels[overlap] == other_value
-            wins[here] &= ~taken | (values[here] > other_values[there])
+            wins[here] &= ~taken | (structure.values[here] > other.values[there])
         labels[box][wins] = value
-        done.append((box, values, value))
+        done.append((structure, value))
     return LabelMap(labels, np.asarray(reference.affine, dtype=np.float64))
+
+
+def labels_to_input_grid(
+    probabilities: MetaTensor,
+    reference: Volume,
+    label_values: Sequence[int],
+    threshold: float,
+) -> LabelMap:
+    """Probabilities (C, X, Y, Z) on the model grid -> label map on ``reference``'s grid:
+    ``labels_from_structures`` of ``structures_to_input_grid``. Memory: one uint8 grid
+    plus a float32 box per structure."""
+    return labels_from_structures(
+        structures_to_input_grid(probabilities, reference, threshold), reference, label_values, threshold
+    )

@@ -79,14 +79,14 @@ def network_box(image: torch.Tensor, config: dict) -> tuple[slice, ...]:
     return body_box(image.as_tensor()[0].numpy() > (BODY_HU - lo) / (hi - lo), config["spacing_mm"])
 
 
-def segment_volume(volume: Volume, model: LoadedModel, progress: Progress | None = None) -> LabelMap:
-    """Delineate ``model``'s structures on ``volume``; the label map is on the volume's grid.
+def structure_probabilities(volume: Volume, model: LoadedModel, progress: Progress | None = None) -> MetaTensor:
+    """The network's probability of each of ``model``'s structures for ``volume``.
 
-    ``volume.array`` is (I, J, K) in HU with any RAS affine; the result is a uint8
-    (I, J, K) label map on the same grid. Labels follow ``model.config['structures']``
-    (0 = background); where structures overlap, the voxel goes to the most probable one.
-    Memory: the probabilities on the model grid, one uint8 (I, J, K) grid and one
-    float32 box per structure around it (``engine.infer.grid.labels_to_input_grid``).
+    ``volume.array`` is (I, J, K) in HU with any RAS affine; the result is a float32
+    MetaTensor (C, X, Y, Z) on the model grid (``affine`` maps its voxels to RAS mm), C
+    following ``model.config['structures']``: the sigmoid of the sliding-window output,
+    each structure cut to its largest connected component above the threshold and 0
+    outside the network's box (``network_box``).
     """
     cfg = model.config
     report = progress or (lambda stage, pct: None)
@@ -107,7 +107,20 @@ def segment_volume(volume: Volume, model: LoadedModel, progress: Progress | None
     min_voxels = int(np.ceil(MIN_STRUCTURE_CM3 * 1000.0 / float(np.prod(cfg["spacing_mm"]))))
     prob[(slice(None), *box)] = keep_largest_component(in_box.numpy(), cfg["threshold"], min_voxels)
     del in_box
-    prob = MetaTensor(torch.as_tensor(prob), affine=image.affine)
+    return MetaTensor(torch.as_tensor(prob), affine=image.affine)
+
+
+def segment_volume(volume: Volume, model: LoadedModel, progress: Progress | None = None) -> LabelMap:
+    """Delineate ``model``'s structures on ``volume``; the label map is on the volume's grid.
+
+    ``volume.array`` is (I, J, K) in HU with any RAS affine; the result is a uint8
+    (I, J, K) label map on the same grid. Labels follow ``model.config['structures']``
+    (0 = background); where structures overlap, the voxel goes to the most probable one.
+    Memory: the probabilities on the model grid, one uint8 (I, J, K) grid and one
+    float32 box per structure around it (``engine.infer.grid.labels_to_input_grid``).
+    """
+    cfg = model.config
+    prob = structure_probabilities(volume, model, progress)
     label_values = [s["label"] for s in cfg["structures"]]
     return labels_to_input_grid(prob, volume, label_values, cfg["threshold"])
 

@@ -1,13 +1,13 @@
 """Calibration of the contour audit (``engine.infer.audit``): each structure's rule
 (``engine.models.card.AuditRule``), measured through the audit's own pipeline.
 
-``python -m engine calibrate-audit --model hn-rt [--seed 1]`` (about 13 minutes on 2 cores shared with a 2D run, 2026-12-07)
+``python -m engine calibrate-audit --model hn-rt [--seed 1]`` (about 11 minutes on 2 cores shared with a 2D run, 2026-12-08)
 
 For every contoured structure of the OpenKBP val and test cases, the contour is checked
 as the audit checks a physician's: the model runs once on the case's CT
 (``engine.infer.audit.model_view``), the critic scores the contour resampled onto the
-model grid (``critic_score``), and its Dice with the model's label map is taken on the
-CT's own grid. Each contour is checked clean and once dilated or eroded by each range of
+model grid (``critic_score``), and its Dice with the model's delineation of the structure
+(``ModelView.delineation``) is taken on the CT's own grid. Each contour is checked clean and once dilated or eroded by each range of
 the 3D noise protocol (``engine.train.critic_2d.score_contours``: 2-8 and 5-13 mm on the
 CT's spacing, drawn with ``seed``), so both checks see the same distorted contours.
 
@@ -86,7 +86,7 @@ def checked_contours(
         score = critic_score(view, cases[k]["volume"], mask, c, model, critic)
         if score is None:
             return None
-        return score, dice(mask > 0, view.labels.array == cfg["structures"][c]["label"])
+        return score, dice(mask > 0, view.delineation(c))
 
     rows = score_contours(both, cases, cfg["spacing_mm"], seed)
     return {

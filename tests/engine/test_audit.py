@@ -27,6 +27,14 @@ class BrightIsBone(nn.Module):
         return torch.cat([bone, torch.full_like(x, -20.0)], dim=1)
 
 
+class BoneTwice(nn.Module):
+    """Both channels are the bright voxels, channel 1 more probable: the label map gives
+    every one of them to structure 1 (as a PTV over an organ)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([20.0 * (x - 0.5), 40.0 * (x - 0.5)], dim=1)
+
+
 WEIGHTS_SHA, QAM_SHA = "0" * 64, "1" * 64
 
 
@@ -44,7 +52,7 @@ def _audit(*rules: dict, weights: str = WEIGHTS_SHA, qam: str = QAM_SHA) -> dict
     return {"weights_sha256": weights, "qam_sha256": qam, "per_structure": per}
 
 
-def _model(audit: dict | None = None) -> LoadedModel:
+def _model(audit: dict | None = None, network: nn.Module | None = None) -> LoadedModel:
     config = {
         "spacing_mm": [2.0, 2.0, 2.0],
         "window_hu": [-1000.0, 1500.0],
@@ -63,7 +71,7 @@ def _model(audit: dict | None = None) -> LoadedModel:
     }
     if audit is not None:
         config["audit"] = audit
-    return LoadedModel("toy", BrightIsBone().eval(), config, WEIGHTS_SHA, torch.device("cpu"))
+    return LoadedModel("toy", (network or BrightIsBone()).eval(), config, WEIGHTS_SHA, torch.device("cpu"))
 
 
 def _critic(threshold: float = 0.0, auc: float = 0.9) -> Critic:
@@ -145,6 +153,16 @@ def test_without_a_calibration_only_a_gross_disagreement_is_flagged_and_the_note
     assert any("Brain: not audited" in n for n in notes)
     assert any("not calibrated for its current weights" in n for n in notes)
     assert labels.array.shape == shape
+
+
+def test_a_contour_is_checked_against_its_structure_with_the_voxels_it_shares(ct):
+    """The label map gives the overlap to the more probable structure; the audit compares
+    the ROI with the model's delineation of its own structure, overlap included."""
+    bone = _ball(ct.array.shape, (20, 20, 20), 8)
+    results, _, labels = audit_volume(ct, [_roi("Mandible", bone)], _model(network=BoneTwice()), _critic())
+    assert not (labels.array == 1).any() and (labels.array == 2).sum() > 0.9 * bone.sum()
+    (mandible,) = results
+    assert mandible.dice > 0.95 and not mandible.flagged
 
 
 def test_a_shifted_contour_is_flagged_by_the_combined_check(ct):

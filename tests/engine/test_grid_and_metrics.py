@@ -7,7 +7,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from engine.infer.grid import image_to_model_grid, labels_to_input_grid
+from engine.infer.grid import image_to_model_grid, labels_to_input_grid, structures_to_input_grid
 from engine.metrics import Agreement, agreement
 from engine.volume import LabelMap, Volume
 
@@ -77,6 +77,13 @@ def test_labels_per_structure_box_equal_resampling_the_whole_grid():
     got = labels_to_input_grid(prob_mt, reference, [2, 5, 7], 0.5).array
     assert set(np.unique(expected)) == {0, 2, 5, 7}
     np.testing.assert_array_equal(got, expected)
+
+    # Each structure on its own keeps the voxels the label map gives to another.
+    structures = structures_to_input_grid(prob_mt, reference, 0.5)
+    for c, structure in enumerate(structures):
+        own = structure.mask(reference.array.shape, 0.5)
+        np.testing.assert_array_equal(own, whole[c] > 0.5)
+        assert (own & (got != [2, 5, 7][c])).any()  # overlapping voxels another structure won
 
 
 def test_dice_and_hd95_in_mm():

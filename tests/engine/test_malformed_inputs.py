@@ -54,7 +54,7 @@ def test_contours_outside_the_image_fail_the_audit_before_the_network(tmp_path, 
     def no_network(*args, **kwargs):
         raise AssertionError("the network ran")
 
-    monkeypatch.setattr(audit, "segment_volume", no_network)
+    monkeypatch.setattr(audit, "structure_probabilities", no_network)
     with pytest.raises((AuditError, RTStructImportError)) as raised:
         audit_file(entry.write(tmp_path), "hn-rt", tmp_path / "out")
     assert str(raised.value).strip()
