@@ -5,9 +5,11 @@
 
 Reads every contour's two checks (critic score, Dice with the model) that
 ``calibrate-audit`` wrote, adds the mean surface distance and HD95 of the same contours to
-the model's label map on the CT's grid (``engine.metrics.agreement``; written to
-``var/evaluate/MODEL-audit-distances.json`` and reused; about 10 minutes on 2 cores), and
-prints the test ROC AUC (all contours, organs, per structure) of:
+the model's delineation of the structure on the CT's grid (``engine.metrics.agreement``
+against ``ModelView.delineation``, as the audit measures them; written to
+``var/evaluate/MODEL-audit-distances.json`` and reused while the weights are the same;
+about 10 minutes on 2 cores), and prints the test ROC AUC (all contours, organs, per
+structure; for the organs also clean against each range of distortion alone) of:
 
 * the critic and the Dice averaged with the critic's weight 0, 0.25, 0.5 (the audit), 0.75
   and 1, and with a weight chosen per structure on val from those;
@@ -48,11 +50,7 @@ def distances(model_name: str, data: Path, seed: int) -> dict[str, list[dict]]:
         cases = viewed_cases(model, data, split)
 
         def measure(k, image, mask, c, cases=cases):
-            found = agreement(
-                mask > 0,
-                cases[k]["view"].labels.array == cfg["structures"][c]["label"],
-                cases[k]["volume"].spacing,
-            )
+            found = agreement(mask > 0, cases[k]["view"].delineation(c), cases[k]["volume"].spacing)
             return [found.msd_mm, found.hd95_mm]
 
         out[split] = score_contours(measure, cases, cfg["spacing_mm"], seed)
@@ -102,8 +100,9 @@ def main() -> None:
     torch.set_num_threads(2)
     checked = json.loads((EVALUATE / f"{args.model}-audit.json").read_text())
     cached = EVALUATE / f"{args.model}-audit-distances.json"
-    if not cached.exists():
-        cached.write_text(json.dumps(distances(args.model, args.data, args.seed)))
+    identity = {"weights_sha256": checked["weights_sha256"], "seed": args.seed}
+    if not cached.exists() or json.loads(cached.read_text()).get("identity") != identity:
+        cached.write_text(json.dumps({"identity": identity} | distances(args.model, args.data, args.seed)))
     measured = json.loads(cached.read_text())
     structures = load_model(args.model).config["structures"]
     names = [s["name"] for s in structures]
@@ -121,9 +120,12 @@ def main() -> None:
     every = range(len(names))
 
     def report(label: str, checks: tuple[str, ...], weights: list[dict[int, float]]) -> None:
-        test = aucs(mix([z["test"][c] for c in checks], weights), names, organs)
+        mixed = mix([z["test"][c] for c in checks], weights)
+        test = aucs(mixed, names, organs)
         per = ", ".join(f"{n} {v:.3f}" for n, v in test["per_structure"].items())
-        print(f"{label}: test all {test['all']:.3f}, organs {test['organs']:.3f} ({per})")
+        organ_rows = [r for r in mixed if r["structure"] in organs]
+        ranges = ", ".join(f"{k} {roc_auc(organ_rows, (k,)):.3f}" for k in SCORES[1:])
+        print(f"{label}: test all {test['all']:.3f}, organs {test['organs']:.3f} (organs, clean against {ranges}; {per})")
 
     for name in NO_SURFACE_MM:
         report(f"{name} alone", (name,), [dict.fromkeys(every, 1.0)])
