@@ -62,7 +62,6 @@ AUDIT_DOCUMENT = {
     "model_name": "hn-rt",
     "weights_sha256": "cd" * 32,
     "qam_sha256": "ef" * 32,
-    "qam_threshold": -0.2,
     "timings_s": {"ingest": 0.5, "audit": 2.0},
     "input": "Doe^John.zip",  # an upload's file name may name the patient
 }
@@ -87,7 +86,6 @@ def fake_audit(input_path, model_name, out_dir, progress=None, series=None) -> e
     return engine_client.AuditEngineResult(
         structures=table,
         audit=AUDIT_DOCUMENT["structures"],
-        qam_threshold=-0.2,
         timings_s={"ingest": 0.5, "audit": 2.0},
         model_name=model_name,
         weights_sha256="cd" * 32,
@@ -158,8 +156,7 @@ def test_audit_job_runs_and_shows_the_audit(
     assert job["kind"] == "audit" and job["model"] == "hn-rt" and job["weights_sha256"] == "cd" * 32
     assert [s["name"] for s in job["structures"]] == ["Brainstem", "Mandible"]  # the model's delineation
     assert job["notes"] == AUDIT_DOCUMENT["notes"] and job["input_kind"] == "dicom"
-    assert set(job["audit"]) == {"model_name", "qam_threshold", "structures", "notes"}
-    assert job["audit"]["qam_threshold"] == -0.2
+    assert set(job["audit"]) == {"model_name", "structures", "notes"}
     assert [r["roi_name"] for r in job["audit"]["structures"]] == ["BrainStem", "Mandible"]
     assert job["audit"]["structures"][0]["flagged"] and job["audit"]["structures"][0]["reasons"]
     assert "Doe" not in detail.content.decode()
@@ -170,7 +167,7 @@ def test_audit_job_runs_and_shows_the_audit(
     assert job["downloads"]["rtstruct"] is None and job["downloads"]["structures_zip"] is None
     download = alice_api.get(job["downloads"]["audit"])
     assert download.status_code == 200 and download["Content-Type"] == "application/json"
-    assert json.loads(b"".join(download.streaming_content))["qam_threshold"] == -0.2
+    assert json.loads(b"".join(download.streaming_content))["structures"] == AUDIT_DOCUMENT["structures"]
     response = alice_api.get(f"/api/jobs/{job['id']}/rtstruct.dcm")
     assert response.status_code == 404 and "contour audit writes" in response.json()["detail"]
     response = alice_api.get(f"/api/jobs/{job['id']}/structures.zip")
@@ -256,7 +253,7 @@ def test_the_audit_of_a_succeeded_audit_job_only(alice, alice_api, alice_dicom_s
     job = audit_job_on_disk(alice, alice_dicom_scan["id"])
     response = alice_api.get(f"/api/jobs/{job.id}/")
     shown = response.json()["audit"]
-    assert shown == {key: AUDIT_DOCUMENT[key] for key in ("model_name", "qam_threshold", "structures", "notes")}
+    assert shown == {key: AUDIT_DOCUMENT[key] for key in ("model_name", "structures", "notes")}
     assert "Doe" not in response.content.decode() and "qam_sha256" not in response.content.decode()
     assert [j["audit"] is not None for j in alice_api.get("/api/jobs/").json()] == [True]
     Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING)

@@ -299,7 +299,6 @@ class AuditResult:
     model_name: str
     weights_sha256: str
     qam_sha256: str
-    qam_threshold: float  # the critic's own, pooled over structures; flags come from each AuditRule
     timings_s: dict[str, float]
 
 
@@ -354,7 +353,6 @@ def audit_file(
         model.name,
         model.weights_sha256,
         critic.weights_sha256,
-        critic.threshold,
         {"ingest": round(t1 - t0, 2), "audit": round(t2 - t1, 2)},
     )
     out.write_json(out.AUDIT, asdict(result) | {"input": input_path.name})

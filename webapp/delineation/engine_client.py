@@ -92,7 +92,6 @@ class AuditEngineResult:
 
     structures: list[StructureEntry]  # the model's delineation
     audit: list[dict]  # one entry per audited ROI, worst Dice first (StructureAudit)
-    qam_threshold: float
     timings_s: dict[str, float]
     model_name: str
     weights_sha256: str
@@ -281,7 +280,6 @@ def run_audit(
     return AuditEngineResult(
         structures=ResultFolder(out_dir).read_structures(),
         audit=[dataclasses.asdict(a) for a in result.structures],
-        qam_threshold=float(result.qam_threshold),
         timings_s={k: float(v) for k, v in result.timings_s.items()},
         model_name=str(result.model_name),
         weights_sha256=str(result.weights_sha256),

@@ -120,9 +120,10 @@ class JobSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(serializers.DictField(allow_null=True))
     def get_audit(self, job: Job) -> dict | None:
-        """A succeeded contour audit: model_name, qam_threshold, notes and one entry per audited
-        ROI, worst Dice first (roi_name, structure, qam_score, dice, msd_mm, hd95_mm,
-        model_volume_cm3, contour_volume_cm3, flagged, reasons)."""
+        """A succeeded contour audit: model_name, notes and one entry per audited ROI, worst
+        Dice first (roi_name, structure, qam_score, dice, msd_mm, hd95_mm, model_volume_cm3,
+        contour_volume_cm3, flagged, reasons, check_score, check_auc, check_threshold,
+        check_auc_val)."""
         if not job.is_audit or job.status != Job.Status.SUCCEEDED:
             return None
         return outputs.audit_report(job.result_path)

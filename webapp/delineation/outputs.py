@@ -20,7 +20,7 @@ R = ResultFolder
 FINAL_RTSTRUCT = f"{R.FINAL}/{R.RTSTRUCT}"
 # What a contour audit's audit.json may show on the pages and in the API (not the upload's
 # file name, which may name the patient), and what a propagation's report.json may.
-AUDIT_FIELDS = ("model_name", "qam_threshold", "structures", "notes")
+AUDIT_FIELDS = ("model_name", "structures", "notes")
 PROPAGATION_FIELDS = ("model", "structures", "folding_percent", "notes")
 KINDS = ("segment", "audit", "propagate")
 # Per structure of a propagation, the contours the physician keeps for the final RTSTRUCT.
