@@ -125,7 +125,9 @@ def main() -> None:
         per = ", ".join(f"{n} {v:.3f}" for n, v in test["per_structure"].items())
         organ_rows = [r for r in mixed if r["structure"] in organs]
         ranges = ", ".join(f"{k} {roc_auc(organ_rows, (k,)):.3f}" for k in SCORES[1:])
-        print(f"{label}: test all {test['all']:.3f}, organs {test['organs']:.3f} (organs, clean against {ranges}; {per})")
+        print(
+            f"{label}: test all {test['all']:.3f}, organs {test['organs']:.3f} (organs, clean against {ranges}; {per})"
+        )
 
     for name in NO_SURFACE_MM:
         report(f"{name} alone", (name,), [dict.fromkeys(every, 1.0)])

@@ -82,6 +82,7 @@ def main() -> None:
         for name, own in rows.items()
         if own
     }
+
     def mean_over(group: list[str]) -> dict[str, float]:
         return {
             key: round(float(np.mean([summary[n][key] for n in group if n in summary])), 4)
@@ -92,7 +93,9 @@ def main() -> None:
     result |= {"organs_mean": mean_over(organs), "all_mean": mean_over(names)}
     result |= {"per_structure": summary}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"overlap-loss-{args.model}-{args.split}.json").write_text(json.dumps(result | {"per_case": rows}) + "\n")
+    (RESULTS / f"overlap-loss-{args.model}-{args.split}.json").write_text(
+        json.dumps(result | {"per_case": rows}) + "\n"
+    )
     print(json.dumps(result, indent=1))
 
 
