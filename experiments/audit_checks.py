@@ -101,9 +101,10 @@ def main() -> None:
     checked = json.loads((EVALUATE / f"{args.model}-audit.json").read_text())
     cached = EVALUATE / f"{args.model}-audit-distances.json"
     identity = {"weights_sha256": checked["weights_sha256"], "seed": args.seed}
-    if not cached.exists() or json.loads(cached.read_text()).get("identity") != identity:
-        cached.write_text(json.dumps({"identity": identity} | distances(args.model, args.data, args.seed)))
-    measured = json.loads(cached.read_text())
+    measured = json.loads(cached.read_text()) if cached.exists() else {}
+    if measured.get("identity") != identity:
+        measured = {"identity": identity} | distances(args.model, args.data, args.seed)
+        cached.write_text(json.dumps(measured))
     structures = load_model(args.model).config["structures"]
     names = [s["name"] for s in structures]
     organs = [i for i, s in enumerate(structures) if s["type"] == "ORGAN"]

@@ -1,7 +1,8 @@
 """What the product's label map costs the structures that overlap: Dice of each structure
 as the label map holds it (each voxel to its most probable structure, what the exports
 hold today) and on its own (the same probabilities, overlaps kept, as the audit compares
-it since 2026-12-08), on the CT's grid, against the physician's contours.
+it since 2026-12-08: ``engine.infer.audit.model_view``), on the CT's grid, against the
+physician's contours.
 
     python experiments/overlap_loss.py [--model hn-rt] [--split test]
 
@@ -24,8 +25,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np
 import torch
 
-from engine.infer.grid import labels_from_structures, structures_to_input_grid
-from engine.infer.segment import structure_probabilities
+from engine.infer.audit import model_view
 from engine.metrics import dice
 from engine.models.registry import load_model
 from engine.train.openkbp import case_rois, load_case, load_split
@@ -50,17 +50,12 @@ def main() -> None:
         if case not in rois:
             continue
         ct, masks, available = load_case(args.data, case, cfg["structures"])
-        structures = structures_to_input_grid(structure_probabilities(ct, model), ct, cfg["threshold"])
-        labels = labels_from_structures(structures, ct, values, cfg["threshold"]).array
+        view = model_view(ct, model)
         for c, name in enumerate(names):
             if not available[c]:
                 continue
-            own = (
-                np.zeros(ct.array.shape, bool)
-                if structures[c] is None
-                else structures[c].mask(ct.array.shape, cfg["threshold"])
-            )
-            in_map = labels == values[c]
+            own = view.delineation(c)
+            in_map = view.labels.array == values[c]
             others = np.any(masks[[k for k in range(len(names)) if k != c and available[k]]], axis=0)
             rows[name].append(
                 {
